@@ -1,0 +1,94 @@
+"""Process configuration: every DealFlow process reads the same `DEALFLOW_*` variables.
+
+Kept out of the workflow sandbox on purpose: workflows get what they need
+(policy, lender directory) copied into their input so history is self-describing.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path.cwd() / ".data"
+
+
+class LenderConfig(BaseModel):
+    """One `[[lenders]]` table of the lenders file (DESIGN §3.2)."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
+    legal_name: str = Field(min_length=2)
+    api_base_url: str
+    webhook_secret: str = Field(pattern=r"^whsec_[A-Za-z0-9+/=]+$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DEALFLOW_", extra="ignore")
+
+    temporal_address: str = "localhost:7233"
+    namespace: str = "default"
+    task_queue: str = "deals"
+    database_url: str = f"sqlite:///{DATA_DIR / 'dealflow.db'}"
+    document_store: str = f"file://{DATA_DIR / 'documents'}"
+    s3_endpoint_url: str | None = None
+    jwt_secret: str = "dev-secret-change-me-0123456789abcdef"
+    lenders_file: Path = ROOT / "examples" / "lenders.toml"
+    codec_keys: str = ""
+    api_port: int = 8000
+    api_base_url: str = ""
+    lender_sim_port: int = 8100
+    policy_file: Path | None = None
+    # Worker tuning. Cache entries cost ~65-70 KB each (DESIGN §5), so the
+    # default bounds a worker's workflow cache to roughly 70 MB.
+    max_cached_workflows: int = 1000
+    max_concurrent_activities: int = 100
+    max_concurrent_workflow_tasks: int = 100
+    graceful_shutdown_seconds: float = 10.0
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_postgres(cls, v: str) -> str:
+        # psycopg 3 is the driver we ship; accept the common URL spellings.
+        for prefix in ("postgresql://", "postgres://"):
+            if v.startswith(prefix):
+                return "postgresql+psycopg://" + v[len(prefix) :]
+        return v
+
+    @property
+    def api_url(self) -> str:
+        return self.api_base_url or f"http://127.0.0.1:{self.api_port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+class LendersFileError(ValueError):
+    pass
+
+
+def load_lenders(path: Path) -> dict[str, LenderConfig]:
+    """Read the lenders TOML file; a precise error names the file and the entry."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise LendersFileError(f"lenders file {path} does not exist") from e
+    except tomllib.TOMLDecodeError as e:
+        raise LendersFileError(f"lenders file {path} is not valid TOML: {e}") from e
+    lenders: dict[str, LenderConfig] = {}
+    for i, entry in enumerate(raw.get("lenders", [])):
+        try:
+            lender = LenderConfig.model_validate(entry)
+        except ValueError as e:
+            raise LendersFileError(f"lenders file {path}, entry {i + 1}: {e}") from e
+        if lender.id in lenders:
+            raise LendersFileError(f"lenders file {path}: lender id {lender.id!r} appears twice")
+        lenders[lender.id] = lender
+    if not lenders:
+        raise LendersFileError(f"lenders file {path} defines no [[lenders]]")
+    return lenders
