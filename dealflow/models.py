@@ -565,6 +565,7 @@ class Compensation(BaseModel):
                   "cancel_insurance"]
     key: str
     registered_at: datetime
+    status: Literal["pending", "running", "done", "void"] = "pending"
     done_at: datetime | None = None
     detail: dict[str, str] = Field(default_factory=dict)
 
@@ -613,6 +614,7 @@ class DealState(BaseModel):
     delivered_at: datetime | None = None
     follow_ups: dict[str, RecordFollowUpInput] = Field(default_factory=dict)
     follow_ups_missed: list[str] = Field(default_factory=list)
+    follow_ups_reminded: list[str] = Field(default_factory=list)
     compensations: list[Compensation] = Field(default_factory=list)
     applied_webhooks: list[str] = Field(default_factory=list)
     # Lender events that name an application we have not yet heard back

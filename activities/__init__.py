@@ -1,0 +1,3 @@
+from activities.deal_activities import DealActivities
+
+__all__ = ["DealActivities"]

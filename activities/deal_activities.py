@@ -1,0 +1,193 @@
+"""Every side effect of a deal. Each activity is idempotent under retry: its key
+comes from the deal id and the step (and submission number), never from the run
+id, which changes on continue-as-new.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from sqlalchemy.engine import Engine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from dealflow import db
+from dealflow.config import LenderConfig
+from dealflow.docstore import DocumentStore
+from dealflow.models import (
+    ApplicationPackage,
+    CompensationInput,
+    DisbursementRequestInput,
+    DocumentMetadataInput,
+    LenderDocument,
+    NotificationInput,
+    ProjectionInput,
+    SubmitToLenderInput,
+    SubmitToLenderResult,
+    WithdrawInput,
+)
+
+log = logging.getLogger("dealflow.activities")
+
+# How long a lender may look at a document link in a package.
+PACKAGE_LINK_SECONDS = 7 * 24 * 3600
+_RETRYABLE_4XX = {408, 425, 429}
+
+
+class DealActivities:
+    """Activities receive their clients in the constructor, so tests and the
+    worker wire the same code to different databases, stores and lenders."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        lenders: dict[str, LenderConfig],
+        http: httpx.AsyncClient,
+        store: DocumentStore,
+    ) -> None:
+        self.engine = engine
+        self.lenders = lenders
+        self.http = http
+        self.store = store
+
+    # ------------------------------------------------------------------ lender API
+
+    def _lender(self, lender_id: str) -> LenderConfig:
+        try:
+            return self.lenders[lender_id]
+        except KeyError:
+            raise ApplicationError(
+                f"lender {lender_id!r} is not in the lenders file", type="LenderRejected",
+                non_retryable=True,
+            ) from None
+
+    async def _post(self, url: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            resp = await self.http.post(url, json=body, headers={"Idempotency-Key": key})
+        except httpx.HTTPError as e:
+            # Connection refused, timeouts: the lender may be restarting; retry.
+            raise RuntimeError(f"lender unreachable at {url}: {type(e).__name__}: {e}") from e
+        if resp.status_code >= 500 or resp.status_code in _RETRYABLE_4XX:
+            raise RuntimeError(f"lender answered {resp.status_code} at {url}: {resp.text[:300]}")
+        if resp.status_code >= 400:
+            raise ApplicationError(
+                f"lender answered {resp.status_code}: {resp.text[:500]}",
+                type="LenderRejected", non_retryable=True,
+            )
+        return resp.json() if resp.content else {}
+
+    @activity.defn(name="submit_application")
+    async def submit_application(self, inp: SubmitToLenderInput) -> SubmitToLenderResult:
+        lender = self._lender(inp.lender_id)
+        deal = inp.deal
+        package = ApplicationPackage(
+            deal_id=inp.deal_id,
+            submission_no=inp.submission_no,
+            dealer_id=deal.dealer_id,
+            product=deal.product,
+            term_months=deal.term_months,
+            vehicle_price=deal.vehicle.price,
+            down_payment=deal.down_payment,
+            amount_requested=deal.amount_financed,
+            vehicle=deal.vehicle.model_dump(mode="json"),
+            applicant=deal.customer.applicant.model_dump(mode="json"),
+            spouse=deal.customer.spouse.model_dump(mode="json") if deal.customer.spouse else None,
+            stipulations_met=inp.stipulations_met,
+            documents=[
+                LenderDocument(
+                    kind=d.kind.value, party=d.party.value, sha256=d.sha256,
+                    content_type=d.content_type,
+                    url=self.store.presign_get(d.storage_key, expires_in=PACKAGE_LINK_SECONDS),
+                )
+                for d in inp.documents
+            ],
+        )
+        body = await self._post(
+            f"{lender.api_base_url}/applications",
+            f"{inp.deal_id}:{inp.submission_no}",
+            package.model_dump(mode="json"),
+        )
+        ref = body.get("application_ref")
+        if not isinstance(ref, str) or not ref:
+            raise ApplicationError(
+                f"lender reply has no application_ref: {body!r}", type="LenderRejected",
+                non_retryable=True,
+            )
+        log.info(
+            "application submitted",
+            extra={"deal_id": inp.deal_id, "lender_id": inp.lender_id, "application_ref": ref,
+                   "submission_no": inp.submission_no},
+        )
+        return SubmitToLenderResult(application_ref=ref)
+
+    @activity.defn(name="request_disbursement")
+    async def request_disbursement(self, inp: DisbursementRequestInput) -> None:
+        lender = self._lender(inp.lender_id)
+        await self._post(
+            f"{lender.api_base_url}/applications/{inp.application_ref}/disbursement-requests",
+            f"{inp.deal_id}:disbursement:{inp.attempt}",
+            inp.model_dump(mode="json"),
+        )
+        log.info(
+            "disbursement requested",
+            extra={"deal_id": inp.deal_id, "lender_id": inp.lender_id, "attempt": inp.attempt},
+        )
+
+    @activity.defn(name="withdraw_application")
+    async def withdraw_application(self, inp: WithdrawInput) -> None:
+        lender = self._lender(inp.lender_id)
+        await self._post(
+            f"{lender.api_base_url}/applications/{inp.application_ref}/withdrawal",
+            f"{inp.deal_id}:withdrawal:{inp.submission_no}",
+            {"reason": inp.reason},
+        )
+        log.info(
+            "application withdrawn",
+            extra={"deal_id": inp.deal_id, "lender_id": inp.lender_id,
+                   "application_ref": inp.application_ref},
+        )
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    @activity.defn(name="project_deal")
+    def project_deal(self, inp: ProjectionInput) -> bool:
+        return db.upsert_deal(self.engine, inp)
+
+    @activity.defn(name="notify")
+    def notify(self, inp: NotificationInput) -> bool:
+        new = db.add_notification(self.engine, inp, datetime.now(UTC))
+        if new:
+            # The outbox row is the notification; this line is the default
+            # channel. Messages carry no personal data, only deal ids.
+            log.info(
+                "notification %s for %s: %s", inp.kind, ",".join(inp.roles), inp.message,
+                extra={"deal_id": inp.deal_id, "kind": inp.kind},
+            )
+        return new
+
+    @activity.defn(name="record_compensation")
+    def record_compensation(self, inp: CompensationInput) -> bool:
+        new = db.record_compensation(self.engine, inp, datetime.now(UTC))
+        log.info(
+            "compensation %s %s", inp.kind, "recorded" if new else "already recorded",
+            extra={"deal_id": inp.deal_id, "kind": inp.kind},
+        )
+        return new
+
+    @activity.defn(name="record_document_metadata")
+    def record_document_metadata(self, inp: DocumentMetadataInput) -> bool:
+        return db.add_document(self.engine, inp.deal_id, inp.document)
+
+    def all(self) -> list[Any]:
+        return [
+            self.submit_application,
+            self.request_disbursement,
+            self.withdraw_application,
+            self.project_deal,
+            self.notify,
+            self.record_compensation,
+            self.record_document_metadata,
+        ]

@@ -1,0 +1,42 @@
+"""`python -m dealflow.api`: the API service on DEALFLOW_API_PORT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+
+from dealflow import client as deals
+from dealflow import db, logs
+from dealflow.api.app import create_app
+from dealflow.api.deps import Services
+from dealflow.config import get_settings, load_lenders
+from dealflow.docstore import open_store
+
+log = logging.getLogger("dealflow.api")
+
+
+async def main() -> None:
+    logs.setup()
+    settings = get_settings()
+    services = Services(
+        settings=settings,
+        client=await deals.connect(settings),
+        engine=db.make_engine(settings.database_url),
+        lenders=load_lenders(settings.lenders_file),
+        store=open_store(
+            settings.document_store, endpoint_url=settings.s3_endpoint_url,
+            signing_secret=settings.jwt_secret, api_base_url=settings.api_url,
+        ),
+    )
+    config = uvicorn.Config(
+        create_app(services), host="127.0.0.1", port=settings.api_port, log_config=None,
+        access_log=False,
+    )
+    log.info("API listening", extra={"port": settings.api_port})
+    await uvicorn.Server(config).serve()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,124 @@
+"""Lender webhooks (DESIGN §3.4): verify, store, then deliver to the deal.
+
+A webhook is answered 2xx only after it is stored in the inbox; the deal
+applies each webhook id once, so a lender's retries are harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ValidationError
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from dealflow import client as deals
+from dealflow import db
+from dealflow.api.deps import Services
+from dealflow.api.problems import Problem
+from dealflow.models import (
+    ApplicationDecided,
+    DisbursementCompleted,
+    DisbursementFailed,
+    LenderEventInput,
+)
+
+log = logging.getLogger("dealflow.webhooks")
+router = APIRouter(tags=["lender webhooks"])
+
+MAX_WEBHOOK_BYTES = 256 * 1024
+_DATA_MODELS: dict[str, type[BaseModel]] = {
+    "application.decided": ApplicationDecided,
+    "disbursement.completed": DisbursementCompleted,
+    "disbursement.failed": DisbursementFailed,
+}
+_FIELD = {
+    "application.decided": "decided",
+    "disbursement.completed": "disbursed",
+    "disbursement.failed": "failed",
+}
+
+
+def parse_event(lender_id: str, webhook_id: str, payload: Any) -> LenderEventInput:
+    """The normalised event, or ValueError saying exactly what is wrong."""
+    if not isinstance(payload, dict):
+        raise ValueError("body must be a JSON object with type, timestamp and data")
+    etype = payload.get("type")
+    if etype not in _DATA_MODELS:
+        raise ValueError(f"unknown event type {etype!r}; expected one of {', '.join(_DATA_MODELS)}")
+    try:
+        data = _DATA_MODELS[etype].model_validate(payload.get("data"))
+    except ValidationError as e:
+        raise ValueError(f"{etype} data: {deals.format_validation_error(e)}") from None
+    return LenderEventInput.model_validate({
+        "webhook_id": webhook_id, "lender_id": lender_id, "type": etype,
+        "received_at": datetime.now(UTC), _FIELD[etype]: data, "raw": payload,
+    })
+
+
+@router.post(
+    "/webhooks/lenders/{lender_id}",
+    status_code=204,
+    responses={
+        204: {"description": "stored and delivered to the deal (or a duplicate of one that was)"},
+        401: {"description": "bad or missing signature, or timestamp outside 5 minutes"},
+        404: {"description": "unknown lender"},
+        409: {"description": "webhook-id reused with a different body; the first one stays"},
+        413: {"description": "body too large"},
+        422: {"description": "unknown deal or malformed body; stored as rejected for audit"},
+    },
+)
+async def receive(lender_id: str, request: Request) -> Response:
+    svc: Services = request.app.state.services
+    lender = svc.lenders.get(lender_id)
+    if lender is None:
+        raise Problem(404, f"unknown lender {lender_id!r}")
+    body = await request.body()
+    if len(body) > MAX_WEBHOOK_BYTES:
+        raise Problem(413, f"webhook body exceeds {MAX_WEBHOOK_BYTES} bytes")
+    try:
+        Webhook(lender.webhook_secret).verify(body, dict(request.headers))
+    except WebhookVerificationError as e:
+        # Not stored under its id: an unsigned request must not be able to
+        # claim a webhook id before the lender's genuine event arrives.
+        log.warning("webhook rejected: %s", e, extra={"lender_id": lender_id})
+        raise Problem(401, f"webhook signature check failed: {e}") from None
+    webhook_id = request.headers["webhook-id"]
+
+    error: str | None = None
+    event: LenderEventInput | None = None
+    try:
+        event = parse_event(lender_id, webhook_id, json.loads(body))
+    except ValueError as e:
+        error = str(e)
+    data = (event.decided or event.disbursed or event.failed) if event else None
+    deal_id = data.deal_id if data else None
+
+    row, outcome = await asyncio.to_thread(
+        db.store_webhook, svc.engine, lender_id=lender_id, webhook_id=webhook_id, body=body,
+        received_at=datetime.now(UTC), event_type=event.type if event else None, deal_id=deal_id,
+    )
+    if outcome == "conflict":
+        raise Problem(409, f"webhook-id {webhook_id} was already received with a different body")
+    if outcome == "duplicate" and row.status == "delivered":
+        return Response(status_code=204)
+    if outcome == "duplicate" and row.status == "rejected":
+        raise Problem(422, row.error or "rejected")
+    if event is None or deal_id is None:
+        await asyncio.to_thread(db.mark_webhook, svc.engine, row.id or 0, "rejected", error)
+        raise Problem(422, error or "malformed body")
+    try:
+        await deals.signal_lender_event(svc.client, deal_id, event)
+    except deals.DealNotFound:
+        msg = f"unknown deal {deal_id}"
+        await asyncio.to_thread(db.mark_webhook, svc.engine, row.id or 0, "rejected", msg)
+        raise Problem(422, msg) from None
+    await asyncio.to_thread(db.mark_webhook, svc.engine, row.id or 0, "delivered")
+    log.info("webhook delivered", extra={"lender_id": lender_id, "deal_id": deal_id,
+                                         "webhook_id": webhook_id, "type": event.type})
+    svc.metrics.webhooks.labels(lender_id=lender_id, outcome=outcome).inc()
+    return Response(status_code=204)

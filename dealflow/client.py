@@ -1,0 +1,184 @@
+"""The Temporal side of every entry point: connect, start a deal, act, query.
+
+The API, the CLI and the demo all go through these functions, so an action is
+validated, sent and its refusal translated the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from dealflow import rules
+from dealflow.config import LenderConfig, Settings
+from dealflow.models import (
+    ACTION_INPUTS,
+    Action,
+    ActionInput,
+    ActionResult,
+    Actor,
+    DealInput,
+    DealPolicy,
+    DealStatus,
+    LenderEventInput,
+    LenderRef,
+    Stage,
+    StartDealInput,
+)
+from workflows.deal import DEAL_STAGE, DEALER_ID, LENDER_ID, DealWorkflow
+
+
+class DealNotFound(LookupError):
+    def __init__(self, deal_id: str) -> None:
+        super().__init__(f"deal {deal_id} does not exist")
+        self.deal_id = deal_id
+
+
+async def connect(settings: Settings) -> Client:
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.namespace,
+        data_converter=pydantic_data_converter,
+    )
+
+
+def workflow_id(deal_id: str) -> str:
+    return f"deal-{deal_id}"
+
+
+def new_deal_id(now: datetime | None = None) -> str:
+    # Date plus randomness: sortable by day, unguessable, no personal data.
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%d}-{secrets.token_hex(4)}"
+
+
+def format_validation_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_deal(raw: Any) -> DealInput:
+    try:
+        return DealInput.model_validate(raw)
+    except ValidationError as e:
+        raise rules.invalid(format_validation_error(e)) from None
+
+
+def parse_action(action: str, raw: Any, actor: Actor) -> tuple[Action, ActionInput]:
+    """An action name and a JSON payload, plus the actor the caller vouches for.
+
+    Any `actor` in the payload is replaced: who acted comes from the token or
+    the operator's flags, never from a body.
+    """
+    try:
+        act = Action(action)
+    except ValueError:
+        known = ", ".join(a.value for a in Action)
+        raise rules.invalid(f"unknown action {action!r}; known: {known}") from None
+    if not isinstance(raw, dict):
+        raise rules.invalid("the action payload must be a JSON object")
+    body = {k: v for k, v in raw.items() if k != "actor"}
+    try:
+        inp = ACTION_INPUTS[act].model_validate({**body, "actor": actor.model_dump()})
+    except ValidationError as e:
+        raise rules.invalid(format_validation_error(e)) from None
+    return act, inp
+
+
+def start_input(
+    deal_id: str,
+    deal: DealInput,
+    policy: DealPolicy,
+    lenders: dict[str, LenderConfig],
+    actor: Actor,
+) -> StartDealInput:
+    rules.validate_deal(deal, policy, lenders)
+    refs = [LenderRef(id=lid, legal_name=lenders[lid].legal_name) for lid in deal.lender_ids]
+    return StartDealInput(deal_id=deal_id, deal=deal, policy=policy, lenders=refs, created_by=actor)
+
+
+async def start_deal(client: Client, task_queue: str, inp: StartDealInput) -> str:
+    wid = workflow_id(inp.deal_id)
+    await client.start_workflow(
+        DealWorkflow.run,
+        inp,
+        id=wid,
+        task_queue=task_queue,
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(DEAL_STAGE, Stage.CONTRACT.value),
+                SearchAttributePair(DEALER_ID, inp.deal.dealer_id),
+                SearchAttributePair(LENDER_ID, inp.deal.lender_ids[0]),
+            ]
+        ),
+    )
+    return wid
+
+
+def _handle(client: Client, deal_id: str) -> WorkflowHandle[Any, Any]:
+    return client.get_workflow_handle(workflow_id(deal_id))
+
+
+async def deal_status(client: Client, deal_id: str) -> DealStatus:
+    try:
+        return await _handle(client, deal_id).query(DealWorkflow.status)
+    except RPCError as e:
+        if e.status is RPCStatusCode.NOT_FOUND:
+            raise DealNotFound(deal_id) from None
+        raise
+    except WorkflowQueryFailedError as e:
+        raise RuntimeError(f"status query of deal {deal_id} failed: {e}") from e
+
+
+async def act(client: Client, deal_id: str, action: Action, inp: ActionInput) -> ActionResult:
+    """Run one staff action as a Temporal Update; refusals become RuleError."""
+    handle = _handle(client, deal_id)
+    try:
+        return await handle.execute_update(action.value, inp, result_type=ActionResult)
+    except WorkflowUpdateFailedError as e:
+        cause = e.cause
+        if isinstance(cause, ApplicationError) and (cause.type or "").startswith("Rule."):
+            kind = cause.type.removeprefix("Rule.")  # type: ignore[union-attr]
+            raise rules.RuleError(kind, cause.message) from None  # type: ignore[arg-type]
+        raise
+    except RPCError as e:
+        if e.status is RPCStatusCode.NOT_FOUND:
+            await _raise_closed_or_missing(client, deal_id)
+        raise
+
+
+async def _raise_closed_or_missing(client: Client, deal_id: str) -> None:
+    try:
+        desc = await _handle(client, deal_id).describe()
+    except RPCError as e:
+        if e.status is RPCStatusCode.NOT_FOUND:
+            raise DealNotFound(deal_id) from None
+        raise
+    if desc.status is not WorkflowExecutionStatus.RUNNING:
+        raise rules.conflict(f"deal {deal_id} is closed; no further actions are possible")
+
+
+async def signal_lender_event(client: Client, deal_id: str, ev: LenderEventInput) -> None:
+    try:
+        await _handle(client, deal_id).signal(DealWorkflow.lender_event, ev)
+    except RPCError as e:
+        if e.status is RPCStatusCode.NOT_FOUND:
+            raise DealNotFound(deal_id) from None
+        raise

@@ -1,0 +1,1 @@
+"""Alembic migrations of the DealFlow database; run them with `python -m dealflow.db upgrade`."""

@@ -1,0 +1,76 @@
+"""Uploading a customer document: bytes to the store, then a `record-document`
+update that records kind, party, sha256 and key. Shared by the CLI, the demo
+and (later) the HTTP API, so every path validates the same way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator
+from datetime import date
+from itertools import chain
+from typing import Any
+
+from temporalio.client import Client
+
+from dealflow import client as deals
+from dealflow import rules
+from dealflow.docstore import DocumentStore, DocumentTooLarge, EmptyDocument
+from dealflow.models import ActionResult, Actor, DealPolicy
+
+SNIFF_BYTES = 16
+
+
+def _with_head(chunks: Iterable[bytes]) -> tuple[bytes, Iterator[bytes]]:
+    it = iter(chunks)
+    head = b""
+    buffered: list[bytes] = []
+    for chunk in it:
+        buffered.append(chunk)
+        head += chunk
+        if len(head) >= SNIFF_BYTES:
+            break
+    return head, chain(buffered, it)
+
+
+async def upload_document(
+    client: Client,
+    store: DocumentStore,
+    deal_id: str,
+    actor: Actor,
+    *,
+    kind: str,
+    party: str,
+    file_name: str,
+    data: bytes | Iterable[bytes],
+    policy: DealPolicy | None = None,
+    id_number: str | None = None,
+    period_start: date | None = None,
+    period_end: date | None = None,
+    stipulation_code: str | None = None,
+) -> ActionResult:
+    policy = policy or DealPolicy()
+    chunks: Iterable[bytes] = [data] if isinstance(data, bytes) else data
+    head, stream = _with_head(chunks)
+    content_type = rules.sniff_content_type(head)
+    if content_type not in policy.allowed_content_types:
+        raise rules.invalid(
+            f"{file_name} is not a PDF, JPEG or PNG file (its bytes say {content_type})"
+        )
+    try:
+        stored = await asyncio.to_thread(
+            store.put_stream, stream, content_type=content_type,
+            max_bytes=policy.max_document_bytes,
+        )
+    except DocumentTooLarge as e:
+        raise rules.invalid(f"{file_name}: {e}") from None
+    except EmptyDocument:
+        raise rules.invalid(f"{file_name} is empty") from None
+    payload: dict[str, Any] = {
+        "kind": kind, "party": party, "file_name": file_name, "content_type": content_type,
+        "size": stored.size, "sha256": stored.sha256, "storage_key": stored.key,
+        "id_number": id_number, "stipulation_code": stipulation_code,
+        "period_start": period_start.isoformat() if period_start else None,
+        "period_end": period_end.isoformat() if period_end else None,
+    }
+    action, inp = deals.parse_action("record-document", payload, actor)
+    return await deals.act(client, deal_id, action, inp)

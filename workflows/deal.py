@@ -1,0 +1,1088 @@
+"""DealWorkflow: one car-finance deal, from sales contract to follow-up calls.
+
+Shape of the code:
+- Facts arrive through staff Updates and lender signals. Their handlers record
+  the fact and call `_advance()`, which moves the stage as far as the facts
+  allow. Handlers are synchronous, so none is ever left unfinished.
+- The run loop owns time and side effects: it starts the activities a stage
+  owes (submit to a lender, request disbursement, withdraw, compensate) as
+  background tasks, and sleeps until the next reminder, escalation or deadline.
+- `_set_stage()` is the only writer of the stage. It records the transition,
+  upserts the search attributes and projects the read model, so the query,
+  the visibility index and the database cannot disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from dealflow import rules
+    from dealflow.models import (
+        SYSTEM_ACTOR,
+        AcceptCounterOfferInput,
+        Action,
+        ActionInput,
+        ActionRecord,
+        ActionResult,
+        CancelInput,
+        Compensation,
+        CompensationInput,
+        ConfirmDownPaymentInput,
+        DealState,
+        DealStatus,
+        DecisionRecord,
+        Decision,
+        DeclineCounterOfferInput,
+        DeliverInput,
+        Disbursement,
+        DisbursementRequestInput,
+        DocumentMetadataInput,
+        DocumentRecord,
+        LenderEventInput,
+        MoneySummary,
+        Notice,
+        NotificationInput,
+        ProjectionInput,
+        Reason,
+        RecordCertificateInput,
+        RecordDocumentInput,
+        RecordFollowUpInput,
+        RecordInsuranceInput,
+        RecordInvoiceInput,
+        RecordMortgageInput,
+        RecordPlateInput,
+        RecordPurchaseTaxInput,
+        RecordRepaymentAccountInput,
+        RecordSettlementInput,
+        RecordStockOutInput,
+        Role,
+        SignLoanContractInput,
+        SignSalesContractInput,
+        Stage,
+        StartDealInput,
+        Submission,
+        SubmitApplicationInput,
+        SubmitToLenderInput,
+        SubmitToLenderResult,
+        Transition,
+        WithdrawInput,
+        fmt_money,
+        money,
+    )
+
+DEAL_STAGE = SearchAttributeKey.for_keyword("DealStage")
+LENDER_ID = SearchAttributeKey.for_keyword("LenderId")
+DEALER_ID = SearchAttributeKey.for_keyword("DealerId")
+
+# Calls to lenders: retry transient failures (5xx, timeouts, connection
+# errors) with backoff for as long as it takes; a lender's 4xx is a verdict,
+# not a glitch, and is raised as non-retryable "LenderRejected".
+LENDER_CALL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        maximum_interval=timedelta(minutes=2),
+        non_retryable_error_types=["LenderRejected"],
+    ),
+}
+# Short local bookkeeping (read model, outbox, compensation records).
+BOOKKEEPING: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=10),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+    ),
+}
+
+OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The timers of one stage, measured from when the stage was entered."""
+
+    reminder_every: timedelta | None = None
+    escalate_after: timedelta | None = None
+    deadline: timedelta | None = None
+    on_deadline: OnDeadline | None = None
+
+
+@workflow.defn
+class DealWorkflow:
+    @workflow.init
+    def __init__(self, inp: StartDealInput) -> None:
+        self.inp = inp
+        self.deal = inp.deal
+        self.policy = inp.policy
+        # A continued run resumes from the state the previous run carried over.
+        self.s = inp.state or DealState(stage_entered_at=workflow.now())
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    # ------------------------------------------------------------------ run
+
+    @workflow.run
+    async def run(self, inp: StartDealInput) -> DealStatus:
+        if inp.state is None:
+            self._record_transition(None, Stage.CONTRACT, "deal started", inp.created_by)
+            self._project()
+        while not self.s.stage.terminal:
+            self._kick_owed_work()
+            if self._should_continue_as_new():
+                await self._continue_as_new()
+            await self._wait_in_stage()
+        await self._close()
+        return self._status()
+
+    async def _wait_in_stage(self) -> None:
+        """Sleep until the stage changes, work is owed, or a timer is due."""
+        entry = self.s.stage_entry
+        due, fire = self._next_timer()
+        timeout = None if due is None else max(due - workflow.now(), timedelta(0))
+        if timeout == timedelta(0) and fire is not None:
+            await fire()
+            return
+        try:
+            await workflow.wait_condition(
+                lambda: self.s.stage_entry != entry
+                or self._owed_work_pending()
+                or self._should_continue_as_new(),
+                timeout=timeout,
+            )
+        except asyncio.TimeoutError:
+            if fire is not None and self.s.stage_entry == entry:
+                await fire()
+
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= self.policy.max_history_events
+        )
+
+    async def _continue_as_new(self) -> None:
+        # Let every handler and side effect settle: the next run must not
+        # lose a half-applied update or re-run an activity that succeeded.
+        await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._tasks)
+        self.s.continued_as_new += 1
+        workflow.continue_as_new(
+            StartDealInput(
+                deal_id=self.inp.deal_id,
+                deal=self.deal,
+                policy=self.policy,
+                lenders=self.inp.lenders,
+                created_by=self.inp.created_by,
+                state=self.s,
+            )
+        )
+
+    async def _close(self) -> None:
+        if self.s.stage in (Stage.CANCELLED, Stage.EXPIRED, Stage.DECLINED):
+            # Undo what was done, newest first; each step is idempotent.
+            await workflow.wait_condition(lambda: not self._tasks)
+            for comp in reversed(self.s.compensations):
+                if comp.status in ("pending", "running"):
+                    await self._compensate(comp)
+        if self.s.stage is Stage.DECLINED:
+            reasons = "; ".join(f"{r.code}: {r.text}" for r in self.s.adverse_action_reasons)
+            self._notify(
+                "adverse_action", f"adverse-action notice: {reasons or 'no reasons given'}",
+                [Role.CREDIT, Role.SALES],
+            )
+        await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._tasks)
+
+    # ------------------------------------------------------------------ timers
+
+    def _clock(self) -> Clock:
+        p = self.policy
+        match self.s.stage:
+            case Stage.CONTRACT:
+                return Clock(deadline=p.contract_deadline, on_deadline="expire")
+            case Stage.DOCUMENTS:
+                return Clock(
+                    reminder_every=p.documents_reminder_every,
+                    deadline=p.documents_deadline, on_deadline="expire",
+                )
+            case Stage.APPLICATION:
+                return Clock(deadline=p.application_deadline, on_deadline="expire")
+            case Stage.UNDERWRITING:
+                return Clock(
+                    escalate_after=p.underwriting_escalate_after,
+                    deadline=p.underwriting_timeout, on_deadline="next_lender",
+                )
+            case Stage.DOWN_PAYMENT:
+                return Clock(deadline=p.down_payment_deadline, on_deadline="cancel")
+            case Stage.INVOICING:
+                return Clock(escalate_after=p.invoicing_escalate_after)
+            case Stage.INSURANCE:
+                return Clock(escalate_after=p.insurance_escalate_after)
+            case Stage.LOAN_CONTRACT:
+                return Clock(escalate_after=p.loan_contract_escalate_after)
+            case Stage.DISBURSEMENT:
+                return Clock(escalate_after=p.disbursement_escalate_after)
+            case Stage.REGISTRATION:
+                return Clock(
+                    reminder_every=p.registration_reminder_every,
+                    escalate_after=p.registration_escalate_after,
+                )
+            case Stage.DELIVERY:
+                return Clock(escalate_after=p.delivery_escalate_after)
+            case Stage.FOLLOW_UP:
+                return Clock(
+                    deadline=p.follow_up_second + p.follow_up_grace, on_deadline="complete"
+                )
+            case _:
+                return Clock()
+
+    def _next_timer(self) -> tuple[datetime | None, Callable[[], Awaitable[None]] | None]:
+        """The earliest timer of the current stage and what to do when it fires."""
+        s, clock, start = self.s, self._clock(), self.s.stage_entered_at
+        candidates: list[tuple[datetime, Callable[[], Awaitable[None]]]] = []
+        deadline = start + clock.deadline if clock.deadline else None
+        if clock.reminder_every:
+            at = start + clock.reminder_every * (s.reminders_sent + 1)
+            if deadline is None or at < deadline:
+                candidates.append((at, self._remind))
+        if clock.escalate_after and not s.escalated:
+            candidates.append((start + clock.escalate_after, self._escalate))
+        if deadline is not None:
+            candidates.append((deadline, self._deadline))
+        if s.stage is Stage.FOLLOW_UP and s.delivered_at is not None:
+            for call, offset in (
+                ("day3", self.policy.follow_up_first),
+                ("day30", self.policy.follow_up_second),
+            ):
+                if call not in s.follow_ups and call not in s.follow_ups_reminded:
+                    candidates.append((s.delivered_at + offset, self._follow_up_due(call)))
+        if not candidates:
+            return None, None
+        at, fire = min(candidates, key=lambda c: c[0])
+        return at, fire
+
+    async def _remind(self) -> None:
+        self.s.reminders_sent += 1
+        self._notify("reminder", f"reminder {self.s.reminders_sent}: " + self._pending_text())
+
+    async def _escalate(self) -> None:
+        self.s.escalated = True
+        since = workflow.now() - self.s.stage_entered_at
+        self._notify(
+            "escalation",
+            f"escalated: {self.s.stage.value} open for {since.days} days; " + self._pending_text(),
+            extra_roles=[Role.ADMIN],
+        )
+
+    def _follow_up_due(self, call: str) -> Callable[[], Awaitable[None]]:
+        async def fire() -> None:
+            self.s.follow_ups_reminded.append(call)
+            self._notify("follow_up_due", f"the {call} follow-up call is due", [Role.SALES])
+
+        return fire
+
+    async def _deadline(self) -> None:
+        clock, stage = self._clock(), self.s.stage
+        days = clock.deadline.days if clock.deadline else 0
+        match clock.on_deadline:
+            case "expire":
+                reason = f"no progress in {stage.value} within {days} days"
+                self.s.outcome_reason = reason
+                self._set_stage(Stage.EXPIRED, reason)
+            case "cancel":
+                reason = f"down payment not received within {days} days"
+                self.s.outcome_reason = reason
+                self._set_stage(Stage.CANCELLED, reason)
+            case "next_lender":
+                sub = self._current_submission()
+                what = "counter-offer not answered" if self._open_counter() else "no decision"
+                if sub is not None:
+                    self._withdraw(sub, f"{what} within {days} days")
+                self.s.adverse_action_reasons.append(
+                    Reason(
+                        code="LENDER_NO_RESPONSE" if what == "no decision" else "COUNTER_LAPSED",
+                        text=f"{sub.lender_id if sub else 'lender'}: {what} within {days} days",
+                    )
+                )
+                self._route_to_next_lender(f"{what} within {days} days")
+            case "complete":
+                missed = [c for c in ("day3", "day30") if c not in self.s.follow_ups]
+                self.s.follow_ups_missed = missed
+                if missed:
+                    self._notify(
+                        "escalation", "follow-up calls missed: " + ", ".join(missed),
+                        [Role.SALES, Role.ADMIN],
+                    )
+                self._set_stage(Stage.COMPLETED, "follow-up window closed")
+            case None:
+                pass
+
+    # ------------------------------------------------------------------ side effects
+
+    def _owed_work(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        work: dict[str, Callable[[], Awaitable[None]]] = {}
+        for sub in self.s.submissions:
+            if sub.status == "sending":
+                work[f"submit:{sub.submission_no}"] = self._submit_fn(sub)
+        for d in self.s.disbursements:
+            if d.status == "requesting":
+                work[f"disburse:{d.attempt}"] = self._disburse_fn(d)
+        for comp in self.s.compensations:
+            if comp.status == "running" and not self.s.stage.terminal:
+                work[f"compensate:{comp.key}"] = self._compensate_fn(comp)
+        return work
+
+    def _owed_work_pending(self) -> bool:
+        return any(k not in self._tasks for k in self._owed_work())
+
+    def _kick_owed_work(self) -> None:
+        for key, fn in self._owed_work().items():
+            if key not in self._tasks:
+                self._spawn(key, fn())
+
+    def _spawn(self, key: str, coro: Awaitable[None]) -> None:
+        async def runner() -> None:
+            try:
+                await coro
+            finally:
+                self._tasks.pop(key, None)
+
+        self._tasks[key] = asyncio.ensure_future(runner())
+
+    def _submit_fn(self, sub: Submission) -> Callable[[], Awaitable[None]]:
+        async def submit() -> None:
+            try:
+                result: SubmitToLenderResult = await workflow.execute_activity(
+                    "submit_application",
+                    SubmitToLenderInput(
+                        deal_id=self.inp.deal_id,
+                        lender_id=sub.lender_id,
+                        submission_no=sub.submission_no,
+                        deal=self.deal,
+                        documents=self.s.documents,
+                        stipulations_met=[st.code for st in self.s.stipulations],
+                    ),
+                    result_type=SubmitToLenderResult,
+                    **LENDER_CALL,
+                )
+            except ActivityError as e:
+                sub.status = "rejected"
+                sub.error = _cause(e)
+                self._notify(
+                    "escalation", f"{sub.lender_id} rejected submission {sub.submission_no}: "
+                    f"{sub.error}", [Role.CREDIT, Role.ADMIN],
+                )
+                self.s.adverse_action_reasons.append(
+                    Reason(code="SUBMISSION_REJECTED", text=f"{sub.lender_id}: {sub.error}")
+                )
+                if sub is self._current_submission() and self.s.stage is Stage.UNDERWRITING:
+                    self._route_to_next_lender(f"{sub.lender_id} rejected the submission")
+                return
+            sub.application_ref = result.application_ref
+            sub.submitted_at = workflow.now()
+            sub.status = "submitted"
+            self.s.compensations.append(
+                Compensation(
+                    kind="withdraw_application",
+                    key=f"{self.inp.deal_id}:withdraw:{sub.submission_no}",
+                    registered_at=workflow.now(),
+                    detail={
+                        "lender_id": sub.lender_id,
+                        "application_ref": result.application_ref,
+                        "submission_no": str(sub.submission_no),
+                    },
+                )
+            )
+            self._project()
+            # A decision may have raced our own submit call's reply.
+            waiting, self.s.unmatched_events = self.s.unmatched_events, []
+            for ev in waiting:
+                self._apply_lender_event(ev)
+
+        return submit
+
+    def _disburse_fn(self, d: Disbursement) -> Callable[[], Awaitable[None]]:
+        async def disburse() -> None:
+            sub = self._approved_submission()
+            assert sub is not None and sub.application_ref is not None
+            view = self._view()
+            assert self.s.loan_contract and self.s.insurance and self.s.repayment_account
+            try:
+                await workflow.execute_activity(
+                    "request_disbursement",
+                    DisbursementRequestInput(
+                        deal_id=self.inp.deal_id,
+                        lender_id=sub.lender_id,
+                        application_ref=sub.application_ref,
+                        attempt=d.attempt,
+                        amount=view.financed_amount,
+                        loan_contract_no=self.s.loan_contract.contract_no,
+                        insurance_policy_no=self.s.insurance.policy_no,
+                        first_beneficiary=self.s.insurance.first_beneficiary,
+                        repayment_bank=self.s.repayment_account.bank_name,
+                    ),
+                    **LENDER_CALL,
+                )
+            except ActivityError as e:
+                d.status = "error"
+                d.failure_reason = _cause(e)
+                self._notify(
+                    "escalation", f"disbursement request {d.attempt} rejected: {d.failure_reason}",
+                    [Role.CREDIT, Role.ADMIN],
+                )
+                return
+            if d.status == "requesting":
+                d.status = "requested"
+                d.requested_at = workflow.now()
+
+        return disburse
+
+    def _compensate_fn(self, comp: Compensation) -> Callable[[], Awaitable[None]]:
+        return lambda: self._compensate(comp)
+
+    async def _compensate(self, comp: Compensation) -> None:
+        if comp.status in ("done", "void"):
+            return
+        comp.status = "running"
+        if comp.kind == "withdraw_application":
+            await workflow.execute_activity(
+                "withdraw_application",
+                WithdrawInput(
+                    deal_id=self.inp.deal_id,
+                    lender_id=comp.detail["lender_id"],
+                    application_ref=comp.detail["application_ref"],
+                    submission_no=int(comp.detail["submission_no"]),
+                    reason=comp.detail.get("reason") or self.s.outcome_reason or "withdrawn",
+                ),
+                **LENDER_CALL,
+            )
+            for sub in self.s.submissions:
+                if sub.application_ref == comp.detail["application_ref"]:
+                    sub.status = "withdrawn"
+        else:
+            await workflow.execute_activity(
+                "record_compensation",
+                CompensationInput(
+                    key=comp.key, deal_id=self.inp.deal_id, kind=comp.kind,
+                    detail={**comp.detail, "reason": self.s.outcome_reason or ""},
+                ),
+                **BOOKKEEPING,
+            )
+        comp.status = "done"
+        comp.done_at = workflow.now()
+
+    def _withdraw(self, sub: Submission, reason: str) -> None:
+        """Withdraw one application now (lender timeout, counter-offer declined)."""
+        sub.status = "withdrawing"
+        for comp in self.s.compensations:
+            if comp.kind == "withdraw_application" and comp.detail.get(
+                "application_ref"
+            ) == sub.application_ref and comp.status == "pending":
+                comp.detail["reason"] = reason
+                comp.status = "running"
+
+    def _void_compensation(self, sub: Submission) -> None:
+        for comp in self.s.compensations:
+            if comp.kind == "withdraw_application" and comp.detail.get(
+                "application_ref"
+            ) == sub.application_ref and comp.status == "pending":
+                comp.status = "void"
+
+    def _project(self) -> None:
+        """Send a snapshot to the read model; versions keep retries in order."""
+        self.s.version += 1
+        view = self._view()
+        due, _ = self._next_timer()
+        snapshot = ProjectionInput(
+            deal_id=self.inp.deal_id,
+            workflow_id=workflow.info().workflow_id,
+            version=self.s.version,
+            dealer_id=self.deal.dealer_id,
+            stage=self.s.stage,
+            stage_entered_at=self.s.stage_entered_at,
+            lender_id=self._lender_id(),
+            vehicle_price=self.deal.vehicle.price,
+            amount_financed=self.deal.amount_financed,
+            approved_amount=view.approved_amount,
+            created_at=self.s.transitions[0].at if self.s.transitions else workflow.now(),
+            updated_at=workflow.now(),
+            next_due_at=None if self.s.stage.terminal else due,
+            pending_roles=sorted({p.role.value for p in rules.pending_actions(view, due)}),
+        )
+        self._spawn(
+            f"project:{self.s.version}",
+            workflow.execute_activity("project_deal", snapshot, **BOOKKEEPING),
+        )
+
+    def _notify(
+        self,
+        kind: Literal["reminder", "escalation", "adverse_action", "follow_up_due", "info"],
+        message: str,
+        roles: list[Role] | None = None,
+        extra_roles: list[Role] | None = None,
+    ) -> None:
+        if roles is None:
+            roles = sorted({p.role for p in rules.pending_actions(self._view(), None)})
+        roles = sorted(set(roles) | set(extra_roles or []))
+        self.s.notices.append(
+            Notice(at=workflow.now(), kind=kind, stage=self.s.stage, message=message)
+        )
+        key = f"{self.inp.deal_id}:{len(self.s.notices)}:{kind}"
+        self._spawn(
+            f"notify:{key}",
+            workflow.execute_activity(
+                "notify",
+                NotificationInput(
+                    key=key, deal_id=self.inp.deal_id, kind=kind, stage=self.s.stage,
+                    roles=roles, message=message,
+                ),
+                **BOOKKEEPING,
+            ),
+        )
+
+    # ------------------------------------------------------------------ stage
+
+    def _set_stage(self, to: Stage, reason: str, actor: Any = None) -> None:
+        """The one writer of the stage: state, search attributes, transition, read model."""
+        frm = self.s.stage
+        self.s.stage = to
+        self.s.stage_entered_at = workflow.now()
+        self.s.stage_entry += 1
+        self.s.reminders_sent = 0
+        self.s.escalated = False
+        self._record_transition(frm, to, reason, actor or SYSTEM_ACTOR)
+        self._project()
+
+    def _record_transition(self, frm: Stage | None, to: Stage, reason: str, actor: Any) -> None:
+        self.s.transitions.append(
+            Transition(
+                at=workflow.now(), from_stage=frm, to_stage=to,
+                actor=f"{actor.staff_id}/{actor.role.value}", reason=reason,
+            )
+        )
+        attrs = [DEAL_STAGE.value_set(to.value), DEALER_ID.value_set(self.deal.dealer_id)]
+        lender = self._lender_id()
+        attrs.append(LENDER_ID.value_set(lender) if lender else LENDER_ID.value_unset())
+        workflow.upsert_search_attributes(attrs)
+
+    def _advance(self, actor: Any) -> None:
+        """Move the stage as far as the recorded facts allow."""
+        while True:
+            s, before = self.s, self.s.stage_entry
+            match s.stage:
+                case Stage.CONTRACT if s.sales_contract:
+                    self._set_stage(Stage.DOCUMENTS, "sales contract signed", actor)
+                case Stage.DOCUMENTS if rules.checklist_complete(self._view().checklist()):
+                    if s.resubmit_pending:
+                        s.resubmit_pending = False
+                        sub = self._current_submission()
+                        lender = sub.lender_id if sub else self.deal.lender_ids[s.lender_index]
+                        self._new_submission(lender)
+                        self._set_stage(
+                            Stage.UNDERWRITING, f"stipulations met; resubmitted to {lender}", actor
+                        )
+                    else:
+                        self._set_stage(Stage.APPLICATION, "documents complete", actor)
+                case Stage.APPLICATION if s.application:
+                    lender = self.deal.lender_ids[s.lender_index]
+                    self._new_submission(lender)
+                    self._set_stage(Stage.UNDERWRITING, f"application submitted to {lender}", actor)
+                case Stage.DOWN_PAYMENT if s.down_payment:
+                    self._set_stage(Stage.INVOICING, "down payment received", actor)
+                case Stage.INVOICING if s.invoice:
+                    self._set_stage(Stage.INSURANCE, "invoice issued", actor)
+                case Stage.INSURANCE if s.insurance:
+                    self._set_stage(Stage.LOAN_CONTRACT, "insurance bound", actor)
+                case Stage.LOAN_CONTRACT if s.loan_contract and s.repayment_account:
+                    s.disbursements.append(Disbursement(attempt=1))
+                    self._set_stage(
+                        Stage.DISBURSEMENT, "loan contract signed; disbursement requested", actor
+                    )
+                case Stage.REGISTRATION if s.mortgage:
+                    self._set_stage(Stage.DELIVERY, "registration complete", actor)
+                case Stage.DELIVERY if s.delivery:
+                    s.delivered_at = workflow.now()
+                    self._set_stage(Stage.FOLLOW_UP, "vehicle delivered", actor)
+                case Stage.FOLLOW_UP if len(s.follow_ups) == 2:
+                    self._set_stage(Stage.COMPLETED, "follow-up calls done", actor)
+                case _:
+                    pass
+            if self.s.stage_entry == before:
+                return
+
+    def _new_submission(self, lender_id: str) -> None:
+        self.s.submissions.append(
+            Submission(submission_no=len(self.s.submissions) + 1, lender_id=lender_id)
+        )
+
+    def _route_to_next_lender(self, reason: str) -> None:
+        self.s.lender_index += 1
+        if self.s.lender_index >= len(self.deal.lender_ids):
+            self.s.outcome_reason = f"every lender declined ({reason})"
+            self._set_stage(Stage.DECLINED, self.s.outcome_reason)
+            return
+        lender = self.deal.lender_ids[self.s.lender_index]
+        self._new_submission(lender)
+        self._set_stage(Stage.UNDERWRITING, f"{reason}; routed to {lender}")
+
+    # ------------------------------------------------------------------ lender events
+
+    @workflow.signal(name="lender-event")
+    def lender_event(self, ev: LenderEventInput) -> None:
+        # Webhooks are at-least-once; the webhook id makes them exactly-once here.
+        if ev.webhook_id in self.s.applied_webhooks:
+            return
+        self.s.applied_webhooks.append(ev.webhook_id)
+        self._apply_lender_event(ev)
+
+    def _apply_lender_event(self, ev: LenderEventInput) -> None:
+        data = ev.decided or ev.disbursed or ev.failed
+        if data is None:
+            return
+        sub = next(
+            (
+                x for x in self.s.submissions
+                if x.application_ref == data.application_ref and x.lender_id == ev.lender_id
+            ),
+            None,
+        )
+        if sub is None:
+            if any(x.status == "sending" and x.lender_id == ev.lender_id for x in self.s.submissions):
+                self.s.unmatched_events.append(ev)
+            else:
+                self._notify(
+                    "info", f"ignored {ev.type} {ev.webhook_id}: unknown application "
+                    f"{data.application_ref}", [Role.CREDIT],
+                )
+            return
+        if ev.decided is not None:
+            self._apply_decision(sub, ev)
+        elif ev.disbursed is not None:
+            self._apply_disbursed(sub, ev)
+        elif ev.failed is not None:
+            self._apply_disbursement_failed(sub, ev)
+
+    def _apply_decision(self, sub: Submission, ev: LenderEventInput) -> None:
+        d = ev.decided
+        assert d is not None
+        rec = DecisionRecord(
+            webhook_id=ev.webhook_id, received_at=ev.received_at, decision_seq=d.decision_seq,
+            decision=d.decision, approved_amount=d.approved_amount, apr=d.apr,
+            term_months=d.term_months, stipulations=d.stipulations, reasons=d.reasons,
+        )
+        if sub.status in ("withdrawing", "withdrawn", "rejected"):
+            rec.applied, rec.note = False, f"application already {sub.status}"
+        elif d.decision_seq <= sub.last_seq:
+            rec.applied, rec.note = False, f"stale: decision_seq {d.decision_seq} <= {sub.last_seq}"
+        elif sub is not self._current_submission() or self.s.stage is not Stage.UNDERWRITING:
+            rec.applied = False
+            rec.note = f"arrived in stage {self.s.stage.value}; not applied"
+            self._notify(
+                "escalation", f"{sub.lender_id} sent a {d.decision.value} decision after the deal "
+                f"moved on ({self.s.stage.value})", [Role.CREDIT, Role.ADMIN],
+            )
+        sub.decisions.append(rec)
+        if not rec.applied:
+            return
+        sub.current = rec
+        sub.status = "decided"
+        match d.decision:
+            case Decision.APPROVED:
+                amount = d.approved_amount or self.deal.amount_financed
+                self._set_stage(
+                    Stage.DOWN_PAYMENT, f"approved by {sub.lender_id}: {fmt_money(amount)}"
+                )
+            case Decision.CONDITIONAL:
+                known = {st.code for st in self.s.stipulations}
+                self.s.stipulations.extend(st for st in d.stipulations if st.code not in known)
+                self.s.resubmit_pending = True
+                self._void_compensation(sub)
+                codes = ", ".join(st.code for st in d.stipulations)
+                self._set_stage(Stage.DOCUMENTS, f"{sub.lender_id} stipulates: {codes}")
+                self._advance(SYSTEM_ACTOR)
+            case Decision.COUNTER_OFFER:
+                amount = fmt_money(d.approved_amount or 0)
+                self._set_stage(
+                    Stage.UNDERWRITING, f"counter-offer from {sub.lender_id}: {amount}"
+                )
+            case Decision.DECLINED:
+                self._void_compensation(sub)
+                self.s.adverse_action_reasons.extend(
+                    Reason(code=r.code, text=f"{sub.lender_id}: {r.text}") for r in d.reasons
+                )
+                codes = ", ".join(r.code for r in d.reasons) or "no reason given"
+                self._route_to_next_lender(f"declined by {sub.lender_id} ({codes})")
+
+    def _apply_disbursed(self, sub: Submission, ev: LenderEventInput) -> None:
+        d = ev.disbursed
+        assert d is not None
+        pending = self._open_disbursement()
+        if sub is not self._approved_submission() or pending is None:
+            self._notify(
+                "escalation", f"unexpected disbursement {d.transaction_ref} of "
+                f"{fmt_money(d.amount)} from {sub.lender_id}", [Role.FINANCE, Role.ADMIN],
+            )
+            return
+        want = self._view().financed_amount
+        if money(d.amount) != want:
+            self._notify(
+                "escalation", f"disbursed {fmt_money(d.amount)} does not match the approved "
+                f"{fmt_money(want)} (transaction {d.transaction_ref})", [Role.FINANCE, Role.ADMIN],
+            )
+            return
+        pending.status = "completed"
+        pending.amount = money(d.amount)
+        pending.transaction_ref = d.transaction_ref
+        pending.disbursed_at = d.disbursed_at
+        for comp in self.s.compensations:
+            # Once funded, the loan is no longer something to withdraw.
+            if comp.kind == "withdraw_application" and comp.status == "pending":
+                comp.status = "void"
+        self._set_stage(Stage.REGISTRATION, f"disbursed {fmt_money(d.amount)} ({d.transaction_ref})")
+
+    def _apply_disbursement_failed(self, sub: Submission, ev: LenderEventInput) -> None:
+        f = ev.failed
+        assert f is not None
+        pending = self._open_disbursement()
+        if sub is not self._approved_submission() or pending is None:
+            return
+        pending.status = "failed"
+        pending.failure_reason = f.reason
+        if pending.attempt < self.policy.max_disbursement_attempts:
+            self.s.disbursements.append(Disbursement(attempt=pending.attempt + 1))
+            self._notify(
+                "info", f"disbursement attempt {pending.attempt} failed ({f.reason}); requesting "
+                "again", [Role.CREDIT],
+            )
+        else:
+            self._notify(
+                "escalation", f"disbursement failed {pending.attempt} times; last: {f.reason}",
+                [Role.CREDIT, Role.FINANCE, Role.ADMIN],
+            )
+        self._project()
+
+    def _open_disbursement(self) -> Disbursement | None:
+        return next(
+            (d for d in reversed(self.s.disbursements) if d.status in ("requesting", "requested")),
+            None,
+        )
+
+    # ------------------------------------------------------------------ staff updates
+
+    def _validate(self, action: Action, inp: ActionInput) -> None:
+        try:
+            rules.check_action(action, inp, self._view())
+        except rules.RuleError as e:
+            # The type tells the API which status to answer (409/422/403).
+            raise ApplicationError(e.message, type=f"Rule.{e.kind}", non_retryable=True) from None
+
+    def _accept(self, action: Action, inp: ActionInput, summary: str = "") -> ActionResult:
+        self.s.actions.append(
+            ActionRecord(at=workflow.now(), action=action.value, actor=inp.actor, summary=summary)
+        )
+        self._advance(inp.actor)
+        self._project()
+        return ActionResult(action=action.value, status=self._status())
+
+    @workflow.update(name="sign-sales-contract")
+    def sign_sales_contract(self, inp: SignSalesContractInput) -> ActionResult:
+        self.s.sales_contract = inp
+        self.s.compensations.append(
+            Compensation(
+                kind="release_vehicle", key=f"{self.inp.deal_id}:release_vehicle",
+                registered_at=workflow.now(), detail={"vin": self.deal.vehicle.vin},
+            )
+        )
+        return self._accept(Action.SIGN_SALES_CONTRACT, inp, inp.contract_no)
+
+    @sign_sales_contract.validator
+    def _v_sign_sales_contract(self, inp: SignSalesContractInput) -> None:
+        self._validate(Action.SIGN_SALES_CONTRACT, inp)
+
+    @workflow.update(name="record-document")
+    def record_document(self, inp: RecordDocumentInput) -> ActionResult:
+        if rules.find_duplicate(self.s, inp) is None:
+            doc = DocumentRecord(
+                doc_id=f"{self.inp.deal_id}-d{len(self.s.documents) + 1}",
+                kind=inp.kind, party=inp.party, file_name=inp.file_name,
+                content_type=inp.content_type, size=inp.size, sha256=inp.sha256,
+                storage_key=inp.storage_key,
+                uploaded_by=f"{inp.actor.staff_id}/{inp.actor.role.value}",
+                uploaded_at=workflow.now(), period_start=inp.period_start,
+                period_end=inp.period_end, stipulation_code=inp.stipulation_code,
+            )
+            self.s.documents.append(doc)
+            self._spawn(
+                f"document:{doc.doc_id}",
+                workflow.execute_activity(
+                    "record_document_metadata",
+                    DocumentMetadataInput(deal_id=self.inp.deal_id, document=doc),
+                    **BOOKKEEPING,
+                ),
+            )
+        return self._accept(Action.RECORD_DOCUMENT, inp, f"{inp.party.value} {inp.kind.value}")
+
+    @record_document.validator
+    def _v_record_document(self, inp: RecordDocumentInput) -> None:
+        self._validate(Action.RECORD_DOCUMENT, inp)
+
+    @workflow.update(name="submit-application")
+    def submit_application(self, inp: SubmitApplicationInput) -> ActionResult:
+        self.s.application = inp
+        return self._accept(Action.SUBMIT_APPLICATION, inp, inp.form_no)
+
+    @submit_application.validator
+    def _v_submit_application(self, inp: SubmitApplicationInput) -> None:
+        self._validate(Action.SUBMIT_APPLICATION, inp)
+
+    @workflow.update(name="accept-counter-offer")
+    def accept_counter_offer(self, inp: AcceptCounterOfferInput) -> ActionResult:
+        sub = self._open_counter()
+        assert sub is not None and sub.current is not None
+        sub.counter_offer_response = "accepted"
+        amount = fmt_money(sub.current.approved_amount or 0)
+        self._set_stage(
+            Stage.DOWN_PAYMENT, f"counter-offer of {sub.lender_id} accepted: {amount}", inp.actor
+        )
+        return self._accept(Action.ACCEPT_COUNTER_OFFER, inp, amount)
+
+    @accept_counter_offer.validator
+    def _v_accept_counter_offer(self, inp: AcceptCounterOfferInput) -> None:
+        self._validate(Action.ACCEPT_COUNTER_OFFER, inp)
+
+    @workflow.update(name="decline-counter-offer")
+    def decline_counter_offer(self, inp: DeclineCounterOfferInput) -> ActionResult:
+        sub = self._open_counter()
+        assert sub is not None
+        sub.counter_offer_response = "declined"
+        self._withdraw(sub, f"counter-offer declined: {inp.reason}")
+        self.s.adverse_action_reasons.append(
+            Reason(code="COUNTER_OFFER_DECLINED", text=f"{sub.lender_id}: {inp.reason}")
+        )
+        self._route_to_next_lender(f"counter-offer of {sub.lender_id} declined")
+        return self._accept(Action.DECLINE_COUNTER_OFFER, inp, inp.reason)
+
+    @decline_counter_offer.validator
+    def _v_decline_counter_offer(self, inp: DeclineCounterOfferInput) -> None:
+        self._validate(Action.DECLINE_COUNTER_OFFER, inp)
+
+    @workflow.update(name="confirm-down-payment")
+    def confirm_down_payment(self, inp: ConfirmDownPaymentInput) -> ActionResult:
+        self.s.down_payment = inp
+        self.s.compensations.append(
+            Compensation(
+                kind="refund_down_payment", key=f"{self.inp.deal_id}:refund_down_payment",
+                registered_at=workflow.now(),
+                detail={"amount": str(money(inp.amount)), "payment_ref": inp.payment_ref},
+            )
+        )
+        return self._accept(Action.CONFIRM_DOWN_PAYMENT, inp, fmt_money(inp.amount))
+
+    @confirm_down_payment.validator
+    def _v_confirm_down_payment(self, inp: ConfirmDownPaymentInput) -> None:
+        self._validate(Action.CONFIRM_DOWN_PAYMENT, inp)
+
+    @workflow.update(name="record-invoice")
+    def record_invoice(self, inp: RecordInvoiceInput) -> ActionResult:
+        self.s.invoice = inp
+        return self._accept(Action.RECORD_INVOICE, inp, inp.invoice_no)
+
+    @record_invoice.validator
+    def _v_record_invoice(self, inp: RecordInvoiceInput) -> None:
+        self._validate(Action.RECORD_INVOICE, inp)
+
+    @workflow.update(name="record-insurance")
+    def record_insurance(self, inp: RecordInsuranceInput) -> ActionResult:
+        self.s.insurance = inp
+        self.s.compensations.append(
+            Compensation(
+                kind="cancel_insurance", key=f"{self.inp.deal_id}:cancel_insurance",
+                registered_at=workflow.now(),
+                detail={"policy_no": inp.policy_no, "insurer": inp.insurer},
+            )
+        )
+        return self._accept(Action.RECORD_INSURANCE, inp, inp.policy_no)
+
+    @record_insurance.validator
+    def _v_record_insurance(self, inp: RecordInsuranceInput) -> None:
+        self._validate(Action.RECORD_INSURANCE, inp)
+
+    @workflow.update(name="record-repayment-account")
+    def record_repayment_account(self, inp: RecordRepaymentAccountInput) -> ActionResult:
+        self.s.repayment_account = inp
+        return self._accept(Action.RECORD_REPAYMENT_ACCOUNT, inp, inp.bank_name)
+
+    @record_repayment_account.validator
+    def _v_record_repayment_account(self, inp: RecordRepaymentAccountInput) -> None:
+        self._validate(Action.RECORD_REPAYMENT_ACCOUNT, inp)
+
+    @workflow.update(name="sign-loan-contract")
+    def sign_loan_contract(self, inp: SignLoanContractInput) -> ActionResult:
+        self.s.loan_contract = inp
+        return self._accept(Action.SIGN_LOAN_CONTRACT, inp, inp.contract_no)
+
+    @sign_loan_contract.validator
+    def _v_sign_loan_contract(self, inp: SignLoanContractInput) -> None:
+        self._validate(Action.SIGN_LOAN_CONTRACT, inp)
+
+    @workflow.update(name="record-certificate")
+    def record_certificate(self, inp: RecordCertificateInput) -> ActionResult:
+        self.s.certificate = inp
+        return self._accept(Action.RECORD_CERTIFICATE, inp, inp.certificate_no)
+
+    @record_certificate.validator
+    def _v_record_certificate(self, inp: RecordCertificateInput) -> None:
+        self._validate(Action.RECORD_CERTIFICATE, inp)
+
+    @workflow.update(name="record-purchase-tax")
+    def record_purchase_tax(self, inp: RecordPurchaseTaxInput) -> ActionResult:
+        self.s.purchase_tax = inp
+        return self._accept(Action.RECORD_PURCHASE_TAX, inp, inp.receipt_no)
+
+    @record_purchase_tax.validator
+    def _v_record_purchase_tax(self, inp: RecordPurchaseTaxInput) -> None:
+        self._validate(Action.RECORD_PURCHASE_TAX, inp)
+
+    @workflow.update(name="record-plate")
+    def record_plate(self, inp: RecordPlateInput) -> ActionResult:
+        self.s.plate = inp
+        return self._accept(Action.RECORD_PLATE, inp, inp.plate_no)
+
+    @record_plate.validator
+    def _v_record_plate(self, inp: RecordPlateInput) -> None:
+        self._validate(Action.RECORD_PLATE, inp)
+
+    @workflow.update(name="record-mortgage")
+    def record_mortgage(self, inp: RecordMortgageInput) -> ActionResult:
+        self.s.mortgage = inp
+        return self._accept(Action.RECORD_MORTGAGE, inp, inp.registration_no)
+
+    @record_mortgage.validator
+    def _v_record_mortgage(self, inp: RecordMortgageInput) -> None:
+        self._validate(Action.RECORD_MORTGAGE, inp)
+
+    @workflow.update(name="record-stock-out")
+    def record_stock_out(self, inp: RecordStockOutInput) -> ActionResult:
+        self.s.stock_out = inp
+        return self._accept(Action.RECORD_STOCK_OUT, inp, inp.form_no)
+
+    @record_stock_out.validator
+    def _v_record_stock_out(self, inp: RecordStockOutInput) -> None:
+        self._validate(Action.RECORD_STOCK_OUT, inp)
+
+    @workflow.update(name="record-settlement")
+    def record_settlement(self, inp: RecordSettlementInput) -> ActionResult:
+        self.s.settlement = inp
+        return self._accept(Action.RECORD_SETTLEMENT, inp, fmt_money(inp.amount))
+
+    @record_settlement.validator
+    def _v_record_settlement(self, inp: RecordSettlementInput) -> None:
+        self._validate(Action.RECORD_SETTLEMENT, inp)
+
+    @workflow.update(name="deliver")
+    def deliver(self, inp: DeliverInput) -> ActionResult:
+        self.s.delivery = inp
+        return self._accept(Action.DELIVER, inp, inp.after_sales_advisor)
+
+    @deliver.validator
+    def _v_deliver(self, inp: DeliverInput) -> None:
+        self._validate(Action.DELIVER, inp)
+
+    @workflow.update(name="record-follow-up")
+    def record_follow_up(self, inp: RecordFollowUpInput) -> ActionResult:
+        self.s.follow_ups[inp.call] = inp
+        return self._accept(Action.RECORD_FOLLOW_UP, inp, inp.call)
+
+    @record_follow_up.validator
+    def _v_record_follow_up(self, inp: RecordFollowUpInput) -> None:
+        self._validate(Action.RECORD_FOLLOW_UP, inp)
+
+    @workflow.update(name="cancel")
+    def cancel(self, inp: CancelInput) -> ActionResult:
+        self.s.outcome_reason = f"cancelled by {inp.actor.staff_id}: {inp.reason}"
+        self._set_stage(Stage.CANCELLED, inp.reason, inp.actor)
+        return self._accept(Action.CANCEL, inp, inp.reason)
+
+    @cancel.validator
+    def _v_cancel(self, inp: CancelInput) -> None:
+        self._validate(Action.CANCEL, inp)
+
+    # ------------------------------------------------------------------ queries
+
+    @workflow.query
+    def status(self) -> DealStatus:
+        return self._status()
+
+    def _status(self) -> DealStatus:
+        view = self._view()
+        due, _ = self._next_timer()
+        last_disb = next(
+            (d for d in reversed(self.s.disbursements) if d.status == "completed"), None
+        )
+        fees = sum((f.amount for f in self.s.sales_contract.fees), money(0)) if (
+            self.s.sales_contract
+        ) else money(0)
+        return DealStatus(
+            deal_id=self.inp.deal_id,
+            workflow_id=workflow.info().workflow_id,
+            dealer_id=self.deal.dealer_id,
+            stage=self.s.stage,
+            stage_entered_at=self.s.stage_entered_at,
+            lender_id=self._lender_id(),
+            checklist=view.checklist(),
+            pending=[] if self.s.stage.terminal else rules.pending_actions(view, due),
+            submissions=self.s.submissions,
+            disbursements=self.s.disbursements,
+            money=MoneySummary(
+                vehicle_price=self.deal.vehicle.price,
+                down_payment=rules.required_down_payment(self.deal, view.approved_amount),
+                amount_financed=view.financed_amount,
+                approved_amount=view.approved_amount,
+                down_payment_received=self.s.down_payment.amount if self.s.down_payment else None,
+                disbursed=last_disb.amount if last_disb else None,
+                fees=money(fees),
+            ),
+            transitions=self.s.transitions,
+            notices=self.s.notices,
+            compensations=self.s.compensations,
+            outcome_reason=self.s.outcome_reason,
+            adverse_action_reasons=self.s.adverse_action_reasons,
+            follow_ups_missed=self.s.follow_ups_missed,
+            version=self.s.version,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _view(self) -> rules.DealView:
+        return rules.DealView(
+            deal=self.deal, policy=self.policy, lenders=self.inp.lenders, state=self.s,
+            now=workflow.now(),
+        )
+
+    def _current_submission(self) -> Submission | None:
+        return self.s.submissions[-1] if self.s.submissions else None
+
+    def _approved_submission(self) -> Submission | None:
+        return self._view().approved_submission
+
+    def _open_counter(self) -> Submission | None:
+        return self._view().open_counter_offer()
+
+    def _lender_id(self) -> str | None:
+        sub = self._current_submission()
+        return sub.lender_id if sub else None
+
+    def _pending_text(self) -> str:
+        due, _ = self._next_timer()
+        items = rules.pending_actions(self._view(), due)
+        return "; ".join(f"{p.role.value}: {p.what}" for p in items) or "nothing pending"
+
+
+def _cause(e: ActivityError) -> str:
+    cause = e.cause
+    return str(cause.message if isinstance(cause, ApplicationError) else cause or e)
