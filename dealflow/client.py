@@ -147,11 +147,19 @@ async def deal_status(client: Client, deal_id: str) -> DealStatus:
         raise RuntimeError(f"status query of deal {deal_id} failed: {e}") from e
 
 
-async def act(client: Client, deal_id: str, action: Action, inp: ActionInput) -> ActionResult:
-    """Run one staff action as a Temporal Update; refusals become RuleError."""
+async def act(
+    client: Client, deal_id: str, action: Action, inp: ActionInput, update_id: str | None = None
+) -> ActionResult:
+    """Run one staff action as a Temporal Update; refusals become RuleError.
+
+    A caller that may retry after losing a reply passes the same `update_id`:
+    Temporal then applies the update once and returns its first result.
+    """
     handle = _handle(client, deal_id)
     try:
-        return await handle.execute_update(action.value, inp, result_type=ActionResult)
+        return await handle.execute_update(
+            action.value, inp, id=update_id, result_type=ActionResult
+        )
     except WorkflowUpdateFailedError as e:
         cause = e.cause
         if isinstance(cause, ApplicationError) and (cause.type or "").startswith("Rule."):

@@ -19,18 +19,18 @@
    http://127.0.0.1:$DEALFLOW_LENDER_SIM_PORT/healthz`` (8100) answers 200.
 4. ``api``        -- ``python -m dealflow.api``; healthy: ``GET
    http://127.0.0.1:$DEALFLOW_API_PORT/healthz`` (8000) answers 200.
-5. ``worker``     -- ``python <repo>/worker.py``; healthy, either of:
+5. ``worker``     -- ``python <repo>/worker.py``; healthy when, checked in this order:
 
    * the Temporal task queue ``$DEALFLOW_TASK_QUEUE`` (deals) has a *workflow*
-     poller whose identity is ``<pid>@<host>`` where ``<pid>`` is the worker
+     poller whose identity is ``<pid>@<host>``, ``<pid>`` being the worker
      process started here. That is the SDK's default client identity, so a
-     worker that does not override ``identity`` needs nothing more. This is
-     the preferred check: it proves the worker really reached the server.
-   * or the worker wrote the file ``$DEALFLOW_DATA_DIR/worker.ready``
-     containing its own pid (decimal, optional trailing newline) once its
-     pollers started. This is the fallback for a worker that sets a custom
-     identity. The stack deletes the file before starting the worker and on
-     `down`; the pid inside must match, so a stale file never counts.
+     worker that does not override ``identity`` needs nothing more. Preferred:
+     it proves the worker really reached the server and polls the right queue.
+   * otherwise, the file ``$DEALFLOW_DATA_DIR/worker.ready`` contains the
+     worker's own pid (decimal, optional trailing newline), written by the
+     worker once its pollers started. The fallback for a worker that sets a
+     custom identity. The stack deletes the file before starting the worker
+     and on `down`; the pid inside must match, so a stale file never counts.
 
 Files under the data dir (default ``.data``, relative to the current directory):
 
@@ -44,10 +44,10 @@ Files under the data dir (default ``.data``, relative to the current directory):
 Every child gets this process's environment unchanged, so an operator points
 the stack at another lenders file, database, secret or port with the usual
 ``DEALFLOW_*`` variables. Added only when absent: ``DEALFLOW_DATA_DIR`` (the
-absolute data dir), ``DEALFLOW_DATABASE_URL`` / ``DEALFLOW_DOCUMENT_STORE``
-pointing into the data dir (the same values as the config defaults when the
-stack runs from the repository root), and ``PYTHONUNBUFFERED=1`` so logs are
-current when a failing component's log tail is printed.
+absolute data dir); ``DEALFLOW_DATABASE_URL``, ``DEALFLOW_DOCUMENT_STORE`` and
+``DEALFLOW_LENDER_SIM_DB`` pointing into the data dir (the config defaults
+when the stack runs from the repository root); ``PYTHONUNBUFFERED=1`` so the
+log tail printed for a failing component is current.
 
 `up` is idempotent: a component whose pid file names a live process with the
 expected command line (``/proc/<pid>/cmdline``) is reported "already running"
@@ -185,6 +185,7 @@ class StackConfig:
         # the *child's* cwd (the repo root); these keep all state under one data dir.
         env.setdefault("DEALFLOW_DATABASE_URL", f"sqlite:///{data / 'dealflow.db'}")
         env.setdefault("DEALFLOW_DOCUMENT_STORE", f"file://{data / 'documents'}")
+        env.setdefault("DEALFLOW_LENDER_SIM_DB", str(data / "lender_sim.db"))
         env.setdefault("PYTHONUNBUFFERED", "1")
         return cls(
             root=root,
@@ -415,15 +416,18 @@ def add_search_attributes(cfg: StackConfig, names: Sequence[str]) -> None:
         )
 
 
+def _ready_file_pid(cfg: StackConfig) -> int | None:
+    try:
+        text = cfg.worker_ready_file.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
 def worker_health(cfg: StackConfig, pid: int | None) -> Health:
-    """See the module docstring: a workflow poller `<pid>@...` or `worker.ready` with the pid."""
+    """See the module docstring: a workflow poller `<pid>@...`, else `worker.ready` with the pid."""
     if pid is None or not pid_alive(pid):
         return Health(False, "process not running")
-    try:
-        if cfg.worker_ready_file.read_text().strip() == str(pid):
-            return Health(True, f"{cfg.worker_ready_file.name} written by pid {pid}")
-    except (OSError, ValueError):
-        pass
     describe = ["task-queue", "describe", "--task-queue", cfg.task_queue, "-o", "json"]
     try:
         try:
@@ -435,13 +439,17 @@ def worker_health(cfg: StackConfig, pid: int | None) -> Health:
         except TemporalCliError:  # a future CLI/server without the legacy API
             out = temporal_cli(cfg, *describe, "--task-queue-type", "workflow", timeout=5)
         pollers = json.loads(out).get("pollers") or []
+        # Pollers stay listed for minutes after a worker dies, so "any poller" would
+        # let a dead worker vouch for a new one: the identity must carry this pid.
+        if any(str(p.get("identity", "")).split("@", 1)[0] == str(pid) for p in pollers):
+            return Health(True, f"polling task queue {cfg.task_queue!r}")
+        why = f"no workflow poller from pid {pid} on task queue {cfg.task_queue!r}"
     except (TemporalCliError, ValueError) as e:
-        return Health(False, f"task queue {cfg.task_queue!r}: {e}")
-    # Pollers stay listed for minutes after a worker dies, so "any poller" would let
-    # a dead worker vouch for a new one: the identity must carry this pid.
-    if any(str(p.get("identity", "")).split("@", 1)[0] == str(pid) for p in pollers):
-        return Health(True, f"polling task queue {cfg.task_queue!r}")
-    return Health(False, f"no workflow poller from pid {pid} on task queue {cfg.task_queue!r}")
+        why = f"task queue {cfg.task_queue!r}: {e}"
+    # Fallback for a worker with a custom identity: its own word, pid-checked.
+    if _ready_file_pid(cfg) == pid:
+        return Health(True, f"{cfg.worker_ready_file.name} written by pid {pid} ({why})")
+    return Health(False, why)
 
 
 # --------------------------------------------------------------------------- processes
@@ -848,7 +856,8 @@ def _start_component(cfg: StackConfig, comp: Component, out: Out) -> None:
         and code is not None
         and comp.name == "temporal"
         and db_existed
-        and "search attribute" in tail.lower()
+        # (the header line we wrote spells the flag `--search-attribute`: skip it)
+        and "search attribute" in tail.split("\n", 1)[-1].lower()
     ):
         # Some CLI versions refuse --search-attribute for names an existing db already
         # has; the attributes are then in the db, so start without the flags.

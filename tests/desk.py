@@ -12,11 +12,15 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-from temporalio.client import Client, WorkflowHandle
+from sqlmodel import Session, col, select
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import SearchAttributeKey
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from dealflow import client as deals
-from dealflow import rules
+from dealflow import db, rules
 from dealflow.config import LenderConfig
 from dealflow.docstore import DocumentStore
 from dealflow.models import (
@@ -56,6 +60,7 @@ class Desk:
         self.lenders: dict[str, LenderConfig] = stack.lenders
         self.store: DocumentStore = stack.store
         self.deal_id = ""
+        self.started: list[str] = []
         self.deal: DealInput = example_deal()
         self.policy = DealPolicy()
         self.today = datetime.now(UTC).date()
@@ -82,7 +87,19 @@ class Desk:
             Actor(staff_id="sales-01", role=Role.SALES),
         )
         await deals.start_deal(self.client, self.task_queue, inp)
+        self.started.append(self.deal_id)
         return self.deal_id
+
+    async def close(self) -> None:
+        """Terminate whatever this desk left running, so no deal of one test keeps
+        timers on the shared test server for the next."""
+        for deal_id in self.started:
+            handle = self.client.get_workflow_handle(deals.workflow_id(deal_id))
+            try:
+                if (await handle.describe()).status is WorkflowExecutionStatus.RUNNING:
+                    await handle.terminate("test finished")
+            except RPCError:
+                pass
 
     async def script(self, script: dict[str, Any]) -> None:
         async with httpx.AsyncClient() as http:
@@ -120,11 +137,75 @@ class Desk:
         return await self.wait_until(lambda s: s.stage is stage, f"stage {stage.value}")
 
     async def submitted(self) -> Submission:
+        """The current submission, once the lender acknowledged it (has a ref)."""
         st = await self.wait_until(
-            lambda s: bool(s.submissions) and s.submissions[-1].status == "submitted",
+            lambda s: bool(s.submissions) and s.submissions[-1].application_ref is not None,
             "the lender to acknowledge the submission",
         )
         return st.submissions[-1]
+
+    async def wait_notice(self, kind: str, stage: Stage | None = None, count: int = 1) -> DealStatus:
+        def seen(st: DealStatus) -> bool:
+            found = [n for n in st.notices if n.kind == kind and stage in (None, n.stage)]
+            return len(found) >= count
+        return await self.wait_until(seen, f"{count} {kind} notice(s) in {stage}")
+
+    # -- the outside world: the database the activities write, the history
+
+    async def outbox(self, kind: str | None = None) -> list[db.OutboxRow]:
+        def query() -> list[db.OutboxRow]:
+            q = select(db.OutboxRow).where(col(db.OutboxRow.deal_id) == self.deal_id)
+            if kind is not None:
+                q = q.where(col(db.OutboxRow.kind) == kind)
+            with Session(self.stack.engine) as session:
+                return list(session.exec(q.order_by(col(db.OutboxRow.created_at))).all())
+        return await asyncio.to_thread(query)
+
+    async def compensation_rows(self) -> list[db.CompensationRow]:
+        def query() -> list[db.CompensationRow]:
+            q = select(db.CompensationRow).where(col(db.CompensationRow.deal_id) == self.deal_id)
+            with Session(self.stack.engine) as session:
+                return list(session.exec(q.order_by(col(db.CompensationRow.created_at))).all())
+        return await asyncio.to_thread(query)
+
+    async def history_events(self) -> list[Any]:
+        return list((await self.handle.fetch_history()).events)
+
+    async def quiet_history(self, timeout: float = 10) -> list[Any]:
+        """The history once the deal is idle: no activity out, no workflow task
+        pending, and two reads agree. Only then can a count prove nothing was written."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        previous: list[Any] | None = None
+        while True:
+            desc = await self.handle.describe()
+            events = await self.history_events()
+            idle = (
+                not desc.raw_description.pending_activities
+                and not desc.raw_description.HasField("pending_workflow_task")
+                and events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+            )
+            if idle and previous is not None and len(previous) == len(events):
+                return events
+            previous = events if idle else None
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"deal {self.deal_id} did not go idle")
+            await asyncio.sleep(0.05)
+
+    async def search_attribute(self, key: SearchAttributeKey[str]) -> str | None:
+        return (await self.handle.describe()).typed_search_attributes.get(key)
+
+    async def runs(self) -> list[str]:
+        """The run ids of the deal's chain, first to latest (continue-as-new links them)."""
+        chain: list[str] = []
+        run_id: str | None = (await self.handle.describe()).run_id
+        while run_id:
+            chain.append(run_id)
+            handle = self.client.get_workflow_handle(deals.workflow_id(self.deal_id), run_id=run_id)
+            async for event in handle.fetch_history_events():
+                attrs = event.workflow_execution_started_event_attributes
+                run_id = attrs.continued_execution_run_id or None
+                break
+        return chain[::-1]
 
     async def upload_documents(self, which: str = "all") -> None:
         for doc in sample_documents(self.deal_id, self.deal, self.today):

@@ -660,3 +660,38 @@ def test_delivery_resumes_after_kill_and_restart(
     [hook] = ledger["webhooks"]
     assert hook["status"] == "delivered" and hook["attempts"] >= 2
     assert len(ledger["applications"]) == 1
+
+
+def test_extra_events_for_chaos(sim: Sim) -> None:
+    deal = new_deal()
+    reused = f"msg_{uuid.uuid4().hex}"
+    sim.client.put(f"/_sim/scripts/{deal}", json={
+        "lenders": {ACME: [{"decision": "counter_offer"}]},
+        "decision_delay": 0,
+        "extra_events": [
+            {"when": "application", "bad_signature": True, "max_attempts": 1,
+             "data": {"decision_seq": 9, "decision": "approved"}},
+            {"when": "application", "webhook_id": reused, "type": "disbursement.failed",
+             "data": {"reason": "out of order"}},
+        ],
+    })
+    ref = sim.submit(ACME, package(deal, income="5000.00")).json()["application_ref"]
+    events = sim.decisions(deal, 2)
+    assert events[0]["data"]["decision"] == "counter_offer"
+    assert events[0]["data"]["approved_amount"] == "81000.00"
+    assert events[1]["type"] == "disbursement.failed"
+    assert events[1]["data"] == {"deal_id": deal, "application_ref": ref,
+                                 "reason": "out of order"}
+    hooks = wait_for(lambda: (h := sim.ledger(deal)["webhooks"])
+                     and all(w["status"] != "pending" for w in h) and h)
+    assert [(h["status"], h["last_status"]) for h in hooks] == [
+        ("delivered", 204), ("failed", 401), ("delivered", 204)
+    ]
+    assert hooks[2]["id"] == reused
+    # Each extra event fires once: a second submission gets only its decision.
+    sim.submit(ACME, package(deal, 2))
+    sim.decisions(deal, 3)
+    time.sleep(0.1)
+    assert len(sim.ledger(deal)["webhooks"]) == 4
+    status = sim.client.get(f"/lenders/{ACME}/applications/{ref}").json()
+    assert (status["deal_id"], status["status"]) == (deal, "received")

@@ -157,7 +157,12 @@ class DealWorkflow:
                 timeout=timeout,
             )
         except asyncio.TimeoutError:
-            if fire is not None and self.s.stage_entry == entry:
+            if self.s.stage_entry != entry:
+                return
+            # Facts recorded while we slept may have changed what is due (a
+            # follow-up call recorded before it fell due): ask again.
+            due, fire = self._next_timer()
+            if fire is not None and due is not None and due <= workflow.now():
                 await fire()
 
     def _should_continue_as_new(self) -> bool:
@@ -385,17 +390,24 @@ class DealWorkflow:
                 return
             sub.application_ref = result.application_ref
             sub.submitted_at = workflow.now()
-            sub.status = "submitted"
+            # Given up on while our submit call was still out (the lender's
+            # time ran out): withdraw what the lender now holds, right away.
+            withdrawing = sub.status == "withdrawing"
+            sub.status = "withdrawing" if withdrawing else "submitted"
+            detail = {
+                "lender_id": sub.lender_id,
+                "application_ref": result.application_ref,
+                "submission_no": str(sub.submission_no),
+            }
+            if withdrawing:
+                detail["reason"] = "no longer wanted when the lender acknowledged it"
             self.s.compensations.append(
                 Compensation(
                     kind="withdraw_application",
                     key=f"{self.inp.deal_id}:withdraw:{sub.submission_no}",
                     registered_at=workflow.now(),
-                    detail={
-                        "lender_id": sub.lender_id,
-                        "application_ref": result.application_ref,
-                        "submission_no": str(sub.submission_no),
-                    },
+                    status="running" if withdrawing and not self.s.stage.terminal else "pending",
+                    detail=detail,
                 )
             )
             self._project()

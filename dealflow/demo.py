@@ -1,0 +1,280 @@
+"""`make demo`: sample deals through every stage on the embedded stack.
+
+A robot back office reads each deal's pending actions from its `status` query
+and does them with the example payloads; the lender simulator answers by signed
+webhooks according to a per-deal script. The robot is restartable and rides out
+restarts of every other process (kill -9 the worker or the server, `make up`,
+and it carries on): every action carries an update id, so a retried action is
+applied once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from dealflow import client as deals
+from dealflow import rules
+from dealflow.config import Settings, get_settings, load_lenders
+from dealflow.docstore import DocumentStore, open_store
+from dealflow.models import Action, Actor, DealInput, DealPolicy, DealStatus, Stage
+from dealflow.samples import example_action, example_deal, sample_documents, stipulation_document
+from dealflow.uploads import upload_document
+from workflows import DealWorkflow
+
+console = Console(width=None if sys.stdout.isatty() else 140)
+
+# Real deadlines, but follow-up calls seconds apart instead of 3 and 30 days,
+# so the demo can finish its deals while you watch.
+DEMO_POLICY = DealPolicy(
+    follow_up_first=timedelta(seconds=2),
+    follow_up_second=timedelta(seconds=4),
+    follow_up_grace=timedelta(minutes=10),
+)
+
+
+@dataclass
+class Scenario:
+    name: str
+    script: dict[str, Any] | None = None
+    deal_changes: dict[str, Any] = field(default_factory=dict)
+    cancel_at: Stage | None = None
+    expect: Stage = Stage.COMPLETED
+
+
+SCENARIOS = [
+    Scenario("approved by the first lender"),
+    Scenario(
+        "declined by the first lender, approved by the second",
+        script={"lenders": {"acme-auto-finance": [
+            {"decision": "declined",
+             "reasons": [{"code": "CREDIT_HISTORY", "text": "thin credit file"}]}]}},
+    ),
+    Scenario(
+        "conditional: lender asks for an employment letter",
+        script={"lenders": {"acme-auto-finance": [
+            {"decision": "conditional",
+             "stipulations": [{"code": "EMPLOYMENT_LETTER",
+                               "description": "letter from the employer confirming tenure"}]},
+            {"decision": "approved"}]}},
+    ),
+    Scenario(
+        "counter-offer accepted",
+        script={"lenders": {"acme-auto-finance": [
+            {"decision": "counter_offer", "approved_amount": "95000.00"}]}},
+    ),
+    Scenario("cancelled after the down payment", cancel_at=Stage.INVOICING,
+             expect=Stage.CANCELLED),
+    Scenario(
+        "declined by every lender",
+        script={"lenders": {
+            lid: [{"decision": "declined",
+                   "reasons": [{"code": "DTI_TOO_HIGH", "text": "debt-to-income too high"}]}]
+            for lid in ("acme-auto-finance", "beta-motor-credit")}},
+        expect=Stage.DECLINED,
+    ),
+]
+
+
+def actor_for(action: Action) -> Actor:
+    role = sorted(rules.ACTION_ROLES[action])[0]
+    return Actor(staff_id=f"demo-{role.value}", role=role)
+
+
+async def retrying(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Ride out a restarting server or worker: retry transport errors patiently."""
+    delay = 0.5
+    while True:
+        try:
+            return await fn(*args, **kwargs)
+        except (RPCError, RuntimeError, httpx.HTTPError) as e:
+            if isinstance(e, RPCError) and e.status.name not in (
+                "UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "RESOURCE_EXHAUSTED",
+            ):
+                raise
+            console.print(f"[yellow]  {what}: {type(e).__name__}; retrying in {delay:.0f}s[/]")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)
+
+
+class Robot:
+    def __init__(self, client: Client, store: DocumentStore, settings: Settings) -> None:
+        self.client = client
+        self.store = store
+        self.settings = settings
+        self.uploaded: set[tuple[str, str]] = set()
+
+    async def act(self, deal_id: str, st: DealStatus, action: str, **changes: Any) -> None:
+        act = Action(action)
+        payload = {**example_action(action, datetime.now(UTC).date()), **changes}
+        a, inp = deals.parse_action(action, payload, actor_for(act))
+        try:
+            await retrying(
+                action, deals.act, self.client, deal_id, a, inp,
+                update_id=f"demo:{deal_id}:{action}:{st.version}",
+            )
+        except rules.RuleError as e:
+            # Someone (or an earlier run of this robot) got there first.
+            console.print(f"  [dim]{deal_id}: {action} not taken: {e.message}[/]")
+
+    async def upload_missing(self, deal_id: str, deal: DealInput, st: DealStatus) -> None:
+        missing = {(c.kind.value, c.party.value, c.stipulation_code) for c in st.checklist
+                   if not c.satisfied}
+        docs = sample_documents(deal_id, deal, datetime.now(UTC).date())
+        docs += [stipulation_document(deal_id, code) for (_, _, code) in missing if code]
+        for doc in docs:
+            key = (doc["kind"].value, doc["party"].value, doc.get("stipulation_code"))
+            if key not in missing:
+                continue
+            d = dict(doc)
+            await retrying(
+                "upload", upload_document, self.client, self.store, deal_id,
+                actor_for(Action.RECORD_DOCUMENT), kind=d.pop("kind").value,
+                party=d.pop("party").value, file_name=d.pop("file_name"), data=d.pop("data"),
+                policy=DEMO_POLICY, **d,
+            )
+
+    async def step(self, deal_id: str, deal: DealInput, sc: Scenario, st: DealStatus) -> None:
+        """Do whatever the deal is waiting for from the back office."""
+        if sc.cancel_at is not None and st.stage is sc.cancel_at:
+            await self.act(deal_id, st, "cancel", reason="customer changed their mind (demo)")
+            return
+        legal = next((lender.legal_name for lid, lender in load_lenders(
+            self.settings.lenders_file).items() if lid == st.lender_id), None)
+        now = datetime.now(UTC)
+        for p in st.pending:
+            match p.action:
+                case "sign-sales-contract":
+                    await self.act(deal_id, st, p.action)
+                case "record-document":
+                    await self.upload_missing(deal_id, deal, st)
+                case "submit-application":
+                    await self.act(deal_id, st, p.action)
+                case "accept-counter-offer":
+                    sub = st.submissions[-1]
+                    assert sub.current is not None
+                    await self.act(deal_id, st, p.action, application_ref=sub.application_ref,
+                                   decision_seq=sub.current.decision_seq)
+                case "confirm-down-payment":
+                    await self.act(deal_id, st, p.action, amount=str(st.money.down_payment))
+                case "record-insurance":
+                    await self.act(deal_id, st, p.action, first_beneficiary=legal,
+                                   cover_amount=str(deal.vehicle.price))
+                case "record-mortgage":
+                    if st.pending[0].action == "record-mortgage":
+                        await self.act(deal_id, st, p.action, lienholder=legal)
+                case "record-plate":
+                    if st.pending[0].action == "record-plate":
+                        await self.act(deal_id, st, p.action)
+                case "deliver":
+                    if len(st.pending) == 1:
+                        await self.act(deal_id, st, p.action)
+                case "record-follow-up":
+                    call = p.what.split()[0]
+                    if p.due is None or p.due <= now:
+                        await self.act(deal_id, st, p.action, call=call)
+                    break
+                case a if a.startswith("lender-"):
+                    pass
+                case _:
+                    await self.act(deal_id, st, p.action)
+            # One action per look: the next one depends on the new status.
+            return
+
+
+async def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="drive sample deals through the embedded stack")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds to wait for the deals")
+    args = ap.parse_args(argv)
+    settings = get_settings()
+    client = await retrying("connect", deals.connect, settings)
+    store = open_store(
+        settings.document_store, endpoint_url=settings.s3_endpoint_url,
+        signing_secret=settings.jwt_secret, api_base_url=settings.api_url,
+    )
+    lenders = load_lenders(settings.lenders_file)
+    robot = Robot(client, store, settings)
+    sim = f"http://127.0.0.1:{settings.lender_sim_port}"
+
+    running: dict[str, tuple[Scenario, DealInput]] = {}
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=10) as http:
+        for sc in SCENARIOS:
+            deal = example_deal().model_copy(update=sc.deal_changes)
+            deal_id = deals.new_deal_id()
+            if sc.script is not None:
+                r = await retrying("script", http.put, f"{sim}/_sim/scripts/{deal_id}",
+                                   json=sc.script)
+                r.raise_for_status()
+            inp = deals.start_input(deal_id, deal, DEMO_POLICY, lenders,
+                                    Actor(staff_id="demo-sales", role="sales"))
+            await retrying("start", deals.start_deal, client, settings.task_queue, inp)
+            running[deal_id] = (sc, deal)
+            console.print(f"started [bold]{deal_id}[/bold]: {sc.name}")
+
+    last_stage: dict[str, Stage] = {}
+    finals: dict[str, DealStatus] = {}
+    while len(finals) < len(running):
+        if time.monotonic() - started > args.timeout:
+            console.print(f"[red]timed out after {args.timeout:.0f}s[/]")
+            break
+        for deal_id, (sc, deal) in running.items():
+            if deal_id in finals:
+                continue
+            st = await retrying("status", deals.deal_status, client, deal_id)
+            if last_stage.get(deal_id) is not st.stage:
+                last_stage[deal_id] = st.stage
+                reason = st.transitions[-1].reason if st.transitions else ""
+                console.print(f"  {deal_id}  [cyan]{st.stage.value:<13}[/] {reason}")
+            if st.stage.terminal:
+                # The deal closes after its compensations ran: wait for that.
+                handle = client.get_workflow_handle_for(
+                    DealWorkflow.run, deals.workflow_id(deal_id)
+                )
+                finals[deal_id] = await retrying("result", handle.result)
+                continue
+            await robot.step(deal_id, deal, sc, st)
+        await asyncio.sleep(0.3)
+
+    table = Table("deal", "scenario", "final stage", "lender", "financed", "disbursed",
+                  "compensations run", title="DealFlow demo")
+    ok = True
+    for deal_id, (sc, _) in running.items():
+        st = finals.get(deal_id)
+        if st is None:
+            table.add_row(deal_id, sc.name, "[red]unfinished[/]", "", "", "", "")
+            ok = False
+            continue
+        good = st.stage is sc.expect
+        ok &= good
+        comps = ", ".join(c.kind for c in reversed(st.compensations) if c.status == "done")
+        table.add_row(
+            deal_id, sc.name, f"[{'green' if good else 'red'}]{st.stage.value}[/]",
+            st.lender_id or "", f"{st.money.amount_financed:,.2f}",
+            f"{st.money.disbursed or Decimal(0):,.2f}", comps or "-",
+        )
+    console.print(table)
+    console.print(f"{len(finals)} of {len(running)} deals finished in "
+                  f"{time.monotonic() - started:.1f}s")
+    console.print("Temporal UI:  http://localhost:8233/namespaces/default/workflows"
+                  "?query=DealStage%3D%22COMPLETED%22")
+    console.print(f"API docs:     {settings.api_url}/docs")
+    console.print(".venv/bin/temporal workflow list --query 'DealStage=\"COMPLETED\"'")
+    console.print("The stack stays up; `make down` stops it.")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

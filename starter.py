@@ -1,0 +1,287 @@
+"""The operator CLI: start deals, read them, take staff actions, upload documents.
+
+    python starter.py start examples/deal.json
+    python starter.py status DEAL_ID
+    python starter.py list --stage UNDERWRITING
+    python starter.py act DEAL_ID confirm-down-payment examples/actions/confirm-down-payment.json
+    python starter.py upload DEAL_ID id_card scan.jpg --party applicant --id-number ...
+    python starter.py cancel DEAL_ID --reason "customer withdrew"
+
+It talks to Temporal directly with the same validation the API uses; `--as
+STAFF:ROLE` names who acts (default: $USER as admin). Exit status: 0 done,
+2 invalid input, 3 not allowed in the deal's stage, 4 unknown deal, 5 role
+not permitted, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from dealflow import client as deals
+from dealflow import db, rules
+from dealflow.config import LendersFileError, get_settings, load_lenders
+from dealflow.docstore import DocumentStoreUnavailable, open_store
+from dealflow.models import Actor, DealPolicy, DealStatus, Role
+from dealflow.uploads import upload_document
+
+EXIT = {"invalid": 2, "conflict": 3, "forbidden": 5}
+out = Console()
+err = Console(stderr=True)
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_actor(text: str) -> Actor:
+    staff, _, role = text.partition(":")
+    try:
+        return Actor(staff_id=staff, role=Role(role or "admin"))
+    except (ValueError, ValidationError):
+        roles = ", ".join(r.value for r in Role)
+        raise CliError(f"--as must be STAFF_ID:ROLE with ROLE one of {roles}; got {text!r}", 2)
+
+
+def read_json(path: str) -> Any:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror}", 2) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CliError(f"{path} is not valid JSON: {e}", 2) from None
+
+
+def load_policy(path: str | None) -> DealPolicy:
+    settings = get_settings()
+    source = path or settings.policy_file
+    if not source:
+        return DealPolicy()
+    try:
+        return DealPolicy.model_validate(read_json(str(source)))
+    except ValidationError as e:
+        raise CliError(f"policy {source}: {deals.format_validation_error(e)}", 2) from None
+
+
+def show_status(st: DealStatus) -> None:
+    out.print(f"[bold]{st.deal_id}[/bold]  stage [bold cyan]{st.stage.value}[/bold cyan] since "
+              f"{st.stage_entered_at:%Y-%m-%d %H:%M} UTC  lender {st.lender_id or '-'}")
+    m = st.money
+    out.print(f"price {m.vehicle_price:,.2f}  down payment {m.down_payment:,.2f}  financed "
+              f"{m.amount_financed:,.2f}  disbursed {m.disbursed or 0:,.2f}")
+    if st.pending:
+        t = Table("pending action", "role", "what", "due", title="Pending")
+        for p in st.pending:
+            t.add_row(p.action, p.role.value, p.what, f"{p.due:%Y-%m-%d %H:%M}" if p.due else "")
+        out.print(t)
+    missing = [c for c in st.checklist if not c.satisfied]
+    if missing and not st.stage.terminal:
+        out.print("documents missing: " + "; ".join(c.label for c in missing))
+    if st.submissions:
+        t = Table("#", "lender", "status", "ref", "decision", title="Lender submissions")
+        for s in st.submissions:
+            dec = s.current.decision.value if s.current else ""
+            t.add_row(str(s.submission_no), s.lender_id, s.status, s.application_ref or "", dec)
+        out.print(t)
+    if st.outcome_reason:
+        out.print(f"outcome: {st.outcome_reason}")
+    done = [c for c in st.compensations if c.status == "done"]
+    if done:
+        out.print("compensations run: " + ", ".join(c.kind for c in done))
+
+
+async def cmd_start(a: argparse.Namespace) -> None:
+    settings = get_settings()
+    deal = deals.parse_deal(read_json(a.file))
+    try:
+        lenders = load_lenders(settings.lenders_file)
+    except LendersFileError as e:
+        raise CliError(str(e), 2) from None
+    deal_id = a.deal_id or deals.new_deal_id()
+    inp = deals.start_input(deal_id, deal, load_policy(a.policy_file), lenders, a.actor)
+    client = await deals.connect(settings)
+    wid = await deals.start_deal(client, settings.task_queue, inp)
+    if a.json:
+        print(json.dumps({"deal_id": deal_id, "workflow_id": wid}))
+    else:
+        out.print(f"started deal [bold]{deal_id}[/bold] (workflow {wid})")
+
+
+async def cmd_status(a: argparse.Namespace) -> None:
+    client = await deals.connect(get_settings())
+    st = await deals.deal_status(client, a.deal)
+    if a.json:
+        print(st.model_dump_json(indent=2))
+    else:
+        show_status(st)
+
+
+async def cmd_list(a: argparse.Namespace) -> None:
+    engine = db.make_engine(get_settings().database_url)
+    try:
+        rows, cursor = db.list_deals(
+            engine, stage=a.stage, lender_id=a.lender, dealer_id=a.dealer, limit=a.limit,
+            cursor=a.cursor,
+        )
+    except ValueError as e:
+        raise CliError(str(e), 2) from None
+    if a.json:
+        print(json.dumps({"deals": [r.model_dump(mode="json") for r in rows],
+                          "next_cursor": cursor}, default=str))
+        return
+    t = Table("deal", "dealer", "stage", "lender", "financed", "next due", "updated")
+    for r in rows:
+        t.add_row(r.deal_id, r.dealer_id, r.stage, r.lender_id or "", f"{r.amount_financed:,.2f}",
+                  f"{r.next_due_at:%Y-%m-%d}" if r.next_due_at else "",
+                  f"{r.updated_at:%Y-%m-%d %H:%M}")
+    out.print(t)
+    if cursor:
+        out.print(f"more: --cursor {cursor}")
+
+
+async def cmd_act(a: argparse.Namespace) -> None:
+    payload = read_json(a.payload) if a.payload else {}
+    action, inp = deals.parse_action(a.action, payload, a.actor)
+    client = await deals.connect(get_settings())
+    result = await deals.act(client, a.deal, action, inp)
+    if a.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        out.print(f"{action.value}: done")
+        show_status(result.status)
+
+
+async def cmd_cancel(a: argparse.Namespace) -> None:
+    a.action, a.payload = "cancel", None
+    action, inp = deals.parse_action("cancel", {"reason": a.reason}, a.actor)
+    client = await deals.connect(get_settings())
+    result = await deals.act(client, a.deal, action, inp)
+    if a.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        show_status(result.status)
+
+
+async def cmd_upload(a: argparse.Namespace) -> None:
+    settings = get_settings()
+    path = Path(a.file)
+    if not path.is_file():
+        raise CliError(f"{path} is not a file", 2)
+    store = open_store(
+        settings.document_store, endpoint_url=settings.s3_endpoint_url,
+        signing_secret=settings.jwt_secret, api_base_url=settings.api_url,
+    )
+    client = await deals.connect(settings)
+
+    def chunks() -> Any:
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                yield block
+
+    result = await upload_document(
+        client, store, a.deal, a.actor, kind=a.kind, party=a.party, file_name=path.name,
+        data=chunks(), policy=load_policy(a.policy_file), id_number=a.id_number,
+        period_start=a.period_start, period_end=a.period_end,
+        stipulation_code=a.stipulation_code,
+    )
+    doc = result.status
+    if a.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        out.print(f"recorded {a.party} {a.kind} from {path.name}; stage {doc.stage.value}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="starter.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--as", dest="actor", type=parse_actor,
+                   default=f"{getpass.getuser()}:admin", help="STAFF_ID:ROLE of who acts")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("start", help="start a deal from a JSON file (see examples/deal.json)")
+    s.add_argument("file")
+    s.add_argument("--deal-id")
+    s.add_argument("--policy-file", help="DealPolicy JSON (default: DEALFLOW_POLICY_FILE)")
+    s.set_defaults(fn=cmd_start)
+
+    s = sub.add_parser("status", help="a deal's stage, pending actions and submissions")
+    s.add_argument("deal")
+    s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("list", help="deals from the read model")
+    s.add_argument("--stage")
+    s.add_argument("--lender")
+    s.add_argument("--dealer")
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--cursor")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("act", help="take a staff action (payload: JSON file or - for stdin)")
+    s.add_argument("deal")
+    s.add_argument("action")
+    s.add_argument("payload", nargs="?")
+    s.set_defaults(fn=cmd_act)
+
+    s = sub.add_parser("cancel", help="cancel a deal (runs its compensations)")
+    s.add_argument("deal")
+    s.add_argument("--reason", required=True)
+    s.set_defaults(fn=cmd_cancel)
+
+    s = sub.add_parser("upload", help="upload a customer document and record it on the deal")
+    s.add_argument("deal")
+    s.add_argument("kind")
+    s.add_argument("file")
+    s.add_argument("--party", default="applicant", choices=["applicant", "spouse"])
+    s.add_argument("--id-number")
+    s.add_argument("--period-start", type=date.fromisoformat)
+    s.add_argument("--period-end", type=date.fromisoformat)
+    s.add_argument("--stipulation-code")
+    s.add_argument("--policy-file")
+    s.set_defaults(fn=cmd_upload)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except CliError as e:
+        err.print(f"error: {e}")
+        return e.code
+    try:
+        asyncio.run(args.fn(args))
+    except CliError as e:
+        err.print(f"error: {e}")
+        return e.code
+    except rules.RuleError as e:
+        err.print(f"rejected: {e.message}")
+        return EXIT[e.kind]
+    except deals.DealNotFound as e:
+        err.print(f"error: {e}")
+        return 4
+    except DocumentStoreUnavailable as e:
+        err.print(f"error: document store unavailable: {e}")
+        return 1
+    except RuntimeError as e:
+        if "Failed client connect" in str(e) or "connection" in str(e).lower():
+            err.print(f"error: cannot reach Temporal at {get_settings().temporal_address}: {e}")
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The DealFlow worker: DealWorkflow and its activities on the configured task queue.
+
+Workers are stateless and scale out horizontally on the same task queue; a
+deal's state is its Temporal history, so any worker can pick it up after
+another dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+from temporalio.worker import Worker
+
+from activities import DealActivities
+from dealflow import client as deals
+from dealflow import db, logs
+from dealflow.config import Settings, get_settings, load_lenders
+from dealflow.docstore import open_store
+from workflows import WORKFLOW_RUNNER, DealWorkflow
+
+log = logging.getLogger("dealflow.worker")
+
+
+def build_worker(settings: Settings, client: object, activities: DealActivities,
+                 executor: ThreadPoolExecutor) -> Worker:
+    return Worker(
+        client,  # type: ignore[arg-type]
+        task_queue=settings.task_queue,
+        workflows=[DealWorkflow],
+        activities=activities.all(),
+        activity_executor=executor,
+        workflow_runner=WORKFLOW_RUNNER,
+        # The cache bounds memory (~65-70 KB per cached deal, DESIGN §5);
+        # evicted deals are rebuilt from history on their next event.
+        max_cached_workflows=settings.max_cached_workflows,
+        max_concurrent_activities=settings.max_concurrent_activities,
+        max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
+        # On SIGTERM running activities get this long to finish; after that
+        # they are cancelled and Temporal retries them on another worker.
+        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
+    )
+
+
+async def main() -> None:
+    logs.setup()
+    settings = get_settings()
+    client = await deals.connect(settings)
+    store = open_store(
+        settings.document_store, endpoint_url=settings.s3_endpoint_url,
+        signing_secret=settings.jwt_secret, api_base_url=settings.api_url,
+    )
+    activities_http = httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0))
+    acts = DealActivities(
+        db.make_engine(settings.database_url), load_lenders(settings.lenders_file),
+        activities_http, store,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ready = Path(os.environ.get("DEALFLOW_DATA_DIR", ".data")) / "worker.ready"
+    with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
+        worker = build_worker(settings, client, acts, executor)
+        async with worker:
+            ready.parent.mkdir(parents=True, exist_ok=True)
+            ready.write_text(str(os.getpid()))
+            log.info(
+                "worker polling",
+                extra={"task_queue": settings.task_queue, "namespace": settings.namespace,
+                       "max_cached_workflows": settings.max_cached_workflows},
+            )
+            await stop.wait()
+            log.info("worker shutting down",
+                     extra={"grace_seconds": settings.graceful_shutdown_seconds})
+        ready.unlink(missing_ok=True)
+    await activities_http.aclose()
+    log.info("worker stopped")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
