@@ -650,13 +650,22 @@ def check_action(action: Action, inp: ActionInput, view: DealView) -> None:
 # --------------------------------------------------------------------------- pending
 
 
+# Whose desk an action lands on when several roles may take it (DESIGN §1,
+# "who acts"): the customer's documents are collected by sales.
+_OWNER: dict[Action, Role] = {Action.RECORD_DOCUMENT: Role.SALES, Action.CANCEL: Role.SALES}
+
+
+def owner_role(action: Action) -> Role:
+    return _OWNER.get(action) or sorted(ACTION_ROLES[action])[0]
+
+
 def pending_actions(view: DealView, due: datetime | None) -> list[PendingAction]:
     """What the deal waits for, for whom, by when: the desk's to-do list."""
     s = view.state
     p: list[PendingAction] = []
 
     def add(action: Action, what: str, when: datetime | None = due) -> None:
-        role = sorted(ACTION_ROLES[action])[0]
+        role = owner_role(action)
         p.append(PendingAction(action=action.value, role=role, what=what, due=when))
 
     match s.stage:

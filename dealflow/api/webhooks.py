@@ -31,6 +31,7 @@ log = logging.getLogger("dealflow.webhooks")
 router = APIRouter(tags=["lender webhooks"])
 
 MAX_WEBHOOK_BYTES = 256 * 1024
+REQUIRED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 _DATA_MODELS: dict[str, type[BaseModel]] = {
     "application.decided": ApplicationDecided,
     "disbursement.completed": DisbursementCompleted,
@@ -60,6 +61,40 @@ def parse_event(lender_id: str, webhook_id: str, payload: Any) -> LenderEventInp
     })
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it is known to exceed `limit`
+    (from Content-Length, or while streaming): a huge body is never buffered."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Problem(413, f"webhook body of {declared} bytes exceeds the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Problem(413, f"webhook body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+def verify_signature(secret: str, request: Request, body: bytes) -> None:
+    """Standard Webhooks check, or WebhookVerificationError saying why not.
+
+    The library's own `verify` is called with json_parse=False (a well-signed body
+    that is not JSON is a malformed event, 422, not a crash), and the ValueErrors
+    it lets through for garbled headers become verification failures.
+    """
+    missing = [h for h in REQUIRED_HEADERS if not request.headers.get(h)]
+    if missing:
+        raise WebhookVerificationError(f"missing header(s) {', '.join(missing)}")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WebhookVerificationError("body is not UTF-8, so it cannot be verified") from None
+    try:
+        Webhook(secret).verify(body, dict(request.headers), json_parse=False)
+    except ValueError:  # e.g. "v1" without a comma, bad base64 in webhook-signature
+        raise WebhookVerificationError("malformed webhook-signature header") from None
+
+
 @router.post(
     "/webhooks/lenders/{lender_id}",
     status_code=204,
@@ -77,11 +112,9 @@ async def receive(lender_id: str, request: Request) -> Response:
     lender = svc.lenders.get(lender_id)
     if lender is None:
         raise Problem(404, f"unknown lender {lender_id!r}")
-    body = await request.body()
-    if len(body) > MAX_WEBHOOK_BYTES:
-        raise Problem(413, f"webhook body exceeds {MAX_WEBHOOK_BYTES} bytes")
+    body = await read_body(request, MAX_WEBHOOK_BYTES)
     try:
-        Webhook(lender.webhook_secret).verify(body, dict(request.headers))
+        verify_signature(lender.webhook_secret, request, body)
     except WebhookVerificationError as e:
         # Not stored under its id: an unsigned request must not be able to
         # claim a webhook id before the lender's genuine event arrives.

@@ -1,0 +1,175 @@
+"""Regenerate the committed histories that every test run replays.
+
+    .venv/bin/python -m tests.histories.regenerate
+
+Runs each scenario on the time-skipping server with the real API receiver and
+lender simulator in process (as the tests do) and writes one JSON history per
+workflow run, in the format of `temporal workflow show --output json`.
+Regenerate only when a deliberate, patched change makes new histories worth
+keeping; old files stay as the proof that old deals still replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from dealflow import client as deals
+from dealflow import db
+from dealflow.docstore import LocalDirectoryStore
+from dealflow.models import DealPolicy, Stage
+from tests.conftest import BIN, SEARCH_ATTRIBUTES, deal_worker, run_stack
+from tests.desk import Desk
+
+HERE = Path(__file__).resolve().parent
+
+
+async def happy_path(d: Desk) -> None:
+    await d.start()
+    await d.through_delivery()
+    await d.wait_stage(Stage.FOLLOW_UP)
+    await d.sleep(3)
+    await d.do("record-follow-up", call="day3")
+    await d.sleep(27)
+    await d.do("record-follow-up", call="day30")
+
+
+async def declined_then_approved(d: Desk) -> None:
+    await d.start(script={"lenders": {"acme-auto-finance": [
+        {"decision": "declined", "reasons": [{"code": "THIN_FILE", "text": "thin credit file"}]}
+    ]}})
+    await d.through_delivery()
+    await d.wait_stage(Stage.FOLLOW_UP)
+
+
+async def conditional(d: Desk) -> None:
+    await d.start(script={"lenders": {"acme-auto-finance": [
+        {"decision": "conditional",
+         "stipulations": [{"code": "EMPLOYMENT_LETTER", "description": "employer letter"}]},
+        {"decision": "approved"},
+    ]}})
+    await d.through_documents()
+    await d.do("submit-application")
+    await d.wait_stage(Stage.DOCUMENTS)
+    await d.wait_until(lambda s: any(c.stipulation_code for c in s.checklist), "stipulation")
+    await d.upload_stipulation("EMPLOYMENT_LETTER")
+    await d.wait_stage(Stage.DOWN_PAYMENT)
+    await d.do("cancel", reason="customer withdrew")
+
+
+async def counter_offer_accepted(d: Desk) -> None:
+    await d.start(script={"lenders": {"acme-auto-finance": [
+        {"decision": "counter_offer", "approved_amount": "95000.00"}]}})
+    await d.through_documents()
+    await d.do("submit-application")
+    st = await d.wait_until(lambda s: any(p.action == "accept-counter-offer" for p in s.pending))
+    sub = st.submissions[-1]
+    assert sub.current is not None
+    await d.do("accept-counter-offer", application_ref=sub.application_ref,
+               decision_seq=sub.current.decision_seq)
+    await d.do("confirm-down-payment", amount="55000.00")
+    await d.do("cancel", reason="customer found a cheaper car")
+
+
+async def contract_expired(d: Desk) -> None:
+    await d.start()
+
+
+async def all_declined(d: Desk) -> None:
+    reasons = [{"code": "DTI_TOO_HIGH", "text": "debt-to-income too high"}]
+    await d.start(script={"lenders": {
+        "acme-auto-finance": [{"decision": "declined", "reasons": reasons}],
+        "beta-motor-credit": [{"decision": "declined", "reasons": reasons}],
+    }})
+    await d.through_documents()
+    await d.do("submit-application")
+
+
+async def continued_as_new(d: Desk) -> None:
+    await d.start(policy=DealPolicy(max_history_events=60))
+    await d.through_delivery()
+    await d.wait_stage(Stage.FOLLOW_UP)
+    await d.do("record-follow-up", call="day3")
+    await d.do("record-follow-up", call="day30")
+
+
+SCENARIOS: dict[str, Callable[[Desk], Awaitable[None]]] = {
+    "happy_path": happy_path,
+    "declined_then_approved": declined_then_approved,
+    "conditional_then_cancelled": conditional,
+    "counter_offer_accepted_then_cancelled": counter_offer_accepted,
+    "contract_expired": contract_expired,
+    "all_declined": all_declined,
+    "continued_as_new": continued_as_new,
+}
+
+
+async def main() -> None:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    )
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={
+                k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in SEARCH_ATTRIBUTES
+            },
+        )
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        url = f"sqlite:///{tmp_path / 'dealflow.db'}"
+        db.migrate(url)
+        store = LocalDirectoryStore(
+            tmp_path / "docs", signing_secret="s", api_base_url="http://127.0.0.1:1"
+        )
+        async with run_stack(env, url, store, tmp_path) as stack:
+            for name, scenario in SCENARIOS.items():
+                async with deal_worker(env.client, url, stack.lenders, store) as tq:
+                    desk = Desk(stack, tq)
+                    await scenario(desk)
+                    # Let the deal run to its end: timers skip, the deal closes.
+                    final = await asyncio.wait_for(desk.result(), timeout=60)
+                    print(f"{name}: {final.stage.value}")
+                    run_ids = await _run_chain(env, desk.deal_id)
+                    for i, run_id in enumerate(run_ids):
+                        h = env.client.get_workflow_handle(
+                            deals.workflow_id(desk.deal_id), run_id=run_id
+                        )
+                        history = await h.fetch_history()
+                        suffix = f"_run{i + 1}" if len(run_ids) > 1 else ""
+                        path = HERE / f"{name}{suffix}.json"
+                        path.write_text(history.to_json(), encoding="utf-8")
+                        print(f"wrote {path.name}: {len(history.events)} events")
+    await env.shutdown()
+
+
+async def _run_chain(env: WorkflowEnvironment, deal_id: str) -> list[str]:
+    """Every run of the deal, first to last, following continue-as-new."""
+    handle = env.client.get_workflow_handle(deals.workflow_id(deal_id))
+    latest = await handle.describe()
+    runs = [latest.run_id]
+    history = await env.client.get_workflow_handle(
+        deals.workflow_id(deal_id), run_id=latest.run_id
+    ).fetch_history()
+    first = history.events[0].workflow_execution_started_event_attributes
+    prev = first.continued_execution_run_id
+    while prev:
+        runs.insert(0, prev)
+        h = await env.client.get_workflow_handle(
+            deals.workflow_id(deal_id), run_id=prev
+        ).fetch_history()
+        prev = h.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+    return runs
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
