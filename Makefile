@@ -54,18 +54,18 @@ status:
 # The suite starts what it needs itself (time-skipping server, dev servers on free
 # ports, tmp dirs): it must pass with the stack up or down. `time` is bash's keyword,
 # so the exit status of pytest is kept and the wall time is printed even on failure.
-test: $(VENV)
+test: venv
 	@TIMEFORMAT='test suite wall time: %1Rs'; time $(VENV)/bin/pytest -q
 
-lint: $(VENV)
+lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy $(LINT_PATHS)
 
-chaos: $(VENV)
+chaos: venv
 	$(PYTHON) -m bench.chaos
 
-bench: $(VENV)
+bench: venv
 	$(PYTHON) -m bench.run
 
 # Only after a successful `down`: deleting temporal.db under a running server

@@ -109,6 +109,11 @@ def start_input(
     lenders: dict[str, LenderConfig],
     actor: Actor,
 ) -> StartDealInput:
+    if actor.role not in rules.START_DEAL_ROLES:
+        names = ", ".join(sorted(r.value for r in rules.START_DEAL_ROLES))
+        raise rules.RuleError(
+            "forbidden", f"role '{actor.role.value}' may not start a deal; allowed: {names}"
+        )
     rules.validate_deal(deal, policy, lenders)
     refs = [LenderRef(id=lid, legal_name=lenders[lid].legal_name) for lid in deal.lender_ids]
     return StartDealInput(deal_id=deal_id, deal=deal, policy=policy, lenders=refs, created_by=actor)

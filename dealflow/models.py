@@ -31,7 +31,7 @@ def money(value: Decimal | int | str) -> Decimal:
     return Decimal(value).quantize(CENT)
 
 
-def fmt_money(value: Decimal) -> str:
+def fmt_money(value: Decimal | int | str) -> str:
     """30000 -> '30,000.00': the form clerks read in error messages."""
     return f"{money(value):,.2f}"
 

@@ -160,7 +160,7 @@ def validate_id_number(number: str, whose: str) -> str:
     try:
         return str(ric.validate(number))
     except StdnumError as e:
-        raise invalid(f"{whose} ID number is not valid: {e.message.lower()}") from e
+        raise invalid(f"{whose} ID number is not valid: {str(e).lower()}") from e
 
 
 _VIN_VALUES = {
@@ -551,9 +551,8 @@ def check_action(action: Action, inp: ActionInput, view: DealView) -> None:
                 raise conflict("documents are incomplete: " + describe_missing(items))
             if inp.applicant_id_number != deal.customer.applicant.id_number:
                 raise invalid("applicant_id_number does not match the applicant's ID card")
-            _eq_money(
-                "declared monthly income", inp.monthly_income, deal.customer.applicant.monthly_income
-            )
+            declared = deal.customer.applicant.monthly_income
+            _eq_money("declared monthly income", inp.monthly_income, declared)
         case AcceptCounterOfferInput() | DeclineCounterOfferInput():
             sub = view.open_counter_offer()
             if sub is None or sub.current is None:

@@ -25,11 +25,10 @@ from temporalio.worker import Worker
 
 from activities import DealActivities
 from dealflow import db
-from dealflow.config import LenderConfig, load_lenders
-from dealflow.docstore import LocalDirectoryStore
 from dealflow.api.app import create_app as create_api
 from dealflow.api.deps import Services
-from dealflow.config import Settings
+from dealflow.config import LenderConfig, Settings, load_lenders
+from dealflow.docstore import LocalDirectoryStore
 from dealflow.lender_sim import SimConfig
 from dealflow.lender_sim.app import create_app as create_sim
 from tests.servers import free_port, serve_async

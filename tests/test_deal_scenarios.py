@@ -248,7 +248,8 @@ async def _to_delivery(desk: Desk) -> None:
 async def test_stage_left_open_is_escalated_after_its_days(
     desk: Desk, stage: Stage, days: int, reach: Any, who: str
 ) -> None:
-    await desk.start(script={"disbursements": [{"result": "silent"}]})
+    lender_pays = stage is not Stage.DISBURSEMENT
+    await desk.start(script=None if lender_pays else {"disbursements": [{"result": "silent"}]})
     await reach(desk)
     await desk.wait_stage(stage)
     await desk.sleep(days - 0.5)
@@ -356,8 +357,9 @@ async def test_every_lender_declined_ends_declined_with_adverse_action_notice(
     ))
     await desk.through_documents()
     await desk.do("submit-application")
+    # Let the lenders answer before time may skip (their webhooks come in real time).
+    await desk.wait_stage(Stage.DECLINED)
     final = await desk.result()
-    assert final.stage is Stage.DECLINED
     assert final.outcome_reason == (
         f"every lender declined (declined by {BETA} (THIN_FILE, EMPLOYMENT))"
     )
@@ -493,7 +495,8 @@ async def test_stale_decision_signal_with_lower_seq_is_ignored(desk: Desk) -> No
     assert sub.current is not None
     assert (sub.current.decision, sub.current.decision_seq) == (Decision.COUNTER_OFFER, 2)
     assert not sub.decisions[1].applied
-    assert st.stage is Stage.UNDERWRITING and st.money.down_payment == Decimal("60000.00")
+    assert st.stage is Stage.UNDERWRITING
+    assert [p.action for p in st.pending] == ["accept-counter-offer"]
 
 
 async def test_duplicate_webhook_from_lender_is_applied_once(desk: Desk) -> None:

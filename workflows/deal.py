@@ -125,13 +125,23 @@ class DealWorkflow:
         # A continued run resumes from the state the previous run carried over.
         self.s = inp.state or DealState(stage_entered_at=workflow.now())
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        if inp.state is None:
+            # Recorded here, not in run(): an update that arrives with the start
+            # runs its handler before run() begins and must find the deal started.
+            self.s.transitions.append(
+                Transition(
+                    at=workflow.now(), from_stage=None, to_stage=Stage.CONTRACT,
+                    actor=f"{inp.created_by.staff_id}/{inp.created_by.role.value}",
+                    reason="deal started",
+                )
+            )
 
     # ------------------------------------------------------------------ run
 
     @workflow.run
     async def run(self, inp: StartDealInput) -> DealStatus:
         if inp.state is None:
-            self._record_transition(None, Stage.CONTRACT, "deal started", inp.created_by)
+            self._upsert_search_attributes()
             self._project()
         while not self.s.stage.terminal:
             self._kick_owed_work()
@@ -577,7 +587,10 @@ class DealWorkflow:
                 actor=f"{actor.staff_id}/{actor.role.value}", reason=reason,
             )
         )
-        attrs = [DEAL_STAGE.value_set(to.value), DEALER_ID.value_set(self.deal.dealer_id)]
+        self._upsert_search_attributes()
+
+    def _upsert_search_attributes(self) -> None:
+        attrs = [DEAL_STAGE.value_set(self.s.stage.value), DEALER_ID.value_set(self.deal.dealer_id)]
         lender = self._lender_id()
         attrs.append(LENDER_ID.value_set(lender) if lender else LENDER_ID.value_unset())
         workflow.upsert_search_attributes(attrs)

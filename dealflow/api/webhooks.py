@@ -51,8 +51,10 @@ def parse_event(lender_id: str, webhook_id: str, payload: Any) -> LenderEventInp
     etype = payload.get("type")
     if etype not in _DATA_MODELS:
         raise ValueError(f"unknown event type {etype!r}; expected one of {', '.join(_DATA_MODELS)}")
+    if not isinstance(payload.get("data"), dict):
+        raise ValueError(f"{etype}: data must be a JSON object with the event's fields")
     try:
-        data = _DATA_MODELS[etype].model_validate(payload.get("data"))
+        data = _DATA_MODELS[etype].model_validate(payload["data"])
     except ValidationError as e:
         raise ValueError(f"{etype} data: {deals.format_validation_error(e)}") from None
     return LenderEventInput.model_validate({
@@ -125,9 +127,14 @@ async def receive(lender_id: str, request: Request) -> Response:
     error: str | None = None
     event: LenderEventInput | None = None
     try:
-        event = parse_event(lender_id, webhook_id, json.loads(body))
+        payload = json.loads(body)
     except ValueError as e:
-        error = str(e)
+        error = f"body is not valid JSON: {e}"
+    else:
+        try:
+            event = parse_event(lender_id, webhook_id, payload)
+        except ValueError as e:
+            error = str(e)
     data = (event.decided or event.disbursed or event.failed) if event else None
     deal_id = data.deal_id if data else None
 

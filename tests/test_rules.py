@@ -1,0 +1,234 @@
+"""The pure business rules, by example and by property (hypothesis)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+from stdnum.cn import ric
+
+from dealflow import rules
+from dealflow.models import (
+    Action,
+    Actor,
+    DealInput,
+    DealPolicy,
+    DealState,
+    DocumentKind,
+    DocumentRecord,
+    Party,
+    Product,
+    Role,
+    Stage,
+    fmt_money,
+    money,
+)
+from dealflow.samples import example_deal
+
+POLICY = DealPolicy()
+LENDERS = ["acme-auto-finance", "beta-motor-credit"]
+money_st = st.decimals(min_value=Decimal("1000.00"), max_value=Decimal("5000000.00"), places=2)
+
+
+def deal_with(**changes: object) -> DealInput:
+    return example_deal().model_copy(update=changes)
+
+
+# --------------------------------------------------------------------------- money
+
+
+def test_money_is_decimal_with_two_places_never_float() -> None:
+    d = example_deal()
+    assert isinstance(d.vehicle.price, Decimal)
+    assert d.amount_financed == Decimal("105000.00")
+    with pytest.raises(ValidationError):
+        DealInput.model_validate({**d.model_dump(mode="json"), "down_payment": "1.005"})
+    with pytest.raises(ValidationError):
+        DealInput.model_validate({**d.model_dump(mode="json"), "down_payment": "NaN"})
+    with pytest.raises(ValidationError):
+        DealInput.model_validate({**d.model_dump(mode="json"), "down_payment": "-5.00"})
+
+
+@given(price=money_st, ratio=st.decimals(min_value=0, max_value=1, places=2))
+def test_amount_financed_is_price_minus_down_payment_exactly(price: Decimal, ratio: Decimal) -> None:
+    down = money(price * ratio)
+    deal = deal_with(vehicle=example_deal().vehicle.model_copy(update={"price": price}),
+                     down_payment=down)
+    assert deal.amount_financed == price - down
+    assert deal.amount_financed.as_tuple().exponent == -2
+
+
+@given(value=st.decimals(min_value=0, max_value=Decimal("999999999999.99"), places=2))
+def test_formatted_money_reads_back_as_the_same_amount(value: Decimal) -> None:
+    assert Decimal(fmt_money(value).replace(",", "")) == value
+
+
+# --------------------------------------------------------------------------- loan ratio
+
+
+@pytest.mark.parametrize(
+    ("product", "condition", "new_energy", "ratio"),
+    [(Product.NEW_CAR, "new", False, "0.80"), (Product.NEW_ENERGY_CAR, "new", True, "0.85"),
+     (Product.USED_CAR, "used", False, "0.70")],
+)
+def test_amount_financed_may_not_exceed_the_products_loan_ratio(
+    product: Product, condition: str, new_energy: bool, ratio: str
+) -> None:
+    price = Decimal("200000.00")
+    vehicle = example_deal().vehicle.model_copy(
+        update={"price": price, "condition": condition, "new_energy": new_energy}
+    )
+    at_limit = money(price * (1 - Decimal(ratio)))
+    rules.validate_deal(deal_with(vehicle=vehicle, product=product, down_payment=at_limit),
+                        POLICY, LENDERS)
+    with pytest.raises(rules.RuleError) as e:
+        rules.validate_deal(
+            deal_with(vehicle=vehicle, product=product, down_payment=at_limit - Decimal("0.01")),
+            POLICY, LENDERS,
+        )
+    assert "exceeds" in e.value.message and f"{at_limit:,.2f}" in e.value.message
+
+
+@given(price=money_st, down=money_st, product=st.sampled_from(list(Product)))
+def test_ratio_rule_accepts_exactly_the_deals_within_the_limit(
+    price: Decimal, down: Decimal, product: Product
+) -> None:
+    vehicle = example_deal().vehicle.model_copy(update={
+        "price": price, "condition": "used" if product is Product.USED_CAR else "new",
+        "new_energy": product is Product.NEW_ENERGY_CAR})
+    deal = deal_with(vehicle=vehicle, product=product, down_payment=down)
+    within = down < price and deal.amount_financed <= money(price * POLICY.max_loan_ratio[product])
+    try:
+        rules.validate_deal(deal, POLICY, LENDERS)
+        accepted = True
+    except rules.RuleError:
+        accepted = False
+    assert accepted == within
+
+
+def test_deal_rules_name_every_problem_at_once() -> None:
+    deal = deal_with(lender_ids=["acme-auto-finance", "acme-auto-finance", "nobody"],
+                     product=Product.USED_CAR)
+    with pytest.raises(rules.RuleError) as e:
+        rules.validate_deal(deal, POLICY, LENDERS)
+    msg = e.value.message
+    assert "appears twice" in msg and "unknown lender 'nobody'" in msg and "used_car" in msg
+
+
+# --------------------------------------------------------------------------- identity
+
+
+@given(st.integers(min_value=0, max_value=10**16 - 1))
+def test_only_id_numbers_with_the_right_check_digit_pass(n: int) -> None:
+    body = f"110105{1950 + n % 50:04d}{1 + n % 12:02d}{1 + n % 28:02d}{n % 1000:03d}"
+    good = body + ric.calc_check_digit(body + "0")
+    assert rules.validate_id_number(good, "applicant") == good
+    bad_digit = next(c for c in "0123456789X" if c != good[-1])
+    with pytest.raises(rules.RuleError, match="applicant ID number is not valid"):
+        rules.validate_id_number(body + bad_digit, "applicant")
+
+
+def test_vin_check_digit() -> None:
+    rules.validate_vin("LFV2A2158P3012345")
+    with pytest.raises(rules.RuleError, match="check digit"):
+        rules.validate_vin("LFV2A2159P3012345")
+    with pytest.raises(rules.RuleError, match="without I, O, Q"):
+        rules.validate_vin("LFV2A2158P30123O5")
+
+
+# --------------------------------------------------------------------------- checklist
+
+
+def _statement(start: date, end: date) -> DocumentRecord:
+    return DocumentRecord(
+        doc_id=f"d-{start}-{end}", kind=DocumentKind.BANK_STATEMENT, party=Party.APPLICANT,
+        file_name="s.pdf", content_type="application/pdf", size=10, sha256="0" * 64,
+        storage_key="k", uploaded_by="x", uploaded_at=datetime.now(UTC),
+        period_start=start, period_end=end,
+    )
+
+
+def test_statement_window_is_the_last_six_complete_months() -> None:
+    assert rules.statement_window(date(2026, 11, 28), 6) == (date(2026, 5, 1), date(2026, 10, 31))
+    assert rules.statement_window(date(2026, 3, 1), 6) == (date(2025, 9, 1), date(2026, 2, 28))
+
+
+@given(
+    as_of=st.dates(min_value=date(2020, 1, 1), max_value=date(2035, 12, 31)),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6),
+    gap_at=st.integers(min_value=0, max_value=200),
+)
+@settings(max_examples=200)
+def test_statement_gaps_are_exactly_the_uncovered_days(
+    as_of: date, cuts: list[int], gap_at: int
+) -> None:
+    start, end = rules.statement_window(as_of, 6)
+    days = (end - start).days + 1
+    # Cover the window with consecutive statements, then drop one day.
+    points = sorted({0, days, *(c % days for c in cuts)})
+    periods = [(start + timedelta(p), start + timedelta(q - 1)) for p, q in zip(points, points[1:])]
+    assert rules.bank_statement_gaps([_statement(a, b) for a, b in periods], as_of, 6) == []
+    hole = start + timedelta(gap_at % days)
+    holed: list[DocumentRecord] = []
+    for a, b in periods:
+        if a <= hole <= b:
+            if a < hole:
+                holed.append(_statement(a, hole - timedelta(1)))
+            if hole < b:
+                holed.append(_statement(hole + timedelta(1), b))
+        else:
+            holed.append(_statement(a, b))
+    assert rules.bank_statement_gaps(holed, as_of, 6) == [(hole, hole)]
+
+
+def test_married_applicant_needs_marriage_certificate_and_spouse_id() -> None:
+    deal = example_deal()
+    state = DealState(stage_entered_at=datetime.now(UTC))
+    items = rules.checklist(deal, state, POLICY, date(2026, 11, 28))
+    labels = {(i.kind, i.party) for i in items}
+    assert (DocumentKind.MARRIAGE_CERTIFICATE, Party.APPLICANT) in labels
+    assert (DocumentKind.ID_CARD, Party.SPOUSE) in labels
+    single = deal.model_copy(update={"customer": deal.customer.model_copy(update={
+        "applicant": deal.customer.applicant.model_copy(update={"married": False}),
+        "spouse": None})})
+    assert len(rules.checklist(single, state, POLICY, date(2026, 11, 28))) == 6
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+@pytest.mark.parametrize("action", list(Action))
+@pytest.mark.parametrize("role", [r for r in Role if r is not Role.ADMIN])
+def test_permission_table_is_enforced_for_every_action_and_role(action: Action, role: Role) -> None:
+    actor = Actor(staff_id="x", role=role)
+    if role in rules.ACTION_ROLES[action]:
+        rules.check_role(action, actor)
+    else:
+        with pytest.raises(rules.RuleError) as e:
+            rules.check_role(action, actor)
+        assert e.value.kind == "forbidden" and role.value in e.value.message
+
+
+def test_auditors_may_not_act_and_admins_may_do_everything() -> None:
+    for action in Action:
+        rules.check_role(action, Actor(staff_id="a", role=Role.ADMIN))
+        with pytest.raises(rules.RuleError):
+            rules.check_role(action, Actor(staff_id="b", role=Role.AUDITOR))
+
+
+def test_cancellation_is_possible_only_before_disbursement() -> None:
+    for stage in Stage:
+        allowed = stage in rules.ACTION_STAGES[Action.CANCEL]
+        before = list(Stage).index(stage) < list(Stage).index(Stage.DISBURSEMENT)
+        assert allowed == before, stage
+
+
+def test_content_type_is_sniffed_from_the_bytes() -> None:
+    assert rules.sniff_content_type(b"%PDF-1.7 ...") == "application/pdf"
+    assert rules.sniff_content_type(b"\xff\xd8\xff\xe0") == "image/jpeg"
+    assert rules.sniff_content_type(b"\x89PNG\r\n\x1a\n...") == "image/png"
+    assert rules.sniff_content_type(b"GIF89a") == "application/octet-stream"
