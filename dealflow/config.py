@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     jwt_secret: str = "dev-secret-change-me-0123456789abcdef"
     lenders_file: Path = ROOT / "examples" / "lenders.toml"
     codec_keys: str = ""
+    # Loopback by default: the development stack is not for the network.
+    # Containers set 0.0.0.0.
+    api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_base_url: str = ""
     lender_sim_port: int = 8100

@@ -31,7 +31,7 @@ async def main() -> None:
         ),
     )
     config = uvicorn.Config(
-        create_app(services), host="127.0.0.1", port=settings.api_port, log_config=None,
+        create_app(services), host=settings.api_host, port=settings.api_port, log_config=None,
         access_log=False,
     )
     log.info("API listening", extra={"port": settings.api_port})
