@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import sys
 from datetime import date
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dealflow import client as deals
@@ -40,6 +42,12 @@ out = Console()
 err = Console(stderr=True)
 
 
+def fail(message: str) -> None:
+    # Plain text: a path or a lender's reason may contain [brackets], which rich
+    # would take for markup (and raise MarkupError on a stray closing tag).
+    err.print(message, markup=False, highlight=False)
+
+
 class CliError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
@@ -47,9 +55,11 @@ class CliError(Exception):
 
 
 def parse_actor(text: str) -> Actor:
-    staff, _, role = text.partition(":")
+    staff, sep, role = text.partition(":")
     try:
-        return Actor(staff_id=staff, role=Role(role or "admin"))
+        if not sep:
+            raise ValueError("no role")
+        return Actor(staff_id=staff, role=Role(role))
     except (ValueError, ValidationError):
         roles = ", ".join(r.value for r in Role)
         raise CliError(
@@ -88,11 +98,12 @@ def show_status(st: DealStatus) -> None:
     if st.pending:
         t = Table("pending action", "role", "what", "due", title="Pending")
         for p in st.pending:
-            t.add_row(p.action, p.role.value, p.what, f"{p.due:%Y-%m-%d %H:%M}" if p.due else "")
+            due = f"{p.due:%Y-%m-%d %H:%M}" if p.due else ""
+            t.add_row(p.action, p.role.value, escape(p.what), due)
         out.print(t)
     missing = [c for c in st.checklist if not c.satisfied]
     if missing and not st.stage.terminal:
-        out.print("documents missing: " + "; ".join(c.label for c in missing))
+        out.print("documents missing: " + "; ".join(escape(c.label) for c in missing))
     if st.submissions:
         t = Table("#", "lender", "status", "ref", "decision", title="Lender submissions")
         for s in st.submissions:
@@ -100,7 +111,7 @@ def show_status(st: DealStatus) -> None:
             t.add_row(str(s.submission_no), s.lender_id, s.status, s.application_ref or "", dec)
         out.print(t)
     if st.outcome_reason:
-        out.print(f"outcome: {st.outcome_reason}")
+        out.print(f"outcome: {escape(st.outcome_reason)}")
     done = [c for c in st.compensations if c.status == "done"]
     if done:
         out.print("compensations run: " + ", ".join(c.kind for c in done))
@@ -204,7 +215,8 @@ async def cmd_upload(a: argparse.Namespace) -> None:
     if a.json:
         print(result.model_dump_json(indent=2))
     else:
-        out.print(f"recorded {a.party} {a.kind} from {path.name}; stage {doc.stage.value}")
+        out.print(f"recorded {a.party} {escape(a.kind)} from {escape(path.name)}; "
+                  f"stage {doc.stage.value}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -261,29 +273,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
     except CliError as e:
-        err.print(f"error: {e}")
+        fail(f"error: {e}")
         return e.code
     try:
         asyncio.run(args.fn(args))
     except CliError as e:
-        err.print(f"error: {e}")
+        fail(f"error: {e}")
         return e.code
     except rules.RuleError as e:
-        err.print(f"rejected: {e.message}")
+        fail(f"rejected: {e.message}")
         return EXIT[e.kind]
     except deals.DealNotFound as e:
-        err.print(f"error: {e}")
+        fail(f"error: {e}")
         return 4
     except DocumentStoreUnavailable as e:
-        err.print(f"error: document store unavailable: {e}")
+        fail(f"error: document store unavailable: {e}")
         return 1
     except RuntimeError as e:
         if "Failed client connect" in str(e) or "connection" in str(e).lower():
-            err.print(f"error: cannot reach Temporal at {get_settings().temporal_address}: {e}")
+            fail(f"error: cannot reach Temporal at {get_settings().temporal_address}: {e}")
             return 1
         raise
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Leave without interpreter finalisation: the Temporal client's native threads
+    # can abort it ("PyGILState_Release ... finalizing", temporalio/sdk-python#300),
+    # turning a command that succeeded and printed its result into exit -6/134.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

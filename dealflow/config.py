@@ -30,12 +30,16 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEALFLOW_", extra="ignore")
 
     temporal_address: str = "localhost:7233"
+    temporal_ui_port: int = 8233
     namespace: str = "default"
     task_queue: str = "deals"
     database_url: str = f"sqlite:///{DATA_DIR / 'dealflow.db'}"
     document_store: str = f"file://{DATA_DIR / 'documents'}"
     s3_endpoint_url: str | None = None
     jwt_secret: str = "dev-secret-change-me-0123456789abcdef"
+    # Production: the identity provider's JWKS; staff tokens are then verified
+    # with its public keys (RS256/ES256/...) instead of the HS256 secret.
+    jwks_url: str | None = None
     lenders_file: Path = ROOT / "examples" / "lenders.toml"
     codec_keys: str = ""
     # Loopback by default: the development stack is not for the network.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -268,8 +269,8 @@ async def main(argv: list[str] | None = None) -> int:
     console.print(table)
     console.print(f"{len(finals)} of {len(running)} deals finished in "
                   f"{time.monotonic() - started:.1f}s")
-    console.print("Temporal UI:  http://localhost:8233/namespaces/default/workflows"
-                  "?query=DealStage%3D%22COMPLETED%22")
+    console.print(f"Temporal UI:  http://localhost:{settings.temporal_ui_port}/namespaces/{settings.namespace}"
+                  "/workflows?query=DealStage%3D%22COMPLETED%22")
     console.print(f"API docs:     {settings.api_url}/docs")
     console.print(".venv/bin/temporal workflow list --query 'DealStage=\"COMPLETED\"'")
     console.print("The stack stays up; `make down` stops it.")
@@ -277,4 +278,9 @@ async def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    code = asyncio.run(main())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: the SDK's native runtime can abort while it
+    # is torn down after a successful run (temporalio/sdk-python#300).
+    os._exit(code)

@@ -76,7 +76,9 @@ class Cli:
 
 @pytest.fixture(scope="module")
 async def cli(
-    dev_stack: Stack, database_url: str, store: LocalDirectoryStore,
+    dev_stack: Stack,
+    database_url: str,
+    store: LocalDirectoryStore,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Cli]:
     tmp = tmp_path_factory.mktemp("cli")
@@ -91,8 +93,9 @@ async def cli(
             for name in list(os.environ):  # nothing of the developer's shell leaks in
                 if name.startswith("DEALFLOW_"):
                     mp.delenv(name)
-            mp.setenv("DEALFLOW_TEMPORAL_ADDRESS",
-                      dev_stack.env.client.service_client.config.target_host)
+            mp.setenv(
+                "DEALFLOW_TEMPORAL_ADDRESS", dev_stack.env.client.service_client.config.target_host
+            )
             mp.setenv("DEALFLOW_TASK_QUEUE", tq)
             mp.setenv("DEALFLOW_LENDERS_FILE", str(lenders_file))
             mp.setenv("DEALFLOW_DATABASE_URL", database_url)
@@ -151,6 +154,14 @@ async def test_start_with_a_file_that_is_not_json_is_2(cli: Cli) -> None:
     assert r.code == 2, r
     assert "broken.json is not valid JSON" in r.err
     assert r.out == ""
+
+    # Names and messages are printed as plain text, never as rich markup.
+    odd = cli.tmp / "[bold]deal["  # + "/" + "b].json": a stray closing tag "[/b]"
+    odd.mkdir()
+    (odd / "b].json").write_text("{")
+    r = await cli("start", str(odd / "b].json"))
+    assert r.code == 2, r
+    assert "[bold]deal[/b].json is not valid JSON" in r.err
 
     r = await cli("start", str(cli.tmp / "no-such-deal.json"))
     assert r.code == 2, r
@@ -214,8 +225,9 @@ async def test_act_with_a_role_not_permitted_is_5(cli: Cli) -> None:
     assert st.stage.value == "CONTRACT"
 
     # The permitted role does it, and the actor recorded is the one named by --as.
-    r = await cli("--as", "sales-07:sales", "--json", "act", deal_id, "sign-sales-contract",
-                  payload)
+    r = await cli(
+        "--as", "sales-07:sales", "--json", "act", deal_id, "sign-sales-contract", payload
+    )
     assert r.code == 0, r
     result = r.json()
     assert result["status"]["stage"] == "DOCUMENTS"
@@ -248,8 +260,11 @@ async def test_upload_records_a_pdf(cli: Cli) -> None:
     assert r.code == 0, r
     assert "recorded applicant proof_of_residence from residence.pdf" in " ".join(r.out.split())
     st = await deals.deal_status(cli.stack.env.client, deal_id)
-    [item] = [c for c in st.checklist
-              if (c.kind.value, c.party.value) == ("proof_of_residence", "applicant")]
+    [item] = [
+        c
+        for c in st.checklist
+        if (c.kind.value, c.party.value) == ("proof_of_residence", "applicant")
+    ]
     assert item.satisfied, item
 
     # The metadata row (written by the deal's activity) and the bytes in the store.
@@ -260,7 +275,12 @@ async def test_upload_records_a_pdf(cli: Cli) -> None:
 
     [row] = await eventually(rows, "the document metadata row")
     assert (row.kind, row.party, row.file_name, row.content_type, row.size) == (
-        "proof_of_residence", "applicant", "residence.pdf", "application/pdf", len(PDF))
+        "proof_of_residence",
+        "applicant",
+        "residence.pdf",
+        "application/pdf",
+        len(PDF),
+    )
     assert row.sha256 == hashlib.sha256(PDF).hexdigest()
     assert row.uploaded_by.startswith("sales-07")
     assert cli.stack.store.read_bytes(row.storage_key) == PDF

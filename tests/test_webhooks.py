@@ -64,18 +64,30 @@ def event(type_: str, data: dict[str, Any]) -> bytes:
     ).encode()
 
 
-def decided(deal_id: str, ref: str, seq: int = 1, decision: str = "approved",
-            amount: str | None = FINANCED) -> bytes:
-    return event("application.decided", {
-        "deal_id": deal_id, "application_ref": ref, "decision_seq": seq,
-        "decision": decision, "approved_amount": amount, "apr": "6.50", "term_months": 36,
-        "stipulations": [], "reasons": [] if decision != "declined" else [
-            {"code": "DTI_TOO_HIGH", "text": "debt-to-income too high"}],
-    })
+def decided(
+    deal_id: str, ref: str, seq: int = 1, decision: str = "approved", amount: str | None = FINANCED
+) -> bytes:
+    return event(
+        "application.decided",
+        {
+            "deal_id": deal_id,
+            "application_ref": ref,
+            "decision_seq": seq,
+            "decision": decision,
+            "approved_amount": amount,
+            "apr": "6.50",
+            "term_months": 36,
+            "stipulations": [],
+            "reasons": []
+            if decision != "declined"
+            else [{"code": "DTI_TOO_HIGH", "text": "debt-to-income too high"}],
+        },
+    )
 
 
-async def post(stack: Stack, lender_id: str, body: bytes, headers: dict[str, str]
-               ) -> httpx.Response:
+async def post(
+    stack: Stack, lender_id: str, body: bytes, headers: dict[str, str]
+) -> httpx.Response:
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=10, trust_env=False) as http:
         return await http.post(f"/webhooks/lenders/{lender_id}", content=body, headers=headers)
 
@@ -94,10 +106,14 @@ def assert_problem(r: httpx.Response, status: int, *fragments: str) -> str:
 
 def inbox(stack: Stack, lender_id: str, webhook_id: str) -> list[db.InboxRow]:
     with Session(stack.engine) as session:
-        return list(session.exec(
-            select(db.InboxRow).where(col(db.InboxRow.lender_id) == lender_id,
-                                      col(db.InboxRow.webhook_id) == webhook_id)
-        ).all())
+        return list(
+            session.exec(
+                select(db.InboxRow).where(
+                    col(db.InboxRow.lender_id) == lender_id,
+                    col(db.InboxRow.webhook_id) == webhook_id,
+                )
+            ).all()
+        )
 
 
 def decisions(st: DealStatus) -> list[str]:
@@ -182,7 +198,10 @@ async def test_valid_decision_is_applied_once(dev_stack: Stack, new_deal: NewDea
     assert str(current.approved_amount) == FINANCED
     [row] = inbox(dev_stack, ACME, wid)
     assert (row.status, row.deal_id, row.event_type) == (
-        "delivered", desk.deal_id, "application.decided")
+        "delivered",
+        desk.deal_id,
+        "application.decided",
+    )
     assert row.delivered_at is not None
     assert json.loads(row.body) == json.loads(body)
 
@@ -244,8 +263,7 @@ async def test_signature_over_another_body_is_401(
     dev_stack: Stack, untouched: tuple[Desk, Submission]
 ) -> None:
     desk, sub = untouched
-    signed_body = decided(desk.deal_id, sub.application_ref or "", decision="declined",
-                          amount=None)
+    signed_body = decided(desk.deal_id, sub.application_ref or "", decision="declined", amount=None)
     sent = decided(desk.deal_id, sub.application_ref or "")
     headers = signed(secret(dev_stack, ACME), signed_body)
     assert_problem(await post(dev_stack, ACME, sent, headers), 401, "signature")
@@ -281,8 +299,12 @@ async def test_timestamp_outside_tolerance_is_401(
 
 @pytest.mark.parametrize(
     "drop",
-    [("webhook-id",), ("webhook-timestamp",), ("webhook-signature",),
-     ("webhook-id", "webhook-timestamp", "webhook-signature")],
+    [
+        ("webhook-id",),
+        ("webhook-timestamp",),
+        ("webhook-signature",),
+        ("webhook-id", "webhook-timestamp", "webhook-signature"),
+    ],
     ids=["no-id", "no-timestamp", "no-signature", "none"],
 )
 async def test_missing_headers_are_401(
@@ -299,7 +321,8 @@ async def test_missing_headers_are_401(
 
 
 @pytest.mark.parametrize(
-    "signature", ["garbage", "v1,not base64!", "v1,a,b", "v2,abc"],
+    "signature",
+    ["garbage", "v1,not base64!", "v1,a,b", "v2,abc"],
 )
 async def test_garbled_signature_header_is_401_not_500(
     dev_stack: Stack, untouched: tuple[Desk, Submission], signature: str
@@ -314,8 +337,11 @@ async def test_garbled_signature_header_is_401_not_500(
 
 async def test_body_that_is_not_utf8_is_401_not_500(dev_stack: Stack) -> None:
     body = b'{"type":"application.decided","data":"\xff\xfe"}'
-    headers = {"webhook-id": new_id(), "webhook-timestamp": str(int(datetime.now(UTC).timestamp())),
-               "webhook-signature": "v1,AAAA"}
+    headers = {
+        "webhook-id": new_id(),
+        "webhook-timestamp": str(int(datetime.now(UTC).timestamp())),
+        "webhook-signature": "v1,AAAA",
+    }
     assert_problem(await post(dev_stack, ACME, body, headers), 401, "UTF-8")
     assert inbox(dev_stack, ACME, headers["webhook-id"]) == []
 
@@ -326,8 +352,12 @@ async def test_body_that_is_not_utf8_is_401_not_500(dev_stack: Stack) -> None:
 async def test_unknown_lender_is_404(dev_stack: Stack) -> None:
     body = decided("20990101-00000000", "APP-NONE")
     headers = signed(secret(dev_stack, ACME), body)
-    assert_problem(await post(dev_stack, "no-such-lender", body, headers), 404,
-                   "unknown lender", "no-such-lender")
+    assert_problem(
+        await post(dev_stack, "no-such-lender", body, headers),
+        404,
+        "unknown lender",
+        "no-such-lender",
+    )
     assert inbox(dev_stack, "no-such-lender", headers["webhook-id"]) == []
 
 
@@ -335,10 +365,18 @@ async def test_oversized_body_is_413_and_not_stored(
     dev_stack: Stack, untouched: tuple[Desk, Submission]
 ) -> None:
     desk, sub = untouched
-    data = {"deal_id": desk.deal_id, "application_ref": sub.application_ref, "decision_seq": 1,
-            "decision": "approved", "approved_amount": FINANCED, "apr": "6.50",
-            "term_months": 36, "stipulations": [], "reasons": [],
-            "padding": "x" * MAX_WEBHOOK_BYTES}
+    data: dict[str, Any] = {
+        "deal_id": desk.deal_id,
+        "application_ref": sub.application_ref,
+        "decision_seq": 1,
+        "decision": "approved",
+        "approved_amount": FINANCED,
+        "apr": "6.50",
+        "term_months": 36,
+        "stipulations": [],
+        "reasons": [],
+        "padding": "x" * MAX_WEBHOOK_BYTES,
+    }
     body = event("application.decided", data)
     assert len(body) > MAX_WEBHOOK_BYTES
     headers = signed(secret(dev_stack, ACME), body)  # correctly signed: size alone refuses it
@@ -348,7 +386,7 @@ async def test_oversized_body_is_413_and_not_stored(
     # Streamed without a Content-Length (chunked): refused all the same.
     async def chunks() -> AsyncIterator[bytes]:
         for i in range(0, len(body), 64 * 1024):
-            yield body[i:i + 64 * 1024]
+            yield body[i : i + 64 * 1024]
 
     async with httpx.AsyncClient(base_url=dev_stack.api_url, timeout=10, trust_env=False) as h:
         r = await h.post(f"/webhooks/lenders/{ACME}", content=chunks(), headers=headers)
@@ -363,8 +401,9 @@ async def test_oversized_body_is_413_and_not_stored(
 async def test_unknown_deal_is_422_and_kept_as_rejected(dev_stack: Stack) -> None:
     body = decided("20990101-deadbeef", "APP-NONE")
     headers = signed(secret(dev_stack, ACME), body)
-    assert_problem(await post(dev_stack, ACME, body, headers), 422, "unknown deal",
-                   "20990101-deadbeef")
+    assert_problem(
+        await post(dev_stack, ACME, body, headers), 422, "unknown deal", "20990101-deadbeef"
+    )
     [row] = inbox(dev_stack, ACME, headers["webhook-id"])
     assert row.status == "rejected"
     assert row.deal_id == "20990101-deadbeef"
@@ -386,11 +425,15 @@ def _missing_decision_seq(deal_id: str, ref: str) -> bytes:
 MALFORMED: dict[str, tuple[Callable[[str, str], bytes], tuple[str, ...]]] = {
     "not-json": (lambda d, r: b'{"type": "application.decided", "data": {', ("JSON",)),
     "not-an-object": (lambda d, r: b'["application.decided"]', ("JSON object",)),
-    "unknown-type": (lambda d, r: event("application.exploded", {"deal_id": d}),
-                     ("unknown event type", "application.exploded", "application.decided")),
+    "unknown-type": (
+        lambda d, r: event("application.exploded", {"deal_id": d}),
+        ("unknown event type", "application.exploded", "application.decided"),
+    ),
     "missing-field": (_missing_decision_seq, ("decision_seq", "required")),
-    "no-data": (lambda d, r: json.dumps({"type": "disbursement.failed"}).encode(),
-                ("disbursement.failed", "data must be a JSON object")),
+    "no-data": (
+        lambda d, r: json.dumps({"type": "disbursement.failed"}).encode(),
+        ("disbursement.failed", "data must be a JSON object"),
+    ),
     "bad-decision": (lambda d, r: decided(d, r, decision="maybe"), ("decision",)),
 }
 
@@ -425,7 +468,11 @@ async def test_reused_id_with_another_body_is_409_first_kept(
     assert_problem(r, 409, wid, "different body")
     [after] = inbox(dev_stack, ACME, wid)
     assert (after.id, after.body, after.body_sha256, after.status) == (
-        row.id, row.body, row.body_sha256, "rejected")
+        row.id,
+        row.body,
+        row.body_sha256,
+        "rejected",
+    )
 
 
 async def test_concurrent_deliveries_of_one_id_apply_once(
@@ -436,11 +483,30 @@ async def test_concurrent_deliveries_of_one_id_apply_once(
     wid = new_id()
     body = decided(desk.deal_id, sub.application_ref or "")
     key = secret(dev_stack, ACME)
-    replies = await asyncio.gather(*[
-        post(dev_stack, ACME, body, signed(key, body, wid)) for _ in range(5)
-    ])
+    replies = await asyncio.gather(
+        *[post(dev_stack, ACME, body, signed(key, body, wid)) for _ in range(5)]
+    )
     assert [r.status_code for r in replies] == [204] * 5, [r.text for r in replies]
     st = await desk.wait_stage(Stage.DOWN_PAYMENT)
     await desk.quiet_history()
     assert decisions(await desk.status()) == [wid], st
     assert [r.status for r in inbox(dev_stack, ACME, wid)] == ["delivered"]
+
+
+async def test_event_for_a_deal_that_has_ended_is_422_saying_so(
+    dev_stack: Stack, task_queue: str
+) -> None:
+    desk = Desk(dev_stack, task_queue)
+    await desk.start(script=SILENT)
+    await desk.status()
+    await desk.handle.terminate("test: the deal is over")
+    body = event(
+        "disbursement.failed",
+        {"deal_id": desk.deal_id, "application_ref": "APP-1", "reason": "too late"},
+    )
+    headers = signed(secret(dev_stack, ACME), body)
+    assert_problem(
+        await post(dev_stack, ACME, body, headers), 422, desk.deal_id, "has ended", "TERMINATED"
+    )
+    [row] = inbox(dev_stack, ACME, headers["webhook-id"])
+    assert row.status == "rejected" and row.error and "has ended" in row.error

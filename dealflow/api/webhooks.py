@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from temporalio.service import RPCError
 
 from dealflow import client as deals
 from dealflow import db
@@ -97,6 +98,17 @@ def verify_signature(secret: str, request: Request, body: bytes) -> None:
         raise WebhookVerificationError("malformed webhook-signature header") from None
 
 
+async def _not_found_reason(svc: Services, deal_id: str) -> str:
+    """Why a signal found no deal: none by that id, or one that has already ended
+    (Temporal says NOT_FOUND for both; the inbox row should say which)."""
+    try:
+        desc = await svc.client.get_workflow_handle(deals.workflow_id(deal_id)).describe()
+    except RPCError:
+        return f"unknown deal {deal_id}"
+    status = desc.status.name if desc.status else "closed"
+    return f"deal {deal_id} has ended (workflow {status}); the event was not applied"
+
+
 @router.post(
     "/webhooks/lenders/{lender_id}",
     status_code=204,
@@ -154,7 +166,7 @@ async def receive(lender_id: str, request: Request) -> Response:
     try:
         await deals.signal_lender_event(svc.client, deal_id, event)
     except deals.DealNotFound:
-        msg = f"unknown deal {deal_id}"
+        msg = await _not_found_reason(svc, deal_id)
         await asyncio.to_thread(db.mark_webhook, svc.engine, row.id or 0, "rejected", msg)
         raise Problem(422, msg) from None
     await asyncio.to_thread(db.mark_webhook, svc.engine, row.id or 0, "delivered")
