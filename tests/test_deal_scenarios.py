@@ -146,7 +146,7 @@ async def test_documents_reminded_every_3_days_and_expire_after_30_days(desk: De
         assert r.message.startswith(f"reminder {n}: sales: collect: resident ID card; ")
     outbox = await desk.outbox("reminder")
     assert [r.message for r in outbox] == [r.message for r in reminders]
-    assert {r.stage for r in outbox} == {"DOCUMENTS"}
+    assert {(r.stage, r.roles) for r in outbox} == {("DOCUMENTS", "sales")}
     # The vehicle reserved by the signed contract goes back to stock.
     assert done_compensations(final) == ["release_vehicle"]
     assert [r.key for r in await desk.compensation_rows()] == [f"{desk.deal_id}:release_vehicle"]
@@ -206,6 +206,7 @@ async def test_down_payment_not_received_within_14_days_cancels_with_compensatio
     assert about(entered(final, Stage.CANCELLED) - entered(final, Stage.DOWN_PAYMENT), 14)
     assert done_compensations(final) == ["withdraw_application", "release_vehicle"]
     assert await world_compensations(desk) == ["withdraw_application", "release_vehicle"]
+    assert [r.key for r in await desk.compensation_rows()] == [f"{desk.deal_id}:release_vehicle"]
     ledger = await desk.ledger()
     assert [w["reason"] for w in ledger["withdrawals"]] == [final.outcome_reason]
     assert [a["withdrawn"] for a in ledger["applications"]] == [True]
@@ -399,10 +400,31 @@ async def test_conditional_approval_collects_stipulation_and_resubmits_to_same_l
     assert [(s.submission_no, s.lender_id) for s in st.submissions] == [(1, ACME), (2, ACME)]
     assert st.submissions[1].current is not None
     assert st.submissions[1].current.decision is Decision.APPROVED
-    apps = (await desk.ledger())["applications"]
-    assert [a["submission_no"] for a in apps] == [1, 2]
-    assert apps[1]["body"]["stipulations_met"] == ["STIP-GUARANTOR"]
-    assert "stipulation" in {d["kind"] for d in apps[1]["body"]["documents"]}
+    ledger = await desk.ledger()
+    first, second = ledger["applications"]
+    assert (first["submission_no"], second["submission_no"]) == (1, 2)
+    assert second["body"]["stipulations_met"] == ["STIP-GUARANTOR"]
+    assert "stipulation" in {d["kind"] for d in second["body"]["documents"]}
+    # The lender holds one live application: the conditional one is superseded.
+    assert [(w["application_ref"], w["reason"]) for w in ledger["withdrawals"]] == [
+        (first["ref"], "superseded by submission 2 with the stipulations met")
+    ]
+    assert st.submissions[0].status == "withdrawn"
+
+
+async def test_cancel_while_collecting_stipulations_withdraws_the_conditional_application(
+    desk: Desk,
+) -> None:
+    await desk.start(script=script(acme_auto_finance=[{"decision": "conditional"}]))
+    await desk.through_documents()
+    await desk.do("submit-application")
+    await desk.wait_until(
+        lambda s: s.stage is Stage.DOCUMENTS and bool(s.submissions), "back to DOCUMENTS"
+    )
+    await desk.do("cancel")
+    final = await desk.result()
+    assert done_compensations(final) == ["withdraw_application", "release_vehicle"]
+    assert await world_compensations(desk) == ["withdraw_application", "release_vehicle"]
 
 
 async def _open_counter_offer(desk: Desk, amount: str = "90000.00", **more: Any) -> DealStatus:

@@ -39,8 +39,8 @@ with workflow.unsafe.imports_passed_through():
         ConfirmDownPaymentInput,
         DealState,
         DealStatus,
-        DecisionRecord,
         Decision,
+        DecisionRecord,
         DeclineCounterOfferInput,
         DeliverInput,
         Disbursement,
@@ -101,6 +101,9 @@ BOOKKEEPING: dict[str, Any] = {
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
     ),
 }
+
+# workflow.patched ids: behaviour changes that deals already running must not see.
+WITHDRAW_CONDITIONAL = "withdraw-superseded-conditional-application"
 
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
 
@@ -166,7 +169,7 @@ class DealWorkflow:
                 or self._should_continue_as_new(),
                 timeout=timeout,
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if self.s.stage_entry != entry:
                 return
             # Facts recorded while we slept may have changed what is due (a
@@ -508,6 +511,14 @@ class DealWorkflow:
                 comp.detail["reason"] = reason
                 comp.status = "running"
 
+    def _withdrawal_pending(self, sub: Submission) -> bool:
+        return any(
+            comp.kind == "withdraw_application"
+            and comp.detail.get("application_ref") == sub.application_ref
+            and comp.status == "pending"
+            for comp in self.s.compensations
+        )
+
     def _void_compensation(self, sub: Submission) -> None:
         for comp in self.s.compensations:
             if comp.kind == "withdraw_application" and comp.detail.get(
@@ -529,7 +540,8 @@ class DealWorkflow:
             stage_entered_at=self.s.stage_entered_at,
             lender_id=self._lender_id(),
             vehicle_price=self.deal.vehicle.price,
-            amount_financed=self.deal.amount_financed,
+            # What the lender finances: a counter-offer may have lowered it.
+            amount_financed=view.financed_amount,
             approved_amount=view.approved_amount,
             created_at=self.s.transitions[0].at if self.s.transitions else workflow.now(),
             updated_at=workflow.now(),
@@ -579,6 +591,13 @@ class DealWorkflow:
         self.s.escalated = False
         self._record_transition(frm, to, reason, actor or SYSTEM_ACTOR)
         self._project()
+        # Ids and stage names only: reasons can hold staff's free text, and
+        # logs carry no personal data. The SDK's logger adds the workflow and
+        # run ids and stays quiet during replay.
+        workflow.logger.info(
+            "deal %s: %s -> %s", self.inp.deal_id, frm.value, to.value,
+            extra={"deal_id": self.inp.deal_id, "stage": to.value},
+        )
 
     def _record_transition(self, frm: Stage | None, to: Stage, reason: str, actor: Any) -> None:
         self.s.transitions.append(
@@ -607,6 +626,17 @@ class DealWorkflow:
                         s.resubmit_pending = False
                         sub = self._current_submission()
                         lender = sub.lender_id if sub else self.deal.lender_ids[s.lender_index]
+                        if (
+                            sub is not None
+                            and sub.status == "decided"
+                            and self._withdrawal_pending(sub)
+                            and workflow.patched(WITHDRAW_CONDITIONAL)
+                        ):
+                            # The new package supersedes the conditional one.
+                            self._withdraw(
+                                sub, f"superseded by submission {len(s.submissions) + 1} "
+                                "with the stipulations met",
+                            )
                         self._new_submission(lender)
                         self._set_stage(
                             Stage.UNDERWRITING, f"stipulations met; resubmitted to {lender}", actor
@@ -677,7 +707,9 @@ class DealWorkflow:
             None,
         )
         if sub is None:
-            if any(x.status == "sending" and x.lender_id == ev.lender_id for x in self.s.submissions):
+            if any(
+                x.status == "sending" and x.lender_id == ev.lender_id for x in self.s.submissions
+            ):
                 self.s.unmatched_events.append(ev)
             else:
                 self._notify(
@@ -726,14 +758,18 @@ class DealWorkflow:
                 known = {st.code for st in self.s.stipulations}
                 self.s.stipulations.extend(st for st in d.stipulations if st.code not in known)
                 self.s.resubmit_pending = True
-                self._void_compensation(sub)
+                # The conditional application stays open at the lender until the
+                # resubmission supersedes it: a deal ended meanwhile withdraws it.
+                # (Deals started before this rule voided it here.)
+                if not workflow.patched(WITHDRAW_CONDITIONAL):
+                    self._void_compensation(sub)
                 codes = ", ".join(st.code for st in d.stipulations)
                 self._set_stage(Stage.DOCUMENTS, f"{sub.lender_id} stipulates: {codes}")
                 self._advance(SYSTEM_ACTOR)
             case Decision.COUNTER_OFFER:
-                amount = fmt_money(d.approved_amount or 0)
+                offered = fmt_money(d.approved_amount or 0)
                 self._set_stage(
-                    Stage.UNDERWRITING, f"counter-offer from {sub.lender_id}: {amount}"
+                    Stage.UNDERWRITING, f"counter-offer from {sub.lender_id}: {offered}"
                 )
             case Decision.DECLINED:
                 self._void_compensation(sub)
@@ -768,7 +804,9 @@ class DealWorkflow:
             # Once funded, the loan is no longer something to withdraw.
             if comp.kind == "withdraw_application" and comp.status == "pending":
                 comp.status = "void"
-        self._set_stage(Stage.REGISTRATION, f"disbursed {fmt_money(d.amount)} ({d.transaction_ref})")
+        self._set_stage(
+            Stage.REGISTRATION, f"disbursed {fmt_money(d.amount)} ({d.transaction_ref})"
+        )
 
     def _apply_disbursement_failed(self, sub: Submission, ev: LenderEventInput) -> None:
         f = ev.failed
