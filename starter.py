@@ -11,6 +11,13 @@ It talks to Temporal directly with the same validation the API uses; `--as
 STAFF:ROLE` names who acts (default: $USER as admin). Exit status: 0 done,
 2 invalid input, 3 not allowed in the deal's stage, 4 unknown deal, 5 role
 not permitted, 1 anything else.
+
+With `--api URL --token TOKEN` (or DEALFLOW_API_TOKEN) the same commands go
+through the back-office HTTP API instead, and the token says who acts (exit
+status 6: no or bad token):
+
+    python starter.py token --sub li --role sales          # a development token
+    python starter.py --api http://127.0.0.1:8000 --token "$T" list --overdue
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import getpass
 import json
 import os
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,8 @@ from rich.table import Table
 
 from dealflow import client as deals
 from dealflow import db, rules
+from dealflow.api import remote
+from dealflow.api.auth import mint_token
 from dealflow.config import LendersFileError, get_settings, load_lenders
 from dealflow.docstore import DocumentStoreUnavailable, open_store
 from dealflow.models import Actor, DealPolicy, DealStatus, Role
@@ -148,7 +157,7 @@ async def cmd_list(a: argparse.Namespace) -> None:
     try:
         rows, cursor = db.list_deals(
             engine, stage=a.stage, lender_id=a.lender, dealer_id=a.dealer, limit=a.limit,
-            cursor=a.cursor,
+            cursor=a.cursor, overdue_at=datetime.now(UTC) if a.overdue else None,
         )
     except ValueError as e:
         raise CliError(str(e), 2) from None
@@ -219,17 +228,155 @@ async def cmd_upload(a: argparse.Namespace) -> None:
                   f"stage {doc.stage.value}")
 
 
+# --------------------------------------------------------------------------- API-client mode
+# `--api URL`: the same commands as a thin client of the back-office HTTP API.
+# The API validates (with the same rules) and answers; its problem detail is
+# printed as it is, and its status decides the exit code.
+
+
+def api_client(a: argparse.Namespace) -> remote.DealFlowAPI:
+    return remote.DealFlowAPI(a.api, a.token or "")
+
+
+def api_start(a: argparse.Namespace) -> None:
+    if a.deal_id or a.policy_file:
+        raise CliError("--deal-id and --policy-file do not apply with --api: the API names "
+                       "the deal and applies its own DEALFLOW_POLICY_FILE", 2)
+    with api_client(a) as api:
+        created = api.start(read_json(a.file), a.idempotency_key)
+    if a.json:
+        print(json.dumps(created))
+    else:
+        out.print(f"started deal [bold]{created['deal_id']}[/bold] "
+                  f"(workflow {created['workflow_id']})")
+
+
+def api_status(a: argparse.Namespace) -> None:
+    with api_client(a) as api:
+        st = api.status(a.deal)
+    if a.json:
+        print(json.dumps(st, indent=2))
+    else:
+        show_status(DealStatus.model_validate(st))
+
+
+def api_list(a: argparse.Namespace) -> None:
+    with api_client(a) as api:
+        page = api.list(stage=a.stage, lender=a.lender, dealer=a.dealer, overdue=a.overdue,
+                        limit=a.limit, cursor=a.cursor)
+    if a.json:
+        print(json.dumps(page))
+        return
+    t = Table("deal", "dealer", "stage", "lender", "financed", "next due", "waits on")
+    for d in page["deals"]:
+        due = (d["next_due_at"] or "")[:16].replace("T", " ")
+        t.add_row(d["deal_id"], d["dealer_id"], d["stage"], d["lender_id"] or "",
+                  f"{float(d['amount_financed']):,.2f}",
+                  f"[red]{due}[/red]" if d["overdue"] else due, ", ".join(d["pending_roles"]))
+    out.print(t)
+    if page["next_cursor"]:
+        out.print(f"more: --cursor {page['next_cursor']}")
+
+
+def api_act(a: argparse.Namespace) -> None:
+    payload = read_json(a.payload) if a.payload else {}
+    with api_client(a) as api:
+        result = api.act(a.deal, a.action, payload)
+    if a.json:
+        print(json.dumps(result, indent=2))
+    else:
+        out.print(f"{escape(a.action)}: done")
+        show_status(DealStatus.model_validate(result["status"]))
+
+
+def api_cancel(a: argparse.Namespace) -> None:
+    with api_client(a) as api:
+        result = api.act(a.deal, "cancel", {"reason": a.reason})
+    if a.json:
+        print(json.dumps(result, indent=2))
+    else:
+        show_status(DealStatus.model_validate(result["status"]))
+
+
+def api_upload(a: argparse.Namespace) -> None:
+    if a.policy_file:
+        raise CliError("--policy-file does not apply with --api", 2)
+    path = Path(a.file)
+    if not path.is_file():
+        raise CliError(f"{path} is not a file", 2)
+    fields = {
+        "kind": a.kind, "party": a.party, "id_number": a.id_number or "",
+        "period_start": a.period_start.isoformat() if a.period_start else "",
+        "period_end": a.period_end.isoformat() if a.period_end else "",
+        "stipulation_code": a.stipulation_code or "",
+    }
+    with api_client(a) as api:
+        doc = api.upload(a.deal, path, fields)
+    if a.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        out.print(f"recorded {a.party} {escape(a.kind)} from {escape(path.name)} as "
+                  f"{doc['doc_id']} (sha256 {doc['sha256'][:12]}…); "
+                  f"stage {doc['status']['stage']}")
+
+
+def cmd_token(a: argparse.Namespace) -> None:
+    """A development token signed with DEALFLOW_JWT_SECRET (what the API checks)."""
+    try:
+        roles = [Role(r) for r in a.role]
+        token = mint_token(get_settings().jwt_secret, a.sub, roles, ttl=a.ttl)
+    except ValueError as e:
+        raise CliError(f"{e} (roles: {', '.join(r.value for r in Role)})", 2) from None
+    if a.json:
+        print(json.dumps({"token": token, "sub": a.sub, "roles": [r.value for r in roles],
+                          "ttl": a.ttl}))
+    else:
+        print(token)
+
+
+API_COMMANDS = {
+    "start": api_start, "status": api_status, "list": api_list, "act": api_act,
+    "cancel": api_cancel, "upload": api_upload,
+}
+
+
+def run_api(args: argparse.Namespace) -> int:
+    """The API-client commands and `token`: plain synchronous calls, no Temporal."""
+    fn = cmd_token if args.command == "token" else API_COMMANDS[args.command]
+    try:
+        fn(args)
+    except CliError as e:
+        fail(f"error: {e}")
+        return e.code
+    except remote.ApiError as e:
+        fail(f"rejected ({e.status}): {e.detail}" if e.status else f"error: {e.detail}")
+        return e.exit_code
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="starter.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--as", dest="actor", type=parse_actor,
                    default=f"{getpass.getuser()}:admin", help="STAFF_ID:ROLE of who acts")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--api", metavar="URL",
+                   help="go through the back-office HTTP API at URL instead of Temporal")
+    p.add_argument("--token", default=os.environ.get("DEALFLOW_API_TOKEN"),
+                   help="bearer token for --api (default: DEALFLOW_API_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("token", help="mint a development token (HS256, DEALFLOW_JWT_SECRET)")
+    s.add_argument("--sub", required=True, help="the staff id")
+    s.add_argument("--role", required=True, action="append",
+                   help="a role (repeat for several): " + ", ".join(r.value for r in Role))
+    s.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
+    s.set_defaults(fn=cmd_token)
 
     s = sub.add_parser("start", help="start a deal from a JSON file (see examples/deal.json)")
     s.add_argument("file")
     s.add_argument("--deal-id")
     s.add_argument("--policy-file", help="DealPolicy JSON (default: DEALFLOW_POLICY_FILE)")
+    s.add_argument("--idempotency-key", help="with --api: retry-safe creation")
     s.set_defaults(fn=cmd_start)
 
     s = sub.add_parser("status", help="a deal's stage, pending actions and submissions")
@@ -242,6 +389,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--dealer")
     s.add_argument("--limit", type=int, default=50)
     s.add_argument("--cursor")
+    s.add_argument("--overdue", action="store_true", help="only deals past their next deadline")
     s.set_defaults(fn=cmd_list)
 
     s = sub.add_parser("act", help="take a staff action (payload: JSON file or - for stdin)")
@@ -275,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         fail(f"error: {e}")
         return e.code
+    if args.api or args.command == "token":
+        return run_api(args)
     try:
         asyncio.run(args.fn(args))
     except CliError as e:

@@ -673,6 +673,7 @@ class DealStatus(BaseModel):
     stage_entered_at: datetime
     lender_id: str | None
     checklist: list[ChecklistItem]
+    documents: list[DocumentRecord] = Field(default_factory=list)
     pending: list[PendingAction]
     submissions: list[Submission]
     disbursements: list[Disbursement]

@@ -1098,6 +1098,7 @@ class DealWorkflow:
             stage_entered_at=self.s.stage_entered_at,
             lender_id=self._lender_id(),
             checklist=view.checklist(),
+            documents=self.s.documents,
             pending=[] if self.s.stage.terminal else rules.pending_actions(view, due),
             submissions=self.s.submissions,
             disbursements=self.s.disbursements,

@@ -1,38 +1,151 @@
-"""The API service: lender webhooks, health and metrics (and, with the back-office
-issue, the staff deal desk)."""
+"""The API service: the back-office deal desk (staff, JWT), documents, lender
+webhooks, health and metrics. OpenAPI at /openapi.json, rendered at /docs."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from temporalio.service import RPCError
 
 from dealflow import rules
-from dealflow.api import problems, webhooks
-from dealflow.api.deps import Services
+from dealflow.api import codec, deals, documents, problems, webhooks
+from dealflow.api.deps import Metrics, Services
+from dealflow.docstore import DocumentStoreError
+
+DESCRIPTION = """\
+Car-finance deals on Temporal: the back-office deal desk and the lender webhooks.
+
+**Authentication.** `Authorization: Bearer <JWT>` — HS256 with `DEALFLOW_JWT_SECRET`
+(or the identity provider's keys with `DEALFLOW_JWKS_URL`), claims `sub` (staff id),
+`roles` (list) and `exp`. `starter.py token --sub li --role sales` mints a development
+token. Who acted is always the token's `sub`; a body cannot change it.
+
+**Permissions.** Starting deals: sales. Each action lists its roles. Uploading
+documents: sales, credit. Reading documents: sales, credit, auditor. Reading deals:
+every role. `admin` may do everything; `auditor` only reads.
+
+**Errors** are `application/problem+json` (RFC 9457): 401 no/bad token, 403 wrong
+role, 404 unknown deal, 409 not allowed in the deal's stage, 413 file too large,
+422 invalid request (the `detail` names each problem), 503 Temporal or the
+document store unavailable. Nothing is half-applied on error.
+"""
+
+TAGS = [
+    {"name": "deals", "description": "start, list and read deals"},
+    {"name": "actions", "description": "staff steps: each is a Temporal Update"},
+    {"name": "documents", "description": "customer documents in the document store"},
+    {"name": "lender webhooks", "description": "signed lender events (Standard Webhooks)"},
+    {"name": "operations", "description": "health and metrics"},
+]
+
+
+class MetricsMiddleware:
+    """Request durations by route template (never the concrete path: it holds ids)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.requests.labels(
+                method=scope.get("method", ""), route=route, status=str(status)
+            ).observe(time.perf_counter() - start)
+
+
+def _errors_as_problems(schema: dict[str, Any]) -> None:
+    """Every error response is documented as what it is: application/problem+json
+    (FastAPI's generated 422 says application/json with its own error model)."""
+    problem = {problems.PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetail"}}}
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            for code, resp in op.get("responses", {}).items():
+                if not str(code).isdigit() or int(code) < 400:
+                    continue
+                content = resp.get("content") or {}
+                if problems.PROBLEM_JSON not in content:
+                    resp["content"] = dict(problem)
+                    if int(code) == 422 and resp.get("description") == "Validation Error":
+                        resp["description"] = "the request is invalid; `detail` names each problem"
 
 
 def create_app(services: Services) -> FastAPI:
     app = FastAPI(
         title="DealFlow API",
         version="0.1.0",
-        description="Car-finance deals on Temporal: back-office desk and lender webhooks.",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
     )
     app.state.services = services
+    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     app.add_exception_handler(problems.Problem, problems.on_problem)
     app.add_exception_handler(rules.RuleError, problems.on_rule_error)
     app.add_exception_handler(StarletteHTTPException, problems.on_http_error)
     app.add_exception_handler(RequestValidationError, problems.on_validation_error)
+    app.add_exception_handler(RPCError, problems.on_rpc_error)
+    app.add_exception_handler(DocumentStoreError, problems.on_store_error)
+    app.add_exception_handler(Exception, problems.on_unexpected)
+    app.include_router(deals.router)
+    app.include_router(documents.router)
     app.include_router(webhooks.router)
+    app.include_router(codec.router)
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics(request: Request) -> Response:
         svc: Services = request.app.state.services
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["ProblemDetail"] = problems.ProblemDetail.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            _errors_as_problems(schema)
+            for unused in ("HTTPValidationError", "ValidationError"):
+                components.pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
+from dealflow.api.auth import Authenticator
 from dealflow.config import LenderConfig, Settings
 from dealflow.docstore import DocumentStore
+from dealflow.models import DealPolicy
+
+
+class PolicyFileError(ValueError):
+    pass
+
+
+def load_policy(path: Path | str | None) -> DealPolicy:
+    """The `DealPolicy` of a JSON file (DEALFLOW_POLICY_FILE), or the default one
+    (the deadlines of DESIGN §1) without a file. A precise error names the file."""
+    if not path:
+        return DealPolicy()
+    try:
+        raw = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise PolicyFileError(f"policy file {path}: {e.strerror or e}") from None
+    try:
+        return DealPolicy.model_validate(json.loads(raw))
+    except json.JSONDecodeError as e:
+        raise PolicyFileError(f"policy file {path} is not valid JSON: {e}") from None
+    except ValidationError as e:
+        from dealflow.client import format_validation_error
+
+        raise PolicyFileError(f"policy file {path}: {format_validation_error(e)}") from None
 
 
 @dataclass
@@ -17,14 +45,43 @@ class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
-        # Labels carry ids and outcomes only, never personal data.
+        # Labels carry route templates, ids of lenders and outcomes only, never
+        # personal data (no deal ids, no staff ids).
         self.webhooks = Counter(
-            "dealflow_webhooks_total", "Lender webhooks accepted", ["lender_id", "outcome"],
+            "dealflow_webhooks_total",
+            "Lender webhooks accepted",
+            ["lender_id", "outcome"],
             registry=self.registry,
         )
         self.actions = Counter(
-            "dealflow_actions_total", "Staff actions", ["action", "outcome"],
+            "dealflow_actions_total",
+            "Staff actions",
+            ["action", "outcome"],
             registry=self.registry,
+        )
+        self.deals_started = Counter(
+            "dealflow_deals_started_total",
+            "Deals started through the API",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.documents = Counter(
+            "dealflow_documents_total",
+            "Document uploads and reads",
+            ["op", "outcome"],
+            registry=self.registry,
+        )
+        self.upload_bytes = Counter(
+            "dealflow_document_upload_bytes_total",
+            "Bytes of accepted uploads",
+            registry=self.registry,
+        )
+        self.requests = Histogram(
+            "dealflow_http_request_duration_seconds",
+            "API requests by route template",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
 
 
@@ -36,3 +93,18 @@ class Services:
     lenders: dict[str, LenderConfig]
     store: DocumentStore
     metrics: Metrics = field(default_factory=Metrics)
+    # The policy copied into every deal the API starts; None: read
+    # settings.policy_file (DEALFLOW_POLICY_FILE) — the one place that does.
+    policy: DealPolicy | None = None
+    auth: Authenticator | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy is None:
+            self.policy = load_policy(self.settings.policy_file)
+        if self.auth is None:
+            self.auth = Authenticator(self.settings.jwt_secret, self.settings.jwks_url)
+
+    @property
+    def deal_policy(self) -> DealPolicy:
+        assert self.policy is not None
+        return self.policy

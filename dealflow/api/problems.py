@@ -1,37 +1,136 @@
-"""Errors as `application/problem+json` (RFC 9457), with a `detail` a clerk can act on."""
+"""Errors as `application/problem+json` (RFC 9457), with a `detail` a clerk can act on.
+
+Every error the API answers goes through here — its own (`Problem`), a rule's
+refusal (`RuleError`: invalid→422, conflict→409, forbidden→403), a malformed
+request (FastAPI's validation, 422), an unknown route (404), Temporal or the
+document store being down (503) and, as a last resort, an unexpected error (500).
+"""
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import rules
+from dealflow.docstore import DocumentStoreError, DocumentStoreUnavailable
+
+log = logging.getLogger("dealflow.api")
 
 RULE_STATUS = {"invalid": 422, "conflict": 409, "forbidden": 403}
+PROBLEM_JSON = "application/problem+json"
 
 
 class Problem(Exception):
-    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.headers = headers
         self.extra = extra
 
 
-def problem_response(status: int, detail: str, **extra: Any) -> JSONResponse:
-    body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status,
-            "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+class ProblemDetail(BaseModel):
+    """An error (RFC 9457). `detail` says what is wrong and what to do about it."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "about:blank",
+                    "title": "Unprocessable Entity",
+                    "status": 422,
+                    "detail": "down payment 30,000.00 does not match the contract's 35,000.00",
+                }
+            ]
+        },
+    )
+
+    type: str = Field("about:blank", description="always about:blank: the status says it all")
+    title: str = Field(description="the HTTP status phrase")
+    status: int = Field(description="the HTTP status code")
+    detail: str = Field(description="what is wrong, in words a clerk can act on")
+
+
+def problem_response(
+    status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+# --------------------------------------------------------------------------- OpenAPI
+
+_DESCRIPTIONS = {
+    400: "the request body could not be read",
+    401: "no bearer token, or a malformed, badly signed or expired one",
+    403: "the token's roles may not do this",
+    404: "unknown deal (or document)",
+    409: "not allowed in the deal's current stage (or already done)",
+    413: "the file is larger than the limit",
+    415: "the body is not of the documented content type",
+    422: "the request is invalid; `detail` names each problem",
+    503: "Temporal or the document store is unavailable; retry later",
+}
+_EXAMPLES = {
+    400: "the client disconnected before the upload finished",
+    401: "missing Authorization header; send 'Authorization: Bearer <token>'",
+    403: "role 'finance' may not sign-sales-contract; allowed: admin, sales",
+    404: "deal 20261128-3f9a0c1e does not exist",
+    409: "confirm-down-payment is not allowed in stage DOCUMENTS (only in DOWN_PAYMENT)",
+    413: "statements.pdf is larger than the limit of 20,971,520 bytes",
+    415: "send the document as multipart/form-data",
+    422: "down payment 30,000.00 does not match the contract's 35,000.00",
+    503: "Temporal is unavailable: connection refused",
+}
+
+
+def responses(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the given error statuses, as problem+json with an example.
+
+    `descriptions` overrides a default text: `responses(404, 422, d404="unknown document")`.
+    """
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        out[code] = {
+            "description": descriptions.get(f"d{code}", _DESCRIPTIONS[code]),
+            "content": {
+                PROBLEM_JSON: {
+                    "schema": {"$ref": "#/components/schemas/ProblemDetail"},
+                    "example": {
+                        "type": "about:blank",
+                        "title": HTTPStatus(code).phrase,
+                        "status": code,
+                        "detail": _EXAMPLES[code],
+                    },
+                }
+            },
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- handlers
 
 
 async def on_problem(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Problem)
-    return problem_response(exc.status, exc.detail, **exc.extra)
+    return problem_response(exc.status, exc.detail, exc.headers, **exc.extra)
 
 
 async def on_rule_error(_: Request, exc: Exception) -> JSONResponse:
@@ -39,15 +138,95 @@ async def on_rule_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(RULE_STATUS[exc.kind], exc.message)
 
 
-async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return problem_response(exc.status_code, str(exc.detail))
+    detail = str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = "no such endpoint; see /docs"
+    if exc.status_code == 400 and detail == "There was an error parsing the body":
+        # FastAPI's answer to a body that is not UTF-8: an invalid body, 422 —
+        # after the token and the role, like every other invalid body.
+        denied = await _auth_first(request)
+        if denied is not None:
+            return denied
+        return problem_response(422, "the body could not be read: send UTF-8 JSON")
+    return problem_response(exc.status_code, detail, dict(exc.headers or {}) or None)
 
 
-async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+def _needs_token(request: Request) -> bool:
+    # Lender links to files carry their own signature; webhooks theirs.
+    path = request.url.path
+    return path.startswith("/api/") and not path.startswith("/api/files/")
+
+
+def describe_validation_errors(errors: Any) -> str:
     parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{loc}: {err.get('msg')}")
-    return problem_response(422, "; ".join(parts) or "invalid request")
+    for err in errors:
+        loc_parts = [str(p) for p in err.get("loc", ())]
+        if loc_parts and loc_parts[0] == "body":
+            loc_parts = loc_parts[1:]
+        loc = ".".join(loc_parts) or "body"
+        if err.get("type") == "extra_forbidden" and loc == "actor":
+            parts.append("actor: who acted comes from the bearer token; remove actor from the body")
+        elif err.get("type") == "json_invalid":
+            why = err.get("ctx", {}).get("error", "syntax")
+            parts.append(f"the body is not valid JSON ({why})")
+        else:
+            parts.append(f"{loc}: {err.get('msg')}")
+    return "; ".join(parts) or "invalid request"
+
+
+async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    denied = await _auth_first(request)
+    if denied is not None:
+        return denied
+    return problem_response(422, describe_validation_errors(exc.errors()))
+
+
+async def _auth_first(request: Request) -> JSONResponse | None:
+    """FastAPI parses a JSON body before it runs the route's dependencies: answer
+    an unauthenticated or unauthorised caller 401/403 all the same, so the
+    order of checks does not depend on whether the body happens to parse."""
+    if not _needs_token(request):
+        return None
+    from dealflow.api.auth import authenticate
+
+    try:
+        principal = await authenticate(request)
+        endpoint = getattr(request.scope.get("route"), "endpoint", None)
+        check = getattr(endpoint, "dealflow_roles", None)
+        if check is not None:
+            principal.actor(*check)
+    except Problem as p:
+        return await on_problem(request, p)
+    return None
+
+
+async def on_rpc_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RPCError)
+    if exc.status in (
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+    ):
+        return problem_response(
+            503, f"Temporal is unavailable: {exc.message}", {"Retry-After": "5"}
+        )
+    log.error("Temporal call failed: %s (%s)", exc.message, exc.status)
+    return problem_response(502, f"Temporal refused the call: {exc.message}")
+
+
+async def on_store_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DocumentStoreError)
+    if isinstance(exc, DocumentStoreUnavailable):
+        return problem_response(
+            503, f"the document store is unavailable: {exc}", {"Retry-After": "5"}
+        )
+    log.error("document store error: %s", exc)
+    return problem_response(502, f"the document store failed: {exc}")
+
+
+async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error", exc_info=exc)
+    return problem_response(500, "unexpected error; it has been logged")

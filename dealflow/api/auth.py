@@ -1,0 +1,196 @@
+"""Staff authentication (DESIGN §3.3): `Authorization: Bearer <JWT>`.
+
+Development and tests: HS256 with `DEALFLOW_JWT_SECRET` (`starter.py token`
+mints one). Production: set `DEALFLOW_JWKS_URL` and tokens are verified with
+the identity provider's public keys (RS256/ES256/PS256/EdDSA); HS256 is then
+refused. Claims: `sub` (the staff id) and `roles` (a list of `Role` values);
+`exp` is required. The actor of every workflow update is built here, from the
+token alone: nothing in a request body can change who acted.
+
+Who may do what — the permission table, one place: staff actions and starting
+a deal come from `dealflow.rules` (`ACTION_ROLES`, `START_DEAL_ROLES`,
+`READ_ROLES`, the same tables the workflow's validators enforce); the two
+document rights below are the API's own. `admin` may do everything; `auditor`
+only reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from fastapi import Request
+from fastapi.security import HTTPBearer
+
+from dealflow import rules
+from dealflow.api.problems import Problem
+from dealflow.models import Action, Actor, Role
+
+# Reading deals (list, status) — every role.
+READ_ROLES: frozenset[Role] = rules.READ_ROLES
+# Starting a deal.
+START_DEAL_ROLES: frozenset[Role] = rules.START_DEAL_ROLES
+# Uploading a customer document is the record-document action.
+UPLOAD_ROLES: frozenset[Role] = rules.ACTION_ROLES[Action.RECORD_DOCUMENT]
+# Reading a customer document (personal data): who collects and checks them,
+# and the auditors.
+DOCUMENT_READ_ROLES: frozenset[Role] = frozenset({Role.SALES, Role.CREDIT, Role.AUDITOR})
+
+HS_ALGORITHMS = ["HS256"]
+JWKS_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "PS384", "EdDSA"]
+LEEWAY_SECONDS = 30
+_STAFF_ID = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+
+# Documents the scheme in OpenAPI (the "Authorize" button of /docs); the
+# checks themselves are `authenticate` below, so every failure is a problem+json.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="staffToken",
+    bearerFormat="JWT",
+    description="A staff JWT with claims sub and roles (`starter.py token` mints one).",
+)
+
+
+class AuthError(Exception):
+    """The token is missing, malformed, badly signed or expired: HTTP 401."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's subject and its DealFlow roles, in token order."""
+
+    sub: str
+    roles: tuple[Role, ...]
+
+    def actor(self, allowed: Iterable[Role], what: str) -> Actor:
+        """The actor for an operation open to `allowed` (admin always), or 403."""
+        allowed = frozenset(allowed)
+        for role in self.roles:
+            if role in allowed:
+                return Actor(staff_id=self.sub, role=role)
+        if Role.ADMIN in self.roles:
+            return Actor(staff_id=self.sub, role=Role.ADMIN)
+        mine = ", ".join(f"'{r.value}'" for r in self.roles)
+        names = ", ".join(sorted(r.value for r in allowed | {Role.ADMIN}))
+        raise Problem(
+            403, f"role{'s' if len(self.roles) > 1 else ''} {mine} may not {what}; allowed: {names}"
+        )
+
+    def actor_for_action(self, action: Action) -> Actor:
+        return self.actor(rules.ACTION_ROLES[action], action.value)
+
+
+class Authenticator:
+    def __init__(
+        self, secret: str, jwks_url: str | None = None, leeway: int = LEEWAY_SECONDS
+    ) -> None:
+        if not secret and not jwks_url:
+            raise ValueError("staff authentication needs DEALFLOW_JWT_SECRET or DEALFLOW_JWKS_URL")
+        self.secret = secret
+        self.jwks_url = jwks_url
+        self.leeway = leeway
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300) if jwks_url else None
+
+    def _key(self, token: str) -> Any:
+        if self._jwks is None:
+            return self.secret
+        try:
+            return self._jwks.get_signing_key_from_jwt(token).key
+        except jwt.PyJWKClientConnectionError as e:
+            raise Problem(503, f"the identity provider's keys cannot be fetched: {e}") from None
+        except (jwt.PyJWKClientError, jwt.DecodeError) as e:
+            raise AuthError(f"no signing key for this token: {e}") from None
+
+    def decode(self, token: str) -> Principal:
+        """Verify `token` (signature, exp, nbf, iat) and read its claims. Blocking
+        with a JWKS URL (the key set is fetched, then cached): call in a thread."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError as e:
+            raise AuthError(f"malformed token: {e}") from None
+        algorithms = JWKS_ALGORITHMS if self._jwks is not None else HS_ALGORITHMS
+        if header.get("alg") not in algorithms:
+            raise AuthError(
+                f"token algorithm {header.get('alg')!r} is not accepted; use "
+                + ", ".join(algorithms)
+            )
+        try:
+            claims = jwt.decode(
+                token,
+                self._key(token),
+                algorithms=algorithms,
+                leeway=self.leeway,
+                options={"require": ["exp", "sub"], "verify_aud": False},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("the token has expired; get a new one") from None
+        except jwt.InvalidTokenError as e:
+            raise AuthError(f"invalid token: {e}") from None
+        return principal_from_claims(claims)
+
+
+def principal_from_claims(claims: dict[str, Any]) -> Principal:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not _STAFF_ID.match(sub):
+        raise AuthError("the token's sub claim must be a staff id of 1-64 letters, digits, ._@-")
+    raw = claims.get("roles")
+    if not isinstance(raw, list) or not all(isinstance(r, str) for r in raw):
+        raise AuthError("the token's roles claim must be a list of role names")
+    known = {r.value for r in Role}
+    # An identity provider may put other applications' roles in the same claim.
+    roles = tuple(dict.fromkeys(Role(r) for r in raw if r in known))
+    if not roles:
+        names = ", ".join(r.value for r in Role)
+        raise Problem(403, f"the token grants no DealFlow role (roles: {names})")
+    return Principal(sub=sub, roles=roles)
+
+
+def mint_token(
+    secret: str, sub: str, roles: Iterable[Role | str], ttl: int = 3600, now: float | None = None
+) -> str:
+    """A development token: HS256, claims sub, roles, iat and exp (now + ttl seconds)."""
+    issued = int(now if now is not None else time.time())
+    names = [Role(r).value for r in roles]
+    if not _STAFF_ID.match(sub):
+        raise ValueError(f"sub {sub!r} must be 1-64 letters, digits or ._@-")
+    if not names:
+        raise ValueError("a token needs at least one role")
+    if ttl <= 0:
+        raise ValueError("ttl must be positive")
+    payload = {"sub": sub, "roles": names, "iat": issued, "exp": issued + ttl}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthError("missing Authorization header; send 'Authorization: Bearer <token>'")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+async def authenticate(request: Request) -> Principal:
+    """The caller, or a 401/403 problem. Cached on the request."""
+    cached = getattr(request.state, "principal", None)
+    if isinstance(cached, Principal):
+        return cached
+    auth: Authenticator = request.app.state.services.auth
+    try:
+        token = bearer_token(request)
+        if auth.jwks_url:
+            principal = await asyncio.to_thread(auth.decode, token)
+        else:
+            principal = auth.decode(token)
+    except AuthError as e:
+        raise Problem(
+            401, str(e), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        ) from None
+    request.state.principal = principal
+    return principal

@@ -1,0 +1,448 @@
+"""The back-office deal desk (DESIGN §3.3): start, list and read deals, take staff actions.
+
+Every route authenticates first (401), then checks the role against the
+permission table (403), then validates (422), then asks the deal (404, 409).
+The validation and the Temporal calls are `dealflow.client`'s, the same the CLI
+and the demo use; the workflow's update validators have the last word and a
+refusal of theirs comes back as 409 or 422, never 500.
+
+This module deliberately has no `from __future__ import annotations`: the
+per-action routes are made in a loop, and FastAPI must see their body models
+as real classes, not as names to look up in the module.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from sqlalchemy import delete
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from dealflow import client as deals
+from dealflow import db, rules
+from dealflow.api.auth import READ_ROLES, START_DEAL_ROLES, Principal, authenticate, bearer_scheme
+from dealflow.api.deps import Services
+from dealflow.api.problems import Problem, responses
+from dealflow.models import (
+    ACTION_INPUTS,
+    Action,
+    ActionResult,
+    DealInput,
+    DealStatus,
+    Stage,
+    StartDealInput,
+)
+from dealflow.samples import EXAMPLES, example_action
+
+log = logging.getLogger("dealflow.api")
+router = APIRouter(dependencies=[Depends(bearer_scheme)])
+
+DEAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,200}$"
+MAX_PAGE = 200
+
+Auth = Annotated[Principal, Depends(authenticate)]
+DealIdPath = Annotated[str, Path(description="the deal id, e.g. 20261128-3f9a0c1e")]
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def check_deal_id(deal_id: str) -> None:
+    """A deal id that cannot exist is an unknown deal (404), without asking Temporal."""
+    if not DEAL_ID.match(deal_id):
+        raise Problem(404, f"deal {deal_id[:80]!r} does not exist")
+
+
+def roles_of(allowed: frozenset, what: str) -> Any:
+    """Mark an endpoint with its permission, so a 422 never hides a 401/403."""
+
+    def mark(fn: Any) -> Any:
+        fn.dealflow_roles = (allowed, what)
+        return fn
+
+    return mark
+
+
+# --------------------------------------------------------------------------- models
+
+
+class DealCreated(BaseModel):
+    deal_id: str = Field(examples=["20261128-3f9a0c1e"])
+    workflow_id: str = Field(examples=["deal-20261128-3f9a0c1e"])
+
+
+class DealSummary(BaseModel):
+    """One row of the read model (a projection of the workflow; it may lag by a moment)."""
+
+    deal_id: str
+    workflow_id: str
+    dealer_id: str
+    stage: Stage
+    stage_entered_at: datetime
+    lender_id: str | None
+    vehicle_price: Decimal
+    amount_financed: Decimal
+    approved_amount: Decimal | None
+    created_at: datetime
+    updated_at: datetime
+    next_due_at: datetime | None = Field(description="the deal's next deadline or reminder")
+    overdue: bool = Field(description="next_due_at has passed")
+    pending_roles: list[str] = Field(description="whose desk the deal waits on")
+
+
+class DealPage(BaseModel):
+    deals: list[DealSummary]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last page"
+    )
+
+
+def _summary(row: db.DealRow, now: datetime) -> DealSummary:
+    return DealSummary(
+        deal_id=row.deal_id,
+        workflow_id=row.workflow_id,
+        dealer_id=row.dealer_id,
+        stage=Stage(row.stage),
+        stage_entered_at=row.stage_entered_at,
+        lender_id=row.lender_id,
+        vehicle_price=row.vehicle_price,
+        amount_financed=row.amount_financed,
+        approved_amount=row.approved_amount,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        next_due_at=row.next_due_at,
+        overdue=row.next_due_at is not None and row.next_due_at < now,
+        pending_roles=row.pending_role_list,
+    )
+
+
+def _example_deal() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((EXAMPLES / "deal.json").read_text(encoding="utf-8"))
+    return loaded
+
+
+def body_model(action: Action) -> type[BaseModel]:
+    """The JSON body of an action: its input model without `actor`, which the
+    token supplies. Same fields and constraints, so FastAPI documents and checks
+    it; `dealflow.client.parse_action` then validates it once more with the
+    model the workflow receives."""
+    source = ACTION_INPUTS[action]
+    fields: dict[str, Any] = {
+        name: (info.annotation, info)
+        for name, info in source.model_fields.items()
+        if name != "actor"
+    }
+    name = source.__name__.removesuffix("Input") + "Body"
+    model: type[BaseModel] = create_model(
+        name,
+        __config__=ConfigDict(
+            extra="forbid", json_schema_extra={"examples": [example_action(action.value)]}
+        ),
+        __doc__=f"The body of `{action.value}` (the actor comes from the token).",
+        **fields,
+    )
+    return model
+
+
+# Staff actions of DESIGN §3.3; record-document is the upload route's.
+ACTION_ROUTES = [a for a in Action if a is not Action.RECORD_DOCUMENT]
+ACTION_BODIES: dict[Action, type[BaseModel]] = {a: body_model(a) for a in ACTION_ROUTES}
+
+
+# --------------------------------------------------------------------------- idempotency
+
+
+def request_digest(deal: DealInput) -> str:
+    """sha256 of the deal as validated: the same body however it is spelled or ordered."""
+    canonical = json.dumps(deal.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def forget_idempotency_key(svc: Services, key: str, deal_id: str) -> None:
+    with svc.engine.begin() as conn:
+        conn.execute(
+            delete(db.IDEMPOTENCY_KEYS).where(
+                db.IDEMPOTENCY_KEYS.c.key == key, db.IDEMPOTENCY_KEYS.c.deal_id == deal_id
+            )
+        )
+
+
+async def ensure_started(svc: Services, inp: StartDealInput) -> None:
+    """Start the deal unless its workflow exists: repairs a key stored by a request
+    that died (or was cancelled) between storing the key and starting the deal."""
+    handle = svc.client.get_workflow_handle(deals.workflow_id(inp.deal_id))
+    try:
+        await handle.describe()
+        return
+    except RPCError as e:
+        if e.status is not RPCStatusCode.NOT_FOUND:
+            raise
+    with contextlib.suppress(WorkflowAlreadyStartedError):  # a concurrent retry won
+        await deals.start_deal(svc.client, svc.settings.task_queue, inp)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+@router.post(
+    "/api/deals",
+    status_code=201,
+    response_model=DealCreated,
+    tags=["deals"],
+    summary="Start a deal",
+    responses={
+        201: {
+            "description": "the deal is started (or, with a repeated Idempotency-Key and "
+            "the same body, was started before: header Idempotent-Replayed)"
+        },
+        **responses(
+            401,
+            403,
+            422,
+            503,
+            d403="only sales (and admin) start deals",
+            d422="invalid deal body (each rule broken is named), or the "
+            "Idempotency-Key was used before with a different body",
+        ),
+    },
+)
+@roles_of(START_DEAL_ROLES, "start a deal")
+async def create_deal(
+    request: Request,
+    response: Response,
+    principal: Auth,
+    deal: Annotated[
+        DealInput,
+        Body(
+            openapi_examples={"deal": {"summary": "examples/deal.json", "value": _example_deal()}}
+        ),
+    ],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            pattern=IDEMPOTENCY_KEY,
+            description="retry-safe creation: the same key and body give the same deal; "
+            "the same key with another body is refused (422)",
+        ),
+    ] = None,
+) -> DealCreated:
+    svc = services(request)
+    actor = principal.actor(START_DEAL_ROLES, "start a deal")
+    policy = svc.deal_policy
+    # Every rule first: a rejected body neither starts a deal nor stores its key.
+    inp = deals.start_input(deals.new_deal_id(), deal, policy, svc.lenders, actor)
+    if idempotency_key is None:
+        await deals.start_deal(svc.client, svc.settings.task_queue, inp)
+        return _created(svc, inp.deal_id, "started")
+
+    digest = request_digest(deal)
+    row = await asyncio.to_thread(db.get_idempotency_key, svc.engine, idempotency_key)
+    if row is None:
+        row, new = await asyncio.to_thread(
+            db.remember_idempotency_key,
+            svc.engine,
+            key=idempotency_key,
+            request_sha256=digest,
+            deal_id=inp.deal_id,
+            response_status=201,
+            created_at=datetime.now(UTC),
+        )
+        if new:
+            try:
+                await deals.start_deal(svc.client, svc.settings.task_queue, inp)
+            except WorkflowAlreadyStartedError:
+                pass  # a concurrent retry with this key started this very deal
+            except Exception:
+                # Not started: the key must not point at nothing. (A cancelled
+                # request keeps it; its retry starts the deal, see ensure_started.)
+                await asyncio.to_thread(forget_idempotency_key, svc, idempotency_key, inp.deal_id)
+                raise
+            return _created(svc, inp.deal_id, "started")
+    assert row is not None
+    if row.request_sha256 != digest:
+        raise Problem(
+            422,
+            f"Idempotency-Key {idempotency_key!r} was already used to start deal {row.deal_id} "
+            "with a different body; use a new key for a new deal",
+        )
+    await ensure_started(svc, inp.model_copy(update={"deal_id": row.deal_id}))
+    response.status_code = row.response_status
+    response.headers["Idempotent-Replayed"] = "true"
+    return _created(svc, row.deal_id, "replayed")
+
+
+def _created(svc: Services, deal_id: str, outcome: str) -> DealCreated:
+    svc.metrics.deals_started.labels(outcome=outcome).inc()
+    log.info("deal %s", outcome, extra={"deal_id": deal_id})
+    return DealCreated(deal_id=deal_id, workflow_id=deals.workflow_id(deal_id))
+
+
+@router.get(
+    "/api/deals",
+    response_model=DealPage,
+    tags=["deals"],
+    summary="List deals (read model)",
+    responses=responses(
+        401,
+        403,
+        422,
+        d422="an unknown stage, a bad limit or a cursor that was not returned by this list",
+    ),
+)
+@roles_of(READ_ROLES, "list deals")
+async def list_deals(
+    request: Request,
+    principal: Auth,
+    stage: Annotated[Stage | None, Query(description="only deals in this stage")] = None,
+    lender: Annotated[str | None, Query(max_length=64, description="current lender id")] = None,
+    dealer: Annotated[str | None, Query(max_length=64, description="dealer id")] = None,
+    overdue: Annotated[
+        bool, Query(description="only deals whose next deadline has passed")
+    ] = False,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="next_cursor of the previous page")
+    ] = None,
+) -> DealPage:
+    svc = services(request)
+    principal.actor(READ_ROLES, "list deals")
+    now = datetime.now(UTC)
+    try:
+        rows, next_cursor = await asyncio.to_thread(
+            db.list_deals,
+            svc.engine,
+            stage=stage.value if stage else None,
+            lender_id=lender,
+            dealer_id=dealer,
+            overdue_at=now if overdue else None,
+            limit=limit,
+            cursor=cursor,
+        )
+    except ValueError as e:
+        raise Problem(422, str(e)) from None
+    return DealPage(deals=[_summary(r, now) for r in rows], next_cursor=next_cursor)
+
+
+@router.get(
+    "/api/deals/{deal_id}",
+    response_model=DealStatus,
+    tags=["deals"],
+    summary="A deal's status: stage, checklist, pending actions, lenders, money",
+    responses=responses(401, 403, 404, 503),
+)
+@roles_of(READ_ROLES, "read deals")
+async def get_deal(request: Request, deal_id: DealIdPath, principal: Auth) -> DealStatus:
+    principal.actor(READ_ROLES, "read deals")
+    check_deal_id(deal_id)
+    return await read_status(services(request), deal_id)
+
+
+async def read_status(svc: Services, deal_id: str) -> DealStatus:
+    try:
+        return await deals.deal_status(svc.client, deal_id)
+    except deals.DealNotFound as e:
+        raise Problem(404, str(e)) from None
+    except RuntimeError as e:  # the status query itself failed
+        raise Problem(503, f"deal {deal_id} cannot be read right now: {e}") from None
+
+
+def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
+    example = example_action(action.value)
+
+    async def endpoint(
+        request: Request,
+        deal_id: DealIdPath,
+        principal: Auth,
+        payload: Annotated[
+            body,  # type: ignore[valid-type]
+            Body(
+                openapi_examples={
+                    "example": {
+                        "summary": f"examples/actions/{action.value}.json",
+                        "value": example,
+                    }
+                },
+            ),
+        ],
+    ) -> ActionResult:
+        svc = services(request)
+        actor = principal.actor_for_action(action)
+        check_deal_id(deal_id)
+        body_json = cast(BaseModel, payload).model_dump(mode="json")
+        act, inp = deals.parse_action(action.value, body_json, actor)
+        try:
+            result = await deals.act(svc.client, deal_id, act, inp)
+        except deals.DealNotFound as e:
+            raise Problem(404, str(e)) from None
+        except rules.RuleError as e:
+            svc.metrics.actions.labels(action=action.value, outcome=e.kind).inc()
+            raise
+        svc.metrics.actions.labels(action=action.value, outcome="accepted").inc()
+        log.info(
+            "action taken",
+            extra={
+                "deal_id": deal_id,
+                "action": action.value,
+                "staff_id": actor.staff_id,
+                "role": actor.role.value,
+            },
+        )
+        return result
+
+    endpoint.__name__ = "action_" + action.update_name
+    endpoint.dealflow_roles = (rules.ACTION_ROLES[action], action.value)  # type: ignore[attr-defined]
+    return endpoint
+
+
+def _roles_text(action: Action) -> str:
+    return ", ".join(sorted(r.value for r in rules.ACTION_ROLES[action] | {rules.Role.ADMIN}))
+
+
+def _stages_text(action: Action) -> str:
+    from dealflow.models import STAGE_ORDER
+
+    return ", ".join(s.value for s in STAGE_ORDER if s in rules.ACTION_STAGES[action])
+
+
+for _action in ACTION_ROUTES:
+    router.add_api_route(
+        f"/api/deals/{{deal_id}}/actions/{_action.value}",
+        _action_endpoint(_action, ACTION_BODIES[_action]),
+        methods=["POST"],
+        response_model=ActionResult,
+        tags=["actions"],
+        summary=f"{_action.value} (roles: {_roles_text(_action)})",
+        description=(
+            f"A Temporal Update of the deal; its validator checks the role, the stage "
+            f"({_stages_text(_action)}) and the body before anything is written to history. "
+            f"Roles: {_roles_text(_action)}. The actor is the token's `sub`."
+        ),
+        responses={
+            200: {"description": "accepted: the deal's new status"},
+            **responses(401, 403, 404, 409, 422, 503),
+        },
+    )
+
+
+@router.post("/api/deals/{deal_id}/actions/{action}", include_in_schema=False)
+async def unknown_action(request: Request, deal_id: str, action: str, principal: Auth) -> None:
+    """Any other action name: 404 (the action, like a deal, is a resource that does not exist)."""
+    if action == Action.RECORD_DOCUMENT.value:
+        raise Problem(
+            404, f"documents are recorded by uploading them: POST /api/deals/{deal_id}/documents"
+        )
+    known = ", ".join(a.value for a in ACTION_ROUTES)
+    raise Problem(404, f"unknown action {action[:80]!r}; known: {known}")
