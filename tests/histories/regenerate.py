@@ -5,8 +5,14 @@
 Runs each scenario on the time-skipping server with the real API receiver and
 lender simulator in process (as the tests do) and writes one JSON history per
 workflow run, in the format of `temporal workflow show --output json`.
+
+Payloads are encrypted exactly as in production, with the committed test key
+`tests/histories/test-codec-key` (DealFlow's public development key): the
+files hold no personal data in clear, and replaying them exercises the codec.
+
 Regenerate only when a deliberate, patched change makes new histories worth
-keeping; old files stay as the proof that old deals still replay.
+keeping; old files stay as the proof that old deals still replay (the
+pre-encryption ones live on in `legacy/`).
 """
 
 from __future__ import annotations
@@ -18,14 +24,13 @@ from pathlib import Path
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from dealflow import client as deals
 from dealflow import db
 from dealflow.docstore import LocalDirectoryStore
 from dealflow.models import DealPolicy, Stage
-from tests.conftest import BIN, SEARCH_ATTRIBUTES, deal_worker, run_stack
+from tests.conftest import BIN, SEARCH_ATTRIBUTES, codec_data_converter, deal_worker, run_stack
 from tests.desk import Desk
 
 HERE = Path(__file__).resolve().parent
@@ -42,19 +47,38 @@ async def happy_path(d: Desk) -> None:
 
 
 async def declined_then_approved(d: Desk) -> None:
-    await d.start(script={"lenders": {"acme-auto-finance": [
-        {"decision": "declined", "reasons": [{"code": "THIN_FILE", "text": "thin credit file"}]}
-    ]}})
+    await d.start(
+        script={
+            "lenders": {
+                "acme-auto-finance": [
+                    {
+                        "decision": "declined",
+                        "reasons": [{"code": "THIN_FILE", "text": "thin credit file"}],
+                    }
+                ]
+            }
+        }
+    )
     await d.through_delivery()
     await d.wait_stage(Stage.FOLLOW_UP)
 
 
 async def conditional(d: Desk) -> None:
-    await d.start(script={"lenders": {"acme-auto-finance": [
-        {"decision": "conditional",
-         "stipulations": [{"code": "EMPLOYMENT_LETTER", "description": "employer letter"}]},
-        {"decision": "approved"},
-    ]}})
+    await d.start(
+        script={
+            "lenders": {
+                "acme-auto-finance": [
+                    {
+                        "decision": "conditional",
+                        "stipulations": [
+                            {"code": "EMPLOYMENT_LETTER", "description": "employer letter"}
+                        ],
+                    },
+                    {"decision": "approved"},
+                ]
+            }
+        }
+    )
     await d.through_documents()
     await d.do("submit-application")
     await d.wait_stage(Stage.DOCUMENTS)
@@ -65,17 +89,54 @@ async def conditional(d: Desk) -> None:
 
 
 async def counter_offer_accepted(d: Desk) -> None:
-    await d.start(script={"lenders": {"acme-auto-finance": [
-        {"decision": "counter_offer", "approved_amount": "95000.00"}]}})
+    await d.start(
+        script={
+            "lenders": {
+                "acme-auto-finance": [{"decision": "counter_offer", "approved_amount": "95000.00"}]
+            }
+        }
+    )
     await d.through_documents()
     await d.do("submit-application")
     st = await d.wait_until(lambda s: any(p.action == "accept-counter-offer" for p in s.pending))
     sub = st.submissions[-1]
     assert sub.current is not None
-    await d.do("accept-counter-offer", application_ref=sub.application_ref,
-               decision_seq=sub.current.decision_seq)
+    await d.do(
+        "accept-counter-offer",
+        application_ref=sub.application_ref,
+        decision_seq=sub.current.decision_seq,
+    )
     await d.do("confirm-down-payment", amount="55000.00")
     await d.do("cancel", reason="customer found a cheaper car")
+
+
+async def declined_counter_offer_cancelled(d: Desk) -> None:
+    """The auditors' timeline case: a decline, a counter-offer, then a cancellation."""
+    await d.start(
+        script={
+            "lenders": {
+                "acme-auto-finance": [
+                    {
+                        "decision": "declined",
+                        "reasons": [{"code": "THIN_FILE", "text": "thin credit file"}],
+                    }
+                ],
+                "beta-motor-credit": [{"decision": "counter_offer", "approved_amount": "95000.00"}],
+            }
+        }
+    )
+    await d.through_documents()
+    await d.do("submit-application")
+    st = await d.wait_until(lambda s: any(p.action == "accept-counter-offer" for p in s.pending))
+    sub = st.submissions[-1]
+    assert sub.current is not None
+    await d.do(
+        "accept-counter-offer",
+        application_ref=sub.application_ref,
+        decision_seq=sub.current.decision_seq,
+    )
+    await d.do("confirm-down-payment", amount="55000.00")
+    await d.do("cancel", reason="customer changed their mind")
 
 
 async def contract_expired(d: Desk) -> None:
@@ -84,10 +145,14 @@ async def contract_expired(d: Desk) -> None:
 
 async def all_declined(d: Desk) -> None:
     reasons = [{"code": "DTI_TOO_HIGH", "text": "debt-to-income too high"}]
-    await d.start(script={"lenders": {
-        "acme-auto-finance": [{"decision": "declined", "reasons": reasons}],
-        "beta-motor-credit": [{"decision": "declined", "reasons": reasons}],
-    }})
+    await d.start(
+        script={
+            "lenders": {
+                "acme-auto-finance": [{"decision": "declined", "reasons": reasons}],
+                "beta-motor-credit": [{"decision": "declined", "reasons": reasons}],
+            }
+        }
+    )
     await d.through_documents()
     await d.do("submit-application")
 
@@ -105,6 +170,7 @@ SCENARIOS: dict[str, Callable[[Desk], Awaitable[None]]] = {
     "declined_then_approved": declined_then_approved,
     "conditional_then_cancelled": conditional,
     "counter_offer_accepted_then_cancelled": counter_offer_accepted,
+    "declined_counter_offer_cancelled": declined_counter_offer_cancelled,
     "contract_expired": contract_expired,
     "all_declined": all_declined,
     "continued_as_new": continued_as_new,
@@ -114,7 +180,7 @@ SCENARIOS: dict[str, Callable[[Desk], Awaitable[None]]] = {
 async def main() -> None:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(BIN / "temporal-test-server"),
-        data_converter=pydantic_data_converter,
+        data_converter=codec_data_converter(),
     )
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(

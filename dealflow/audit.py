@@ -1,0 +1,1818 @@
+"""`dealflow-audit`: export, replay, read and verify deal histories (DESIGN §3.6).
+
+    dealflow-audit export DEAL_ID [-o FILE] [--split] [--decode]
+    dealflow-audit replay PATH... | --query VISIBILITY_QUERY
+    dealflow-audit timeline DEAL_ID|FILE [--format text|markdown|json|html] [--as-of TIMESTAMP]
+    dealflow-audit archive [--lock-file PATH]
+    dealflow-audit verify [--expect-head SHA256]
+
+(also `python -m dealflow.audit ...`). Connection, codec keys and document
+store come from the usual `DEALFLOW_*` settings.
+
+History files. One workflow run is exactly what `temporal workflow show
+--output json` prints: `{"events": [...]}` (protobuf JSON), payloads as they
+are on the server, i.e. encrypted. A deal that continued-as-new has several
+runs; its export is a JSON *array* of those objects, first run first (`--split`
+writes one file per run instead, `NAME_run1.json`, ...). Every command that
+reads files accepts both shapes, and folders of them (`*.json`, recursively).
+
+Archive (document store, `DEALFLOW_DOCUMENT_STORE`):
+
+    archive/deals/<deal_id>.json   the deal's export, byte for byte
+    archive/manifest.jsonl         one JSON object per line, oldest first
+
+A manifest entry is `{"seq", "deal_id", "workflow_id", "run_ids", "event_count",
+"status", "stage", "closed_at", "history_key", "history_sha256",
+"history_bytes", "key_ids", "archived_at", "prev_sha256", "sha256"}` written
+as canonical JSON (sorted keys, no spaces). `sha256` is the SHA-256 of the
+canonical JSON of the entry without its `sha256` field; `prev_sha256` is the
+previous entry's `sha256` (64 zeros for the first): a hash chain. `key_ids` are
+the codec keys the history needs — keep them as long as the archive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import html
+import json
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import IO, Any
+
+from google.protobuf import json_format
+from temporalio import workflow
+from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.failure.v1 import Failure
+from temporalio.api.history.v1 import History, HistoryEvent
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
+from temporalio.common import SearchAttributeKey
+from temporalio.converter import DataConverter
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import (
+    ExecuteWorkflowInput,
+    HandleSignalInput,
+    HandleUpdateInput,
+    Interceptor,
+    Replayer,
+    UnsandboxedWorkflowRunner,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+)
+
+from dealflow import codec
+
+__all__ = [
+    "ArchiveBusy",
+    "Entry",
+    "RunHistory",
+    "archive",
+    "build_timeline",
+    "cli",
+    "export_json",
+    "fetch_deal",
+    "load_paths",
+    "main",
+    "replay",
+    "run_async",
+    "state_as_of",
+    "verify",
+]
+
+WORKFLOW_TYPE = "DealWorkflow"
+ARCHIVE_PREFIX = "archive"
+MANIFEST_KEY = f"{ARCHIVE_PREFIX}/manifest.jsonl"
+HISTORY_PREFIX = f"{ARCHIVE_PREFIX}/deals/"
+GENESIS = "0" * 64
+MANIFEST_BATCH = 50
+_DEAL_STAGE = SearchAttributeKey.for_keyword("DealStage")
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+E = EventType
+
+
+class AuditError(Exception):
+    """An error the operator must act on: printed, exit status 2."""
+
+
+class ArchiveBusy(AuditError):
+    pass
+
+
+# --------------------------------------------------------------------------- histories
+
+
+@dataclass
+class RunHistory:
+    """One workflow run's events, raw (as the server stores them)."""
+
+    workflow_id: str
+    events: list[HistoryEvent]
+    source: str = ""
+    run_no: int = 1
+    runs: int = 1
+
+    @property
+    def run_id(self) -> str:
+        a = self.events[0].workflow_execution_started_event_attributes if self.events else None
+        return a.original_execution_run_id if a else ""
+
+    @property
+    def deal_id(self) -> str:
+        return deal_id_of(self.workflow_id)
+
+    def label(self) -> str:
+        run = f"run {self.run_no}/{self.runs}" if self.runs > 1 else "run"
+        return f"deal {self.deal_id} {run} {self.run_id[:8] or '?'} ({len(self.events)} events)"
+
+
+def deal_id_of(workflow_id: str) -> str:
+    return workflow_id.removeprefix("deal-")
+
+
+def workflow_id_of(deal: str) -> str:
+    return deal if deal.startswith("deal-") else f"deal-{deal}"
+
+
+def history_dict(events: Sequence[HistoryEvent]) -> dict[str, Any]:
+    """One run as `temporal workflow show --output json` prints it."""
+    return json_format.MessageToDict(History(events=list(events)))
+
+
+def export_json(runs: Sequence[RunHistory]) -> str:
+    """A deal's export: the run's object, or an array of them (first run first)."""
+    docs = [history_dict(r.events) for r in runs]
+    body: Any = docs[0] if len(docs) == 1 else docs
+    return json.dumps(body, indent=2, ensure_ascii=False) + "\n"
+
+
+def _events_from(obj: Any, source: str) -> list[HistoryEvent]:
+    try:
+        return list(WorkflowHistory.from_json("x", obj).events)
+    except (ValueError, json_format.ParseError, TypeError, KeyError) as e:
+        raise AuditError(f"{source}: not a Temporal history: {e}") from None
+
+
+def _workflow_id_from_events(events: Sequence[HistoryEvent], fallback: str) -> str:
+    if events and events[0].HasField("workflow_execution_started_event_attributes"):
+        a = events[0].workflow_execution_started_event_attributes
+        if a.workflow_id:
+            return a.workflow_id
+    return fallback
+
+
+def parse_histories(
+    text: str, source: str, keyring: codec.Keyring | None = None
+) -> list[RunHistory]:
+    """The runs of a history file (one object, or an array of objects)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AuditError(f"{source}: not valid JSON: {e}") from None
+    docs = obj if isinstance(obj, list) else [obj]
+    if not docs:
+        raise AuditError(f"{source}: an empty array holds no history")
+    runs = []
+    for i, doc in enumerate(docs):
+        where = f"{source}[{i}]" if isinstance(obj, list) else source
+        events = _events_from(doc, where)
+        if not events:
+            raise AuditError(f"{where}: the history has no events")
+        fallback = "deal-" + Path(source).stem.split("_run")[0]
+        wid = _workflow_id_from_events(events, "")
+        if not wid and keyring is not None:
+            deal = _start_input(events, keyring).get("deal_id")
+            wid = f"deal-{deal}" if deal else ""
+        runs.append(RunHistory(wid or fallback, events, source, i + 1, len(docs)))
+    return runs
+
+
+def load_paths(
+    paths: Iterable[str | Path], keyring: codec.Keyring | None = None
+) -> list[RunHistory]:
+    """Every run in the given files and folders (`*.json`, recursively, sorted)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(x for x in p.rglob("*.json") if x.is_file())
+        elif p.exists():
+            files.append(p)
+        else:
+            raise AuditError(f"{p}: no such file or folder")
+    runs: list[RunHistory] = []
+    for f in files:
+        runs += parse_histories(f.read_text(encoding="utf-8"), str(f), keyring)
+    return runs
+
+
+async def run_chain(client: Client, workflow_id: str) -> list[str]:
+    """Run ids of a workflow, first to latest, following continue-as-new."""
+    try:
+        desc = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as e:
+        if e.status is RPCStatusCode.NOT_FOUND:
+            raise AuditError(f"deal {deal_id_of(workflow_id)} does not exist") from None
+        raise
+    chain: list[str] = []
+    run_id: str | None = desc.run_id
+    while run_id:
+        chain.append(run_id)
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+        run_id = None
+        async for event in handle.fetch_history_events():
+            run_id = event.workflow_execution_started_event_attributes.continued_execution_run_id
+            break
+    return chain[::-1]
+
+
+async def fetch_deal(client: Client, deal: str) -> list[RunHistory]:
+    """Every run of a deal from the server, first run first."""
+    wid = workflow_id_of(deal)
+    chain = await run_chain(client, wid)
+    runs = []
+    for i, run_id in enumerate(chain):
+        h = await client.get_workflow_handle(wid, run_id=run_id).fetch_history()
+        runs.append(RunHistory(wid, list(h.events), f"{wid}@{run_id}", i + 1, len(chain)))
+    return runs
+
+
+# --------------------------------------------------------------------------- payloads
+
+_PAYLOAD = Payload.DESCRIPTOR.full_name
+
+
+def _walk_payloads(msg: Any, fn: Any) -> None:
+    """Call fn(payload) on every Payload inside a protobuf message, in place."""
+    for fd, value in msg.ListFields():
+        mt = fd.message_type
+        if mt is None:
+            continue
+        if mt.GetOptions().map_entry:
+            vfd = mt.fields_by_name["value"]
+            if vfd.message_type is None:
+                continue
+            for v in value.values():
+                if vfd.message_type.full_name == _PAYLOAD:
+                    fn(v)
+                else:
+                    _walk_payloads(v, fn)
+        elif fd.is_repeated:
+            for v in value:
+                fn(v) if mt.full_name == _PAYLOAD else _walk_payloads(v, fn)
+        elif mt.full_name == _PAYLOAD:
+            fn(value)
+        else:
+            _walk_payloads(value, fn)
+
+
+class _Decrypter:
+    def __init__(self, keyring: codec.Keyring, strict: bool) -> None:
+        self.codec = codec.AesGcmCodec(keyring)
+        self.strict = strict
+        self.errors: list[str] = []
+
+    def __call__(self, p: Payload) -> None:
+        if not codec.is_encrypted(p):
+            return
+        try:
+            plain = self.codec.decrypt(p)
+        except codec.CodecError as e:
+            if self.strict:
+                raise
+            self.errors.append(str(e))
+            return
+        p.CopyFrom(plain)
+
+
+def decode_events(
+    events: Sequence[HistoryEvent], keyring: codec.Keyring, strict: bool = True
+) -> tuple[list[HistoryEvent], list[str]]:
+    """Copies of `events` with every encrypted payload decrypted (and the errors)."""
+    dec = _Decrypter(keyring, strict)
+    out = []
+    for e in events:
+        c = HistoryEvent()
+        c.CopyFrom(e)
+        _walk_payloads(c, dec)
+        out.append(c)
+    return out, sorted(set(dec.errors))
+
+
+def key_ids(events: Sequence[HistoryEvent]) -> list[str]:
+    found: set[str] = set()
+
+    def see(p: Payload) -> None:
+        if codec.is_encrypted(p):
+            found.add(p.metadata.get(codec.META_KEY_ID, b"").decode("utf-8", "replace"))
+
+    for e in events:
+        _walk_payloads(e, see)
+    return sorted(found)
+
+
+def value_of(p: Payload) -> Any:
+    """A decoded payload as a JSON value (what the pydantic converter wrote)."""
+    enc = p.metadata.get("encoding", b"").decode("utf-8", "replace")
+    if enc == "json/plain":
+        try:
+            return json.loads(p.data)
+        except ValueError:
+            return p.data.decode("utf-8", "replace")
+    if enc == "binary/null":
+        return None
+    if enc == codec.ENCODING.decode():
+        kid = p.metadata.get(codec.META_KEY_ID, b"").decode("utf-8", "replace")
+        return {"_encrypted": f"key id {kid} not available"}
+    return {"_encoding": enc, "_bytes": len(p.data)}
+
+
+def _first(payloads: Any) -> Any:
+    items = list(payloads.payloads)
+    return value_of(items[0]) if items else None
+
+
+def _start_input(events: Sequence[HistoryEvent], keyring: codec.Keyring) -> dict[str, Any]:
+    if not events:
+        return {}
+    decoded, _ = decode_events(events[:1], keyring, strict=False)
+    v = _first(decoded[0].workflow_execution_started_event_attributes.input)
+    return v if isinstance(v, dict) else {}
+
+
+def failure_text(f: Failure) -> str:
+    msg = f.message
+    if f.HasField("encoded_attributes"):
+        attrs = value_of(f.encoded_attributes)
+        if isinstance(attrs, dict) and attrs.get("message"):
+            msg = str(attrs["message"])
+    kind = f.application_failure_info.type if f.HasField("application_failure_info") else ""
+    text = f"{kind}: {msg}" if kind else msg
+    if f.HasField("cause"):
+        text += f" (cause: {failure_text(f.cause)})"
+    return text
+
+
+def _time(e: HistoryEvent) -> datetime:
+    return e.event_time.ToDatetime(tzinfo=UTC)
+
+
+def _etype(e: HistoryEvent) -> str:
+    return EventType.Name(e.event_type).removeprefix("EVENT_TYPE_")
+
+
+# --------------------------------------------------------------------------- replay
+
+
+@dataclass
+class ReplayOutcome:
+    run: RunHistory
+    ok: bool
+    error: str = ""
+    nondeterminism: bool = False
+    event: str = ""
+
+
+def _converter(keyring: codec.Keyring) -> DataConverter:
+    return codec.data_converter(keyring)
+
+
+def _replayer(keyring: codec.Keyring, workflows: Sequence[type] | None = None) -> Replayer:
+    from workflows import WORKFLOW_RUNNER, DealWorkflow
+
+    return Replayer(
+        workflows=list(workflows or [DealWorkflow]),
+        data_converter=_converter(keyring),
+        workflow_runner=WORKFLOW_RUNNER,
+    )
+
+
+_EVENT_ID = re.compile(r"HistoryEvent\(id: (\d+)")
+_NAMED_ACTIVITY = re.compile(r"scheduled event '([^']+)'")
+
+
+def _describe_event(events: Sequence[HistoryEvent], event_id: int) -> str:
+    e = next((x for x in events if x.event_id == event_id), None)
+    if e is None:
+        return f"event {event_id}"
+    what = _etype(e)
+    if e.HasField("activity_task_scheduled_event_attributes"):
+        what += f" '{e.activity_task_scheduled_event_attributes.activity_type.name}'"
+    elif e.HasField("timer_started_event_attributes"):
+        d = e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+        what += f" ({_fmt_duration(d)})"
+    return f"event {event_id} {what} at {_time(e).isoformat(timespec='seconds')}"
+
+
+async def _locate(replayer: Replayer, run: RunHistory, message: str) -> str:
+    """Name the history event where replay diverged from the current code."""
+    m = _EVENT_ID.search(message)
+    if m:
+        return _describe_event(run.events, int(m.group(1)))
+    # Find the first workflow task whose commands the code no longer produces:
+    # replaying a prefix that ends at a task's start never checks that task's
+    # commands, so the first failing prefix ends at the task after the bad one.
+    starts = [
+        i for i, e in enumerate(run.events) if e.event_type == E.EVENT_TYPE_WORKFLOW_TASK_STARTED
+    ]
+    bounds = starts[1:] + [len(run.events) - 1]
+
+    async def fails(idx: int) -> bool:
+        h = WorkflowHistory(run.workflow_id, run.events[: idx + 1])
+        res = await replayer.replay_workflow(h, raise_on_replay_failure=False)
+        return res.replay_failure is not None
+
+    lo, hi = 0, len(bounds) - 1
+    if not bounds or not await fails(bounds[hi]):
+        return ""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if await fails(bounds[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    task_start = starts[lo]
+    completed = next(
+        (
+            i
+            for i in range(task_start, len(run.events))
+            if run.events[i].event_type == E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+        ),
+        None,
+    )
+    if completed is None:
+        return _describe_event(run.events, run.events[task_start].event_id)
+    commands = []
+    for e in run.events[completed + 1 :]:
+        if not _is_command_event(e):
+            break
+        commands.append(e)
+    named = _NAMED_ACTIVITY.search(message)
+    if named:
+        for e in commands:
+            if e.HasField(
+                "activity_task_scheduled_event_attributes"
+            ) and e.activity_task_scheduled_event_attributes.activity_type.name == named.group(1):
+                return _describe_event(run.events, e.event_id)
+    target = commands[0] if commands else run.events[completed]
+    return _describe_event(run.events, target.event_id)
+
+
+_COMMAND_EVENTS = (
+    "activity_task_scheduled_event_attributes",
+    "timer_started_event_attributes",
+    "timer_canceled_event_attributes",
+    "activity_task_cancel_requested_event_attributes",
+    "upsert_workflow_search_attributes_event_attributes",
+    "workflow_properties_modified_event_attributes",
+    "marker_recorded_event_attributes",
+    "start_child_workflow_execution_initiated_event_attributes",
+    "signal_external_workflow_execution_initiated_event_attributes",
+    "request_cancel_external_workflow_execution_initiated_event_attributes",
+    "workflow_execution_update_accepted_event_attributes",
+    "workflow_execution_update_completed_event_attributes",
+    "workflow_execution_completed_event_attributes",
+    "workflow_execution_failed_event_attributes",
+    "workflow_execution_continued_as_new_event_attributes",
+)
+
+
+def _is_command_event(e: HistoryEvent) -> bool:
+    """An event a workflow task's commands write right after its completion."""
+    return e.WhichOneof("attributes") in _COMMAND_EVENTS
+
+
+async def replay(
+    runs: Sequence[RunHistory],
+    keyring: codec.Keyring,
+    workflows: Sequence[type] | None = None,
+) -> list[ReplayOutcome]:
+    """Replay every run against the current workflow code (with the codec)."""
+    replayer = _replayer(keyring, workflows)
+    outcomes: dict[int, ReplayOutcome] = {}
+    todo: list[tuple[int, RunHistory]] = []
+    for i, run in enumerate(runs):
+        # Undecryptable payloads are not nondeterminism: say which key is missing.
+        try:
+            decode_events(run.events, keyring, strict=True)
+        except codec.CodecError as e:
+            outcomes[i] = ReplayOutcome(run, False, f"cannot decrypt: {e}")
+        else:
+            todo.append((i, run))
+
+    async def histories() -> AsyncIterator[WorkflowHistory]:
+        for _, run in todo:
+            yield WorkflowHistory(run.workflow_id, run.events)
+
+    failed: list[tuple[int, RunHistory, BaseException]] = []
+    async with replayer.workflow_replay_iterator(histories()) as results:
+        n = 0
+        async for res in results:
+            i, run = todo[n]
+            n += 1
+            if res.replay_failure is None:
+                outcomes[i] = ReplayOutcome(run, True)
+            else:
+                failed.append((i, run, res.replay_failure))
+    for i, run, failure in failed:
+        msg = str(failure)
+        nondet = type(failure).__name__ == "NondeterminismError" or "Nondeterminism" in msg
+        short = re.search(r'message: "([^"]*)"', msg)
+        event = await _locate(replayer, run, msg) if nondet else ""
+        outcomes[i] = ReplayOutcome(run, False, short.group(1) if short else msg, nondet, event)
+    return [outcomes[i] for i in range(len(runs))]
+
+
+# --------------------------------------------------------------------------- timeline
+
+
+@dataclass
+class Entry:
+    at: datetime
+    run: int
+    event_id: int
+    stage: str
+    kind: str  # deal | stage | action | lender | timer | reminder | escalation | notice |
+    #            compensation | system
+    actor: str
+    action: str
+    details: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["at"] = self.at.isoformat()
+        return d
+
+
+@dataclass
+class Timeline:
+    deal_id: str
+    workflow_id: str
+    runs: list[dict[str, Any]]
+    entries: list[Entry]
+    decode_errors: list[str] = field(default_factory=list)
+    as_of: datetime | None = None
+    state: dict[str, Any] | None = None
+
+
+def _actor(a: Any) -> str:
+    if isinstance(a, dict) and "staff_id" in a:
+        if a.get("staff_id") == "dealflow":
+            return "dealflow (system)"
+        return f"{a['staff_id']} ({a.get('role', '?')})"
+    if isinstance(a, str) and "/" in a:
+        sid, role = a.split("/", 1)
+        return "dealflow (system)" if sid == "dealflow" else f"{sid} ({role})"
+    return str(a or "")
+
+
+def _money(v: Any) -> str:
+    try:
+        return f"{Decimal(str(v)).quantize(Decimal('0.01')):,.2f}"
+    except (InvalidOperation, ValueError):
+        return str(v)
+
+
+def _fmt_duration(d: timedelta) -> str:
+    s = int(d.total_seconds())
+    days, rem = divmod(s, 86400)
+    hours, rem = divmod(rem, 3600)
+    mins, secs = divmod(rem, 60)
+    parts = [
+        f"{days}d" if days else "",
+        f"{hours}h" if hours else "",
+        f"{mins}m" if mins else "",
+        f"{secs}s" if secs else "",
+    ]
+    return " ".join(p for p in parts if p) or "0s"
+
+
+_SKIP_FIELDS = {"actor"}
+
+
+def _summ(d: Any, skip: set[str] | None = None) -> str:
+    """A compact `key: value; ...` rendering of a JSON object."""
+    if not isinstance(d, dict):
+        return "" if d is None else str(d)
+    parts = []
+    for k, v in d.items():
+        if k in (skip or _SKIP_FIELDS) or v in (None, "", [], {}):
+            continue
+        if isinstance(v, dict):
+            v = "{" + _summ(v, set()) + "}"
+        elif isinstance(v, list):
+            v = ", ".join(_summ(x, set()) if isinstance(x, dict) else str(x) for x in v)
+        elif k in ("amount", "approved_amount", "cover_amount", "down_payment") or k.endswith(
+            "_amount"
+        ):
+            v = _money(v)
+        parts.append(f"{k}: {v}")
+    return "; ".join(parts)
+
+
+def _lender_details(ev: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    kind = ev.get("type", "lender-event")
+    detail: list[str] = [f"webhook {ev.get('webhook_id')}"]
+    if ev.get("decided"):
+        d = ev["decided"]
+        action = f"decision: {d.get('decision')}"
+        detail.append(f"application {d.get('application_ref')} seq {d.get('decision_seq')}")
+        if d.get("approved_amount") is not None:
+            detail.append(f"amount {_money(d['approved_amount'])}")
+        if d.get("apr") is not None:
+            detail.append(f"APR {d['apr']}%")
+        if d.get("term_months"):
+            detail.append(f"term {d['term_months']} months")
+        for r in d.get("reasons") or []:
+            detail.append(f"reason {r.get('code')}: {r.get('text')}")
+        for s in d.get("stipulations") or []:
+            detail.append(f"stipulation {s.get('code')}: {s.get('description')}")
+    elif ev.get("disbursed"):
+        d = ev["disbursed"]
+        action = "disbursement completed"
+        detail.append(f"amount {_money(d.get('amount'))}; transaction {d.get('transaction_ref')}")
+    elif ev.get("failed"):
+        action = "disbursement failed"
+        detail.append(f"reason: {ev['failed'].get('reason')}")
+    else:
+        action = kind
+    return action, "; ".join(detail), ev
+
+
+_NOTICE_KINDS = {
+    "reminder": "reminder",
+    "escalation": "escalation",
+    "follow_up_due": "reminder",
+    "adverse_action": "notice",
+    "info": "notice",
+}
+_BOOKKEEPING = {"project_deal", "record_document_metadata"}
+
+
+def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeline:
+    """Every stage transition, staff action, lender event, timer, reminder,
+    escalation and compensation of a deal, in history order, decoded."""
+    if not runs:
+        raise AuditError("no history to read")
+    entries: list[Entry] = []
+    errors: list[str] = []
+    decoded_runs = []
+    for run in runs:
+        dec, errs = decode_events(run.events, keyring, strict=False)
+        errors += errs
+        decoded_runs.append(dec)
+
+    # The workflow's own record of transitions (with reasons), decisions and
+    # compensations travels in update results, continue-as-new inputs and the
+    # final result: the longest list is the latest.
+    transitions: list[dict[str, Any]] = []
+    decisions: dict[str, dict[str, Any]] = {}
+
+    def snapshot(state: Any) -> None:
+        nonlocal transitions
+        if not isinstance(state, dict):
+            return
+        ts = state.get("transitions")
+        if isinstance(ts, list) and len(ts) >= len(transitions):
+            transitions = ts
+        for sub in state.get("submissions") or []:
+            for d in sub.get("decisions") or []:
+                if isinstance(d, dict) and d.get("webhook_id"):
+                    decisions[d["webhook_id"]] = d
+
+    for dec in decoded_runs:
+        for e in dec:
+            if e.HasField("workflow_execution_update_completed_event_attributes"):
+                out = e.workflow_execution_update_completed_event_attributes.outcome
+                if out.HasField("success"):
+                    v = _first(out.success)
+                    snapshot(v.get("status") if isinstance(v, dict) else None)
+            elif e.HasField("workflow_execution_completed_event_attributes"):
+                snapshot(_first(e.workflow_execution_completed_event_attributes.result))
+            elif e.HasField("workflow_execution_started_event_attributes"):
+                v = _first(e.workflow_execution_started_event_attributes.input)
+                snapshot(v.get("state") if isinstance(v, dict) else None)
+
+    cur = {"stage": ""}  # the deal's stage as the events go by
+    stage_no = 0
+    deal_id = runs[0].deal_id
+    run_info = []
+    for run, dec in zip(runs, decoded_runs, strict=True):
+        scheduled: dict[int, Entry] = {}
+        timers: dict[int, HistoryEvent] = {}
+        updates: dict[str, Entry] = {}
+        rn = run.run_no
+        run_info.append(
+            {
+                "run_no": rn,
+                "run_id": run.run_id,
+                "events": len(run.events),
+                "started": _time(run.events[0]).isoformat(),
+                "ended": _time(run.events[-1]).isoformat(),
+            }
+        )
+
+        def add(
+            e: HistoryEvent,
+            kind: str,
+            actor: str,
+            action: str,
+            details: str,
+            data: dict[str, Any] | None = None,
+            at: datetime | None = None,
+            rn: int = rn,
+        ) -> Entry:
+            entry = Entry(
+                at or _time(e),
+                rn,
+                e.event_id,
+                cur["stage"],
+                kind,
+                actor,
+                action,
+                details,
+                data or {},
+            )
+            entries.append(entry)
+            return entry
+
+        a: Any  # the event's attributes, of the type its event type says
+        for e in dec:
+            t = e.event_type
+            if t == E.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+                a = e.workflow_execution_started_event_attributes
+                inp = _first(a.input) or {}
+                deal_id = inp.get("deal_id", deal_id) if isinstance(inp, dict) else deal_id
+                if a.continued_execution_run_id:
+                    add(
+                        e,
+                        "deal",
+                        "dealflow (system)",
+                        "run continued",
+                        f"run {rn} continues run {a.continued_execution_run_id}",
+                    )
+                    continue
+                sa = a.search_attributes.indexed_fields.get("DealStage")
+                if sa is not None:
+                    cur["stage"] = str(value_of(sa))
+                deal = inp.get("deal", {}) if isinstance(inp, dict) else {}
+                veh = deal.get("vehicle", {})
+                details = "; ".join(
+                    x
+                    for x in [
+                        f"dealer {deal.get('dealer_id')}",
+                        f"vehicle {veh.get('make')} {veh.get('model')} ({veh.get('condition')}) "
+                        f"price {_money(veh.get('price'))}",
+                        f"down payment {_money(deal.get('down_payment'))}",
+                        f"term {deal.get('term_months')} months",
+                        f"product {deal.get('product')}",
+                        "lenders " + " > ".join(deal.get("lender_ids") or []),
+                    ]
+                    if x
+                )
+                add(
+                    e,
+                    "deal",
+                    _actor(inp.get("created_by")),
+                    "deal started",
+                    details,
+                    {"input": {k: v for k, v in inp.items() if k != "state"}},
+                )
+            elif t == E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
+                sa = e.upsert_workflow_search_attributes_event_attributes.search_attributes
+                p = sa.indexed_fields.get("DealStage")
+                if p is None:
+                    continue
+                to = str(value_of(p))
+                tr = transitions[stage_no] if stage_no < len(transitions) else None
+                stage_no += 1
+                if tr is not None and tr.get("to_stage") != to:
+                    tr = None
+                frm = (tr or {}).get("from_stage") or (cur["stage"] if stage_no > 1 else None)
+                cur["stage"] = to
+                add(
+                    e,
+                    "stage",
+                    _actor((tr or {}).get("actor", "dealflow/system")),
+                    f"{frm or 'start'} → {to}",
+                    (tr or {}).get("reason", ""),
+                    {"transition": tr} if tr else {},
+                )
+            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+                a = e.workflow_execution_update_accepted_event_attributes
+                req = a.accepted_request
+                args = _first(req.input.args) or {}
+                entry = add(
+                    e,
+                    "action",
+                    _actor(args.get("actor") if isinstance(args, dict) else None),
+                    req.input.name,
+                    _summ(args),
+                    {"input": args},
+                )
+                updates[req.meta.update_id or a.protocol_instance_id] = entry
+            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED:
+                a = e.workflow_execution_update_completed_event_attributes
+                entry_or_none = updates.get(a.meta.update_id)
+                if entry_or_none is None:
+                    continue
+                if a.outcome.HasField("failure"):
+                    entry_or_none.details += f" — FAILED: {failure_text(a.outcome.failure)}"
+                else:
+                    v = _first(a.outcome.success)
+                    st = (v or {}).get("status", {}) if isinstance(v, dict) else {}
+                    entry_or_none.data["result_stage"] = st.get("stage")
+            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+                a = e.workflow_execution_signaled_event_attributes
+                v = _first(a.input)
+                if a.signal_name == "lender-event" and isinstance(v, dict):
+                    action, details, data = _lender_details(v)
+                    rec = decisions.get(str(v.get("webhook_id")))
+                    if rec is not None and rec.get("applied") is False:
+                        details += f"; NOT APPLIED: {rec.get('note')}"
+                    add(
+                        e,
+                        "lender",
+                        f"lender {v.get('lender_id')}",
+                        action,
+                        details,
+                        {"event": data},
+                    )
+                else:
+                    add(e, "signal", a.identity, a.signal_name, _summ(v), {"input": v})
+            elif t == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                a = e.activity_task_scheduled_event_attributes
+                name = a.activity_type.name
+                v = _first(a.input)
+                v = v if isinstance(v, dict) else {}
+                if name in _BOOKKEEPING:
+                    continue
+                if name == "notify":
+                    kind = _NOTICE_KINDS.get(str(v.get("kind")), "notice")
+                    roles = ", ".join(v.get("roles") or [])
+                    entry = add(
+                        e,
+                        kind,
+                        "dealflow (system)",
+                        str(v.get("kind")),
+                        f"{v.get('message')}" + (f" (to {roles})" if roles else ""),
+                        {"notification": v},
+                    )
+                elif name == "submit_application":
+                    docs = v.get("documents") or []
+                    entry = add(
+                        e,
+                        "lender",
+                        "dealflow (system)",
+                        "application submitted",
+                        f"to {v.get('lender_id')} (submission {v.get('submission_no')}, "
+                        f"{len(docs)} documents)",
+                        {"activity": name},
+                    )
+                elif name == "request_disbursement":
+                    entry = add(
+                        e,
+                        "lender",
+                        "dealflow (system)",
+                        "disbursement requested",
+                        f"from {v.get('lender_id')} application {v.get('application_ref')}"
+                        f" attempt {v.get('attempt')} amount {_money(v.get('amount'))}",
+                        {"activity": name},
+                    )
+                elif name == "withdraw_application":
+                    entry = add(
+                        e,
+                        "compensation",
+                        "dealflow (system)",
+                        "withdraw application",
+                        f"{v.get('lender_id')} application {v.get('application_ref')}: "
+                        f"{v.get('reason')}",
+                        {"activity": name, "input": v},
+                    )
+                elif name == "record_compensation":
+                    entry = add(
+                        e,
+                        "compensation",
+                        "dealflow (system)",
+                        str(v.get("kind")),
+                        _summ(v.get("detail") or {}),
+                        {"activity": name, "input": v},
+                    )
+                else:
+                    entry = add(
+                        e,
+                        "system",
+                        "dealflow (system)",
+                        f"activity {name}",
+                        _summ(v),
+                        {"activity": name},
+                    )
+                scheduled[e.event_id] = entry
+            elif t in (
+                E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED,
+                E.EVENT_TYPE_ACTIVITY_TASK_FAILED,
+                E.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT,
+                E.EVENT_TYPE_ACTIVITY_TASK_CANCELED,
+            ):
+                attrs: Any = (
+                    e.activity_task_completed_event_attributes
+                    if t == E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+                    else e.activity_task_failed_event_attributes
+                    if t == E.EVENT_TYPE_ACTIVITY_TASK_FAILED
+                    else e.activity_task_timed_out_event_attributes
+                    if t == E.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT
+                    else e.activity_task_canceled_event_attributes
+                )
+                sched = scheduled.get(attrs.scheduled_event_id)
+                if sched is None:
+                    continue
+                sched.data["finished_at"] = _time(e).isoformat()
+                if t == E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                    sched.data["outcome"] = "done"
+                    res = _first(e.activity_task_completed_event_attributes.result)
+                    if isinstance(res, dict) and res.get("application_ref"):
+                        sched.details += f"; acknowledged as {res['application_ref']}"
+                    elif sched.kind == "compensation":
+                        sched.details += " — done"
+                elif t == E.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+                    text = failure_text(e.activity_task_failed_event_attributes.failure)
+                    sched.data["outcome"] = "failed"
+                    sched.details += f" — FAILED: {text}"
+                else:
+                    sched.data["outcome"] = _etype(e).lower()
+                    sched.details += f" — {_etype(e).lower()}"
+            elif t == E.EVENT_TYPE_TIMER_STARTED:
+                timers[e.event_id] = e
+            elif t == E.EVENT_TYPE_TIMER_FIRED:
+                a = e.timer_fired_event_attributes
+                started = timers.get(a.started_event_id)
+                if started is not None:
+                    d = started.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+                    since = _time(started).isoformat(timespec="seconds")
+                    detail = f"set {since} for {_fmt_duration(d)}"
+                else:
+                    detail = ""
+                add(e, "timer", "dealflow (system)", "timer fired", detail)
+            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
+                v = _first(e.workflow_execution_completed_event_attributes.result)
+                v = v if isinstance(v, dict) else {}
+                add(
+                    e,
+                    "deal",
+                    "dealflow (system)",
+                    f"deal closed: {v.get('stage', '?')}",
+                    str(v.get("outcome_reason") or ""),
+                    {"adverse_action_reasons": v.get("adverse_action_reasons") or []},
+                )
+            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+                a = e.workflow_execution_continued_as_new_event_attributes
+                add(
+                    e,
+                    "deal",
+                    "dealflow (system)",
+                    "continued as new",
+                    f"history of run {rn} closed at {len(run.events)} events; next run "
+                    f"{a.new_execution_run_id}",
+                )
+            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED:
+                a = e.workflow_execution_terminated_event_attributes
+                add(e, "deal", a.identity or "?", "deal terminated", a.reason)
+            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
+                add(
+                    e,
+                    "deal",
+                    "dealflow (system)",
+                    "deal failed",
+                    failure_text(e.workflow_execution_failed_event_attributes.failure),
+                )
+            elif t in (
+                E.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
+                E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
+            ):
+                add(e, "deal", "dealflow (system)", _etype(e).lower().replace("_", " "), "")
+            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED:
+                a = e.workflow_execution_cancel_requested_event_attributes
+                add(e, "deal", a.identity or "?", "cancel requested", a.cause)
+            elif t == E.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+                a = e.workflow_task_failed_event_attributes
+                add(
+                    e,
+                    "system",
+                    a.identity or "worker",
+                    "workflow task failed",
+                    failure_text(a.failure),
+                )
+    return Timeline(
+        deal_id=deal_id,
+        workflow_id=runs[0].workflow_id,
+        runs=run_info,
+        entries=entries,
+        decode_errors=sorted(set(errors)),
+    )
+
+
+# --------------------------------------------------------------------------- state as of
+
+
+class _Capture(Interceptor):
+    """Keeps a reference to each replayed workflow instance, to read its state."""
+
+    def __init__(self) -> None:
+        self.instances: dict[str, Any] = {}
+
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[WorkflowInboundInterceptor]:
+        instances = self.instances
+
+        class Inbound(WorkflowInboundInterceptor):
+            def _keep(self) -> None:
+                instances[workflow.info().run_id] = workflow.instance()
+
+            async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+                self._keep()
+                return await super().execute_workflow(input)
+
+            async def handle_signal(self, input: HandleSignalInput) -> None:
+                self._keep()
+                await super().handle_signal(input)
+
+            async def handle_update_handler(self, input: HandleUpdateInput) -> Any:
+                self._keep()
+                return await super().handle_update_handler(input)
+
+        return Inbound
+
+
+def _cut(events: Sequence[HistoryEvent], at: datetime) -> list[HistoryEvent]:
+    """The history up to the start of the last workflow task completed at or before
+    `at`: replaying it gives the state that task left behind, the state as of `at`."""
+    started = last_started = None
+    for e in events:
+        if _time(e) > at:
+            break
+        if e.event_type == E.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+            last_started = e.event_id
+        elif e.event_type == E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            # (the time-skipping test server leaves started_event_id out)
+            started = e.workflow_task_completed_event_attributes.started_event_id or last_started
+    if started is None:
+        return []
+    return [e for e in events if e.event_id <= started]
+
+
+async def state_as_of(
+    runs: Sequence[RunHistory], keyring: codec.Keyring, at: datetime
+) -> dict[str, Any]:
+    """The deal as it stood at `at`: replays the history up to then with the
+    current code and reads the workflow's state (stage, checklist, decisions...)."""
+    from dealflow import rules
+    from workflows import DealWorkflow
+
+    run = next((r for r in reversed(runs) if _time(r.events[0]) <= at), None)
+    if run is None:
+        return {
+            "as_of": at.isoformat(),
+            "exists": False,
+            "note": "the deal did not exist yet at that time",
+        }
+    events = _cut(run.events, at)
+    if not events:
+        return {"as_of": at.isoformat(), "exists": True, "note": "no workflow task ran yet"}
+    capture = _Capture()
+    replayer = Replayer(
+        workflows=[DealWorkflow],
+        data_converter=_converter(keyring),
+        workflow_runner=UnsandboxedWorkflowRunner(),
+        interceptors=[capture],
+    )
+    res = await replayer.replay_workflow(
+        WorkflowHistory(run.workflow_id, events), raise_on_replay_failure=False
+    )
+    inst = next(iter(capture.instances.values()), None)
+    if res.replay_failure is not None or inst is None:
+        raise AuditError(
+            f"cannot rebuild the state as of {at.isoformat()}: replay with the current code "
+            f"failed ({res.replay_failure}); run `dealflow-audit replay` on this deal"
+        )
+    s = inst.s
+    view = rules.DealView(
+        deal=inst.deal, policy=inst.policy, lenders=inst.inp.lenders, state=s, now=at
+    )
+    checklist = view.checklist()
+    return {
+        "as_of": at.isoformat(),
+        "exists": True,
+        "derived_from": f"run {run.run_no} ({run.run_id}), {len(events)} of {len(run.events)} "
+        "events replayed with the current code",
+        "stage": s.stage.value,
+        "stage_entered_at": s.stage_entered_at.isoformat(),
+        "lender": s.submissions[-1].lender_id if s.submissions else None,
+        "approved_amount": str(view.approved_amount) if view.approved_amount else None,
+        "checklist": [
+            {"item": c.label, "party": c.party.value, "satisfied": c.satisfied, "detail": c.detail}
+            for c in checklist
+        ],
+        "pending": [
+            {"action": p.action, "role": p.role.value, "what": p.what}
+            for p in ([] if s.stage.terminal else rules.pending_actions(view, None))
+        ],
+        "submissions": [
+            {
+                "submission_no": sub.submission_no,
+                "lender": sub.lender_id,
+                "status": sub.status,
+                "application_ref": sub.application_ref,
+                "decisions": [
+                    {
+                        "webhook_id": d.webhook_id,
+                        "seq": d.decision_seq,
+                        "decision": d.decision.value,
+                        "approved_amount": str(d.approved_amount) if d.approved_amount else None,
+                        "applied": d.applied,
+                        "note": d.note,
+                    }
+                    for d in sub.decisions
+                ],
+                "counter_offer_response": sub.counter_offer_response,
+            }
+            for sub in s.submissions
+        ],
+        "compensations": [{"kind": c.kind, "status": c.status} for c in s.compensations],
+        "documents": len(s.documents),
+        "actions": len(s.actions),
+        "notices": len(s.notices),
+        "outcome_reason": s.outcome_reason,
+    }
+
+
+# --------------------------------------------------------------------------- rendering
+
+_COLUMNS = ("time", "stage", "actor", "kind", "action", "details")
+
+
+def _row(e: Entry) -> list[str]:
+    return [e.at.strftime("%Y-%m-%d %H:%M:%S"), e.stage, e.actor, e.kind, e.action, e.details]
+
+
+def _state_lines(state: dict[str, Any]) -> list[str]:
+    lines = [f"State as of {state['as_of']}"]
+    if not state.get("exists", True) or "stage" not in state:
+        return lines + [f"  {state.get('note', '')}"]
+    lines += [
+        f"  derived from: {state['derived_from']}",
+        f"  stage: {state['stage']} since {state['stage_entered_at']}",
+        f"  lender: {state.get('lender') or '-'}; approved amount: "
+        f"{_money(state['approved_amount']) if state.get('approved_amount') else '-'}",
+        "  checklist:",
+    ]
+    for c in state["checklist"]:
+        lines.append(
+            f"    [{'x' if c['satisfied'] else ' '}] {c['item']} ({c['party']})"
+            + (f" — {c['detail']}" if c.get("detail") else "")
+        )
+    lines.append("  lender decisions:")
+    for sub in state["submissions"]:
+        lines.append(f"    submission {sub['submission_no']} to {sub['lender']}: {sub['status']}")
+        for d in sub["decisions"]:
+            amount = f" {_money(d['approved_amount'])}" if d.get("approved_amount") else ""
+            applied = "" if d["applied"] else f" (not applied: {d['note']})"
+            lines.append(f"      seq {d['seq']} {d['decision']}{amount}{applied}")
+    if state["compensations"]:
+        lines.append(
+            "  compensations: "
+            + ", ".join(f"{c['kind']} {c['status']}" for c in state["compensations"])
+        )
+    if state["pending"]:
+        lines.append(
+            "  pending: " + "; ".join(f"{p['role']}: {p['what']}" for p in state["pending"])
+        )
+    return lines
+
+
+def render(tl: Timeline, fmt: str) -> str:
+    title = f"Deal {tl.deal_id} ({tl.workflow_id}), {len(tl.runs)} run(s)"
+    if tl.as_of:
+        title += f", as of {tl.as_of.isoformat()}"
+    if fmt == "json":
+        return (
+            json.dumps(
+                {
+                    "deal_id": tl.deal_id,
+                    "workflow_id": tl.workflow_id,
+                    "runs": tl.runs,
+                    "as_of": tl.as_of.isoformat() if tl.as_of else None,
+                    "decode_errors": tl.decode_errors,
+                    "entries": [e.as_json() for e in tl.entries],
+                    "state": tl.state,
+                },
+                indent=2,
+                ensure_ascii=False,
+                default=str,
+            )
+            + "\n"
+        )
+    rows = [_row(e) for e in tl.entries]
+    warn = [f"WARNING: {x}" for x in tl.decode_errors]
+    if fmt == "markdown":
+        out = [f"# {title}", ""] + [f"> {w}" for w in warn]
+        out += ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+        for r in rows:
+            out.append(
+                "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in r) + " |"
+            )
+        if tl.state:
+            out += ["", "```", *_state_lines(tl.state), "```"]
+        return "\n".join(out) + "\n"
+    if fmt == "html":
+        esc = html.escape
+        body = [f"<h1>{esc(title)}</h1>"] + [f"<p class=warn>{esc(w)}</p>" for w in warn]
+        body.append(
+            "<table><thead><tr>"
+            + "".join(f"<th>{c}</th>" for c in _COLUMNS)
+            + "</tr></thead><tbody>"
+        )
+        for e, r in zip(tl.entries, rows, strict=True):
+            body.append(
+                f"<tr class='{esc(e.kind)}'>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
+            )
+        body.append("</tbody></table>")
+        if tl.state:
+            body.append("<pre>" + esc("\n".join(_state_lines(tl.state))) + "</pre>")
+        return (
+            "<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>{esc(title)}</title><style>body{{font-family:sans-serif}}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;"
+            "vertical-align:top;text-align:left}tr.stage{background:#eef}"
+            "tr.lender{background:#efe}tr.compensation{background:#fee}"
+            ".warn{color:#a00}</style></head><body>" + "\n".join(body) + "</body></html>\n"
+        )
+    widths = [max([len(_COLUMNS[i])] + [len(r[i]) for r in rows]) for i in range(5)]
+    out = [
+        title,
+        *warn,
+        "  ".join(
+            c.upper().ljust(widths[i]) if i < 5 else c.upper() for i, c in enumerate(_COLUMNS)
+        ),
+    ]
+    for r in rows:
+        out.append("  ".join(c.ljust(widths[i]) if i < 5 else c for i, c in enumerate(r)))
+    if tl.state:
+        out += ["", *_state_lines(tl.state)]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- archive
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical({k: v for k, v in entry.items() if k != "sha256"})).hexdigest()
+
+
+def _read_manifest(store: Any) -> bytes:
+    from dealflow.docstore import DocumentNotFound
+
+    try:
+        return bytes(store.read_bytes(MANIFEST_KEY))
+    except DocumentNotFound:
+        return b""
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ArchiveBusy(
+                f"another archive run holds {path}; nothing done (safe to retry later)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def default_lock_path() -> Path:
+    return Path(os.environ.get("DEALFLOW_DATA_DIR") or Path.cwd() / ".data") / "audit-archive.lock"
+
+
+@dataclass
+class ArchiveReport:
+    archived: list[dict[str, Any]]
+    entries: int
+    head: str
+
+
+async def _closed_deals(client: Client) -> list[tuple[datetime, str]]:
+    query = f'WorkflowType = "{WORKFLOW_TYPE}" AND ExecutionStatus != "Running"'
+    latest: dict[str, datetime] = {}
+    async for wf in client.list_workflows(query):
+        if wf.status is WorkflowExecutionStatus.CONTINUED_AS_NEW:
+            continue
+        closed = wf.close_time or wf.start_time
+        latest[wf.id] = max(closed, latest.get(wf.id, closed))
+    return sorted((t, wid) for wid, t in latest.items())
+
+
+async def archive(
+    client: Client,
+    store: Any,
+    *,
+    lock_path: Path | None = None,
+    now: datetime | None = None,
+    out: IO[str] | None = None,
+) -> ArchiveReport:
+    """Archive every closed deal not yet in the manifest. Idempotent, one run at a time."""
+    with _lock(lock_path or default_lock_path()):
+        base = await asyncio.to_thread(_read_manifest, store)
+        entries, problems = _parse_manifest(base)
+        problems += _check_chain(entries)
+        if problems:
+            raise AuditError(
+                "the manifest is damaged; not extending it. Run `dealflow-audit verify`:\n  "
+                + "\n  ".join(problems)
+            )
+        done = {e["deal_id"] for _, e in entries}
+        head = entries[-1][1]["sha256"] if entries else GENESIS
+        lines = [line for line in base.decode().splitlines() if line.strip()]
+        archived: list[dict[str, Any]] = []
+        pending = 0
+        for _, wid in await _closed_deals(client):
+            deal = deal_id_of(wid)
+            if deal in done:
+                continue
+            desc = await client.get_workflow_handle(wid).describe()
+            if desc.status in (WorkflowExecutionStatus.RUNNING, None):
+                continue  # reopened under the same id? only closed deals are archived
+            runs = await fetch_deal(client, wid)
+            text = export_json(runs).encode()
+            key = f"{HISTORY_PREFIX}{deal}.json"
+            await asyncio.to_thread(store.put_bytes, text, key=key, content_type="application/json")
+            stage = desc.typed_search_attributes.get(_DEAL_STAGE)
+            entry: dict[str, Any] = {
+                "seq": len(lines) + 1,
+                "deal_id": deal,
+                "workflow_id": wid,
+                "run_ids": [r.run_id for r in runs],
+                "event_count": sum(len(r.events) for r in runs),
+                "status": desc.status.name if desc.status else "UNKNOWN",
+                "stage": stage,
+                "closed_at": desc.close_time.isoformat() if desc.close_time else None,
+                "history_key": key,
+                "history_sha256": hashlib.sha256(text).hexdigest(),
+                "history_bytes": len(text),
+                "key_ids": sorted({k for r in runs for k in key_ids(r.events)}),
+                "archived_at": (now or datetime.now(UTC)).isoformat(),
+                "prev_sha256": head,
+            }
+            entry["sha256"] = head = entry_hash(entry)
+            lines.append(_canonical(entry).decode())
+            archived.append(entry)
+            done.add(deal)
+            pending += 1
+            if out is not None:
+                print(
+                    f"archived deal {deal}: {len(runs)} run(s), {entry['event_count']} events,"
+                    f" sha256 {entry['history_sha256'][:16]}… -> {key}",
+                    file=out,
+                )
+            if pending >= MANIFEST_BATCH:
+                base = await _write_manifest(store, base, lines)
+                pending = 0
+        if pending:
+            await _write_manifest(store, base, lines)
+        return ArchiveReport(archived, len(lines), head)
+
+
+async def _write_manifest(store: Any, base: bytes, lines: list[str]) -> bytes:
+    current = await asyncio.to_thread(_read_manifest, store)
+    if current != base:
+        raise AuditError(
+            f"{MANIFEST_KEY} changed while this run was archiving (another archiver on "
+            "another host?); nothing of this batch was added. Run archive again."
+        )
+    data = ("\n".join(lines) + "\n").encode()
+    await asyncio.to_thread(
+        store.put_bytes, data, key=MANIFEST_KEY, content_type="application/x-ndjson"
+    )
+    return data
+
+
+def _parse_manifest(data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """(line number, entry) pairs and the lines that are not entries."""
+    entries: list[tuple[int, dict[str, Any]]] = []
+    problems: list[str] = []
+    for no, raw in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw)
+        except json.JSONDecodeError as e:
+            problems.append(f"line {no}: not valid JSON (altered): {e.msg}")
+            continue
+        if not isinstance(entry, dict) or not {"seq", "deal_id", "sha256"} <= entry.keys():
+            problems.append(f"line {no}: not a manifest entry (altered)")
+            continue
+        entries.append((no, entry))
+    return entries, problems
+
+
+def _name(entry: dict[str, Any]) -> str:
+    return f"entry seq {entry.get('seq')} (deal {entry.get('deal_id')})"
+
+
+def _check_chain(entries: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    problems: list[str] = []
+    seqs = [e.get("seq") for _, e in entries]
+    expected = list(range(1, len(entries) + 1))
+    for no, e in entries:
+        if entry_hash(e) != e.get("sha256"):
+            problems.append(
+                f"line {no}: {_name(e)} altered: its content no longer matches its sha256"
+            )
+    if sorted(s for s in seqs if isinstance(s, int)) == expected and seqs != expected:
+        for (no, e), want in zip(entries, expected, strict=True):
+            if e.get("seq") != want:
+                problems.append(
+                    f"line {no}: {_name(e)} out of order (line {no} should hold seq "
+                    f"{want}): entries reordered"
+                )
+    else:
+        present = {s for s in seqs if isinstance(s, int)}
+        top = max(present, default=0)
+        missing = [s for s in range(1, top + 1) if s not in present]
+        if missing:
+            problems.append("missing entries (deleted): seq " + ", ".join(map(str, missing)))
+        dup = sorted({s for s in seqs if seqs.count(s) > 1}, key=str)
+        if dup:
+            problems.append("duplicate entries: seq " + ", ".join(map(str, dup)))
+        prev_seq = 0
+        for no, e in entries:
+            s = e.get("seq")
+            if isinstance(s, int) and s < prev_seq:
+                problems.append(f"line {no}: {_name(e)} out of order after seq {prev_seq}")
+            prev_seq = s if isinstance(s, int) else prev_seq
+    prev = GENESIS
+    for no, e in entries:
+        if e.get("prev_sha256") != prev:
+            problems.append(
+                f"line {no}: {_name(e)} does not chain to the entry before it (prev_sha256 "
+                f"{str(e.get('prev_sha256'))[:16]}…, expected {prev[:16]}…): an entry before it "
+                "was altered, deleted, inserted or moved"
+            )
+        prev = str(e.get("sha256"))
+    return problems
+
+
+@dataclass
+class VerifyReport:
+    entries: int
+    head: str
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(store: Any, expect_head: str | None = None) -> VerifyReport:
+    """Recompute the manifest chain and every archived history's digest."""
+    from dealflow.docstore import DocumentNotFound
+
+    data = _read_manifest(store)
+    entries, problems = _parse_manifest(data)
+    problems += _check_chain(entries)
+    listed: set[str] = set()
+    for _, e in entries:
+        key = str(e.get("history_key"))
+        listed.add(key)
+        try:
+            body = store.read_bytes(key)
+        except (DocumentNotFound, ValueError):
+            problems.append(f"{_name(e)}: history {key} is missing")
+            continue
+        digest = hashlib.sha256(body).hexdigest()
+        if digest != e.get("history_sha256"):
+            problems.append(
+                f"{_name(e)}: history {key} altered (sha256 {digest[:16]}…, recorded "
+                f"{str(e.get('history_sha256'))[:16]}…)"
+            )
+            continue
+        try:
+            runs = parse_histories(body.decode(), key)
+        except AuditError as err:
+            problems.append(f"{_name(e)}: {err}")
+            continue
+        count = sum(len(r.events) for r in runs)
+        if count != e.get("event_count") or [r.run_id for r in runs] != e.get("run_ids"):
+            problems.append(
+                f"{_name(e)}: history {key} does not match the recorded run ids and event count"
+            )
+    for key in sorted(store.list(HISTORY_PREFIX)):
+        if key not in listed:
+            problems.append(f"{key} is archived but has no manifest entry (entry deleted?)")
+    head = str(entries[-1][1].get("sha256")) if entries else GENESIS
+    if expect_head and expect_head != head:
+        problems.append(
+            f"the manifest head is {head}, not the expected {expect_head}: entries were removed "
+            "from or added to its end"
+        )
+    return VerifyReport(len(entries), head, problems)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dealflow-audit",
+        description="Export, replay, read and verify DealFlow deal histories. Connection, "
+        "codec keys and document store come from the DEALFLOW_* settings.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="a deal's history as JSON (temporal workflow show format)")
+    ex.add_argument("deal", metavar="DEAL_ID")
+    ex.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    ex.add_argument(
+        "--split",
+        action="store_true",
+        help="one file per run: FILE_run1.json, FILE_run2.json, ... (needs -o)",
+    )
+    ex.add_argument(
+        "--decode",
+        action="store_true",
+        help="decrypt payloads (as `temporal workflow show --codec-endpoint`)",
+    )
+    rp = sub.add_parser("replay", help="replay histories against the current workflow code")
+    rp.add_argument("paths", nargs="*", metavar="PATH", help="history files or folders")
+    rp.add_argument(
+        "--query",
+        metavar="VISIBILITY_QUERY",
+        help="live deals, e.g. 'ExecutionStatus=\"Running\"' (WorkflowType is added)",
+    )
+    tl = sub.add_parser("timeline", help="a readable, decoded timeline of a deal")
+    tl.add_argument("deal", metavar="DEAL_ID|FILE")
+    tl.add_argument("--format", choices=("text", "markdown", "json", "html"), default="text")
+    tl.add_argument(
+        "--as-of",
+        metavar="TIMESTAMP",
+        help="ISO 8601 (UTC if no offset): entries up to then and the deal's state then",
+    )
+    tl.add_argument("-o", "--output", metavar="FILE")
+    ar = sub.add_parser("archive", help="archive closed deals to the document store (cron-safe)")
+    ar.add_argument(
+        "--lock-file",
+        type=Path,
+        default=None,
+        help="default: $DEALFLOW_DATA_DIR/audit-archive.lock",
+    )
+    vf = sub.add_parser("verify", help="verify the archive's hash chain and history digests")
+    vf.add_argument(
+        "--expect-head",
+        metavar="SHA256",
+        help="the manifest head recorded earlier (detects a truncated manifest)",
+    )
+    return p
+
+
+def _parse_time(s: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise AuditError(f"--as-of {s!r} is not an ISO 8601 timestamp") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _write(text: str, path: str | None, out: IO[str]) -> None:
+    if path:
+        Path(path).write_text(text, encoding="utf-8")
+    else:
+        out.write(text)
+
+
+@dataclass
+class _Ctx:
+    settings: Any
+    keyring: codec.Keyring
+    client: Client | None
+    store: Any
+    out: IO[str]
+    err: IO[str]
+
+    async def connect(self) -> Client:
+        if self.client is None:
+            from dealflow.client import connect
+
+            self.client = await connect(self.settings)
+        return self.client
+
+    def open_store(self) -> Any:
+        if self.store is None:
+            from dealflow.docstore import open_store
+
+            s = self.settings
+            self.store = open_store(
+                s.document_store,
+                endpoint_url=s.s3_endpoint_url,
+                signing_secret=s.jwt_secret,
+                api_base_url=s.api_url,
+            )
+        return self.store
+
+
+async def _export(args: argparse.Namespace, ctx: _Ctx) -> int:
+    runs = await fetch_deal(await ctx.connect(), args.deal)
+    if args.decode:
+        runs = [
+            dataclasses.replace(r, events=decode_events(r.events, ctx.keyring)[0]) for r in runs
+        ]
+    if args.split:
+        if not args.output:
+            raise AuditError("--split needs -o FILE (the runs go to FILE_run1.json, ...)")
+        stem = Path(args.output)
+        for r in runs:
+            path = stem.with_name(f"{stem.stem}_run{r.run_no}.json")
+            path.write_text(export_json([r]), encoding="utf-8")
+            print(f"wrote {path}: {len(r.events)} events", file=ctx.err)
+        return EXIT_OK
+    _write(export_json(runs), args.output, ctx.out)
+    if args.output:
+        print(
+            f"wrote {args.output}: {len(runs)} run(s), {sum(len(r.events) for r in runs)} events",
+            file=ctx.err,
+        )
+    return EXIT_OK
+
+
+async def _query_runs(client: Client, query: str) -> list[RunHistory]:
+    q = (
+        f'WorkflowType = "{WORKFLOW_TYPE}" AND ({query})'
+        if query.strip()
+        else (f'WorkflowType = "{WORKFLOW_TYPE}"')
+    )
+    runs = []
+    async for wf in client.list_workflows(q):
+        h = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
+        runs.append(RunHistory(wf.id, list(h.events), f"{wf.id}@{wf.run_id}"))
+    runs.sort(key=lambda r: (r.workflow_id, _time(r.events[0])))
+    for wid in {r.workflow_id for r in runs}:
+        mine = [r for r in runs if r.workflow_id == wid]
+        for i, r in enumerate(mine, start=1):
+            r.run_no, r.runs = i, len(mine)
+    return runs
+
+
+async def _replay(args: argparse.Namespace, ctx: _Ctx) -> int:
+    if bool(args.paths) == bool(args.query):
+        raise AuditError("give history files/folders, or --query, not both (nor neither)")
+    runs = (
+        await _query_runs(await ctx.connect(), args.query)
+        if args.query
+        else load_paths(args.paths, ctx.keyring)
+    )
+    outcomes = await replay(runs, ctx.keyring)
+    for o in outcomes:
+        where = f"  [{o.run.source}]" if o.run.source else ""
+        if o.ok:
+            print(f"ok    {o.run.label()}{where}", file=ctx.out)
+        elif o.nondeterminism:
+            at = f" at {o.event}" if o.event else ""
+            print(f"FAIL  {o.run.label()}: nondeterminism{at}: {o.error}{where}", file=ctx.out)
+        else:
+            print(f"ERROR {o.run.label()}: {o.error}{where}", file=ctx.out)
+    bad = sum(1 for o in outcomes if o.nondeterminism)
+    errors = sum(1 for o in outcomes if not o.ok and not o.nondeterminism)
+    print(
+        f"replayed {len(outcomes)} histories: {len(outcomes) - bad - errors} ok, "
+        f"{bad} nondeterministic, {errors} errors",
+        file=ctx.out,
+    )
+    return EXIT_FAILED if bad else EXIT_ERROR if errors else EXIT_OK
+
+
+async def _timeline(args: argparse.Namespace, ctx: _Ctx) -> int:
+    path = Path(args.deal)
+    if path.suffix == ".json" or await asyncio.to_thread(path.exists):
+        runs = await asyncio.to_thread(load_paths, [path], ctx.keyring)
+    else:
+        runs = await fetch_deal(await ctx.connect(), args.deal)
+    tl = build_timeline(runs, ctx.keyring)
+    if args.as_of:
+        at = _parse_time(args.as_of)
+        tl.as_of = at
+        tl.entries = [e for e in tl.entries if e.at <= at]
+        tl.state = await state_as_of(runs, ctx.keyring, at)
+    _write(render(tl, args.format), args.output, ctx.out)
+    for w in tl.decode_errors:
+        print(f"warning: {w}", file=ctx.err)
+    return EXIT_OK
+
+
+async def _archive(args: argparse.Namespace, ctx: _Ctx) -> int:
+    try:
+        rep = await archive(
+            await ctx.connect(), ctx.open_store(), lock_path=args.lock_file, out=ctx.out
+        )
+    except ArchiveBusy as e:
+        print(f"dealflow-audit archive: {e}", file=ctx.err)
+        return EXIT_OK
+    print(
+        f"archived {len(rep.archived)} deal(s); manifest {MANIFEST_KEY}: {rep.entries} "
+        f"entries, head {rep.head}",
+        file=ctx.out,
+    )
+    return EXIT_OK
+
+
+async def _verify(args: argparse.Namespace, ctx: _Ctx) -> int:
+    rep = await asyncio.to_thread(verify, ctx.open_store(), args.expect_head)
+    for p in rep.problems:
+        print(f"PROBLEM {p}", file=ctx.out)
+    if rep.ok:
+        print(
+            f"ok: {rep.entries} entries, every history digest and the chain verified; head "
+            f"{rep.head}",
+            file=ctx.out,
+        )
+        return EXIT_OK
+    print(f"verify FAILED: {len(rep.problems)} problem(s) in {rep.entries} entries", file=ctx.out)
+    return EXIT_FAILED
+
+
+_COMMANDS = {
+    "export": _export,
+    "replay": _replay,
+    "timeline": _timeline,
+    "archive": _archive,
+    "verify": _verify,
+}
+
+
+async def run_async(
+    argv: Sequence[str],
+    *,
+    settings: Any = None,
+    client: Client | None = None,
+    store: Any = None,
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+) -> int:
+    """The CLI on the caller's event loop (tests pass their client and store)."""
+    args = _parser().parse_args(list(argv))
+    if settings is None:
+        from dealflow.config import Settings
+
+        settings = Settings()
+    ctx = _Ctx(
+        settings,
+        codec.load_keyring(settings.codec_keys or None),
+        client,
+        store,
+        out or sys.stdout,
+        err or sys.stderr,
+    )
+    try:
+        return await _COMMANDS[args.command](args, ctx)
+    except (AuditError, codec.CodecError) as e:
+        print(f"dealflow-audit {args.command}: {e}", file=ctx.err)
+        return EXIT_ERROR
+    except RPCError as e:
+        print(f"dealflow-audit {args.command}: Temporal: {e}", file=ctx.err)
+        return EXIT_ERROR
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    return asyncio.run(run_async(sys.argv[1:] if argv is None else argv))
+
+
+def main() -> None:
+    """Console entry point. Leaves without interpreter finalisation: the Temporal
+    client's native threads can abort it (temporalio/sdk-python#300) and turn a
+    result into exit 134."""
+    try:
+        code = cli()
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()
