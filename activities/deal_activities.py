@@ -25,6 +25,7 @@ from dealflow.models import (
     LenderDocument,
     NotificationInput,
     ProjectionInput,
+    SendApplicationInput,
     SubmitToLenderInput,
     SubmitToLenderResult,
     WithdrawInput,
@@ -60,7 +61,8 @@ class DealActivities:
             return self.lenders[lender_id]
         except KeyError:
             raise ApplicationError(
-                f"lender {lender_id!r} is not in the lenders file", type="LenderRejected",
+                f"lender {lender_id!r} is not in the lenders file",
+                type="LenderRejected",
                 non_retryable=True,
             ) from None
 
@@ -75,15 +77,14 @@ class DealActivities:
         if resp.status_code >= 400:
             raise ApplicationError(
                 f"lender answered {resp.status_code}: {resp.text[:500]}",
-                type="LenderRejected", non_retryable=True,
+                type="LenderRejected",
+                non_retryable=True,
             )
         return resp.json() if resp.content else {}
 
-    @activity.defn(name="submit_application")
-    async def submit_application(self, inp: SubmitToLenderInput) -> SubmitToLenderResult:
-        lender = self._lender(inp.lender_id)
+    def _package(self, inp: SubmitToLenderInput) -> ApplicationPackage:
         deal = inp.deal
-        package = ApplicationPackage(
+        return ApplicationPackage(
             deal_id=inp.deal_id,
             submission_no=inp.submission_no,
             dealer_id=deal.dealer_id,
@@ -98,30 +99,63 @@ class DealActivities:
             stipulations_met=inp.stipulations_met,
             documents=[
                 LenderDocument(
-                    kind=d.kind.value, party=d.party.value, sha256=d.sha256,
+                    kind=d.kind.value,
+                    party=d.party.value,
+                    sha256=d.sha256,
                     content_type=d.content_type,
                     url=self.store.presign_get(d.storage_key, expires_in=PACKAGE_LINK_SECONDS),
                 )
                 for d in inp.documents
             ],
         )
+
+    async def _send(
+        self, lender_id: str, deal_id: str, submission_no: int, package: ApplicationPackage
+    ) -> SubmitToLenderResult:
+        lender = self._lender(lender_id)
         body = await self._post(
             f"{lender.api_base_url}/applications",
-            f"{inp.deal_id}:{inp.submission_no}",
+            f"{deal_id}:{submission_no}",
             package.model_dump(mode="json"),
         )
         ref = body.get("application_ref")
         if not isinstance(ref, str) or not ref:
             raise ApplicationError(
-                f"lender reply has no application_ref: {body!r}", type="LenderRejected",
+                f"lender reply has no application_ref: {body!r}",
+                type="LenderRejected",
                 non_retryable=True,
             )
         log.info(
             "application submitted",
-            extra={"deal_id": inp.deal_id, "lender_id": inp.lender_id, "application_ref": ref,
-                   "submission_no": inp.submission_no},
+            extra={
+                "deal_id": deal_id,
+                "lender_id": lender_id,
+                "application_ref": ref,
+                "submission_no": submission_no,
+            },
         )
         return SubmitToLenderResult(application_ref=ref)
+
+    @activity.defn(name="prepare_application")
+    def prepare_application(self, inp: SubmitToLenderInput) -> ApplicationPackage:
+        """The package for one submission: figures and presigned document links."""
+        self._lender(inp.lender_id)
+        return self._package(inp)
+
+    @activity.defn(name="send_application")
+    async def send_application(self, inp: SendApplicationInput) -> SubmitToLenderResult:
+        """POST a recorded package; retries send the same bytes under the same key."""
+        return await self._send(inp.lender_id, inp.deal_id, inp.submission_no, inp.package)
+
+    @activity.defn(name="submit_application")
+    async def submit_application(self, inp: SubmitToLenderInput) -> SubmitToLenderResult:
+        """Deals started before `prepare_application` existed still call this.
+
+        It signs the links afresh on each attempt, so a retry after a lost reply
+        may differ from the first body; new deals use prepare + send instead.
+        """
+        self._lender(inp.lender_id)
+        return await self._send(inp.lender_id, inp.deal_id, inp.submission_no, self._package(inp))
 
     @activity.defn(name="request_disbursement")
     async def request_disbursement(self, inp: DisbursementRequestInput) -> None:
@@ -146,8 +180,11 @@ class DealActivities:
         )
         log.info(
             "application withdrawn",
-            extra={"deal_id": inp.deal_id, "lender_id": inp.lender_id,
-                   "application_ref": inp.application_ref},
+            extra={
+                "deal_id": inp.deal_id,
+                "lender_id": inp.lender_id,
+                "application_ref": inp.application_ref,
+            },
         )
 
     # ------------------------------------------------------------------ bookkeeping
@@ -163,7 +200,10 @@ class DealActivities:
             # The outbox row is the notification; this line is the default
             # channel. Messages carry no personal data, only deal ids.
             log.info(
-                "notification %s for %s: %s", inp.kind, ",".join(inp.roles), inp.message,
+                "notification %s for %s: %s",
+                inp.kind,
+                ",".join(inp.roles),
+                inp.message,
                 extra={"deal_id": inp.deal_id, "kind": inp.kind},
             )
         return new
@@ -172,7 +212,9 @@ class DealActivities:
     def record_compensation(self, inp: CompensationInput) -> bool:
         new = db.record_compensation(self.engine, inp, datetime.now(UTC))
         log.info(
-            "compensation %s %s", inp.kind, "recorded" if new else "already recorded",
+            "compensation %s %s",
+            inp.kind,
+            "recorded" if new else "already recorded",
             extra={"deal_id": inp.deal_id, "kind": inp.kind},
         )
         return new
@@ -183,6 +225,8 @@ class DealActivities:
 
     def all(self) -> list[Any]:
         return [
+            self.prepare_application,
+            self.send_application,
             self.submit_application,
             self.request_disbursement,
             self.withdraw_application,

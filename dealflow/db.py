@@ -668,6 +668,22 @@ def store_webhook(
     return row, "duplicate" if row.body_sha256 == sha else "conflict"
 
 
+def pending_webhooks(engine: Engine, received_before: datetime, limit: int = 100) -> list[InboxRow]:
+    """Stored webhooks never marked delivered or rejected (the API stopped in between)."""
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(InboxRow)
+                .where(
+                    col(InboxRow.status) == "received",
+                    col(InboxRow.received_at) < received_before,
+                )
+                .order_by(col(InboxRow.id))
+                .limit(limit)
+            ).all()
+        )
+
+
 def get_webhook(engine: Engine, row_id: int) -> InboxRow | None:
     with Session(engine) as session:
         return session.get(InboxRow, row_id)

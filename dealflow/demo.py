@@ -59,31 +59,58 @@ SCENARIOS = [
     Scenario("approved by the first lender"),
     Scenario(
         "declined by the first lender, approved by the second",
-        script={"lenders": {"acme-auto-finance": [
-            {"decision": "declined",
-             "reasons": [{"code": "CREDIT_HISTORY", "text": "thin credit file"}]}]}},
+        script={
+            "lenders": {
+                "acme-auto-finance": [
+                    {
+                        "decision": "declined",
+                        "reasons": [{"code": "CREDIT_HISTORY", "text": "thin credit file"}],
+                    }
+                ]
+            }
+        },
     ),
     Scenario(
         "conditional: lender asks for an employment letter",
-        script={"lenders": {"acme-auto-finance": [
-            {"decision": "conditional",
-             "stipulations": [{"code": "EMPLOYMENT_LETTER",
-                               "description": "letter from the employer confirming tenure"}]},
-            {"decision": "approved"}]}},
+        script={
+            "lenders": {
+                "acme-auto-finance": [
+                    {
+                        "decision": "conditional",
+                        "stipulations": [
+                            {
+                                "code": "EMPLOYMENT_LETTER",
+                                "description": "letter from the employer confirming tenure",
+                            }
+                        ],
+                    },
+                    {"decision": "approved"},
+                ]
+            }
+        },
     ),
     Scenario(
         "counter-offer accepted",
-        script={"lenders": {"acme-auto-finance": [
-            {"decision": "counter_offer", "approved_amount": "95000.00"}]}},
+        script={
+            "lenders": {
+                "acme-auto-finance": [{"decision": "counter_offer", "approved_amount": "95000.00"}]
+            }
+        },
     ),
-    Scenario("cancelled after the down payment", cancel_at=Stage.INVOICING,
-             expect=Stage.CANCELLED),
+    Scenario("cancelled after the down payment", cancel_at=Stage.INVOICING, expect=Stage.CANCELLED),
     Scenario(
         "declined by every lender",
-        script={"lenders": {
-            lid: [{"decision": "declined",
-                   "reasons": [{"code": "DTI_TOO_HIGH", "text": "debt-to-income too high"}]}]
-            for lid in ("acme-auto-finance", "beta-motor-credit")}},
+        script={
+            "lenders": {
+                lid: [
+                    {
+                        "decision": "declined",
+                        "reasons": [{"code": "DTI_TOO_HIGH", "text": "debt-to-income too high"}],
+                    }
+                ]
+                for lid in ("acme-auto-finance", "beta-motor-credit")
+            }
+        },
         expect=Stage.DECLINED,
     ),
 ]
@@ -102,7 +129,11 @@ async def retrying(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
             return await fn(*args, **kwargs)
         except (RPCError, RuntimeError, httpx.HTTPError) as e:
             if isinstance(e, RPCError) and e.status.name not in (
-                "UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "RESOURCE_EXHAUSTED",
+                "UNAVAILABLE",
+                "DEADLINE_EXCEEDED",
+                "CANCELLED",
+                "UNKNOWN",
+                "RESOURCE_EXHAUSTED",
             ):
                 raise
             console.print(f"[yellow]  {what}: {type(e).__name__}; retrying in {delay:.0f}s[/]")
@@ -123,7 +154,12 @@ class Robot:
         a, inp = deals.parse_action(action, payload, actor_for(act))
         try:
             await retrying(
-                action, deals.act, self.client, deal_id, a, inp,
+                action,
+                deals.act,
+                self.client,
+                deal_id,
+                a,
+                inp,
                 update_id=f"demo:{deal_id}:{action}:{st.version}",
             )
         except rules.RuleError as e:
@@ -131,8 +167,11 @@ class Robot:
             console.print(f"  [dim]{deal_id}: {action} not taken: {e.message}[/]")
 
     async def upload_missing(self, deal_id: str, deal: DealInput, st: DealStatus) -> None:
-        missing = {(c.kind.value, c.party.value, c.stipulation_code) for c in st.checklist
-                   if not c.satisfied}
+        missing = {
+            (c.kind.value, c.party.value, c.stipulation_code)
+            for c in st.checklist
+            if not c.satisfied
+        }
         docs = sample_documents(deal_id, deal, datetime.now(UTC).date())
         docs += [stipulation_document(deal_id, code) for (_, _, code) in missing if code]
         for doc in docs:
@@ -141,10 +180,18 @@ class Robot:
                 continue
             d = dict(doc)
             await retrying(
-                "upload", upload_document, self.client, self.store, deal_id,
-                actor_for(Action.RECORD_DOCUMENT), kind=d.pop("kind").value,
-                party=d.pop("party").value, file_name=d.pop("file_name"), data=d.pop("data"),
-                policy=DEMO_POLICY, **d,
+                "upload",
+                upload_document,
+                self.client,
+                self.store,
+                deal_id,
+                actor_for(Action.RECORD_DOCUMENT),
+                kind=d.pop("kind").value,
+                party=d.pop("party").value,
+                file_name=d.pop("file_name"),
+                data=d.pop("data"),
+                policy=DEMO_POLICY,
+                **d,
             )
 
     async def step(self, deal_id: str, deal: DealInput, sc: Scenario, st: DealStatus) -> None:
@@ -152,8 +199,14 @@ class Robot:
         if sc.cancel_at is not None and st.stage is sc.cancel_at:
             await self.act(deal_id, st, "cancel", reason="customer changed their mind (demo)")
             return
-        legal = next((lender.legal_name for lid, lender in load_lenders(
-            self.settings.lenders_file).items() if lid == st.lender_id), None)
+        legal = next(
+            (
+                lender.legal_name
+                for lid, lender in load_lenders(self.settings.lenders_file).items()
+                if lid == st.lender_id
+            ),
+            None,
+        )
         now = datetime.now(UTC)
         for p in st.pending:
             match p.action:
@@ -166,13 +219,23 @@ class Robot:
                 case "accept-counter-offer":
                     sub = st.submissions[-1]
                     assert sub.current is not None
-                    await self.act(deal_id, st, p.action, application_ref=sub.application_ref,
-                                   decision_seq=sub.current.decision_seq)
+                    await self.act(
+                        deal_id,
+                        st,
+                        p.action,
+                        application_ref=sub.application_ref,
+                        decision_seq=sub.current.decision_seq,
+                    )
                 case "confirm-down-payment":
                     await self.act(deal_id, st, p.action, amount=str(st.money.down_payment))
                 case "record-insurance":
-                    await self.act(deal_id, st, p.action, first_beneficiary=legal,
-                                   cover_amount=str(deal.vehicle.price))
+                    await self.act(
+                        deal_id,
+                        st,
+                        p.action,
+                        first_beneficiary=legal,
+                        cover_amount=str(deal.vehicle.price),
+                    )
                 case "record-mortgage":
                     if st.pending[0].action == "record-mortgage":
                         await self.act(deal_id, st, p.action, lienholder=legal)
@@ -202,8 +265,10 @@ async def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     client = await retrying("connect", deals.connect, settings)
     store = open_store(
-        settings.document_store, endpoint_url=settings.s3_endpoint_url,
-        signing_secret=settings.jwt_secret, api_base_url=settings.api_url,
+        settings.document_store,
+        endpoint_url=settings.s3_endpoint_url,
+        signing_secret=settings.jwt_secret,
+        api_base_url=settings.api_url,
     )
     lenders = load_lenders(settings.lenders_file)
     robot = Robot(client, store, settings)
@@ -216,11 +281,13 @@ async def main(argv: list[str] | None = None) -> int:
             deal = example_deal().model_copy(update=sc.deal_changes)
             deal_id = deals.new_deal_id()
             if sc.script is not None:
-                r = await retrying("script", http.put, f"{sim}/_sim/scripts/{deal_id}",
-                                   json=sc.script)
+                r = await retrying(
+                    "script", http.put, f"{sim}/_sim/scripts/{deal_id}", json=sc.script
+                )
                 r.raise_for_status()
-            inp = deals.start_input(deal_id, deal, DEMO_POLICY, lenders,
-                                    Actor(staff_id="demo-sales", role="sales"))
+            inp = deals.start_input(
+                deal_id, deal, DEMO_POLICY, lenders, Actor(staff_id="demo-sales", role="sales")
+            )
             await retrying("start", deals.start_deal, client, settings.task_queue, inp)
             running[deal_id] = (sc, deal)
             console.print(f"started [bold]{deal_id}[/bold]: {sc.name}")
@@ -249,8 +316,16 @@ async def main(argv: list[str] | None = None) -> int:
             await robot.step(deal_id, deal, sc, st)
         await asyncio.sleep(0.3)
 
-    table = Table("deal", "scenario", "final stage", "lender", "financed", "disbursed",
-                  "compensations run", title="DealFlow demo")
+    table = Table(
+        "deal",
+        "scenario",
+        "final stage",
+        "lender",
+        "financed",
+        "disbursed",
+        "compensations run",
+        title="DealFlow demo",
+    )
     ok = True
     for deal_id, (sc, _) in running.items():
         st = finals.get(deal_id)
@@ -262,15 +337,22 @@ async def main(argv: list[str] | None = None) -> int:
         ok &= good
         comps = ", ".join(c.kind for c in reversed(st.compensations) if c.status == "done")
         table.add_row(
-            deal_id, sc.name, f"[{'green' if good else 'red'}]{st.stage.value}[/]",
-            st.lender_id or "", f"{st.money.amount_financed:,.2f}",
-            f"{st.money.disbursed or Decimal(0):,.2f}", comps or "-",
+            deal_id,
+            sc.name,
+            f"[{'green' if good else 'red'}]{st.stage.value}[/]",
+            st.lender_id or "",
+            f"{st.money.amount_financed:,.2f}",
+            f"{st.money.disbursed or Decimal(0):,.2f}",
+            comps or "-",
         )
     console.print(table)
-    console.print(f"{len(finals)} of {len(running)} deals finished in "
-                  f"{time.monotonic() - started:.1f}s")
-    console.print(f"Temporal UI:  http://localhost:{settings.temporal_ui_port}/namespaces/{settings.namespace}"
-                  "/workflows?query=DealStage%3D%22COMPLETED%22")
+    console.print(
+        f"{len(finals)} of {len(running)} deals finished in {time.monotonic() - started:.1f}s"
+    )
+    console.print(
+        f"Temporal UI:  http://localhost:{settings.temporal_ui_port}/namespaces/{settings.namespace}"
+        "/workflows?query=DealStage%3D%22COMPLETED%22"
+    )
     console.print(f"API docs:     {settings.api_url}/docs")
     console.print(".venv/bin/temporal workflow list --query 'DealStage=\"COMPLETED\"'")
     console.print("The stack stays up; `make down` stops it.")

@@ -561,8 +561,9 @@ class Disbursement(BaseModel):
 class Compensation(BaseModel):
     """A step done that must be undone if the deal ends without delivery."""
 
-    kind: Literal["release_vehicle", "withdraw_application", "refund_down_payment",
-                  "cancel_insurance"]
+    kind: Literal[
+        "release_vehicle", "withdraw_application", "refund_down_payment", "cancel_insurance"
+    ]
     key: str
     registered_at: datetime
     status: Literal["pending", "running", "done", "void"] = "pending"
@@ -729,6 +730,13 @@ class SubmitToLenderInput(BaseModel):
     deal: DealInput
     documents: list[DocumentRecord]
     stipulations_met: list[str] = Field(default_factory=list)
+
+
+class SendApplicationInput(BaseModel):
+    deal_id: str
+    lender_id: str
+    submission_no: int
+    package: ApplicationPackage
 
 
 class SubmitToLenderResult(BaseModel):

@@ -351,29 +351,36 @@ def checklist(
             continue
         items.append(
             ChecklistItem(
-                kind=kind, party=Party.APPLICANT, label=_LABELS[kind],
+                kind=kind,
+                party=Party.APPLICANT,
+                label=_LABELS[kind],
                 satisfied=have(kind, Party.APPLICANT),
             )
         )
     if deal.customer.applicant.married:
         items.append(
             ChecklistItem(
-                kind=DocumentKind.MARRIAGE_CERTIFICATE, party=Party.APPLICANT,
+                kind=DocumentKind.MARRIAGE_CERTIFICATE,
+                party=Party.APPLICANT,
                 label=_LABELS[DocumentKind.MARRIAGE_CERTIFICATE],
                 satisfied=have(DocumentKind.MARRIAGE_CERTIFICATE, Party.APPLICANT),
             )
         )
         items.append(
             ChecklistItem(
-                kind=DocumentKind.ID_CARD, party=Party.SPOUSE, label="spouse's resident ID card",
+                kind=DocumentKind.ID_CARD,
+                party=Party.SPOUSE,
+                label="spouse's resident ID card",
                 satisfied=have(DocumentKind.ID_CARD, Party.SPOUSE),
             )
         )
     for stip in state.stipulations:
         items.append(
             ChecklistItem(
-                kind=DocumentKind.STIPULATION, party=Party.APPLICANT,
-                label=f"{stip.code}: {stip.description}", stipulation_code=stip.code,
+                kind=DocumentKind.STIPULATION,
+                party=Party.APPLICANT,
+                label=f"{stip.code}: {stip.description}",
+                stipulation_code=stip.code,
                 satisfied=any(
                     d.kind is DocumentKind.STIPULATION and d.stipulation_code == stip.code
                     for d in docs
@@ -578,8 +585,7 @@ def check_action(action: Action, inp: ActionInput, view: DealView) -> None:
             legal = view.lender_legal_name
             if legal is not None and inp.first_beneficiary.strip() != legal:
                 raise invalid(
-                    f"first beneficiary must be the lender {legal!r}, "
-                    f"not {inp.first_beneficiary!r}"
+                    f"first beneficiary must be the lender {legal!r}, not {inp.first_beneficiary!r}"
                 )
             if inp.cover_amount < view.financed_amount:
                 raise invalid(
@@ -681,8 +687,10 @@ def pending_actions(view: DealView, due: datetime | None) -> list[PendingAction]
             else:
                 p.append(
                     PendingAction(
-                        action="lender-decision", role=Role.CREDIT,
-                        what="waiting for the lender's decision", due=due,
+                        action="lender-decision",
+                        role=Role.CREDIT,
+                        what="waiting for the lender's decision",
+                        due=due,
                     )
                 )
         case Stage.DOWN_PAYMENT:
@@ -703,8 +711,10 @@ def pending_actions(view: DealView, due: datetime | None) -> list[PendingAction]
         case Stage.DISBURSEMENT:
             p.append(
                 PendingAction(
-                    action="lender-disbursement", role=Role.CREDIT,
-                    what="waiting for the lender's disbursement", due=due,
+                    action="lender-disbursement",
+                    role=Role.CREDIT,
+                    what="waiting for the lender's disbursement",
+                    due=due,
                 )
             )
         case Stage.REGISTRATION:
@@ -730,7 +740,8 @@ def pending_actions(view: DealView, due: datetime | None) -> list[PendingAction]
                 if call not in s.follow_ups and s.delivered_at is not None:
                     add(
                         Action.RECORD_FOLLOW_UP,
-                        f"{call} follow-up call", s.delivered_at + offset,
+                        f"{call} follow-up call",
+                        s.delivered_at + offset,
                     )
         case _:
             pass

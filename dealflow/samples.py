@@ -33,9 +33,7 @@ def example_action(action: str, today: date | None = None) -> dict[str, Any]:
 
 
 def _pdf(text: str) -> bytes:
-    return (
-        b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\n% " + text.encode() + b"\n%%EOF\n"
-    )
+    return b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\n% " + text.encode() + b"\n%%EOF\n"
 
 
 def _jpeg(text: str) -> bytes:
@@ -48,32 +46,71 @@ def sample_documents(deal_id: str, deal: DealInput, today: date) -> list[dict[st
     a = deal.customer.applicant
     start, end = statement_window(today, 6)
     docs: list[dict[str, Any]] = [
-        {"kind": DocumentKind.ID_CARD, "party": Party.APPLICANT, "file_name": "id-applicant.jpg",
-         "data": _jpeg(f"{deal_id} id applicant"), "id_number": a.id_number},
-        {"kind": DocumentKind.DRIVERS_LICENCE, "party": Party.APPLICANT,
-         "file_name": "licence.jpg", "data": _jpeg(f"{deal_id} licence")},
-        {"kind": DocumentKind.BANK_STATEMENT, "party": Party.APPLICANT,
-         "file_name": "statements.pdf", "data": _pdf(f"{deal_id} statements"),
-         "period_start": start, "period_end": today - timedelta(days=1)},
-        {"kind": DocumentKind.PROOF_OF_RESIDENCE, "party": Party.APPLICANT,
-         "file_name": "residence.pdf", "data": _pdf(f"{deal_id} residence")},
-        {"kind": DocumentKind.PROOF_OF_INCOME, "party": Party.APPLICANT,
-         "file_name": "income.pdf", "data": _pdf(f"{deal_id} income")},
-        {"kind": DocumentKind.HOUSEHOLD_REGISTER, "party": Party.APPLICANT,
-         "file_name": "hukou.pdf", "data": _pdf(f"{deal_id} household")},
+        {
+            "kind": DocumentKind.ID_CARD,
+            "party": Party.APPLICANT,
+            "file_name": "id-applicant.jpg",
+            "data": _jpeg(f"{deal_id} id applicant"),
+            "id_number": a.id_number,
+        },
+        {
+            "kind": DocumentKind.DRIVERS_LICENCE,
+            "party": Party.APPLICANT,
+            "file_name": "licence.jpg",
+            "data": _jpeg(f"{deal_id} licence"),
+        },
+        {
+            "kind": DocumentKind.BANK_STATEMENT,
+            "party": Party.APPLICANT,
+            "file_name": "statements.pdf",
+            "data": _pdf(f"{deal_id} statements"),
+            "period_start": start,
+            "period_end": today - timedelta(days=1),
+        },
+        {
+            "kind": DocumentKind.PROOF_OF_RESIDENCE,
+            "party": Party.APPLICANT,
+            "file_name": "residence.pdf",
+            "data": _pdf(f"{deal_id} residence"),
+        },
+        {
+            "kind": DocumentKind.PROOF_OF_INCOME,
+            "party": Party.APPLICANT,
+            "file_name": "income.pdf",
+            "data": _pdf(f"{deal_id} income"),
+        },
+        {
+            "kind": DocumentKind.HOUSEHOLD_REGISTER,
+            "party": Party.APPLICANT,
+            "file_name": "hukou.pdf",
+            "data": _pdf(f"{deal_id} household"),
+        },
     ]
     del end
     if a.married and deal.customer.spouse is not None:
         docs += [
-            {"kind": DocumentKind.MARRIAGE_CERTIFICATE, "party": Party.APPLICANT,
-             "file_name": "marriage.pdf", "data": _pdf(f"{deal_id} marriage")},
-            {"kind": DocumentKind.ID_CARD, "party": Party.SPOUSE, "file_name": "id-spouse.jpg",
-             "data": _jpeg(f"{deal_id} id spouse"), "id_number": deal.customer.spouse.id_number},
+            {
+                "kind": DocumentKind.MARRIAGE_CERTIFICATE,
+                "party": Party.APPLICANT,
+                "file_name": "marriage.pdf",
+                "data": _pdf(f"{deal_id} marriage"),
+            },
+            {
+                "kind": DocumentKind.ID_CARD,
+                "party": Party.SPOUSE,
+                "file_name": "id-spouse.jpg",
+                "data": _jpeg(f"{deal_id} id spouse"),
+                "id_number": deal.customer.spouse.id_number,
+            },
         ]
     return docs
 
 
 def stipulation_document(deal_id: str, code: str) -> dict[str, Any]:
-    return {"kind": DocumentKind.STIPULATION, "party": Party.APPLICANT,
-            "file_name": f"{code.lower()}.pdf", "data": _pdf(f"{deal_id} {code}"),
-            "stipulation_code": code}
+    return {
+        "kind": DocumentKind.STIPULATION,
+        "party": Party.APPLICANT,
+        "file_name": f"{code.lower()}.pdf",
+        "data": _pdf(f"{deal_id} {code}"),
+        "stipulation_code": code,
+    }

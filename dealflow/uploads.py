@@ -58,7 +58,9 @@ async def upload_document(
         )
     try:
         stored = await asyncio.to_thread(
-            store.put_stream, stream, content_type=content_type,
+            store.put_stream,
+            stream,
+            content_type=content_type,
             max_bytes=policy.max_document_bytes,
         )
     except DocumentTooLarge as e:
@@ -66,9 +68,15 @@ async def upload_document(
     except EmptyDocument:
         raise rules.invalid(f"{file_name} is empty") from None
     payload: dict[str, Any] = {
-        "kind": kind, "party": party, "file_name": file_name, "content_type": content_type,
-        "size": stored.size, "sha256": stored.sha256, "storage_key": stored.key,
-        "id_number": id_number, "stipulation_code": stipulation_code,
+        "kind": kind,
+        "party": party,
+        "file_name": file_name,
+        "content_type": content_type,
+        "size": stored.size,
+        "sha256": stored.sha256,
+        "storage_key": stored.key,
+        "id_number": id_number,
+        "stipulation_code": stipulation_code,
         "period_start": period_start.isoformat() if period_start else None,
         "period_end": period_end.isoformat() if period_end else None,
     }

@@ -114,6 +114,7 @@ class Stack:
     lenders: dict[str, LenderConfig]
     engine: Engine
     store: LocalDirectoryStore
+    api_services: Services
 
 
 @asynccontextmanager
@@ -142,7 +143,7 @@ async def run_stack(
         serve_async(create_api(services), api_port) as api_url,
         serve_async(create_sim(sim_config), sim_port) as sim_url,
     ):
-        yield Stack(env, api_url, sim_url, lenders, engine, store)
+        yield Stack(env, api_url, sim_url, lenders, engine, store, services)
 
 
 @pytest.fixture(scope="session")
@@ -155,7 +156,9 @@ async def ts_stack(
 
 @pytest.fixture(scope="session")
 async def dev_stack(
-    dev_env: WorkflowEnvironment, database_url: str, store: LocalDirectoryStore,
+    dev_env: WorkflowEnvironment,
+    database_url: str,
+    store: LocalDirectoryStore,
     tmp_session: Path,
 ) -> AsyncIterator[Stack]:
     async with run_stack(dev_env, database_url, store, tmp_session) as stack:

@@ -29,6 +29,7 @@ from dealflow.config import LenderConfig
 from dealflow.docstore import LocalDirectoryStore
 from dealflow.models import Actor, DealPolicy, Role, Stage
 from dealflow.samples import example_deal
+from tests.desk import result_skipping_time
 from tests.histories.variants import PATCH_ID, PatchedWelcome, UnpatchedWelcome
 from workflows import WORKFLOW_RUNNER, DealWorkflow
 
@@ -152,8 +153,8 @@ async def test_new_deals_take_the_patched_path(
                 handle = ts_env.client.get_workflow_handle_for(
                     DealWorkflow.run, deals.workflow_id(deal_id)
                 )
-                async with ts_env.time_skipping_unlocked():  # type: ignore[attr-defined]
-                    status = await handle.result()  # the contract deadline expires the deal
+                # The contract deadline expires the deal.
+                status = await result_skipping_time(ts_env, handle)
     assert status.stage is Stage.EXPIRED
     history = await handle.fetch_history()
     markers = [e for e in history.events if e.HasField("marker_recorded_event_attributes")]

@@ -510,3 +510,33 @@ async def test_event_for_a_deal_that_has_ended_is_422_saying_so(
     )
     [row] = inbox(dev_stack, ACME, headers["webhook-id"])
     assert row.status == "rejected" and row.error and "has ended" in row.error
+
+
+async def test_event_stored_but_not_delivered_before_a_crash_is_delivered_on_restart(
+    dev_stack: Stack, new_deal: NewDeal
+) -> None:
+    """The API stored the webhook, then died before signalling the deal; the lender
+    gave up. The redelivery pass finds the row and delivers it, once."""
+    from dealflow.api.webhooks import redeliver_pending
+
+    desk, sub = await new_deal()
+    assert sub.application_ref
+    wid = new_id()
+    body = decided(desk.deal_id, sub.application_ref)
+    row, outcome = db.store_webhook(
+        dev_stack.engine,
+        lender_id=ACME,
+        webhook_id=wid,
+        body=body,
+        received_at=datetime.now(UTC) - timedelta(minutes=1),
+        event_type="application.decided",
+        deal_id=desk.deal_id,
+    )
+    assert outcome == "new" and row.status == "received"
+    services = dev_stack.api_services
+    assert await redeliver_pending(services) >= 1
+    st = await desk.wait_stage(Stage.DOWN_PAYMENT)
+    assert decisions(st) == [wid]
+    assert [x.status for x in inbox(dev_stack, ACME, wid)] == ["delivered"]
+    await redeliver_pending(services)
+    assert await signals(desk) == 1

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         ActionInput,
         ActionRecord,
         ActionResult,
+        ApplicationPackage,
         CancelInput,
         Compensation,
         CompensationInput,
@@ -65,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
         RecordSettlementInput,
         RecordStockOutInput,
         Role,
+        SendApplicationInput,
         SignLoanContractInput,
         SignSalesContractInput,
         Stage,
@@ -105,6 +107,10 @@ BOOKKEEPING: dict[str, Any] = {
 # workflow.patched ids: behaviour changes that deals already running must not see.
 WITHDRAW_CONDITIONAL = "withdraw-superseded-conditional-application"
 
+# Deals started before the application package was recorded in history
+# signed it inside the lender call (see _submit_fn).
+PACKAGE_IN_HISTORY = "application-package-in-history"
+
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
 
 
@@ -133,7 +139,9 @@ class DealWorkflow:
             # runs its handler before run() begins and must find the deal started.
             self.s.transitions.append(
                 Transition(
-                    at=workflow.now(), from_stage=None, to_stage=Stage.CONTRACT,
+                    at=workflow.now(),
+                    from_stage=None,
+                    to_stage=Stage.CONTRACT,
                     actor=f"{inp.created_by.staff_id}/{inp.created_by.role.value}",
                     reason="deal started",
                 )
@@ -164,9 +172,11 @@ class DealWorkflow:
             return
         try:
             await workflow.wait_condition(
-                lambda: self.s.stage_entry != entry
-                or self._owed_work_pending()
-                or self._should_continue_as_new(),
+                lambda: (
+                    self.s.stage_entry != entry
+                    or self._owed_work_pending()
+                    or self._should_continue_as_new()
+                ),
                 timeout=timeout,
             )
         except TimeoutError:
@@ -211,7 +221,8 @@ class DealWorkflow:
         if self.s.stage is Stage.DECLINED:
             reasons = "; ".join(f"{r.code}: {r.text}" for r in self.s.adverse_action_reasons)
             self._notify(
-                "adverse_action", f"adverse-action notice: {reasons or 'no reasons given'}",
+                "adverse_action",
+                f"adverse-action notice: {reasons or 'no reasons given'}",
                 [Role.CREDIT, Role.SALES],
             )
         await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._tasks)
@@ -226,14 +237,16 @@ class DealWorkflow:
             case Stage.DOCUMENTS:
                 return Clock(
                     reminder_every=p.documents_reminder_every,
-                    deadline=p.documents_deadline, on_deadline="expire",
+                    deadline=p.documents_deadline,
+                    on_deadline="expire",
                 )
             case Stage.APPLICATION:
                 return Clock(deadline=p.application_deadline, on_deadline="expire")
             case Stage.UNDERWRITING:
                 return Clock(
                     escalate_after=p.underwriting_escalate_after,
-                    deadline=p.underwriting_timeout, on_deadline="next_lender",
+                    deadline=p.underwriting_timeout,
+                    on_deadline="next_lender",
                 )
             case Stage.DOWN_PAYMENT:
                 return Clock(deadline=p.down_payment_deadline, on_deadline="cancel")
@@ -333,7 +346,8 @@ class DealWorkflow:
                 self.s.follow_ups_missed = missed
                 if missed:
                     self._notify(
-                        "escalation", "follow-up calls missed: " + ", ".join(missed),
+                        "escalation",
+                        "follow-up calls missed: " + ", ".join(missed),
                         [Role.SALES, Role.ADMIN],
                     )
                 self._set_stage(Stage.COMPLETED, "follow-up window closed")
@@ -374,26 +388,50 @@ class DealWorkflow:
 
     def _submit_fn(self, sub: Submission) -> Callable[[], Awaitable[None]]:
         async def submit() -> None:
+            request = SubmitToLenderInput(
+                deal_id=self.inp.deal_id,
+                lender_id=sub.lender_id,
+                submission_no=sub.submission_no,
+                deal=self.deal,
+                documents=self.s.documents,
+                stipulations_met=[st.code for st in self.s.stipulations],
+            )
             try:
-                result: SubmitToLenderResult = await workflow.execute_activity(
-                    "submit_application",
-                    SubmitToLenderInput(
-                        deal_id=self.inp.deal_id,
-                        lender_id=sub.lender_id,
-                        submission_no=sub.submission_no,
-                        deal=self.deal,
-                        documents=self.s.documents,
-                        stipulations_met=[st.code for st in self.s.stipulations],
-                    ),
-                    result_type=SubmitToLenderResult,
-                    **LENDER_CALL,
-                )
+                if workflow.patched(PACKAGE_IN_HISTORY):
+                    # The package holds presigned links, new on every signing.
+                    # Built once and recorded in history, so every retry of the
+                    # send carries the same bytes under the same Idempotency-Key.
+                    package: ApplicationPackage = await workflow.execute_activity(
+                        "prepare_application",
+                        request,
+                        result_type=ApplicationPackage,
+                        **BOOKKEEPING,
+                    )
+                    result: SubmitToLenderResult = await workflow.execute_activity(
+                        "send_application",
+                        SendApplicationInput(
+                            deal_id=self.inp.deal_id,
+                            lender_id=sub.lender_id,
+                            submission_no=sub.submission_no,
+                            package=package,
+                        ),
+                        result_type=SubmitToLenderResult,
+                        **LENDER_CALL,
+                    )
+                else:
+                    result = await workflow.execute_activity(
+                        "submit_application",
+                        request,
+                        result_type=SubmitToLenderResult,
+                        **LENDER_CALL,
+                    )
             except ActivityError as e:
                 sub.status = "rejected"
                 sub.error = _cause(e)
                 self._notify(
-                    "escalation", f"{sub.lender_id} rejected submission {sub.submission_no}: "
-                    f"{sub.error}", [Role.CREDIT, Role.ADMIN],
+                    "escalation",
+                    f"{sub.lender_id} rejected submission {sub.submission_no}: {sub.error}",
+                    [Role.CREDIT, Role.ADMIN],
                 )
                 self.s.adverse_action_reasons.append(
                     Reason(code="SUBMISSION_REJECTED", text=f"{sub.lender_id}: {sub.error}")
@@ -457,7 +495,8 @@ class DealWorkflow:
                 d.status = "error"
                 d.failure_reason = _cause(e)
                 self._notify(
-                    "escalation", f"disbursement request {d.attempt} rejected: {d.failure_reason}",
+                    "escalation",
+                    f"disbursement request {d.attempt} rejected: {d.failure_reason}",
                     [Role.CREDIT, Role.ADMIN],
                 )
                 return
@@ -493,7 +532,9 @@ class DealWorkflow:
             await workflow.execute_activity(
                 "record_compensation",
                 CompensationInput(
-                    key=comp.key, deal_id=self.inp.deal_id, kind=comp.kind,
+                    key=comp.key,
+                    deal_id=self.inp.deal_id,
+                    kind=comp.kind,
                     detail={**comp.detail, "reason": self.s.outcome_reason or ""},
                 ),
                 **BOOKKEEPING,
@@ -505,9 +546,11 @@ class DealWorkflow:
         """Withdraw one application now (lender timeout, counter-offer declined)."""
         sub.status = "withdrawing"
         for comp in self.s.compensations:
-            if comp.kind == "withdraw_application" and comp.detail.get(
-                "application_ref"
-            ) == sub.application_ref and comp.status == "pending":
+            if (
+                comp.kind == "withdraw_application"
+                and comp.detail.get("application_ref") == sub.application_ref
+                and comp.status == "pending"
+            ):
                 comp.detail["reason"] = reason
                 comp.status = "running"
 
@@ -521,9 +564,11 @@ class DealWorkflow:
 
     def _void_compensation(self, sub: Submission) -> None:
         for comp in self.s.compensations:
-            if comp.kind == "withdraw_application" and comp.detail.get(
-                "application_ref"
-            ) == sub.application_ref and comp.status == "pending":
+            if (
+                comp.kind == "withdraw_application"
+                and comp.detail.get("application_ref") == sub.application_ref
+                and comp.status == "pending"
+            ):
                 comp.status = "void"
 
     def _project(self) -> None:
@@ -572,8 +617,12 @@ class DealWorkflow:
             workflow.execute_activity(
                 "notify",
                 NotificationInput(
-                    key=key, deal_id=self.inp.deal_id, kind=kind, stage=self.s.stage,
-                    roles=roles, message=message,
+                    key=key,
+                    deal_id=self.inp.deal_id,
+                    kind=kind,
+                    stage=self.s.stage,
+                    roles=roles,
+                    message=message,
                 ),
                 **BOOKKEEPING,
             ),
@@ -595,15 +644,21 @@ class DealWorkflow:
         # logs carry no personal data. The SDK's logger adds the workflow and
         # run ids and stays quiet during replay.
         workflow.logger.info(
-            "deal %s: %s -> %s", self.inp.deal_id, frm.value, to.value,
+            "deal %s: %s -> %s",
+            self.inp.deal_id,
+            frm.value,
+            to.value,
             extra={"deal_id": self.inp.deal_id, "stage": to.value},
         )
 
     def _record_transition(self, frm: Stage | None, to: Stage, reason: str, actor: Any) -> None:
         self.s.transitions.append(
             Transition(
-                at=workflow.now(), from_stage=frm, to_stage=to,
-                actor=f"{actor.staff_id}/{actor.role.value}", reason=reason,
+                at=workflow.now(),
+                from_stage=frm,
+                to_stage=to,
+                actor=f"{actor.staff_id}/{actor.role.value}",
+                reason=reason,
             )
         )
         self._upsert_search_attributes()
@@ -634,7 +689,8 @@ class DealWorkflow:
                         ):
                             # The new package supersedes the conditional one.
                             self._withdraw(
-                                sub, f"superseded by submission {len(s.submissions) + 1} "
+                                sub,
+                                f"superseded by submission {len(s.submissions) + 1} "
                                 "with the stipulations met",
                             )
                         self._new_submission(lender)
@@ -701,7 +757,8 @@ class DealWorkflow:
             return
         sub = next(
             (
-                x for x in self.s.submissions
+                x
+                for x in self.s.submissions
                 if x.application_ref == data.application_ref and x.lender_id == ev.lender_id
             ),
             None,
@@ -713,8 +770,10 @@ class DealWorkflow:
                 self.s.unmatched_events.append(ev)
             else:
                 self._notify(
-                    "info", f"ignored {ev.type} {ev.webhook_id}: unknown application "
-                    f"{data.application_ref}", [Role.CREDIT],
+                    "info",
+                    f"ignored {ev.type} {ev.webhook_id}: unknown application "
+                    f"{data.application_ref}",
+                    [Role.CREDIT],
                 )
             return
         if ev.decided is not None:
@@ -728,9 +787,15 @@ class DealWorkflow:
         d = ev.decided
         assert d is not None
         rec = DecisionRecord(
-            webhook_id=ev.webhook_id, received_at=ev.received_at, decision_seq=d.decision_seq,
-            decision=d.decision, approved_amount=d.approved_amount, apr=d.apr,
-            term_months=d.term_months, stipulations=d.stipulations, reasons=d.reasons,
+            webhook_id=ev.webhook_id,
+            received_at=ev.received_at,
+            decision_seq=d.decision_seq,
+            decision=d.decision,
+            approved_amount=d.approved_amount,
+            apr=d.apr,
+            term_months=d.term_months,
+            stipulations=d.stipulations,
+            reasons=d.reasons,
         )
         if sub.status in ("withdrawing", "withdrawn", "rejected"):
             rec.applied, rec.note = False, f"application already {sub.status}"
@@ -740,8 +805,10 @@ class DealWorkflow:
             rec.applied = False
             rec.note = f"arrived in stage {self.s.stage.value}; not applied"
             self._notify(
-                "escalation", f"{sub.lender_id} sent a {d.decision.value} decision after the deal "
-                f"moved on ({self.s.stage.value})", [Role.CREDIT, Role.ADMIN],
+                "escalation",
+                f"{sub.lender_id} sent a {d.decision.value} decision after the deal "
+                f"moved on ({self.s.stage.value})",
+                [Role.CREDIT, Role.ADMIN],
             )
         sub.decisions.append(rec)
         if not rec.applied:
@@ -785,15 +852,19 @@ class DealWorkflow:
         pending = self._open_disbursement()
         if sub is not self._approved_submission() or pending is None:
             self._notify(
-                "escalation", f"unexpected disbursement {d.transaction_ref} of "
-                f"{fmt_money(d.amount)} from {sub.lender_id}", [Role.FINANCE, Role.ADMIN],
+                "escalation",
+                f"unexpected disbursement {d.transaction_ref} of "
+                f"{fmt_money(d.amount)} from {sub.lender_id}",
+                [Role.FINANCE, Role.ADMIN],
             )
             return
         want = self._view().financed_amount
         if money(d.amount) != want:
             self._notify(
-                "escalation", f"disbursed {fmt_money(d.amount)} does not match the approved "
-                f"{fmt_money(want)} (transaction {d.transaction_ref})", [Role.FINANCE, Role.ADMIN],
+                "escalation",
+                f"disbursed {fmt_money(d.amount)} does not match the approved "
+                f"{fmt_money(want)} (transaction {d.transaction_ref})",
+                [Role.FINANCE, Role.ADMIN],
             )
             return
         pending.status = "completed"
@@ -819,12 +890,14 @@ class DealWorkflow:
         if pending.attempt < self.policy.max_disbursement_attempts:
             self.s.disbursements.append(Disbursement(attempt=pending.attempt + 1))
             self._notify(
-                "info", f"disbursement attempt {pending.attempt} failed ({f.reason}); requesting "
-                "again", [Role.CREDIT],
+                "info",
+                f"disbursement attempt {pending.attempt} failed ({f.reason}); requesting again",
+                [Role.CREDIT],
             )
         else:
             self._notify(
-                "escalation", f"disbursement failed {pending.attempt} times; last: {f.reason}",
+                "escalation",
+                f"disbursement failed {pending.attempt} times; last: {f.reason}",
                 [Role.CREDIT, Role.FINANCE, Role.ADMIN],
             )
         self._project()
@@ -857,8 +930,10 @@ class DealWorkflow:
         self.s.sales_contract = inp
         self.s.compensations.append(
             Compensation(
-                kind="release_vehicle", key=f"{self.inp.deal_id}:release_vehicle",
-                registered_at=workflow.now(), detail={"vin": self.deal.vehicle.vin},
+                kind="release_vehicle",
+                key=f"{self.inp.deal_id}:release_vehicle",
+                registered_at=workflow.now(),
+                detail={"vin": self.deal.vehicle.vin},
             )
         )
         return self._accept(Action.SIGN_SALES_CONTRACT, inp, inp.contract_no)
@@ -872,12 +947,18 @@ class DealWorkflow:
         if rules.find_duplicate(self.s, inp) is None:
             doc = DocumentRecord(
                 doc_id=f"{self.inp.deal_id}-d{len(self.s.documents) + 1}",
-                kind=inp.kind, party=inp.party, file_name=inp.file_name,
-                content_type=inp.content_type, size=inp.size, sha256=inp.sha256,
+                kind=inp.kind,
+                party=inp.party,
+                file_name=inp.file_name,
+                content_type=inp.content_type,
+                size=inp.size,
+                sha256=inp.sha256,
                 storage_key=inp.storage_key,
                 uploaded_by=f"{inp.actor.staff_id}/{inp.actor.role.value}",
-                uploaded_at=workflow.now(), period_start=inp.period_start,
-                period_end=inp.period_end, stipulation_code=inp.stipulation_code,
+                uploaded_at=workflow.now(),
+                period_start=inp.period_start,
+                period_end=inp.period_end,
+                stipulation_code=inp.stipulation_code,
             )
             self.s.documents.append(doc)
             self._spawn(
@@ -939,7 +1020,8 @@ class DealWorkflow:
         self.s.down_payment = inp
         self.s.compensations.append(
             Compensation(
-                kind="refund_down_payment", key=f"{self.inp.deal_id}:refund_down_payment",
+                kind="refund_down_payment",
+                key=f"{self.inp.deal_id}:refund_down_payment",
                 registered_at=workflow.now(),
                 detail={"amount": str(money(inp.amount)), "payment_ref": inp.payment_ref},
             )
@@ -964,7 +1046,8 @@ class DealWorkflow:
         self.s.insurance = inp
         self.s.compensations.append(
             Compensation(
-                kind="cancel_insurance", key=f"{self.inp.deal_id}:cancel_insurance",
+                kind="cancel_insurance",
+                key=f"{self.inp.deal_id}:cancel_insurance",
                 registered_at=workflow.now(),
                 detail={"policy_no": inp.policy_no, "insurer": inp.insurer},
             )
@@ -1087,9 +1170,11 @@ class DealWorkflow:
         last_disb = next(
             (d for d in reversed(self.s.disbursements) if d.status == "completed"), None
         )
-        fees = sum((f.amount for f in self.s.sales_contract.fees), money(0)) if (
-            self.s.sales_contract
-        ) else money(0)
+        fees = (
+            sum((f.amount for f in self.s.sales_contract.fees), money(0))
+            if (self.s.sales_contract)
+            else money(0)
+        )
         return DealStatus(
             deal_id=self.inp.deal_id,
             workflow_id=workflow.info().workflow_id,
@@ -1124,7 +1209,10 @@ class DealWorkflow:
 
     def _view(self) -> rules.DealView:
         return rules.DealView(
-            deal=self.deal, policy=self.policy, lenders=self.inp.lenders, state=self.s,
+            deal=self.deal,
+            policy=self.policy,
+            lenders=self.inp.lenders,
+            state=self.s,
             now=workflow.now(),
         )
 

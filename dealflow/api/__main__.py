@@ -26,12 +26,17 @@ async def main() -> None:
         engine=db.make_engine(settings.database_url),
         lenders=load_lenders(settings.lenders_file),
         store=open_store(
-            settings.document_store, endpoint_url=settings.s3_endpoint_url,
-            signing_secret=settings.jwt_secret, api_base_url=settings.api_url,
+            settings.document_store,
+            endpoint_url=settings.s3_endpoint_url,
+            signing_secret=settings.jwt_secret,
+            api_base_url=settings.api_url,
         ),
     )
     config = uvicorn.Config(
-        create_app(services), host=settings.api_host, port=settings.api_port, log_config=None,
+        create_app(services),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
         access_log=False,
     )
     log.info("API listening", extra={"port": settings.api_port})

@@ -3,7 +3,11 @@ webhooks, health and metrics. OpenAPI at /openapi.json, rendered at /docs."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -92,12 +96,25 @@ def _errors_as_problems(schema: dict[str, Any]) -> None:
                         resp["description"] = "the request is invalid; `detail` names each problem"
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Webhooks stored just before a crash, never marked delivered: deliver them.
+    task = asyncio.create_task(webhooks.redelivery_loop(app.state.services))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(services: Services) -> FastAPI:
     app = FastAPI(
         title="DealFlow API",
         version="0.1.0",
         description=DESCRIPTION,
         openapi_tags=TAGS,
+        lifespan=lifespan,
     )
     app.state.services = services
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)

@@ -511,9 +511,7 @@ async def upload(request: Request, deal_id: DealIdPath) -> DocumentUploaded:
     content_type = rules.sniff_content_type(b"".join(head))
     # The deal's own record, as the update returned it (the table is a
     # projection written a moment later).
-    doc_id = next(
-        (d.doc_id for d in result.status.documents if d.sha256 == stream.sha256), None
-    )
+    doc_id = next((d.doc_id for d in result.status.documents if d.sha256 == stream.sha256), None)
     svc.metrics.documents.labels(op="upload", outcome="201").inc()
     svc.metrics.upload_bytes.inc(stream.size)
     log.info(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -58,10 +58,16 @@ def parse_event(lender_id: str, webhook_id: str, payload: Any) -> LenderEventInp
         data = _DATA_MODELS[etype].model_validate(payload["data"])
     except ValidationError as e:
         raise ValueError(f"{etype} data: {deals.format_validation_error(e)}") from None
-    return LenderEventInput.model_validate({
-        "webhook_id": webhook_id, "lender_id": lender_id, "type": etype,
-        "received_at": datetime.now(UTC), _FIELD[etype]: data, "raw": payload,
-    })
+    return LenderEventInput.model_validate(
+        {
+            "webhook_id": webhook_id,
+            "lender_id": lender_id,
+            "type": etype,
+            "received_at": datetime.now(UTC),
+            _FIELD[etype]: data,
+            "raw": payload,
+        }
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -151,8 +157,14 @@ async def receive(lender_id: str, request: Request) -> Response:
     deal_id = data.deal_id if data else None
 
     row, outcome = await asyncio.to_thread(
-        db.store_webhook, svc.engine, lender_id=lender_id, webhook_id=webhook_id, body=body,
-        received_at=datetime.now(UTC), event_type=event.type if event else None, deal_id=deal_id,
+        db.store_webhook,
+        svc.engine,
+        lender_id=lender_id,
+        webhook_id=webhook_id,
+        body=body,
+        received_at=datetime.now(UTC),
+        event_type=event.type if event else None,
+        deal_id=deal_id,
     )
     if outcome == "conflict":
         raise Problem(409, f"webhook-id {webhook_id} was already received with a different body")
@@ -163,14 +175,62 @@ async def receive(lender_id: str, request: Request) -> Response:
     if event is None or deal_id is None:
         await asyncio.to_thread(db.mark_webhook, svc.engine, row.id or 0, "rejected", error)
         raise Problem(422, error or "malformed body")
+    rejected = await deliver(svc, row.id or 0, deal_id, event)
+    if rejected is not None:
+        raise Problem(422, rejected)
+    svc.metrics.webhooks.labels(lender_id=lender_id, outcome=outcome).inc()
+    return Response(status_code=204)
+
+
+async def deliver(svc: Services, row_id: int, deal_id: str, event: LenderEventInput) -> str | None:
+    """Signal a stored event to its deal and mark the inbox row; the reason if rejected."""
     try:
         await deals.signal_lender_event(svc.client, deal_id, event)
     except deals.DealNotFound:
         msg = await _not_found_reason(svc, deal_id)
-        await asyncio.to_thread(db.mark_webhook, svc.engine, row.id or 0, "rejected", msg)
-        raise Problem(422, msg) from None
-    await asyncio.to_thread(db.mark_webhook, svc.engine, row.id or 0, "delivered")
-    log.info("webhook delivered", extra={"lender_id": lender_id, "deal_id": deal_id,
-                                         "webhook_id": webhook_id, "type": event.type})
-    svc.metrics.webhooks.labels(lender_id=lender_id, outcome=outcome).inc()
-    return Response(status_code=204)
+        await asyncio.to_thread(db.mark_webhook, svc.engine, row_id, "rejected", msg)
+        return msg
+    await asyncio.to_thread(db.mark_webhook, svc.engine, row_id, "delivered")
+    log.info(
+        "webhook delivered",
+        extra={
+            "lender_id": event.lender_id,
+            "deal_id": deal_id,
+            "webhook_id": event.webhook_id,
+            "type": event.type,
+        },
+    )
+    return None
+
+
+async def redeliver_pending(svc: Services, older_than: timedelta = timedelta(seconds=5)) -> int:
+    """Deliver inbox rows the API stored but never marked (it stopped in between).
+
+    The lender got no 2xx for them and may retry, or may have given up; either
+    way the deal applies each webhook id once, so signalling again is safe.
+    """
+    rows = await asyncio.to_thread(db.pending_webhooks, svc.engine, datetime.now(UTC) - older_than)
+    for row in rows:
+        try:
+            event = parse_event(row.lender_id, row.webhook_id, json.loads(row.body))
+        except ValueError as e:
+            await asyncio.to_thread(db.mark_webhook, svc.engine, row.id or 0, "rejected", str(e))
+            continue
+        event.received_at = row.received_at
+        data = event.decided or event.disbursed or event.failed
+        assert data is not None
+        await deliver(svc, row.id or 0, data.deal_id, event)
+        log.info(
+            "stored webhook redelivered",
+            extra={"lender_id": row.lender_id, "webhook_id": row.webhook_id},
+        )
+    return len(rows)
+
+
+async def redelivery_loop(svc: Services, every: float = 10.0) -> None:
+    while True:
+        try:
+            await redeliver_pending(svc)
+        except Exception:  # noqa: BLE001 - Temporal or the DB may be down; try later
+            log.warning("webhook redelivery pass failed", exc_info=True)
+        await asyncio.sleep(every)

@@ -11,6 +11,8 @@ Test/demo controls:
 
     PUT|GET|DELETE /_sim/scripts/{deal_id}   per-deal scripted answers
     GET /_sim/ledger?deal_id=                 what was received and sent
+    PUT|POST|GET|DELETE /_sim/faults          lender-API fault injection (faults.py)
+    GET /_sim/outbox                          webhook outbox counts by status
     GET /healthz
 
 Answers go out as signed webhooks (DESIGN §3.4) from a durable outbox; see
@@ -24,7 +26,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -39,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dealflow.config import LenderConfig
 from dealflow.lender_sim import SimConfig, rules
 from dealflow.lender_sim.delivery import Dispatcher, build_body
+from dealflow.lender_sim.faults import Endpoint, FaultRule, Faults, FaultsBody, hold
 from dealflow.lender_sim.ledger import Ledger, iso, utcnow
 from dealflow.models import (
     ApplicationPackage,
@@ -135,7 +138,8 @@ class WithdrawalBody(BaseModel):
 
 class Problem(Exception):
     TITLES = {400: "Bad Request", 404: "Not Found", 409: "Conflict",
-              422: "Unprocessable Content"}
+              422: "Unprocessable Content", 500: "Internal Server Error",
+              503: "Service Unavailable", 504: "Gateway Timeout"}
 
     def __init__(self, status: int, detail: str, errors: list[Any] | None = None) -> None:
         super().__init__(detail)
@@ -640,6 +644,7 @@ def create_app(config: SimConfig) -> FastAPI:
     ledger = Ledger(config.db_path)
     sim = LenderSim(config, ledger)
     dispatcher = Dispatcher(config, ledger)
+    faults = Faults()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -661,6 +666,7 @@ def create_app(config: SimConfig) -> FastAPI:
     app.state.sim = sim
     app.state.ledger = ledger
     app.state.dispatcher = dispatcher
+    app.state.faults = faults
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -684,13 +690,38 @@ def create_app(config: SimConfig) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    async def guarded(
+        endpoint: Endpoint, lender_id: str, deal_id: str | None,
+        handle: Callable[[], Awaitable[JSONResponse]],
+    ) -> JSONResponse:
+        """Handle one lender-API request under the fault rules (faults.py)."""
+        with faults.request(endpoint, lender_id, deal_id):
+            strike = faults.strike(endpoint, lender_id, deal_id)
+            if strike is None:
+                return await handle()
+            if strike.mode == "slow":
+                await hold(strike.delay)
+                return await handle()
+            what = f"simulated {strike.mode} fault (rule {strike.rule_id})"
+            if strike.mode == "4xx":
+                return problem_response(strike.status, f"{what}: request refused")
+            if strike.phase == "after":
+                await handle()  # processed and recorded; only the reply is lost
+            if strike.mode == "timeout":
+                await hold(strike.delay)
+            return problem_response(strike.status, f"{what}, phase {strike.phase}")
+
     @app.post("/lenders/{lender_id}/applications", status_code=202)
     async def submit_application(lender_id: str, request: Request) -> JSONResponse:
         sim.lender(lender_id)
         key = _idempotency_key(request)
         package, digest = _parse(ApplicationPackage, await request.body())
-        ref, _ = await run(sim.submit_application, lender_id, key, package, digest)
-        return JSONResponse({"application_ref": ref}, status_code=202)
+
+        async def handle() -> JSONResponse:
+            ref, _ = await run(sim.submit_application, lender_id, key, package, digest)
+            return JSONResponse({"application_ref": ref}, status_code=202)
+
+        return await guarded("applications", lender_id, package.deal_id, handle)
 
     @app.get("/lenders/{lender_id}/applications/{ref}")
     async def application_status(lender_id: str, ref: str) -> dict[str, Any]:
@@ -701,16 +732,51 @@ def create_app(config: SimConfig) -> FastAPI:
         sim.lender(lender_id)
         key = _idempotency_key(request)
         req, digest = _parse(DisbursementRequestInput, await request.body())
-        request_id, _ = await run(sim.request_disbursement, lender_id, ref, key, req, digest)
-        return JSONResponse({"request_id": request_id, "application_ref": ref}, status_code=202)
+
+        async def handle() -> JSONResponse:
+            request_id, _ = await run(sim.request_disbursement, lender_id, ref, key, req, digest)
+            return JSONResponse({"request_id": request_id, "application_ref": ref},
+                                status_code=202)
+
+        return await guarded("disbursement-requests", lender_id, req.deal_id, handle)
 
     @app.post("/lenders/{lender_id}/applications/{ref}/withdrawal", status_code=202)
     async def withdraw(lender_id: str, ref: str, request: Request) -> JSONResponse:
         sim.lender(lender_id)
         key = _idempotency_key(request)
         body, digest = _parse(WithdrawalBody, await request.body())
-        reply = await run(sim.withdraw, lender_id, ref, key, body.reason, digest)
-        return JSONResponse(reply, status_code=202)
+        app_row = await asyncio.to_thread(ledger.get_application, lender_id, ref)
+
+        async def handle() -> JSONResponse:
+            reply = await run(sim.withdraw, lender_id, ref, key, body.reason, digest)
+            return JSONResponse(reply, status_code=202)
+
+        deal_id = str(app_row["deal_id"]) if app_row is not None else None
+        return await guarded("withdrawal", lender_id, deal_id, handle)
+
+    @app.put("/_sim/faults")
+    async def put_faults(request: Request) -> dict[str, Any]:
+        body, _ = _parse(FaultsBody, await request.body())
+        faults.replace(body)
+        return faults.snapshot()
+
+    @app.post("/_sim/faults", status_code=201)
+    async def add_fault(request: Request) -> dict[str, Any]:
+        rule, _ = _parse(FaultRule, await request.body())
+        return faults.add(rule)
+
+    @app.get("/_sim/faults")
+    async def get_faults(deal_id: str | None = None) -> dict[str, Any]:
+        return faults.snapshot(deal_id)
+
+    @app.get("/_sim/outbox")
+    async def outbox() -> dict[str, int]:
+        return await asyncio.to_thread(ledger.outbox_counts, time.time())
+
+    @app.delete("/_sim/faults", status_code=204)
+    async def delete_faults() -> Response:
+        faults.clear()
+        return Response(status_code=204)
 
     @app.put("/_sim/scripts/{deal_id}")
     async def put_script(deal_id: str, request: Request) -> dict[str, Any]:

@@ -383,6 +383,20 @@ class Ledger:
 
     # ------------------------------------------------------------------ reporting
 
+    def outbox_counts(self, now: float) -> dict[str, int]:
+        """Webhooks by status, and how many pending ones are due now (chaos tests)."""
+        counts = {"pending": 0, "delivered": 0, "failed": 0, "cancelled": 0}
+        for row in self._all("SELECT status, COUNT(*) AS n FROM webhooks GROUP BY status"):
+            counts[str(row["status"])] = int(row["n"])
+        due = self._one(
+            "SELECT COUNT(*) AS n FROM webhooks WHERE status = 'pending' AND next_attempt_at <= ?",
+            (now,),
+        )
+        counts["due"] = int(due["n"]) if due else 0
+        retried = self._one("SELECT COUNT(*) AS n FROM webhooks WHERE attempts > 1")
+        counts["retried"] = int(retried["n"]) if retried else 0
+        return counts
+
     def snapshot(self, deal_id: str | None = None) -> dict[str, Any]:
         where, params = ("WHERE deal_id = ?", (deal_id,)) if deal_id else ("", ())
         apps = self._all(f"SELECT * FROM applications {where} ORDER BY created_at, ref", params)

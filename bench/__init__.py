@@ -1,0 +1,1 @@
+"""DealFlow's fault suite (`python -m bench.chaos`) and benchmarks (`python -m bench.run`)."""

@@ -1,0 +1,362 @@
+"""`make chaos`: deals through the embedded stack while a fault injector strikes.
+
+    python -m bench.chaos [--deals 60] [--scenarios all|name,...] [--quick] [--keep]
+
+Starts its own stack (Temporal dev server on a SQLite file, lender simulator,
+API, worker: separate real processes on free ports, own tmp data dir; the read
+model in a dedicated PostgreSQL database behind a cuttable proxy, documents in
+a moto S3 behind another), then for each scenario drives a population of deals
+(a mix: approved, declined then approved by the next lender, cancelled after
+the down payment, plus scenario-specific ones) while the scenario's faults
+strike:
+
+  worker-kill     the worker killed with kill -9 >= 10 times, half of them
+                  while a lender call is in flight
+  server-kill     the Temporal dev server killed with kill -9 and restarted on
+                  the same SQLite file >= 3 times
+  api-kill        the API killed during webhook bursts (the simulator retries)
+  lender-faults   the lender answering 500 (before and after processing),
+                  timing out, answering slowly, and refusing with a 4xx (the
+                  deal must escalate and move on, never retry the refusal)
+  postgres-down   PostgreSQL unreachable for 30 s while deals move
+  s3-down         S3 down during uploads (clear error, nothing recorded,
+                  the retry succeeds)
+
+Each scenario ends with a check against the truth (`bench/chaos_check.py`) and
+one table row; the exit status is 1 if any deal was lost, any side effect
+duplicated, any read-model row mismatched, or any other promise broken.
+`--quick` (used by `make test`): 6 deals per scenario and fewer faults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from bench.chaos_check import Verdict, check_deal
+from bench.chaos_robot import DealRun, Robot, plan_mix
+from bench.chaos_scenarios import SCENARIOS, Ctx, Scenario, Strikes
+from bench.chaos_stack import ChaosStack
+from dealflow import client as deals
+from dealflow import db
+from dealflow.docstore import open_store
+
+console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+
+QUICK_DEALS = 6
+
+
+@dataclass
+class Row:
+    scenario: Scenario
+    strikes: Strikes = field(default_factory=Strikes)
+    verdict: Verdict = field(default_factory=Verdict)
+    seconds: float = 0.0
+    skipped: str | None = None
+
+    @property
+    def other(self) -> int:
+        return self.verdict.count("unexpected") + len(self.strikes.problems)
+
+    @property
+    def failed(self) -> bool:
+        if self.skipped:
+            return False
+        v = self.verdict
+        return bool(
+            v.count("lost")
+            or v.count("duplicate")
+            or v.count("mismatch")
+            or self.other
+            or v.as_expected != v.deals
+        )
+
+
+def log(text: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {text}")
+
+
+async def run_scenario(ctx: Ctx, sc: Scenario, n: int, limit: float) -> Row:
+    row = Row(sc)
+    why = sc.skip_reason(ctx)
+    if why:
+        row.skipped = why
+        log(f"[yellow]{sc.key}: skipped: {why}[/]")
+        return row
+    t0 = time.monotonic()
+    runs = [DealRun(deals.new_deal_id(), plan) for plan in plan_mix(n, sc.extra_plans)]
+    log(f"[bold]{sc.key}[/]: {sc.title}; {n} deals")
+    for r in runs:
+        script = sc.script_for(r.plan)
+        if script is not None:
+            resp = await ctx.http.put(f"{ctx.stack.sim_url}/_sim/scripts/{r.deal_id}", json=script)
+            resp.raise_for_status()
+    await sc.setup(ctx, runs)
+    ctx.robot.deadline = time.monotonic() + limit
+
+    async def drive(i: int, run: DealRun) -> None:
+        await sc.before_start(ctx, i, n)
+        await ctx.robot.drive(run)
+        state = run.final.stage.value if run.final else f"ERROR {run.error}"
+        log(f"    {run.deal_id} {run.plan.name}: {state}")
+
+    drivers = asyncio.gather(*(drive(i, r) for i, r in enumerate(runs)))
+    strikes = Strikes()
+    try:
+        await sc.inject(ctx, runs, strikes)
+    except Exception as e:
+        strikes.problems.append(f"injector failed: {type(e).__name__}: {e}")
+        log(f"[red]{sc.key}: injector failed: {e!r}[/]")
+    await drivers
+    row.strikes = strikes
+    await settle(ctx, runs)
+    row.verdict = await check(ctx, runs)
+    with contextlib.suppress(httpx.HTTPError):
+        await ctx.http.delete(f"{ctx.stack.sim_url}/_sim/faults")
+    row.seconds = time.monotonic() - t0
+    return row
+
+
+async def settle(ctx: Ctx, runs: list[DealRun], limit: float = 90.0) -> None:
+    """Wait until the simulator has nothing left to deliver for these deals."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        pending = 0
+        for r in runs:
+            snap = (
+                await ctx.http.get(
+                    f"{ctx.stack.sim_url}/_sim/ledger", params={"deal_id": r.deal_id}
+                )
+            ).json()
+            pending += sum(1 for h in snap["webhooks"] if h["status"] == "pending")
+        if not pending:
+            return
+        await asyncio.sleep(1.0)
+
+
+async def check(ctx: Ctx, runs: list[DealRun]) -> Verdict:
+    v = Verdict(deals=len(runs))
+    for r in runs:
+        ledger = (
+            await ctx.http.get(f"{ctx.stack.sim_url}/_sim/ledger", params={"deal_id": r.deal_id})
+        ).json()
+        traffic = (
+            await ctx.http.get(f"{ctx.stack.sim_url}/_sim/faults", params={"deal_id": r.deal_id})
+        ).json()["traffic"]
+        await asyncio.to_thread(check_deal, v, r, ledger, ctx.engine, traffic)
+    return v
+
+
+def print_table(rows: list[Row], title: str) -> None:
+    table = Table(title=title, show_lines=False)
+    for col in (
+        "scenario",
+        "faults injected",
+        "deals",
+        "completed as expected",
+        "lost",
+        "duplicated side effects",
+        "read-model mismatches",
+        "other failures",
+        "time",
+    ):
+        table.add_column(col, justify="left" if col == "scenario" else "right")
+    for row in rows:
+        if row.skipped:
+            table.add_row(
+                row.scenario.key, "-", "-", "-", "-", "-", "-", "-", f"skipped: {row.skipped}"
+            )
+            continue
+        v = row.verdict
+
+        def num(x: int, bad: bool = True) -> str:
+            return f"[red]{x}[/]" if x and bad else str(x)
+
+        table.add_row(
+            row.scenario.key,
+            str(row.strikes.count),
+            str(v.deals),
+            f"[{'green' if v.as_expected == v.deals else 'red'}]{v.as_expected}[/]",
+            num(v.count("lost")),
+            num(v.count("duplicate")),
+            num(v.count("mismatch")),
+            num(row.other),
+            f"{row.seconds:.0f}s",
+        )
+    console.print(table)
+    for row in rows:
+        if row.skipped:
+            continue
+        for d in row.strikes.detail:
+            console.print(f"  {row.scenario.key}: {d}")
+    for row in rows:
+        for p in row.strikes.problems:
+            console.print(f"  [red]{row.scenario.key}: {p}[/]")
+        for f in row.verdict.findings:
+            console.print(f"  [red]{row.scenario.key}: {f.deal_id} {f.category}: {f.text}[/]")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.chaos",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--deals", type=int, default=None, help="deals per scenario (default 60; 6 with --quick)"
+    )
+    p.add_argument(
+        "--scenarios",
+        default="all",
+        help="all, or a comma-separated list of: " + ", ".join(s.key for s in SCENARIOS),
+    )
+    p.add_argument("--quick", action="store_true", help="reduced size for `make test`")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds a scenario's deals may take (default 240 quick, 900 full)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the data dir and logs")
+    p.add_argument(
+        "--no-postgres", action="store_true", help="read model on SQLite; skips postgres-down"
+    )
+    args = p.parse_args(argv)
+    if args.scenarios == "all":
+        args.selected = list(SCENARIOS)
+    else:
+        names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+        known = {s.key: s for s in SCENARIOS}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            p.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        args.selected = [known[n] for n in names]
+    if args.deals is None:
+        args.deals = QUICK_DEALS if args.quick else 60
+    if args.deals < 1:
+        p.error("--deals must be at least 1")
+    if args.timeout is None:
+        args.timeout = 240.0 if args.quick else 900.0
+    return args
+
+
+async def amain(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    work = Path(tempfile.mkdtemp(prefix="dealflow-chaos-"))
+    stack = ChaosStack(work, use_postgres=not args.no_postgres, log=log)
+    rows: list[Row] = []
+    started = time.monotonic()
+    ok = False
+    try:
+        log(f"chaos: seed {seed}, data dir {work}")
+        await asyncio.to_thread(stack.prepare)
+        await asyncio.to_thread(stack.up)
+        settings = stack.settings()
+        quiet_sdk_logs()
+        client = await deals.connect(settings)
+        store = open_store(
+            settings.document_store,
+            endpoint_url=settings.s3_endpoint_url,
+            signing_secret=settings.jwt_secret,
+            api_base_url=settings.api_url,
+        )
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+            upload_api = await documents_endpoint(http, stack.api_url)
+            robot = Robot(
+                client,
+                store,
+                dict(stack.lenders()),
+                settings.task_queue,
+                api_url=stack.api_url if upload_api else None,
+                jwt_secret=settings.jwt_secret,
+                log=log,
+            )
+            log(
+                "uploads: "
+                + (
+                    "POST /api/deals/{id}/documents"
+                    if upload_api
+                    else "dealflow.uploads.upload_document (the API has no documents endpoint yet)"
+                )
+            )
+            ctx = Ctx(
+                stack=stack,
+                robot=robot,
+                http=http,
+                engine=db.make_engine(stack.direct_database_url),
+                quick=args.quick,
+                rng=random.Random(seed),
+                log=log,
+            )
+            for sc in args.selected:
+                rows.append(await run_scenario(ctx, sc, args.deals, args.timeout))
+            await robot.aclose()
+        total = time.monotonic() - started
+        title = (
+            f"DealFlow chaos ({'quick' if args.quick else 'full'}, seed {seed}, "
+            f"{total:.0f}s, read model on "
+            f"{'PostgreSQL' if stack.use_postgres else 'SQLite'})"
+        )
+        print_table(rows, title)
+        ok = not any(r.failed for r in rows)
+        console.print(
+            f"[{'green' if ok else 'red'}]chaos: {'PASS' if ok else 'FAIL'}[/] "
+            f"in {total:.0f}s; {robot.actions} staff actions, "
+            f"{robot.retries} transport retries by the back office"
+        )
+    finally:
+        await asyncio.to_thread(stack.down)
+        if ok and not args.keep:
+            stack.remove_files()
+        else:
+            console.print(f"logs and data kept in {work}")
+    return 0 if ok else 1
+
+
+def quiet_sdk_logs() -> None:
+    """The driver's client retries through every outage on purpose: keep the SDK
+    core's retry warnings off the console (errors still show)."""
+    from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+
+    Runtime.set_default(
+        Runtime(
+            telemetry=TelemetryConfig(
+                logging=LoggingConfig(
+                    filter=TelemetryFilter(core_level="ERROR", other_level="ERROR")
+                )
+            )
+        ),
+        error_if_already_set=False,
+    )
+
+
+async def documents_endpoint(http: httpx.AsyncClient, api_url: str) -> bool:
+    try:
+        spec = (await http.get(f"{api_url}/openapi.json")).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return "post" in spec.get("paths", {}).get("/api/deals/{deal_id}/documents", {})
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return asyncio.run(amain(argv))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
