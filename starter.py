@@ -99,11 +99,15 @@ def load_policy(path: str | None) -> DealPolicy:
 
 
 def show_status(st: DealStatus) -> None:
-    out.print(f"[bold]{st.deal_id}[/bold]  stage [bold cyan]{st.stage.value}[/bold cyan] since "
-              f"{st.stage_entered_at:%Y-%m-%d %H:%M} UTC  lender {st.lender_id or '-'}")
+    out.print(
+        f"[bold]{st.deal_id}[/bold]  stage [bold cyan]{st.stage.value}[/bold cyan] since "
+        f"{st.stage_entered_at:%Y-%m-%d %H:%M} UTC  lender {st.lender_id or '-'}"
+    )
     m = st.money
-    out.print(f"price {m.vehicle_price:,.2f}  down payment {m.down_payment:,.2f}  financed "
-              f"{m.amount_financed:,.2f}  disbursed {m.disbursed or 0:,.2f}")
+    out.print(
+        f"price {m.vehicle_price:,.2f}  down payment {m.down_payment:,.2f}  financed "
+        f"{m.amount_financed:,.2f}  disbursed {m.disbursed or 0:,.2f}"
+    )
     if st.pending:
         t = Table("pending action", "role", "what", "due", title="Pending")
         for p in st.pending:
@@ -156,20 +160,35 @@ async def cmd_list(a: argparse.Namespace) -> None:
     engine = db.make_engine(get_settings().database_url)
     try:
         rows, cursor = db.list_deals(
-            engine, stage=a.stage, lender_id=a.lender, dealer_id=a.dealer, limit=a.limit,
-            cursor=a.cursor, overdue_at=datetime.now(UTC) if a.overdue else None,
+            engine,
+            stage=a.stage,
+            lender_id=a.lender,
+            dealer_id=a.dealer,
+            limit=a.limit,
+            cursor=a.cursor,
+            overdue_at=datetime.now(UTC) if a.overdue else None,
         )
     except ValueError as e:
         raise CliError(str(e), 2) from None
     if a.json:
-        print(json.dumps({"deals": [r.model_dump(mode="json") for r in rows],
-                          "next_cursor": cursor}, default=str))
+        print(
+            json.dumps(
+                {"deals": [r.model_dump(mode="json") for r in rows], "next_cursor": cursor},
+                default=str,
+            )
+        )
         return
     t = Table("deal", "dealer", "stage", "lender", "financed", "next due", "updated")
     for r in rows:
-        t.add_row(r.deal_id, r.dealer_id, r.stage, r.lender_id or "", f"{r.amount_financed:,.2f}",
-                  f"{r.next_due_at:%Y-%m-%d}" if r.next_due_at else "",
-                  f"{r.updated_at:%Y-%m-%d %H:%M}")
+        t.add_row(
+            r.deal_id,
+            r.dealer_id,
+            r.stage,
+            r.lender_id or "",
+            f"{r.amount_financed:,.2f}",
+            f"{r.next_due_at:%Y-%m-%d}" if r.next_due_at else "",
+            f"{r.updated_at:%Y-%m-%d %H:%M}",
+        )
     out.print(t)
     if cursor:
         out.print(f"more: --cursor {cursor}")
@@ -204,8 +223,10 @@ async def cmd_upload(a: argparse.Namespace) -> None:
     if not path.is_file():  # noqa: ASYNC240 - one stat before the upload starts
         raise CliError(f"{path} is not a file", 2)
     store = open_store(
-        settings.document_store, endpoint_url=settings.s3_endpoint_url,
-        signing_secret=settings.jwt_secret, api_base_url=settings.api_url,
+        settings.document_store,
+        endpoint_url=settings.s3_endpoint_url,
+        signing_secret=settings.jwt_secret,
+        api_base_url=settings.api_url,
     )
     client = await deals.connect(settings)
 
@@ -215,17 +236,27 @@ async def cmd_upload(a: argparse.Namespace) -> None:
                 yield block
 
     result = await upload_document(
-        client, store, a.deal, a.actor, kind=a.kind, party=a.party, file_name=path.name,
-        data=chunks(), policy=load_policy(a.policy_file), id_number=a.id_number,
-        period_start=a.period_start, period_end=a.period_end,
+        client,
+        store,
+        a.deal,
+        a.actor,
+        kind=a.kind,
+        party=a.party,
+        file_name=path.name,
+        data=chunks(),
+        policy=load_policy(a.policy_file),
+        id_number=a.id_number,
+        period_start=a.period_start,
+        period_end=a.period_end,
         stipulation_code=a.stipulation_code,
     )
     doc = result.status
     if a.json:
         print(result.model_dump_json(indent=2))
     else:
-        out.print(f"recorded {a.party} {escape(a.kind)} from {escape(path.name)}; "
-                  f"stage {doc.stage.value}")
+        out.print(
+            f"recorded {a.party} {escape(a.kind)} from {escape(path.name)}; stage {doc.stage.value}"
+        )
 
 
 # --------------------------------------------------------------------------- API-client mode
@@ -240,15 +271,19 @@ def api_client(a: argparse.Namespace) -> remote.DealFlowAPI:
 
 def api_start(a: argparse.Namespace) -> None:
     if a.deal_id or a.policy_file:
-        raise CliError("--deal-id and --policy-file do not apply with --api: the API names "
-                       "the deal and applies its own DEALFLOW_POLICY_FILE", 2)
+        raise CliError(
+            "--deal-id and --policy-file do not apply with --api: the API names "
+            "the deal and applies its own DEALFLOW_POLICY_FILE",
+            2,
+        )
     with api_client(a) as api:
         created = api.start(read_json(a.file), a.idempotency_key)
     if a.json:
         print(json.dumps(created))
     else:
-        out.print(f"started deal [bold]{created['deal_id']}[/bold] "
-                  f"(workflow {created['workflow_id']})")
+        out.print(
+            f"started deal [bold]{created['deal_id']}[/bold] (workflow {created['workflow_id']})"
+        )
 
 
 def api_status(a: argparse.Namespace) -> None:
@@ -262,17 +297,29 @@ def api_status(a: argparse.Namespace) -> None:
 
 def api_list(a: argparse.Namespace) -> None:
     with api_client(a) as api:
-        page = api.list(stage=a.stage, lender=a.lender, dealer=a.dealer, overdue=a.overdue,
-                        limit=a.limit, cursor=a.cursor)
+        page = api.list(
+            stage=a.stage,
+            lender=a.lender,
+            dealer=a.dealer,
+            overdue=a.overdue,
+            limit=a.limit,
+            cursor=a.cursor,
+        )
     if a.json:
         print(json.dumps(page))
         return
     t = Table("deal", "dealer", "stage", "lender", "financed", "next due", "waits on")
     for d in page["deals"]:
         due = (d["next_due_at"] or "")[:16].replace("T", " ")
-        t.add_row(d["deal_id"], d["dealer_id"], d["stage"], d["lender_id"] or "",
-                  f"{float(d['amount_financed']):,.2f}",
-                  f"[red]{due}[/red]" if d["overdue"] else due, ", ".join(d["pending_roles"]))
+        t.add_row(
+            d["deal_id"],
+            d["dealer_id"],
+            d["stage"],
+            d["lender_id"] or "",
+            f"{float(d['amount_financed']):,.2f}",
+            f"[red]{due}[/red]" if d["overdue"] else due,
+            ", ".join(d["pending_roles"]),
+        )
     out.print(t)
     if page["next_cursor"]:
         out.print(f"more: --cursor {page['next_cursor']}")
@@ -305,7 +352,9 @@ def api_upload(a: argparse.Namespace) -> None:
     if not path.is_file():
         raise CliError(f"{path} is not a file", 2)
     fields = {
-        "kind": a.kind, "party": a.party, "id_number": a.id_number or "",
+        "kind": a.kind,
+        "party": a.party,
+        "id_number": a.id_number or "",
         "period_start": a.period_start.isoformat() if a.period_start else "",
         "period_end": a.period_end.isoformat() if a.period_end else "",
         "stipulation_code": a.stipulation_code or "",
@@ -315,9 +364,11 @@ def api_upload(a: argparse.Namespace) -> None:
     if a.json:
         print(json.dumps(doc, indent=2))
     else:
-        out.print(f"recorded {a.party} {escape(a.kind)} from {escape(path.name)} as "
-                  f"{doc['doc_id']} (sha256 {doc['sha256'][:12]}…); "
-                  f"stage {doc['status']['stage']}")
+        out.print(
+            f"recorded {a.party} {escape(a.kind)} from {escape(path.name)} as "
+            f"{doc['doc_id']} (sha256 {doc['sha256'][:12]}…); "
+            f"stage {doc['status']['stage']}"
+        )
 
 
 def cmd_token(a: argparse.Namespace) -> None:
@@ -328,15 +379,22 @@ def cmd_token(a: argparse.Namespace) -> None:
     except ValueError as e:
         raise CliError(f"{e} (roles: {', '.join(r.value for r in Role)})", 2) from None
     if a.json:
-        print(json.dumps({"token": token, "sub": a.sub, "roles": [r.value for r in roles],
-                          "ttl": a.ttl}))
+        print(
+            json.dumps(
+                {"token": token, "sub": a.sub, "roles": [r.value for r in roles], "ttl": a.ttl}
+            )
+        )
     else:
         print(token)
 
 
 API_COMMANDS = {
-    "start": api_start, "status": api_status, "list": api_list, "act": api_act,
-    "cancel": api_cancel, "upload": api_upload,
+    "start": api_start,
+    "status": api_status,
+    "list": api_list,
+    "act": api_act,
+    "cancel": api_cancel,
+    "upload": api_upload,
 }
 
 
@@ -356,19 +414,34 @@ def run_api(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="starter.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--as", dest="actor", type=parse_actor,
-                   default=f"{getpass.getuser()}:admin", help="STAFF_ID:ROLE of who acts")
+    p.add_argument(
+        "--as",
+        dest="actor",
+        type=parse_actor,
+        default=f"{getpass.getuser()}:admin",
+        help="STAFF_ID:ROLE of who acts",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--api", metavar="URL",
-                   help="go through the back-office HTTP API at URL instead of Temporal")
-    p.add_argument("--token", default=os.environ.get("DEALFLOW_API_TOKEN"),
-                   help="bearer token for --api (default: DEALFLOW_API_TOKEN)")
+    p.add_argument(
+        "--api",
+        metavar="URL",
+        help="go through the back-office HTTP API at URL instead of Temporal",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("DEALFLOW_API_TOKEN"),
+        help="bearer token for --api (default: DEALFLOW_API_TOKEN)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("token", help="mint a development token (HS256, DEALFLOW_JWT_SECRET)")
     s.add_argument("--sub", required=True, help="the staff id")
-    s.add_argument("--role", required=True, action="append",
-                   help="a role (repeat for several): " + ", ".join(r.value for r in Role))
+    s.add_argument(
+        "--role",
+        required=True,
+        action="append",
+        help="a role (repeat for several): " + ", ".join(r.value for r in Role),
+    )
     s.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
     s.set_defaults(fn=cmd_token)
 

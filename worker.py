@@ -28,8 +28,9 @@ from workflows import WORKFLOW_RUNNER, DealWorkflow
 log = logging.getLogger("dealflow.worker")
 
 
-def build_worker(settings: Settings, client: object, activities: DealActivities,
-                 executor: ThreadPoolExecutor) -> Worker:
+def build_worker(
+    settings: Settings, client: object, activities: DealActivities, executor: ThreadPoolExecutor
+) -> Worker:
     return Worker(
         client,  # type: ignore[arg-type]
         task_queue=settings.task_queue,
@@ -53,13 +54,17 @@ async def main() -> None:
     settings = get_settings()
     client = await deals.connect(settings)
     store = open_store(
-        settings.document_store, endpoint_url=settings.s3_endpoint_url,
-        signing_secret=settings.jwt_secret, api_base_url=settings.api_url,
+        settings.document_store,
+        endpoint_url=settings.s3_endpoint_url,
+        signing_secret=settings.jwt_secret,
+        api_base_url=settings.api_url,
     )
     activities_http = httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0))
     acts = DealActivities(
-        db.make_engine(settings.database_url), load_lenders(settings.lenders_file),
-        activities_http, store,
+        db.make_engine(settings.database_url),
+        load_lenders(settings.lenders_file),
+        activities_http,
+        store,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,12 +78,16 @@ async def main() -> None:
             ready.write_text(str(os.getpid()))
             log.info(
                 "worker polling",
-                extra={"task_queue": settings.task_queue, "namespace": settings.namespace,
-                       "max_cached_workflows": settings.max_cached_workflows},
+                extra={
+                    "task_queue": settings.task_queue,
+                    "namespace": settings.namespace,
+                    "max_cached_workflows": settings.max_cached_workflows,
+                },
             )
             await stop.wait()
-            log.info("worker shutting down",
-                     extra={"grace_seconds": settings.graceful_shutdown_seconds})
+            log.info(
+                "worker shutting down", extra={"grace_seconds": settings.graceful_shutdown_seconds}
+            )
         ready.unlink(missing_ok=True)
     await activities_http.aclose()
     log.info("worker stopped")

@@ -36,7 +36,9 @@ ACME, BETA = "acme-auto-finance", "beta-motor-credit"
 SILENT: dict[str, Any] = {"decision": "silent"}
 APPROVED: dict[str, Any] = {"decision": "approved"}
 PRICE, CONTRACT_DOWN_PAYMENT, FINANCED = (
-    Decimal("150000.00"), Decimal("45000.00"), Decimal("105000.00")
+    Decimal("150000.00"),
+    Decimal("45000.00"),
+    Decimal("105000.00"),
 )
 
 
@@ -107,8 +109,18 @@ async def test_happy_path_runs_every_stage_with_default_durations(desk: Desk) ->
     final = await desk.result()
     assert final.stage is Stage.COMPLETED
     assert stages(final) == [
-        "CONTRACT", "DOCUMENTS", "APPLICATION", "UNDERWRITING", "DOWN_PAYMENT", "INVOICING",
-        "INSURANCE", "LOAN_CONTRACT", "DISBURSEMENT", "REGISTRATION", "DELIVERY", "FOLLOW_UP",
+        "CONTRACT",
+        "DOCUMENTS",
+        "APPLICATION",
+        "UNDERWRITING",
+        "DOWN_PAYMENT",
+        "INVOICING",
+        "INSURANCE",
+        "LOAN_CONTRACT",
+        "DISBURSEMENT",
+        "REGISTRATION",
+        "DELIVERY",
+        "FOLLOW_UP",
         "COMPLETED",
     ]
     assert final.money.disbursed == FINANCED
@@ -229,8 +241,7 @@ async def _to_loan_contract(desk: Desk) -> None:
 
 async def _to_delivery(desk: Desk) -> None:
     await desk.through_disbursement()
-    for action in ("record-certificate", "record-purchase-tax", "record-plate",
-                   "record-mortgage"):
+    for action in ("record-certificate", "record-purchase-tax", "record-plate", "record-mortgage"):
         await desk.do(action)
 
 
@@ -240,8 +251,12 @@ async def _to_delivery(desk: Desk) -> None:
         (Stage.INVOICING, 7, _to_invoicing, "finance: issue the invoice"),
         (Stage.INSURANCE, 7, _to_insurance, "insurance: bind the policy with Acme Auto Finance"),
         (Stage.LOAN_CONTRACT, 14, _to_loan_contract, "credit: open the repayment bank account"),
-        (Stage.DISBURSEMENT, 3, Desk.through_loan_contract,
-         "credit: waiting for the lender's disbursement"),
+        (
+            Stage.DISBURSEMENT,
+            3,
+            Desk.through_loan_contract,
+            "credit: waiting for the lender's disbursement",
+        ),
         (Stage.DELIVERY, 14, _to_delivery, "delivery: fill in the stock-out form"),
     ],
     ids=lambda v: v.value if isinstance(v, Stage) else None,
@@ -275,7 +290,14 @@ async def test_registration_reminded_weekly_and_escalated_at_60_days(desk: Desk)
     start = entered(st, Stage.REGISTRATION)
     reminders = notices(st, "reminder", Stage.REGISTRATION)
     assert [round((r.at - start) / timedelta(days=1)) for r in reminders] == [
-        7, 14, 21, 28, 35, 42, 49, 56
+        7,
+        14,
+        21,
+        28,
+        35,
+        42,
+        49,
+        56,
     ]
     assert reminders[0].message == (
         "reminder 1: registration: pay the purchase tax; registration: register the plate; "
@@ -301,7 +323,8 @@ async def test_follow_up_calls_due_at_3_and_30_days_and_missed_calls_close_after
     delivered = entered(final, Stage.FOLLOW_UP)
     due = notices(final, "follow_up_due")
     assert [n.message for n in due] == [
-        "the day3 follow-up call is due", "the day30 follow-up call is due"
+        "the day3 follow-up call is due",
+        "the day30 follow-up call is due",
     ]
     assert about(due[0].at - delivered, 3) and about(due[1].at - delivered, 30)
     assert final.follow_ups_missed == ["day3", "day30"]
@@ -328,10 +351,12 @@ async def test_follow_up_recorded_before_it_falls_due_is_not_chased(desk: Desk) 
 
 async def test_declined_routes_to_next_lender_which_approves(desk: Desk) -> None:
     dti = {"code": "DTI_TOO_HIGH", "text": "debt-to-income above 50%"}
-    await desk.start(script=script(
-        acme_auto_finance=[{"decision": "declined", "reasons": [dti]}],
-        beta_motor_credit=[APPROVED],
-    ))
+    await desk.start(
+        script=script(
+            acme_auto_finance=[{"decision": "declined", "reasons": [dti]}],
+            beta_motor_credit=[APPROVED],
+        )
+    )
     await desk.through_underwriting()
     st = await desk.status()
     assert stages(st)[3:] == ["UNDERWRITING", "UNDERWRITING", "DOWN_PAYMENT"]
@@ -349,13 +374,25 @@ async def test_declined_routes_to_next_lender_which_approves(desk: Desk) -> None
 async def test_every_lender_declined_ends_declined_with_adverse_action_notice(
     desk: Desk,
 ) -> None:
-    await desk.start(script=script(
-        acme_auto_finance=[{"decision": "declined", "reasons": [
-            {"code": "DTI_TOO_HIGH", "text": "debt-to-income above 50%"}]}],
-        beta_motor_credit=[{"decision": "declined", "reasons": [
-            {"code": "THIN_FILE", "text": "credit history too short"},
-            {"code": "EMPLOYMENT", "text": "employment under 12 months"}]}],
-    ))
+    await desk.start(
+        script=script(
+            acme_auto_finance=[
+                {
+                    "decision": "declined",
+                    "reasons": [{"code": "DTI_TOO_HIGH", "text": "debt-to-income above 50%"}],
+                }
+            ],
+            beta_motor_credit=[
+                {
+                    "decision": "declined",
+                    "reasons": [
+                        {"code": "THIN_FILE", "text": "credit history too short"},
+                        {"code": "EMPLOYMENT", "text": "employment under 12 months"},
+                    ],
+                }
+            ],
+        )
+    )
     await desk.through_documents()
     await desk.do("submit-application")
     # Let the lenders answer before time may skip (their webhooks come in real time).
@@ -378,9 +415,11 @@ async def test_conditional_approval_collects_stipulation_and_resubmits_to_same_l
     desk: Desk,
 ) -> None:
     stip = {"code": "STIP-GUARANTOR", "description": "a guarantor's letter"}
-    await desk.start(script=script(
-        acme_auto_finance=[{"decision": "conditional", "stipulations": [stip]}, APPROVED]
-    ))
+    await desk.start(
+        script=script(
+            acme_auto_finance=[{"decision": "conditional", "stipulations": [stip]}, APPROVED]
+        )
+    )
     await desk.through_documents()
     await desk.do("submit-application")
     st = await desk.wait_until(
@@ -389,7 +428,8 @@ async def test_conditional_approval_collects_stipulation_and_resubmits_to_same_l
     assert st.transitions[-1].reason == f"{ACME} stipulates: STIP-GUARANTOR"
     (open_item,) = [i for i in st.checklist if not i.satisfied]
     assert (open_item.label, open_item.stipulation_code) == (
-        "STIP-GUARANTOR: a guarantor's letter", "STIP-GUARANTOR"
+        "STIP-GUARANTOR: a guarantor's letter",
+        "STIP-GUARANTOR",
     )
     assert st.pending[0].what == "collect: STIP-GUARANTOR: a guarantor's letter"
 
@@ -428,9 +468,11 @@ async def test_cancel_while_collecting_stipulations_withdraws_the_conditional_ap
 
 
 async def _open_counter_offer(desk: Desk, amount: str = "90000.00", **more: Any) -> DealStatus:
-    await desk.start(script=script(
-        acme_auto_finance=[{"decision": "counter_offer", "approved_amount": amount}], **more
-    ))
+    await desk.start(
+        script=script(
+            acme_auto_finance=[{"decision": "counter_offer", "approved_amount": amount}], **more
+        )
+    )
     await desk.through_documents()
     await desk.do("submit-application")
     return await desk.wait_until(
@@ -455,11 +497,16 @@ async def test_counter_offer_accepted_raises_down_payment_to_price_minus_approve
     with pytest.raises(RuleError) as refused:
         await desk.do("confirm-down-payment", amount=str(CONTRACT_DOWN_PAYMENT))
     assert (refused.value.kind, refused.value.message) == (
-        "invalid", "down payment 45,000.00 does not match the contract's 60,000.00"
+        "invalid",
+        "down payment 45,000.00 does not match the contract's 60,000.00",
     )
     await desk.do("confirm-down-payment", amount="60000.00")
-    for action in ("record-invoice", "record-insurance", "record-repayment-account",
-                   "sign-loan-contract"):
+    for action in (
+        "record-invoice",
+        "record-insurance",
+        "record-repayment-account",
+        "sign-loan-contract",
+    ):
         await desk.do(action)
     st = await desk.wait_stage(Stage.REGISTRATION)
     assert st.money.disbursed == st.money.approved_amount == Decimal("90000.00")
@@ -481,22 +528,24 @@ async def test_counter_offer_declined_withdraws_it_and_routes_to_next_lender(
     assert beta.lender_id == BETA
     assert st.money.down_payment == CONTRACT_DOWN_PAYMENT
     assert st.adverse_action_reasons == [
-        Reason(code="COUNTER_OFFER_DECLINED",
-               text=f"{ACME}: customer prefers to try another lender")
+        Reason(
+            code="COUNTER_OFFER_DECLINED", text=f"{ACME}: customer prefers to try another lender"
+        )
     ]
     withdrawals = (await desk.ledger())["withdrawals"]
     assert [(w["lender_id"], w["application_ref"], w["reason"]) for w in withdrawals] == [
-        (ACME, countered.application_ref,
-         "counter-offer declined: customer prefers to try another lender")
+        (
+            ACME,
+            countered.application_ref,
+            "counter-offer declined: customer prefers to try another lender",
+        )
     ]
 
 
 async def test_stale_decision_from_lender_never_overrides_newer(desk: Desk) -> None:
     await desk.start(script=script(acme_auto_finance=[{**APPROVED, "also_send_stale": True}]))
     await desk.through_underwriting()
-    st = await desk.wait_until(
-        lambda s: len(s.submissions[0].decisions) == 2, "the stale decision"
-    )
+    st = await desk.wait_until(lambda s: len(s.submissions[0].decisions) == 2, "the stale decision")
     (sub,) = st.submissions
     real, stale = sub.decisions
     assert (real.decision_seq, real.decision, real.applied) == (2, Decision.APPROVED, True)
@@ -586,16 +635,19 @@ async def _cancel_at(desk: Desk, stage: Stage) -> None:
         (Stage.DOWN_PAYMENT, ["withdraw_application", "release_vehicle"]),
         (Stage.INVOICING, ["refund_down_payment", "withdraw_application", "release_vehicle"]),
         (Stage.INSURANCE, ["refund_down_payment", "withdraw_application", "release_vehicle"]),
-        (Stage.LOAN_CONTRACT, ["cancel_insurance", "refund_down_payment",
-                               "withdraw_application", "release_vehicle"]),
+        (
+            Stage.LOAN_CONTRACT,
+            ["cancel_insurance", "refund_down_payment", "withdraw_application", "release_vehicle"],
+        ),
     ],
     ids=lambda v: v.value if isinstance(v, Stage) else None,
 )
 async def test_cancellation_undoes_the_steps_done_newest_first(
     desk: Desk, stage: Stage, undo: list[str]
 ) -> None:
-    await desk.start(script=script(acme_auto_finance=[SILENT if stage is Stage.UNDERWRITING
-                                                      else APPROVED]))
+    await desk.start(
+        script=script(acme_auto_finance=[SILENT if stage is Stage.UNDERWRITING else APPROVED])
+    )
     await _cancel_at(desk, stage)
     assert (await desk.status()).stage is stage
     await desk.do("cancel")
@@ -612,9 +664,7 @@ async def test_cancellation_undoes_the_steps_done_newest_first(
     )
     ledger = await desk.ledger()
     assert len(ledger["withdrawals"]) == undo.count("withdraw_application")
-    assert [a["withdrawn"] for a in ledger["applications"]] == [True] * len(
-        ledger["applications"]
-    )
+    assert [a["withdrawn"] for a in ledger["applications"]] == [True] * len(ledger["applications"])
 
 
 async def test_cancel_refused_once_disbursement_requested(desk: Desk) -> None:
@@ -640,9 +690,14 @@ async def test_cancel_refused_once_disbursement_requested(desk: Desk) -> None:
 
 
 async def test_failed_disbursement_is_requested_again_then_completes(desk: Desk) -> None:
-    await desk.start(script={"disbursements": [
-        {"result": "failed", "reason": "receiving bank rejected"}, {"result": "completed"}
-    ]})
+    await desk.start(
+        script={
+            "disbursements": [
+                {"result": "failed", "reason": "receiving bank rejected"},
+                {"result": "completed"},
+            ]
+        }
+    )
     await desk.through_disbursement()
     st = await desk.status()
     assert [(d.attempt, d.status) for d in st.disbursements] == [(1, "failed"), (2, "completed")]
@@ -701,12 +756,16 @@ async def test_bank_statements_are_judged_when_the_application_is_submitted(
         f"(missing {month_end.isoformat()}..{month_end.isoformat()})",
     )
     desk.today = month_end + timedelta(days=2)
-    await desk.upload({
-        "kind": DocumentKind.BANK_STATEMENT, "party": Party.APPLICANT,
-        "file_name": "statement-last-month.pdf",
-        "data": b"%PDF-1.4 last month " + desk.deal_id.encode(),
-        "period_start": month_end.replace(day=1), "period_end": month_end,
-    })
+    await desk.upload(
+        {
+            "kind": DocumentKind.BANK_STATEMENT,
+            "party": Party.APPLICANT,
+            "file_name": "statement-last-month.pdf",
+            "data": b"%PDF-1.4 last month " + desk.deal_id.encode(),
+            "period_start": month_end.replace(day=1),
+            "period_end": month_end,
+        }
+    )
     await desk.do("submit-application")
     await desk.wait_stage(Stage.DOWN_PAYMENT)
 

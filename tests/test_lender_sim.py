@@ -37,8 +37,15 @@ ACME = "acme-auto-finance"
 BETA = "beta-motor-credit"
 
 DECIDED_FIELDS = {
-    "deal_id", "application_ref", "decision_seq", "decision", "approved_amount", "apr",
-    "term_months", "stipulations", "reasons",
+    "deal_id",
+    "application_ref",
+    "decision_seq",
+    "decision",
+    "approved_amount",
+    "apr",
+    "term_months",
+    "stipulations",
+    "reasons",
 }
 
 
@@ -128,15 +135,18 @@ class Receiver:
         """Verified webhooks for the deal answered 2xx, in arrival order."""
         with self.lock:
             return [
-                c for c in self.calls
-                if c.get("verified") and c["status"] < 300
+                c
+                for c in self.calls
+                if c.get("verified")
+                and c["status"] < 300
                 and c["payload"]["data"]["deal_id"] == deal_id
             ]
 
     def all_for(self, deal_id: str) -> list[dict[str, Any]]:
         with self.lock:
             return [
-                c for c in self.calls
+                c
+                for c in self.calls
                 if c.get("verified") and c["payload"]["data"]["deal_id"] == deal_id
             ]
 
@@ -179,18 +189,29 @@ def package(
         "vehicle": {"vin": "LFV2A2158P3012345", "condition": "new", "price": price},
         "applicant": {"full_name": "Wang Fang", "monthly_income": income, "married": False},
         "documents": [
-            {"kind": "id_card", "party": "applicant", "sha256": "a" * 64,
-             "content_type": "image/png", "url": "http://docs.invalid/1"},
+            {
+                "kind": "id_card",
+                "party": "applicant",
+                "sha256": "a" * 64,
+                "content_type": "image/png",
+                "url": "http://docs.invalid/1",
+            },
         ],
     }
 
 
-def disbursement(deal_id: str, ref: str, attempt: int = 1, amount: str = "105000.00",
-                 lender_id: str = ACME) -> dict[str, Any]:
+def disbursement(
+    deal_id: str, ref: str, attempt: int = 1, amount: str = "105000.00", lender_id: str = ACME
+) -> dict[str, Any]:
     return {
-        "deal_id": deal_id, "lender_id": lender_id, "application_ref": ref,
-        "attempt": attempt, "amount": amount, "loan_contract_no": "LC-1",
-        "insurance_policy_no": "POL-1", "first_beneficiary": "Acme Auto Finance Co., Ltd.",
+        "deal_id": deal_id,
+        "lender_id": lender_id,
+        "application_ref": ref,
+        "attempt": attempt,
+        "amount": amount,
+        "loan_contract_no": "LC-1",
+        "insurance_policy_no": "POL-1",
+        "first_beneficiary": "Acme Auto Finance Co., Ltd.",
         "repayment_bank": "ICBC",
     }
 
@@ -209,8 +230,14 @@ def receiver(lenders: dict[str, LenderConfig]) -> Iterator[tuple[Receiver, str]]
 
 def fast_config(lenders: dict[str, LenderConfig], db: Path, webhook_url: str) -> SimConfig:
     return SimConfig(
-        lenders=lenders, db_path=db, webhook_base_url=webhook_url, decision_delay=0.05,
-        retry_initial=0.05, retry_factor=2.0, retry_max=0.2, max_attempts=20,
+        lenders=lenders,
+        db_path=db,
+        webhook_base_url=webhook_url,
+        decision_delay=0.05,
+        retry_initial=0.05,
+        retry_factor=2.0,
+        retry_max=0.2,
+        max_attempts=20,
         delivery_timeout=2.0,
     )
 
@@ -232,20 +259,25 @@ class Sim:
         return dict(r.json())
 
     def decisions(self, deal_id: str, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-        calls = wait_for(lambda: len(self.receiver.accepted(deal_id)) >= n and
-                         self.receiver.accepted(deal_id), timeout)
+        calls = wait_for(
+            lambda: len(self.receiver.accepted(deal_id)) >= n and self.receiver.accepted(deal_id),
+            timeout,
+        )
         return [c["payload"] for c in calls]
 
 
 @pytest.fixture(scope="module")
 def sim(
-    lenders: dict[str, LenderConfig], receiver: tuple[Receiver, str],
+    lenders: dict[str, LenderConfig],
+    receiver: tuple[Receiver, str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Sim]:
     rec, url = receiver
     db = tmp_path_factory.mktemp("lender_sim") / "sim.db"
-    with ServerThread(create_app(fast_config(lenders, db, url))) as srv, \
-            httpx.Client(base_url=srv.url, trust_env=False, timeout=10) as client:
+    with (
+        ServerThread(create_app(fast_config(lenders, db, url))) as srv,
+        httpx.Client(base_url=srv.url, trust_env=False, timeout=10) as client,
+    ):
         yield Sim(client, rec)
 
 
@@ -300,15 +332,16 @@ def test_rules_affordability(income: str, decision: Decision, amount: str | None
     ],
 )
 def test_rules_loan_ratio(product: str, requested: str, codes: list[str]) -> None:
-    d = rules.decide(_pkg(product=product, price="100000.00", requested=requested),
-                     Decimal("6.50"))
+    d = rules.decide(_pkg(product=product, price="100000.00", requested=requested), Decimal("6.50"))
     assert [r["code"] for r in d.reasons] == codes
     assert d.decision == (Decision.DECLINED if codes else Decision.APPROVED)
 
 
 def test_rules_ltv_and_dti_both_reported_and_apr_override() -> None:
-    d = rules.decide(_pkg(product="used_car", price="100000.00", requested="75000.00",
-                          income="3000.00"), Decimal("6.50"))
+    d = rules.decide(
+        _pkg(product="used_car", price="100000.00", requested="75000.00", income="3000.00"),
+        Decimal("6.50"),
+    )
     assert [r["code"] for r in d.reasons] == ["LTV_EXCEEDED", "DTI_TOO_HIGH"]
     assert d.approved_amount is None
     zero = rules.decide(_pkg(income="5000.00"), Decimal("0.00"))
@@ -353,8 +386,11 @@ def test_application_submission_is_idempotent(sim: Sim) -> None:
 
     def post() -> None:
         with httpx.Client(base_url=str(sim.client.base_url), trust_env=False) as c:
-            r = c.post(f"/lenders/{ACME}/applications", json=body2,
-                       headers={"Idempotency-Key": f"{deal}:2"})
+            r = c.post(
+                f"/lenders/{ACME}/applications",
+                json=body2,
+                headers={"Idempotency-Key": f"{deal}:2"},
+            )
             assert r.status_code == 202
             refs.append(r.json()["application_ref"])
 
@@ -367,7 +403,8 @@ def test_application_submission_is_idempotent(sim: Sim) -> None:
 
     apps = sim.ledger(deal)["applications"]
     assert sorted((a["submission_no"], a["idempotency_key"]) for a in apps) == [
-        (1, f"{deal}:1"), (2, f"{deal}:2")
+        (1, f"{deal}:1"),
+        (2, f"{deal}:2"),
     ]
     # One decision per application, not one per request.
     decided = sim.decisions(deal, 2)
@@ -385,9 +422,15 @@ def test_rule_decision_webhook_is_signed_and_complete(sim: Sim) -> None:
     data = event["data"]
     assert set(data) == DECIDED_FIELDS
     assert data == {
-        "deal_id": deal, "application_ref": ref, "decision_seq": 1, "decision": "approved",
-        "approved_amount": "105000.00", "apr": "6.50", "term_months": 36,
-        "stipulations": [], "reasons": [],
+        "deal_id": deal,
+        "application_ref": ref,
+        "decision_seq": 1,
+        "decision": "approved",
+        "approved_amount": "105000.00",
+        "apr": "6.50",
+        "term_months": 36,
+        "stipulations": [],
+        "reasons": [],
     }
     [hook] = sim.ledger(deal)["webhooks"]
     assert hook["status"] == "delivered" and hook["attempts"] == 1
@@ -413,8 +456,10 @@ def test_scripted_sequence_per_lender(sim: Sim) -> None:
         "lenders": {
             ACME: [
                 {"decision": "declined", "reasons": [{"code": "R1", "text": "Thin file"}]},
-                {"decision": "conditional",
-                 "stipulations": [{"code": "GUARANTOR", "description": "Add a guarantor"}]},
+                {
+                    "decision": "conditional",
+                    "stipulations": [{"code": "GUARANTOR", "description": "Add a guarantor"}],
+                },
                 {"decision": "counter_offer", "approved_amount": "90000.00"},
                 {"decision": "approved"},
             ]
@@ -458,8 +503,10 @@ def test_scripted_sequence_per_lender(sim: Sim) -> None:
 
 def test_silent_step_never_answers(sim: Sim) -> None:
     deal = new_deal()
-    sim.client.put(f"/_sim/scripts/{deal}",
-                   json={"lenders": {ACME: [{"decision": "silent"}]}, "decision_delay": 0})
+    sim.client.put(
+        f"/_sim/scripts/{deal}",
+        json={"lenders": {ACME: [{"decision": "silent"}]}, "decision_delay": 0},
+    )
     assert sim.submit(ACME, package(deal)).status_code == 202
     time.sleep(0.4)
     assert sim.receiver.all_for(deal) == []
@@ -468,21 +515,27 @@ def test_silent_step_never_answers(sim: Sim) -> None:
     assert ledger["webhooks"] == []
     # Nothing was approved, so nothing can be disbursed.
     ref = ledger["applications"][0]["ref"]
-    r = sim.client.post(f"/lenders/{ACME}/applications/{ref}/disbursement-requests",
-                        json=disbursement(deal, ref), headers={"Idempotency-Key": f"{deal}:d1"})
+    r = sim.client.post(
+        f"/lenders/{ACME}/applications/{ref}/disbursement-requests",
+        json=disbursement(deal, ref),
+        headers={"Idempotency-Key": f"{deal}:d1"},
+    )
     assert r.status_code == 409
 
 
 def test_stale_and_duplicate_webhooks(sim: Sim) -> None:
     deal = new_deal()
-    sim.client.put(f"/_sim/scripts/{deal}", json={
-        "lenders": {ACME: [{"decision": "approved", "also_send_stale": True,
-                            "duplicate": True}]},
-        "decision_delay": 0,
-    })
+    sim.client.put(
+        f"/_sim/scripts/{deal}",
+        json={
+            "lenders": {
+                ACME: [{"decision": "approved", "also_send_stale": True, "duplicate": True}]
+            },
+            "decision_delay": 0,
+        },
+    )
     ref = sim.submit(ACME, package(deal)).json()["application_ref"]
-    calls = wait_for(lambda: len(sim.receiver.accepted(deal)) >= 3 and
-                     sim.receiver.accepted(deal))
+    calls = wait_for(lambda: len(sim.receiver.accepted(deal)) >= 3 and sim.receiver.accepted(deal))
     first, dup, stale = calls
     assert first["webhook_id"] == dup["webhook_id"] != stale["webhook_id"]
     assert first["raw"] == dup["raw"]
@@ -504,31 +557,42 @@ def test_stale_and_duplicate_webhooks(sim: Sim) -> None:
 
 def test_disbursement_failed_then_completed(sim: Sim) -> None:
     deal = new_deal()
-    sim.client.put(f"/_sim/scripts/{deal}", json={
-        "disbursements": [{"result": "failed", "reason": "bank rejected"},
-                          {"result": "completed"}],
-    })
+    sim.client.put(
+        f"/_sim/scripts/{deal}",
+        json={
+            "disbursements": [
+                {"result": "failed", "reason": "bank rejected"},
+                {"result": "completed"},
+            ],
+        },
+    )
     ref = sim.submit(ACME, package(deal)).json()["application_ref"]
     sim.decisions(deal, 1)
     url = f"/lenders/{ACME}/applications/{ref}/disbursement-requests"
 
-    r1 = sim.client.post(url, json=disbursement(deal, ref, 1),
-                         headers={"Idempotency-Key": f"{deal}:disb:1"})
+    r1 = sim.client.post(
+        url, json=disbursement(deal, ref, 1), headers={"Idempotency-Key": f"{deal}:disb:1"}
+    )
     assert r1.status_code == 202
     failed = sim.decisions(deal, 2)[-1]
     assert failed["type"] == "disbursement.failed"
     assert failed["data"] == {"deal_id": deal, "application_ref": ref, "reason": "bank rejected"}
 
-    again = sim.client.post(url, json=disbursement(deal, ref, 1),
-                            headers={"Idempotency-Key": f"{deal}:disb:1"})
+    again = sim.client.post(
+        url, json=disbursement(deal, ref, 1), headers={"Idempotency-Key": f"{deal}:disb:1"}
+    )
     assert again.status_code == 202
     assert again.json()["request_id"] == r1.json()["request_id"]
-    clash = sim.client.post(url, json=disbursement(deal, ref, 1, amount="1.00"),
-                            headers={"Idempotency-Key": f"{deal}:disb:1"})
+    clash = sim.client.post(
+        url,
+        json=disbursement(deal, ref, 1, amount="1.00"),
+        headers={"Idempotency-Key": f"{deal}:disb:1"},
+    )
     assert clash.status_code == 422
 
-    r2 = sim.client.post(url, json=disbursement(deal, ref, 2),
-                         headers={"Idempotency-Key": f"{deal}:disb:2"})
+    r2 = sim.client.post(
+        url, json=disbursement(deal, ref, 2), headers={"Idempotency-Key": f"{deal}:disb:2"}
+    )
     assert r2.status_code == 202 and r2.json()["request_id"] != r1.json()["request_id"]
     done = sim.decisions(deal, 3)[-1]
     assert done["type"] == "disbursement.completed"
@@ -540,11 +604,14 @@ def test_disbursement_failed_then_completed(sim: Sim) -> None:
 
     ledger = sim.ledger(deal)
     assert [(d["attempt"], d["result"]) for d in ledger["disbursement_requests"]] == [
-        (1, "failed"), (2, "completed")
+        (1, "failed"),
+        (2, "completed"),
     ]
-    missing = sim.client.post(f"/lenders/{ACME}/applications/app-nope/disbursement-requests",
-                              json=disbursement(deal, "app-nope"),
-                              headers={"Idempotency-Key": f"{deal}:disb:x"})
+    missing = sim.client.post(
+        f"/lenders/{ACME}/applications/app-nope/disbursement-requests",
+        json=disbursement(deal, "app-nope"),
+        headers={"Idempotency-Key": f"{deal}:disb:x"},
+    )
     assert missing.status_code == 404
     no_key = sim.client.post(url, json=disbursement(deal, ref, 3))
     assert no_key.status_code == 400
@@ -555,19 +622,31 @@ def test_withdrawal_stops_decisions(sim: Sim) -> None:
     sim.client.put(f"/_sim/scripts/{deal}", json={"decision_delay": 0.5})
     ref = sim.submit(ACME, package(deal)).json()["application_ref"]
     url = f"/lenders/{ACME}/applications/{ref}/withdrawal"
-    w1 = sim.client.post(url, json={"reason": "customer cancelled"},
-                         headers={"Idempotency-Key": f"{deal}:withdraw:1"})
+    w1 = sim.client.post(
+        url,
+        json={"reason": "customer cancelled"},
+        headers={"Idempotency-Key": f"{deal}:withdraw:1"},
+    )
     assert w1.status_code == 202
-    w2 = sim.client.post(url, json={"reason": "customer cancelled"},
-                         headers={"Idempotency-Key": f"{deal}:withdraw:1"})
+    w2 = sim.client.post(
+        url,
+        json={"reason": "customer cancelled"},
+        headers={"Idempotency-Key": f"{deal}:withdraw:1"},
+    )
     assert w2.status_code == 202 and w2.json() == w1.json()
-    w3 = sim.client.post(url, json={"reason": "again"},
-                         headers={"Idempotency-Key": f"{deal}:withdraw:other"})
+    w3 = sim.client.post(
+        url, json={"reason": "again"}, headers={"Idempotency-Key": f"{deal}:withdraw:other"}
+    )
     assert w3.status_code == 202 and w3.json()["withdrawal_id"] == w1.json()["withdrawal_id"]
     assert sim.client.post(url, json={"reason": "x"}).status_code == 400
-    assert sim.client.post(f"/lenders/{ACME}/applications/app-nope/withdrawal",
-                           json={"reason": "x"},
-                           headers={"Idempotency-Key": "k"}).status_code == 404
+    assert (
+        sim.client.post(
+            f"/lenders/{ACME}/applications/app-nope/withdrawal",
+            json={"reason": "x"},
+            headers={"Idempotency-Key": "k"},
+        ).status_code
+        == 404
+    )
 
     time.sleep(0.8)
     assert sim.receiver.all_for(deal) == []
@@ -575,8 +654,11 @@ def test_withdrawal_stops_decisions(sim: Sim) -> None:
     assert ledger["applications"][0]["withdrawn"] is True
     assert len(ledger["withdrawals"]) == 1
     assert [h["status"] for h in ledger["webhooks"]] == ["cancelled"]
-    r = sim.client.post(f"/lenders/{ACME}/applications/{ref}/disbursement-requests",
-                        json=disbursement(deal, ref), headers={"Idempotency-Key": f"{deal}:d"})
+    r = sim.client.post(
+        f"/lenders/{ACME}/applications/{ref}/disbursement-requests",
+        json=disbursement(deal, ref),
+        headers={"Idempotency-Key": f"{deal}:d"},
+    )
     assert r.status_code == 409
 
 
@@ -604,20 +686,38 @@ def test_delivery_resumes_after_kill_and_restart(
     """The real entry point, killed with SIGKILL while a webhook is undelivered."""
     rec, url = receiver
     db = tmp_path / "sim.db"
-    env = {**os.environ, "DEALFLOW_API_BASE_URL": url, "DEALFLOW_LENDER_SIM_DB": str(db),
-           "DEALFLOW_LENDERS_FILE": str(LENDERS_FILE),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
-                                         if p)}
+    env = {
+        **os.environ,
+        "DEALFLOW_API_BASE_URL": url,
+        "DEALFLOW_LENDER_SIM_DB": str(db),
+        "DEALFLOW_LENDERS_FILE": str(LENDERS_FILE),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
 
     def start() -> tuple[subprocess.Popen[bytes], str]:
         sock = _bound_socket()
         port = sock.getsockname()[1]
         sock.close()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dealflow.lender_sim", "--port", str(port),
-             "--decision-delay", "0", "--retry-initial", "0.05", "--retry-max", "0.1",
-             "--log-level", "warning"],
-            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "dealflow.lender_sim",
+                "--port",
+                str(port),
+                "--decision-delay",
+                "0",
+                "--retry-initial",
+                "0.05",
+                "--retry-max",
+                "0.1",
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         base = f"http://127.0.0.1:{port}"
 
@@ -636,8 +736,12 @@ def test_delivery_resumes_after_kill_and_restart(
         rec.fail[deal] = 10_000
     proc, base = start()
     try:
-        r = httpx.post(f"{base}/lenders/{ACME}/applications", json=package(deal),
-                       headers={"Idempotency-Key": f"{deal}:1"}, trust_env=False)
+        r = httpx.post(
+            f"{base}/lenders/{ACME}/applications",
+            json=package(deal),
+            headers={"Idempotency-Key": f"{deal}:1"},
+            trust_env=False,
+        )
         assert r.status_code == 202
         wait_for(lambda: len(rec.all_for(deal)) >= 2)
     finally:
@@ -649,8 +753,7 @@ def test_delivery_resumes_after_kill_and_restart(
     proc, base = start()
     try:
         [event] = [c["payload"] for c in wait_for(lambda: rec.accepted(deal), timeout=10)]
-        ledger = httpx.get(f"{base}/_sim/ledger", params={"deal_id": deal},
-                           trust_env=False).json()
+        ledger = httpx.get(f"{base}/_sim/ledger", params={"deal_id": deal}, trust_env=False).json()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
@@ -665,27 +768,42 @@ def test_delivery_resumes_after_kill_and_restart(
 def test_extra_events_for_chaos(sim: Sim) -> None:
     deal = new_deal()
     reused = f"msg_{uuid.uuid4().hex}"
-    sim.client.put(f"/_sim/scripts/{deal}", json={
-        "lenders": {ACME: [{"decision": "counter_offer"}]},
-        "decision_delay": 0,
-        "extra_events": [
-            {"when": "application", "bad_signature": True, "max_attempts": 1,
-             "data": {"decision_seq": 9, "decision": "approved"}},
-            {"when": "application", "webhook_id": reused, "type": "disbursement.failed",
-             "data": {"reason": "out of order"}},
-        ],
-    })
+    sim.client.put(
+        f"/_sim/scripts/{deal}",
+        json={
+            "lenders": {ACME: [{"decision": "counter_offer"}]},
+            "decision_delay": 0,
+            "extra_events": [
+                {
+                    "when": "application",
+                    "bad_signature": True,
+                    "max_attempts": 1,
+                    "data": {"decision_seq": 9, "decision": "approved"},
+                },
+                {
+                    "when": "application",
+                    "webhook_id": reused,
+                    "type": "disbursement.failed",
+                    "data": {"reason": "out of order"},
+                },
+            ],
+        },
+    )
     ref = sim.submit(ACME, package(deal, income="5000.00")).json()["application_ref"]
     events = sim.decisions(deal, 2)
     assert events[0]["data"]["decision"] == "counter_offer"
     assert events[0]["data"]["approved_amount"] == "81000.00"
     assert events[1]["type"] == "disbursement.failed"
-    assert events[1]["data"] == {"deal_id": deal, "application_ref": ref,
-                                 "reason": "out of order"}
-    hooks = wait_for(lambda: (h := sim.ledger(deal)["webhooks"])
-                     and all(w["status"] != "pending" for w in h) and h)
+    assert events[1]["data"] == {"deal_id": deal, "application_ref": ref, "reason": "out of order"}
+    hooks = wait_for(
+        lambda: (
+            (h := sim.ledger(deal)["webhooks"]) and all(w["status"] != "pending" for w in h) and h
+        )
+    )
     assert [(h["status"], h["last_status"]) for h in hooks] == [
-        ("delivered", 204), ("failed", 401), ("delivered", 204)
+        ("delivered", 204),
+        ("failed", 401),
+        ("delivered", 204),
     ]
     assert hooks[2]["id"] == reused
     # Each extra event fires once: a second submission gets only its decision.

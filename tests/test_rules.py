@@ -54,10 +54,13 @@ def test_money_is_decimal_with_two_places_never_float() -> None:
 
 
 @given(price=money_st, ratio=st.decimals(min_value=0, max_value=1, places=2))
-def test_amount_financed_is_price_minus_down_payment_exactly(price: Decimal, ratio: Decimal) -> None:
+def test_amount_financed_is_price_minus_down_payment_exactly(
+    price: Decimal, ratio: Decimal
+) -> None:
     down = money(price * ratio)
-    deal = deal_with(vehicle=example_deal().vehicle.model_copy(update={"price": price}),
-                     down_payment=down)
+    deal = deal_with(
+        vehicle=example_deal().vehicle.model_copy(update={"price": price}), down_payment=down
+    )
     assert deal.amount_financed == price - down
     assert deal.amount_financed.as_tuple().exponent == -2
 
@@ -72,8 +75,11 @@ def test_formatted_money_reads_back_as_the_same_amount(value: Decimal) -> None:
 
 @pytest.mark.parametrize(
     ("product", "condition", "new_energy", "ratio"),
-    [(Product.NEW_CAR, "new", False, "0.80"), (Product.NEW_ENERGY_CAR, "new", True, "0.85"),
-     (Product.USED_CAR, "used", False, "0.70")],
+    [
+        (Product.NEW_CAR, "new", False, "0.80"),
+        (Product.NEW_ENERGY_CAR, "new", True, "0.85"),
+        (Product.USED_CAR, "used", False, "0.70"),
+    ],
 )
 def test_amount_financed_may_not_exceed_the_products_loan_ratio(
     product: Product, condition: str, new_energy: bool, ratio: str
@@ -83,12 +89,14 @@ def test_amount_financed_may_not_exceed_the_products_loan_ratio(
         update={"price": price, "condition": condition, "new_energy": new_energy}
     )
     at_limit = money(price * (1 - Decimal(ratio)))
-    rules.validate_deal(deal_with(vehicle=vehicle, product=product, down_payment=at_limit),
-                        POLICY, LENDERS)
+    rules.validate_deal(
+        deal_with(vehicle=vehicle, product=product, down_payment=at_limit), POLICY, LENDERS
+    )
     with pytest.raises(rules.RuleError) as e:
         rules.validate_deal(
             deal_with(vehicle=vehicle, product=product, down_payment=at_limit - Decimal("0.01")),
-            POLICY, LENDERS,
+            POLICY,
+            LENDERS,
         )
     assert "exceeds" in e.value.message and f"{at_limit:,.2f}" in e.value.message
 
@@ -97,9 +105,13 @@ def test_amount_financed_may_not_exceed_the_products_loan_ratio(
 def test_ratio_rule_accepts_exactly_the_deals_within_the_limit(
     price: Decimal, down: Decimal, product: Product
 ) -> None:
-    vehicle = example_deal().vehicle.model_copy(update={
-        "price": price, "condition": "used" if product is Product.USED_CAR else "new",
-        "new_energy": product is Product.NEW_ENERGY_CAR})
+    vehicle = example_deal().vehicle.model_copy(
+        update={
+            "price": price,
+            "condition": "used" if product is Product.USED_CAR else "new",
+            "new_energy": product is Product.NEW_ENERGY_CAR,
+        }
+    )
     deal = deal_with(vehicle=vehicle, product=product, down_payment=down)
     within = down < price and deal.amount_financed <= money(price * POLICY.max_loan_ratio[product])
     try:
@@ -111,8 +123,9 @@ def test_ratio_rule_accepts_exactly_the_deals_within_the_limit(
 
 
 def test_deal_rules_name_every_problem_at_once() -> None:
-    deal = deal_with(lender_ids=["acme-auto-finance", "acme-auto-finance", "nobody"],
-                     product=Product.USED_CAR)
+    deal = deal_with(
+        lender_ids=["acme-auto-finance", "acme-auto-finance", "nobody"], product=Product.USED_CAR
+    )
     with pytest.raises(rules.RuleError) as e:
         rules.validate_deal(deal, POLICY, LENDERS)
     msg = e.value.message
@@ -145,10 +158,18 @@ def test_vin_check_digit() -> None:
 
 def _statement(start: date, end: date) -> DocumentRecord:
     return DocumentRecord(
-        doc_id=f"d-{start}-{end}", kind=DocumentKind.BANK_STATEMENT, party=Party.APPLICANT,
-        file_name="s.pdf", content_type="application/pdf", size=10, sha256="0" * 64,
-        storage_key="k", uploaded_by="x", uploaded_at=datetime.now(UTC),
-        period_start=start, period_end=end,
+        doc_id=f"d-{start}-{end}",
+        kind=DocumentKind.BANK_STATEMENT,
+        party=Party.APPLICANT,
+        file_name="s.pdf",
+        content_type="application/pdf",
+        size=10,
+        sha256="0" * 64,
+        storage_key="k",
+        uploaded_by="x",
+        uploaded_at=datetime.now(UTC),
+        period_start=start,
+        period_end=end,
     )
 
 
@@ -170,7 +191,8 @@ def test_statement_gaps_are_exactly_the_uncovered_days(
     days = (end - start).days + 1
     # Cover the window with consecutive statements, then drop one day.
     points = sorted({0, days, *(c % days for c in cuts)})
-    periods = [(start + timedelta(p), start + timedelta(q - 1)) for p, q in zip(points, points[1:])]
+    pairs = zip(points, points[1:], strict=False)
+    periods = [(start + timedelta(p), start + timedelta(q - 1)) for p, q in pairs]
     assert rules.bank_statement_gaps([_statement(a, b) for a, b in periods], as_of, 6) == []
     hole = start + timedelta(gap_at % days)
     holed: list[DocumentRecord] = []
@@ -192,9 +214,16 @@ def test_married_applicant_needs_marriage_certificate_and_spouse_id() -> None:
     labels = {(i.kind, i.party) for i in items}
     assert (DocumentKind.MARRIAGE_CERTIFICATE, Party.APPLICANT) in labels
     assert (DocumentKind.ID_CARD, Party.SPOUSE) in labels
-    single = deal.model_copy(update={"customer": deal.customer.model_copy(update={
-        "applicant": deal.customer.applicant.model_copy(update={"married": False}),
-        "spouse": None})})
+    single = deal.model_copy(
+        update={
+            "customer": deal.customer.model_copy(
+                update={
+                    "applicant": deal.customer.applicant.model_copy(update={"married": False}),
+                    "spouse": None,
+                }
+            )
+        }
+    )
     assert len(rules.checklist(single, state, POLICY, date(2026, 11, 28))) == 6
 
 
