@@ -5,8 +5,10 @@ such a change must be guarded with `workflow.patched` (the last tests show
 both sides with a real change, `tests/histories/variants.py`). Histories are
 encrypted with the committed test key and replayed through the codec, as the
 worker would. Regenerate with `.venv/bin/python -m tests.histories.regenerate`;
-`legacy/` keeps the histories recorded before payload encryption, which must
-keep replaying too (the codec passes unencrypted payloads through).
+Older generations stay committed and keep replaying: `legacy/` was recorded
+before payload encryption (the codec passes unencrypted payloads through),
+`v1/` before the application package was recorded in history (patch
+"application-package-in-history").
 """
 
 from __future__ import annotations
