@@ -46,6 +46,9 @@ def build_worker(
         # On SIGTERM running activities get this long to finish; after that
         # they are cancelled and Temporal retries them on another worker.
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
+        sticky_queue_schedule_to_start_timeout=timedelta(
+            seconds=settings.sticky_schedule_to_start_seconds
+        ),
     )
 
 

@@ -5,6 +5,7 @@ id, which changes on continue-as-new.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,12 @@ PACKAGE_LINK_SECONDS = 7 * 24 * 3600
 _RETRYABLE_4XX = {408, 425, 429}
 
 
+async def _heartbeat_every(seconds: float) -> None:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(seconds)
+
+
 class DealActivities:
     """Activities receive their clients in the constructor, so tests and the
     worker wire the same code to different databases, stores and lenders."""
@@ -67,11 +74,16 @@ class DealActivities:
             ) from None
 
     async def _post(self, url: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
+        # Heartbeat while the lender thinks: the workflow's 3 s heartbeat
+        # timeout then tells a dead worker from a slow lender.
+        beat = asyncio.create_task(_heartbeat_every(1.0))
         try:
             resp = await self.http.post(url, json=body, headers={"Idempotency-Key": key})
         except httpx.HTTPError as e:
             # Connection refused, timeouts: the lender may be restarting; retry.
             raise RuntimeError(f"lender unreachable at {url}: {type(e).__name__}: {e}") from e
+        finally:
+            beat.cancel()
         if resp.status_code >= 500 or resp.status_code in _RETRYABLE_4XX:
             raise RuntimeError(f"lender answered {resp.status_code} at {url}: {resp.text[:300]}")
         if resp.status_code >= 400:

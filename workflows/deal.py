@@ -85,20 +85,26 @@ DEAL_STAGE = SearchAttributeKey.for_keyword("DealStage")
 LENDER_ID = SearchAttributeKey.for_keyword("LenderId")
 DEALER_ID = SearchAttributeKey.for_keyword("DealerId")
 
-# Calls to lenders: retry transient failures (5xx, timeouts, connection
-# errors) with backoff for as long as it takes; a lender's 4xx is a verdict,
-# not a glitch, and is raised as non-retryable "LenderRejected".
+# Timeouts decide how fast a deal recovers when a worker dies mid-call: the
+# server only notices through a timeout. Lender calls heartbeat every second
+# while they wait for the lender, so a dead worker is noticed after 3 s and the
+# call retried elsewhere, while a slow but live lender still gets 30 s.
+# Transient failures (5xx, timeouts, connection errors) retry with backoff for
+# as long as it takes; a lender's 4xx is a verdict, not a glitch, and is raised
+# as non-retryable "LenderRejected".
 LENDER_CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
+    "heartbeat_timeout": timedelta(seconds=3),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=1),
         maximum_interval=timedelta(minutes=2),
         non_retryable_error_types=["LenderRejected"],
     ),
 }
-# Short local bookkeeping (read model, outbox, compensation records).
+# Short local bookkeeping (read model, outbox, compensation records): a write
+# takes milliseconds, so 5 s bounds the wait after a worker dies mid-write.
 BOOKKEEPING: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(seconds=10),
+    "start_to_close_timeout": timedelta(seconds=5),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
     ),
