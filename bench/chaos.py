@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -145,8 +146,22 @@ async def settle(ctx: Ctx, runs: list[DealRun], limit: float = 90.0) -> None:
         await asyncio.sleep(1.0)
 
 
+async def inbox_settled(ctx: Ctx, wait_seconds: float = 30.0) -> None:
+    """Wait for the API's redelivery pass: a webhook stored just before the API
+    was killed stays "received" until the restarted API delivers it (it only
+    touches rows a few seconds old, so a live request is never raced)."""
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        cutoff = datetime.now(UTC) + timedelta(seconds=60)
+        waiting = await asyncio.to_thread(db.pending_webhooks, ctx.engine, cutoff, 1)
+        if not waiting:
+            return
+        await asyncio.sleep(1.0)
+
+
 async def check(ctx: Ctx, runs: list[DealRun]) -> Verdict:
     v = Verdict(deals=len(runs))
+    await inbox_settled(ctx)
     for r in runs:
         ledger = (
             await ctx.http.get(f"{ctx.stack.sim_url}/_sim/ledger", params={"deal_id": r.deal_id})

@@ -39,7 +39,7 @@ from python_multipart.multipart import MultipartParseError, MultipartParser, par
 from starlette.requests import ClientDisconnect
 
 from dealflow import client as deals
-from dealflow import db, rules
+from dealflow import rules
 from dealflow.api.auth import (
     DOCUMENT_READ_ROLES,
     UPLOAD_ROLES,
@@ -55,7 +55,14 @@ from dealflow.docstore import (
     LocalDirectoryStore,
     verify_local_signature,
 )
-from dealflow.models import Action, DealStatus, DocumentKind, Party, RecordDocumentInput
+from dealflow.models import (
+    Action,
+    DealStatus,
+    DocumentKind,
+    DocumentRecord,
+    Party,
+    RecordDocumentInput,
+)
 from dealflow.uploads import SNIFF_BYTES, upload_document
 
 log = logging.getLogger("dealflow.api")
@@ -574,17 +581,17 @@ async def list_documents(
     svc = services(request)
     principal.actor(DOCUMENT_READ_ROLES, "read documents")
     check_deal_id(deal_id)
-    rows = await asyncio.to_thread(db.list_documents, svc.engine, deal_id)
-    if not rows:
-        await read_status(svc, deal_id)  # 404 for an unknown deal
-    return DocumentList(deal_id=deal_id, documents=[_info(r) for r in rows])
+    # From the deal itself: the documents table is a projection written a
+    # moment after the update, and must not make a fresh upload look missing.
+    status = await read_status(svc, deal_id)  # 404 for an unknown deal
+    return DocumentList(deal_id=deal_id, documents=[_info(r) for r in status.documents])
 
 
-def _info(row: db.DocumentRow) -> DocumentInfo:
+def _info(row: DocumentRecord) -> DocumentInfo:
     return DocumentInfo(
         doc_id=row.doc_id,
-        kind=row.kind,
-        party=row.party,
+        kind=row.kind.value,
+        party=row.party.value,
         file_name=row.file_name,
         content_type=row.content_type,
         size=row.size,
@@ -628,11 +635,9 @@ async def download(
     svc = services(request)
     actor = principal.actor(DOCUMENT_READ_ROLES, "read documents")
     check_deal_id(deal_id)
-    rows = await asyncio.to_thread(db.list_documents, svc.engine, deal_id)
-    row = next((r for r in rows if r.doc_id == doc_id), None)
+    status = await read_status(svc, deal_id)  # 404 for an unknown deal
+    row = next((r for r in status.documents if r.doc_id == doc_id), None)
     if row is None:
-        if not rows:
-            await read_status(svc, deal_id)
         raise Problem(404, f"deal {deal_id} has no document {doc_id[:80]!r}")
     # Who read which document: the access log of personal data (ids only).
     log.info(
