@@ -189,19 +189,20 @@ def test_custom_prefix(store: DocumentStore) -> None:
 
 
 def test_large_stream_uses_bounded_memory(store: DocumentStore) -> None:
-    total = 40 * MiB
+    total = 96 * MiB
     expected = generated_sha(total)
     with peak_rss() as peak_mem:
-        obj = store.put_stream(generated(total), content_type="video/mp4", max_bytes=64 * MiB)
+        obj = store.put_stream(generated(total), content_type="video/mp4", max_bytes=128 * MiB)
     peak = peak_mem.growth
     assert (obj.sha256, obj.size) == (expected, total)
-    # Local: one 1 MiB chunk in flight. S3: one 8 MiB part + the chunk + client overhead.
-    # Either way far below the 40 MiB document.
+    # Local: one 1 MiB chunk in flight. S3: one 8 MiB part plus the chunk and
+    # the client; the resident-set peak also keeps freed parts the allocator
+    # has not returned yet. Either way far below the 96 MiB document.
     if isinstance(store, LocalDirectoryStore):
         limit = 8 * MiB
     else:
         assert isinstance(store, S3Store)
-        limit = store.part_size + 8 * MiB
+        limit = 4 * store.part_size + 8 * MiB
     assert peak < limit, f"peak {peak / MiB:.1f} MiB"
     h = hashlib.sha256()
     for chunk in store.open(obj.key):
