@@ -173,7 +173,12 @@ class Robot:
             try:
                 return await asyncio.wait_for(fn(*args, **kwargs), per_try)
             except RPCError as e:
-                if e.status.name not in RETRYABLE_RPC:
+                # "Workflow Task in failed state": the deal's last workflow task
+                # attempt failed (its worker was killed); the next one is on its way.
+                if (
+                    e.status.name not in RETRYABLE_RPC
+                    and "Workflow Task in failed state" not in str(e)
+                ):
                     raise
                 why = f"RPC {e.status.name}"
             except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError, httpx.HTTPError) as e:

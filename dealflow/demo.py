@@ -128,12 +128,19 @@ async def retrying(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return await fn(*args, **kwargs)
         except (RPCError, RuntimeError, httpx.HTTPError) as e:
-            if isinstance(e, RPCError) and e.status.name not in (
+            transient = (
                 "UNAVAILABLE",
                 "DEADLINE_EXCEEDED",
                 "CANCELLED",
                 "UNKNOWN",
                 "RESOURCE_EXHAUSTED",
+            )
+            # "Workflow Task in failed state": the deal's worker died mid-task
+            # and another worker picks the task up within seconds.
+            if (
+                isinstance(e, RPCError)
+                and e.status.name not in transient
+                and "Workflow Task in failed state" not in str(e)
             ):
                 raise
             console.print(f"[yellow]  {what}: {type(e).__name__}; retrying in {delay:.0f}s[/]")

@@ -213,6 +213,13 @@ async def on_rpc_error(_: Request, exc: Exception) -> JSONResponse:
         return problem_response(
             503, f"Temporal is unavailable: {exc.message}", {"Retry-After": "5"}
         )
+    if "Workflow Task in failed state" in exc.message:
+        # The deal's worker died mid-task; another worker retries it in seconds.
+        return problem_response(
+            503,
+            "the deal is being recovered by another worker; retry shortly",
+            {"Retry-After": "3"},
+        )
     log.error("Temporal call failed: %s (%s)", exc.message, exc.status)
     return problem_response(502, f"Temporal refused the call: {exc.message}")
 
