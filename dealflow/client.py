@@ -6,7 +6,10 @@ validated, sent and its refusal translated the same way everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +20,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
@@ -155,29 +159,60 @@ async def deal_status(client: Client, deal_id: str) -> DealStatus:
         raise RuntimeError(f"status query of deal {deal_id} failed: {e}") from e
 
 
+# A staff action whose outcome is unknown (the deal's worker died mid-task, the
+# server restarted) is sent again under the same update id for this long, so
+# the caller gets the real outcome instead of an error for an applied action.
+ACT_PATIENCE_SECONDS = 30.0
+
+
+def _transient(e: Exception) -> bool:
+    if isinstance(e, WorkflowUpdateRPCTimeoutOrCancelledError):
+        return True
+    return isinstance(e, RPCError) and (
+        e.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
+        or "Workflow Task in failed state" in e.message
+    )
+
+
 async def act(
-    client: Client, deal_id: str, action: Action, inp: ActionInput, update_id: str | None = None
+    client: Client,
+    deal_id: str,
+    action: Action,
+    inp: ActionInput,
+    update_id: str | None = None,
+    patience: float = ACT_PATIENCE_SECONDS,
 ) -> ActionResult:
     """Run one staff action as a Temporal Update; refusals become RuleError.
 
-    A caller that may retry after losing a reply passes the same `update_id`:
-    Temporal then applies the update once and returns its first result.
+    Every call has an update id (the caller's, or a fresh one): Temporal
+    applies an update id once and returns its first result, so retrying a
+    transient failure can never apply the action twice.
     """
     handle = _handle(client, deal_id)
-    try:
-        return await handle.execute_update(
-            action.value, inp, id=update_id, result_type=ActionResult
-        )
-    except WorkflowUpdateFailedError as e:
-        cause = e.cause
-        if isinstance(cause, ApplicationError) and (cause.type or "").startswith("Rule."):
-            kind = cause.type.removeprefix("Rule.")  # type: ignore[union-attr]
-            raise rules.RuleError(kind, cause.message) from None  # type: ignore[arg-type]
-        raise
-    except RPCError as e:
-        if e.status is RPCStatusCode.NOT_FOUND:
-            await _raise_closed_or_missing(client, deal_id)
-        raise
+    update_id = update_id or f"{action.value}-{uuid.uuid4().hex}"
+    deadline = time.monotonic() + patience
+    delay = 0.2
+    while True:
+        try:
+            return await handle.execute_update(
+                action.value, inp, id=update_id, result_type=ActionResult
+            )
+        except WorkflowUpdateFailedError as e:
+            cause = e.cause
+            if isinstance(cause, ApplicationError) and (cause.type or "").startswith("Rule."):
+                kind = cause.type.removeprefix("Rule.")  # type: ignore[union-attr]
+                raise rules.RuleError(kind, cause.message) from None  # type: ignore[arg-type]
+            raise
+        except RPCError as e:
+            if e.status is RPCStatusCode.NOT_FOUND:
+                await _raise_closed_or_missing(client, deal_id)
+            if not _transient(e) or time.monotonic() + delay > deadline:
+                raise
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            if time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 async def _raise_closed_or_missing(client: Client, deal_id: str) -> None:
