@@ -74,9 +74,9 @@ class DealActivities:
             ) from None
 
     async def _post(self, url: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
-        # Heartbeat while the lender thinks: the workflow's 3 s heartbeat
+        # Heartbeat while the lender thinks: the workflow's 2 s heartbeat
         # timeout then tells a dead worker from a slow lender.
-        beat = asyncio.create_task(_heartbeat_every(1.0))
+        beat = asyncio.create_task(_heartbeat_every(0.5))
         try:
             resp = await self.http.post(url, json=body, headers={"Idempotency-Key": key})
         except httpx.HTTPError as e:
