@@ -10,7 +10,7 @@ import asyncio
 import secrets
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -32,6 +32,7 @@ from dealflow.models import (
     ACTION_INPUTS,
     Action,
     ActionInput,
+    ActionReceipt,
     ActionResult,
     Actor,
     DealInput,
@@ -182,6 +183,27 @@ async def act(
     update_id: str | None = None,
     patience: float = ACT_PATIENCE_SECONDS,
 ) -> ActionResult:
+    """Run one staff action and answer with the deal's new status (API, CLI)."""
+    receipt = await act_receipt(client, deal_id, action, inp, update_id, patience)
+    return await with_status(client, deal_id, receipt, patience)
+
+
+async def with_status(
+    client: Client, deal_id: str, receipt: ActionReceipt, patience: float = ACT_PATIENCE_SECONDS
+) -> ActionResult:
+    """The receipt of an applied action, with the deal's status read after it."""
+    status = await _status_after(client, deal_id, patience)
+    return ActionResult(action=receipt.action, accepted=receipt.accepted, status=status)
+
+
+async def act_receipt(
+    client: Client,
+    deal_id: str,
+    action: Action,
+    inp: ActionInput,
+    update_id: str | None = None,
+    patience: float = ACT_PATIENCE_SECONDS,
+) -> ActionReceipt:
     """Run one staff action as a Temporal Update; refusals become RuleError.
 
     Every call has an update id (the caller's, or a fresh one): Temporal
@@ -195,7 +217,7 @@ async def act(
     while True:
         try:
             return await handle.execute_update(
-                action.value, inp, id=update_id, result_type=ActionResult
+                action.value, inp, id=update_id, result_type=ActionReceipt
             )
         except WorkflowUpdateFailedError as e:
             cause = e.cause
@@ -210,6 +232,25 @@ async def act(
                 raise
         except WorkflowUpdateRPCTimeoutOrCancelledError:
             if time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+async def _status_after(client: Client, deal_id: str, patience: float) -> DealStatus:
+    # The action is applied by now: a worker that died or a deal whose task is
+    # being retried must not turn that into an error, so transient refusals of
+    # the query are asked again. A short RPC deadline per try, because a query
+    # that races a new run's first task can go unanswered.
+    deadline = time.monotonic() + patience
+    delay = 0.2
+    while True:
+        try:
+            return await _handle(client, deal_id).query(
+                DealWorkflow.status, rpc_timeout=timedelta(seconds=5)
+            )
+        except RPCError as e:
+            if not _transient(e) or time.monotonic() + delay > deadline:
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)

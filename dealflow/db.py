@@ -21,6 +21,7 @@ import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -621,6 +622,28 @@ def _body_text(body: bytes) -> str:
     return body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
+@dataclass(frozen=True)
+class WebhookIn:
+    """A received webhook, as `store_webhooks` stores it."""
+
+    lender_id: str
+    webhook_id: str
+    body: bytes
+    received_at: datetime
+    event_type: str | None
+    deal_id: str | None
+
+
+@dataclass(frozen=True)
+class WebhookMark:
+    """A stored webhook's new status, as `mark_webhooks` writes it."""
+
+    row_id: int
+    status: WebhookStatus
+    error: str | None = None
+    at: datetime | None = None
+
+
 def store_webhook(
     engine: Engine,
     *,
@@ -631,38 +654,56 @@ def store_webhook(
     event_type: str | None,
     deal_id: str | None,
 ) -> tuple[InboxRow, StoreOutcome]:
-    """Store a received webhook once per (lender_id, webhook_id).
+    """Store a received webhook once per (lender_id, webhook_id); see `store_webhooks`."""
+    hook = WebhookIn(lender_id, webhook_id, body, received_at, event_type, deal_id)
+    with _writing(engine) as conn:
+        return _store_webhook(conn, hook)
 
-    'new': stored now. 'duplicate': stored before with the same body (a lender
+
+def write_inbox(
+    engine: Engine, ops: Sequence[WebhookIn | WebhookMark]
+) -> list[tuple[InboxRow, StoreOutcome] | bool]:
+    """Store and mark many webhooks in one transaction: one commit (one fsync)
+    for a whole batch of concurrent requests. Results in the order of `ops`."""
+    with _writing(engine) as conn:
+        return [
+            _store_webhook(conn, op) if isinstance(op, WebhookIn) else _mark_webhook(conn, op)
+            for op in ops
+        ]
+
+
+def _store_webhook(conn: Connection, hook: WebhookIn) -> tuple[InboxRow, StoreOutcome]:
+    """'new': stored now. 'duplicate': stored before with the same body (a lender
     retry). 'conflict': that id was stored with a different body, which stays
     as it was. ON CONFLICT DO NOTHING on the unique key makes concurrent
     deliveries of the same id race-free: exactly one of them is 'new'.
     """
-    sha = hashlib.sha256(body).hexdigest()
+    sha = hashlib.sha256(hook.body).hexdigest()
     values = {
-        "lender_id": lender_id,
-        "webhook_id": webhook_id,
-        "received_at": received_at,
+        "lender_id": hook.lender_id,
+        "webhook_id": hook.webhook_id,
+        "received_at": hook.received_at,
         "body_sha256": sha,
-        "body": _body_text(body),
-        "event_type": event_type,
-        "deal_id": deal_id,
+        "body": _body_text(hook.body),
+        "event_type": hook.event_type,
+        "deal_id": hook.deal_id,
         "status": "received",
     }
-    with _writing(engine) as conn:
-        stmt = (
-            _insert(conn, INBOX)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["lender_id", "webhook_id"])
-            .returning(INBOX.c.id)
-        )
-        inserted = _wrote(conn, stmt)
-        with Session(bind=conn) as session:
-            row = session.exec(
-                select(InboxRow).where(
-                    col(InboxRow.lender_id) == lender_id, col(InboxRow.webhook_id) == webhook_id
-                )
-            ).one()
+    stmt = (
+        _insert(conn, INBOX)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["lender_id", "webhook_id"])
+        .returning(INBOX.c.id)
+    )
+    inserted = _wrote(conn, stmt)
+    with Session(bind=conn) as session:
+        row = session.exec(
+            select(InboxRow).where(
+                col(InboxRow.lender_id) == hook.lender_id,
+                col(InboxRow.webhook_id) == hook.webhook_id,
+            )
+        ).one()
+        session.expunge(row)
     if inserted:
         return row, "new"
     return row, "duplicate" if row.body_sha256 == sha else "conflict"
@@ -700,15 +741,19 @@ def mark_webhook(
 
     Returns False if there is no such row.
     """
-    if status not in get_args(WebhookStatus):
-        raise ValueError(f"unknown webhook status {status!r}")
-    values: dict[str, Any] = {"status": status, "error": error}
-    if status == "delivered":
-        values["delivered_at"] = at or datetime.now(UTC)
+    mark = WebhookMark(row_id, status, error, at)
     with _writing(engine) as conn:
-        return bool(
-            conn.execute(update(INBOX).where(INBOX.c.id == row_id).values(**values)).rowcount == 1
-        )
+        return _mark_webhook(conn, mark)
+
+
+def _mark_webhook(conn: Connection, mark: WebhookMark) -> bool:
+    if mark.status not in get_args(WebhookStatus):
+        raise ValueError(f"unknown webhook status {mark.status!r}")
+    values: dict[str, Any] = {"status": mark.status, "error": mark.error}
+    if mark.status == "delivered":
+        values["delivered_at"] = mark.at or datetime.now(UTC)
+    result = conn.execute(update(INBOX).where(INBOX.c.id == mark.row_id).values(**values))
+    return bool(result.rowcount == 1)
 
 
 # --------------------------------------------------------------------------- idempotency keys

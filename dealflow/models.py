@@ -688,7 +688,25 @@ class DealStatus(BaseModel):
     version: int
 
 
+class ActionReceipt(BaseModel):
+    """What a staff Update returns: small on purpose.
+
+    Every update result is written to the deal's history and read back on each
+    replay; the whole status there was two thirds of a deal's history bytes.
+    Callers that show the status ask the `status` query (`client.act`).
+    Results of deals that ran before receipts hold `status` instead of
+    `stage`/`version`: they parse as a receipt with those two left empty.
+    """
+
+    action: str
+    accepted: bool = True
+    stage: Stage | None = None
+    version: int | None = None
+
+
 class ActionResult(BaseModel):
+    """The answer to a staff action over HTTP or the CLI: the new status."""
+
     action: str
     accepted: bool = True
     status: DealStatus

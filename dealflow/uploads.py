@@ -15,7 +15,7 @@ from temporalio.client import Client
 from dealflow import client as deals
 from dealflow import rules
 from dealflow.docstore import DocumentStore, DocumentTooLarge, EmptyDocument
-from dealflow.models import ActionResult, Actor, DealPolicy
+from dealflow.models import ActionReceipt, ActionResult, Actor, DealPolicy
 
 SNIFF_BYTES = 16
 
@@ -48,6 +48,41 @@ async def upload_document(
     period_end: date | None = None,
     stipulation_code: str | None = None,
 ) -> ActionResult:
+    """Store the bytes, record the document, answer with the deal's new status."""
+    receipt = await store_and_record(
+        client,
+        store,
+        deal_id,
+        actor,
+        kind=kind,
+        party=party,
+        file_name=file_name,
+        data=data,
+        policy=policy,
+        id_number=id_number,
+        period_start=period_start,
+        period_end=period_end,
+        stipulation_code=stipulation_code,
+    )
+    return await deals.with_status(client, deal_id, receipt)
+
+
+async def store_and_record(
+    client: Client,
+    store: DocumentStore,
+    deal_id: str,
+    actor: Actor,
+    *,
+    kind: str,
+    party: str,
+    file_name: str,
+    data: bytes | Iterable[bytes],
+    policy: DealPolicy | None = None,
+    id_number: str | None = None,
+    period_start: date | None = None,
+    period_end: date | None = None,
+    stipulation_code: str | None = None,
+) -> ActionReceipt:
     policy = policy or DealPolicy()
     chunks: Iterable[bytes] = [data] if isinstance(data, bytes) else data
     head, stream = _with_head(chunks)
@@ -81,4 +116,4 @@ async def upload_document(
         "period_end": period_end.isoformat() if period_end else None,
     }
     action, inp = deals.parse_action("record-document", payload, actor)
-    return await deals.act(client, deal_id, action, inp)
+    return await deals.act_receipt(client, deal_id, action, inp)

@@ -217,8 +217,7 @@ async def test_nondeterminism_exits_1_naming_the_deal_and_the_event(tmp_path: Pa
         e
         for e in doc["events"]
         if e["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"
-        and e["activityTaskScheduledEventAttributes"]["activityType"]["name"]
-        == "send_application"
+        and e["activityTaskScheduledEventAttributes"]["activityType"]["name"] == "send_application"
     ]
     target = scheduled[-1]
     target["activityTaskScheduledEventAttributes"]["activityType"]["name"] = "fax_application"

@@ -440,3 +440,36 @@ def test_idempotency_keys(engine: Engine) -> None:
     assert (row.request_sha256, row.deal_id, row.created_at) == ("aa", "d-1", T0)
     got = db.get_idempotency_key(engine, "k1")
     assert got is not None and got.deal_id == "d-1"
+
+
+def test_inbox_batch_is_one_transaction_in_order(engine: Engine) -> None:
+    """A group commit's batch: stores and marks in order, duplicates within the
+    batch seen as duplicates, and a failing op leaves nothing of the batch."""
+
+    def hook(webhook_id: str, body: bytes = b"{}") -> db.WebhookIn:
+        return db.WebhookIn("acme", webhook_id, body, T0, "application.decided", "d-1")
+
+    first, dup, other = db.write_inbox(
+        engine, [hook("msg_b1"), hook("msg_b1"), hook("msg_b2", b'{"x": 1}')]
+    )
+    assert isinstance(first, tuple) and isinstance(dup, tuple) and isinstance(other, tuple)
+    assert (first[1], dup[1], other[1]) == ("new", "duplicate", "new")
+    assert dup[0].id == first[0].id
+    assert first[0].id is not None and other[0].id is not None
+
+    results = db.write_inbox(
+        engine,
+        [
+            db.WebhookMark(first[0].id, "delivered", at=T0),
+            hook("msg_b2", b'{"x": 2}'),
+            db.WebhookMark(10_000, "delivered"),
+        ],
+    )
+    assert results[0] is True and results[2] is False
+    assert isinstance(results[1], tuple) and results[1][1] == "conflict"
+
+    with pytest.raises(ValueError, match="unknown webhook status"):
+        db.write_inbox(engine, [hook("msg_b3"), db.WebhookMark(other[0].id, "lost")])  # type: ignore[arg-type]
+    assert db.count_rows(engine, db.InboxRow) == 2, "the failed batch stored nothing"
+    got = db.get_webhook(engine, first[0].id)
+    assert got is not None and (got.status, got.delivered_at) == ("delivered", T0)

@@ -31,8 +31,8 @@ with workflow.unsafe.imports_passed_through():
         AcceptCounterOfferInput,
         Action,
         ActionInput,
+        ActionReceipt,
         ActionRecord,
-        ActionResult,
         ApplicationPackage,
         CancelInput,
         Compensation,
@@ -118,6 +118,9 @@ WITHDRAW_CONDITIONAL = "withdraw-superseded-conditional-application"
 # signed it inside the lender call (see _submit_fn).
 PACKAGE_IN_HISTORY = "application-package-in-history"
 
+# Deals started before it sent one read-model projection per change.
+ONE_PROJECTION_IN_FLIGHT = "one-projection-in-flight"
+
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
 
 
@@ -141,6 +144,7 @@ class DealWorkflow:
         # A continued run resumes from the state the previous run carried over.
         self.s = inp.state or DealState(stage_entered_at=workflow.now())
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._projection_owed = False
         if inp.state is None:
             # Recorded here, not in run(): an update that arrives with the start
             # runs its handler before run() begins and must find the deal started.
@@ -579,11 +583,32 @@ class DealWorkflow:
                 comp.status = "void"
 
     def _project(self) -> None:
-        """Send a snapshot to the read model; versions keep retries in order."""
-        self.s.version += 1
+        """Owe the read model a snapshot of the state as it is now."""
+        if not workflow.patched(ONE_PROJECTION_IN_FLIGHT):
+            self.s.version += 1
+            self._spawn(
+                f"project:{self.s.version}",
+                workflow.execute_activity("project_deal", self._snapshot(), **BOOKKEEPING),
+            )
+            return
+        # One projection in flight per deal, taken when it is sent: an update
+        # that changes the stage owes two snapshots, and a burst of signals
+        # many, but only the newest state matters to the read model.
+        self._projection_owed = True
+        if "project" not in self._tasks:
+            self._spawn("project", self._projector())
+
+    async def _projector(self) -> None:
+        while self._projection_owed:
+            self._projection_owed = False
+            self.s.version += 1
+            await workflow.execute_activity("project_deal", self._snapshot(), **BOOKKEEPING)
+
+    def _snapshot(self) -> ProjectionInput:
+        """The read model's row; versions keep retried writes in order."""
         view = self._view()
         due, _ = self._next_timer()
-        snapshot = ProjectionInput(
+        return ProjectionInput(
             deal_id=self.inp.deal_id,
             workflow_id=workflow.info().workflow_id,
             version=self.s.version,
@@ -599,10 +624,6 @@ class DealWorkflow:
             updated_at=workflow.now(),
             next_due_at=None if self.s.stage.terminal else due,
             pending_roles=sorted({p.role.value for p in rules.pending_actions(view, due)}),
-        )
-        self._spawn(
-            f"project:{self.s.version}",
-            workflow.execute_activity("project_deal", snapshot, **BOOKKEEPING),
         )
 
     def _notify(
@@ -924,16 +945,16 @@ class DealWorkflow:
             # The type tells the API which status to answer (409/422/403).
             raise ApplicationError(e.message, type=f"Rule.{e.kind}", non_retryable=True) from None
 
-    def _accept(self, action: Action, inp: ActionInput, summary: str = "") -> ActionResult:
+    def _accept(self, action: Action, inp: ActionInput, summary: str = "") -> ActionReceipt:
         self.s.actions.append(
             ActionRecord(at=workflow.now(), action=action.value, actor=inp.actor, summary=summary)
         )
         self._advance(inp.actor)
         self._project()
-        return ActionResult(action=action.value, status=self._status())
+        return ActionReceipt(action=action.value, stage=self.s.stage, version=self.s.version)
 
     @workflow.update(name="sign-sales-contract")
-    def sign_sales_contract(self, inp: SignSalesContractInput) -> ActionResult:
+    def sign_sales_contract(self, inp: SignSalesContractInput) -> ActionReceipt:
         self.s.sales_contract = inp
         self.s.compensations.append(
             Compensation(
@@ -950,7 +971,7 @@ class DealWorkflow:
         self._validate(Action.SIGN_SALES_CONTRACT, inp)
 
     @workflow.update(name="record-document")
-    def record_document(self, inp: RecordDocumentInput) -> ActionResult:
+    def record_document(self, inp: RecordDocumentInput) -> ActionReceipt:
         if rules.find_duplicate(self.s, inp) is None:
             doc = DocumentRecord(
                 doc_id=f"{self.inp.deal_id}-d{len(self.s.documents) + 1}",
@@ -983,7 +1004,7 @@ class DealWorkflow:
         self._validate(Action.RECORD_DOCUMENT, inp)
 
     @workflow.update(name="submit-application")
-    def submit_application(self, inp: SubmitApplicationInput) -> ActionResult:
+    def submit_application(self, inp: SubmitApplicationInput) -> ActionReceipt:
         self.s.application = inp
         return self._accept(Action.SUBMIT_APPLICATION, inp, inp.form_no)
 
@@ -992,7 +1013,7 @@ class DealWorkflow:
         self._validate(Action.SUBMIT_APPLICATION, inp)
 
     @workflow.update(name="accept-counter-offer")
-    def accept_counter_offer(self, inp: AcceptCounterOfferInput) -> ActionResult:
+    def accept_counter_offer(self, inp: AcceptCounterOfferInput) -> ActionReceipt:
         sub = self._open_counter()
         assert sub is not None and sub.current is not None
         sub.counter_offer_response = "accepted"
@@ -1007,7 +1028,7 @@ class DealWorkflow:
         self._validate(Action.ACCEPT_COUNTER_OFFER, inp)
 
     @workflow.update(name="decline-counter-offer")
-    def decline_counter_offer(self, inp: DeclineCounterOfferInput) -> ActionResult:
+    def decline_counter_offer(self, inp: DeclineCounterOfferInput) -> ActionReceipt:
         sub = self._open_counter()
         assert sub is not None
         sub.counter_offer_response = "declined"
@@ -1023,7 +1044,7 @@ class DealWorkflow:
         self._validate(Action.DECLINE_COUNTER_OFFER, inp)
 
     @workflow.update(name="confirm-down-payment")
-    def confirm_down_payment(self, inp: ConfirmDownPaymentInput) -> ActionResult:
+    def confirm_down_payment(self, inp: ConfirmDownPaymentInput) -> ActionReceipt:
         self.s.down_payment = inp
         self.s.compensations.append(
             Compensation(
@@ -1040,7 +1061,7 @@ class DealWorkflow:
         self._validate(Action.CONFIRM_DOWN_PAYMENT, inp)
 
     @workflow.update(name="record-invoice")
-    def record_invoice(self, inp: RecordInvoiceInput) -> ActionResult:
+    def record_invoice(self, inp: RecordInvoiceInput) -> ActionReceipt:
         self.s.invoice = inp
         return self._accept(Action.RECORD_INVOICE, inp, inp.invoice_no)
 
@@ -1049,7 +1070,7 @@ class DealWorkflow:
         self._validate(Action.RECORD_INVOICE, inp)
 
     @workflow.update(name="record-insurance")
-    def record_insurance(self, inp: RecordInsuranceInput) -> ActionResult:
+    def record_insurance(self, inp: RecordInsuranceInput) -> ActionReceipt:
         self.s.insurance = inp
         self.s.compensations.append(
             Compensation(
@@ -1066,7 +1087,7 @@ class DealWorkflow:
         self._validate(Action.RECORD_INSURANCE, inp)
 
     @workflow.update(name="record-repayment-account")
-    def record_repayment_account(self, inp: RecordRepaymentAccountInput) -> ActionResult:
+    def record_repayment_account(self, inp: RecordRepaymentAccountInput) -> ActionReceipt:
         self.s.repayment_account = inp
         return self._accept(Action.RECORD_REPAYMENT_ACCOUNT, inp, inp.bank_name)
 
@@ -1075,7 +1096,7 @@ class DealWorkflow:
         self._validate(Action.RECORD_REPAYMENT_ACCOUNT, inp)
 
     @workflow.update(name="sign-loan-contract")
-    def sign_loan_contract(self, inp: SignLoanContractInput) -> ActionResult:
+    def sign_loan_contract(self, inp: SignLoanContractInput) -> ActionReceipt:
         self.s.loan_contract = inp
         return self._accept(Action.SIGN_LOAN_CONTRACT, inp, inp.contract_no)
 
@@ -1084,7 +1105,7 @@ class DealWorkflow:
         self._validate(Action.SIGN_LOAN_CONTRACT, inp)
 
     @workflow.update(name="record-certificate")
-    def record_certificate(self, inp: RecordCertificateInput) -> ActionResult:
+    def record_certificate(self, inp: RecordCertificateInput) -> ActionReceipt:
         self.s.certificate = inp
         return self._accept(Action.RECORD_CERTIFICATE, inp, inp.certificate_no)
 
@@ -1093,7 +1114,7 @@ class DealWorkflow:
         self._validate(Action.RECORD_CERTIFICATE, inp)
 
     @workflow.update(name="record-purchase-tax")
-    def record_purchase_tax(self, inp: RecordPurchaseTaxInput) -> ActionResult:
+    def record_purchase_tax(self, inp: RecordPurchaseTaxInput) -> ActionReceipt:
         self.s.purchase_tax = inp
         return self._accept(Action.RECORD_PURCHASE_TAX, inp, inp.receipt_no)
 
@@ -1102,7 +1123,7 @@ class DealWorkflow:
         self._validate(Action.RECORD_PURCHASE_TAX, inp)
 
     @workflow.update(name="record-plate")
-    def record_plate(self, inp: RecordPlateInput) -> ActionResult:
+    def record_plate(self, inp: RecordPlateInput) -> ActionReceipt:
         self.s.plate = inp
         return self._accept(Action.RECORD_PLATE, inp, inp.plate_no)
 
@@ -1111,7 +1132,7 @@ class DealWorkflow:
         self._validate(Action.RECORD_PLATE, inp)
 
     @workflow.update(name="record-mortgage")
-    def record_mortgage(self, inp: RecordMortgageInput) -> ActionResult:
+    def record_mortgage(self, inp: RecordMortgageInput) -> ActionReceipt:
         self.s.mortgage = inp
         return self._accept(Action.RECORD_MORTGAGE, inp, inp.registration_no)
 
@@ -1120,7 +1141,7 @@ class DealWorkflow:
         self._validate(Action.RECORD_MORTGAGE, inp)
 
     @workflow.update(name="record-stock-out")
-    def record_stock_out(self, inp: RecordStockOutInput) -> ActionResult:
+    def record_stock_out(self, inp: RecordStockOutInput) -> ActionReceipt:
         self.s.stock_out = inp
         return self._accept(Action.RECORD_STOCK_OUT, inp, inp.form_no)
 
@@ -1129,7 +1150,7 @@ class DealWorkflow:
         self._validate(Action.RECORD_STOCK_OUT, inp)
 
     @workflow.update(name="record-settlement")
-    def record_settlement(self, inp: RecordSettlementInput) -> ActionResult:
+    def record_settlement(self, inp: RecordSettlementInput) -> ActionReceipt:
         self.s.settlement = inp
         return self._accept(Action.RECORD_SETTLEMENT, inp, fmt_money(inp.amount))
 
@@ -1138,7 +1159,7 @@ class DealWorkflow:
         self._validate(Action.RECORD_SETTLEMENT, inp)
 
     @workflow.update(name="deliver")
-    def deliver(self, inp: DeliverInput) -> ActionResult:
+    def deliver(self, inp: DeliverInput) -> ActionReceipt:
         self.s.delivery = inp
         return self._accept(Action.DELIVER, inp, inp.after_sales_advisor)
 
@@ -1147,7 +1168,7 @@ class DealWorkflow:
         self._validate(Action.DELIVER, inp)
 
     @workflow.update(name="record-follow-up")
-    def record_follow_up(self, inp: RecordFollowUpInput) -> ActionResult:
+    def record_follow_up(self, inp: RecordFollowUpInput) -> ActionReceipt:
         self.s.follow_ups[inp.call] = inp
         return self._accept(Action.RECORD_FOLLOW_UP, inp, inp.call)
 
@@ -1156,7 +1177,7 @@ class DealWorkflow:
         self._validate(Action.RECORD_FOLLOW_UP, inp)
 
     @workflow.update(name="cancel")
-    def cancel(self, inp: CancelInput) -> ActionResult:
+    def cancel(self, inp: CancelInput) -> ActionReceipt:
         self.s.outcome_reason = f"cancelled by {inp.actor.staff_id}: {inp.reason}"
         self._set_stage(Stage.CANCELLED, inp.reason, inp.actor)
         return self._accept(Action.CANCEL, inp, inp.reason)

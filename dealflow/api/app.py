@@ -106,6 +106,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await app.state.services.inbox.aclose()
 
 
 def create_app(services: Services) -> FastAPI:

@@ -11,10 +11,15 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
+from dealflow import db
 from dealflow.api.auth import Authenticator
 from dealflow.config import LenderConfig, Settings
 from dealflow.docstore import DocumentStore
+from dealflow.groupcommit import GroupCommit
 from dealflow.models import DealPolicy
+
+InboxOp = db.WebhookIn | db.WebhookMark
+InboxResult = tuple[db.InboxRow, db.StoreOutcome] | bool
 
 
 class PolicyFileError(ValueError):
@@ -97,8 +102,11 @@ class Services:
     # settings.policy_file (DEALFLOW_POLICY_FILE) — the one place that does.
     policy: DealPolicy | None = None
     auth: Authenticator | None = None
+    # The webhook inbox's writes, group-committed (dealflow/groupcommit.py).
+    inbox: GroupCommit[InboxOp, InboxResult] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.inbox = GroupCommit(lambda ops: db.write_inbox(self.engine, ops))
         if self.policy is None:
             self.policy = load_policy(self.settings.policy_file)
         if self.auth is None:

@@ -156,15 +156,16 @@ async def receive(lender_id: str, request: Request) -> Response:
     data = (event.decided or event.disbursed or event.failed) if event else None
     deal_id = data.deal_id if data else None
 
-    row, outcome = await asyncio.to_thread(
-        db.store_webhook,
-        svc.engine,
-        lender_id=lender_id,
-        webhook_id=webhook_id,
-        body=body,
-        received_at=datetime.now(UTC),
-        event_type=event.type if event else None,
-        deal_id=deal_id,
+    row, outcome = await _store(
+        svc,
+        db.WebhookIn(
+            lender_id=lender_id,
+            webhook_id=webhook_id,
+            body=body,
+            received_at=datetime.now(UTC),
+            event_type=event.type if event else None,
+            deal_id=deal_id,
+        ),
     )
     if outcome == "conflict":
         raise Problem(409, f"webhook-id {webhook_id} was already received with a different body")
@@ -173,7 +174,7 @@ async def receive(lender_id: str, request: Request) -> Response:
     if outcome == "duplicate" and row.status == "rejected":
         raise Problem(422, row.error or "rejected")
     if event is None or deal_id is None:
-        await asyncio.to_thread(db.mark_webhook, svc.engine, row.id or 0, "rejected", error)
+        await _mark(svc, db.WebhookMark(row.id or 0, "rejected", error))
         raise Problem(422, error or "malformed body")
     rejected = await deliver(svc, row.id or 0, deal_id, event)
     if rejected is not None:
@@ -182,15 +183,27 @@ async def receive(lender_id: str, request: Request) -> Response:
     return Response(status_code=204)
 
 
+# Stores and marks from concurrent requests share commits (one fsync per
+# batch): the inbox is the API's hot write path under a webhook burst.
+async def _store(svc: Services, hook: db.WebhookIn) -> tuple[db.InboxRow, db.StoreOutcome]:
+    result = await svc.inbox.submit(hook)
+    assert isinstance(result, tuple)
+    return result
+
+
+async def _mark(svc: Services, mark: db.WebhookMark) -> None:
+    await svc.inbox.submit(mark)
+
+
 async def deliver(svc: Services, row_id: int, deal_id: str, event: LenderEventInput) -> str | None:
     """Signal a stored event to its deal and mark the inbox row; the reason if rejected."""
     try:
         await deals.signal_lender_event(svc.client, deal_id, event)
     except deals.DealNotFound:
         msg = await _not_found_reason(svc, deal_id)
-        await asyncio.to_thread(db.mark_webhook, svc.engine, row_id, "rejected", msg)
+        await _mark(svc, db.WebhookMark(row_id, "rejected", msg))
         return msg
-    await asyncio.to_thread(db.mark_webhook, svc.engine, row_id, "delivered")
+    await _mark(svc, db.WebhookMark(row_id, "delivered"))
     log.info(
         "webhook delivered",
         extra={
@@ -214,7 +227,7 @@ async def redeliver_pending(svc: Services, older_than: timedelta = timedelta(sec
         try:
             event = parse_event(row.lender_id, row.webhook_id, json.loads(row.body))
         except ValueError as e:
-            await asyncio.to_thread(db.mark_webhook, svc.engine, row.id or 0, "rejected", str(e))
+            await _mark(svc, db.WebhookMark(row.id or 0, "rejected", str(e)))
             continue
         event.received_at = row.received_at
         data = event.decided or event.disbursed or event.failed

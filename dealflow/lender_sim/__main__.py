@@ -33,17 +33,29 @@ def _apr(value: str) -> tuple[str, Decimal]:
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
-    p = argparse.ArgumentParser(prog="python -m dealflow.lender_sim", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dealflow.lender_sim",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=settings.lender_sim_port)
     p.add_argument("--db", type=Path, default=None, help="ledger SQLite file")
     p.add_argument("--lenders-file", type=Path, default=settings.lenders_file)
-    p.add_argument("--webhook-base-url", default=settings.api_url,
-                   help="DealFlow API base URL receiving /webhooks/lenders/{id}")
+    p.add_argument(
+        "--webhook-base-url",
+        default=settings.api_url,
+        help="DealFlow API base URL receiving /webhooks/lenders/{id}",
+    )
     p.add_argument("--decision-delay", type=float, default=None, help="seconds (default 0.2)")
-    p.add_argument("--apr", type=_apr, action="append", default=[],
-                   metavar="LENDER_ID=PERCENT", help="per-lender APR (repeatable)")
+    p.add_argument(
+        "--apr",
+        type=_apr,
+        action="append",
+        default=[],
+        metavar="LENDER_ID=PERCENT",
+        help="per-lender APR (repeatable)",
+    )
     p.add_argument("--retry-initial", type=float, default=None)
     p.add_argument("--retry-max", type=float, default=None)
     p.add_argument("--max-attempts", type=int, default=None)
@@ -68,14 +80,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lender simulator: --apr names unknown lenders: {sorted(unknown)}", file=sys.stderr)
         return 2
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("dealflow.lender_sim").info(
         "lender simulator: %d lenders, ledger %s, webhooks to %s",
-        len(config.lenders), config.db_path, config.webhook_base_url,
+        len(config.lenders),
+        config.db_path,
+        config.webhook_base_url,
     )
-    uvicorn.run(create_app(config), host=args.host, port=args.port,
-                log_level=args.log_level.lower())
+    uvicorn.run(
+        create_app(config), host=args.host, port=args.port, log_level=args.log_level.lower()
+    )
     return 0
 
 

@@ -137,9 +137,15 @@ class WithdrawalBody(BaseModel):
 
 
 class Problem(Exception):
-    TITLES = {400: "Bad Request", 404: "Not Found", 409: "Conflict",
-              422: "Unprocessable Content", 500: "Internal Server Error",
-              503: "Service Unavailable", 504: "Gateway Timeout"}
+    TITLES = {
+        400: "Bad Request",
+        404: "Not Found",
+        409: "Conflict",
+        422: "Unprocessable Content",
+        500: "Internal Server Error",
+        503: "Service Unavailable",
+        504: "Gateway Timeout",
+    }
 
     def __init__(self, status: int, detail: str, errors: list[Any] | None = None) -> None:
         super().__init__(detail)
@@ -195,9 +201,7 @@ def _new_id(prefix: str) -> str:
 # --------------------------------------------------------------------------- simulator
 
 
-def _decided_data(
-    deal_id: str, ref: str, seq: int, outcome: rules.RuleDecision
-) -> dict[str, Any]:
+def _decided_data(deal_id: str, ref: str, seq: int, outcome: rules.RuleDecision) -> dict[str, Any]:
     return {
         "deal_id": deal_id,
         "application_ref": ref,
@@ -225,12 +229,14 @@ def scripted_outcome(
     requested = money(package.amount_requested)
     stips = [s.model_dump() for s in step.stipulations]
     reasons = [r.model_dump() for r in step.reasons]
-    amount: Decimal | None = (
-        step.approved_amount if step.approved_amount is not None else requested
-    )
+    amount: Decimal | None = step.approved_amount if step.approved_amount is not None else requested
     if step.decision == "conditional":
-        stips = stips or [{"code": "STIP-INCOME",
-                           "description": "Additional proof of income for the last 6 months"}]
+        stips = stips or [
+            {
+                "code": "STIP-INCOME",
+                "description": "Additional proof of income for the last 6 months",
+            }
+        ]
     elif step.decision == "counter_offer" and step.approved_amount is None:
         amount = rules.counter_offer_amount(package, apr)
     elif step.decision == "declined":
@@ -244,7 +250,11 @@ def stale_outcome(real: rules.RuleDecision, requested: Decimal) -> rules.RuleDec
     if real.decision == Decision.DECLINED:
         return rules.RuleDecision(Decision.APPROVED, requested, real.apr, real.term_months)
     return rules.RuleDecision(
-        Decision.DECLINED, None, real.apr, real.term_months, [],
+        Decision.DECLINED,
+        None,
+        real.apr,
+        real.term_months,
+        [],
         [{"code": "STALE", "text": "Superseded earlier assessment"}],
     )
 
@@ -334,9 +344,15 @@ class LenderSim:
                 data = {"deal_id": deal_id, "application_ref": event_ref, **ev.data}
                 body = build_body(ev.type, data, datetime.fromtimestamp(now + delay, UTC))
             self._enqueue(
-                lender_id=target_lender, deal_id=deal_id, ref=event_ref, type=ev.type,
-                body=body, due_at=now + delay, webhook_id=ev.webhook_id,
-                sign_ok=not ev.bad_signature, max_attempts=ev.max_attempts,
+                lender_id=target_lender,
+                deal_id=deal_id,
+                ref=event_ref,
+                type=ev.type,
+                body=body,
+                due_at=now + delay,
+                webhook_id=ev.webhook_id,
+                sign_ok=not ev.bad_signature,
+                max_attempts=ev.max_attempts,
             )
             state["extra_fired"].append(i)
 
@@ -376,7 +392,8 @@ class LenderSim:
 
             apr = self.config.apr_for(lender_id)
             outcome = (
-                scripted_outcome(step, package, apr) if step is not None
+                scripted_outcome(step, package, apr)
+                if step is not None
                 else rules.decide(package, apr)
             )
             ref = _new_id("app")
@@ -391,23 +408,34 @@ class LenderSim:
                 else:
                     seq = 1
                 body = build_body(
-                    DECIDED, _decided_data(package.deal_id, ref, seq, outcome),
+                    DECIDED,
+                    _decided_data(package.deal_id, ref, seq, outcome),
                     datetime.fromtimestamp(due, UTC),
                 )
                 self._enqueue(
-                    lender_id=lender_id, deal_id=package.deal_id, ref=ref, type=DECIDED,
-                    body=body, due_at=due, copies=2 if step is not None and step.duplicate else 1,
+                    lender_id=lender_id,
+                    deal_id=package.deal_id,
+                    ref=ref,
+                    type=DECIDED,
+                    body=body,
+                    due_at=due,
+                    copies=2 if step is not None and step.duplicate else 1,
                 )
                 if stale_seq is not None:
                     stale = stale_outcome(outcome, requested)
                     # Dated a second before the real decision: an older assessment.
                     stale_body = build_body(
-                        DECIDED, _decided_data(package.deal_id, ref, stale_seq, stale),
+                        DECIDED,
+                        _decided_data(package.deal_id, ref, stale_seq, stale),
                         datetime.fromtimestamp(due - 1, UTC),
                     )
                     self._enqueue(
-                        lender_id=lender_id, deal_id=package.deal_id, ref=ref, type=DECIDED,
-                        body=stale_body, due_at=due,
+                        lender_id=lender_id,
+                        deal_id=package.deal_id,
+                        ref=ref,
+                        type=DECIDED,
+                        body=stale_body,
+                        due_at=due,
                     )
 
             self.ledger.insert_application(
@@ -424,7 +452,8 @@ class LenderSim:
                     "decision_source": "script" if step is not None else "rules",
                     "script_step": step_index,
                     "approved_amount": (
-                        None if outcome is None or outcome.approved_amount is None
+                        None
+                        if outcome is None or outcome.approved_amount is None
                         else str(money(outcome.approved_amount))
                     ),
                     "last_decision_seq": seq,
@@ -432,8 +461,13 @@ class LenderSim:
                 }
             )
             self._fire_extra(
-                script, state, when="application", deal_id=package.deal_id,
-                lender_id=lender_id, ref=ref, submission_no=package.submission_no,
+                script,
+                state,
+                when="application",
+                deal_id=package.deal_id,
+                lender_id=lender_id,
+                ref=ref,
+                submission_no=package.submission_no,
                 default_delay=delay,
             )
             if script is not None:
@@ -477,15 +511,18 @@ class LenderSim:
             if app["decision"] in ("declined", "silent"):
                 raise Problem(409, f"application {ref!r} was not approved")
             mismatch = [
-                name for name, got, want in (
+                name
+                for name, got, want in (
                     ("application_ref", req.application_ref, ref),
                     ("lender_id", req.lender_id, lender_id),
                     ("deal_id", req.deal_id, app["deal_id"]),
-                ) if got != want
+                )
+                if got != want
             ]
             if mismatch:
                 raise Problem(
-                    422, f"disbursement request does not match application {ref!r}: "
+                    422,
+                    f"disbursement request does not match application {ref!r}: "
                     + ", ".join(mismatch),
                 )
 
@@ -510,21 +547,33 @@ class LenderSim:
             event: tuple[str, dict[str, Any]] | None = None
             if result == "completed":
                 amount = step.amount if step is not None and step.amount is not None else req.amount
-                event = (COMPLETED, {
-                    "deal_id": app["deal_id"],
-                    "application_ref": ref,
-                    "amount": str(money(amount)),
-                    "transaction_ref": _new_id("txn"),
-                    "disbursed_at": at.isoformat(),
-                })
+                event = (
+                    COMPLETED,
+                    {
+                        "deal_id": app["deal_id"],
+                        "application_ref": ref,
+                        "amount": str(money(amount)),
+                        "transaction_ref": _new_id("txn"),
+                        "disbursed_at": at.isoformat(),
+                    },
+                )
             elif result == "failed" and step is not None:
-                event = (FAILED, {
-                    "deal_id": app["deal_id"], "application_ref": ref, "reason": step.reason,
-                })
+                event = (
+                    FAILED,
+                    {
+                        "deal_id": app["deal_id"],
+                        "application_ref": ref,
+                        "reason": step.reason,
+                    },
+                )
             if event is not None:
                 self._enqueue(
-                    lender_id=lender_id, deal_id=app["deal_id"], ref=ref, type=event[0],
-                    body=build_body(event[0], event[1], at), due_at=due,
+                    lender_id=lender_id,
+                    deal_id=app["deal_id"],
+                    ref=ref,
+                    type=event[0],
+                    body=build_body(event[0], event[1], at),
+                    due_at=due,
                     copies=2 if step is not None and step.duplicate else 1,
                 )
             request_id = _new_id("dsb")
@@ -545,8 +594,13 @@ class LenderSim:
                 }
             )
             self._fire_extra(
-                script, state, when="disbursement", deal_id=app["deal_id"],
-                lender_id=lender_id, ref=ref, submission_no=app["submission_no"],
+                script,
+                state,
+                when="disbursement",
+                deal_id=app["deal_id"],
+                lender_id=lender_id,
+                ref=ref,
+                submission_no=app["submission_no"],
                 default_delay=delay,
             )
             if script is not None:
@@ -616,10 +670,16 @@ class LenderSim:
         with self.ledger.tx():
             self.ledger.put_script(deal_id, script.model_dump(mode="json"), state)
             self._fire_extra(
-                script, state, when="now", deal_id=deal_id, lender_id=None, ref="-",
+                script,
+                state,
+                when="now",
+                deal_id=deal_id,
+                lender_id=None,
+                ref="-",
                 submission_no=None,
                 default_delay=(
-                    script.decision_delay if script.decision_delay is not None
+                    script.decision_delay
+                    if script.decision_delay is not None
                     else self.config.decision_delay
                 ),
             )
@@ -691,7 +751,9 @@ def create_app(config: SimConfig) -> FastAPI:
         return {"status": "ok"}
 
     async def guarded(
-        endpoint: Endpoint, lender_id: str, deal_id: str | None,
+        endpoint: Endpoint,
+        lender_id: str,
+        deal_id: str | None,
         handle: Callable[[], Awaitable[JSONResponse]],
     ) -> JSONResponse:
         """Handle one lender-API request under the fault rules (faults.py)."""
@@ -735,8 +797,7 @@ def create_app(config: SimConfig) -> FastAPI:
 
         async def handle() -> JSONResponse:
             request_id, _ = await run(sim.request_disbursement, lender_id, ref, key, req, digest)
-            return JSONResponse({"request_id": request_id, "application_ref": ref},
-                                status_code=202)
+            return JSONResponse({"request_id": request_id, "application_ref": ref}, status_code=202)
 
         return await guarded("disbursement-requests", lender_id, req.deal_id, handle)
 

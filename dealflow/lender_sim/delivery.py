@@ -162,7 +162,11 @@ class Dispatcher:
             next_at = time.time() + self.config.backoff(attempts)
         log.info(
             "webhook %s %s lender=%s deal=%s attempt=%d status=%s%s",
-            row["id"], row["type"], row["lender_id"], row["deal_id"], attempts,
+            row["id"],
+            row["type"],
+            row["lender_id"],
+            row["deal_id"],
+            attempts,
             code if code is not None else "-",
             "" if delivered else (" retry" if next_at else " gave up"),
         )

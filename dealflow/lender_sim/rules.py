@@ -101,8 +101,14 @@ def decide(package: ApplicationPackage, apr_percent: Decimal) -> RuleDecision:
         return RuleDecision(Decision.DECLINED, None, apr, term, [], reasons, payment)
 
     if requested <= 0 or price <= 0 or term <= 0:
-        return declined([{"code": "INVALID_PACKAGE",
-                          "text": "Amount requested, vehicle price and term must be positive."}])
+        return declined(
+            [
+                {
+                    "code": "INVALID_PACKAGE",
+                    "text": "Amount requested, vehicle price and term must be positive.",
+                }
+            ]
+        )
 
     max_ratio = MAX_LOAN_RATIO[Product(package.product)]
     ltv_reason: dict[str, str] | None = None
@@ -119,8 +125,12 @@ def decide(package: ApplicationPackage, apr_percent: Decimal) -> RuleDecision:
     income = _decimal(package.applicant.get("monthly_income"))
     if income is None or income <= 0:
         reasons = [ltv_reason] if ltv_reason else []
-        reasons.append({"code": "INCOME_UNVERIFIED",
-                        "text": "The applicant's monthly income is missing or invalid."})
+        reasons.append(
+            {
+                "code": "INCOME_UNVERIFIED",
+                "text": "The applicant's monthly income is missing or invalid.",
+            }
+        )
         return declined(reasons)
 
     payment = monthly_payment(requested, apr, term)
