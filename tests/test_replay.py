@@ -8,7 +8,9 @@ worker would. Regenerate with `.venv/bin/python -m tests.histories.regenerate`;
 Older generations stay committed and keep replaying: `legacy/` was recorded
 before payload encryption (the codec passes unencrypted payloads through),
 `v1/` before the application package was recorded in history (patch
-"application-package-in-history").
+"application-package-in-history"), `v2/` before updates returned a receipt
+instead of the whole status and before one projection in flight per deal
+(patch "one-projection-in-flight").
 """
 
 from __future__ import annotations
