@@ -18,9 +18,11 @@ from pathlib import Path
 import httpx
 from temporalio.worker import Worker
 
+import workflows
 from activities import DealActivities
 from dealflow import client as deals
 from dealflow import db, logs
+from dealflow.bytecode import cache_bytecode
 from dealflow.config import Settings, get_settings, load_lenders
 from dealflow.docstore import open_store
 from workflows import WORKFLOW_RUNNER, DealWorkflow
@@ -54,6 +56,7 @@ def build_worker(
 
 async def main() -> None:
     logs.setup()
+    cache_bytecode(workflows)
     settings = get_settings()
     client = await deals.connect(settings)
     store = open_store(

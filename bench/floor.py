@@ -190,8 +190,11 @@ async def worker_main(task_queue: str) -> None:
     from temporalio.worker import Worker
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+    import bench.floor
+    from dealflow.bytecode import cache_bytecode
     from dealflow.config import Settings
 
+    cache_bytecode(bench.floor)  # as worker.py does for the deal's module
     settings = Settings()
     client = await Client.connect(
         settings.temporal_address,

@@ -387,8 +387,11 @@ def _converter(keyring: codec.Keyring) -> DataConverter:
 
 
 def _replayer(keyring: codec.Keyring, workflows: Sequence[type] | None = None) -> Replayer:
+    import workflows as workflow_package
+    from dealflow.bytecode import cache_bytecode
     from workflows import WORKFLOW_RUNNER, DealWorkflow
 
+    cache_bytecode(workflow_package)  # each replayed run re-imports the module in the sandbox
     return Replayer(
         workflows=list(workflows or [DealWorkflow]),
         data_converter=_converter(keyring),

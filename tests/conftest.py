@@ -23,10 +23,12 @@ from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+import workflows
 from activities import DealActivities
 from dealflow import codec, db
 from dealflow.api.app import create_app as create_api
 from dealflow.api.deps import Services
+from dealflow.bytecode import cache_bytecode
 from dealflow.config import LenderConfig, Settings, load_lenders
 from dealflow.docstore import LocalDirectoryStore
 from dealflow.lender_sim import SimConfig
@@ -36,6 +38,8 @@ from workflows import WORKFLOW_RUNNER, DealWorkflow
 from workflows.deal import DEAL_STAGE, DEALER_ID, LENDER_ID
 
 BIN = Path(sys.executable).parent
+# As worker.py does: the sandbox re-imports the workflow module for each run.
+cache_bytecode(workflows)
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH_ATTRIBUTES = [DEAL_STAGE, DEALER_ID, LENDER_ID]
 
