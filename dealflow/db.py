@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import threading
@@ -345,7 +346,10 @@ def _writing(engine: Engine) -> Iterator[Connection]:
 
 def _insert(conn: Connection, table: Table) -> Any:
     """A dialect INSERT that supports ON CONFLICT (SQLite and PostgreSQL agree)."""
-    name = conn.dialect.name
+    return _insert_for(conn.dialect.name, table)
+
+
+def _insert_for(name: str, table: Table) -> Any:
     if name == "postgresql":
         return pg_dialect.insert(table)
     if name == "sqlite":
@@ -357,6 +361,10 @@ def _wrote(conn: Connection, stmt: Any) -> bool:
     # RETURNING yields a row only for a row actually inserted or updated.
     # SQLAlchemy does not promise an INSERT's rowcount (psycopg gives -1 here).
     return conn.execute(stmt).first() is not None
+
+
+def _wrote_with(conn: Connection, stmt: Any, params: Mapping[str, Any]) -> bool:
+    return conn.execute(stmt, params).first() is not None
 
 
 def _insert_if_absent(engine: Engine, table: Table, values: Mapping[str, Any]) -> bool:
@@ -443,13 +451,21 @@ def upsert_deal(engine: Engine, p: ProjectionInput) -> bool:
         "pending_roles": ",".join(str(r) for r in p.pending_roles),
     }
     with _writing(engine) as conn:
-        stmt = _insert(conn, DEALS).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["deal_id"],
-            set_={k: stmt.excluded[k] for k in values if k != "deal_id"},
-            where=DEALS.c.version < stmt.excluded.version,
-        ).returning(DEALS.c.deal_id)
-        return _wrote(conn, stmt)
+        return _wrote_with(conn, _upsert_deal_statement(conn.dialect.name), values)
+
+
+@functools.cache
+def _upsert_deal_statement(dialect: str) -> Any:
+    # Built once per dialect, values bound at execution: the read model is
+    # written after nearly every step of every deal, and building and
+    # compiling this statement each time was most of the write's CPU.
+    stmt = _insert_for(dialect, DEALS)
+    columns = [c.name for c in DEALS.columns if c.name != "deal_id"]
+    return stmt.on_conflict_do_update(
+        index_elements=["deal_id"],
+        set_={k: stmt.excluded[k] for k in columns},
+        where=DEALS.c.version < stmt.excluded.version,
+    ).returning(DEALS.c.deal_id)
 
 
 def get_deal(engine: Engine, deal_id: str) -> DealRow | None:
