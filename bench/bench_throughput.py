@@ -3,7 +3,8 @@
 One calibration deal is run first; its history gives the floor's plan (the
 same updates, signals and activities, in the same order). Then the two arms
 run in an A-B-B-A pattern (floor, deals, deals, floor), each chunk with the
-same concurrency, so drift on a noisy machine falls on both. Figures per arm:
+same concurrency, so drift on a noisy machine falls on both. Both arms use the
+deal's payload codec. Figures per arm:
 deals/s, CPU ms per deal of the server and of the arm's worker (and, for
 deals, of the API and the lender simulator), history events per deal.
 """
@@ -28,12 +29,15 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     n = ctx.n(DEALS_FULL, DEALS_QUICK)
     conc = ctx.n(CONCURRENCY_FULL, CONCURRENCY_QUICK)
     async with ctx.stack("b1-throughput") as s:
-        assert s.client is not None and s.plain_client is not None
+        assert s.client is not None
         client = s.client
-        plain = s.plain_client  # the floor's client: no payload codec
+        # The floor encrypts its payloads with the deal's codec: no deployment
+        # may store payloads in clear (DESIGN), and the SDK's cost per encoded
+        # payload is the platform's, not the deal's. (Until 2026-11-29 the
+        # floor ran without it; the README gives both figures.)
         fw = s.ensure_extra(
             "floor_worker",
-            [python(), "-m", "bench.floor", "worker", "--task-queue", "floor"],
+            [python(), "-m", "bench.floor", "worker", "--task-queue", "floor", "--codec"],
             task_queue="floor",
         )
         driver = Driver(client, s.store, s.lenders, s.settings.task_queue, s.sim_url)
@@ -46,7 +50,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             f"[1] floor plan from the deal: {plan.updates} updates, {plan.signals} signals, "
             f"{plan.activities} activities, {plan.local_activities} local activities"
         )
-        await floor.drive(plain, "floor", f"floor-warmup-{uuid.uuid4().hex[:6]}", plan)
+        await floor.drive(client, "floor", f"floor-warmup-{uuid.uuid4().hex[:6]}", plan)
 
         arms: dict[str, dict[str, Any]] = {
             a: {"ids": [], "wall": 0.0, "cpu": {}, "latencies": []} for a in ("floor", "deal")
@@ -83,7 +87,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                 lat: list[float] = a["latencies"]
 
                 def one(i: int, tag: str = tag, lat: list[float] = lat) -> Any:
-                    return floor.drive(plain, "floor", f"floor-{tag}-{i}", plan, lat)
+                    return floor.drive(client, "floor", f"floor-{tag}-{i}", plan, lat)
 
                 ids = await bounded(size, conc, one)
             else:
@@ -107,7 +111,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
 
         say("[1] reading histories")
         kept: list[Any] = []
-        fstats = await history_stats(plain, arms["floor"]["ids"])
+        fstats = await history_stats(client, arms["floor"]["ids"])
         dstats = await history_stats(client, arms["deal"]["ids"], keep=kept)
         ctx.shared["deal_histories"] = kept
         ctx.shared["floor_plan"] = plan

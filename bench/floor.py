@@ -6,7 +6,8 @@ is read from a real deal's history (`plan_from_history`), so the floor does
 the same number of updates, signals and activities as a deal and nothing else:
 no validation, no state, no timers, no search attributes, one-field payloads.
 It runs in the same kind of worker as the deal (own process, SDK sandbox,
-pydantic data converter, same cache and slot settings).
+pydantic data converter, same cache and slot settings); with `--codec` also
+the deal's payload codec (benchmark 1: every deployment encrypts payloads).
 
     python -m bench.floor worker --task-queue floor     # the floor's worker process
 """
@@ -184,7 +185,7 @@ async def drive(
     return workflow_id
 
 
-async def worker_main(task_queue: str) -> None:
+async def worker_main(task_queue: str, codec: bool = False) -> None:
     from temporalio.client import Client
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.worker import Worker
@@ -196,10 +197,14 @@ async def worker_main(task_queue: str) -> None:
 
     cache_bytecode(bench.floor)  # as worker.py does for the deal's module
     settings = Settings()
+    if codec:
+        from dealflow.codec import data_converter_for
+
+        converter = data_converter_for(settings)
+    else:
+        converter = pydantic_data_converter
     client = await Client.connect(
-        settings.temporal_address,
-        namespace=settings.namespace,
-        data_converter=pydantic_data_converter,
+        settings.temporal_address, namespace=settings.namespace, data_converter=converter
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -226,9 +231,14 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("worker", help="run the floor workflow's worker")
     w.add_argument("--task-queue", default="floor")
+    w.add_argument(
+        "--codec",
+        action="store_true",
+        help="encrypt payloads with the codec of DEALFLOW_CODEC_KEYS, as the deal worker does",
+    )
     args = ap.parse_args(argv)
     if args.cmd == "worker":
-        asyncio.run(worker_main(args.task_queue))
+        asyncio.run(worker_main(args.task_queue, args.codec))
 
 
 if __name__ == "__main__":
