@@ -369,8 +369,11 @@ async def test_worker_killed_mid_deal_resumes_after_stack_up(e2e: E2E, client: C
             await asyncio.sleep(0.25)
         assert not pid_alive(old)
         engine = db.make_engine(e2e.settings.database_url)
-        inbox = await asyncio.to_thread(_inbox, engine, deal_id)
-        assert [row.status for row in inbox] == ["delivered"]
+        # The "delivered" mark is written just after the 2xx (group-committed).
+        deadline = time.monotonic() + 5
+        while [r.status for r in await asyncio.to_thread(_inbox, engine, deal_id)] != ["delivered"]:
+            assert time.monotonic() < deadline, await asyncio.to_thread(_inbox, engine, deal_id)
+            await asyncio.sleep(0.05)
 
         up = await asyncio.to_thread(e2e.stack, "up")
         assert up.returncode == 0, f"{up.stdout}\n{up.stderr}\n{e2e.logs()}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -104,16 +105,23 @@ def assert_problem(r: httpx.Response, status: int, *fragments: str) -> str:
     return detail
 
 
-def inbox(stack: Stack, lender_id: str, webhook_id: str) -> list[db.InboxRow]:
-    with Session(stack.engine) as session:
-        return list(
-            session.exec(
-                select(db.InboxRow).where(
-                    col(db.InboxRow.lender_id) == lender_id,
-                    col(db.InboxRow.webhook_id) == webhook_id,
-                )
-            ).all()
-        )
+async def inbox(stack: Stack, lender_id: str, webhook_id: str) -> list[db.InboxRow]:
+    """The inbox rows of one webhook id, once the API's background "delivered"
+    mark (written after the 2xx, group-committed) has landed."""
+    deadline = time.monotonic() + 5
+    while True:
+        with Session(stack.engine) as session:
+            rows = list(
+                session.exec(
+                    select(db.InboxRow).where(
+                        col(db.InboxRow.lender_id) == lender_id,
+                        col(db.InboxRow.webhook_id) == webhook_id,
+                    )
+                ).all()
+            )
+        if all(r.status != "received" for r in rows) or time.monotonic() > deadline:
+            return rows
+        await asyncio.sleep(0.02)
 
 
 def decisions(st: DealStatus) -> list[str]:
@@ -186,7 +194,7 @@ async def test_valid_decision_is_applied_once(dev_stack: Stack, new_deal: NewDea
     # A forgery that arrives first must not claim the id of the genuine event.
     forged = signed(secret(dev_stack, BETA), body, wid)
     assert_problem(await post(dev_stack, ACME, body, forged), 401, "signature")
-    assert inbox(dev_stack, ACME, wid) == []
+    assert await inbox(dev_stack, ACME, wid) == []
 
     r = await post(dev_stack, ACME, body, signed(secret(dev_stack, ACME), body, wid))
     assert r.status_code == 204, r.text
@@ -196,7 +204,7 @@ async def test_valid_decision_is_applied_once(dev_stack: Stack, new_deal: NewDea
     current = st.submissions[-1].current
     assert current is not None and current.decision.value == "approved"
     assert str(current.approved_amount) == FINANCED
-    [row] = inbox(dev_stack, ACME, wid)
+    [row] = await inbox(dev_stack, ACME, wid)
     assert (row.status, row.deal_id, row.event_type) == (
         "delivered",
         desk.deal_id,
@@ -213,13 +221,13 @@ async def test_valid_decision_is_applied_once(dev_stack: Stack, new_deal: NewDea
     st = await desk.status()
     assert decisions(st) == [wid]
     assert st.stage is Stage.DOWN_PAYMENT
-    assert [x.status for x in inbox(dev_stack, ACME, wid)] == ["delivered"]
+    assert [x.status for x in await inbox(dev_stack, ACME, wid)] == ["delivered"]
 
     # The same id with another body: 409, and the first one stays as it was.
     other = decided(desk.deal_id, sub.application_ref, seq=2, decision="declined", amount=None)
     r = await post(dev_stack, ACME, other, signed(secret(dev_stack, ACME), other, wid))
     assert_problem(r, 409, wid, "different body")
-    [after] = inbox(dev_stack, ACME, wid)
+    [after] = await inbox(dev_stack, ACME, wid)
     assert (after.body_sha256, after.status) == (row.body_sha256, "delivered")
     assert await signals(desk) == 1
     assert decisions(await desk.status()) == [wid]
@@ -256,7 +264,7 @@ async def test_bad_signature_is_401_and_not_stored(
     headers = signed(secret(dev_stack, ACME), body)
     headers["webhook-signature"] = tamper(headers["webhook-signature"])
     assert_problem(await post(dev_stack, ACME, body, headers), 401, "no matching signature")
-    assert inbox(dev_stack, ACME, headers["webhook-id"]) == []
+    assert await inbox(dev_stack, ACME, headers["webhook-id"]) == []
 
 
 async def test_signature_over_another_body_is_401(
@@ -267,7 +275,7 @@ async def test_signature_over_another_body_is_401(
     sent = decided(desk.deal_id, sub.application_ref or "")
     headers = signed(secret(dev_stack, ACME), signed_body)
     assert_problem(await post(dev_stack, ACME, sent, headers), 401, "signature")
-    assert inbox(dev_stack, ACME, headers["webhook-id"]) == []
+    assert await inbox(dev_stack, ACME, headers["webhook-id"]) == []
 
 
 async def test_event_signed_with_another_lenders_secret_is_401(
@@ -277,8 +285,8 @@ async def test_event_signed_with_another_lenders_secret_is_401(
     body = decided(desk.deal_id, sub.application_ref or "")
     headers = signed(secret(dev_stack, BETA), body)
     assert_problem(await post(dev_stack, ACME, body, headers), 401, "signature")
-    assert inbox(dev_stack, ACME, headers["webhook-id"]) == []
-    assert inbox(dev_stack, BETA, headers["webhook-id"]) == []
+    assert await inbox(dev_stack, ACME, headers["webhook-id"]) == []
+    assert await inbox(dev_stack, BETA, headers["webhook-id"]) == []
 
 
 @pytest.mark.parametrize(
@@ -294,7 +302,7 @@ async def test_timestamp_outside_tolerance_is_401(
     # Correctly signed over the stale timestamp: only the clock check can refuse it.
     headers = signed(secret(dev_stack, ACME), body, at=datetime.now(UTC) + shift)
     assert_problem(await post(dev_stack, ACME, body, headers), 401, why)
-    assert inbox(dev_stack, ACME, headers["webhook-id"]) == []
+    assert await inbox(dev_stack, ACME, headers["webhook-id"]) == []
 
 
 @pytest.mark.parametrize(
@@ -317,7 +325,7 @@ async def test_missing_headers_are_401(
     for h in drop:
         del headers[h]
     assert_problem(await post(dev_stack, ACME, body, headers), 401, "missing", *drop)
-    assert inbox(dev_stack, ACME, wid) == []
+    assert await inbox(dev_stack, ACME, wid) == []
 
 
 @pytest.mark.parametrize(
@@ -332,7 +340,7 @@ async def test_garbled_signature_header_is_401_not_500(
     headers = signed(secret(dev_stack, ACME), body)
     headers["webhook-signature"] = signature
     assert_problem(await post(dev_stack, ACME, body, headers), 401, "signature")
-    assert inbox(dev_stack, ACME, headers["webhook-id"]) == []
+    assert await inbox(dev_stack, ACME, headers["webhook-id"]) == []
 
 
 async def test_body_that_is_not_utf8_is_401_not_500(dev_stack: Stack) -> None:
@@ -343,7 +351,7 @@ async def test_body_that_is_not_utf8_is_401_not_500(dev_stack: Stack) -> None:
         "webhook-signature": "v1,AAAA",
     }
     assert_problem(await post(dev_stack, ACME, body, headers), 401, "UTF-8")
-    assert inbox(dev_stack, ACME, headers["webhook-id"]) == []
+    assert await inbox(dev_stack, ACME, headers["webhook-id"]) == []
 
 
 # --------------------------------------------------------------------------- 404, 413
@@ -358,7 +366,7 @@ async def test_unknown_lender_is_404(dev_stack: Stack) -> None:
         "unknown lender",
         "no-such-lender",
     )
-    assert inbox(dev_stack, "no-such-lender", headers["webhook-id"]) == []
+    assert await inbox(dev_stack, "no-such-lender", headers["webhook-id"]) == []
 
 
 async def test_oversized_body_is_413_and_not_stored(
@@ -381,7 +389,7 @@ async def test_oversized_body_is_413_and_not_stored(
     assert len(body) > MAX_WEBHOOK_BYTES
     headers = signed(secret(dev_stack, ACME), body)  # correctly signed: size alone refuses it
     assert_problem(await post(dev_stack, ACME, body, headers), 413, str(MAX_WEBHOOK_BYTES))
-    assert inbox(dev_stack, ACME, headers["webhook-id"]) == []
+    assert await inbox(dev_stack, ACME, headers["webhook-id"]) == []
 
     # Streamed without a Content-Length (chunked): refused all the same.
     async def chunks() -> AsyncIterator[bytes]:
@@ -392,7 +400,7 @@ async def test_oversized_body_is_413_and_not_stored(
         r = await h.post(f"/webhooks/lenders/{ACME}", content=chunks(), headers=headers)
     assert "content-length" not in {k.lower() for k in r.request.headers}
     assert_problem(r, 413, str(MAX_WEBHOOK_BYTES))
-    assert inbox(dev_stack, ACME, headers["webhook-id"]) == []
+    assert await inbox(dev_stack, ACME, headers["webhook-id"]) == []
 
 
 # --------------------------------------------------------------------------- 422, 409
@@ -404,7 +412,7 @@ async def test_unknown_deal_is_422_and_kept_as_rejected(dev_stack: Stack) -> Non
     assert_problem(
         await post(dev_stack, ACME, body, headers), 422, "unknown deal", "20990101-deadbeef"
     )
-    [row] = inbox(dev_stack, ACME, headers["webhook-id"])
+    [row] = await inbox(dev_stack, ACME, headers["webhook-id"])
     assert row.status == "rejected"
     assert row.deal_id == "20990101-deadbeef"
     assert row.error and "20990101-deadbeef" in row.error
@@ -413,7 +421,7 @@ async def test_unknown_deal_is_422_and_kept_as_rejected(dev_stack: Stack) -> Non
     # The lender retries it: still 422, still one row.
     again = signed(secret(dev_stack, ACME), body, headers["webhook-id"])
     assert_problem(await post(dev_stack, ACME, body, again), 422, "unknown deal")
-    assert [r.status for r in inbox(dev_stack, ACME, headers["webhook-id"])] == ["rejected"]
+    assert [r.status for r in await inbox(dev_stack, ACME, headers["webhook-id"])] == ["rejected"]
 
 
 def _missing_decision_seq(deal_id: str, ref: str) -> bytes:
@@ -447,7 +455,7 @@ async def test_malformed_body_is_422_and_kept_as_rejected(
     body = make(desk.deal_id, sub.application_ref or "")
     headers = signed(secret(dev_stack, ACME), body)
     detail = assert_problem(await post(dev_stack, ACME, body, headers), 422, *fragments)
-    [row] = inbox(dev_stack, ACME, headers["webhook-id"])
+    [row] = await inbox(dev_stack, ACME, headers["webhook-id"])
     assert row.status == "rejected"
     assert row.error == detail
     assert row.body == body.decode()
@@ -461,12 +469,12 @@ async def test_reused_id_with_another_body_is_409_first_kept(
     wid = new_id()
     r = await post(dev_stack, ACME, first, signed(secret(dev_stack, ACME), first, wid))
     assert_problem(r, 422, "unknown event type")
-    [row] = inbox(dev_stack, ACME, wid)
+    [row] = await inbox(dev_stack, ACME, wid)
 
     second = decided(desk.deal_id, sub.application_ref or "")
     r = await post(dev_stack, ACME, second, signed(secret(dev_stack, ACME), second, wid))
     assert_problem(r, 409, wid, "different body")
-    [after] = inbox(dev_stack, ACME, wid)
+    [after] = await inbox(dev_stack, ACME, wid)
     assert (after.id, after.body, after.body_sha256, after.status) == (
         row.id,
         row.body,
@@ -490,7 +498,7 @@ async def test_concurrent_deliveries_of_one_id_apply_once(
     st = await desk.wait_stage(Stage.DOWN_PAYMENT)
     await desk.quiet_history()
     assert decisions(await desk.status()) == [wid], st
-    assert [r.status for r in inbox(dev_stack, ACME, wid)] == ["delivered"]
+    assert [r.status for r in await inbox(dev_stack, ACME, wid)] == ["delivered"]
 
 
 async def test_event_for_a_deal_that_has_ended_is_422_saying_so(
@@ -508,7 +516,7 @@ async def test_event_for_a_deal_that_has_ended_is_422_saying_so(
     assert_problem(
         await post(dev_stack, ACME, body, headers), 422, desk.deal_id, "has ended", "TERMINATED"
     )
-    [row] = inbox(dev_stack, ACME, headers["webhook-id"])
+    [row] = await inbox(dev_stack, ACME, headers["webhook-id"])
     assert row.status == "rejected" and row.error and "has ended" in row.error
 
 
@@ -537,6 +545,6 @@ async def test_event_stored_but_not_delivered_before_a_crash_is_delivered_on_res
     assert await redeliver_pending(services) >= 1
     st = await desk.wait_stage(Stage.DOWN_PAYMENT)
     assert decisions(st) == [wid]
-    assert [x.status for x in inbox(dev_stack, ACME, wid)] == ["delivered"]
+    assert [x.status for x in await inbox(dev_stack, ACME, wid)] == ["delivered"]
     await redeliver_pending(services)
     assert await signals(desk) == 1
