@@ -42,6 +42,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     and_,
+    bindparam,
     create_engine,
     event,
     func,
@@ -368,15 +369,18 @@ def _wrote_with(conn: Connection, stmt: Any, params: Mapping[str, Any]) -> bool:
 
 
 def _insert_if_absent(engine: Engine, table: Table, values: Mapping[str, Any]) -> bool:
-    pk = [c.name for c in table.primary_key.columns]
     with _writing(engine) as conn:
-        stmt = (
-            _insert(conn, table)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=pk)
-            .returning(*table.primary_key.columns)
-        )
-        return _wrote(conn, stmt)
+        return _wrote_with(conn, _insert_if_absent_statement(conn.dialect.name, table), values)
+
+
+@functools.cache
+def _insert_if_absent_statement(dialect: str, table: Table) -> Any:
+    pk = [c.name for c in table.primary_key.columns]
+    return (
+        _insert_for(dialect, table)
+        .on_conflict_do_nothing(index_elements=pk)
+        .returning(*table.primary_key.columns)
+    )
 
 
 # --------------------------------------------------------------------------- migrations
@@ -695,7 +699,7 @@ def _store_webhook(conn: Connection, hook: WebhookIn) -> tuple[InboxRow, StoreOu
     deliveries of the same id race-free: exactly one of them is 'new'.
     """
     sha = hashlib.sha256(hook.body).hexdigest()
-    values = {
+    values: dict[str, Any] = {
         "lender_id": hook.lender_id,
         "webhook_id": hook.webhook_id,
         "received_at": hook.received_at,
@@ -705,24 +709,40 @@ def _store_webhook(conn: Connection, hook: WebhookIn) -> tuple[InboxRow, StoreOu
         "deal_id": hook.deal_id,
         "status": "received",
     }
-    stmt = (
-        _insert(conn, INBOX)
-        .values(**values)
+    new_id = conn.execute(_store_webhook_statement(conn.dialect.name), values).scalar()
+    if new_id is not None:
+        return InboxRow(id=new_id, **values), "new"
+    key = {"lender_id": hook.lender_id, "webhook_id": hook.webhook_id}
+    found = conn.execute(_find_webhook_statement(), key).mappings().one()
+    row = InboxRow(**found)
+    return row, "duplicate" if row.body_sha256 == sha else "conflict"
+
+
+# The inbox is written once or twice per webhook: its statements are built once,
+# with values bound at execution (building them was most of a write's CPU).
+@functools.cache
+def _store_webhook_statement(dialect: str) -> Any:
+    return (
+        _insert_for(dialect, INBOX)
         .on_conflict_do_nothing(index_elements=["lender_id", "webhook_id"])
         .returning(INBOX.c.id)
     )
-    inserted = _wrote(conn, stmt)
-    with Session(bind=conn) as session:
-        row = session.exec(
-            select(InboxRow).where(
-                col(InboxRow.lender_id) == hook.lender_id,
-                col(InboxRow.webhook_id) == hook.webhook_id,
-            )
-        ).one()
-        session.expunge(row)
-    if inserted:
-        return row, "new"
-    return row, "duplicate" if row.body_sha256 == sha else "conflict"
+
+
+@functools.cache
+def _find_webhook_statement() -> Any:
+    return sa_select(INBOX).where(
+        INBOX.c.lender_id == bindparam("lender_id"),
+        INBOX.c.webhook_id == bindparam("webhook_id"),
+    )
+
+
+@functools.cache
+def _mark_webhook_statement(delivered: bool) -> Any:
+    values: dict[str, Any] = {"status": bindparam("new_status"), "error": bindparam("new_error")}
+    if delivered:
+        values["delivered_at"] = bindparam("new_delivered_at")
+    return update(INBOX).where(INBOX.c.id == bindparam("row_id")).values(**values)
 
 
 def pending_webhooks(engine: Engine, received_before: datetime, limit: int = 100) -> list[InboxRow]:
@@ -765,10 +785,15 @@ def mark_webhook(
 def _mark_webhook(conn: Connection, mark: WebhookMark) -> bool:
     if mark.status not in get_args(WebhookStatus):
         raise ValueError(f"unknown webhook status {mark.status!r}")
-    values: dict[str, Any] = {"status": mark.status, "error": mark.error}
-    if mark.status == "delivered":
-        values["delivered_at"] = mark.at or datetime.now(UTC)
-    result = conn.execute(update(INBOX).where(INBOX.c.id == mark.row_id).values(**values))
+    delivered = mark.status == "delivered"
+    params: dict[str, Any] = {
+        "row_id": mark.row_id,
+        "new_status": mark.status,
+        "new_error": mark.error,
+    }
+    if delivered:
+        params["new_delivered_at"] = mark.at or datetime.now(UTC)
+    result = conn.execute(_mark_webhook_statement(delivered), params)
     return bool(result.rowcount == 1)
 
 
