@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from alembic import command
-from alembic.config import Config
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 from sqlalchemy import (
     CheckConstraint,
     Column,
@@ -392,6 +393,10 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
     With `connection`, migrations run on it (inside its transaction); otherwise
     env.py connects to `url`.
     """
+    # alembic is imported where it is used: a fifth of a second that the
+    # worker and the API, which never migrate, would pay on every start.
+    from alembic.config import Config
+
     cfg = Config()
     # Config values go through ConfigParser interpolation: escape '%'.
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -417,6 +422,8 @@ def migrate(url: str) -> None:
                 "SELECT pg_advisory_xact_lock(hashtext('dealflow.migrate:' || current_schema()))"
             )
         # On SQLite, BEGIN IMMEDIATE (see _writing) is the lock.
+        from alembic import command
+
         command.upgrade(alembic_config(connection=conn), "head")
 
 

@@ -54,6 +54,19 @@ async def desk(ts_stack: Stack, database_url: str) -> AsyncIterator[Desk]:
             await d.close()
 
 
+@pytest.fixture
+async def dev_desk(dev_stack: Stack, database_url: str) -> AsyncIterator[Desk]:
+    """A desk on the real dev server, for scenarios that need no skipped time."""
+    async with deal_worker(
+        dev_stack.env.client, database_url, dev_stack.lenders, dev_stack.store
+    ) as tq:
+        d = Desk(dev_stack, tq)
+        try:
+            yield d
+        finally:
+            await d.close()
+
+
 # --------------------------------------------------------------------------- reading a deal
 
 
@@ -787,7 +800,13 @@ async def _whole_deal(desk: Desk, policy: DealPolicy | None = None) -> DealStatu
     return await desk.result()
 
 
-async def test_continue_as_new_mid_deal_keeps_state_intact(desk: Desk) -> None:
+async def test_continue_as_new_mid_deal_keeps_state_intact(dev_desk: Desk) -> None:
+    # On the dev server: the time-skipping server, when a continue-as-new is
+    # refused because updates arrived meanwhile (UNHANDLED_COMMAND, retried),
+    # now and then keeps a workflow task of the closed run open forever, which
+    # stops time skipping for every later test. The dev server closes each run
+    # cleanly (checked run by run), and no time needs skipping here.
+    desk = dev_desk
     twin = Desk(desk.stack, desk.task_queue)
     try:
         normal, continued = await asyncio.gather(

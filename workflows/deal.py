@@ -594,6 +594,7 @@ class DealWorkflow:
         # One projection in flight per deal, taken when it is sent: an update
         # that changes the stage owes two snapshots, and a burst of signals
         # many, but only the newest state matters to the read model.
+        self.s.version += 1
         self._projection_owed = True
         if "project" not in self._tasks:
             self._spawn("project", self._projector())
@@ -601,7 +602,6 @@ class DealWorkflow:
     async def _projector(self) -> None:
         while self._projection_owed:
             self._projection_owed = False
-            self.s.version += 1
             await workflow.execute_activity("project_deal", self._snapshot(), **BOOKKEEPING)
 
     def _snapshot(self) -> ProjectionInput:
