@@ -23,6 +23,7 @@ from dealflow import client as deals
 
 DEALS_FULL, DEALS_QUICK = 200, 2
 CONCURRENCY_FULL, CONCURRENCY_QUICK = 20, 2
+FLOOR_QUEUE = "floor-codec"
 
 
 async def run(ctx: Ctx) -> dict[str, Any]:
@@ -35,10 +36,12 @@ async def run(ctx: Ctx) -> dict[str, Any]:
         # may store payloads in clear (DESIGN), and the SDK's cost per encoded
         # payload is the platform's, not the deal's. (Until 2026-11-29 the
         # floor ran without it; the README gives both figures.)
+        # Its own name and queue: --quick shares one stack with benchmark 4,
+        # whose floor runs without the codec.
         fw = s.ensure_extra(
-            "floor_worker",
-            [python(), "-m", "bench.floor", "worker", "--task-queue", "floor", "--codec"],
-            task_queue="floor",
+            "floor_worker_codec",
+            [python(), "-m", "bench.floor", "worker", "--task-queue", FLOOR_QUEUE, "--codec"],
+            task_queue=FLOOR_QUEUE,
         )
         driver = Driver(client, s.store, s.lenders, s.settings.task_queue, s.sim_url)
 
@@ -50,7 +53,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             f"[1] floor plan from the deal: {plan.updates} updates, {plan.signals} signals, "
             f"{plan.activities} activities, {plan.local_activities} local activities"
         )
-        await floor.drive(client, "floor", f"floor-warmup-{uuid.uuid4().hex[:6]}", plan)
+        await floor.drive(client, FLOOR_QUEUE, f"floor-warmup-{uuid.uuid4().hex[:6]}", plan)
 
         arms: dict[str, dict[str, Any]] = {
             a: {"ids": [], "wall": 0.0, "cpu": {}, "latencies": []} for a in ("floor", "deal")
@@ -87,7 +90,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                 lat: list[float] = a["latencies"]
 
                 def one(i: int, tag: str = tag, lat: list[float] = lat) -> Any:
-                    return floor.drive(client, "floor", f"floor-{tag}-{i}", plan, lat)
+                    return floor.drive(client, FLOOR_QUEUE, f"floor-{tag}-{i}", plan, lat)
 
                 ids = await bounded(size, conc, one)
             else:

@@ -833,8 +833,12 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
                     entry_or_none.details += f" — FAILED: {failure_text(a.outcome.failure)}"
                 else:
                     v = _first(a.outcome.success)
-                    st = (v or {}).get("status", {}) if isinstance(v, dict) else {}
-                    entry_or_none.data["result_stage"] = st.get("stage")
+                    res: dict[str, Any] = v if isinstance(v, dict) else {}
+                    # A receipt holds the stage; deals from before receipts
+                    # returned the whole status.
+                    old = res.get("status")
+                    st: dict[str, Any] = old if isinstance(old, dict) else {}
+                    entry_or_none.data["result_stage"] = res.get("stage") or st.get("stage")
             elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
                 a = e.workflow_execution_signaled_event_attributes
                 v = _first(a.input)
