@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -42,7 +42,7 @@ from dealflow.models import (
 )
 from dealflow.samples import example_action, example_deal, sample_documents, stipulation_document
 from dealflow.uploads import upload_document
-from tests.conftest import Stack
+from tests.conftest import Stack, deal_worker
 from workflows import DealWorkflow
 
 _QUERY_LOST = (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
@@ -415,3 +415,15 @@ async def result_skipping_time(env: WorkflowEnvironment, handle: Any) -> Any:
 
 def today() -> date:
     return datetime.now(UTC).date()
+
+
+@contextlib.asynccontextmanager
+async def desk_on(stack: Stack, database_url: str) -> AsyncIterator[Desk]:
+    """A desk with its own worker on a fresh task queue; what it started is
+    terminated afterwards (`Desk.close`)."""
+    async with deal_worker(stack.env.client, database_url, stack.lenders, stack.store) as tq:
+        d = Desk(stack, tq)
+        try:
+            yield d
+        finally:
+            await d.close()

@@ -28,8 +28,8 @@ from dealflow.models import (
     Stage,
 )
 from dealflow.rules import RuleError
-from tests.conftest import Stack, deal_worker
-from tests.desk import Desk
+from tests.conftest import Stack
+from tests.desk import Desk, desk_on
 from workflows.deal import LENDER_ID
 
 ACME, BETA = "acme-auto-finance", "beta-motor-credit"
@@ -44,27 +44,15 @@ PRICE, CONTRACT_DOWN_PAYMENT, FINANCED = (
 
 @pytest.fixture
 async def desk(ts_stack: Stack, database_url: str) -> AsyncIterator[Desk]:
-    async with deal_worker(
-        ts_stack.env.client, database_url, ts_stack.lenders, ts_stack.store
-    ) as tq:
-        d = Desk(ts_stack, tq)
-        try:
-            yield d
-        finally:
-            await d.close()
+    async with desk_on(ts_stack, database_url) as d:
+        yield d
 
 
 @pytest.fixture
 async def dev_desk(dev_stack: Stack, database_url: str) -> AsyncIterator[Desk]:
     """A desk on the real dev server, for scenarios that need no skipped time."""
-    async with deal_worker(
-        dev_stack.env.client, database_url, dev_stack.lenders, dev_stack.store
-    ) as tq:
-        d = Desk(dev_stack, tq)
-        try:
-            yield d
-        finally:
-            await d.close()
+    async with desk_on(dev_stack, database_url) as d:
+        yield d
 
 
 # --------------------------------------------------------------------------- reading a deal

@@ -16,8 +16,8 @@ import pytest
 from dealflow.models import Action, Actor, DocumentKind, Party, Role, Stage
 from dealflow.rules import RuleError, statement_window
 from dealflow.samples import example_action, sample_documents
-from tests.conftest import Stack, deal_worker
-from tests.desk import Desk
+from tests.conftest import Stack
+from tests.desk import Desk, desk_on
 
 APPLICANT_ID = "110105198803120014"
 SPOUSE_ID = "110105199007050021"
@@ -26,14 +26,8 @@ ACME_LEGAL = "Acme Auto Finance Co., Ltd."
 
 @pytest.fixture
 async def desk(dev_stack: Stack, database_url: str) -> AsyncIterator[Desk]:
-    async with deal_worker(
-        dev_stack.env.client, database_url, dev_stack.lenders, dev_stack.store
-    ) as tq:
-        d = Desk(dev_stack, tq)
-        try:
-            yield d
-        finally:
-            await d.close()
+    async with desk_on(dev_stack, database_url) as d:
+        yield d
 
 
 def staff(role: Role) -> Actor:
