@@ -250,7 +250,9 @@ async def _status_after(client: Client, deal_id: str, patience: float) -> DealSt
                 DealWorkflow.status, rpc_timeout=timedelta(seconds=5)
             )
         except RPCError as e:
-            if not _transient(e) or time.monotonic() + delay > deadline:
+            # Our own per-try deadline comes back as CANCELLED "Timeout expired".
+            retry = _transient(e) or e.status is RPCStatusCode.CANCELLED
+            if not retry or time.monotonic() + delay > deadline:
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-log = logging.getLogger("dealflow.groupcommit")
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -29,7 +27,6 @@ class GroupCommit(Generic[T, R]):
         self._max_batch = max_batch
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._detached: set[asyncio.Task[R]] = set()
         self.batches = 0
         self.ops = 0
 
@@ -41,22 +38,8 @@ class GroupCommit(Generic[T, R]):
         await self._queue.put((op, fut))
         return await fut
 
-    def submit_later(self, op: T) -> None:
-        """Queue `op` without waiting for its commit (`aclose` still writes it)."""
-        task = asyncio.create_task(self.submit(op))
-        self._detached.add(task)
-        task.add_done_callback(self._detached_done)
-
-    def _detached_done(self, task: asyncio.Task[R]) -> None:
-        self._detached.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("background write failed: %s", task.exception())
-
-    async def aclose(self, drain_seconds: float = 5.0) -> None:
-        """Write what was queued (for up to `drain_seconds`), then stop; callers
-        still queued after that get CancelledError."""
-        if self._detached:
-            await asyncio.wait(list(self._detached), timeout=drain_seconds)
+    async def aclose(self) -> None:
+        """Stop after the batch in hand; callers still queued get CancelledError."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

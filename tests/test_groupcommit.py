@@ -79,17 +79,3 @@ async def test_closing_cancels_callers_still_queued() -> None:
         await queued
     with pytest.raises(asyncio.CancelledError):
         await held
-
-
-async def test_writes_queued_without_waiting_are_still_written_on_close() -> None:
-    written: list[int] = []
-
-    def write(ops: Sequence[int]) -> list[int]:
-        written.extend(ops)
-        return list(ops)
-
-    gc: GroupCommit[int, int] = GroupCommit(write)
-    for i in range(5):
-        gc.submit_later(i)
-    await gc.aclose()
-    assert written == [0, 1, 2, 3, 4]

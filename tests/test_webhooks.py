@@ -106,8 +106,8 @@ def assert_problem(r: httpx.Response, status: int, *fragments: str) -> str:
 
 
 async def inbox(stack: Stack, lender_id: str, webhook_id: str) -> list[db.InboxRow]:
-    """The inbox rows of one webhook id, once the API's background "delivered"
-    mark (written after the 2xx, group-committed) has landed."""
+    """The inbox rows of one webhook id, once no request still has it in hand
+    (a duplicate's reply can come before the first request marks it)."""
     deadline = time.monotonic() + 5
     while True:
         with Session(stack.engine) as session:

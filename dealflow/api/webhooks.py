@@ -203,10 +203,10 @@ async def deliver(svc: Services, row_id: int, deal_id: str, event: LenderEventIn
         msg = await _not_found_reason(svc, deal_id)
         await _mark(svc, db.WebhookMark(row_id, "rejected", msg))
         return msg
-    # Answered without waiting for this commit: if it is lost, the row stays
-    # "received" and the redelivery pass signals it again, which the deal
-    # ignores by webhook id. The 2xx still follows the stored row's fsync.
-    svc.inbox.submit_later(db.WebhookMark(row_id, "delivered", at=datetime.now(UTC)))
+    # Committed before the 2xx (with the other requests' writes): a row left
+    # "received" is redelivered later, and by then its deal may have ended,
+    # which would record a delivered event as rejected.
+    await _mark(svc, db.WebhookMark(row_id, "delivered"))
     log.info(
         "webhook delivered",
         extra={
