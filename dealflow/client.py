@@ -172,6 +172,8 @@ def _transient(e: Exception) -> bool:
     return isinstance(e, RPCError) and (
         e.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
         or "Workflow Task in failed state" in e.message
+        # A call's own deadline: the Rust client reports CANCELLED "Timeout expired".
+        or (e.status is RPCStatusCode.CANCELLED and "Timeout expired" in e.message)
     )
 
 
@@ -250,9 +252,7 @@ async def _status_after(client: Client, deal_id: str, patience: float) -> DealSt
                 DealWorkflow.status, rpc_timeout=timedelta(seconds=5)
             )
         except RPCError as e:
-            # Our own per-try deadline comes back as CANCELLED "Timeout expired".
-            retry = _transient(e) or e.status is RPCStatusCode.CANCELLED
-            if not retry or time.monotonic() + delay > deadline:
+            if not _transient(e) or time.monotonic() + delay > deadline:
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
