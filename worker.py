@@ -21,9 +21,9 @@ from temporalio.worker import Worker
 import workflows
 from activities import DealActivities
 from dealflow import client as deals
-from dealflow import db, logs
+from dealflow import db, logs, startup
 from dealflow.bytecode import cache_bytecode
-from dealflow.config import Settings, get_settings, load_lenders
+from dealflow.config import Settings, load_lenders
 from dealflow.docstore import open_store
 from workflows import WORKFLOW_RUNNER, DealWorkflow
 
@@ -57,8 +57,9 @@ def build_worker(
 async def main() -> None:
     logs.setup()
     cache_bytecode(workflows)
-    settings = get_settings()
-    client = await deals.connect(settings)
+    settings = startup.settings_from_env()
+    lenders = load_lenders(settings.lenders_file)
+    client = await startup.connect_patiently(settings, deals.connect)
     store = open_store(
         settings.document_store,
         endpoint_url=settings.s3_endpoint_url,
@@ -68,7 +69,7 @@ async def main() -> None:
     activities_http = httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0))
     acts = DealActivities(
         db.make_engine(settings.database_url),
-        load_lenders(settings.lenders_file),
+        lenders,
         activities_http,
         store,
     )
@@ -100,4 +101,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    startup.run("worker", main)

@@ -71,7 +71,7 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
-from dealflow import codec
+from dealflow import codec, startup
 
 __all__ = [
     "ArchiveBusy",
@@ -1626,7 +1626,7 @@ class _Ctx:
         if self.client is None:
             from dealflow.client import connect
 
-            self.client = await connect(self.settings)
+            self.client = await startup.connect_patiently(self.settings, connect)
         return self.client
 
     def open_store(self) -> Any:
@@ -1782,18 +1782,15 @@ async def run_async(
 ) -> int:
     """The CLI on the caller's event loop (tests pass their client and store)."""
     args = _parser().parse_args(list(argv))
-    if settings is None:
-        from dealflow.config import Settings
-
-        settings = Settings()
-    ctx = _Ctx(
-        settings,
-        codec.load_keyring(settings.codec_keys or None),
-        client,
-        store,
-        out or sys.stdout,
-        err or sys.stderr,
-    )
+    try:
+        if settings is None:
+            settings = startup.settings_from_env()
+        keyring = codec.load_keyring(settings.codec_keys or None)
+    except (startup.StartupError, codec.CodecKeyError) as e:
+        message = str(e) if isinstance(e, startup.StartupError) else f"configuration error: {e}"
+        print(f"dealflow-audit {args.command}: {message}", file=err or sys.stderr)
+        return EXIT_ERROR
+    ctx = _Ctx(settings, keyring, client, store, out or sys.stdout, err or sys.stderr)
     try:
         return await _COMMANDS[args.command](args, ctx)
     except (AuditError, codec.CodecError) as e:
@@ -1801,6 +1798,9 @@ async def run_async(
         return EXIT_ERROR
     except RPCError as e:
         print(f"dealflow-audit {args.command}: Temporal: {e}", file=ctx.err)
+        return EXIT_ERROR
+    except startup.StartupError as e:
+        print(f"dealflow-audit {args.command}: {e}", file=ctx.err)
         return EXIT_ERROR
 
 

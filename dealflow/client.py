@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
+from temporalio.api.enums.v1 import PendingWorkflowTaskState
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -208,35 +209,99 @@ async def act_receipt(
 ) -> ActionReceipt:
     """Run one staff action as a Temporal Update; refusals become RuleError.
 
-    Every call has an update id (the caller's, or a fresh one): Temporal
-    applies an update id once and returns its first result, so retrying a
-    transient failure can never apply the action twice.
+    Every call has an update id (the caller's, or a fresh one). An update whose
+    fate is unknown — a lost reply, a server restart, a worker that died, or a
+    caller's id that may have been sent before — is never simply sent again:
+    its outcome is asked for by id first, and it is re-sent only when the
+    server does not know it and no workflow task that could still hold an
+    earlier delivery is in flight (`_known_outcome`). Sending it again while a
+    worker may still deliver the first copy lets the server hold two copies of
+    one id: the worker completes one and its validator refuses the other,
+    which the server rejects on every retry of the task (a wedged deal).
     """
     handle = _handle(client, deal_id)
+    # A generated id cannot have been sent before; a caller's id may have been.
+    fate_unknown = update_id is not None
     update_id = update_id or f"{action.value}-{uuid.uuid4().hex}"
     deadline = time.monotonic() + patience
     delay = 0.2
     while True:
         try:
+            if fate_unknown:
+                receipt = await _known_outcome(handle, update_id, deadline)
+                if receipt is not None:
+                    return receipt
             return await handle.execute_update(
                 action.value, inp, id=update_id, result_type=ActionReceipt
             )
         except WorkflowUpdateFailedError as e:
-            cause = e.cause
-            if isinstance(cause, ApplicationError) and (cause.type or "").startswith("Rule."):
-                kind = cause.type.removeprefix("Rule.")  # type: ignore[union-attr]
-                raise rules.RuleError(kind, cause.message) from None  # type: ignore[arg-type]
-            raise
+            raise _rule_error(e) from None
         except RPCError as e:
             if e.status is RPCStatusCode.NOT_FOUND:
                 await _raise_closed_or_missing(client, deal_id)
             if not _transient(e) or time.monotonic() + delay > deadline:
                 raise
-        except WorkflowUpdateRPCTimeoutOrCancelledError:
+        except (WorkflowUpdateRPCTimeoutOrCancelledError, _DeliveryInFlight):
             if time.monotonic() + delay > deadline:
                 raise
+        fate_unknown = True
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
+
+
+class _DeliveryInFlight(Exception):
+    """The update is unknown to the server, but a started workflow task may hold it."""
+
+
+async def _known_outcome(
+    handle: WorkflowHandle[Any, Any], update_id: str, deadline: float
+) -> ActionReceipt | None:
+    """The update's outcome if the server has it; None when it is safe to send it.
+
+    The server answers NOT_FOUND for an id it never admitted, one it admitted
+    and then lost (a restart, a failed workflow task clears admitted updates)
+    and one its validator refused (refusals are not stored). In the middle
+    case a worker may still be working on a task that carries the first copy,
+    and its completion would still be accepted: wait until no workflow task is
+    started, then ask again; if the server still does not know the id, no
+    worker can hold it.
+    """
+    wait = max(1.0, min(10.0, deadline - time.monotonic()))
+    try:
+        return await handle.get_update_handle(update_id, result_type=ActionReceipt).result(
+            rpc_timeout=timedelta(seconds=wait)
+        )
+    except WorkflowUpdateFailedError:
+        raise
+    except RPCError as e:
+        if e.status is not RPCStatusCode.NOT_FOUND:
+            raise
+    if await _workflow_task_started(handle):
+        raise _DeliveryInFlight(update_id)
+    return None
+
+
+async def _workflow_task_started(handle: WorkflowHandle[Any, Any]) -> bool:
+    try:
+        desc = await handle.describe(rpc_timeout=timedelta(seconds=5))
+    except RPCError as e:
+        if e.status is RPCStatusCode.NOT_FOUND:
+            return False  # the send that follows reports the missing deal
+        raise
+    raw = desc.raw_description
+    return (
+        raw.HasField("pending_workflow_task")
+        and raw.pending_workflow_task.state
+        == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_STARTED
+    )
+
+
+def _rule_error(e: WorkflowUpdateFailedError) -> Exception:
+    cause = e.cause
+    if isinstance(cause, ApplicationError) and (cause.type or "").startswith("Rule."):
+        kind = cause.type.removeprefix("Rule.")  # type: ignore[union-attr]
+        return rules.RuleError(kind, cause.message)  # type: ignore[arg-type]
+    return e
 
 
 async def _status_after(client: Client, deal_id: str, patience: float) -> DealStatus:

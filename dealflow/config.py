@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEALFLOW_", extra="ignore")
 
     temporal_address: str = "localhost:7233"
+    # How long a starting process waits for Temporal before it gives up.
+    temporal_connect_timeout: float = Field(default=60.0, ge=0)
     temporal_ui_port: int = 8233
     namespace: str = "default"
     task_queue: str = "deals"

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import uvicorn
 
 from dealflow import client as deals
-from dealflow import db, logs
+from dealflow import db, logs, startup
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
-from dealflow.config import get_settings, load_lenders
+from dealflow.config import load_lenders
 from dealflow.docstore import open_store
 
 log = logging.getLogger("dealflow.api")
@@ -19,12 +18,13 @@ log = logging.getLogger("dealflow.api")
 
 async def main() -> None:
     logs.setup()
-    settings = get_settings()
+    settings = startup.settings_from_env()
+    lenders = load_lenders(settings.lenders_file)
     services = Services(
         settings=settings,
-        client=await deals.connect(settings),
+        client=await startup.connect_patiently(settings, deals.connect),
         engine=db.make_engine(settings.database_url),
-        lenders=load_lenders(settings.lenders_file),
+        lenders=lenders,
         store=open_store(
             settings.document_store,
             endpoint_url=settings.s3_endpoint_url,
@@ -44,4 +44,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    startup.run("api", main)

@@ -1,0 +1,120 @@
+"""How every long-running process starts: settings checked, Temporal waited for.
+
+A process started before Temporal is up (a reboot, a compose stack whose
+services race) waits for it for `DEALFLOW_TEMPORAL_CONNECT_TIMEOUT` seconds,
+saying so in one log line per attempt, then exits non-zero naming the address.
+A setting that cannot be used is one line naming the setting; neither case
+prints a Python traceback, because an operator reads these in a terminal or a
+container log, not a debugger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+from temporalio.client import Client
+
+from dealflow.codec import CodecKeyError
+from dealflow.config import LendersFileError, Settings
+
+log = logging.getLogger("dealflow.startup")
+
+# Exit status of a process that could not start: configuration or Temporal.
+EXIT_CANNOT_START = 2
+
+
+class StartupError(Exception):
+    """A process cannot start; the message is the one line the operator sees."""
+
+
+def settings_from_env() -> Settings:
+    """`Settings()`, with a validation error turned into one line per setting."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise StartupError(describe_settings_error(e)) from None
+
+
+def describe_settings_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        parts.append(f"DEALFLOW_{field.upper()}: {err['msg']}")
+    return "configuration error: " + "; ".join(parts)
+
+
+async def connect_patiently(
+    settings: Settings,
+    connect: Callable[[Settings], Awaitable[Client]],
+) -> Client:
+    """`connect(settings)`, retried until Temporal answers or the connect timeout passes."""
+    limit = settings.temporal_connect_timeout
+    deadline = time.monotonic() + limit
+    delay = 0.5
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await connect(settings)
+        except CodecKeyError as e:
+            raise StartupError(f"configuration error: {e}") from None
+        except RuntimeError as e:  # the SDK's "Failed client connect: ..."
+            reason = _first_line(str(e))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StartupError(
+                    f"Temporal at {settings.temporal_address} (namespace {settings.namespace}) "
+                    f"is not reachable after {limit:g} s: {reason}"
+                ) from None
+            log.warning(
+                "Temporal at %s not reachable (attempt %d: %s); retrying for %.0f s more",
+                settings.temporal_address,
+                attempt,
+                reason,
+                left,
+                extra={"temporal_address": settings.temporal_address, "attempt": attempt},
+            )
+            await asyncio.sleep(min(delay, max(left, 0.0)))
+            delay = min(delay * 2, 5.0)
+
+
+def _first_line(text: str) -> str:
+    """The gist of the SDK's connect error, whose text is a nested Rust debug dump."""
+    lowered = text.lower()
+    for needle, gist in (
+        ("connectionrefused", "connection refused"),
+        ("connection refused", "connection refused"),
+        ("dns error", "the address cannot be resolved"),
+        ("failed to lookup address", "the address cannot be resolved"),
+        ("timed out", "timed out"),
+        ("certificate", "TLS certificate problem"),
+        ("unauthenticated", "not authenticated"),
+    ):
+        if needle in lowered:
+            return gist
+    stripped = text.strip()
+    return stripped.splitlines()[0][:160] if stripped else "no answer"
+
+
+def run(program: str, main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
+    """Run a process's async main; a start-up failure is one line and exit 2."""
+    try:
+        asyncio.run(main())
+    except StartupError as e:
+        fail(program, str(e))
+    except (CodecKeyError, LendersFileError) as e:
+        fail(program, f"configuration error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)
+
+
+def fail(program: str, message: str) -> NoReturn:
+    print(f"{program}: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_CANNOT_START)
