@@ -11,7 +11,7 @@ import secrets
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from temporalio.api.enums.v1 import PendingWorkflowTaskState
@@ -45,6 +45,8 @@ from dealflow.models import (
     StartDealInput,
 )
 from workflows.deal import DEAL_STAGE, DEALER_ID, LENDER_ID, DealWorkflow
+
+T = TypeVar("T")
 
 
 class DealNotFound(LookupError):
@@ -207,38 +209,60 @@ async def act_receipt(
     update_id: str | None = None,
     patience: float = ACT_PATIENCE_SECONDS,
 ) -> ActionReceipt:
-    """Run one staff action as a Temporal Update; refusals become RuleError.
-
-    Every call has an update id (the caller's, or a fresh one). An update whose
-    fate is unknown — a lost reply, a server restart, a worker that died, or a
-    caller's id that may have been sent before — is never simply sent again:
-    its outcome is asked for by id first, and it is re-sent only when the
-    server does not know it and no workflow task that could still hold an
-    earlier delivery is in flight (`_known_outcome`). Sending it again while a
-    worker may still deliver the first copy lets the server hold two copies of
-    one id: the worker completes one and its validator refuses the other,
-    which the server rejects on every retry of the task (a wedged deal).
-    """
+    """Run one staff action as a Temporal Update; refusals become RuleError."""
     handle = _handle(client, deal_id)
-    # A generated id cannot have been sent before; a caller's id may have been.
-    fate_unknown = update_id is not None
-    update_id = update_id or f"{action.value}-{uuid.uuid4().hex}"
+    try:
+        return await update_once(
+            handle,
+            action.value,
+            inp,
+            result_type=ActionReceipt,
+            update_id=update_id or f"{action.value}-{uuid.uuid4().hex}",
+            sent_before=update_id is not None,
+            patience=patience,
+        )
+    except WorkflowUpdateFailedError as e:
+        raise _rule_error(e) from None
+    except RPCError as e:
+        if e.status is RPCStatusCode.NOT_FOUND:
+            await _raise_closed_or_missing(client, deal_id)
+        raise
+
+
+async def update_once(
+    handle: WorkflowHandle[Any, Any],
+    update: str,
+    arg: Any,
+    *,
+    result_type: type[T],
+    update_id: str,
+    sent_before: bool,
+    patience: float,
+) -> T:
+    """Execute an update at most once, riding out transient failures for `patience` s.
+
+    Temporal applies an update id once, so a retry can never apply the action
+    twice — provided the id is never sent again while a worker may still
+    deliver an earlier copy. So an update whose fate is unknown (a lost reply,
+    a server restart, a worker that died, or a caller's id that may have been
+    sent before: `sent_before`) is asked for by id first, and sent again only
+    when the server does not know it and no workflow task that could hold an
+    earlier delivery is in flight (`_known_outcome`). Re-sending inside that
+    window lets the server hold a second copy of the id: the worker completes
+    one and its validator refuses the other, and the server rejects that
+    refusal on every retry of the task, wedging the workflow.
+    """
     deadline = time.monotonic() + patience
     delay = 0.2
+    fate_unknown = sent_before
     while True:
         try:
             if fate_unknown:
-                receipt = await _known_outcome(handle, update_id, deadline)
-                if receipt is not None:
-                    return receipt
-            return await handle.execute_update(
-                action.value, inp, id=update_id, result_type=ActionReceipt
-            )
-        except WorkflowUpdateFailedError as e:
-            raise _rule_error(e) from None
+                outcome = await _known_outcome(handle, update_id, result_type, deadline)
+                if outcome is not None:
+                    return outcome[0]
+            return await handle.execute_update(update, arg, id=update_id, result_type=result_type)
         except RPCError as e:
-            if e.status is RPCStatusCode.NOT_FOUND:
-                await _raise_closed_or_missing(client, deal_id)
             if not _transient(e) or time.monotonic() + delay > deadline:
                 raise
         except (WorkflowUpdateRPCTimeoutOrCancelledError, _DeliveryInFlight):
@@ -254,8 +278,8 @@ class _DeliveryInFlight(Exception):
 
 
 async def _known_outcome(
-    handle: WorkflowHandle[Any, Any], update_id: str, deadline: float
-) -> ActionReceipt | None:
+    handle: WorkflowHandle[Any, Any], update_id: str, result_type: type[T], deadline: float
+) -> tuple[T] | None:
     """The update's outcome if the server has it; None when it is safe to send it.
 
     The server answers NOT_FOUND for an id it never admitted, one it admitted
@@ -268,11 +292,10 @@ async def _known_outcome(
     """
     wait = max(1.0, min(10.0, deadline - time.monotonic()))
     try:
-        return await handle.get_update_handle(update_id, result_type=ActionReceipt).result(
+        result = await handle.get_update_handle(update_id, result_type=result_type).result(
             rpc_timeout=timedelta(seconds=wait)
         )
-    except WorkflowUpdateFailedError:
-        raise
+        return (result,)
     except RPCError as e:
         if e.status is not RPCStatusCode.NOT_FOUND:
             raise

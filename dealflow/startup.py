@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -104,17 +105,30 @@ def _first_line(text: str) -> str:
 
 def run(program: str, main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
     """Run a process's async main; a start-up failure is one line and exit 2."""
+    code = 0
     try:
         asyncio.run(main())
     except StartupError as e:
-        fail(program, str(e))
+        code = _say(program, str(e))
     except (CodecKeyError, LendersFileError) as e:
-        fail(program, f"configuration error: {e}")
+        code = _say(program, f"configuration error: {e}")
     except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(0)
+        code = 130
+    _leave(code)
 
 
 def fail(program: str, message: str) -> NoReturn:
+    _leave(_say(program, message))
+
+
+def _say(program: str, message: str) -> int:
     print(f"{program}: {message}", file=sys.stderr, flush=True)
-    sys.exit(EXIT_CANNOT_START)
+    return EXIT_CANNOT_START
+
+
+def _leave(code: int) -> NoReturn:
+    # Without interpreter finalisation: the Temporal client's native threads can
+    # abort it (temporalio/sdk-python#300) and turn a clean exit into a crash dump.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -121,6 +121,13 @@ PACKAGE_IN_HISTORY = "application-package-in-history"
 # Deals started before it sent one read-model projection per change.
 ONE_PROJECTION_IN_FLIGHT = "one-projection-in-flight"
 
+# Deals started before a projection was owed per activation: with one
+# projection in flight, whether an update's projection was sent at once
+# depended on whether the previous one had completed, and after a timed-out
+# workflow task the replay applies the update before that completion (a
+# nondeterminism error that wedged deals: tests/test_replay.py).
+PROJECTION_PER_ACTIVATION = "projection-per-activation"
+
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
 
 
@@ -145,6 +152,7 @@ class DealWorkflow:
         self.s = inp.state or DealState(stage_entered_at=workflow.now())
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._projection_owed = False
+        self._projection_queued = False
         if inp.state is None:
             # Recorded here, not in run(): an update that arrives with the start
             # runs its handler before run() begins and must find the deal started.
@@ -584,6 +592,18 @@ class DealWorkflow:
 
     def _project(self) -> None:
         """Owe the read model a snapshot of the state as it is now."""
+        if workflow.patched(PROJECTION_PER_ACTIVATION):
+            # Every change made before the queued task first runs (the rest of
+            # this handler, the other handlers of this activation) goes into
+            # its one snapshot. Whether it is sent never depends on an earlier
+            # projection having completed, so the commands of an update are
+            # the same whether an activity's completion was applied before it
+            # or after it; the read model keeps the highest version.
+            self.s.version += 1
+            if not self._projection_queued:
+                self._projection_queued = True
+                self._spawn(f"project:{self.s.version}", self._send_projection())
+            return
         if not workflow.patched(ONE_PROJECTION_IN_FLIGHT):
             self.s.version += 1
             self._spawn(
@@ -598,6 +618,10 @@ class DealWorkflow:
         self._projection_owed = True
         if "project" not in self._tasks:
             self._spawn("project", self._projector())
+
+    async def _send_projection(self) -> None:
+        self._projection_queued = False
+        await workflow.execute_activity("project_deal", self._snapshot(), **BOOKKEEPING)
 
     async def _projector(self) -> None:
         while self._projection_owed:
