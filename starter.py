@@ -6,6 +6,8 @@
     python starter.py act DEAL_ID confirm-down-payment examples/actions/confirm-down-payment.json
     python starter.py upload DEAL_ID id_card scan.jpg --party applicant --id-number ...
     python starter.py cancel DEAL_ID --reason "customer withdrew"
+    python starter.py stuck                                  # operators: stuck deals
+    python starter.py heal DEAL_ID --reason "..."            # operators: bring one back
 
 It talks to Temporal directly with the same validation the API uses; `--as
 STAFF:ROLE` names who acts (default: $USER as admin). Exit status: 0 done,
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import json
 import os
@@ -36,14 +39,15 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from temporalio.service import RPCError
 
 from dealflow import client as deals
-from dealflow import db, rules
+from dealflow import db, rules, stuck
 from dealflow.api import remote
 from dealflow.api.auth import mint_token
 from dealflow.config import LendersFileError, get_settings, load_lenders
 from dealflow.docstore import DocumentStoreUnavailable, open_store
-from dealflow.models import Actor, DealPolicy, DealStatus, Role
+from dealflow.models import Actor, DealHealth, DealPolicy, DealStatus, Role
 from dealflow.uploads import upload_document
 
 EXIT = {"invalid": 2, "conflict": 3, "forbidden": 5}
@@ -99,6 +103,9 @@ def load_policy(path: str | None) -> DealPolicy:
 
 
 def show_status(st: DealStatus) -> None:
+    if st.health is not None and st.health.stuck:
+        show_health(st.deal_id, st.health)
+        out.print("[dim]the deal cannot answer: below is the read model's last projection[/dim]")
     out.print(
         f"[bold]{st.deal_id}[/bold]  stage [bold cyan]{st.stage.value}[/bold cyan] since "
         f"{st.stage_entered_at:%Y-%m-%d %H:%M} UTC  lender {st.lender_id or '-'}"
@@ -148,12 +155,76 @@ async def cmd_start(a: argparse.Namespace) -> None:
 
 
 async def cmd_status(a: argparse.Namespace) -> None:
-    client = await deals.connect(get_settings())
-    st = await deals.deal_status(client, a.deal)
+    settings = get_settings()
+    client = await deals.connect(settings)
+    try:
+        st = await deals.deal_status(client, a.deal)
+    except (RPCError, RuntimeError) as e:
+        # A deal that cannot answer may be stuck: say so, from what is known.
+        found = await stuck.stuck_status(client, db.make_engine(settings.database_url), a.deal)
+        if found is None:
+            raise CliError(f"deal {a.deal} cannot be read right now ({e}); retry shortly") from None
+        st = found
     if a.json:
         print(st.model_dump_json(indent=2))
     else:
         show_status(st)
+
+
+def show_health(deal_id: str, h: DealHealth) -> None:
+    out.print(
+        f"[bold red]STUCK[/bold red] {deal_id}: workflow task attempt {h.attempts}"
+        + (f", {escape(h.cause)}" if h.cause else "")
+        + (f" since {h.failing_since:%Y-%m-%d %H:%M} UTC" if h.failing_since else "")
+    )
+    if h.message:
+        out.print(f"  last failure: {escape(h.message)}")
+    if h.last_event:
+        out.print(f"  last event: {escape(h.last_event)}")
+    out.print(f"  heal: {stuck.heal_command(deal_id)} --reason TEXT")
+
+
+async def cmd_stuck(a: argparse.Namespace) -> None:
+    client = await deals.connect(get_settings())
+    found = await stuck.stuck_deals(client, limit=a.limit)
+    if a.json:
+        rows = [
+            {"deal_id": d.deal_id, "run_id": d.run_id, "stage": d.stage, **d.health.model_dump()}
+            for d in found
+        ]
+        print(json.dumps({"stuck": rows}, default=str))
+        return
+    if not found:
+        out.print("no stuck deals")
+        return
+    t = Table("deal", "stage", "attempt", "cause", "since", "last event", title="Stuck deals")
+    for d in found:
+        h = d.health
+        since = f"{h.failing_since:%Y-%m-%d %H:%M}" if h.failing_since else ""
+        t.add_row(d.deal_id, d.stage or "", str(h.attempts), h.cause or "", since, h.last_event)
+    out.print(t)
+    out.print(f"heal one: {stuck.heal_command('DEAL_ID')} --reason TEXT")
+
+
+async def cmd_heal(a: argparse.Namespace) -> None:
+    client = await deals.connect(get_settings())
+    try:
+        report = await stuck.heal(client, a.deal, reason=a.reason, force=a.force)
+    except stuck.HealError as e:
+        raise CliError(str(e), 3) from None
+    if a.json:
+        print(json.dumps(dataclasses.asdict(report), default=str))
+        return
+    at = f" ({report.reset_event_time:%Y-%m-%d %H:%M:%S} UTC)" if report.reset_event_time else ""
+    out.print(
+        f"healed [bold]{report.deal_id}[/bold]: reset to event {report.reset_event_id}{at}, "
+        f"{report.events_dropped} later events dropped; new run {report.new_run_id}"
+    )
+    for item in report.reapplied:
+        name = f"{item.name} ({item.update_id})" if item.update_id else item.name
+        out.print(f"  {item.kind} {escape(name)}: {escape(item.outcome)}")
+    if not report.reapplied:
+        out.print("  no staff action or lender event after the reset point")
 
 
 async def cmd_list(a: argparse.Namespace) -> None:
@@ -400,8 +471,10 @@ API_COMMANDS = {
 
 def run_api(args: argparse.Namespace) -> int:
     """The API-client commands and `token`: plain synchronous calls, no Temporal."""
-    fn = cmd_token if args.command == "token" else API_COMMANDS[args.command]
+    fn = cmd_token if args.command == "token" else API_COMMANDS.get(args.command)
     try:
+        if fn is None:
+            raise CliError(f"{args.command} is an operator command over Temporal; drop --api", 2)
         fn(args)
     except CliError as e:
         fail(f"error: {e}")
@@ -464,6 +537,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--cursor")
     s.add_argument("--overdue", action="store_true", help="only deals past their next deadline")
     s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("stuck", help="deals whose workflow task keeps failing (operators)")
+    s.add_argument("--limit", type=int, default=1000)
+    s.set_defaults(fn=cmd_stuck)
+
+    s = sub.add_parser(
+        "heal",
+        help="reset a stuck deal to its newest replayable workflow task; staff actions "
+        "and lender events after it are re-applied (operators)",
+    )
+    s.add_argument("deal")
+    s.add_argument("--reason", required=True, help="why, recorded with the reset")
+    s.add_argument("--force", action="store_true", help="reset even if the deal is not stuck")
+    s.set_defaults(fn=cmd_heal)
 
     s = sub.add_parser("act", help="take a staff action (payload: JSON file or - for stdin)")
     s.add_argument("deal")

@@ -28,7 +28,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import rules
-from dealflow.config import LenderConfig, Settings
+from dealflow.config import STUCK_ATTEMPTS, LenderConfig, Settings
 from dealflow.models import (
     ACTION_INPUTS,
     Action,
@@ -255,6 +255,8 @@ async def update_once(
     deadline = time.monotonic() + patience
     delay = 0.2
     fate_unknown = sent_before
+    # What to raise when patience runs out: the last real error, else "unknown".
+    last: Exception = WorkflowUpdateRPCTimeoutOrCancelledError()
     while True:
         try:
             if fate_unknown:
@@ -263,11 +265,15 @@ async def update_once(
                     return outcome[0]
             return await handle.execute_update(update, arg, id=update_id, result_type=result_type)
         except RPCError as e:
-            if not _transient(e) or time.monotonic() + delay > deadline:
+            if not _transient(e) or await _stuck(handle, e):
                 raise
-        except (WorkflowUpdateRPCTimeoutOrCancelledError, _DeliveryInFlight):
-            if time.monotonic() + delay > deadline:
-                raise
+            last = e
+        except WorkflowUpdateRPCTimeoutOrCancelledError as e:
+            last = e
+        except _DeliveryInFlight:
+            pass
+        if time.monotonic() + delay > deadline:
+            raise last
         fate_unknown = True
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
@@ -302,6 +308,22 @@ async def _known_outcome(
     if await _workflow_task_started(handle):
         raise _DeliveryInFlight(update_id)
     return None
+
+
+async def _stuck(handle: WorkflowHandle[Any, Any], error: RPCError) -> bool:
+    """A workflow task that failed again and again will not come back by
+    itself (dealflow/stuck.py): waiting out the patience would not help."""
+    if "Workflow Task in failed state" not in error.message:
+        return False
+    try:
+        desc = await handle.describe(rpc_timeout=timedelta(seconds=5))
+    except RPCError:
+        return False
+    raw = desc.raw_description
+    return (
+        raw.HasField("pending_workflow_task")
+        and raw.pending_workflow_task.attempt >= STUCK_ATTEMPTS
+    )
 
 
 async def _workflow_task_started(handle: WorkflowHandle[Any, Any]) -> bool:

@@ -16,6 +16,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path.cwd() / ".data"
 
+# A deal whose workflow task is on this attempt has failed it twice in a row
+# (a worker killed mid-task accounts for one failure, not two): it is stuck.
+# The Temporal server marks such workflows with `TemporalReportedProblems`
+# after the number of failures set by this dynamic-config key; the dev stack
+# sets it to the same number, production servers should too.
+STUCK_ATTEMPTS = 3
+STUCK_DYNAMIC_CONFIG = "system.numConsecutiveWorkflowTaskProblemsToTriggerSearchAttribute"
+
 
 class LenderConfig(BaseModel):
     """One `[[lenders]]` table of the lenders file (DESIGN §3.2)."""

@@ -666,6 +666,22 @@ class MoneySummary(BaseModel):
     fees: Decimal = Decimal("0.00")
 
 
+class DealHealth(BaseModel):
+    """Whether Temporal can run the deal: set only on a deal whose workflow task
+    keeps failing (a stuck deal; `starter.py heal` brings it back)."""
+
+    stuck: bool
+    attempts: int = Field(description="attempt number of the workflow task now pending")
+    cause: str | None = Field(
+        default=None, description="why the last workflow task failed, as Temporal names it"
+    )
+    message: str | None = Field(default=None, description="first line of the last failure")
+    failing_since: datetime | None = None
+    last_event: str | None = Field(default=None, description="the last event of the history")
+    reported_problems: list[str] = Field(default_factory=list)
+    heal: str | None = Field(default=None, description="the operator command that heals it")
+
+
 class DealStatus(BaseModel):
     deal_id: str
     workflow_id: str
@@ -686,6 +702,9 @@ class DealStatus(BaseModel):
     adverse_action_reasons: list[Reason] = Field(default_factory=list)
     follow_ups_missed: list[str] = Field(default_factory=list)
     version: int
+    # Only on a stuck deal: the rest of the status is then the read model's
+    # last projection, as the deal itself cannot answer.
+    health: DealHealth | None = None
 
 
 class ActionReceipt(BaseModel):

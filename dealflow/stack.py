@@ -84,7 +84,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from dealflow.config import ROOT, Settings
+from dealflow.config import ROOT, STUCK_ATTEMPTS, STUCK_DYNAMIC_CONFIG, Settings
 
 # Names Temporal search attributes are registered under; the workflow upserts
 # them and the UI / `GET /api/deals` filter on them. Keyword = exact match.
@@ -277,6 +277,7 @@ def temporal_command(cfg: StackConfig, *, search_attributes: bool = True) -> lis
         for name, kind in SEARCH_ATTRIBUTES.items():
             argv += ["--search-attribute", f"{name}={kind}"]
     argv += ["--log-level", "warn", "--namespace", cfg.namespace]
+    argv += ["--dynamic-config-value", f"{STUCK_DYNAMIC_CONFIG}={STUCK_ATTEMPTS}"]
     return argv
 
 

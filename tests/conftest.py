@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,7 +29,13 @@ from dealflow import codec, db
 from dealflow.api.app import create_app as create_api
 from dealflow.api.deps import Services
 from dealflow.bytecode import cache_bytecode
-from dealflow.config import LenderConfig, Settings, load_lenders
+from dealflow.config import (
+    STUCK_ATTEMPTS,
+    STUCK_DYNAMIC_CONFIG,
+    LenderConfig,
+    Settings,
+    load_lenders,
+)
 from dealflow.docstore import LocalDirectoryStore
 from dealflow.lender_sim import SimConfig
 from dealflow.lender_sim.app import create_app as create_sim
@@ -83,6 +89,10 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_existing_path=str(BIN / "temporal"),
         data_converter=codec_data_converter(),
         search_attributes=SEARCH_ATTRIBUTES,
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            f"{STUCK_DYNAMIC_CONFIG}={STUCK_ATTEMPTS}",
+        ],
     )
     yield env
     await env.shutdown()
@@ -176,6 +186,7 @@ async def deal_worker(
     lenders: dict[str, LenderConfig],
     store: LocalDirectoryStore,
     task_queue: str | None = None,
+    workflows: Sequence[type] = (DealWorkflow,),
 ) -> AsyncIterator[str]:
     """A worker on a fresh task queue, wired to real DB, store and lender simulator."""
     task_queue = task_queue or f"deals-{uuid.uuid4().hex[:8]}"
@@ -185,7 +196,7 @@ async def deal_worker(
             async with Worker(
                 client,
                 task_queue=task_queue,
-                workflows=[DealWorkflow],
+                workflows=list(workflows),
                 activities=acts.all(),
                 activity_executor=pool,
                 workflow_runner=WORKFLOW_RUNNER,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.service import RPCError
 
-from dealflow import rules
+from dealflow import rules, stuck
 from dealflow.api import codec, deals, documents, problems, webhooks
 from dealflow.api.deps import Metrics, Services
 from dealflow.docstore import DocumentStoreError
@@ -41,6 +42,8 @@ role, 404 unknown deal, 409 not allowed in the deal's stage, 413 file too large,
 422 invalid request (the `detail` names each problem), 503 Temporal or the
 document store unavailable. Nothing is half-applied on error.
 """
+
+log = logging.getLogger("dealflow.api")
 
 TAGS = [
     {"name": "deals", "description": "start, list and read deals"},
@@ -98,15 +101,35 @@ def _errors_as_problems(schema: dict[str, Any]) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # Webhooks stored just before a crash, never marked delivered: deliver them.
-    task = asyncio.create_task(webhooks.redelivery_loop(app.state.services))
+    svc: Services = app.state.services
+    tasks = [
+        # Webhooks stored just before a crash, never marked delivered: deliver them.
+        asyncio.create_task(webhooks.redelivery_loop(svc)),
+        asyncio.create_task(count_stuck_deals(svc)),
+    ]
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await app.state.services.inbox.aclose()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await svc.inbox.aclose()
+
+
+async def count_stuck_deals(svc: Services, every: float = 30.0) -> None:
+    """Keep `dealflow_deals_stuck` current: one visibility count per period."""
+    while True:
+        try:
+            count = await stuck.count_stuck(svc.client)
+        except RPCError:
+            svc.metrics.deals_stuck.set(-1)
+        else:
+            svc.metrics.deals_stuck.set(count)
+            if count:
+                log.warning("stuck deals: %d (python starter.py stuck)", count)
+        await asyncio.sleep(every)
 
 
 def create_app(services: Services) -> FastAPI:

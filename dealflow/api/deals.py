@@ -28,7 +28,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import client as deals
-from dealflow import db, rules
+from dealflow import db, rules, stuck
 from dealflow.api.auth import READ_ROLES, START_DEAL_ROLES, Principal, authenticate, bearer_scheme
 from dealflow.api.deps import Services
 from dealflow.api.problems import Problem, responses
@@ -356,7 +356,21 @@ async def read_status(svc: Services, deal_id: str) -> DealStatus:
     except deals.DealNotFound as e:
         raise Problem(404, str(e)) from None
     except RuntimeError as e:  # the status query itself failed
-        raise Problem(503, f"deal {deal_id} cannot be read right now: {e}") from None
+        query_error: Exception = e
+    except RPCError as e:
+        if "Workflow Task in failed state" not in e.message:
+            raise
+        query_error = e
+    # The deal cannot answer: a worker is recovering it (retry), or it is stuck
+    # (its workflow task keeps failing) and only an operator can bring it back.
+    status = await stuck.stuck_status(svc.client, svc.engine, deal_id)
+    if status is not None:
+        return status
+    raise Problem(
+        503,
+        f"deal {deal_id} cannot be read right now; retry shortly",
+        {"Retry-After": "3"},
+    ) from query_error
 
 
 def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
@@ -387,6 +401,9 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
             result = await deals.act(svc.client, deal_id, act, inp)
         except deals.DealNotFound as e:
             raise Problem(404, str(e)) from None
+        except RPCError as e:
+            await _refuse_if_stuck(svc, deal_id, e)
+            raise
         except rules.RuleError as e:
             svc.metrics.actions.labels(action=action.value, outcome=e.kind).inc()
             raise
@@ -405,6 +422,25 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
     endpoint.__name__ = "action_" + action.update_name
     endpoint.dealflow_roles = (rules.ACTION_ROLES[action], action.value)  # type: ignore[attr-defined]
     return endpoint
+
+
+async def _refuse_if_stuck(svc: Services, deal_id: str, error: RPCError) -> None:
+    """A stuck deal refuses every action until an operator heals it: say so,
+    instead of the "retry shortly" that fits a deal a worker is recovering."""
+    if "Workflow Task in failed state" not in error.message:
+        return
+    try:
+        health = await stuck.deal_health(svc.client, deal_id)
+    except (RPCError, deals.DealNotFound):
+        return
+    if health.stuck:
+        cause = f" ({health.cause})" if health.cause else ""
+        raise Problem(
+            503,
+            f"deal {deal_id} is stuck: its workflow task keeps failing{cause}; nothing was "
+            f"applied. An operator must heal it ({health.heal}); then take the action again.",
+            {"Retry-After": "300"},
+        ) from None
 
 
 def _roles_text(action: Action) -> str:

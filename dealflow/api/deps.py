@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
@@ -88,6 +88,14 @@ class Metrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        # -1 until the first count: "unknown" must not read as "none stuck".
+        self.deals_stuck = Gauge(
+            "dealflow_deals_stuck",
+            "Running deals whose workflow task keeps failing (TemporalReportedProblems); "
+            "-1 while Temporal cannot be asked",
+            registry=self.registry,
+        )
+        self.deals_stuck.set(-1)
 
 
 @dataclass
