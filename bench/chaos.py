@@ -47,15 +47,18 @@ from rich.table import Table
 
 from bench.chaos_check import Verdict, check_deal
 from bench.chaos_robot import DealRun, Robot, plan_mix
-from bench.chaos_scenarios import SCENARIOS, Ctx, Scenario, Strikes
+from bench.chaos_scenarios import EXTRA_SCENARIOS, SCENARIOS, Ctx, Scenario, Strikes
 from bench.chaos_stack import ChaosStack
 from dealflow import client as deals
-from dealflow import db
+from dealflow import db, stuck
 from dealflow.docstore import open_store
+from workflows.deal import DEAL_STAGE
 
 console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
 
 QUICK_DEALS = 6
+# How long past the deadline an injector or a driver may take to stop.
+GRACE_SECONDS = 120.0
 
 
 @dataclass
@@ -115,11 +118,21 @@ async def run_scenario(ctx: Ctx, sc: Scenario, n: int, limit: float) -> Row:
     drivers = asyncio.gather(*(drive(i, r) for i, r in enumerate(runs)))
     strikes = Strikes()
     try:
-        await sc.inject(ctx, runs, strikes)
+        await asyncio.wait_for(sc.inject(ctx, runs, strikes), limit + GRACE_SECONDS)
     except Exception as e:
         strikes.problems.append(f"injector failed: {type(e).__name__}: {e}")
         log(f"[red]{sc.key}: injector failed: {e!r}[/]")
-    await drivers
+    try:
+        # The robot gives up at the deadline; this only guards against a driver
+        # that would not, so a scenario can never hang the run.
+        await asyncio.wait_for(
+            drivers, max(1.0, ctx.robot.deadline - time.monotonic()) + GRACE_SECONDS
+        )
+    except TimeoutError:
+        for r in runs:
+            if r.final is None and r.error is None:
+                r.error = "the driver did not stop at the deadline"
+    await mark_stranded(ctx, runs)
     row.strikes = strikes
     await settle(ctx, runs)
     row.verdict = await check(ctx, runs)
@@ -127,6 +140,31 @@ async def run_scenario(ctx: Ctx, sc: Scenario, n: int, limit: float) -> Row:
         await ctx.http.delete(f"{ctx.stack.sim_url}/_sim/faults")
     row.seconds = time.monotonic() - t0
     return row
+
+
+async def mark_stranded(ctx: Ctx, runs: list[DealRun]) -> None:
+    """Name each deal not closed by the deadline: its stage and last history event."""
+    for r in runs:
+        if r.final is not None:
+            continue
+        try:
+            health = await stuck.deal_health(ctx.robot.client, r.deal_id)
+            desc = await ctx.robot.client.get_workflow_handle(
+                deals.workflow_id(r.deal_id)
+            ).describe()
+            stage = desc.typed_search_attributes.get(DEAL_STAGE) or r.last_stage
+            r.stranded = (
+                f"stage {stage}, last event {health.last_event or '?'}"
+                + (f", workflow task attempt {health.attempts}" if health.attempts else "")
+                + (
+                    " (stuck: " + (health.message or health.cause or "") + ")"
+                    if health.stuck
+                    else ""
+                )
+            )
+        except Exception as e:  # noqa: BLE001 - a report line, never a crash of the run
+            r.stranded = f"last seen in {r.last_stage}; Temporal could not be asked: {e}"
+        log(f"[red]    stranded {r.deal_id} ({r.plan.name}): {r.stranded}[/]")
 
 
 async def settle(ctx: Ctx, runs: list[DealRun], limit: float = 90.0) -> None:
@@ -234,7 +272,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default="all",
-        help="all, or a comma-separated list of: " + ", ".join(s.key for s in SCENARIOS),
+        help="all, or a comma-separated list of: "
+        + ", ".join(s.key for s in SCENARIOS + EXTRA_SCENARIOS),
     )
     p.add_argument("--quick", action="store_true", help="reduced size for `make test`")
     p.add_argument("--seed", type=int, default=None)
@@ -253,7 +292,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.selected = list(SCENARIOS)
     else:
         names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-        known = {s.key: s for s in SCENARIOS}
+        known = {s.key: s for s in SCENARIOS + EXTRA_SCENARIOS}
         unknown = [n for n in names if n not in known]
         if unknown:
             p.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(known)}")

@@ -84,7 +84,8 @@ def check_deal(
     before = len(v.findings)
     st = run.final
     if st is None:
-        v.add(deal, "lost", run.error or f"never finished (last seen in {run.last_stage})")
+        why = run.error or f"never finished (last seen in {run.last_stage})"
+        v.add(deal, "lost", f"{why}; {run.stranded}" if run.stranded else why)
         return
     if st.stage is not run.plan.expect:
         v.add(

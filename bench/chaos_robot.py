@@ -122,6 +122,8 @@ class DealRun:
     uploads: int = 0  # documents stored and recorded
     upload_attempts: int = 0
     last_stage: Stage | None = None
+    # For a deal not closed by the deadline: its stage and last history event.
+    stranded: str | None = None
 
 
 class GaveUp(Exception):
@@ -170,8 +172,11 @@ class Robot:
         """`fn(*args)` until it answers: transport errors and timeouts are retried."""
         delay = 0.25
         while True:
+            # Never past the deadline: a call that cannot answer (a stuck deal's
+            # result) must not hold the scenario after it.
+            left = max(1.0, self.deadline - time.monotonic())
             try:
-                return await asyncio.wait_for(fn(*args, **kwargs), per_try)
+                return await asyncio.wait_for(fn(*args, **kwargs), min(per_try, left))
             except RPCError as e:
                 # "Workflow Task in failed state": the deal's last workflow task
                 # attempt failed (its worker was killed); the next one is on its way.

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy.engine import Engine
+from temporalio.client import Client
 
 from bench.chaos_robot import (
     ACME,
@@ -28,7 +29,8 @@ from bench.chaos_robot import (
     Robot,
 )
 from bench.chaos_stack import LENDER_CLIENT_TIMEOUT, ChaosStack
-from dealflow import db
+from dealflow import client as deals
+from dealflow import codec, db
 from dealflow.models import Stage
 
 STAGES = list(Stage)
@@ -461,6 +463,36 @@ class S3Down(Scenario):
             out.problems.append("no upload was attempted while S3 was down")
 
 
+# --------------------------------------------------------------------------- proof of the deadline
+
+
+class Stranded(Scenario):
+    """Strands one deal on purpose, to prove that a deal not closed by the
+    deadline is reported, not waited on: a lender event encrypted with a key
+    the worker does not hold (a key rotated on one side only) fails the deal's
+    workflow task on every attempt. Not part of `all`; the test suite runs it."""
+
+    key = "stranded"
+    title = "one deal stranded on purpose (an event under an unknown key)"
+
+    async def inject(self, ctx: Ctx, runs: list[DealRun], out: Strikes) -> None:
+        victim = runs[0]
+        if not await until(lambda: victim.last_stage is not None, limit=60):
+            out.problems.append("the deal to strand never started")
+            return
+        robot_client = ctx.robot.client
+        stranger = Client(
+            robot_client.service_client,
+            namespace=robot_client.namespace,
+            data_converter=codec.data_converter(codec.generate_key_spec("chaos-unknown-key")),
+        )
+        handle = stranger.get_workflow_handle(deals.workflow_id(victim.deal_id))
+        await handle.signal("lender-event", {"webhook_id": "chaos-stranded"})
+        out.count += 1
+        out.note(f"{victim.deal_id}: lender event under an unknown key")
+        await finished(runs)
+
+
 SCENARIOS: list[Scenario] = [
     WorkerKill(),
     ServerKill(),
@@ -469,3 +501,6 @@ SCENARIOS: list[Scenario] = [
     PostgresDown(),
     S3Down(),
 ]
+
+# Selectable by name only.
+EXTRA_SCENARIOS: list[Scenario] = [Stranded()]

@@ -99,7 +99,7 @@ async def deal_health(client: Client, deal_id: str) -> DealHealth:
         stuck=stuck,
         attempts=attempts,
         cause=_failure_cause(failure),
-        message=_failure_message(failure),
+        message=await _failure_message(client, failure),
         failing_since=_failing_since(tail) if stuck else None,
         last_event=describe_event(tail[0]) if tail else None,
         reported_problems=problems,
@@ -363,10 +363,17 @@ def _failure_cause(event: HistoryEvent | None) -> str | None:
     return None
 
 
-def _failure_message(event: HistoryEvent | None) -> str | None:
+async def _failure_message(client: Client, event: HistoryEvent | None) -> str | None:
+    """The first line of the failure; the worker encrypts failure messages with
+    the payload codec, so it is decoded with the client's keys."""
     if event is None or event.event_type != EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
         return None
-    message = event.workflow_task_failed_event_attributes.failure.message.strip()
+    failure = event.workflow_task_failed_event_attributes.failure
+    try:
+        message = str(await client.data_converter.decode_failure(failure))
+    except Exception:  # noqa: BLE001 - a key we do not hold: show what is readable
+        message = failure.message
+    message = message.strip()
     return message.splitlines()[0][:300] if message else None
 
 

@@ -257,3 +257,29 @@ def test_quick_chaos_run_loses_and_duplicates_nothing() -> None:
     assert "completed as expected" in out, out[-4000:]
     assert proc.returncode == 0, out[-8000:]
     assert "chaos: PASS" in out
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(bool(os.environ.get("DEALFLOW_SKIP_CHAOS")), reason="DEALFLOW_SKIP_CHAOS set")
+def test_a_stranded_deal_fails_the_run_with_its_stage_and_last_event_not_a_hang() -> None:
+    """One deal stranded on purpose (a lender event under a key the worker does
+    not hold): the scenario ends at its deadline, the deal counts as lost and
+    is named with its stage and last history event, and the run exits 1."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEALFLOW_")}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.chaos", "--quick", "--scenarios", "stranded"]
+        + ["--deals", "1", "--timeout", "25"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-8000:]
+    assert time.monotonic() - started < 200, "the run waited on the stranded deal"
+    assert "chaos: FAIL" in out
+    [line] = [x for x in out.splitlines() if " lost: " in x]
+    assert "stage DOCUMENTS" in line or "stage CONTRACT" in line, line
+    assert "last event" in line and "WORKFLOW_TASK_FAILED" in line, line
