@@ -276,6 +276,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         + ", ".join(s.key for s in SCENARIOS + EXTRA_SCENARIOS),
     )
     p.add_argument("--quick", action="store_true", help="reduced size for `make test`")
+    p.add_argument(
+        "--kills",
+        type=int,
+        default=None,
+        help="kills per kill scenario (default: worker-kill 10, server-kill 4, api-kill 4)",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument(
         "--timeout",
@@ -354,6 +360,7 @@ async def amain(argv: list[str] | None = None) -> int:
                 quick=args.quick,
                 rng=random.Random(seed),
                 log=log,
+                kills=args.kills,
             )
             for sc in args.selected:
                 rows.append(await run_scenario(ctx, sc, args.deals, args.timeout))

@@ -153,6 +153,7 @@ class Robot:
         self.poll = poll
         self.retries = 0
         self.actions = 0
+        self.in_flight = 0  # staff updates sent and not yet answered
         self.deadline = float("inf")
         self.http = httpx.AsyncClient(timeout=30, trust_env=False)
 
@@ -269,9 +270,13 @@ class Robot:
         payload = {**example_action(action, datetime.now(UTC).date()), **changes}
         a, inp = deals.parse_action(action, payload, self.actor(act))
         update_id = f"chaos:{run.deal_id}:{action}:{st.version}"
-        res = await self.call(
-            action, deals.act, self.client, run.deal_id, a, inp, update_id=update_id
-        )
+        self.in_flight += 1
+        try:
+            res = await self.call(
+                action, deals.act, self.client, run.deal_id, a, inp, update_id=update_id
+            )
+        finally:
+            self.in_flight -= 1
         self.actions += 1
         return res.status
 

@@ -45,6 +45,8 @@ class Ctx:
     quick: bool
     rng: random.Random
     log: Callable[[str], None]
+    # --kills: how often the kill scenarios strike (None: their own default).
+    kills: int | None = None
 
 
 @dataclass
@@ -142,7 +144,7 @@ class WorkerKill(Scenario):
     title = "worker kill -9"
 
     def kills(self, ctx: Ctx) -> int:
-        return 2 if ctx.quick else 10
+        return ctx.kills or (2 if ctx.quick else 10)
 
     def stagger(self, ctx: Ctx, n: int) -> float:
         return 0.0 if ctx.quick else 2.5 * self.kills(ctx)
@@ -188,22 +190,30 @@ class ServerKill(Scenario):
     title = "Temporal server kill -9"
 
     def kills(self, ctx: Ctx) -> int:
-        return 2 if ctx.quick else 4
+        return ctx.kills or (2 if ctx.quick else 4)
 
     def stagger(self, ctx: Ctx, n: int) -> float:
         return 0.0 if ctx.quick else 4.0 * self.kills(ctx)
 
     async def inject(self, ctx: Ctx, runs: list[DealRun], out: Strikes) -> None:
         others = {name: ctx.stack.pid(name) for name in ("worker", "api", "lender_sim")}
+        mid_update = in_flight_total = 0
         for i in range(self.kills(ctx)):
             if not active(runs):
                 out.problems.append(f"deals finished after {i} of {self.kills(ctx)} kills")
                 break
             await sleep_while(runs, ctx.rng.uniform(2.0, 5.0))
+            updates = ctx.robot.in_flight
             pid = await ctx.stack.akill("temporal")
             out.count += 1
+            if updates:
+                mid_update += 1
+                in_flight_total += updates
             down = ctx.rng.uniform(0.5, 4.0)
-            ctx.log(f"    kill -9 temporal pid {pid}; down {down:.1f}s")
+            ctx.log(
+                f"    kill -9 temporal pid {pid} ({updates} staff updates in flight); "
+                f"down {down:.1f}s"
+            )
             await asyncio.sleep(down)
             t0 = time.monotonic()
             await ctx.stack.arestart("temporal")
@@ -217,7 +227,10 @@ class ServerKill(Scenario):
                     )
                     await ctx.stack.arestart(name)
                     others[name] = ctx.stack.pid(name)
-        out.note(f"{out.count} server kills on the same SQLite file")
+        out.note(
+            f"{out.count} server kills on the same SQLite file, {mid_update} of them with "
+            f"staff updates in flight ({in_flight_total} updates in all)"
+        )
 
 
 # --------------------------------------------------------------------------- 3. API
@@ -228,7 +241,7 @@ class ApiKill(Scenario):
     title = "API kill -9 in a webhook burst"
 
     def kills(self, ctx: Ctx) -> int:
-        return 2 if ctx.quick else 4
+        return ctx.kills or (2 if ctx.quick else 4)
 
     def script_for(self, plan: Plan) -> dict[str, Any] | None:
         # Every decision and disbursement webhook sent twice (same id), after
