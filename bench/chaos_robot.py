@@ -187,7 +187,14 @@ class Robot:
                 ):
                     raise
                 why = f"RPC {e.status.name}"
-            except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError, httpx.HTTPError) as e:
+            except (
+                TimeoutError,
+                WorkflowUpdateRPCTimeoutOrCancelledError,
+                httpx.HTTPError,
+                deals.WorkflowStuck,
+            ) as e:
+                # Stuck: kept trying until the deadline, where the deal is
+                # reported with its last event if it never comes back.
                 why = type(e).__name__
             except RuntimeError as e:  # deals.deal_status: the query failed (no worker yet)
                 if isinstance(e, rules.RuleError):

@@ -11,10 +11,16 @@ import secrets
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
-from temporalio.api.enums.v1 import PendingWorkflowTaskState
+from temporalio.api.common.v1 import Payloads, WorkflowExecution
+from temporalio.api.enums.v1 import (
+    PendingWorkflowTaskState,
+    UpdateWorkflowExecutionLifecycleStage,
+)
+from temporalio.api.update import v1 as update_pb
+from temporalio.api.workflowservice.v1 import UpdateWorkflowExecutionRequest
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -24,6 +30,7 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.converter import decode_search_attributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -152,9 +159,11 @@ def _handle(client: Client, deal_id: str) -> WorkflowHandle[Any, Any]:
     return client.get_workflow_handle(workflow_id(deal_id))
 
 
-async def deal_status(client: Client, deal_id: str) -> DealStatus:
+async def deal_status(client: Client, deal_id: str, rpc_timeout: float = 10.0) -> DealStatus:
     try:
-        return await _handle(client, deal_id).query(DealWorkflow.status)
+        return await _handle(client, deal_id).query(
+            DealWorkflow.status, rpc_timeout=timedelta(seconds=rpc_timeout)
+        )
     except RPCError as e:
         if e.status is RPCStatusCode.NOT_FOUND:
             raise DealNotFound(deal_id) from None
@@ -169,7 +178,7 @@ async def deal_status(client: Client, deal_id: str) -> DealStatus:
 ACT_PATIENCE_SECONDS = 30.0
 
 
-def _transient(e: Exception) -> bool:
+def transient(e: Exception) -> bool:
     if isinstance(e, WorkflowUpdateRPCTimeoutOrCancelledError):
         return True
     return isinstance(e, RPCError) and (
@@ -210,10 +219,10 @@ async def act_receipt(
     patience: float = ACT_PATIENCE_SECONDS,
 ) -> ActionReceipt:
     """Run one staff action as a Temporal Update; refusals become RuleError."""
-    handle = _handle(client, deal_id)
     try:
         return await update_once(
-            handle,
+            client,
+            workflow_id(deal_id),
             action.value,
             inp,
             result_type=ActionReceipt,
@@ -230,7 +239,8 @@ async def act_receipt(
 
 
 async def update_once(
-    handle: WorkflowHandle[Any, Any],
+    client: Client,
+    wf_id: str,
     update: str,
     arg: Any,
     *,
@@ -252,6 +262,7 @@ async def update_once(
     one and its validator refuses the other, and the server rejects that
     refusal on every retry of the task, wedging the workflow.
     """
+    handle = client.get_workflow_handle(wf_id)
     deadline = time.monotonic() + patience
     delay = 0.2
     fate_unknown = sent_before
@@ -263,20 +274,78 @@ async def update_once(
                 outcome = await _known_outcome(handle, update_id, result_type, deadline)
                 if outcome is not None:
                     return outcome[0]
-            return await handle.execute_update(update, arg, id=update_id, result_type=result_type)
+            return await _send_once(client, handle, update, arg, update_id, result_type, deadline)
         except RPCError as e:
-            if not _transient(e) or await _stuck(handle, e):
+            if not transient(e):
                 raise
             last = e
         except WorkflowUpdateRPCTimeoutOrCancelledError as e:
             last = e
         except _DeliveryInFlight:
             pass
+        await _raise_if_stuck(handle)
         if time.monotonic() + delay > deadline:
             raise last
         fate_unknown = True
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
+
+
+async def _send_once(
+    client: Client,
+    handle: WorkflowHandle[Any, Any],
+    update: str,
+    arg: Any,
+    update_id: str,
+    result_type: type[T],
+    deadline: float,
+) -> T:
+    """One UpdateWorkflowExecution call, then polls for the outcome.
+
+    Not `handle.execute_update`: the SDK re-sends the request by itself, on
+    UNAVAILABLE (a server restarting) and whenever the server's answer comes
+    before the update is accepted, which is exactly the blind re-send that
+    `update_once` exists to prevent. Here the request goes out once; every
+    retry is `update_once`'s, after asking for the outcome.
+    """
+    converter = client.data_converter
+    request = UpdateWorkflowExecutionRequest(
+        namespace=client.namespace,
+        workflow_execution=WorkflowExecution(workflow_id=handle.id),
+        request=update_pb.Request(
+            meta=update_pb.Meta(update_id=update_id, identity=client.identity),
+            input=update_pb.Input(
+                name=update, args=Payloads(payloads=await converter.encode([arg]))
+            ),
+        ),
+        wait_policy=update_pb.WaitPolicy(lifecycle_stage=_COMPLETED),
+    )
+    wait = max(1.0, min(20.0, deadline - time.monotonic()))
+    try:
+        response = await client.workflow_service.update_workflow_execution(
+            request, retry=False, timeout=timedelta(seconds=wait)
+        )
+    except RPCError as e:
+        if e.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+            raise WorkflowUpdateRPCTimeoutOrCancelledError() from e
+        raise
+    if not response.HasField("outcome"):
+        # Admitted or accepted, not yet completed: the outcome is polled for,
+        # which never sends the update again.
+        found = await _known_outcome(handle, update_id, result_type, deadline)
+        if found is None:
+            raise WorkflowUpdateRPCTimeoutOrCancelledError()
+        return found[0]
+    outcome = response.outcome
+    if outcome.HasField("failure"):
+        raise WorkflowUpdateFailedError(await converter.decode_failure(outcome.failure))
+    [result] = await converter.decode(outcome.success.payloads, [result_type])
+    return cast(T, result)
+
+
+_COMPLETED = (
+    UpdateWorkflowExecutionLifecycleStage.UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_COMPLETED
+)
 
 
 class _DeliveryInFlight(Exception):
@@ -310,20 +379,29 @@ async def _known_outcome(
     return None
 
 
-async def _stuck(handle: WorkflowHandle[Any, Any], error: RPCError) -> bool:
-    """A workflow task that failed again and again will not come back by
-    itself (dealflow/stuck.py): waiting out the patience would not help."""
-    if "Workflow Task in failed state" not in error.message:
-        return False
+class WorkflowStuck(Exception):
+    """The workflow task keeps failing: it will not come back by itself
+    (dealflow/stuck.py), so waiting out the caller's patience would not help."""
+
+    def __init__(self, wf_id: str, attempts: int) -> None:
+        super().__init__(f"{wf_id} is stuck: its workflow task keeps failing; nothing was applied")
+        self.workflow_id = wf_id
+        self.attempts = attempts
+
+
+async def _raise_if_stuck(handle: WorkflowHandle[Any, Any]) -> None:
     try:
         desc = await handle.describe(rpc_timeout=timedelta(seconds=5))
     except RPCError:
-        return False
+        return
     raw = desc.raw_description
-    return (
-        raw.HasField("pending_workflow_task")
-        and raw.pending_workflow_task.attempt >= STUCK_ATTEMPTS
+    attempts = raw.pending_workflow_task.attempt if raw.HasField("pending_workflow_task") else 0
+    # An update's own workflow task restarts the count; the server's mark stays.
+    reported = decode_search_attributes(raw.workflow_execution_info.search_attributes).get(
+        "TemporalReportedProblems"
     )
+    if attempts >= STUCK_ATTEMPTS or reported:
+        raise WorkflowStuck(handle.id, attempts)
 
 
 async def _workflow_task_started(handle: WorkflowHandle[Any, Any]) -> bool:
@@ -362,7 +440,7 @@ async def _status_after(client: Client, deal_id: str, patience: float) -> DealSt
                 DealWorkflow.status, rpc_timeout=timedelta(seconds=5)
             )
         except RPCError as e:
-            if not _transient(e) or time.monotonic() + delay > deadline:
+            if not transient(e) or time.monotonic() + delay > deadline:
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)

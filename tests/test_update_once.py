@@ -113,18 +113,27 @@ async def test_an_update_of_unknown_fate_is_not_sent_again_while_a_worker_holds_
             await asyncio.sleep(0.05)
         server.kill()
         server.start()
-        again = (await server.client()).get_workflow_handle("counter-1")
+        restarted = await server.client()
+        again = restarted.get_workflow_handle("counter-1")
         sends: list[bool] = []
-        send = again.execute_update
+        service = restarted.workflow_service
+        send = service.update_workflow_execution
 
         async def spying_send(*args: Any, **kwargs: Any) -> Any:
             sends.append(await _task_started(again))
             return await send(*args, **kwargs)
 
-        again.execute_update = spying_send  # type: ignore[method-assign]
+        service.update_workflow_execution = spying_send  # type: ignore[method-assign]
         # The caller's reply was lost with the server: same id, fate unknown.
         result = await update_once(
-            again, "step", 0, result_type=int, update_id="step-0", sent_before=True, patience=60
+            restarted,
+            "counter-1",
+            "step",
+            0,
+            result_type=int,
+            update_id="step-0",
+            sent_before=True,
+            patience=60,
         )
         assert result == 1
         assert True not in sends, "sent again while a worker held a task that carried it"
@@ -136,13 +145,21 @@ async def test_an_update_of_unknown_fate_is_not_sent_again_while_a_worker_holds_
         # would now refuse step 0, never sees it again.
         assert (
             await update_once(
-                again, "step", 0, result_type=int, update_id="step-0", sent_before=True, patience=10
+                restarted,
+                "counter-1",
+                "step",
+                0,
+                result_type=int,
+                update_id="step-0",
+                sent_before=True,
+                patience=10,
             )
             == 1
         )
         assert (
             await update_once(
-                again,
+                restarted,
+                "counter-1",
                 "step",
                 1,
                 result_type=int,

@@ -23,6 +23,7 @@ from temporalio.service import RPCError
 from dealflow import rules, stuck
 from dealflow.api import codec, deals, documents, problems, webhooks
 from dealflow.api.deps import Metrics, Services
+from dealflow.client import WorkflowStuck
 from dealflow.docstore import DocumentStoreError
 
 DESCRIPTION = """\
@@ -147,6 +148,7 @@ def create_app(services: Services) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, problems.on_http_error)
     app.add_exception_handler(RequestValidationError, problems.on_validation_error)
     app.add_exception_handler(RPCError, problems.on_rpc_error)
+    app.add_exception_handler(WorkflowStuck, problems.on_stuck)
     app.add_exception_handler(DocumentStoreError, problems.on_store_error)
     app.add_exception_handler(Exception, problems.on_unexpected)
     app.include_router(deals.router)

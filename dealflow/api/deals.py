@@ -358,7 +358,7 @@ async def read_status(svc: Services, deal_id: str) -> DealStatus:
     except RuntimeError as e:  # the status query itself failed
         query_error: Exception = e
     except RPCError as e:
-        if "Workflow Task in failed state" not in e.message:
+        if not deals.transient(e):
             raise
         query_error = e
     # The deal cannot answer: a worker is recovering it (retry), or it is stuck
@@ -401,8 +401,12 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
             result = await deals.act(svc.client, deal_id, act, inp)
         except deals.DealNotFound as e:
             raise Problem(404, str(e)) from None
+        except deals.WorkflowStuck:
+            await _refuse_stuck(svc, deal_id)
+            raise
         except RPCError as e:
-            await _refuse_if_stuck(svc, deal_id, e)
+            if "Workflow Task in failed state" in e.message:
+                await _refuse_stuck(svc, deal_id)
             raise
         except rules.RuleError as e:
             svc.metrics.actions.labels(action=action.value, outcome=e.kind).inc()
@@ -424,11 +428,9 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
     return endpoint
 
 
-async def _refuse_if_stuck(svc: Services, deal_id: str, error: RPCError) -> None:
+async def _refuse_stuck(svc: Services, deal_id: str) -> None:
     """A stuck deal refuses every action until an operator heals it: say so,
     instead of the "retry shortly" that fits a deal a worker is recovering."""
-    if "Workflow Task in failed state" not in error.message:
-        return
     try:
         health = await stuck.deal_health(svc.client, deal_id)
     except (RPCError, deals.DealNotFound):

@@ -224,6 +224,14 @@ async def on_rpc_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(502, f"Temporal refused the call: {exc.message}")
 
 
+async def on_stuck(_: Request, exc: Exception) -> JSONResponse:
+    return problem_response(
+        503,
+        f"{exc}; an operator must heal the deal (python starter.py heal)",
+        {"Retry-After": "300"},
+    )
+
+
 async def on_store_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DocumentStoreError)
     if isinstance(exc, DocumentStoreUnavailable):
