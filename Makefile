@@ -1,4 +1,4 @@
-# DealFlow developer commands (DESIGN §3.1). From a fresh clone only python3 (>= 3.11)
+# DealFlow developer commands (docs/architecture.md §3.1). From a fresh clone only python3 (>= 3.11)
 # is needed: every target that runs project code first builds .venv.
 #
 #   make demo    venv + stack up + sample deals through every stage (stack left up)

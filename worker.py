@@ -40,7 +40,7 @@ def build_worker(
         activities=activities.all(),
         activity_executor=executor,
         workflow_runner=WORKFLOW_RUNNER,
-        # The cache bounds memory (~65-70 KB per cached deal, DESIGN §5);
+        # The cache bounds memory (its cost per deal is measured by make bench, README);
         # evicted deals are rebuilt from history on their next event.
         max_cached_workflows=settings.max_cached_workflows,
         max_concurrent_activities=settings.max_concurrent_activities,

@@ -4,7 +4,7 @@ histories of the same length.
 Deal histories are the complete deals of benchmark 1 (or, run alone, deals
 driven here), exported in the `temporal workflow show --output json` format
 and written N times over into a folder. The project's path is `dealflow-audit
-replay FOLDER` (DESIGN §3.6) when that command exists; until then it is the
+replay FOLDER` (docs/architecture.md §3.6) when that command exists; until then it is the
 SDK Replayer exactly as tests/test_replay.py uses it (the row says which).
 The baseline replays floor histories padded with no-op activities to the deal
 histories' length, with the SDK Replayer and the default sandbox. Both run as
@@ -229,7 +229,9 @@ async def replay_folder(workflow_name: str, folder: Path) -> dict[str, Any]:
         from workflows import WORKFLOW_RUNNER, DealWorkflow
 
         converter = pydantic_data_converter
-        try:  # deal payloads are encrypted (DESIGN §3.6): the project's converter decodes them
+        # Deal payloads are encrypted (docs/architecture.md §3.6): the project's
+        # converter decodes them.
+        try:
             from dealflow.codec import data_converter_for
 
             converter = data_converter_for(Settings())

@@ -33,7 +33,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
         assert s.client is not None
         client = s.client
         # The floor encrypts its payloads with the deal's codec: no deployment
-        # may store payloads in clear (DESIGN), and the SDK's cost per encoded
+        # may store payloads in clear (docs/architecture.md §3.6), and the SDK's cost per encoded
         # payload is the platform's, not the deal's. (Until 2026-11-29 the
         # floor ran without it; the README gives both figures.)
         # Its own name and queue: --quick shares one stack with benchmark 4,

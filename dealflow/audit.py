@@ -1,4 +1,4 @@
-"""`dealflow-audit`: export, replay, read and verify deal histories (DESIGN §3.6).
+"""`dealflow-audit`: export, replay, read and verify deal histories (docs/architecture.md §3.6).
 
     dealflow-audit export DEAL_ID [-o FILE] [--split] [--decode]
     dealflow-audit replay PATH... | --query VISIBILITY_QUERY

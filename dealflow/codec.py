@@ -1,11 +1,11 @@
 """Payload encryption: every payload DealFlow writes to Temporal is AES-GCM encrypted.
 
 The Temporal server stores, and its UI and CLI show, only ciphertext: customer
-names, ID numbers, phones and bank accounts never reach it in clear (DESIGN §3.6,
-§4). Whoever holds a key decrypts: the worker, the API, the CLI, the demo and
-the audit tools all build their client from `data_converter()`; the API's
-codec endpoint (`dealflow/api/codec.py`) lends the same codec to the Temporal
-UI and CLI for auditors and admins.
+names, ID numbers, phones and bank accounts never reach it in clear
+(docs/architecture.md §3.6, §4). Whoever holds a key decrypts: the worker, the
+API, the CLI, the demo and the audit tools all build their client from
+`data_converter()`; the API's codec endpoint (`dealflow/api/codec.py`) lends
+the same codec to the Temporal UI and CLI for auditors and admins.
 
 Encrypted payload (one per original payload):
 

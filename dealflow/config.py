@@ -26,7 +26,7 @@ STUCK_DYNAMIC_CONFIG = "system.numConsecutiveWorkflowTaskProblemsToTriggerSearch
 
 
 class LenderConfig(BaseModel):
-    """One `[[lenders]]` table of the lenders file (DESIGN §3.2)."""
+    """One `[[lenders]]` table of the lenders file (docs/architecture.md §3.2)."""
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     legal_name: str = Field(min_length=2)

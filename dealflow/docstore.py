@@ -1,4 +1,4 @@
-"""Document store (DESIGN §2): one small interface, two backends.
+"""Document store (docs/architecture.md §2): one small interface, two backends.
 
 * `LocalDirectoryStore` — plain files under a directory (the default,
   `file://.data/documents`). Writes are atomic (temp file, fsync, `os.replace`,

@@ -1,7 +1,7 @@
 """Structured log lines (one JSON object per line) for every DealFlow process.
 
 Only ids and codes go into logs: deal id, workflow id, lender id, kinds. Never
-names, ID numbers, phones or accounts (DESIGN §4).
+names, ID numbers, phones or accounts (docs/architecture.md §4).
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ class Decision(StrEnum):
 
 
 class Action(StrEnum):
-    """Staff actions of DESIGN §3.3, in URL spelling."""
+    """Staff actions of docs/architecture.md §3.3, in URL spelling."""
 
     SIGN_SALES_CONTRACT = "sign-sales-contract"
     RECORD_DOCUMENT = "record-document"
@@ -211,7 +211,7 @@ def _days(n: float) -> timedelta:
 
 
 class DealPolicy(Strict):
-    """Deadlines, reminders and escalations (DESIGN §1). Copied into the workflow
+    """Deadlines, reminders and escalations (docs/architecture.md §1). Copied into the workflow
     input at start so a history says by itself which rules the deal ran under."""
 
     contract_deadline: timedelta = _days(7)

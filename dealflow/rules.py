@@ -655,7 +655,7 @@ def check_action(action: Action, inp: ActionInput, view: DealView) -> None:
 # --------------------------------------------------------------------------- pending
 
 
-# Whose desk an action lands on when several roles may take it (DESIGN §1,
+# Whose desk an action lands on when several roles may take it (docs/architecture.md §1,
 # "who acts"): the customer's documents are collected by sales.
 _OWNER: dict[Action, Role] = {Action.RECORD_DOCUMENT: Role.SALES, Action.CANCEL: Role.SALES}
 

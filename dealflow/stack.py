@@ -110,7 +110,7 @@ class StackError(RuntimeError):
 
 
 def _default(name: str) -> Any:
-    # The defaults are the contract of DESIGN §3.2 and live in config.Settings;
+    # The defaults are the contract of docs/architecture.md §3.2 and live in config.Settings;
     # read them from there instead of repeating them here.
     return Settings.model_fields[name].default
 
@@ -247,7 +247,7 @@ def temporal_command(cfg: StackConfig, *, search_attributes: bool = True) -> lis
 
     SQLite pragmas: with only `--db-filename`, every commit waits for a rollback-
     journal fsync and the server manages ~4.3 workflows/s on this class of machine
-    (DESIGN §5). WAL + synchronous=FULL is ~1.8x faster and still durable on power
+    (README, Configuration). WAL + synchronous=FULL is ~1.8x faster and still durable on power
     loss (every commit is fsynced to the WAL); synchronous=NORMAL would be ~3x but
     can lose the last commits on an OS crash, which a deal system must not.
     """

@@ -1,4 +1,4 @@
-"""Contract tests of the back-office API (DESIGN §3.3), endpoint by endpoint,
+"""Contract tests of the back-office API (docs/architecture.md §3.3), endpoint by endpoint,
 over real HTTP against the real app, a real Temporal dev server and a worker:
 success, 401, 403 at every role boundary of the permission table, 404, 409,
 422 per rule, idempotent creation and pagination. Every refusal is

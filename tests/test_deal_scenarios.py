@@ -1,5 +1,5 @@
 """DealWorkflow on the time-skipping server: one scenario per business rule,
-with the real default durations of DESIGN §1 (a month passes in milliseconds).
+with the real default durations of docs/architecture.md §1 (a month passes in milliseconds).
 
 Lender answers come from the lender simulator (a script per deal) as signed
 webhooks through the real API receiver; side effects land in the real

@@ -1,4 +1,4 @@
-"""One suite over both document-store backends (DESIGN §2).
+"""One suite over both document-store backends (docs/architecture.md §2).
 
 S3 runs against a real moto server over HTTP. It runs in a subprocess rather
 than `ThreadedMotoServer` so that tracemalloc in the memory test measures only

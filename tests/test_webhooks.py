@@ -1,4 +1,4 @@
-"""The lender webhook receiver (DESIGN §3.4) over real HTTP, with real Standard
+"""The lender webhook receiver (docs/architecture.md §3.4) over real HTTP, with real Standard
 Webhooks signatures made by the `standardwebhooks` package, against the real
 API app and a real Temporal dev server. Deals wait in UNDERWRITING with a
 silent lender (the simulator never answers), so every decision they see came

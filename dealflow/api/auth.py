@@ -1,4 +1,4 @@
-"""Staff authentication (DESIGN §3.3): `Authorization: Bearer <JWT>`.
+"""Staff authentication (docs/architecture.md §3.3): `Authorization: Bearer <JWT>`.
 
 Development and tests: HS256 with `DEALFLOW_JWT_SECRET` (`starter.py token`
 mints one). Production: set `DEALFLOW_JWKS_URL` and tokens are verified with

@@ -1,4 +1,4 @@
-"""The codec endpoint (DESIGN §3.6): the Temporal UI and CLI decrypt payloads here.
+"""The codec endpoint (docs/architecture.md §3.6): the Temporal UI and CLI decrypt payloads here.
 
     POST /codec/decode   {"payloads": [{"metadata": {k: base64}, "data": base64}, ...]}
     POST /codec/encode   same shape, the other way

@@ -1,4 +1,5 @@
-"""The back-office deal desk (DESIGN §3.3): start, list and read deals, take staff actions.
+"""The back-office API's deals (docs/architecture.md §3.3): start, list and read
+deals, take staff actions.
 
 Every route authenticates first (401), then checks the role against the
 permission table (403), then validates (422), then asks the deal (404, 409).
@@ -156,7 +157,7 @@ def body_model(action: Action) -> type[BaseModel]:
     return model
 
 
-# Staff actions of DESIGN §3.3; record-document is the upload route's.
+# Staff actions of docs/architecture.md §3.3; record-document is the upload route's.
 ACTION_ROUTES = [a for a in Action if a is not Action.RECORD_DOCUMENT]
 ACTION_BODIES: dict[Action, type[BaseModel]] = {a: body_model(a) for a in ACTION_ROUTES}
 

@@ -28,7 +28,7 @@ class PolicyFileError(ValueError):
 
 def load_policy(path: Path | str | None) -> DealPolicy:
     """The `DealPolicy` of a JSON file (DEALFLOW_POLICY_FILE), or the default one
-    (the deadlines of DESIGN §1) without a file. A precise error names the file."""
+    (the deadlines of docs/architecture.md §1) without a file. A precise error names the file."""
     if not path:
         return DealPolicy()
     try:

@@ -1,4 +1,4 @@
-"""A thin client of the back-office API (DESIGN §3.3), for `starter.py --api URL`.
+"""A thin client of the back-office API (docs/architecture.md §3.3), for `starter.py --api URL`.
 
 Every call sends the bearer token and returns the API's JSON; an error answer
 becomes `ApiError` with the problem's status and detail, so the CLI can print

@@ -1,4 +1,4 @@
-"""Lender webhooks (DESIGN §3.4): verify, store, then deliver to the deal.
+"""Lender webhooks (docs/architecture.md §3.4): verify, store, then deliver to the deal.
 
 A webhook is answered 2xx only after it is stored in the inbox; the deal
 applies each webhook id once, so a lender's retries are harmless.

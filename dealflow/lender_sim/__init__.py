@@ -1,5 +1,5 @@
 """Lender simulator: a small real HTTP service implementing the LENDER side of
-DESIGN §3.4 / §3.5 (applications, disbursement requests, withdrawals in; signed
+docs/architecture.md §3.4 / §3.5 (applications, disbursement requests, withdrawals in; signed
 Standard Webhooks out), used by the demo, the tests and the chaos suite.
 
 A real lender replaces it by configuration only (its entry in the lenders file).

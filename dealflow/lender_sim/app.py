@@ -1,6 +1,6 @@
 """The lender simulator's HTTP service (FastAPI).
 
-Lender side of DESIGN §3.5, one process for every lender of the lenders file:
+Lender side of docs/architecture.md §3.5, one process for every lender of the lenders file:
 
     POST /lenders/{lender_id}/applications                               -> 202 {application_ref}
     GET  /lenders/{lender_id}/applications/{ref}                         -> 200 status
@@ -15,7 +15,7 @@ Test/demo controls:
     GET /_sim/outbox                          webhook outbox counts by status
     GET /healthz
 
-Answers go out as signed webhooks (DESIGN §3.4) from a durable outbox; see
+Answers go out as signed webhooks (docs/architecture.md §3.4) from a durable outbox; see
 `delivery.py`. Errors are RFC 9457 problem JSON.
 """
 
@@ -720,7 +720,9 @@ def create_app(config: SimConfig) -> FastAPI:
         title="DealFlow lender simulator",
         version="1.0",
         lifespan=lifespan,
-        description="The lender side of DealFlow's lender contracts (DESIGN §3.4, §3.5).",
+        description=(
+            "The lender side of DealFlow's lender contracts (docs/architecture.md §3.4, §3.5)."
+        ),
     )
     app.state.config = config
     app.state.sim = sim
