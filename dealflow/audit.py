@@ -659,7 +659,9 @@ _NOTICE_KINDS = {
     "adverse_action": "notice",
     "info": "notice",
 }
-_BOOKKEEPING = {"project_deal", "record_document_metadata"}
+# Activities the timeline leaves out: their effect shows in the rows of the
+# steps they serve (the application package is shown where it is sent).
+_BOOKKEEPING = {"project_deal", "record_document_metadata", "prepare_application"}
 
 
 def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeline:
@@ -875,8 +877,11 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
                         f"{v.get('message')}" + (f" (to {roles})" if roles else ""),
                         {"notification": v},
                     )
-                elif name == "submit_application":
-                    docs = v.get("documents") or []
+                elif name in ("send_application", "submit_application"):
+                    # send_application carries the package prepared once;
+                    # deals from before it used submit_application.
+                    package = v.get("package") if isinstance(v.get("package"), dict) else v
+                    docs = package.get("documents") or []
                     entry = add(
                         e,
                         "lender",

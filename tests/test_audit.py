@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import shutil
 import sys
 from collections.abc import AsyncIterator
@@ -506,3 +507,34 @@ def test_manifest_chain_function_on_a_clean_and_an_empty_manifest() -> None:
     e2: dict[str, Any] = {"seq": 2, "deal_id": "b", "prev_sha256": e1["sha256"]}
     e2["sha256"] = audit.entry_hash(e2)
     assert audit._check_chain([(1, e1), (2, e2)]) == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(HISTORIES.rglob("*.json")),
+    ids=[str(p.relative_to(HISTORIES)) for p in sorted(HISTORIES.rglob("*.json"))],
+)
+def test_timeline_of_every_committed_history_names_what_each_event_is(path: Path) -> None:
+    """No event shows as a generic row: every activity is named for what it
+    did, and each lender submission says where it went and the reference the
+    lender gave (a deal since the package split used to show "activity
+    send_application" with the whole package)."""
+    runs = audit.load_paths([path], TEST_CODEC_KEYS)
+    timeline = audit.build_timeline(runs, TEST_CODEC_KEYS)
+    generic = [e.action for e in timeline.entries if e.action.startswith("activity ")]
+    assert generic == [], path.name
+    history = json.loads(path.read_text("utf-8"))
+    sends = [
+        e
+        for e in history["events"]
+        if e["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"
+        and e["activityTaskScheduledEventAttributes"]["activityType"]["name"]
+        in ("send_application", "submit_application")
+    ]
+    submitted = [e for e in timeline.entries if e.action == "application submitted"]
+    assert len(submitted) == len(sends), path.name
+    for entry in submitted:
+        assert entry.kind == "lender"
+        assert re.search(r"^to [a-z0-9-]+ \(submission \d+, \d+ documents\)", entry.details), entry
+        if entry.data.get("outcome") == "done":
+            assert "; acknowledged as " in entry.details, entry
