@@ -149,14 +149,14 @@ class DealWorkflow:
         self.deal = inp.deal
         self.policy = inp.policy
         # A continued run resumes from the state the previous run carried over.
-        self.s = inp.state or DealState(stage_entered_at=workflow.now())
+        self.state = inp.state or DealState(stage_entered_at=workflow.now())
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._projection_owed = False
         self._projection_queued = False
         if inp.state is None:
             # Recorded here, not in run(): an update that arrives with the start
             # runs its handler before run() begins and must find the deal started.
-            self.s.transitions.append(
+            self.state.transitions.append(
                 Transition(
                     at=workflow.now(),
                     from_stage=None,
@@ -173,7 +173,7 @@ class DealWorkflow:
         if inp.state is None:
             self._upsert_search_attributes()
             self._project()
-        while not self.s.stage.terminal:
+        while not self.state.stage.terminal:
             self._kick_owed_work()
             if self._should_continue_as_new():
                 await self._continue_as_new()
@@ -183,7 +183,7 @@ class DealWorkflow:
 
     async def _wait_in_stage(self) -> None:
         """Sleep until the stage changes, work is owed, or a timer is due."""
-        entry = self.s.stage_entry
+        entry = self.state.stage_entry
         due, fire = self._next_timer()
         timeout = None if due is None else max(due - workflow.now(), timedelta(0))
         if timeout == timedelta(0) and fire is not None:
@@ -192,14 +192,14 @@ class DealWorkflow:
         try:
             await workflow.wait_condition(
                 lambda: (
-                    self.s.stage_entry != entry
+                    self.state.stage_entry != entry
                     or self._owed_work_pending()
                     or self._should_continue_as_new()
                 ),
                 timeout=timeout,
             )
         except TimeoutError:
-            if self.s.stage_entry != entry:
+            if self.state.stage_entry != entry:
                 return
             # Facts recorded while we slept may have changed what is due (a
             # follow-up call recorded before it fell due): ask again.
@@ -218,7 +218,7 @@ class DealWorkflow:
         # Let every handler and side effect settle: the next run must not
         # lose a half-applied update or re-run an activity that succeeded.
         await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._tasks)
-        self.s.continued_as_new += 1
+        self.state.continued_as_new += 1
         workflow.continue_as_new(
             StartDealInput(
                 deal_id=self.inp.deal_id,
@@ -226,19 +226,19 @@ class DealWorkflow:
                 policy=self.policy,
                 lenders=self.inp.lenders,
                 created_by=self.inp.created_by,
-                state=self.s,
+                state=self.state,
             )
         )
 
     async def _close(self) -> None:
-        if self.s.stage in (Stage.CANCELLED, Stage.EXPIRED, Stage.DECLINED):
+        if self.state.stage in (Stage.CANCELLED, Stage.EXPIRED, Stage.DECLINED):
             # Undo what was done, newest first; each step is idempotent.
             await workflow.wait_condition(lambda: not self._tasks)
-            for comp in reversed(self.s.compensations):
+            for comp in reversed(self.state.compensations):
                 if comp.status in ("pending", "running"):
                     await self._compensate(comp)
-        if self.s.stage is Stage.DECLINED:
-            reasons = "; ".join(f"{r.code}: {r.text}" for r in self.s.adverse_action_reasons)
+        if self.state.stage is Stage.DECLINED:
+            reasons = "; ".join(f"{r.code}: {r.text}" for r in self.state.adverse_action_reasons)
             self._notify(
                 "adverse_action",
                 f"adverse-action notice: {reasons or 'no reasons given'}",
@@ -250,7 +250,7 @@ class DealWorkflow:
 
     def _clock(self) -> Clock:
         p = self.policy
-        match self.s.stage:
+        match self.state.stage:
             case Stage.CONTRACT:
                 return Clock(deadline=p.contract_deadline, on_deadline="expire")
             case Stage.DOCUMENTS:
@@ -293,67 +293,68 @@ class DealWorkflow:
 
     def _next_timer(self) -> tuple[datetime | None, Callable[[], Awaitable[None]] | None]:
         """The earliest timer of the current stage and what to do when it fires."""
-        s, clock, start = self.s, self._clock(), self.s.stage_entered_at
+        state, clock, start = self.state, self._clock(), self.state.stage_entered_at
         candidates: list[tuple[datetime, Callable[[], Awaitable[None]]]] = []
         deadline = start + clock.deadline if clock.deadline else None
         if clock.reminder_every:
-            at = start + clock.reminder_every * (s.reminders_sent + 1)
+            at = start + clock.reminder_every * (state.reminders_sent + 1)
             if deadline is None or at < deadline:
                 candidates.append((at, self._remind))
-        if clock.escalate_after and not s.escalated:
+        if clock.escalate_after and not state.escalated:
             candidates.append((start + clock.escalate_after, self._escalate))
         if deadline is not None:
             candidates.append((deadline, self._deadline))
-        if s.stage is Stage.FOLLOW_UP and s.delivered_at is not None:
+        if state.stage is Stage.FOLLOW_UP and state.delivered_at is not None:
             for call, offset in (
                 ("day3", self.policy.follow_up_first),
                 ("day30", self.policy.follow_up_second),
             ):
-                if call not in s.follow_ups and call not in s.follow_ups_reminded:
-                    candidates.append((s.delivered_at + offset, self._follow_up_due(call)))
+                if call not in state.follow_ups and call not in state.follow_ups_reminded:
+                    candidates.append((state.delivered_at + offset, self._follow_up_due(call)))
         if not candidates:
             return None, None
         at, fire = min(candidates, key=lambda c: c[0])
         return at, fire
 
     async def _remind(self) -> None:
-        self.s.reminders_sent += 1
-        self._notify("reminder", f"reminder {self.s.reminders_sent}: " + self._pending_text())
+        self.state.reminders_sent += 1
+        self._notify("reminder", f"reminder {self.state.reminders_sent}: " + self._pending_text())
 
     async def _escalate(self) -> None:
-        self.s.escalated = True
-        since = workflow.now() - self.s.stage_entered_at
+        self.state.escalated = True
+        since = workflow.now() - self.state.stage_entered_at
         self._notify(
             "escalation",
-            f"escalated: {self.s.stage.value} open for {since.days} days; " + self._pending_text(),
+            f"escalated: {self.state.stage.value} open for {since.days} days; "
+            + self._pending_text(),
             extra_roles=[Role.ADMIN],
         )
 
     def _follow_up_due(self, call: str) -> Callable[[], Awaitable[None]]:
         async def fire() -> None:
-            self.s.follow_ups_reminded.append(call)
+            self.state.follow_ups_reminded.append(call)
             self._notify("follow_up_due", f"the {call} follow-up call is due", [Role.SALES])
 
         return fire
 
     async def _deadline(self) -> None:
-        clock, stage = self._clock(), self.s.stage
+        clock, stage = self._clock(), self.state.stage
         days = clock.deadline.days if clock.deadline else 0
         match clock.on_deadline:
             case "expire":
                 reason = f"no progress in {stage.value} within {days} days"
-                self.s.outcome_reason = reason
+                self.state.outcome_reason = reason
                 self._set_stage(Stage.EXPIRED, reason)
             case "cancel":
                 reason = f"down payment not received within {days} days"
-                self.s.outcome_reason = reason
+                self.state.outcome_reason = reason
                 self._set_stage(Stage.CANCELLED, reason)
             case "next_lender":
                 sub = self._current_submission()
                 what = "counter-offer not answered" if self._open_counter() else "no decision"
                 if sub is not None:
                     self._withdraw(sub, f"{what} within {days} days")
-                self.s.adverse_action_reasons.append(
+                self.state.adverse_action_reasons.append(
                     Reason(
                         code="LENDER_NO_RESPONSE" if what == "no decision" else "COUNTER_LAPSED",
                         text=f"{sub.lender_id if sub else 'lender'}: {what} within {days} days",
@@ -361,8 +362,8 @@ class DealWorkflow:
                 )
                 self._route_to_next_lender(f"{what} within {days} days")
             case "complete":
-                missed = [c for c in ("day3", "day30") if c not in self.s.follow_ups]
-                self.s.follow_ups_missed = missed
+                missed = [c for c in ("day3", "day30") if c not in self.state.follow_ups]
+                self.state.follow_ups_missed = missed
                 if missed:
                     self._notify(
                         "escalation",
@@ -377,14 +378,14 @@ class DealWorkflow:
 
     def _owed_work(self) -> dict[str, Callable[[], Awaitable[None]]]:
         work: dict[str, Callable[[], Awaitable[None]]] = {}
-        for sub in self.s.submissions:
+        for sub in self.state.submissions:
             if sub.status == "sending":
                 work[f"submit:{sub.submission_no}"] = self._submit_fn(sub)
-        for d in self.s.disbursements:
+        for d in self.state.disbursements:
             if d.status == "requesting":
                 work[f"disburse:{d.attempt}"] = self._disburse_fn(d)
-        for comp in self.s.compensations:
-            if comp.status == "running" and not self.s.stage.terminal:
+        for comp in self.state.compensations:
+            if comp.status == "running" and not self.state.stage.terminal:
                 work[f"compensate:{comp.key}"] = self._compensate_fn(comp)
         return work
 
@@ -412,8 +413,8 @@ class DealWorkflow:
                 lender_id=sub.lender_id,
                 submission_no=sub.submission_no,
                 deal=self.deal,
-                documents=self.s.documents,
-                stipulations_met=[st.code for st in self.s.stipulations],
+                documents=self.state.documents,
+                stipulations_met=[st.code for st in self.state.stipulations],
             )
             try:
                 if workflow.patched(PACKAGE_IN_HISTORY):
@@ -452,10 +453,10 @@ class DealWorkflow:
                     f"{sub.lender_id} rejected submission {sub.submission_no}: {sub.error}",
                     [Role.CREDIT, Role.ADMIN],
                 )
-                self.s.adverse_action_reasons.append(
+                self.state.adverse_action_reasons.append(
                     Reason(code="SUBMISSION_REJECTED", text=f"{sub.lender_id}: {sub.error}")
                 )
-                if sub is self._current_submission() and self.s.stage is Stage.UNDERWRITING:
+                if sub is self._current_submission() and self.state.stage is Stage.UNDERWRITING:
                     self._route_to_next_lender(f"{sub.lender_id} rejected the submission")
                 return
             sub.application_ref = result.application_ref
@@ -471,18 +472,20 @@ class DealWorkflow:
             }
             if withdrawing:
                 detail["reason"] = "no longer wanted when the lender acknowledged it"
-            self.s.compensations.append(
+            self.state.compensations.append(
                 Compensation(
                     kind="withdraw_application",
                     key=f"{self.inp.deal_id}:withdraw:{sub.submission_no}",
                     registered_at=workflow.now(),
-                    status="running" if withdrawing and not self.s.stage.terminal else "pending",
+                    status="running"
+                    if withdrawing and not self.state.stage.terminal
+                    else "pending",
                     detail=detail,
                 )
             )
             self._project()
             # A decision may have raced our own submit call's reply.
-            waiting, self.s.unmatched_events = self.s.unmatched_events, []
+            waiting, self.state.unmatched_events = self.state.unmatched_events, []
             for ev in waiting:
                 self._apply_lender_event(ev)
 
@@ -493,7 +496,9 @@ class DealWorkflow:
             sub = self._approved_submission()
             assert sub is not None and sub.application_ref is not None
             view = self._view()
-            assert self.s.loan_contract and self.s.insurance and self.s.repayment_account
+            assert (
+                self.state.loan_contract and self.state.insurance and self.state.repayment_account
+            )
             try:
                 await workflow.execute_activity(
                     "request_disbursement",
@@ -503,10 +508,10 @@ class DealWorkflow:
                         application_ref=sub.application_ref,
                         attempt=d.attempt,
                         amount=view.financed_amount,
-                        loan_contract_no=self.s.loan_contract.contract_no,
-                        insurance_policy_no=self.s.insurance.policy_no,
-                        first_beneficiary=self.s.insurance.first_beneficiary,
-                        repayment_bank=self.s.repayment_account.bank_name,
+                        loan_contract_no=self.state.loan_contract.contract_no,
+                        insurance_policy_no=self.state.insurance.policy_no,
+                        first_beneficiary=self.state.insurance.first_beneficiary,
+                        repayment_bank=self.state.repayment_account.bank_name,
                     ),
                     **LENDER_CALL,
                 )
@@ -540,11 +545,11 @@ class DealWorkflow:
                     lender_id=comp.detail["lender_id"],
                     application_ref=comp.detail["application_ref"],
                     submission_no=int(comp.detail["submission_no"]),
-                    reason=comp.detail.get("reason") or self.s.outcome_reason or "withdrawn",
+                    reason=comp.detail.get("reason") or self.state.outcome_reason or "withdrawn",
                 ),
                 **LENDER_CALL,
             )
-            for sub in self.s.submissions:
+            for sub in self.state.submissions:
                 if sub.application_ref == comp.detail["application_ref"]:
                     sub.status = "withdrawn"
         else:
@@ -554,7 +559,7 @@ class DealWorkflow:
                     key=comp.key,
                     deal_id=self.inp.deal_id,
                     kind=comp.kind,
-                    detail={**comp.detail, "reason": self.s.outcome_reason or ""},
+                    detail={**comp.detail, "reason": self.state.outcome_reason or ""},
                 ),
                 **BOOKKEEPING,
             )
@@ -564,7 +569,7 @@ class DealWorkflow:
     def _withdraw(self, sub: Submission, reason: str) -> None:
         """Withdraw one application now (lender timeout, counter-offer declined)."""
         sub.status = "withdrawing"
-        for comp in self.s.compensations:
+        for comp in self.state.compensations:
             if (
                 comp.kind == "withdraw_application"
                 and comp.detail.get("application_ref") == sub.application_ref
@@ -578,11 +583,11 @@ class DealWorkflow:
             comp.kind == "withdraw_application"
             and comp.detail.get("application_ref") == sub.application_ref
             and comp.status == "pending"
-            for comp in self.s.compensations
+            for comp in self.state.compensations
         )
 
     def _void_compensation(self, sub: Submission) -> None:
-        for comp in self.s.compensations:
+        for comp in self.state.compensations:
             if (
                 comp.kind == "withdraw_application"
                 and comp.detail.get("application_ref") == sub.application_ref
@@ -599,22 +604,22 @@ class DealWorkflow:
             # projection having completed, so the commands of an update are
             # the same whether an activity's completion was applied before it
             # or after it; the read model keeps the highest version.
-            self.s.version += 1
+            self.state.version += 1
             if not self._projection_queued:
                 self._projection_queued = True
-                self._spawn(f"project:{self.s.version}", self._send_projection())
+                self._spawn(f"project:{self.state.version}", self._send_projection())
             return
         if not workflow.patched(ONE_PROJECTION_IN_FLIGHT):
-            self.s.version += 1
+            self.state.version += 1
             self._spawn(
-                f"project:{self.s.version}",
+                f"project:{self.state.version}",
                 workflow.execute_activity("project_deal", self._snapshot(), **BOOKKEEPING),
             )
             return
         # One projection in flight per deal, taken when it is sent: an update
         # that changes the stage owes two snapshots, and a burst of signals
         # many, but only the newest state matters to the read model.
-        self.s.version += 1
+        self.state.version += 1
         self._projection_owed = True
         if "project" not in self._tasks:
             self._spawn("project", self._projector())
@@ -635,18 +640,18 @@ class DealWorkflow:
         return ProjectionInput(
             deal_id=self.inp.deal_id,
             workflow_id=workflow.info().workflow_id,
-            version=self.s.version,
+            version=self.state.version,
             dealer_id=self.deal.dealer_id,
-            stage=self.s.stage,
-            stage_entered_at=self.s.stage_entered_at,
+            stage=self.state.stage,
+            stage_entered_at=self.state.stage_entered_at,
             lender_id=self._lender_id(),
             vehicle_price=self.deal.vehicle.price,
             # What the lender finances: a counter-offer may have lowered it.
             amount_financed=view.financed_amount,
             approved_amount=view.approved_amount,
-            created_at=self.s.transitions[0].at if self.s.transitions else workflow.now(),
+            created_at=self.state.transitions[0].at if self.state.transitions else workflow.now(),
             updated_at=workflow.now(),
-            next_due_at=None if self.s.stage.terminal else due,
+            next_due_at=None if self.state.stage.terminal else due,
             pending_roles=sorted({p.role.value for p in rules.pending_actions(view, due)}),
         )
 
@@ -660,10 +665,10 @@ class DealWorkflow:
         if roles is None:
             roles = sorted({p.role for p in rules.pending_actions(self._view(), None)})
         roles = sorted(set(roles) | set(extra_roles or []))
-        self.s.notices.append(
-            Notice(at=workflow.now(), kind=kind, stage=self.s.stage, message=message)
+        self.state.notices.append(
+            Notice(at=workflow.now(), kind=kind, stage=self.state.stage, message=message)
         )
-        key = f"{self.inp.deal_id}:{len(self.s.notices)}:{kind}"
+        key = f"{self.inp.deal_id}:{len(self.state.notices)}:{kind}"
         self._spawn(
             f"notify:{key}",
             workflow.execute_activity(
@@ -672,7 +677,7 @@ class DealWorkflow:
                     key=key,
                     deal_id=self.inp.deal_id,
                     kind=kind,
-                    stage=self.s.stage,
+                    stage=self.state.stage,
                     roles=roles,
                     message=message,
                 ),
@@ -684,12 +689,12 @@ class DealWorkflow:
 
     def _set_stage(self, to: Stage, reason: str, actor: Any = None) -> None:
         """The one writer of the stage: state, search attributes, transition, read model."""
-        frm = self.s.stage
-        self.s.stage = to
-        self.s.stage_entered_at = workflow.now()
-        self.s.stage_entry += 1
-        self.s.reminders_sent = 0
-        self.s.escalated = False
+        frm = self.state.stage
+        self.state.stage = to
+        self.state.stage_entered_at = workflow.now()
+        self.state.stage_entry += 1
+        self.state.reminders_sent = 0
+        self.state.escalated = False
         self._record_transition(frm, to, reason, actor or SYSTEM_ACTOR)
         self._project()
         # Ids and stage names only: reasons can hold staff's free text, and
@@ -704,7 +709,7 @@ class DealWorkflow:
         )
 
     def _record_transition(self, frm: Stage | None, to: Stage, reason: str, actor: Any) -> None:
-        self.s.transitions.append(
+        self.state.transitions.append(
             Transition(
                 at=workflow.now(),
                 from_stage=frm,
@@ -716,7 +721,10 @@ class DealWorkflow:
         self._upsert_search_attributes()
 
     def _upsert_search_attributes(self) -> None:
-        attrs = [DEAL_STAGE.value_set(self.s.stage.value), DEALER_ID.value_set(self.deal.dealer_id)]
+        attrs = [
+            DEAL_STAGE.value_set(self.state.stage.value),
+            DEALER_ID.value_set(self.deal.dealer_id),
+        ]
         lender = self._lender_id()
         attrs.append(LENDER_ID.value_set(lender) if lender else LENDER_ID.value_unset())
         workflow.upsert_search_attributes(attrs)
@@ -724,15 +732,15 @@ class DealWorkflow:
     def _advance(self, actor: Any) -> None:
         """Move the stage as far as the recorded facts allow."""
         while True:
-            s, before = self.s, self.s.stage_entry
-            match s.stage:
-                case Stage.CONTRACT if s.sales_contract:
+            state, before = self.state, self.state.stage_entry
+            match state.stage:
+                case Stage.CONTRACT if state.sales_contract:
                     self._set_stage(Stage.DOCUMENTS, "sales contract signed", actor)
                 case Stage.DOCUMENTS if rules.checklist_complete(self._view().checklist()):
-                    if s.resubmit_pending:
-                        s.resubmit_pending = False
+                    if state.resubmit_pending:
+                        state.resubmit_pending = False
                         sub = self._current_submission()
-                        lender = sub.lender_id if sub else self.deal.lender_ids[s.lender_index]
+                        lender = sub.lender_id if sub else self.deal.lender_ids[state.lender_index]
                         if (
                             sub is not None
                             and sub.status == "decided"
@@ -742,7 +750,7 @@ class DealWorkflow:
                             # The new package supersedes the conditional one.
                             self._withdraw(
                                 sub,
-                                f"superseded by submission {len(s.submissions) + 1} "
+                                f"superseded by submission {len(state.submissions) + 1} "
                                 "with the stipulations met",
                             )
                         self._new_submission(lender)
@@ -751,45 +759,45 @@ class DealWorkflow:
                         )
                     else:
                         self._set_stage(Stage.APPLICATION, "documents complete", actor)
-                case Stage.APPLICATION if s.application:
-                    lender = self.deal.lender_ids[s.lender_index]
+                case Stage.APPLICATION if state.application:
+                    lender = self.deal.lender_ids[state.lender_index]
                     self._new_submission(lender)
                     self._set_stage(Stage.UNDERWRITING, f"application submitted to {lender}", actor)
-                case Stage.DOWN_PAYMENT if s.down_payment:
+                case Stage.DOWN_PAYMENT if state.down_payment:
                     self._set_stage(Stage.INVOICING, "down payment received", actor)
-                case Stage.INVOICING if s.invoice:
+                case Stage.INVOICING if state.invoice:
                     self._set_stage(Stage.INSURANCE, "invoice issued", actor)
-                case Stage.INSURANCE if s.insurance:
+                case Stage.INSURANCE if state.insurance:
                     self._set_stage(Stage.LOAN_CONTRACT, "insurance bound", actor)
-                case Stage.LOAN_CONTRACT if s.loan_contract and s.repayment_account:
-                    s.disbursements.append(Disbursement(attempt=1))
+                case Stage.LOAN_CONTRACT if state.loan_contract and state.repayment_account:
+                    state.disbursements.append(Disbursement(attempt=1))
                     self._set_stage(
                         Stage.DISBURSEMENT, "loan contract signed; disbursement requested", actor
                     )
-                case Stage.REGISTRATION if s.mortgage:
+                case Stage.REGISTRATION if state.mortgage:
                     self._set_stage(Stage.DELIVERY, "registration complete", actor)
-                case Stage.DELIVERY if s.delivery:
-                    s.delivered_at = workflow.now()
+                case Stage.DELIVERY if state.delivery:
+                    state.delivered_at = workflow.now()
                     self._set_stage(Stage.FOLLOW_UP, "vehicle delivered", actor)
-                case Stage.FOLLOW_UP if len(s.follow_ups) == 2:
+                case Stage.FOLLOW_UP if len(state.follow_ups) == 2:
                     self._set_stage(Stage.COMPLETED, "follow-up calls done", actor)
                 case _:
                     pass
-            if self.s.stage_entry == before:
+            if self.state.stage_entry == before:
                 return
 
     def _new_submission(self, lender_id: str) -> None:
-        self.s.submissions.append(
-            Submission(submission_no=len(self.s.submissions) + 1, lender_id=lender_id)
+        self.state.submissions.append(
+            Submission(submission_no=len(self.state.submissions) + 1, lender_id=lender_id)
         )
 
     def _route_to_next_lender(self, reason: str) -> None:
-        self.s.lender_index += 1
-        if self.s.lender_index >= len(self.deal.lender_ids):
-            self.s.outcome_reason = f"every lender declined ({reason})"
-            self._set_stage(Stage.DECLINED, self.s.outcome_reason)
+        self.state.lender_index += 1
+        if self.state.lender_index >= len(self.deal.lender_ids):
+            self.state.outcome_reason = f"every lender declined ({reason})"
+            self._set_stage(Stage.DECLINED, self.state.outcome_reason)
             return
-        lender = self.deal.lender_ids[self.s.lender_index]
+        lender = self.deal.lender_ids[self.state.lender_index]
         self._new_submission(lender)
         self._set_stage(Stage.UNDERWRITING, f"{reason}; routed to {lender}")
 
@@ -798,9 +806,9 @@ class DealWorkflow:
     @workflow.signal(name="lender-event")
     def lender_event(self, ev: LenderEventInput) -> None:
         # Webhooks are at-least-once; the webhook id makes them exactly-once here.
-        if ev.webhook_id in self.s.applied_webhooks:
+        if ev.webhook_id in self.state.applied_webhooks:
             return
-        self.s.applied_webhooks.append(ev.webhook_id)
+        self.state.applied_webhooks.append(ev.webhook_id)
         self._apply_lender_event(ev)
 
     def _apply_lender_event(self, ev: LenderEventInput) -> None:
@@ -810,16 +818,17 @@ class DealWorkflow:
         sub = next(
             (
                 x
-                for x in self.s.submissions
+                for x in self.state.submissions
                 if x.application_ref == data.application_ref and x.lender_id == ev.lender_id
             ),
             None,
         )
         if sub is None:
             if any(
-                x.status == "sending" and x.lender_id == ev.lender_id for x in self.s.submissions
+                x.status == "sending" and x.lender_id == ev.lender_id
+                for x in self.state.submissions
             ):
-                self.s.unmatched_events.append(ev)
+                self.state.unmatched_events.append(ev)
             else:
                 self._notify(
                     "info",
@@ -853,13 +862,13 @@ class DealWorkflow:
             rec.applied, rec.note = False, f"application already {sub.status}"
         elif d.decision_seq <= sub.last_seq:
             rec.applied, rec.note = False, f"stale: decision_seq {d.decision_seq} <= {sub.last_seq}"
-        elif sub is not self._current_submission() or self.s.stage is not Stage.UNDERWRITING:
+        elif sub is not self._current_submission() or self.state.stage is not Stage.UNDERWRITING:
             rec.applied = False
-            rec.note = f"arrived in stage {self.s.stage.value}; not applied"
+            rec.note = f"arrived in stage {self.state.stage.value}; not applied"
             self._notify(
                 "escalation",
                 f"{sub.lender_id} sent a {d.decision.value} decision after the deal "
-                f"moved on ({self.s.stage.value})",
+                f"moved on ({self.state.stage.value})",
                 [Role.CREDIT, Role.ADMIN],
             )
         sub.decisions.append(rec)
@@ -874,9 +883,9 @@ class DealWorkflow:
                     Stage.DOWN_PAYMENT, f"approved by {sub.lender_id}: {fmt_money(amount)}"
                 )
             case Decision.CONDITIONAL:
-                known = {st.code for st in self.s.stipulations}
-                self.s.stipulations.extend(st for st in d.stipulations if st.code not in known)
-                self.s.resubmit_pending = True
+                known = {st.code for st in self.state.stipulations}
+                self.state.stipulations.extend(st for st in d.stipulations if st.code not in known)
+                self.state.resubmit_pending = True
                 # The conditional application stays open at the lender until the
                 # resubmission supersedes it: a deal ended meanwhile withdraws it.
                 # (Deals started before this rule voided it here.)
@@ -892,7 +901,7 @@ class DealWorkflow:
                 )
             case Decision.DECLINED:
                 self._void_compensation(sub)
-                self.s.adverse_action_reasons.extend(
+                self.state.adverse_action_reasons.extend(
                     Reason(code=r.code, text=f"{sub.lender_id}: {r.text}") for r in d.reasons
                 )
                 codes = ", ".join(r.code for r in d.reasons) or "no reason given"
@@ -923,7 +932,7 @@ class DealWorkflow:
         pending.amount = money(d.amount)
         pending.transaction_ref = d.transaction_ref
         pending.disbursed_at = d.disbursed_at
-        for comp in self.s.compensations:
+        for comp in self.state.compensations:
             # Once funded, the loan is no longer something to withdraw.
             if comp.kind == "withdraw_application" and comp.status == "pending":
                 comp.status = "void"
@@ -940,7 +949,7 @@ class DealWorkflow:
         pending.status = "failed"
         pending.failure_reason = f.reason
         if pending.attempt < self.policy.max_disbursement_attempts:
-            self.s.disbursements.append(Disbursement(attempt=pending.attempt + 1))
+            self.state.disbursements.append(Disbursement(attempt=pending.attempt + 1))
             self._notify(
                 "info",
                 f"disbursement attempt {pending.attempt} failed ({f.reason}); requesting again",
@@ -956,7 +965,11 @@ class DealWorkflow:
 
     def _open_disbursement(self) -> Disbursement | None:
         return next(
-            (d for d in reversed(self.s.disbursements) if d.status in ("requesting", "requested")),
+            (
+                d
+                for d in reversed(self.state.disbursements)
+                if d.status in ("requesting", "requested")
+            ),
             None,
         )
 
@@ -970,17 +983,19 @@ class DealWorkflow:
             raise ApplicationError(e.message, type=f"Rule.{e.kind}", non_retryable=True) from None
 
     def _accept(self, action: Action, inp: ActionInput, summary: str = "") -> ActionReceipt:
-        self.s.actions.append(
+        self.state.actions.append(
             ActionRecord(at=workflow.now(), action=action.value, actor=inp.actor, summary=summary)
         )
         self._advance(inp.actor)
         self._project()
-        return ActionReceipt(action=action.value, stage=self.s.stage, version=self.s.version)
+        return ActionReceipt(
+            action=action.value, stage=self.state.stage, version=self.state.version
+        )
 
     @workflow.update(name="sign-sales-contract")
     def sign_sales_contract(self, inp: SignSalesContractInput) -> ActionReceipt:
-        self.s.sales_contract = inp
-        self.s.compensations.append(
+        self.state.sales_contract = inp
+        self.state.compensations.append(
             Compensation(
                 kind="release_vehicle",
                 key=f"{self.inp.deal_id}:release_vehicle",
@@ -996,9 +1011,9 @@ class DealWorkflow:
 
     @workflow.update(name="record-document")
     def record_document(self, inp: RecordDocumentInput) -> ActionReceipt:
-        if rules.find_duplicate(self.s, inp) is None:
+        if rules.find_duplicate(self.state, inp) is None:
             doc = DocumentRecord(
-                doc_id=f"{self.inp.deal_id}-d{len(self.s.documents) + 1}",
+                doc_id=f"{self.inp.deal_id}-d{len(self.state.documents) + 1}",
                 kind=inp.kind,
                 party=inp.party,
                 file_name=inp.file_name,
@@ -1012,7 +1027,7 @@ class DealWorkflow:
                 period_end=inp.period_end,
                 stipulation_code=inp.stipulation_code,
             )
-            self.s.documents.append(doc)
+            self.state.documents.append(doc)
             self._spawn(
                 f"document:{doc.doc_id}",
                 workflow.execute_activity(
@@ -1029,7 +1044,7 @@ class DealWorkflow:
 
     @workflow.update(name="submit-application")
     def submit_application(self, inp: SubmitApplicationInput) -> ActionReceipt:
-        self.s.application = inp
+        self.state.application = inp
         return self._accept(Action.SUBMIT_APPLICATION, inp, inp.form_no)
 
     @submit_application.validator
@@ -1057,7 +1072,7 @@ class DealWorkflow:
         assert sub is not None
         sub.counter_offer_response = "declined"
         self._withdraw(sub, f"counter-offer declined: {inp.reason}")
-        self.s.adverse_action_reasons.append(
+        self.state.adverse_action_reasons.append(
             Reason(code="COUNTER_OFFER_DECLINED", text=f"{sub.lender_id}: {inp.reason}")
         )
         self._route_to_next_lender(f"counter-offer of {sub.lender_id} declined")
@@ -1069,8 +1084,8 @@ class DealWorkflow:
 
     @workflow.update(name="confirm-down-payment")
     def confirm_down_payment(self, inp: ConfirmDownPaymentInput) -> ActionReceipt:
-        self.s.down_payment = inp
-        self.s.compensations.append(
+        self.state.down_payment = inp
+        self.state.compensations.append(
             Compensation(
                 kind="refund_down_payment",
                 key=f"{self.inp.deal_id}:refund_down_payment",
@@ -1086,7 +1101,7 @@ class DealWorkflow:
 
     @workflow.update(name="record-invoice")
     def record_invoice(self, inp: RecordInvoiceInput) -> ActionReceipt:
-        self.s.invoice = inp
+        self.state.invoice = inp
         return self._accept(Action.RECORD_INVOICE, inp, inp.invoice_no)
 
     @record_invoice.validator
@@ -1095,8 +1110,8 @@ class DealWorkflow:
 
     @workflow.update(name="record-insurance")
     def record_insurance(self, inp: RecordInsuranceInput) -> ActionReceipt:
-        self.s.insurance = inp
-        self.s.compensations.append(
+        self.state.insurance = inp
+        self.state.compensations.append(
             Compensation(
                 kind="cancel_insurance",
                 key=f"{self.inp.deal_id}:cancel_insurance",
@@ -1112,7 +1127,7 @@ class DealWorkflow:
 
     @workflow.update(name="record-repayment-account")
     def record_repayment_account(self, inp: RecordRepaymentAccountInput) -> ActionReceipt:
-        self.s.repayment_account = inp
+        self.state.repayment_account = inp
         return self._accept(Action.RECORD_REPAYMENT_ACCOUNT, inp, inp.bank_name)
 
     @record_repayment_account.validator
@@ -1121,7 +1136,7 @@ class DealWorkflow:
 
     @workflow.update(name="sign-loan-contract")
     def sign_loan_contract(self, inp: SignLoanContractInput) -> ActionReceipt:
-        self.s.loan_contract = inp
+        self.state.loan_contract = inp
         return self._accept(Action.SIGN_LOAN_CONTRACT, inp, inp.contract_no)
 
     @sign_loan_contract.validator
@@ -1130,7 +1145,7 @@ class DealWorkflow:
 
     @workflow.update(name="record-certificate")
     def record_certificate(self, inp: RecordCertificateInput) -> ActionReceipt:
-        self.s.certificate = inp
+        self.state.certificate = inp
         return self._accept(Action.RECORD_CERTIFICATE, inp, inp.certificate_no)
 
     @record_certificate.validator
@@ -1139,7 +1154,7 @@ class DealWorkflow:
 
     @workflow.update(name="record-purchase-tax")
     def record_purchase_tax(self, inp: RecordPurchaseTaxInput) -> ActionReceipt:
-        self.s.purchase_tax = inp
+        self.state.purchase_tax = inp
         return self._accept(Action.RECORD_PURCHASE_TAX, inp, inp.receipt_no)
 
     @record_purchase_tax.validator
@@ -1148,7 +1163,7 @@ class DealWorkflow:
 
     @workflow.update(name="record-plate")
     def record_plate(self, inp: RecordPlateInput) -> ActionReceipt:
-        self.s.plate = inp
+        self.state.plate = inp
         return self._accept(Action.RECORD_PLATE, inp, inp.plate_no)
 
     @record_plate.validator
@@ -1157,7 +1172,7 @@ class DealWorkflow:
 
     @workflow.update(name="record-mortgage")
     def record_mortgage(self, inp: RecordMortgageInput) -> ActionReceipt:
-        self.s.mortgage = inp
+        self.state.mortgage = inp
         return self._accept(Action.RECORD_MORTGAGE, inp, inp.registration_no)
 
     @record_mortgage.validator
@@ -1166,7 +1181,7 @@ class DealWorkflow:
 
     @workflow.update(name="record-stock-out")
     def record_stock_out(self, inp: RecordStockOutInput) -> ActionReceipt:
-        self.s.stock_out = inp
+        self.state.stock_out = inp
         return self._accept(Action.RECORD_STOCK_OUT, inp, inp.form_no)
 
     @record_stock_out.validator
@@ -1175,7 +1190,7 @@ class DealWorkflow:
 
     @workflow.update(name="record-settlement")
     def record_settlement(self, inp: RecordSettlementInput) -> ActionReceipt:
-        self.s.settlement = inp
+        self.state.settlement = inp
         return self._accept(Action.RECORD_SETTLEMENT, inp, fmt_money(inp.amount))
 
     @record_settlement.validator
@@ -1184,7 +1199,7 @@ class DealWorkflow:
 
     @workflow.update(name="deliver")
     def deliver(self, inp: DeliverInput) -> ActionReceipt:
-        self.s.delivery = inp
+        self.state.delivery = inp
         return self._accept(Action.DELIVER, inp, inp.after_sales_advisor)
 
     @deliver.validator
@@ -1193,7 +1208,7 @@ class DealWorkflow:
 
     @workflow.update(name="record-follow-up")
     def record_follow_up(self, inp: RecordFollowUpInput) -> ActionReceipt:
-        self.s.follow_ups[inp.call] = inp
+        self.state.follow_ups[inp.call] = inp
         return self._accept(Action.RECORD_FOLLOW_UP, inp, inp.call)
 
     @record_follow_up.validator
@@ -1202,7 +1217,7 @@ class DealWorkflow:
 
     @workflow.update(name="cancel")
     def cancel(self, inp: CancelInput) -> ActionReceipt:
-        self.s.outcome_reason = f"cancelled by {inp.actor.staff_id}: {inp.reason}"
+        self.state.outcome_reason = f"cancelled by {inp.actor.staff_id}: {inp.reason}"
         self._set_stage(Stage.CANCELLED, inp.reason, inp.actor)
         return self._accept(Action.CANCEL, inp, inp.reason)
 
@@ -1220,41 +1235,43 @@ class DealWorkflow:
         view = self._view()
         due, _ = self._next_timer()
         last_disb = next(
-            (d for d in reversed(self.s.disbursements) if d.status == "completed"), None
+            (d for d in reversed(self.state.disbursements) if d.status == "completed"), None
         )
         fees = (
-            sum((f.amount for f in self.s.sales_contract.fees), money(0))
-            if (self.s.sales_contract)
+            sum((f.amount for f in self.state.sales_contract.fees), money(0))
+            if (self.state.sales_contract)
             else money(0)
         )
         return DealStatus(
             deal_id=self.inp.deal_id,
             workflow_id=workflow.info().workflow_id,
             dealer_id=self.deal.dealer_id,
-            stage=self.s.stage,
-            stage_entered_at=self.s.stage_entered_at,
+            stage=self.state.stage,
+            stage_entered_at=self.state.stage_entered_at,
             lender_id=self._lender_id(),
             checklist=view.checklist(),
-            documents=self.s.documents,
-            pending=[] if self.s.stage.terminal else rules.pending_actions(view, due),
-            submissions=self.s.submissions,
-            disbursements=self.s.disbursements,
+            documents=self.state.documents,
+            pending=[] if self.state.stage.terminal else rules.pending_actions(view, due),
+            submissions=self.state.submissions,
+            disbursements=self.state.disbursements,
             money=MoneySummary(
                 vehicle_price=self.deal.vehicle.price,
                 down_payment=rules.required_down_payment(self.deal, view.approved_amount),
                 amount_financed=view.financed_amount,
                 approved_amount=view.approved_amount,
-                down_payment_received=self.s.down_payment.amount if self.s.down_payment else None,
+                down_payment_received=self.state.down_payment.amount
+                if self.state.down_payment
+                else None,
                 disbursed=last_disb.amount if last_disb else None,
                 fees=money(fees),
             ),
-            transitions=self.s.transitions,
-            notices=self.s.notices,
-            compensations=self.s.compensations,
-            outcome_reason=self.s.outcome_reason,
-            adverse_action_reasons=self.s.adverse_action_reasons,
-            follow_ups_missed=self.s.follow_ups_missed,
-            version=self.s.version,
+            transitions=self.state.transitions,
+            notices=self.state.notices,
+            compensations=self.state.compensations,
+            outcome_reason=self.state.outcome_reason,
+            adverse_action_reasons=self.state.adverse_action_reasons,
+            follow_ups_missed=self.state.follow_ups_missed,
+            version=self.state.version,
         )
 
     # ------------------------------------------------------------------ helpers
@@ -1264,12 +1281,12 @@ class DealWorkflow:
             deal=self.deal,
             policy=self.policy,
             lenders=self.inp.lenders,
-            state=self.s,
+            state=self.state,
             now=workflow.now(),
         )
 
     def _current_submission(self) -> Submission | None:
-        return self.s.submissions[-1] if self.s.submissions else None
+        return self.state.submissions[-1] if self.state.submissions else None
 
     def _approved_submission(self) -> Submission | None:
         return self._view().approved_submission
