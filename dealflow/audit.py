@@ -880,7 +880,8 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
                 elif name in ("send_application", "submit_application"):
                     # send_application carries the package prepared once;
                     # deals from before it used submit_application.
-                    package = v.get("package") if isinstance(v.get("package"), dict) else v
+                    sent = v.get("package")
+                    package: dict[str, Any] = sent if isinstance(sent, dict) else v
                     docs = package.get("documents") or []
                     entry = add(
                         e,
@@ -1117,9 +1118,9 @@ async def state_as_of(
             f"cannot rebuild the state as of {at.isoformat()}: replay with the current code "
             f"failed ({res.replay_failure}); run `dealflow-audit replay` on this deal"
         )
-    s = inst.s
+    state = inst.state
     view = rules.DealView(
-        deal=inst.deal, policy=inst.policy, lenders=inst.inp.lenders, state=s, now=at
+        deal=inst.deal, policy=inst.policy, lenders=inst.inp.lenders, state=state, now=at
     )
     checklist = view.checklist()
     return {
@@ -1127,9 +1128,9 @@ async def state_as_of(
         "exists": True,
         "derived_from": f"run {run.run_no} ({run.run_id}), {len(events)} of {len(run.events)} "
         "events replayed with the current code",
-        "stage": s.stage.value,
-        "stage_entered_at": s.stage_entered_at.isoformat(),
-        "lender": s.submissions[-1].lender_id if s.submissions else None,
+        "stage": state.stage.value,
+        "stage_entered_at": state.stage_entered_at.isoformat(),
+        "lender": state.submissions[-1].lender_id if state.submissions else None,
         "approved_amount": str(view.approved_amount) if view.approved_amount else None,
         "checklist": [
             {"item": c.label, "party": c.party.value, "satisfied": c.satisfied, "detail": c.detail}
@@ -1137,7 +1138,7 @@ async def state_as_of(
         ],
         "pending": [
             {"action": p.action, "role": p.role.value, "what": p.what}
-            for p in ([] if s.stage.terminal else rules.pending_actions(view, None))
+            for p in ([] if state.stage.terminal else rules.pending_actions(view, None))
         ],
         "submissions": [
             {
@@ -1158,13 +1159,13 @@ async def state_as_of(
                 ],
                 "counter_offer_response": sub.counter_offer_response,
             }
-            for sub in s.submissions
+            for sub in state.submissions
         ],
-        "compensations": [{"kind": c.kind, "status": c.status} for c in s.compensations],
-        "documents": len(s.documents),
-        "actions": len(s.actions),
-        "notices": len(s.notices),
-        "outcome_reason": s.outcome_reason,
+        "compensations": [{"kind": c.kind, "status": c.status} for c in state.compensations],
+        "documents": len(state.documents),
+        "actions": len(state.actions),
+        "notices": len(state.notices),
+        "outcome_reason": state.outcome_reason,
     }
 
 

@@ -173,9 +173,14 @@ async def deal_status(client: Client, deal_id: str, rpc_timeout: float = 10.0) -
 
 
 # A staff action whose outcome is unknown (the deal's worker died mid-task, the
-# server restarted) is sent again under the same update id for this long, so
+# server restarted) is asked after, and sent again when safe, for this long, so
 # the caller gets the real outcome instead of an error for an applied action.
 ACT_PATIENCE_SECONDS = 30.0
+# Once the server is known to hold the action (admitted or accepted, no outcome
+# yet: a worker is being replaced), its outcome is awaited this long in all
+# before the caller is told it is not known yet: answering early would report
+# an error for an action that is then applied.
+ACT_OUTCOME_WAIT_SECONDS = 120.0
 
 
 def transient(e: Exception) -> bool:
@@ -184,8 +189,11 @@ def transient(e: Exception) -> bool:
     return isinstance(e, RPCError) and (
         e.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
         or "Workflow Task in failed state" in e.message
-        # A call's own deadline: the Rust client reports CANCELLED "Timeout expired".
-        or (e.status is RPCStatusCode.CANCELLED and "Timeout expired" in e.message)
+        # A call's own deadline ("Timeout expired") or a connection the server
+        # dropped ("h2 protocol error"): the Rust client reports CANCELLED.
+        or e.status is RPCStatusCode.CANCELLED
+        # A call without the SDK's retries, cut off by a server going away.
+        or (e.status is RPCStatusCode.UNKNOWN and "transport error" in e.message)
     )
 
 
@@ -263,7 +271,8 @@ async def update_once(
     refusal on every retry of the task, wedging the workflow.
     """
     handle = client.get_workflow_handle(wf_id)
-    deadline = time.monotonic() + patience
+    started = time.monotonic()
+    deadline = started + patience
     delay = 0.2
     fate_unknown = sent_before
     # What to raise when patience runs out: the last real error, else "unknown".
@@ -280,7 +289,9 @@ async def update_once(
                 raise
             last = e
         except WorkflowUpdateRPCTimeoutOrCancelledError as e:
+            # The server holds it without an outcome yet: wait longer for one.
             last = e
+            deadline = max(deadline, started + ACT_OUTCOME_WAIT_SECONDS)
         except _DeliveryInFlight:
             pass
         await _raise_if_stuck(handle)

@@ -87,7 +87,7 @@ async def test_a_stuck_deal_is_listed_marked_and_healed_without_losing_its_actio
 
     # The API marks it instead of answering 503 for ever.
     token = mint_token(Settings().jwt_secret, "credit-01", [Role.CREDIT])
-    async with httpx.AsyncClient(base_url=dev_stack.api_url) as http:
+    async with httpx.AsyncClient(base_url=dev_stack.api_url, timeout=60) as http:
         resp = await http.get(f"/api/deals/{deal_id}", headers={"Authorization": f"Bearer {token}"})
     assert resp.status_code == 200, resp.text
     body = resp.json()

@@ -18,6 +18,7 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError
 
 from dealflow import rules, stuck
@@ -149,6 +150,7 @@ def create_app(services: Services) -> FastAPI:
     app.add_exception_handler(RequestValidationError, problems.on_validation_error)
     app.add_exception_handler(RPCError, problems.on_rpc_error)
     app.add_exception_handler(WorkflowStuck, problems.on_stuck)
+    app.add_exception_handler(WorkflowUpdateRPCTimeoutOrCancelledError, problems.on_outcome_unknown)
     app.add_exception_handler(DocumentStoreError, problems.on_store_error)
     app.add_exception_handler(Exception, problems.on_unexpected)
     app.include_router(deals.router)

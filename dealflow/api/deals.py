@@ -353,7 +353,8 @@ async def get_deal(request: Request, deal_id: DealIdPath, principal: Auth) -> De
 
 async def read_status(svc: Services, deal_id: str) -> DealStatus:
     try:
-        return await deals.deal_status(svc.client, deal_id)
+        # A short deadline: a deal that cannot answer is checked for being stuck.
+        return await deals.deal_status(svc.client, deal_id, rpc_timeout=5.0)
     except deals.DealNotFound as e:
         raise Problem(404, str(e)) from None
     except RuntimeError as e:  # the status query itself failed

@@ -224,6 +224,15 @@ async def on_rpc_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(502, f"Temporal refused the call: {exc.message}")
 
 
+async def on_outcome_unknown(_: Request, exc: Exception) -> JSONResponse:
+    # Said as it is: the action may still be applied, so a blind retry is wrong.
+    detail = (
+        "Temporal has not confirmed the action yet and it may still be applied: read the "
+        "deal before taking it again"
+    )
+    return problem_response(503, detail, {"Retry-After": "10"})
+
+
 async def on_stuck(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(
         503,
