@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dealflow import db
+from dealflow import db, names
 from dealflow.config import LenderConfig
 from dealflow.docstore import DocumentStore
 from dealflow.models import (
@@ -148,18 +148,18 @@ class DealActivities:
         )
         return SubmitToLenderResult(application_ref=ref)
 
-    @activity.defn(name="prepare_application")
+    @activity.defn(name=names.PREPARE_APPLICATION)
     def prepare_application(self, inp: SubmitToLenderInput) -> ApplicationPackage:
         """The package for one submission: figures and presigned document links."""
         self._lender(inp.lender_id)
         return self._package(inp)
 
-    @activity.defn(name="send_application")
+    @activity.defn(name=names.SEND_APPLICATION)
     async def send_application(self, inp: SendApplicationInput) -> SubmitToLenderResult:
         """POST a recorded package; retries send the same bytes under the same key."""
         return await self._send(inp.lender_id, inp.deal_id, inp.submission_no, inp.package)
 
-    @activity.defn(name="submit_application")
+    @activity.defn(name=names.SUBMIT_APPLICATION)
     async def submit_application(self, inp: SubmitToLenderInput) -> SubmitToLenderResult:
         """Deals started before `prepare_application` existed still call this.
 
@@ -169,7 +169,7 @@ class DealActivities:
         self._lender(inp.lender_id)
         return await self._send(inp.lender_id, inp.deal_id, inp.submission_no, self._package(inp))
 
-    @activity.defn(name="request_disbursement")
+    @activity.defn(name=names.REQUEST_DISBURSEMENT)
     async def request_disbursement(self, inp: DisbursementRequestInput) -> None:
         lender = self._lender(inp.lender_id)
         await self._post(
@@ -182,7 +182,7 @@ class DealActivities:
             extra={"deal_id": inp.deal_id, "lender_id": inp.lender_id, "attempt": inp.attempt},
         )
 
-    @activity.defn(name="withdraw_application")
+    @activity.defn(name=names.WITHDRAW_APPLICATION)
     async def withdraw_application(self, inp: WithdrawInput) -> None:
         lender = self._lender(inp.lender_id)
         await self._post(
@@ -201,11 +201,11 @@ class DealActivities:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    @activity.defn(name="project_deal")
+    @activity.defn(name=names.PROJECT_DEAL)
     def project_deal(self, inp: ProjectionInput) -> bool:
         return db.upsert_deal(self.engine, inp)
 
-    @activity.defn(name="notify")
+    @activity.defn(name=names.NOTIFY)
     def notify(self, inp: NotificationInput) -> bool:
         new = db.add_notification(self.engine, inp, datetime.now(UTC))
         if new:
@@ -220,7 +220,7 @@ class DealActivities:
             )
         return new
 
-    @activity.defn(name="record_compensation")
+    @activity.defn(name=names.RECORD_COMPENSATION)
     def record_compensation(self, inp: CompensationInput) -> bool:
         new = db.record_compensation(self.engine, inp, datetime.now(UTC))
         log.info(
@@ -231,7 +231,7 @@ class DealActivities:
         )
         return new
 
-    @activity.defn(name="record_document_metadata")
+    @activity.defn(name=names.RECORD_DOCUMENT_METADATA)
     def record_document_metadata(self, inp: DocumentMetadataInput) -> bool:
         return db.add_document(self.engine, inp.deal_id, inp.document)
 

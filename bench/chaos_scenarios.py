@@ -30,7 +30,7 @@ from bench.chaos_robot import (
 )
 from bench.chaos_stack import LENDER_CLIENT_TIMEOUT, ChaosStack
 from dealflow import client as deals
-from dealflow import codec, db
+from dealflow import codec, db, names
 from dealflow.models import Stage
 
 STAGES = list(Stage)
@@ -500,7 +500,7 @@ class Stranded(Scenario):
             data_converter=codec.data_converter(codec.generate_key_spec("chaos-unknown-key")),
         )
         handle = stranger.get_workflow_handle(deals.workflow_id(victim.deal_id))
-        await handle.signal("lender-event", {"webhook_id": "chaos-stranded"})
+        await handle.signal(names.LENDER_EVENT, {"webhook_id": "chaos-stranded"})
         out.count += 1
         out.note(f"{victim.deal_id}: lender event under an unknown key")
         await finished(runs)

@@ -71,7 +71,7 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
-from dealflow import codec, startup
+from dealflow import codec, names, startup
 
 __all__ = [
     "ArchiveBusy",
@@ -661,7 +661,7 @@ _NOTICE_KINDS = {
 }
 # Activities the timeline leaves out: their effect shows in the rows of the
 # steps they serve (the application package is shown where it is sent).
-_BOOKKEEPING = {"project_deal", "record_document_metadata", "prepare_application"}
+_BOOKKEEPING = {names.PROJECT_DEAL, names.RECORD_DOCUMENT_METADATA, names.PREPARE_APPLICATION}
 
 
 def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeline:
@@ -844,7 +844,7 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
             elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
                 a = e.workflow_execution_signaled_event_attributes
                 v = _first(a.input)
-                if a.signal_name == "lender-event" and isinstance(v, dict):
+                if a.signal_name == names.LENDER_EVENT and isinstance(v, dict):
                     action, details, data = _lender_details(v)
                     rec = decisions.get(str(v.get("webhook_id")))
                     if rec is not None and rec.get("applied") is False:
@@ -866,7 +866,7 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
                 v = v if isinstance(v, dict) else {}
                 if name in _BOOKKEEPING:
                     continue
-                if name == "notify":
+                if name == names.NOTIFY:
                     kind = _NOTICE_KINDS.get(str(v.get("kind")), "notice")
                     roles = ", ".join(v.get("roles") or [])
                     entry = add(
@@ -877,7 +877,7 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
                         f"{v.get('message')}" + (f" (to {roles})" if roles else ""),
                         {"notification": v},
                     )
-                elif name in ("send_application", "submit_application"):
+                elif name in (names.SEND_APPLICATION, names.SUBMIT_APPLICATION):
                     # send_application carries the package prepared once;
                     # deals from before it used submit_application.
                     sent = v.get("package")
@@ -892,7 +892,7 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
                         f"{len(docs)} documents)",
                         {"activity": name},
                     )
-                elif name == "request_disbursement":
+                elif name == names.REQUEST_DISBURSEMENT:
                     entry = add(
                         e,
                         "lender",
@@ -902,7 +902,7 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
                         f" attempt {v.get('attempt')} amount {_money(v.get('amount'))}",
                         {"activity": name},
                     )
-                elif name == "withdraw_application":
+                elif name == names.WITHDRAW_APPLICATION:
                     entry = add(
                         e,
                         "compensation",
@@ -912,7 +912,7 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
                         f"{v.get('reason')}",
                         {"activity": name, "input": v},
                     )
-                elif name == "record_compensation":
+                elif name == names.RECORD_COMPENSATION:
                     entry = add(
                         e,
                         "compensation",

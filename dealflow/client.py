@@ -187,7 +187,13 @@ def transient(e: Exception) -> bool:
     if isinstance(e, WorkflowUpdateRPCTimeoutOrCancelledError):
         return True
     return isinstance(e, RPCError) and (
-        e.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
+        e.status
+        in (
+            RPCStatusCode.UNAVAILABLE,
+            RPCStatusCode.DEADLINE_EXCEEDED,
+            # Busy, or the run is closing for a continue-as-new: nothing admitted.
+            RPCStatusCode.RESOURCE_EXHAUSTED,
+        )
         or "Workflow Task in failed state" in e.message
         # A call's own deadline ("Timeout expired") or a connection the server
         # dropped ("h2 protocol error"): the Rust client reports CANCELLED.

@@ -25,7 +25,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from dealflow import rules
+    from dealflow import names, rules
     from dealflow.models import (
         SYSTEM_ACTOR,
         AcceptCounterOfferInput,
@@ -422,13 +422,13 @@ class DealWorkflow:
                     # Built once and recorded in history, so every retry of the
                     # send carries the same bytes under the same Idempotency-Key.
                     package: ApplicationPackage = await workflow.execute_activity(
-                        "prepare_application",
+                        names.PREPARE_APPLICATION,
                         request,
                         result_type=ApplicationPackage,
                         **BOOKKEEPING,
                     )
                     result: SubmitToLenderResult = await workflow.execute_activity(
-                        "send_application",
+                        names.SEND_APPLICATION,
                         SendApplicationInput(
                             deal_id=self.inp.deal_id,
                             lender_id=sub.lender_id,
@@ -440,7 +440,7 @@ class DealWorkflow:
                     )
                 else:
                     result = await workflow.execute_activity(
-                        "submit_application",
+                        names.SUBMIT_APPLICATION,
                         request,
                         result_type=SubmitToLenderResult,
                         **LENDER_CALL,
@@ -501,7 +501,7 @@ class DealWorkflow:
             )
             try:
                 await workflow.execute_activity(
-                    "request_disbursement",
+                    names.REQUEST_DISBURSEMENT,
                     DisbursementRequestInput(
                         deal_id=self.inp.deal_id,
                         lender_id=sub.lender_id,
@@ -539,7 +539,7 @@ class DealWorkflow:
         comp.status = "running"
         if comp.kind == "withdraw_application":
             await workflow.execute_activity(
-                "withdraw_application",
+                names.WITHDRAW_APPLICATION,
                 WithdrawInput(
                     deal_id=self.inp.deal_id,
                     lender_id=comp.detail["lender_id"],
@@ -554,7 +554,7 @@ class DealWorkflow:
                     sub.status = "withdrawn"
         else:
             await workflow.execute_activity(
-                "record_compensation",
+                names.RECORD_COMPENSATION,
                 CompensationInput(
                     key=comp.key,
                     deal_id=self.inp.deal_id,
@@ -613,7 +613,7 @@ class DealWorkflow:
             self.state.version += 1
             self._spawn(
                 f"project:{self.state.version}",
-                workflow.execute_activity("project_deal", self._snapshot(), **BOOKKEEPING),
+                workflow.execute_activity(names.PROJECT_DEAL, self._snapshot(), **BOOKKEEPING),
             )
             return
         # One projection in flight per deal, taken when it is sent: an update
@@ -626,12 +626,12 @@ class DealWorkflow:
 
     async def _send_projection(self) -> None:
         self._projection_queued = False
-        await workflow.execute_activity("project_deal", self._snapshot(), **BOOKKEEPING)
+        await workflow.execute_activity(names.PROJECT_DEAL, self._snapshot(), **BOOKKEEPING)
 
     async def _projector(self) -> None:
         while self._projection_owed:
             self._projection_owed = False
-            await workflow.execute_activity("project_deal", self._snapshot(), **BOOKKEEPING)
+            await workflow.execute_activity(names.PROJECT_DEAL, self._snapshot(), **BOOKKEEPING)
 
     def _snapshot(self) -> ProjectionInput:
         """The read model's row; versions keep retried writes in order."""
@@ -672,7 +672,7 @@ class DealWorkflow:
         self._spawn(
             f"notify:{key}",
             workflow.execute_activity(
-                "notify",
+                names.NOTIFY,
                 NotificationInput(
                     key=key,
                     deal_id=self.inp.deal_id,
@@ -803,7 +803,7 @@ class DealWorkflow:
 
     # ------------------------------------------------------------------ lender events
 
-    @workflow.signal(name="lender-event")
+    @workflow.signal(name=names.LENDER_EVENT)
     def lender_event(self, ev: LenderEventInput) -> None:
         # Webhooks are at-least-once; the webhook id makes them exactly-once here.
         if ev.webhook_id in self.state.applied_webhooks:
@@ -1031,7 +1031,7 @@ class DealWorkflow:
             self._spawn(
                 f"document:{doc.doc_id}",
                 workflow.execute_activity(
-                    "record_document_metadata",
+                    names.RECORD_DOCUMENT_METADATA,
                     DocumentMetadataInput(deal_id=self.inp.deal_id, document=doc),
                     **BOOKKEEPING,
                 ),

@@ -1,0 +1,28 @@
+"""The names Temporal knows DealFlow's activities and signals by.
+
+They are written into every deal's history, so they never change: a renamed
+activity would make running deals fail to replay. One module, used by the
+workflow that schedules them, the worker that registers them and the audit
+tools that read them back.
+"""
+
+from __future__ import annotations
+
+# Lender calls: regular activities that wait on a remote party.
+PREPARE_APPLICATION = "prepare_application"
+SEND_APPLICATION = "send_application"
+# Deals started before the package was prepared apart submitted in one call.
+SUBMIT_APPLICATION = "submit_application"
+REQUEST_DISBURSEMENT = "request_disbursement"
+WITHDRAW_APPLICATION = "withdraw_application"
+
+# Bookkeeping in DealFlow's own database.
+PROJECT_DEAL = "project_deal"
+NOTIFY = "notify"
+RECORD_COMPENSATION = "record_compensation"
+RECORD_DOCUMENT_METADATA = "record_document_metadata"
+
+# The signal that carries a verified lender webhook to a deal.
+LENDER_EVENT = "lender-event"
+
+# Staff actions are Updates named by `dealflow.models.Action` values.
