@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     temporal_address: str = "localhost:7233"
     # How long a starting process waits for Temporal before it gives up.
     temporal_connect_timeout: float = Field(default=60.0, ge=0)
+    # The API resets, unattended, stuck deals that diverged right after an
+    # interrupted workflow task (dealflow/stuck.py); others wait for an operator.
+    auto_heal: bool = True
     temporal_ui_port: int = 8233
     namespace: str = "default"
     task_queue: str = "deals"

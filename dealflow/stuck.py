@@ -46,7 +46,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.converter import decode_search_attributes
+from temporalio.converter import DataConverter, decode_search_attributes
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer
 
@@ -207,15 +207,72 @@ class HealReport:
     reapplied: list[Reapplied] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ResetPlan:
+    """Where a stuck deal would be reset to, and whether that is safe unattended.
+
+    A reset to a completed workflow task keeps the history up to that task's
+    start and has the task run again on the deployed code: the task's own
+    commands, and everything after it, are dropped (signals and updates after
+    it are re-applied by the server).
+    """
+
+    index: int  # events[index] is the completed task reset to
+    event_id: int
+    event_time: datetime | None
+    # The task before it was interrupted (timed out or failed): the deal
+    # diverged right after a worker was lost or a server killed, the shape of
+    # the SDK's ordering fault, not of a code change (which diverges at a task
+    # the old code had completed).
+    after_interrupted_task: bool
+    # The whole history replays: the deal is stuck on what the server refuses,
+    # not on a divergence, and a reset drops only failed attempts.
+    replays_whole: bool
+
+    @property
+    def automatic(self) -> bool:
+        return self.after_interrupted_task or self.replays_whole
+
+
+async def plan_reset(
+    converter: DataConverter, history: WorkflowHistory, workflows: Sequence[type] = (DealWorkflow,)
+) -> ResetPlan:
+    events = list(history.events)
+    replayer = _replayer(converter, workflows)
+    whole = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    index = await _newest_replayable_task(replayer, history)
+    done = events[index]
+    started_id = done.workflow_task_completed_event_attributes.scheduled_event_id
+    task_ends = (
+        EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
+    )
+    before = [e for e in events[:index] if e.event_type in task_ends and e.event_id < started_id]
+    return ResetPlan(
+        index=index,
+        event_id=done.event_id,
+        event_time=done.event_time.ToDatetime(),
+        after_interrupted_task=bool(before)
+        and before[-1].event_type != EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+        replays_whole=whole.replay_failure is None,
+    )
+
+
 async def heal(
     client: Client,
     deal_id: str,
     *,
     reason: str,
     force: bool = False,
+    automatic_only: bool = False,
     workflows: Sequence[type] = (DealWorkflow,),
 ) -> HealReport:
-    """Reset a stuck deal to the newest workflow task the deployed code replays."""
+    """Reset a stuck deal to the newest workflow task the deployed code replays.
+
+    `automatic_only`: only if the plan is safe unattended (`ResetPlan.automatic`),
+    else HealError; the API's watcher heals with it, operators without.
+    """
     health = await deal_health(client, deal_id)
     if not health.stuck and not force:
         raise HealError(
@@ -224,15 +281,19 @@ async def heal(
         )
     handle = client.get_workflow_handle(workflow_id(deal_id))
     history = await handle.fetch_history()
-    events = list(history.events)
-    point = await _newest_replayable_task(client, history, workflows)
-    later = events[point:]
+    plan = await plan_reset(client.data_converter, history, workflows)
+    if automatic_only and not plan.automatic:
+        raise HealError(
+            f"deal {deal_id} diverges at a workflow task that had completed (a code change?): "
+            f"an operator must decide ({heal_command(deal_id)})"
+        )
+    later = list(history.events)[plan.index + 1 :]
     report = HealReport(
         deal_id=deal_id,
         old_run_id=history.run_id,
         new_run_id="",
-        reset_event_id=events[point - 1].event_id,
-        reset_event_time=events[point - 1].event_time.ToDatetime(),
+        reset_event_id=plan.event_id,
+        reset_event_time=plan.event_time,
         events_dropped=len(later),
         reapplied=_reapplied_after(later),
     )
@@ -252,27 +313,54 @@ async def heal(
     return report
 
 
-async def _newest_replayable_task(
-    client: Client, history: WorkflowHistory, workflows: Sequence[type]
-) -> int:
-    """The length of the longest prefix ending with a completed workflow task
-    that the deployed code replays without a nondeterminism error."""
-    replayer = Replayer(
-        workflows=list(workflows),
-        data_converter=client.data_converter,
-        workflow_runner=WORKFLOW_RUNNER,
+async def heal_automatically(client: Client, seen: set[str]) -> list[HealReport]:
+    """Heal every stuck deal whose plan is safe unattended; each run is tried once."""
+    healed = []
+    for found in await stuck_deals(client):
+        if found.run_id in seen:
+            continue
+        seen.add(found.run_id)
+        try:
+            report = await heal(
+                client,
+                found.deal_id,
+                reason="automatic: diverged after an interrupted task",
+                automatic_only=True,
+            )
+        except HealError as e:
+            log.warning("stuck deal left to an operator: %s", e, extra={"deal_id": found.deal_id})
+            continue
+        log.warning(
+            "stuck deal healed: reset to event %d, %d events re-applied or dropped",
+            report.reset_event_id,
+            report.events_dropped,
+            extra={"deal_id": found.deal_id, "new_run_id": report.new_run_id},
+        )
+        healed.append(report)
+    return healed
+
+
+def _replayer(converter: DataConverter, workflows: Sequence[type]) -> Replayer:
+    return Replayer(
+        workflows=list(workflows), data_converter=converter, workflow_runner=WORKFLOW_RUNNER
     )
+
+
+async def _newest_replayable_task(replayer: Replayer, history: WorkflowHistory) -> int:
+    """The index of the newest completed workflow task such that the history
+    up to its start (what a reset to it keeps) replays with the deployed code."""
     events = list(history.events)
-    ends = [
-        i + 1
+    done = [
+        i
         for i, e in enumerate(events)
         if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
     ]
-    for end in list(reversed(ends))[:MAX_RESET_CANDIDATES]:
-        prefix = WorkflowHistory(history.workflow_id, events[:end])
-        result = await replayer.replay_workflow(prefix, raise_on_replay_failure=False)
+    for index in list(reversed(done))[:MAX_RESET_CANDIDATES]:
+        # The task's started event directly precedes its completion.
+        kept = WorkflowHistory(history.workflow_id, events[:index])
+        result = await replayer.replay_workflow(kept, raise_on_replay_failure=False)
         if result.replay_failure is None:
-            return end
+            return index
     raise HealError(
         f"no completed workflow task of the last {MAX_RESET_CANDIDATES} replays with the "
         "deployed code; deploy code that replays the deal's history, then heal again"

@@ -111,6 +111,10 @@ async def test_a_stuck_deal_is_listed_marked_and_healed_without_losing_its_actio
     # action recorded after it is applied again in the new run.
     with pytest.raises(deals.DealNotFound):
         await stuck.heal(client, "20261130-00000000", reason="no such deal")
+    # A code change is not healed unattended: the API's watcher leaves it alone.
+    with pytest.raises(stuck.HealError, match="an operator must decide"):
+        await stuck.heal(client, deal_id, reason="watcher", automatic_only=True)
+    assert await stuck.heal_automatically(client, set()) == []
     async with deal_worker(client, database_url, dev_stack.lenders, dev_stack.store, task_queue):
         report = await stuck.heal(client, deal_id, reason="unsafe deploy rolled forward")
         assert report.new_run_id and report.new_run_id != report.old_run_id

@@ -107,7 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks = [
         # Webhooks stored just before a crash, never marked delivered: deliver them.
         asyncio.create_task(webhooks.redelivery_loop(svc)),
-        asyncio.create_task(count_stuck_deals(svc)),
+        asyncio.create_task(watch_stuck_deals(svc)),
     ]
     try:
         yield
@@ -120,17 +120,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await svc.inbox.aclose()
 
 
-async def count_stuck_deals(svc: Services, every: float = 30.0) -> None:
-    """Keep `dealflow_deals_stuck` current: one visibility count per period."""
+async def watch_stuck_deals(svc: Services, every: float = 30.0) -> None:
+    """Keep `dealflow_deals_stuck` current (one visibility count per period)
+    and heal the stuck deals that are safe to heal unattended."""
+    tried: set[str] = set()
     while True:
         try:
             count = await stuck.count_stuck(svc.client)
-        except RPCError:
-            svc.metrics.deals_stuck.set(-1)
-        else:
             svc.metrics.deals_stuck.set(count)
+            if count and svc.settings.auto_heal:
+                healed = await stuck.heal_automatically(svc.client, tried)
+                svc.metrics.deals_healed.inc(len(healed))
+                count -= len(healed)
             if count:
                 log.warning("stuck deals: %d (python starter.py stuck)", count)
+        except RPCError:
+            svc.metrics.deals_stuck.set(-1)
+        except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
+            log.exception("stuck-deal watcher pass failed")
         await asyncio.sleep(every)
 
 

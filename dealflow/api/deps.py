@@ -96,6 +96,11 @@ class Metrics:
             registry=self.registry,
         )
         self.deals_stuck.set(-1)
+        self.deals_healed = Counter(
+            "dealflow_deals_healed_total",
+            "Stuck deals reset unattended to their newest replayable workflow task",
+            registry=self.registry,
+        )
 
 
 @dataclass
