@@ -28,7 +28,7 @@ from fastapi import Request
 from fastapi.security import HTTPBearer
 
 from dealflow import rules
-from dealflow.api.problems import Problem
+from dealflow.api.errors import Problem
 from dealflow.models import Action, Actor, Role
 
 # Reading deals (list, status) — every role.

@@ -40,7 +40,8 @@ from temporalio.api.common.v1 import Payloads
 from temporalio.converter import PayloadCodec
 
 from dealflow.api.auth import AuthError, Principal, bearer_scheme, bearer_token
-from dealflow.api.problems import Problem, problem_response
+from dealflow.api.errors import Problem
+from dealflow.api.problems import problem_response
 from dealflow.codec import AesGcmCodec, CodecError
 from dealflow.models import Role
 

@@ -32,7 +32,8 @@ from dealflow import client as deals
 from dealflow import db, rules, stuck
 from dealflow.api.auth import READ_ROLES, START_DEAL_ROLES, Principal, authenticate, bearer_scheme
 from dealflow.api.deps import Services
-from dealflow.api.problems import Problem, responses
+from dealflow.api.errors import Problem
+from dealflow.api.problems import responses
 from dealflow.models import (
     ACTION_INPUTS,
     Action,

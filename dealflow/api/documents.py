@@ -48,7 +48,8 @@ from dealflow.api.auth import (
     bearer_scheme,
 )
 from dealflow.api.deals import DealIdPath, check_deal_id, read_status, roles_of, services
-from dealflow.api.problems import PROBLEM_JSON, Problem, responses
+from dealflow.api.errors import Problem
+from dealflow.api.problems import PROBLEM_JSON, responses
 from dealflow.docstore import (
     DocumentNotFound,
     DocumentTooLarge,

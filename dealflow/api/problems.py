@@ -20,23 +20,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import rules
+from dealflow.api.errors import Problem
 from dealflow.docstore import DocumentStoreError, DocumentStoreUnavailable
 
 log = logging.getLogger("dealflow.api")
 
 RULE_STATUS = {"invalid": 422, "conflict": 409, "forbidden": 403}
 PROBLEM_JSON = "application/problem+json"
-
-
-class Problem(Exception):
-    def __init__(
-        self, status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = headers
-        self.extra = extra
 
 
 class ProblemDetail(BaseModel):

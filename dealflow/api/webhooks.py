@@ -20,7 +20,7 @@ from temporalio.service import RPCError
 from dealflow import client as deals
 from dealflow import db
 from dealflow.api.deps import Services
-from dealflow.api.problems import Problem
+from dealflow.api.errors import Problem
 from dealflow.models import (
     ApplicationDecided,
     DisbursementCompleted,
