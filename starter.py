@@ -502,7 +502,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--token",
-        default=os.environ.get("DEALFLOW_API_TOKEN"),
+        default=get_settings().api_token,
         help="bearer token for --api (default: DEALFLOW_API_TOKEN)",
     )
     sub = p.add_subparsers(dest="command", required=True)

@@ -13,7 +13,6 @@ import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 from temporalio.worker import Worker
@@ -77,7 +76,7 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    ready = Path(os.environ.get("DEALFLOW_DATA_DIR", ".data")) / "worker.ready"
+    ready = settings.data_dir / "worker.ready"
     with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
         worker = build_worker(settings, client, acts, executor)
         async with worker:

@@ -72,6 +72,7 @@ from temporalio.worker import (
 )
 
 from dealflow import codec, names, startup
+from dealflow.config import get_settings
 
 __all__ = [
     "ArchiveBusy",
@@ -1322,7 +1323,7 @@ def _lock(path: Path) -> Iterator[None]:
 
 
 def default_lock_path() -> Path:
-    return Path(os.environ.get("DEALFLOW_DATA_DIR") or Path.cwd() / ".data") / "audit-archive.lock"
+    return get_settings().data_dir / "audit-archive.lock"
 
 
 @dataclass
@@ -1791,7 +1792,7 @@ async def run_async(
     try:
         if settings is None:
             settings = startup.settings_from_env()
-        keyring = codec.load_keyring(settings.codec_keys or None)
+        keyring = codec.load_keyring(settings.codec_keys or "")
     except (startup.StartupError, codec.CodecKeyError) as e:
         message = str(e) if isinstance(e, startup.StartupError) else f"configuration error: {e}"
         print(f"dealflow-audit {args.command}: {message}", file=err or sys.stderr)

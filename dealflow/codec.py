@@ -40,7 +40,6 @@ import binascii
 import dataclasses
 import hashlib
 import logging
-import os
 import re
 import secrets
 from collections.abc import Sequence
@@ -205,10 +204,8 @@ def dev_keyring() -> Keyring:
     return keyring_from_spec(DEV_KEY_SPEC, source="development default")
 
 
-def load_keyring(spec: str | None = None) -> Keyring:
-    """The keyring named by `spec` (else `$DEALFLOW_CODEC_KEYS`); the dev key if empty."""
-    if spec is None:
-        spec = os.environ.get("DEALFLOW_CODEC_KEYS", "")
+def load_keyring(spec: str) -> Keyring:
+    """The keyring named by `spec` (`Settings.codec_keys`); the dev key if empty."""
     spec = spec.strip()
     if spec.startswith("file:"):
         path = Path(spec[len("file:") :]).expanduser()
@@ -283,7 +280,7 @@ class AesGcmCodec(PayloadCodec):
         return out
 
 
-def data_converter(keys: Keyring | str | None = None) -> DataConverter:
+def data_converter(keys: Keyring | str) -> DataConverter:
     """The pydantic data converter with the AES-GCM codec: use it for every client.
 
     Failure messages and stack traces are moved into an encoded (hence encrypted)
@@ -298,7 +295,7 @@ def data_converter(keys: Keyring | str | None = None) -> DataConverter:
 
 
 def data_converter_for(settings: object) -> DataConverter:
-    """`data_converter` from a `Settings` (its `codec_keys`, `DEALFLOW_CODEC_KEYS`)."""
+    """`data_converter` from a `Settings` (its `codec_keys`: `DEALFLOW_CODEC_KEYS`)."""
     return data_converter(str(getattr(settings, "codec_keys", "") or ""))
 
 

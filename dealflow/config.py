@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEALFLOW_", extra="ignore")
 
     temporal_address: str = "localhost:7233"
+    # Where processes keep run files: the worker's ready file, the archive lock.
+    data_dir: Path = DATA_DIR
+    # Bearer token of `starter.py --api` (a CLI convenience, never a server secret).
+    api_token: str | None = None
     # How long a starting process waits for Temporal before it gives up.
     temporal_connect_timeout: float = Field(default=60.0, ge=0)
     # The API resets, unattended, stuck deals that diverged right after an

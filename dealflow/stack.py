@@ -986,7 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=("up", "down", "status"))
     parser.add_argument(
         "--data-dir",
-        default=os.environ.get("DEALFLOW_DATA_DIR") or ".data",
+        default=str(Settings().data_dir),
         help="pids, logs and the Temporal database (default: .data)",
     )
     args = parser.parse_args(argv)
