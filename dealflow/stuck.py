@@ -64,6 +64,10 @@ STUCK_QUERY = (
     "AND TemporalReportedProblems IS NOT NULL"
 )
 
+# How many task ends before the reset point may hold the interruption that
+# makes a reset safe unattended: the divergence shows one task or two after it.
+INTERRUPTION_WINDOW = 3
+
 # How many completed workflow tasks, newest first, are tried as reset points.
 MAX_RESET_CANDIDATES = 200
 
@@ -220,10 +224,11 @@ class ResetPlan:
     index: int  # events[index] is the completed task reset to
     event_id: int
     event_time: datetime | None
-    # The task before it was interrupted (timed out or failed): the deal
-    # diverged right after a worker was lost or a server killed, the shape of
-    # the SDK's ordering fault, not of a code change (which diverges at a task
-    # the old code had completed).
+    # One of the few tasks before it was interrupted (timed out or failed):
+    # the deal diverged right after a worker was lost or a server killed, the
+    # shape of the SDK's faults after an interrupted task, not of a code change
+    # (which diverges where the old code first behaved otherwise, with no
+    # interruption needed and usually far back).
     after_interrupted_task: bool
     # The whole history replays: the deal is stuck on what the server refuses,
     # not on a divergence, and a reset drops only failed attempts.
@@ -253,8 +258,10 @@ async def plan_reset(
         index=index,
         event_id=done.event_id,
         event_time=done.event_time.ToDatetime(),
-        after_interrupted_task=bool(before)
-        and before[-1].event_type != EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+        after_interrupted_task=any(
+            e.event_type != EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+            for e in before[-INTERRUPTION_WINDOW:]
+        ),
         replays_whole=whole.replay_failure is None,
     )
 

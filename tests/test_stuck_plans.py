@@ -77,3 +77,17 @@ async def test_a_deal_whose_whole_history_replays_is_reset_to_its_newest_task() 
     done = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
     completed = [e.event_id for e in history.events if e.event_type == done]
     assert plan.event_id == completed[-1]
+
+
+async def test_a_timer_that_fired_across_an_interrupted_task_is_healed_unattended() -> None:
+    """Captured from chaos worker-kill: a follow-up timer fired, the task that
+    carried it timed out (its worker's sticky queue had died), and the next
+    task recorded no notification where a replay sends one; the divergence
+    shows a task later, at the next staff update."""
+    history = _load(FIXTURES / "wedged_timer_after_timed_out_task.json")
+    result = await _replayer().replay_workflow(history, raise_on_replay_failure=False)
+    assert "Nondeterminism" in str(result.replay_failure)
+    plan = await stuck.plan_reset(codec_data_converter(), history)
+    assert plan.after_interrupted_task and plan.automatic
+    kept = WorkflowHistory(history.workflow_id, list(history.events)[: plan.index])
+    assert (await _replayer().replay_workflow(kept)).replay_failure is None
