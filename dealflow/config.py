@@ -66,10 +66,9 @@ class Settings(BaseSettings):
     api_base_url: str = ""
     lender_sim_port: int = 8100
     policy_file: Path | None = None
-    # Worker tuning. A cached deal costs ~415 KB of worker memory (measured by
-    # `make bench`, parked deals: its state and the sandbox), so 500 keeps a
-    # worker near 340 MB with thousands of deals parked; evicted deals are
-    # rebuilt from history on their next event at no measurable latency cost.
+    # Worker tuning. The cache bounds worker memory (a cached deal's state and
+    # sandbox; its cost is measured by `make bench`, parked deals, and given in
+    # the README); evicted deals are rebuilt from history on their next event.
     max_cached_workflows: int = 500
     max_concurrent_activities: int = 100
     max_concurrent_workflow_tasks: int = 100

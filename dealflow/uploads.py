@@ -1,6 +1,6 @@
 """Uploading a customer document: bytes to the store, then a `record-document`
 update that records kind, party, sha256 and key. Shared by the CLI, the demo
-and (later) the HTTP API, so every path validates the same way."""
+and the HTTP API, so every path validates the same way."""
 
 from __future__ import annotations
 

@@ -89,7 +89,7 @@ DEALER_ID = SearchAttributeKey.for_keyword("DealerId")
 # server only notices through a timeout. Lender calls heartbeat every second
 # while they wait for the lender, so a dead worker is noticed after 2 s and the
 # call retried elsewhere half a second later, while a slow but live lender
-# still gets 30 s (`make bench`, recovery: 4.3 s for 50 calls in flight).
+# still gets 30 s (`make bench` measures the recovery; the README has the figure).
 # Transient failures (5xx, timeouts, connection errors) retry with backoff for
 # as long as it takes; a lender's 4xx is a verdict, not a glitch, and is raised
 # as non-retryable "LenderRejected".
