@@ -137,35 +137,37 @@ def show_status(st: DealStatus) -> None:
         out.print("compensations run: " + ", ".join(c.kind for c in done))
 
 
-async def cmd_start(a: argparse.Namespace) -> None:
+async def cmd_start(args: argparse.Namespace) -> None:
     settings = get_settings()
-    deal = deals.parse_deal(read_json(a.file))
+    deal = deals.parse_deal(read_json(args.file))
     try:
         lenders = load_lenders(settings.lenders_file)
     except LendersFileError as e:
         raise CliError(str(e), 2) from None
-    deal_id = a.deal_id or deals.new_deal_id()
-    inp = deals.start_input(deal_id, deal, load_policy(a.policy_file), lenders, a.actor)
+    deal_id = args.deal_id or deals.new_deal_id()
+    inp = deals.start_input(deal_id, deal, load_policy(args.policy_file), lenders, args.actor)
     client = await deals.connect(settings)
     wid = await deals.start_deal(client, settings.task_queue, inp)
-    if a.json:
+    if args.json:
         print(json.dumps({"deal_id": deal_id, "workflow_id": wid}))
     else:
         out.print(f"started deal [bold]{deal_id}[/bold] (workflow {wid})")
 
 
-async def cmd_status(a: argparse.Namespace) -> None:
+async def cmd_status(args: argparse.Namespace) -> None:
     settings = get_settings()
     client = await deals.connect(settings)
     try:
-        st = await deals.deal_status(client, a.deal)
+        st = await deals.deal_status(client, args.deal)
     except (RPCError, RuntimeError) as e:
         # A deal that cannot answer may be stuck: say so, from what is known.
-        found = await stuck.stuck_status(client, db.make_engine(settings.database_url), a.deal)
+        found = await stuck.stuck_status(client, db.make_engine(settings.database_url), args.deal)
         if found is None:
-            raise CliError(f"deal {a.deal} cannot be read right now ({e}); retry shortly") from None
+            raise CliError(
+                f"deal {args.deal} cannot be read right now ({e}); retry shortly"
+            ) from None
         st = found
-    if a.json:
+    if args.json:
         print(st.model_dump_json(indent=2))
     else:
         show_status(st)
@@ -184,10 +186,10 @@ def show_health(deal_id: str, h: DealHealth) -> None:
     out.print(f"  heal: {stuck.heal_command(deal_id)} --reason TEXT")
 
 
-async def cmd_stuck(a: argparse.Namespace) -> None:
+async def cmd_stuck(args: argparse.Namespace) -> None:
     client = await deals.connect(get_settings())
-    found = await stuck.stuck_deals(client, limit=a.limit)
-    if a.json:
+    found = await stuck.stuck_deals(client, limit=args.limit)
+    if args.json:
         rows = [
             {"deal_id": d.deal_id, "run_id": d.run_id, "stage": d.stage, **d.health.model_dump()}
             for d in found
@@ -206,13 +208,13 @@ async def cmd_stuck(a: argparse.Namespace) -> None:
     out.print(f"heal one: {stuck.heal_command('DEAL_ID')} --reason TEXT")
 
 
-async def cmd_heal(a: argparse.Namespace) -> None:
+async def cmd_heal(args: argparse.Namespace) -> None:
     client = await deals.connect(get_settings())
     try:
-        report = await stuck.heal(client, a.deal, reason=a.reason, force=a.force)
+        report = await stuck.heal(client, args.deal, reason=args.reason, force=args.force)
     except stuck.HealError as e:
         raise CliError(str(e), 3) from None
-    if a.json:
+    if args.json:
         print(json.dumps(dataclasses.asdict(report), default=str))
         return
     at = f" ({report.reset_event_time:%Y-%m-%d %H:%M:%S} UTC)" if report.reset_event_time else ""
@@ -227,21 +229,21 @@ async def cmd_heal(a: argparse.Namespace) -> None:
         out.print("  no staff action or lender event after the reset point")
 
 
-async def cmd_list(a: argparse.Namespace) -> None:
+async def cmd_list(args: argparse.Namespace) -> None:
     engine = db.make_engine(get_settings().database_url)
     try:
         rows, cursor = db.list_deals(
             engine,
-            stage=a.stage,
-            lender_id=a.lender,
-            dealer_id=a.dealer,
-            limit=a.limit,
-            cursor=a.cursor,
-            overdue_at=datetime.now(UTC) if a.overdue else None,
+            stage=args.stage,
+            lender_id=args.lender,
+            dealer_id=args.dealer,
+            limit=args.limit,
+            cursor=args.cursor,
+            overdue_at=datetime.now(UTC) if args.overdue else None,
         )
     except ValueError as e:
         raise CliError(str(e), 2) from None
-    if a.json:
+    if args.json:
         print(
             json.dumps(
                 {"deals": [r.model_dump(mode="json") for r in rows], "next_cursor": cursor},
@@ -265,32 +267,32 @@ async def cmd_list(a: argparse.Namespace) -> None:
         out.print(f"more: --cursor {cursor}")
 
 
-async def cmd_act(a: argparse.Namespace) -> None:
-    payload = read_json(a.payload) if a.payload else {}
-    action, inp = deals.parse_action(a.action, payload, a.actor)
+async def cmd_act(args: argparse.Namespace) -> None:
+    payload = read_json(args.payload) if args.payload else {}
+    action, inp = deals.parse_action(args.action, payload, args.actor)
     client = await deals.connect(get_settings())
-    result = await deals.act(client, a.deal, action, inp)
-    if a.json:
+    result = await deals.act(client, args.deal, action, inp)
+    if args.json:
         print(result.model_dump_json(indent=2))
     else:
         out.print(f"{action.value}: done")
         show_status(result.status)
 
 
-async def cmd_cancel(a: argparse.Namespace) -> None:
-    a.action, a.payload = "cancel", None
-    action, inp = deals.parse_action("cancel", {"reason": a.reason}, a.actor)
+async def cmd_cancel(args: argparse.Namespace) -> None:
+    args.action, args.payload = "cancel", None
+    action, inp = deals.parse_action("cancel", {"reason": args.reason}, args.actor)
     client = await deals.connect(get_settings())
-    result = await deals.act(client, a.deal, action, inp)
-    if a.json:
+    result = await deals.act(client, args.deal, action, inp)
+    if args.json:
         print(result.model_dump_json(indent=2))
     else:
         show_status(result.status)
 
 
-async def cmd_upload(a: argparse.Namespace) -> None:
+async def cmd_upload(args: argparse.Namespace) -> None:
     settings = get_settings()
-    path = Path(a.file)
+    path = Path(args.file)
     if not path.is_file():  # noqa: ASYNC240 - one stat before the upload starts
         raise CliError(f"{path} is not a file", 2)
     store = open_store(
@@ -309,24 +311,25 @@ async def cmd_upload(a: argparse.Namespace) -> None:
     result = await upload_document(
         client,
         store,
-        a.deal,
-        a.actor,
-        kind=a.kind,
-        party=a.party,
+        args.deal,
+        args.actor,
+        kind=args.kind,
+        party=args.party,
         file_name=path.name,
         data=chunks(),
-        policy=load_policy(a.policy_file),
-        id_number=a.id_number,
-        period_start=a.period_start,
-        period_end=a.period_end,
-        stipulation_code=a.stipulation_code,
+        policy=load_policy(args.policy_file),
+        id_number=args.id_number,
+        period_start=args.period_start,
+        period_end=args.period_end,
+        stipulation_code=args.stipulation_code,
     )
     doc = result.status
-    if a.json:
+    if args.json:
         print(result.model_dump_json(indent=2))
     else:
         out.print(
-            f"recorded {a.party} {escape(a.kind)} from {escape(path.name)}; stage {doc.stage.value}"
+            f"recorded {args.party} {escape(args.kind)} from {escape(path.name)}; "
+            f"stage {doc.stage.value}"
         )
 
 
@@ -336,20 +339,20 @@ async def cmd_upload(a: argparse.Namespace) -> None:
 # printed as it is, and its status decides the exit code.
 
 
-def api_client(a: argparse.Namespace) -> remote.DealFlowAPI:
-    return remote.DealFlowAPI(a.api, a.token or "")
+def api_client(args: argparse.Namespace) -> remote.DealFlowAPI:
+    return remote.DealFlowAPI(args.api, args.token or "")
 
 
-def api_start(a: argparse.Namespace) -> None:
-    if a.deal_id or a.policy_file:
+def api_start(args: argparse.Namespace) -> None:
+    if args.deal_id or args.policy_file:
         raise CliError(
             "--deal-id and --policy-file do not apply with --api: the API names "
             "the deal and applies its own DEALFLOW_POLICY_FILE",
             2,
         )
-    with api_client(a) as api:
-        created = api.start(read_json(a.file), a.idempotency_key)
-    if a.json:
+    with api_client(args) as api:
+        created = api.start(read_json(args.file), args.idempotency_key)
+    if args.json:
         print(json.dumps(created))
     else:
         out.print(
@@ -357,26 +360,26 @@ def api_start(a: argparse.Namespace) -> None:
         )
 
 
-def api_status(a: argparse.Namespace) -> None:
-    with api_client(a) as api:
-        st = api.status(a.deal)
-    if a.json:
+def api_status(args: argparse.Namespace) -> None:
+    with api_client(args) as api:
+        st = api.status(args.deal)
+    if args.json:
         print(json.dumps(st, indent=2))
     else:
         show_status(DealStatus.model_validate(st))
 
 
-def api_list(a: argparse.Namespace) -> None:
-    with api_client(a) as api:
+def api_list(args: argparse.Namespace) -> None:
+    with api_client(args) as api:
         page = api.list(
-            stage=a.stage,
-            lender=a.lender,
-            dealer=a.dealer,
-            overdue=a.overdue,
-            limit=a.limit,
-            cursor=a.cursor,
+            stage=args.stage,
+            lender=args.lender,
+            dealer=args.dealer,
+            overdue=args.overdue,
+            limit=args.limit,
+            cursor=args.cursor,
         )
-    if a.json:
+    if args.json:
         print(json.dumps(page))
         return
     t = Table("deal", "dealer", "stage", "lender", "financed", "next due", "waits on")
@@ -396,63 +399,68 @@ def api_list(a: argparse.Namespace) -> None:
         out.print(f"more: --cursor {page['next_cursor']}")
 
 
-def api_act(a: argparse.Namespace) -> None:
-    payload = read_json(a.payload) if a.payload else {}
-    with api_client(a) as api:
-        result = api.act(a.deal, a.action, payload)
-    if a.json:
+def api_act(args: argparse.Namespace) -> None:
+    payload = read_json(args.payload) if args.payload else {}
+    with api_client(args) as api:
+        result = api.act(args.deal, args.action, payload)
+    if args.json:
         print(json.dumps(result, indent=2))
     else:
-        out.print(f"{escape(a.action)}: done")
+        out.print(f"{escape(args.action)}: done")
         show_status(DealStatus.model_validate(result["status"]))
 
 
-def api_cancel(a: argparse.Namespace) -> None:
-    with api_client(a) as api:
-        result = api.act(a.deal, "cancel", {"reason": a.reason})
-    if a.json:
+def api_cancel(args: argparse.Namespace) -> None:
+    with api_client(args) as api:
+        result = api.act(args.deal, "cancel", {"reason": args.reason})
+    if args.json:
         print(json.dumps(result, indent=2))
     else:
         show_status(DealStatus.model_validate(result["status"]))
 
 
-def api_upload(a: argparse.Namespace) -> None:
-    if a.policy_file:
+def api_upload(args: argparse.Namespace) -> None:
+    if args.policy_file:
         raise CliError("--policy-file does not apply with --api", 2)
-    path = Path(a.file)
+    path = Path(args.file)
     if not path.is_file():
         raise CliError(f"{path} is not a file", 2)
     fields = {
-        "kind": a.kind,
-        "party": a.party,
-        "id_number": a.id_number or "",
-        "period_start": a.period_start.isoformat() if a.period_start else "",
-        "period_end": a.period_end.isoformat() if a.period_end else "",
-        "stipulation_code": a.stipulation_code or "",
+        "kind": args.kind,
+        "party": args.party,
+        "id_number": args.id_number or "",
+        "period_start": args.period_start.isoformat() if args.period_start else "",
+        "period_end": args.period_end.isoformat() if args.period_end else "",
+        "stipulation_code": args.stipulation_code or "",
     }
-    with api_client(a) as api:
-        doc = api.upload(a.deal, path, fields)
-    if a.json:
+    with api_client(args) as api:
+        doc = api.upload(args.deal, path, fields)
+    if args.json:
         print(json.dumps(doc, indent=2))
     else:
         out.print(
-            f"recorded {a.party} {escape(a.kind)} from {escape(path.name)} as "
+            f"recorded {args.party} {escape(args.kind)} from {escape(path.name)} as "
             f"{doc['doc_id']} (sha256 {doc['sha256'][:12]}…); "
             f"stage {doc['status']['stage']}"
         )
 
 
-def cmd_token(a: argparse.Namespace) -> None:
+def cmd_token(args: argparse.Namespace) -> None:
     """A development token signed with DEALFLOW_JWT_SECRET (what the API checks)."""
     try:
-        roles = [Role(r) for r in a.role]
-        token = mint_token(get_settings().jwt_secret, a.sub, roles, ttl=a.ttl)
+        roles = [Role(r) for r in args.role]
+        token = mint_token(get_settings().jwt_secret, args.sub, roles, ttl=args.ttl)
     except ValueError as e:
         raise CliError(f"{e} (roles: {', '.join(r.value for r in Role)})", 2) from None
-    if a.json:
+    if args.json:
         print(
             json.dumps(
-                {"token": token, "sub": a.sub, "roles": [r.value for r in roles], "ttl": a.ttl}
+                {
+                    "token": token,
+                    "sub": args.sub,
+                    "roles": [r.value for r in roles],
+                    "ttl": args.ttl,
+                }
             )
         )
     else:

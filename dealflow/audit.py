@@ -604,7 +604,7 @@ def _fmt_duration(d: timedelta) -> str:
 _SKIP_FIELDS = {"actor"}
 
 
-def _summ(d: Any, skip: set[str] | None = None) -> str:
+def _summary(d: Any, skip: set[str] | None = None) -> str:
     """A compact `key: value; ...` rendering of a JSON object."""
     if not isinstance(d, dict):
         return "" if d is None else str(d)
@@ -613,9 +613,9 @@ def _summ(d: Any, skip: set[str] | None = None) -> str:
         if k in (skip or _SKIP_FIELDS) or v in (None, "", [], {}):
             continue
         if isinstance(v, dict):
-            v = "{" + _summ(v, set()) + "}"
+            v = "{" + _summary(v, set()) + "}"
         elif isinstance(v, list):
-            v = ", ".join(_summ(x, set()) if isinstance(x, dict) else str(x) for x in v)
+            v = ", ".join(_summary(x, set()) if isinstance(x, dict) else str(x) for x in v)
         elif k in ("amount", "approved_amount", "cover_amount", "down_payment") or k.endswith(
             "_amount"
         ):
@@ -823,7 +823,7 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
                     "action",
                     _actor(args.get("actor") if isinstance(args, dict) else None),
                     req.input.name,
-                    _summ(args),
+                    _summary(args),
                     {"input": args},
                 )
                 updates[req.meta.update_id or a.protocol_instance_id] = entry
@@ -859,7 +859,7 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
                         {"event": data},
                     )
                 else:
-                    add(e, "signal", a.identity, a.signal_name, _summ(v), {"input": v})
+                    add(e, "signal", a.identity, a.signal_name, _summary(v), {"input": v})
             elif t == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
                 a = e.activity_task_scheduled_event_attributes
                 name = a.activity_type.name
@@ -919,7 +919,7 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
                         "compensation",
                         "dealflow (system)",
                         str(v.get("kind")),
-                        _summ(v.get("detail") or {}),
+                        _summary(v.get("detail") or {}),
                         {"activity": name, "input": v},
                     )
                 else:
@@ -928,7 +928,7 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
                         "system",
                         "dealflow (system)",
                         f"activity {name}",
-                        _summ(v),
+                        _summary(v),
                         {"activity": name},
                     )
                 scheduled[e.event_id] = entry
@@ -1068,7 +1068,7 @@ class _Capture(Interceptor):
         return Inbound
 
 
-def _cut(events: Sequence[HistoryEvent], at: datetime) -> list[HistoryEvent]:
+def _events_until(events: Sequence[HistoryEvent], at: datetime) -> list[HistoryEvent]:
     """The history up to the start of the last workflow task completed at or before
     `at`: replaying it gives the state that task left behind, the state as of `at`."""
     started = last_started = None
@@ -1100,7 +1100,7 @@ async def state_as_of(
             "exists": False,
             "note": "the deal did not exist yet at that time",
         }
-    events = _cut(run.events, at)
+    events = _events_until(run.events, at)
     if not events:
         return {"as_of": at.isoformat(), "exists": True, "note": "no workflow task ran yet"}
     capture = _Capture()
@@ -1621,7 +1621,7 @@ def _write(text: str, path: str | None, out: IO[str]) -> None:
 
 
 @dataclass
-class _Ctx:
+class _CommandContext:
     settings: Any
     keyring: codec.Keyring
     client: Client | None
@@ -1650,7 +1650,7 @@ class _Ctx:
         return self.store
 
 
-async def _export(args: argparse.Namespace, ctx: _Ctx) -> int:
+async def _export(args: argparse.Namespace, ctx: _CommandContext) -> int:
     runs = await fetch_deal(await ctx.connect(), args.deal)
     if args.decode:
         runs = [
@@ -1692,7 +1692,7 @@ async def _query_runs(client: Client, query: str) -> list[RunHistory]:
     return runs
 
 
-async def _replay(args: argparse.Namespace, ctx: _Ctx) -> int:
+async def _replay(args: argparse.Namespace, ctx: _CommandContext) -> int:
     if bool(args.paths) == bool(args.query):
         raise AuditError("give history files/folders, or --query, not both (nor neither)")
     runs = (
@@ -1720,7 +1720,7 @@ async def _replay(args: argparse.Namespace, ctx: _Ctx) -> int:
     return EXIT_FAILED if bad else EXIT_ERROR if errors else EXIT_OK
 
 
-async def _timeline(args: argparse.Namespace, ctx: _Ctx) -> int:
+async def _timeline(args: argparse.Namespace, ctx: _CommandContext) -> int:
     path = Path(args.deal)
     if path.suffix == ".json" or await asyncio.to_thread(path.exists):
         runs = await asyncio.to_thread(load_paths, [path], ctx.keyring)
@@ -1738,7 +1738,7 @@ async def _timeline(args: argparse.Namespace, ctx: _Ctx) -> int:
     return EXIT_OK
 
 
-async def _archive(args: argparse.Namespace, ctx: _Ctx) -> int:
+async def _archive(args: argparse.Namespace, ctx: _CommandContext) -> int:
     try:
         rep = await archive(
             await ctx.connect(), ctx.open_store(), lock_path=args.lock_file, out=ctx.out
@@ -1754,7 +1754,7 @@ async def _archive(args: argparse.Namespace, ctx: _Ctx) -> int:
     return EXIT_OK
 
 
-async def _verify(args: argparse.Namespace, ctx: _Ctx) -> int:
+async def _verify(args: argparse.Namespace, ctx: _CommandContext) -> int:
     rep = await asyncio.to_thread(verify, ctx.open_store(), args.expect_head)
     for p in rep.problems:
         print(f"PROBLEM {p}", file=ctx.out)
@@ -1797,7 +1797,7 @@ async def run_async(
         message = str(e) if isinstance(e, startup.StartupError) else f"configuration error: {e}"
         print(f"dealflow-audit {args.command}: {message}", file=err or sys.stderr)
         return EXIT_ERROR
-    ctx = _Ctx(settings, keyring, client, store, out or sys.stdout, err or sys.stderr)
+    ctx = _CommandContext(settings, keyring, client, store, out or sys.stdout, err or sys.stderr)
     try:
         return await _COMMANDS[args.command](args, ctx)
     except (AuditError, codec.CodecError) as e:

@@ -750,10 +750,10 @@ def stack_lock(cfg: StackConfig) -> Iterator[None]:
 # --------------------------------------------------------------------------- commands
 
 
-Out = Callable[[str], None]
+LineSink = Callable[[str], None]
 
 
-def _say(out: Out, name: str, text: str) -> None:
+def _say(out: LineSink, name: str, text: str) -> None:
     out(f"{name:<11} {text}")
 
 
@@ -761,7 +761,7 @@ def _print(text: str) -> None:
     print(text, flush=True)
 
 
-def run_migrations(cfg: StackConfig, out: Out = _print) -> None:
+def run_migrations(cfg: StackConfig, out: LineSink = _print) -> None:
     argv = migrate_command(cfg)
     started = time.monotonic()
     try:
@@ -791,7 +791,7 @@ def run_migrations(cfg: StackConfig, out: Out = _print) -> None:
     _say(out, "migrations", f"applied ({time.monotonic() - started:.1f}s)")
 
 
-def _ensure_search_attributes(cfg: StackConfig, out: Out) -> None:
+def _ensure_search_attributes(cfg: StackConfig, out: LineSink) -> None:
     """The workflow upserts these; without them every deal's first task fails."""
     try:
         missing = missing_search_attributes(cfg)
@@ -811,7 +811,7 @@ def _ensure_search_attributes(cfg: StackConfig, out: Out) -> None:
         _say(out, "temporal", f"WARNING: cannot check search attributes: {e}")
 
 
-def _start_component(cfg: StackConfig, comp: Component, out: Out) -> None:
+def _start_component(cfg: StackConfig, comp: Component, out: LineSink) -> None:
     if not comp.managed:
         health, _ = wait_healthy(comp, None, None, comp.timeout)
         if not health.ok:
@@ -894,7 +894,7 @@ def up(
     comps: Sequence[Component] | None = None,
     *,
     migrate: bool = True,
-    out: Out = _print,
+    out: LineSink = _print,
 ) -> None:
     """Start what is not running, in order; raise StackError on the first failure."""
     comps = components(cfg) if comps is None else comps
@@ -910,7 +910,9 @@ def up(
                     run_migrations(cfg, out)
 
 
-def down(cfg: StackConfig, comps: Sequence[Component] | None = None, *, out: Out = _print) -> None:
+def down(
+    cfg: StackConfig, comps: Sequence[Component] | None = None, *, out: LineSink = _print
+) -> None:
     """Stop in reverse start order (worker first: it still needs Temporal to drain)."""
     comps = components(cfg) if comps is None else comps
     if not cfg.data_dir.exists():
@@ -939,7 +941,7 @@ def down(cfg: StackConfig, comps: Sequence[Component] | None = None, *, out: Out
 
 
 def status(
-    cfg: StackConfig, comps: Sequence[Component] | None = None, *, out: Out = _print
+    cfg: StackConfig, comps: Sequence[Component] | None = None, *, out: LineSink = _print
 ) -> bool:
     """One line per component; True when every one is running and healthy."""
     comps = components(cfg) if comps is None else comps
