@@ -176,10 +176,10 @@ async def deal_status(client: Client, deal_id: str, rpc_timeout: float = 10.0) -
 # server restarted) is asked after, and sent again when safe, for this long, so
 # the caller gets the real outcome instead of an error for an applied action.
 ACT_PATIENCE_SECONDS = 30.0
-# Once the server is known to hold the action (admitted or accepted, no outcome
-# yet: a worker is being replaced), its outcome is awaited this long in all
-# before the caller is told it is not known yet: answering early would report
-# an error for an action that is then applied.
+# Once the action may be in the server's hands (sent, no outcome yet: a worker
+# is being replaced, the server is restarting), its outcome is awaited this
+# long in all before the caller is told it is not known yet: answering early
+# would report an error for an action that is then applied.
 ACT_OUTCOME_WAIT_SECONDS = 120.0
 
 
@@ -281,7 +281,9 @@ async def update_once(
     deadline = started + patience
     delay = 0.2
     fate_unknown = sent_before
-    # What to raise when patience runs out: the last real error, else "unknown".
+    sent = sent_before
+    # What to raise when patience runs out: the last refusal if nothing can
+    # have been applied, else "unknown" (the caller must not be told "no").
     last: Exception = WorkflowUpdateRPCTimeoutOrCancelledError()
     while True:
         try:
@@ -289,20 +291,23 @@ async def update_once(
                 outcome = await _known_outcome(handle, update_id, result_type, deadline)
                 if outcome is not None:
                     return outcome[0]
+            sent = True
             return await _send_once(client, handle, update, arg, update_id, result_type, deadline)
         except RPCError as e:
             if not transient(e):
                 raise
             last = e
         except WorkflowUpdateRPCTimeoutOrCancelledError as e:
-            # The server holds it without an outcome yet: wait longer for one.
             last = e
-            deadline = max(deadline, started + ACT_OUTCOME_WAIT_SECONDS)
         except _DeliveryInFlight:
             pass
+        if sent:
+            # It may be in the server's hands (held without an outcome, or sent
+            # into a restart): wait longer for its outcome before giving up.
+            deadline = max(deadline, started + ACT_OUTCOME_WAIT_SECONDS)
         await _raise_if_stuck(handle)
         if time.monotonic() + delay > deadline:
-            raise last
+            raise WorkflowUpdateRPCTimeoutOrCancelledError() if sent else last
         fate_unknown = True
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
