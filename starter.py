@@ -31,24 +31,30 @@ import getpass
 import json
 import os
 import sys
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from temporalio.service import RPCError
 
 from dealflow import client as deals
-from dealflow import db, rules, stuck
+from dealflow import rules, stuck
 from dealflow.api import remote
 from dealflow.api.auth import mint_token
-from dealflow.config import LendersFileError, get_settings, load_lenders
-from dealflow.docstore import DocumentStoreUnavailable, open_store
+from dealflow.config import get_settings
+from dealflow.deal_service import (
+    DealQuery,
+    DealService,
+    DocumentForm,
+    HttpDeals,
+    ServiceError,
+    TemporalDeals,
+)
+from dealflow.docstore import DocumentStoreUnavailable
 from dealflow.models import Actor, DealHealth, DealPolicy, DealStatus, Role
-from dealflow.uploads import upload_document
 
 EXIT = {"invalid": 2, "conflict": 3, "forbidden": 5}
 out = Console()
@@ -137,40 +143,114 @@ def show_status(st: DealStatus) -> None:
         out.print("compensations run: " + ", ".join(c.kind for c in done))
 
 
-async def cmd_start(args: argparse.Namespace) -> None:
-    settings = get_settings()
-    deal = deals.parse_deal(read_json(args.file))
-    try:
-        lenders = load_lenders(settings.lenders_file)
-    except LendersFileError as e:
-        raise CliError(str(e), 2) from None
-    deal_id = args.deal_id or deals.new_deal_id()
-    inp = deals.start_input(deal_id, deal, load_policy(args.policy_file), lenders, args.actor)
-    client = await deals.connect(settings)
-    wid = await deals.start_deal(client, settings.task_queue, inp)
+# --------------------------------------------------------------------------- commands
+# One implementation per command over `DealService`: straight to Temporal, or
+# with `--api URL` through the back-office HTTP API (whose problem detail is
+# printed as it is, and whose status decides the exit code).
+
+
+def deal_service(args: argparse.Namespace) -> DealService:
+    if args.api:
+        if getattr(args, "policy_file", None):
+            raise CliError("--policy-file does not apply with --api: the API applies its own", 2)
+        return HttpDeals(remote.DealFlowAPI(args.api, args.token or ""))
+    policy = load_policy(getattr(args, "policy_file", None))
+    return TemporalDeals(get_settings(), args.actor, policy)
+
+
+def print_json(model: BaseModel) -> None:
+    print(model.model_dump_json(indent=2))
+
+
+async def cmd_start(args: argparse.Namespace, service: DealService) -> None:
+    created = await service.start(
+        read_json(args.file), deal_id=args.deal_id, idempotency_key=args.idempotency_key
+    )
     if args.json:
-        print(json.dumps({"deal_id": deal_id, "workflow_id": wid}))
+        print_json(created)
     else:
-        out.print(f"started deal [bold]{deal_id}[/bold] (workflow {wid})")
+        out.print(f"started deal [bold]{created.deal_id}[/bold] (workflow {created.workflow_id})")
 
 
-async def cmd_status(args: argparse.Namespace) -> None:
-    settings = get_settings()
-    client = await deals.connect(settings)
-    try:
-        st = await deals.deal_status(client, args.deal)
-    except (RPCError, RuntimeError) as e:
-        # A deal that cannot answer may be stuck: say so, from what is known.
-        found = await stuck.stuck_status(client, db.make_engine(settings.database_url), args.deal)
-        if found is None:
-            raise CliError(
-                f"deal {args.deal} cannot be read right now ({e}); retry shortly"
-            ) from None
-        st = found
+async def cmd_status(args: argparse.Namespace, service: DealService) -> None:
+    st = await service.status(args.deal)
     if args.json:
-        print(st.model_dump_json(indent=2))
+        print_json(st)
     else:
         show_status(st)
+
+
+async def cmd_list(args: argparse.Namespace, service: DealService) -> None:
+    page = await service.list(
+        DealQuery(
+            stage=args.stage,
+            lender=args.lender,
+            dealer=args.dealer,
+            overdue=args.overdue,
+            limit=args.limit,
+            cursor=args.cursor,
+        )
+    )
+    if args.json:
+        print_json(page)
+        return
+    t = Table("deal", "dealer", "stage", "lender", "financed", "next due", "waits on")
+    for d in page.deals:
+        due = f"{d.next_due_at:%Y-%m-%d %H:%M}" if d.next_due_at else ""
+        t.add_row(
+            d.deal_id,
+            d.dealer_id,
+            d.stage.value,
+            d.lender_id or "",
+            f"{d.amount_financed:,.2f}",
+            f"[red]{due}[/red]" if d.overdue else due,
+            ", ".join(d.pending_roles),
+        )
+    out.print(t)
+    if page.next_cursor:
+        out.print(f"more: --cursor {page.next_cursor}")
+
+
+async def cmd_act(args: argparse.Namespace, service: DealService) -> None:
+    payload = read_json(args.payload) if args.payload else {}
+    if not isinstance(payload, dict):
+        raise CliError("the action payload must be a JSON object", 2)
+    result = await service.act(args.deal, args.action, payload)
+    if args.json:
+        print_json(result)
+    else:
+        out.print(f"{escape(args.action)}: done")
+        show_status(result.status)
+
+
+async def cmd_cancel(args: argparse.Namespace, service: DealService) -> None:
+    result = await service.act(args.deal, "cancel", {"reason": args.reason})
+    if args.json:
+        print_json(result)
+    else:
+        show_status(result.status)
+
+
+async def cmd_upload(args: argparse.Namespace, service: DealService) -> None:
+    path = Path(args.file)
+    if not path.is_file():  # noqa: ASYNC240 - one stat before the upload starts
+        raise CliError(f"{path} is not a file", 2)
+    form = DocumentForm(
+        kind=args.kind,
+        party=args.party,
+        id_number=args.id_number,
+        period_start=args.period_start,
+        period_end=args.period_end,
+        stipulation_code=args.stipulation_code,
+    )
+    doc = await service.upload(args.deal, path, form)
+    if args.json:
+        print_json(doc)
+    else:
+        out.print(
+            f"recorded {args.party} {escape(args.kind)} from {escape(path.name)} as "
+            f"{doc.doc_id} (sha256 {doc.sha256[:12]}…); stage {doc.status.stage.value}"
+        )
 
 
 def show_health(deal_id: str, h: DealHealth) -> None:
@@ -229,222 +309,6 @@ async def cmd_heal(args: argparse.Namespace) -> None:
         out.print("  no staff action or lender event after the reset point")
 
 
-async def cmd_list(args: argparse.Namespace) -> None:
-    engine = db.make_engine(get_settings().database_url)
-    try:
-        rows, cursor = db.list_deals(
-            engine,
-            stage=args.stage,
-            lender_id=args.lender,
-            dealer_id=args.dealer,
-            limit=args.limit,
-            cursor=args.cursor,
-            overdue_at=datetime.now(UTC) if args.overdue else None,
-        )
-    except ValueError as e:
-        raise CliError(str(e), 2) from None
-    if args.json:
-        print(
-            json.dumps(
-                {"deals": [r.model_dump(mode="json") for r in rows], "next_cursor": cursor},
-                default=str,
-            )
-        )
-        return
-    t = Table("deal", "dealer", "stage", "lender", "financed", "next due", "updated")
-    for r in rows:
-        t.add_row(
-            r.deal_id,
-            r.dealer_id,
-            r.stage,
-            r.lender_id or "",
-            f"{r.amount_financed:,.2f}",
-            f"{r.next_due_at:%Y-%m-%d}" if r.next_due_at else "",
-            f"{r.updated_at:%Y-%m-%d %H:%M}",
-        )
-    out.print(t)
-    if cursor:
-        out.print(f"more: --cursor {cursor}")
-
-
-async def cmd_act(args: argparse.Namespace) -> None:
-    payload = read_json(args.payload) if args.payload else {}
-    action, inp = deals.parse_action(args.action, payload, args.actor)
-    client = await deals.connect(get_settings())
-    result = await deals.act(client, args.deal, action, inp)
-    if args.json:
-        print(result.model_dump_json(indent=2))
-    else:
-        out.print(f"{action.value}: done")
-        show_status(result.status)
-
-
-async def cmd_cancel(args: argparse.Namespace) -> None:
-    args.action, args.payload = "cancel", None
-    action, inp = deals.parse_action("cancel", {"reason": args.reason}, args.actor)
-    client = await deals.connect(get_settings())
-    result = await deals.act(client, args.deal, action, inp)
-    if args.json:
-        print(result.model_dump_json(indent=2))
-    else:
-        show_status(result.status)
-
-
-async def cmd_upload(args: argparse.Namespace) -> None:
-    settings = get_settings()
-    path = Path(args.file)
-    if not path.is_file():  # noqa: ASYNC240 - one stat before the upload starts
-        raise CliError(f"{path} is not a file", 2)
-    store = open_store(
-        settings.document_store,
-        endpoint_url=settings.s3_endpoint_url,
-        signing_secret=settings.jwt_secret,
-        api_base_url=settings.api_url,
-    )
-    client = await deals.connect(settings)
-
-    def chunks() -> Any:
-        with path.open("rb") as f:
-            while block := f.read(1 << 20):
-                yield block
-
-    result = await upload_document(
-        client,
-        store,
-        args.deal,
-        args.actor,
-        kind=args.kind,
-        party=args.party,
-        file_name=path.name,
-        data=chunks(),
-        policy=load_policy(args.policy_file),
-        id_number=args.id_number,
-        period_start=args.period_start,
-        period_end=args.period_end,
-        stipulation_code=args.stipulation_code,
-    )
-    doc = result.status
-    if args.json:
-        print(result.model_dump_json(indent=2))
-    else:
-        out.print(
-            f"recorded {args.party} {escape(args.kind)} from {escape(path.name)}; "
-            f"stage {doc.stage.value}"
-        )
-
-
-# --------------------------------------------------------------------------- API-client mode
-# `--api URL`: the same commands as a thin client of the back-office HTTP API.
-# The API validates (with the same rules) and answers; its problem detail is
-# printed as it is, and its status decides the exit code.
-
-
-def api_client(args: argparse.Namespace) -> remote.DealFlowAPI:
-    return remote.DealFlowAPI(args.api, args.token or "")
-
-
-def api_start(args: argparse.Namespace) -> None:
-    if args.deal_id or args.policy_file:
-        raise CliError(
-            "--deal-id and --policy-file do not apply with --api: the API names "
-            "the deal and applies its own DEALFLOW_POLICY_FILE",
-            2,
-        )
-    with api_client(args) as api:
-        created = api.start(read_json(args.file), args.idempotency_key)
-    if args.json:
-        print(json.dumps(created))
-    else:
-        out.print(
-            f"started deal [bold]{created['deal_id']}[/bold] (workflow {created['workflow_id']})"
-        )
-
-
-def api_status(args: argparse.Namespace) -> None:
-    with api_client(args) as api:
-        st = api.status(args.deal)
-    if args.json:
-        print(json.dumps(st, indent=2))
-    else:
-        show_status(DealStatus.model_validate(st))
-
-
-def api_list(args: argparse.Namespace) -> None:
-    with api_client(args) as api:
-        page = api.list(
-            stage=args.stage,
-            lender=args.lender,
-            dealer=args.dealer,
-            overdue=args.overdue,
-            limit=args.limit,
-            cursor=args.cursor,
-        )
-    if args.json:
-        print(json.dumps(page))
-        return
-    t = Table("deal", "dealer", "stage", "lender", "financed", "next due", "waits on")
-    for d in page["deals"]:
-        due = (d["next_due_at"] or "")[:16].replace("T", " ")
-        t.add_row(
-            d["deal_id"],
-            d["dealer_id"],
-            d["stage"],
-            d["lender_id"] or "",
-            f"{float(d['amount_financed']):,.2f}",
-            f"[red]{due}[/red]" if d["overdue"] else due,
-            ", ".join(d["pending_roles"]),
-        )
-    out.print(t)
-    if page["next_cursor"]:
-        out.print(f"more: --cursor {page['next_cursor']}")
-
-
-def api_act(args: argparse.Namespace) -> None:
-    payload = read_json(args.payload) if args.payload else {}
-    with api_client(args) as api:
-        result = api.act(args.deal, args.action, payload)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        out.print(f"{escape(args.action)}: done")
-        show_status(DealStatus.model_validate(result["status"]))
-
-
-def api_cancel(args: argparse.Namespace) -> None:
-    with api_client(args) as api:
-        result = api.act(args.deal, "cancel", {"reason": args.reason})
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        show_status(DealStatus.model_validate(result["status"]))
-
-
-def api_upload(args: argparse.Namespace) -> None:
-    if args.policy_file:
-        raise CliError("--policy-file does not apply with --api", 2)
-    path = Path(args.file)
-    if not path.is_file():
-        raise CliError(f"{path} is not a file", 2)
-    fields = {
-        "kind": args.kind,
-        "party": args.party,
-        "id_number": args.id_number or "",
-        "period_start": args.period_start.isoformat() if args.period_start else "",
-        "period_end": args.period_end.isoformat() if args.period_end else "",
-        "stipulation_code": args.stipulation_code or "",
-    }
-    with api_client(args) as api:
-        doc = api.upload(args.deal, path, fields)
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        out.print(
-            f"recorded {args.party} {escape(args.kind)} from {escape(path.name)} as "
-            f"{doc['doc_id']} (sha256 {doc['sha256'][:12]}…); "
-            f"stage {doc['status']['stage']}"
-        )
-
-
 def cmd_token(args: argparse.Namespace) -> None:
     """A development token signed with DEALFLOW_JWT_SECRET (what the API checks)."""
     try:
@@ -465,32 +329,6 @@ def cmd_token(args: argparse.Namespace) -> None:
         )
     else:
         print(token)
-
-
-API_COMMANDS = {
-    "start": api_start,
-    "status": api_status,
-    "list": api_list,
-    "act": api_act,
-    "cancel": api_cancel,
-    "upload": api_upload,
-}
-
-
-def run_api(args: argparse.Namespace) -> int:
-    """The API-client commands and `token`: plain synchronous calls, no Temporal."""
-    fn = cmd_token if args.command == "token" else API_COMMANDS.get(args.command)
-    try:
-        if fn is None:
-            raise CliError(f"{args.command} is an operator command over Temporal; drop --api", 2)
-        fn(args)
-    except CliError as e:
-        fail(f"error: {e}")
-        return e.code
-    except remote.ApiError as e:
-        fail(f"rejected ({e.status}): {e.detail}" if e.status else f"error: {e.detail}")
-        return e.exit_code
-    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -524,18 +362,15 @@ def parser() -> argparse.ArgumentParser:
         help="a role (repeat for several): " + ", ".join(r.value for r in Role),
     )
     s.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
-    s.set_defaults(fn=cmd_token)
 
     s = sub.add_parser("start", help="start a deal from a JSON file (see examples/deal.json)")
     s.add_argument("file")
     s.add_argument("--deal-id")
     s.add_argument("--policy-file", help="DealPolicy JSON (default: DEALFLOW_POLICY_FILE)")
     s.add_argument("--idempotency-key", help="with --api: retry-safe creation")
-    s.set_defaults(fn=cmd_start)
 
     s = sub.add_parser("status", help="a deal's stage, pending actions and submissions")
     s.add_argument("deal")
-    s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser("list", help="deals from the read model")
     s.add_argument("--stage")
@@ -544,11 +379,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=50)
     s.add_argument("--cursor")
     s.add_argument("--overdue", action="store_true", help="only deals past their next deadline")
-    s.set_defaults(fn=cmd_list)
 
     s = sub.add_parser("stuck", help="deals whose workflow task keeps failing (operators)")
     s.add_argument("--limit", type=int, default=1000)
-    s.set_defaults(fn=cmd_stuck)
 
     s = sub.add_parser(
         "heal",
@@ -558,18 +391,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("deal")
     s.add_argument("--reason", required=True, help="why, recorded with the reset")
     s.add_argument("--force", action="store_true", help="reset even if the deal is not stuck")
-    s.set_defaults(fn=cmd_heal)
 
     s = sub.add_parser("act", help="take a staff action (payload: JSON file or - for stdin)")
     s.add_argument("deal")
     s.add_argument("action")
     s.add_argument("payload", nargs="?")
-    s.set_defaults(fn=cmd_act)
 
     s = sub.add_parser("cancel", help="cancel a deal (runs its compensations)")
     s.add_argument("deal")
     s.add_argument("--reason", required=True)
-    s.set_defaults(fn=cmd_cancel)
 
     s = sub.add_parser("upload", help="upload a customer document and record it on the deal")
     s.add_argument("deal")
@@ -581,8 +411,32 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--period-end", type=date.fromisoformat)
     s.add_argument("--stipulation-code")
     s.add_argument("--policy-file")
-    s.set_defaults(fn=cmd_upload)
     return p
+
+
+# Commands on deals, over either transport; the rest are operator commands.
+DEAL_COMMANDS = {
+    "start": cmd_start,
+    "status": cmd_status,
+    "list": cmd_list,
+    "act": cmd_act,
+    "cancel": cmd_cancel,
+    "upload": cmd_upload,
+}
+OPERATOR_COMMANDS = {"stuck": cmd_stuck, "heal": cmd_heal}
+
+
+async def run_command(args: argparse.Namespace) -> None:
+    if args.command in OPERATOR_COMMANDS:
+        if args.api:
+            raise CliError(f"{args.command} is an operator command over Temporal; drop --api", 2)
+        await OPERATOR_COMMANDS[args.command](args)
+        return
+    service = deal_service(args)
+    try:
+        await DEAL_COMMANDS[args.command](args, service)
+    finally:
+        await service.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -591,13 +445,17 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         fail(f"error: {e}")
         return e.code
-    if args.api or args.command == "token":
-        return run_api(args)
     try:
-        asyncio.run(args.fn(args))
-    except CliError as e:
+        if args.command == "token":
+            cmd_token(args)
+        else:
+            asyncio.run(run_command(args))
+    except (CliError, ServiceError) as e:
         fail(f"error: {e}")
         return e.code
+    except remote.ApiError as e:
+        fail(f"rejected ({e.status}): {e.detail}" if e.status else f"error: {e.detail}")
+        return e.exit_code
     except rules.RuleError as e:
         fail(f"rejected: {e.message}")
         return EXIT[e.kind]

@@ -60,9 +60,11 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from dealflow.models import (
     CompensationInput,
+    DealSummary,
     DocumentRecord,
     NotificationInput,
     ProjectionInput,
+    Stage,
 )
 
 if __name__ == "__main__":
@@ -477,6 +479,26 @@ def _upsert_deal_statement(dialect: str) -> Any:
         set_={k: stmt.excluded[k] for k in columns},
         where=DEALS.c.version < stmt.excluded.version,
     ).returning(DEALS.c.deal_id)
+
+
+def deal_summary(row: DealRow, now: datetime) -> DealSummary:
+    """A read-model row as the API and the CLI show it."""
+    return DealSummary(
+        deal_id=row.deal_id,
+        workflow_id=row.workflow_id,
+        dealer_id=row.dealer_id,
+        stage=Stage(row.stage),
+        stage_entered_at=row.stage_entered_at,
+        lender_id=row.lender_id,
+        vehicle_price=row.vehicle_price,
+        amount_financed=row.amount_financed,
+        approved_amount=row.approved_amount,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        next_due_at=row.next_due_at,
+        overdue=row.next_due_at is not None and row.next_due_at < now,
+        pending_roles=row.pending_role_list,
+    )
 
 
 def get_deal(engine: Engine, deal_id: str) -> DealRow | None:

@@ -36,10 +36,11 @@ from temporalio.service import RPCError
 
 from dealflow import client as deals
 from dealflow import db
+from dealflow.api.auth import mint_token
 from dealflow.config import ROOT, Settings
 from dealflow.demo import DEMO_POLICY, Robot, Scenario
 from dealflow.docstore import open_store
-from dealflow.models import DealInput, DealStatus, Stage
+from dealflow.models import DealInput, DealStatus, Role, Stage
 from dealflow.stack import pid_alive
 from workflows import DealWorkflow
 
@@ -317,6 +318,21 @@ async def test_deals_run_to_their_end_over_real_processes(e2e: E2E, client: Clie
         assert rows[deal_id]["lender_id"] == st.lender_id, (rows[deal_id], st.lender_id)
     shown = await e2e.starter("status", cli_deal)
     assert (shown["deal_id"], shown["stage"]) == (cli_deal, "COMPLETED")
+
+    # One implementation per command: over Temporal or through the HTTP API,
+    # `list` and `status` print the same thing.
+    token = mint_token(e2e.settings.jwt_secret, "credit-01", [Role.CREDIT])
+    over_api = ("--api", e2e.settings.api_url, "--token", token)
+    for command in (("list", "--limit", "100"), ("status", cli_deal)):
+        direct = await e2e.arun(PYTHON, str(ROOT / "starter.py"), *command)
+        via_api = await e2e.arun(PYTHON, str(ROOT / "starter.py"), *over_api, *command)
+        assert direct.returncode == via_api.returncode == 0, (direct.stderr, via_api.stderr)
+        assert direct.stdout == via_api.stdout, command
+        as_json = [
+            await e2e.arun(PYTHON, str(ROOT / "starter.py"), *prefix, "--json", *command)
+            for prefix in ((), over_api)
+        ]
+        assert json.loads(as_json[0].stdout) == json.loads(as_json[1].stdout), command
 
 
 async def test_worker_killed_mid_deal_resumes_after_stack_up(e2e: E2E, client: Client) -> None:

@@ -19,11 +19,10 @@ import json
 import logging
 import re
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, create_model
 from sqlalchemy import delete
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -38,7 +37,9 @@ from dealflow.models import (
     ACTION_INPUTS,
     Action,
     ActionResult,
+    DealCreated,
     DealInput,
+    DealPage,
     DealStatus,
     Stage,
     StartDealInput,
@@ -78,56 +79,6 @@ def roles_of(allowed: frozenset, what: str) -> Any:
 
 
 # --------------------------------------------------------------------------- models
-
-
-class DealCreated(BaseModel):
-    deal_id: str = Field(examples=["20261128-3f9a0c1e"])
-    workflow_id: str = Field(examples=["deal-20261128-3f9a0c1e"])
-
-
-class DealSummary(BaseModel):
-    """One row of the read model (a projection of the workflow; it may lag by a moment)."""
-
-    deal_id: str
-    workflow_id: str
-    dealer_id: str
-    stage: Stage
-    stage_entered_at: datetime
-    lender_id: str | None
-    vehicle_price: Decimal
-    amount_financed: Decimal
-    approved_amount: Decimal | None
-    created_at: datetime
-    updated_at: datetime
-    next_due_at: datetime | None = Field(description="the deal's next deadline or reminder")
-    overdue: bool = Field(description="next_due_at has passed")
-    pending_roles: list[str] = Field(description="whose desk the deal waits on")
-
-
-class DealPage(BaseModel):
-    deals: list[DealSummary]
-    next_cursor: str | None = Field(
-        description="pass as `cursor` for the next page; null on the last page"
-    )
-
-
-def _summary(row: db.DealRow, now: datetime) -> DealSummary:
-    return DealSummary(
-        deal_id=row.deal_id,
-        workflow_id=row.workflow_id,
-        dealer_id=row.dealer_id,
-        stage=Stage(row.stage),
-        stage_entered_at=row.stage_entered_at,
-        lender_id=row.lender_id,
-        vehicle_price=row.vehicle_price,
-        amount_financed=row.amount_financed,
-        approved_amount=row.approved_amount,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        next_due_at=row.next_due_at,
-        overdue=row.next_due_at is not None and row.next_due_at < now,
-        pending_roles=row.pending_role_list,
-    )
 
 
 def _example_deal() -> dict[str, Any]:
@@ -335,7 +286,7 @@ async def list_deals(
         )
     except ValueError as e:
         raise Problem(422, str(e)) from None
-    return DealPage(deals=[_summary(r, now) for r in rows], next_cursor=next_cursor)
+    return DealPage(deals=[db.deal_summary(r, now) for r in rows], next_cursor=next_cursor)
 
 
 @router.get(

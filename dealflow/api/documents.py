@@ -58,9 +58,9 @@ from dealflow.docstore import (
 )
 from dealflow.models import (
     Action,
-    DealStatus,
     DocumentKind,
     DocumentRecord,
+    DocumentUploaded,
     Party,
     RecordDocumentInput,
 )
@@ -85,18 +85,6 @@ SERVED_TYPES = ("application/pdf", "image/jpeg", "image/png", "application/octet
 
 
 # --------------------------------------------------------------------------- models
-
-
-class DocumentUploaded(BaseModel):
-    doc_id: str | None = Field(description="the document's id on the deal")
-    deal_id: str
-    kind: DocumentKind
-    party: Party
-    file_name: str
-    content_type: str = Field(description="sniffed from the file's bytes")
-    size: int
-    sha256: str
-    status: DealStatus = Field(description="the deal after the document was recorded")
 
 
 class DocumentInfo(BaseModel):
