@@ -387,10 +387,11 @@ class Desk:
     async def result(self) -> DealStatus:
         """Wait for the deal to end, letting time skip to its next timers (only a
         handle from start_workflow does that by itself on the test server)."""
-        handle = self.client.get_workflow_handle_for(
-            DealWorkflow.run, deals.workflow_id(self.deal_id)
+        handle = self.client.get_workflow_handle(
+            deals.workflow_id(self.deal_id), result_type=DealStatus
         )
-        return await result_skipping_time(self.env, handle)
+        status: DealStatus = await result_skipping_time(self.env, handle)
+        return status
 
 
 async def result_skipping_time(env: WorkflowEnvironment, handle: Any) -> Any:

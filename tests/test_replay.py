@@ -33,7 +33,7 @@ from activities import DealActivities
 from dealflow import audit, codec, db
 from dealflow.config import LenderConfig
 from dealflow.docstore import LocalDirectoryStore
-from dealflow.models import Actor, DealPolicy, Role, Stage
+from dealflow.models import Actor, DealPolicy, DealStatus, Role, Stage
 from dealflow.samples import example_deal
 from tests.desk import result_skipping_time
 from tests.histories.variants import PATCH_ID, PatchedWelcome, UnpatchedWelcome
@@ -156,8 +156,8 @@ async def test_new_deals_take_the_patched_path(
                     Actor(staff_id="sales-01", role=Role.SALES),
                 )
                 await deals.start_deal(ts_env.client, tq, inp)
-                handle = ts_env.client.get_workflow_handle_for(
-                    DealWorkflow.run, deals.workflow_id(deal_id)
+                handle = ts_env.client.get_workflow_handle(
+                    deals.workflow_id(deal_id), result_type=DealStatus
                 )
                 # The contract deadline expires the deal.
                 status = await result_skipping_time(ts_env, handle)
