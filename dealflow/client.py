@@ -195,6 +195,8 @@ def transient(e: Exception) -> bool:
             RPCStatusCode.RESOURCE_EXHAUSTED,
         )
         or "Workflow Task in failed state" in e.message
+        # A query while the worker reconnects after a server restart.
+        or "no poller seen" in e.message
         # A call's own deadline ("Timeout expired") or a connection the server
         # dropped ("h2 protocol error"): the Rust client reports CANCELLED.
         or e.status is RPCStatusCode.CANCELLED
@@ -454,7 +456,9 @@ async def _status_after(client: Client, deal_id: str, patience: float) -> DealSt
     # being retried must not turn that into an error, so transient refusals of
     # the query are asked again. A short RPC deadline per try, because a query
     # that races a new run's first task can go unanswered.
-    deadline = time.monotonic() + patience
+    # It waits as long as an action's outcome is awaited: answering an error
+    # for an action that was applied would have the caller take it again.
+    deadline = time.monotonic() + max(patience, ACT_OUTCOME_WAIT_SECONDS)
     delay = 0.2
     while True:
         try:
