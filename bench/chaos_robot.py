@@ -155,7 +155,10 @@ class Robot:
         self.actions = 0
         self.in_flight = 0  # staff updates sent and not yet answered
         self.deadline = float("inf")
-        self.http = httpx.AsyncClient(timeout=30, trust_env=False)
+        # Longer than the API waits for an action's outcome while Temporal is
+        # away (dealflow.client.ACT_OUTCOME_WAIT_SECONDS): a clerk's retry of a
+        # request still in flight would race the first one.
+        self.http = httpx.AsyncClient(timeout=150, trust_env=False)
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -233,10 +233,14 @@ class ResetPlan:
     # The whole history replays: the deal is stuck on what the server refuses,
     # not on a divergence, and a reset drops only failed attempts.
     replays_whole: bool
+    # The task reset to carried a staff update together with another new event
+    # (a lender event, a timer, an activity result): the SDK may apply the two
+    # in one order live and in the other on replay, whatever the workflow does.
+    update_with_other_event: bool
 
     @property
     def automatic(self) -> bool:
-        return self.after_interrupted_task or self.replays_whole
+        return self.after_interrupted_task or self.replays_whole or self.update_with_other_event
 
 
 async def plan_reset(
@@ -263,7 +267,39 @@ async def plan_reset(
             for e in before[-INTERRUPTION_WINDOW:]
         ),
         replays_whole=whole.replay_failure is None,
+        update_with_other_event=_update_with_other_event(events, index, before),
     )
+
+
+_NEW_EVENTS = (
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED,
+    EventType.EVENT_TYPE_TIMER_FIRED,
+    EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED,
+    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED,
+    EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT,
+)
+
+
+def _update_with_other_event(
+    events: Sequence[HistoryEvent], index: int, before: Sequence[HistoryEvent]
+) -> bool:
+    """Did the task completed at `index` accept an update and also take in
+    another event that arrived since the last completed task?"""
+    last_done = next(
+        (
+            e.event_id
+            for e in reversed(before)
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+        ),
+        0,
+    )
+    arrived = any(e.event_type in _NEW_EVENTS and e.event_id > last_done for e in events[:index])
+    commands = []
+    for e in events[index + 1 :]:
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
+            break
+        commands.append(e.event_type)
+    return arrived and EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED in commands
 
 
 async def heal(

@@ -91,3 +91,17 @@ async def test_a_timer_that_fired_across_an_interrupted_task_is_healed_unattende
     assert plan.after_interrupted_task and plan.automatic
     kept = WorkflowHistory(history.workflow_id, list(history.events)[: plan.index])
     assert (await _replayer().replay_workflow(kept)).replay_failure is None
+
+
+async def test_a_task_that_took_an_update_and_a_timer_together_is_healed_unattended() -> None:
+    """Captured from chaos server-kill at 300 deals: one task took a follow-up
+    timer and a staff update; the live worker applied the timer first, a replay
+    applies the update first. No task was interrupted before it."""
+    history = _load(FIXTURES / "wedged_timer_and_update_in_one_task.json")
+    result = await _replayer().replay_workflow(history, raise_on_replay_failure=False)
+    assert "Nondeterminism" in str(result.replay_failure)
+    plan = await stuck.plan_reset(codec_data_converter(), history)
+    assert not plan.after_interrupted_task and plan.update_with_other_event
+    assert plan.automatic
+    kept = WorkflowHistory(history.workflow_id, list(history.events)[: plan.index])
+    assert (await _replayer().replay_workflow(kept)).replay_failure is None
