@@ -41,7 +41,6 @@ from dealflow.docstore import DocumentStore, DocumentStoreError, DocumentStoreUn
 from dealflow.models import Action, Actor, DealInput, DealPolicy, DealStatus, Role, Stage
 from dealflow.samples import example_action, example_deal, sample_documents, stipulation_document
 from dealflow.uploads import upload_document
-from workflows import DealWorkflow
 
 T = TypeVar("T")
 
@@ -237,10 +236,7 @@ class Robot:
         return await self.call("status", deals.deal_status, self.client, run.deal_id)
 
     async def result(self, run: DealRun) -> DealStatus:
-        handle = self.client.get_workflow_handle_for(
-            DealWorkflow.run, deals.workflow_id(run.deal_id)
-        )
-        return await self.call("result", handle.result, per_try=120)
+        return await self.call("result", deals.deal_result, self.client, run.deal_id, per_try=120)
 
     async def drive(self, run: DealRun) -> None:
         """Start the deal and do its back-office steps until it closes."""

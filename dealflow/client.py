@@ -24,6 +24,7 @@ from temporalio.api.workflowservice.v1 import UpdateWorkflowExecutionRequest
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
+    WorkflowFailureError,
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
@@ -157,6 +158,22 @@ async def start_deal(client: Client, task_queue: str, inp: StartDealInput) -> st
 
 def _handle(client: Client, deal_id: str) -> WorkflowHandle[Any, Any]:
     return client.get_workflow_handle(workflow_id(deal_id))
+
+
+async def deal_result(client: Client, deal_id: str) -> DealStatus:
+    """The deal's final status, following its runs: continue-as-new (the SDK
+    follows those) and a reset by `dealflow.stuck.heal`, which terminates the
+    run it replaces and starts the one that carries the deal on."""
+    while True:
+        handle = _handle(client, deal_id)
+        run_id = (await handle.describe()).run_id
+        try:
+            return await client.get_workflow_handle(
+                workflow_id(deal_id), run_id=run_id, result_type=DealStatus
+            ).result()
+        except WorkflowFailureError:
+            if (await handle.describe()).run_id == run_id:
+                raise
 
 
 async def deal_status(client: Client, deal_id: str, rpc_timeout: float = 10.0) -> DealStatus:

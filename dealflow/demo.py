@@ -33,7 +33,6 @@ from dealflow.docstore import DocumentStore, open_store
 from dealflow.models import Action, Actor, DealInput, DealPolicy, DealStatus, Stage
 from dealflow.samples import example_action, example_deal, sample_documents, stipulation_document
 from dealflow.uploads import upload_document
-from workflows import DealWorkflow
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 
@@ -315,10 +314,7 @@ async def main(argv: list[str] | None = None) -> int:
                 console.print(f"  {deal_id}  [cyan]{st.stage.value:<13}[/] {reason}")
             if st.stage.terminal:
                 # The deal closes after its compensations ran: wait for that.
-                handle = client.get_workflow_handle_for(
-                    DealWorkflow.run, deals.workflow_id(deal_id)
-                )
-                finals[deal_id] = await retrying("result", handle.result)
+                finals[deal_id] = await retrying("result", deals.deal_result, client, deal_id)
                 continue
             await robot.step(deal_id, deal, sc, st)
         await asyncio.sleep(0.3)

@@ -126,5 +126,7 @@ async def test_a_stuck_deal_is_listed_marked_and_healed_without_losing_its_actio
         assert not (await stuck.deal_health(client, deal_id)).stuck
         # ...and it moves on.
         assert await _act(dev_stack, deal_id, Action.CANCEL) is Stage.CANCELLED
+        # The deal's result follows it past the reset (the old run was terminated).
+        assert (await deals.deal_result(client, deal_id)).stage is Stage.CANCELLED
     with pytest.raises(stuck.HealError, match="not stuck"):
         await stuck.heal(client, deal_id, reason="again")
