@@ -409,7 +409,9 @@ class Robot:
                 files={"file": (file_name, data)},
             )
 
-        resp = await self.call("upload", post)
+        # As long as the HTTP client waits (see __init__): a second upload while
+        # the first is still in flight would race it.
+        resp = await self.call("upload", post, per_try=150)
         if resp.status_code == 201:
             return
         if resp.status_code in (502, 503, 504):

@@ -214,6 +214,8 @@ def transient(e: Exception) -> bool:
         or "Workflow Task in failed state" in e.message
         # A query while the worker reconnects after a server restart.
         or "no poller seen" in e.message
+        # The task that carried the update failed: it was not applied.
+        or "unexpected workflow task failure" in e.message
         # A call's own deadline ("Timeout expired") or a connection the server
         # dropped ("h2 protocol error"): the Rust client reports CANCELLED.
         or e.status is RPCStatusCode.CANCELLED
