@@ -376,7 +376,8 @@ async def amain(argv: list[str] | None = None) -> int:
         console.print(
             f"[{'green' if ok else 'red'}]chaos: {'PASS' if ok else 'FAIL'}[/] "
             f"in {total:.0f}s; {robot.actions} staff actions, "
-            f"{robot.retries} transport retries by the back office"
+            f"{robot.retries} transport retries by the back office, "
+            f"{robot.unconfirmed} uploads answered 'not confirmed yet'"
         )
     finally:
         await asyncio.to_thread(stack.down)

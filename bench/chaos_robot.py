@@ -153,6 +153,7 @@ class Robot:
         self.retries = 0
         self.actions = 0
         self.in_flight = 0  # staff updates sent and not yet answered
+        self.unconfirmed = 0  # uploads answered "not confirmed yet, may still be applied"
         self.deadline = float("inf")
         # Longer than the API waits for an action's outcome while Temporal is
         # away (dealflow.client.ACT_OUTCOME_WAIT_SECONDS): a clerk's retry of a
@@ -413,6 +414,11 @@ class Robot:
         # the first is still in flight would race it.
         resp = await self.call("upload", post, per_try=150)
         if resp.status_code == 201:
+            return
+        if resp.status_code == 503 and "may still be applied" in resp.text:
+            # Temporal had not confirmed the record-document update in time: as
+            # the answer says, the clerk reads the deal before uploading again.
+            self.unconfirmed += 1
             return
         if resp.status_code in (502, 503, 504):
             raise _UploadRefused(resp.status_code, resp.text[:300])
