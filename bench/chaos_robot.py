@@ -276,7 +276,7 @@ class Robot:
         act = Action(action)
         payload = {**example_action(action, datetime.now(UTC).date()), **changes}
         a, inp = deals.parse_action(action, payload, self.actor(act))
-        update_id = f"chaos:{run.deal_id}:{action}:{st.version}"
+        update_id = deals.decision_update_id("chaos", st, action)
         self.in_flight += 1
         try:
             res = await self.call(

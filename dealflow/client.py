@@ -85,6 +85,16 @@ def new_deal_id(now: datetime | None = None) -> str:
     return f"{now:%Y%m%d}-{secrets.token_hex(4)}"
 
 
+def decision_update_id(source: str, status: DealStatus, action: str) -> str:
+    """An update id for an action decided on `status`: the same decision retried
+    keeps it, so Temporal applies it once. The version alone would repeat after
+    a reset by `dealflow.stuck.heal` (the new run counts again from the reset
+    point, and the replaced run's ids are not the new run's), so the time the
+    deal entered its stage, which the new run records anew, is part of it."""
+    entered = int(status.stage_entered_at.timestamp() * 1000)
+    return f"{source}:{status.deal_id}:{action}:{status.version}:{entered}"
+
+
 def format_validation_error(e: ValidationError) -> str:
     parts = []
     for err in e.errors():

@@ -166,7 +166,7 @@ class Robot:
                 deal_id,
                 a,
                 inp,
-                update_id=f"demo:{deal_id}:{action}:{st.version}",
+                update_id=deals.decision_update_id("demo", st, action),
             )
         except rules.RuleError as e:
             # Someone (or an earlier run of this robot) got there first.
