@@ -670,369 +670,429 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
     escalation and compensation of a deal, in history order, decoded."""
     if not runs:
         raise AuditError("no history to read")
-    entries: list[Entry] = []
     errors: list[str] = []
     decoded_runs = []
     for run in runs:
         dec, errs = decode_events(run.events, keyring, strict=False)
         errors += errs
         decoded_runs.append(dec)
+    builder = _TimelineBuilder(runs[0].deal_id, _workflow_record(decoded_runs))
+    for run, dec in zip(runs, decoded_runs, strict=True):
+        builder.read_run(run, dec)
+    return Timeline(
+        deal_id=builder.deal_id,
+        workflow_id=runs[0].workflow_id,
+        runs=builder.run_info,
+        entries=builder.entries,
+        decode_errors=sorted(set(errors)),
+    )
 
-    # The workflow's own record of transitions (with reasons), decisions and
-    # compensations travels in update results, continue-as-new inputs and the
-    # final result: the longest list is the latest.
-    transitions: list[dict[str, Any]] = []
-    decisions: dict[str, dict[str, Any]] = {}
 
-    def snapshot(state: Any) -> None:
-        nonlocal transitions
+@dataclass
+class _WorkflowRecord:
+    """The workflow's own record of transitions (with reasons) and lender
+    decisions, as it travels in update results, continue-as-new inputs and the
+    final result: the longest list of transitions is the latest."""
+
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def take(self, state: Any) -> None:
         if not isinstance(state, dict):
             return
-        ts = state.get("transitions")
-        if isinstance(ts, list) and len(ts) >= len(transitions):
-            transitions = ts
+        found = state.get("transitions")
+        if isinstance(found, list) and len(found) >= len(self.transitions):
+            self.transitions = found
         for sub in state.get("submissions") or []:
-            for d in sub.get("decisions") or []:
-                if isinstance(d, dict) and d.get("webhook_id"):
-                    decisions[d["webhook_id"]] = d
+            for decision in sub.get("decisions") or []:
+                if isinstance(decision, dict) and decision.get("webhook_id"):
+                    self.decisions[decision["webhook_id"]] = decision
 
-    for dec in decoded_runs:
-        for e in dec:
+
+def _workflow_record(decoded_runs: Sequence[Sequence[HistoryEvent]]) -> _WorkflowRecord:
+    record = _WorkflowRecord()
+    for events in decoded_runs:
+        for e in events:
             if e.HasField("workflow_execution_update_completed_event_attributes"):
-                out = e.workflow_execution_update_completed_event_attributes.outcome
-                if out.HasField("success"):
-                    v = _first(out.success)
-                    snapshot(v.get("status") if isinstance(v, dict) else None)
+                outcome = e.workflow_execution_update_completed_event_attributes.outcome
+                if outcome.HasField("success"):
+                    value = _first(outcome.success)
+                    record.take(value.get("status") if isinstance(value, dict) else None)
             elif e.HasField("workflow_execution_completed_event_attributes"):
-                snapshot(_first(e.workflow_execution_completed_event_attributes.result))
+                record.take(_first(e.workflow_execution_completed_event_attributes.result))
             elif e.HasField("workflow_execution_started_event_attributes"):
-                v = _first(e.workflow_execution_started_event_attributes.input)
-                snapshot(v.get("state") if isinstance(v, dict) else None)
+                value = _first(e.workflow_execution_started_event_attributes.input)
+                record.take(value.get("state") if isinstance(value, dict) else None)
+    return record
 
-    cur = {"stage": ""}  # the deal's stage as the events go by
-    stage_no = 0
-    deal_id = runs[0].deal_id
-    run_info = []
-    for run, dec in zip(runs, decoded_runs, strict=True):
-        scheduled: dict[int, Entry] = {}
-        timers: dict[int, HistoryEvent] = {}
-        updates: dict[str, Entry] = {}
-        rn = run.run_no
-        run_info.append(
+
+_ACTIVITY_ENDS = (
+    E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED,
+    E.EVENT_TYPE_ACTIVITY_TASK_FAILED,
+    E.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT,
+    E.EVENT_TYPE_ACTIVITY_TASK_CANCELED,
+)
+
+
+class _TimelineBuilder:
+    """Reads a deal's runs event by event: one small handler per event kind,
+    each named for what it shows (`_HANDLERS` maps the kinds to them)."""
+
+    def __init__(self, deal_id: str, record: _WorkflowRecord) -> None:
+        self.deal_id = deal_id
+        self.record = record
+        self.entries: list[Entry] = []
+        self.run_info: list[dict[str, Any]] = []
+        self.stage = ""  # the deal's stage as the events go by
+        self.stage_no = 0
+        self.run: RunHistory | None = None
+        # Per run: activities and timers by the event that started them, updates by id.
+        self.scheduled: dict[int, Entry] = {}
+        self.timers: dict[int, HistoryEvent] = {}
+        self.updates: dict[str, Entry] = {}
+
+    def read_run(self, run: RunHistory, events: Sequence[HistoryEvent]) -> None:
+        self.run = run
+        self.scheduled, self.timers, self.updates = {}, {}, {}
+        self.run_info.append(
             {
-                "run_no": rn,
+                "run_no": run.run_no,
                 "run_id": run.run_id,
                 "events": len(run.events),
                 "started": _time(run.events[0]).isoformat(),
                 "ended": _time(run.events[-1]).isoformat(),
             }
         )
+        for e in events:
+            handler = _HANDLERS.get(e.event_type)
+            if handler is not None:
+                handler(self, e)
 
-        def add(
-            e: HistoryEvent,
-            kind: str,
-            actor: str,
-            action: str,
-            details: str,
-            data: dict[str, Any] | None = None,
-            at: datetime | None = None,
-            rn: int = rn,
-        ) -> Entry:
-            entry = Entry(
-                at or _time(e),
-                rn,
-                e.event_id,
-                cur["stage"],
-                kind,
-                actor,
-                action,
-                details,
-                data or {},
+    def add(
+        self,
+        e: HistoryEvent,
+        kind: str,
+        actor: str,
+        action: str,
+        details: str,
+        data: dict[str, Any] | None = None,
+    ) -> Entry:
+        assert self.run is not None
+        entry = Entry(
+            _time(e),
+            self.run.run_no,
+            e.event_id,
+            self.stage,
+            kind,
+            actor,
+            action,
+            details,
+            data or {},
+        )
+        self.entries.append(entry)
+        return entry
+
+    # ------------------------------------------------------------------ the deal
+
+    def deal_started(self, e: HistoryEvent) -> None:
+        attrs = e.workflow_execution_started_event_attributes
+        inp = _first(attrs.input) or {}
+        if isinstance(inp, dict):
+            self.deal_id = inp.get("deal_id", self.deal_id)
+        if attrs.continued_execution_run_id:
+            assert self.run is not None
+            self.add(
+                e,
+                "deal",
+                "dealflow (system)",
+                "run continued",
+                f"run {self.run.run_no} continues run {attrs.continued_execution_run_id}",
             )
-            entries.append(entry)
-            return entry
+            return
+        stage = attrs.search_attributes.indexed_fields.get("DealStage")
+        if stage is not None:
+            self.stage = str(value_of(stage))
+        deal = inp.get("deal", {}) if isinstance(inp, dict) else {}
+        vehicle = deal.get("vehicle", {})
+        details = "; ".join(
+            part
+            for part in [
+                f"dealer {deal.get('dealer_id')}",
+                f"vehicle {vehicle.get('make')} {vehicle.get('model')} "
+                f"({vehicle.get('condition')}) price {_money(vehicle.get('price'))}",
+                f"down payment {_money(deal.get('down_payment'))}",
+                f"term {deal.get('term_months')} months",
+                f"product {deal.get('product')}",
+                "lenders " + " > ".join(deal.get("lender_ids") or []),
+            ]
+            if part
+        )
+        self.add(
+            e,
+            "deal",
+            _actor(inp.get("created_by")),
+            "deal started",
+            details,
+            {"input": {k: v for k, v in inp.items() if k != "state"}},
+        )
 
-        a: Any  # the event's attributes, of the type its event type says
-        for e in dec:
-            t = e.event_type
-            if t == E.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-                a = e.workflow_execution_started_event_attributes
-                inp = _first(a.input) or {}
-                deal_id = inp.get("deal_id", deal_id) if isinstance(inp, dict) else deal_id
-                if a.continued_execution_run_id:
-                    add(
-                        e,
-                        "deal",
-                        "dealflow (system)",
-                        "run continued",
-                        f"run {rn} continues run {a.continued_execution_run_id}",
-                    )
-                    continue
-                sa = a.search_attributes.indexed_fields.get("DealStage")
-                if sa is not None:
-                    cur["stage"] = str(value_of(sa))
-                deal = inp.get("deal", {}) if isinstance(inp, dict) else {}
-                veh = deal.get("vehicle", {})
-                details = "; ".join(
-                    x
-                    for x in [
-                        f"dealer {deal.get('dealer_id')}",
-                        f"vehicle {veh.get('make')} {veh.get('model')} ({veh.get('condition')}) "
-                        f"price {_money(veh.get('price'))}",
-                        f"down payment {_money(deal.get('down_payment'))}",
-                        f"term {deal.get('term_months')} months",
-                        f"product {deal.get('product')}",
-                        "lenders " + " > ".join(deal.get("lender_ids") or []),
-                    ]
-                    if x
-                )
-                add(
-                    e,
-                    "deal",
-                    _actor(inp.get("created_by")),
-                    "deal started",
-                    details,
-                    {"input": {k: v for k, v in inp.items() if k != "state"}},
-                )
-            elif t == E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
-                sa = e.upsert_workflow_search_attributes_event_attributes.search_attributes
-                p = sa.indexed_fields.get("DealStage")
-                if p is None:
-                    continue
-                to = str(value_of(p))
-                tr = transitions[stage_no] if stage_no < len(transitions) else None
-                stage_no += 1
-                if tr is not None and tr.get("to_stage") != to:
-                    tr = None
-                frm = (tr or {}).get("from_stage") or (cur["stage"] if stage_no > 1 else None)
-                cur["stage"] = to
-                add(
-                    e,
-                    "stage",
-                    _actor((tr or {}).get("actor", "dealflow/system")),
-                    f"{frm or 'start'} → {to}",
-                    (tr or {}).get("reason", ""),
-                    {"transition": tr} if tr else {},
-                )
-            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
-                a = e.workflow_execution_update_accepted_event_attributes
-                req = a.accepted_request
-                args = _first(req.input.args) or {}
-                entry = add(
-                    e,
-                    "action",
-                    _actor(args.get("actor") if isinstance(args, dict) else None),
-                    req.input.name,
-                    _summary(args),
-                    {"input": args},
-                )
-                updates[req.meta.update_id or a.protocol_instance_id] = entry
-            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED:
-                a = e.workflow_execution_update_completed_event_attributes
-                entry_or_none = updates.get(a.meta.update_id)
-                if entry_or_none is None:
-                    continue
-                if a.outcome.HasField("failure"):
-                    entry_or_none.details += f" — FAILED: {failure_text(a.outcome.failure)}"
-                else:
-                    v = _first(a.outcome.success)
-                    res: dict[str, Any] = v if isinstance(v, dict) else {}
-                    # A receipt holds the stage; deals from before receipts
-                    # returned the whole status.
-                    old = res.get("status")
-                    st: dict[str, Any] = old if isinstance(old, dict) else {}
-                    entry_or_none.data["result_stage"] = res.get("stage") or st.get("stage")
-            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
-                a = e.workflow_execution_signaled_event_attributes
-                v = _first(a.input)
-                if a.signal_name == names.LENDER_EVENT and isinstance(v, dict):
-                    action, details, data = _lender_details(v)
-                    rec = decisions.get(str(v.get("webhook_id")))
-                    if rec is not None and rec.get("applied") is False:
-                        details += f"; NOT APPLIED: {rec.get('note')}"
-                    add(
-                        e,
-                        "lender",
-                        f"lender {v.get('lender_id')}",
-                        action,
-                        details,
-                        {"event": data},
-                    )
-                else:
-                    add(e, "signal", a.identity, a.signal_name, _summary(v), {"input": v})
-            elif t == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-                a = e.activity_task_scheduled_event_attributes
-                name = a.activity_type.name
-                v = _first(a.input)
-                v = v if isinstance(v, dict) else {}
-                if name in _BOOKKEEPING:
-                    continue
-                if name == names.NOTIFY:
-                    kind = _NOTICE_KINDS.get(str(v.get("kind")), "notice")
-                    roles = ", ".join(v.get("roles") or [])
-                    entry = add(
-                        e,
-                        kind,
-                        "dealflow (system)",
-                        str(v.get("kind")),
-                        f"{v.get('message')}" + (f" (to {roles})" if roles else ""),
-                        {"notification": v},
-                    )
-                elif name in (names.SEND_APPLICATION, names.SUBMIT_APPLICATION):
-                    # send_application carries the package prepared once;
-                    # deals from before it used submit_application.
-                    sent = v.get("package")
-                    package: dict[str, Any] = sent if isinstance(sent, dict) else v
-                    docs = package.get("documents") or []
-                    entry = add(
-                        e,
-                        "lender",
-                        "dealflow (system)",
-                        "application submitted",
-                        f"to {v.get('lender_id')} (submission {v.get('submission_no')}, "
-                        f"{len(docs)} documents)",
-                        {"activity": name},
-                    )
-                elif name == names.REQUEST_DISBURSEMENT:
-                    entry = add(
-                        e,
-                        "lender",
-                        "dealflow (system)",
-                        "disbursement requested",
-                        f"from {v.get('lender_id')} application {v.get('application_ref')}"
-                        f" attempt {v.get('attempt')} amount {_money(v.get('amount'))}",
-                        {"activity": name},
-                    )
-                elif name == names.WITHDRAW_APPLICATION:
-                    entry = add(
-                        e,
-                        "compensation",
-                        "dealflow (system)",
-                        "withdraw application",
-                        f"{v.get('lender_id')} application {v.get('application_ref')}: "
-                        f"{v.get('reason')}",
-                        {"activity": name, "input": v},
-                    )
-                elif name == names.RECORD_COMPENSATION:
-                    entry = add(
-                        e,
-                        "compensation",
-                        "dealflow (system)",
-                        str(v.get("kind")),
-                        _summary(v.get("detail") or {}),
-                        {"activity": name, "input": v},
-                    )
-                else:
-                    entry = add(
-                        e,
-                        "system",
-                        "dealflow (system)",
-                        f"activity {name}",
-                        _summary(v),
-                        {"activity": name},
-                    )
-                scheduled[e.event_id] = entry
-            elif t in (
-                E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED,
-                E.EVENT_TYPE_ACTIVITY_TASK_FAILED,
-                E.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT,
-                E.EVENT_TYPE_ACTIVITY_TASK_CANCELED,
-            ):
-                attrs: Any = (
-                    e.activity_task_completed_event_attributes
-                    if t == E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
-                    else e.activity_task_failed_event_attributes
-                    if t == E.EVENT_TYPE_ACTIVITY_TASK_FAILED
-                    else e.activity_task_timed_out_event_attributes
-                    if t == E.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT
-                    else e.activity_task_canceled_event_attributes
-                )
-                sched = scheduled.get(attrs.scheduled_event_id)
-                if sched is None:
-                    continue
-                sched.data["finished_at"] = _time(e).isoformat()
-                if t == E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-                    sched.data["outcome"] = "done"
-                    res = _first(e.activity_task_completed_event_attributes.result)
-                    if isinstance(res, dict) and res.get("application_ref"):
-                        sched.details += f"; acknowledged as {res['application_ref']}"
-                    elif sched.kind == "compensation":
-                        sched.details += " — done"
-                elif t == E.EVENT_TYPE_ACTIVITY_TASK_FAILED:
-                    text = failure_text(e.activity_task_failed_event_attributes.failure)
-                    sched.data["outcome"] = "failed"
-                    sched.details += f" — FAILED: {text}"
-                else:
-                    sched.data["outcome"] = _etype(e).lower()
-                    sched.details += f" — {_etype(e).lower()}"
-            elif t == E.EVENT_TYPE_TIMER_STARTED:
-                timers[e.event_id] = e
-            elif t == E.EVENT_TYPE_TIMER_FIRED:
-                a = e.timer_fired_event_attributes
-                started = timers.get(a.started_event_id)
-                if started is not None:
-                    d = started.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
-                    since = _time(started).isoformat(timespec="seconds")
-                    detail = f"set {since} for {_fmt_duration(d)}"
-                else:
-                    detail = ""
-                add(e, "timer", "dealflow (system)", "timer fired", detail)
-            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
-                v = _first(e.workflow_execution_completed_event_attributes.result)
-                v = v if isinstance(v, dict) else {}
-                add(
-                    e,
-                    "deal",
-                    "dealflow (system)",
-                    f"deal closed: {v.get('stage', '?')}",
-                    str(v.get("outcome_reason") or ""),
-                    {"adverse_action_reasons": v.get("adverse_action_reasons") or []},
-                )
-            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
-                a = e.workflow_execution_continued_as_new_event_attributes
-                add(
-                    e,
-                    "deal",
-                    "dealflow (system)",
-                    "continued as new",
-                    f"history of run {rn} closed at {len(run.events)} events; next run "
-                    f"{a.new_execution_run_id}",
-                )
-            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED:
-                a = e.workflow_execution_terminated_event_attributes
-                add(e, "deal", a.identity or "?", "deal terminated", a.reason)
-            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
-                add(
-                    e,
-                    "deal",
-                    "dealflow (system)",
-                    "deal failed",
-                    failure_text(e.workflow_execution_failed_event_attributes.failure),
-                )
-            elif t in (
-                E.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
-                E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
-            ):
-                add(e, "deal", "dealflow (system)", _etype(e).lower().replace("_", " "), "")
-            elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED:
-                a = e.workflow_execution_cancel_requested_event_attributes
-                add(e, "deal", a.identity or "?", "cancel requested", a.cause)
-            elif t == E.EVENT_TYPE_WORKFLOW_TASK_FAILED:
-                a = e.workflow_task_failed_event_attributes
-                add(
-                    e,
-                    "system",
-                    a.identity or "worker",
-                    "workflow task failed",
-                    failure_text(a.failure),
-                )
-    return Timeline(
-        deal_id=deal_id,
-        workflow_id=runs[0].workflow_id,
-        runs=run_info,
-        entries=entries,
-        decode_errors=sorted(set(errors)),
+    def stage_changed(self, e: HistoryEvent) -> None:
+        found = e.upsert_workflow_search_attributes_event_attributes.search_attributes
+        stage = found.indexed_fields.get("DealStage")
+        if stage is None:
+            return
+        to = str(value_of(stage))
+        transitions = self.record.transitions
+        tr = transitions[self.stage_no] if self.stage_no < len(transitions) else None
+        self.stage_no += 1
+        if tr is not None and tr.get("to_stage") != to:
+            tr = None
+        frm = (tr or {}).get("from_stage") or (self.stage if self.stage_no > 1 else None)
+        self.stage = to
+        self.add(
+            e,
+            "stage",
+            _actor((tr or {}).get("actor", "dealflow/system")),
+            f"{frm or 'start'} → {to}",
+            (tr or {}).get("reason", ""),
+            {"transition": tr} if tr else {},
+        )
+
+    def deal_closed(self, e: HistoryEvent) -> None:
+        result = _first(e.workflow_execution_completed_event_attributes.result)
+        result = result if isinstance(result, dict) else {}
+        self.add(
+            e,
+            "deal",
+            "dealflow (system)",
+            f"deal closed: {result.get('stage', '?')}",
+            str(result.get("outcome_reason") or ""),
+            {"adverse_action_reasons": result.get("adverse_action_reasons") or []},
+        )
+
+    def continued_as_new(self, e: HistoryEvent) -> None:
+        attrs = e.workflow_execution_continued_as_new_event_attributes
+        assert self.run is not None
+        self.add(
+            e,
+            "deal",
+            "dealflow (system)",
+            "continued as new",
+            f"history of run {self.run.run_no} closed at {len(self.run.events)} events; "
+            f"next run {attrs.new_execution_run_id}",
+        )
+
+    def terminated(self, e: HistoryEvent) -> None:
+        attrs = e.workflow_execution_terminated_event_attributes
+        self.add(e, "deal", attrs.identity or "?", "deal terminated", attrs.reason)
+
+    def failed(self, e: HistoryEvent) -> None:
+        text = failure_text(e.workflow_execution_failed_event_attributes.failure)
+        self.add(e, "deal", "dealflow (system)", "deal failed", text)
+
+    def timed_out_or_canceled(self, e: HistoryEvent) -> None:
+        self.add(e, "deal", "dealflow (system)", _etype(e).lower().replace("_", " "), "")
+
+    def cancel_requested(self, e: HistoryEvent) -> None:
+        attrs = e.workflow_execution_cancel_requested_event_attributes
+        self.add(e, "deal", attrs.identity or "?", "cancel requested", attrs.cause)
+
+    def workflow_task_failed(self, e: HistoryEvent) -> None:
+        attrs = e.workflow_task_failed_event_attributes
+        text = failure_text(attrs.failure)
+        self.add(e, "system", attrs.identity or "worker", "workflow task failed", text)
+
+    # ------------------------------------------------------------------ staff and lenders
+
+    def staff_action(self, e: HistoryEvent) -> None:
+        attrs = e.workflow_execution_update_accepted_event_attributes
+        request = attrs.accepted_request
+        args = _first(request.input.args) or {}
+        entry = self.add(
+            e,
+            "action",
+            _actor(args.get("actor") if isinstance(args, dict) else None),
+            request.input.name,
+            _summary(args),
+            {"input": args},
+        )
+        self.updates[request.meta.update_id or attrs.protocol_instance_id] = entry
+
+    def staff_action_answered(self, e: HistoryEvent) -> None:
+        attrs = e.workflow_execution_update_completed_event_attributes
+        entry = self.updates.get(attrs.meta.update_id)
+        if entry is None:
+            return
+        if attrs.outcome.HasField("failure"):
+            entry.details += f" — FAILED: {failure_text(attrs.outcome.failure)}"
+            return
+        value = _first(attrs.outcome.success)
+        result: dict[str, Any] = value if isinstance(value, dict) else {}
+        # A receipt holds the stage; deals from before receipts returned the status.
+        old = result.get("status")
+        status: dict[str, Any] = old if isinstance(old, dict) else {}
+        entry.data["result_stage"] = result.get("stage") or status.get("stage")
+
+    def signal(self, e: HistoryEvent) -> None:
+        attrs = e.workflow_execution_signaled_event_attributes
+        value = _first(attrs.input)
+        if attrs.signal_name != names.LENDER_EVENT or not isinstance(value, dict):
+            self.add(
+                e, "signal", attrs.identity, attrs.signal_name, _summary(value), {"input": value}
+            )
+            return
+        action, details, data = _lender_details(value)
+        decision = self.record.decisions.get(str(value.get("webhook_id")))
+        if decision is not None and decision.get("applied") is False:
+            details += f"; NOT APPLIED: {decision.get('note')}"
+        self.add(e, "lender", f"lender {value.get('lender_id')}", action, details, {"event": data})
+
+    # ------------------------------------------------------------------ activities and timers
+
+    def activity_scheduled(self, e: HistoryEvent) -> None:
+        attrs = e.activity_task_scheduled_event_attributes
+        name = attrs.activity_type.name
+        if name in _BOOKKEEPING:
+            return
+        value = _first(attrs.input)
+        shown = _ACTIVITY_ROWS.get(name, _generic_activity_row)
+        self.scheduled[e.event_id] = shown(self, e, name, value if isinstance(value, dict) else {})
+
+    def activity_ended(self, e: HistoryEvent) -> None:
+        t = e.event_type
+        attrs: Any = (
+            e.activity_task_completed_event_attributes
+            if t == E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+            else e.activity_task_failed_event_attributes
+            if t == E.EVENT_TYPE_ACTIVITY_TASK_FAILED
+            else e.activity_task_timed_out_event_attributes
+            if t == E.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT
+            else e.activity_task_canceled_event_attributes
+        )
+        entry = self.scheduled.get(attrs.scheduled_event_id)
+        if entry is None:
+            return
+        entry.data["finished_at"] = _time(e).isoformat()
+        if t == E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            entry.data["outcome"] = "done"
+            result = _first(e.activity_task_completed_event_attributes.result)
+            if isinstance(result, dict) and result.get("application_ref"):
+                entry.details += f"; acknowledged as {result['application_ref']}"
+            elif entry.kind == "compensation":
+                entry.details += " — done"
+        elif t == E.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+            text = failure_text(e.activity_task_failed_event_attributes.failure)
+            entry.data["outcome"] = "failed"
+            entry.details += f" — FAILED: {text}"
+        else:
+            entry.data["outcome"] = _etype(e).lower()
+            entry.details += f" — {_etype(e).lower()}"
+
+    def timer_started(self, e: HistoryEvent) -> None:
+        self.timers[e.event_id] = e
+
+    def timer_fired(self, e: HistoryEvent) -> None:
+        started = self.timers.get(e.timer_fired_event_attributes.started_event_id)
+        detail = ""
+        if started is not None:
+            d = started.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+            since = _time(started).isoformat(timespec="seconds")
+            detail = f"set {since} for {_fmt_duration(d)}"
+        self.add(e, "timer", "dealflow (system)", "timer fired", detail)
+
+
+# What each activity shows as: (builder, event, name, its decoded input) -> its row.
+def _notice_row(b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]) -> Entry:
+    kind = _NOTICE_KINDS.get(str(v.get("kind")), "notice")
+    roles = ", ".join(v.get("roles") or [])
+    message = f"{v.get('message')}" + (f" (to {roles})" if roles else "")
+    return b.add(e, kind, "dealflow (system)", str(v.get("kind")), message, {"notification": v})
+
+
+def _submission_row(b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]) -> Entry:
+    # send_application carries the package prepared once; deals from before it
+    # used submit_application, whose input was the package itself.
+    sent = v.get("package")
+    package: dict[str, Any] = sent if isinstance(sent, dict) else v
+    docs = package.get("documents") or []
+    details = (
+        f"to {v.get('lender_id')} (submission {v.get('submission_no')}, {len(docs)} documents)"
     )
+    return b.add(
+        e, "lender", "dealflow (system)", "application submitted", details, {"activity": name}
+    )
+
+
+def _disbursement_row(b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]) -> Entry:
+    details = (
+        f"from {v.get('lender_id')} application {v.get('application_ref')}"
+        f" attempt {v.get('attempt')} amount {_money(v.get('amount'))}"
+    )
+    return b.add(
+        e, "lender", "dealflow (system)", "disbursement requested", details, {"activity": name}
+    )
+
+
+def _withdrawal_row(b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]) -> Entry:
+    details = f"{v.get('lender_id')} application {v.get('application_ref')}: {v.get('reason')}"
+    return b.add(
+        e,
+        "compensation",
+        "dealflow (system)",
+        "withdraw application",
+        details,
+        {"activity": name, "input": v},
+    )
+
+
+def _compensation_row(b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]) -> Entry:
+    details = _summary(v.get("detail") or {})
+    return b.add(
+        e,
+        "compensation",
+        "dealflow (system)",
+        str(v.get("kind")),
+        details,
+        {"activity": name, "input": v},
+    )
+
+
+def _generic_activity_row(
+    b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]
+) -> Entry:
+    return b.add(
+        e, "system", "dealflow (system)", f"activity {name}", _summary(v), {"activity": name}
+    )
+
+
+_ACTIVITY_ROWS = {
+    names.NOTIFY: _notice_row,
+    names.SEND_APPLICATION: _submission_row,
+    names.SUBMIT_APPLICATION: _submission_row,
+    names.REQUEST_DISBURSEMENT: _disbursement_row,
+    names.WITHDRAW_APPLICATION: _withdrawal_row,
+    names.RECORD_COMPENSATION: _compensation_row,
+}
+
+_HANDLERS = {
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED: _TimelineBuilder.deal_started,
+    E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES: _TimelineBuilder.stage_changed,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED: _TimelineBuilder.staff_action,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED: _TimelineBuilder.staff_action_answered,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED: _TimelineBuilder.signal,
+    E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED: _TimelineBuilder.activity_scheduled,
+    **{t: _TimelineBuilder.activity_ended for t in _ACTIVITY_ENDS},
+    E.EVENT_TYPE_TIMER_STARTED: _TimelineBuilder.timer_started,
+    E.EVENT_TYPE_TIMER_FIRED: _TimelineBuilder.timer_fired,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED: _TimelineBuilder.deal_closed,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW: _TimelineBuilder.continued_as_new,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED: _TimelineBuilder.terminated,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED: _TimelineBuilder.failed,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT: _TimelineBuilder.timed_out_or_canceled,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED: _TimelineBuilder.timed_out_or_canceled,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED: _TimelineBuilder.cancel_requested,
+    E.EVENT_TYPE_WORKFLOW_TASK_FAILED: _TimelineBuilder.workflow_task_failed,
+}
 
 
 # --------------------------------------------------------------------------- state as of
