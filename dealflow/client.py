@@ -10,6 +10,7 @@ import asyncio
 import secrets
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
@@ -447,14 +448,38 @@ async def _known_outcome(
     return None
 
 
+@dataclass(frozen=True)
+class TaskTrouble:
+    """What `describe` says of a workflow's task: the attempt of the pending
+    workflow task and the server's `TemporalReportedProblems`."""
+
+    attempts: int
+    reported_problems: list[str]
+
+    @classmethod
+    def of(cls, raw: Any) -> TaskTrouble:
+        pending = raw.pending_workflow_task if raw.HasField("pending_workflow_task") else None
+        attributes = decode_search_attributes(raw.workflow_execution_info.search_attributes)
+        return cls(
+            attempts=pending.attempt if pending is not None else 0,
+            reported_problems=[str(v) for v in attributes.get("TemporalReportedProblems") or []],
+        )
+
+    @property
+    def stuck(self) -> bool:
+        # An update's own workflow task restarts the count; the server's mark stays.
+        return self.attempts >= STUCK_ATTEMPTS or bool(self.reported_problems)
+
+
 class WorkflowStuck(Exception):
     """The workflow task keeps failing: it will not come back by itself
     (dealflow/stuck.py), so waiting out the caller's patience would not help."""
 
-    def __init__(self, wf_id: str, attempts: int) -> None:
-        super().__init__(f"{wf_id} is stuck: its workflow task keeps failing; nothing was applied")
-        self.workflow_id = wf_id
-        self.attempts = attempts
+    def __init__(self, deal_id: str) -> None:
+        super().__init__(
+            f"deal {deal_id} is stuck: its workflow task keeps failing; nothing was applied"
+        )
+        self.deal_id = deal_id
 
 
 async def _raise_if_stuck(handle: WorkflowHandle[Any, Any]) -> None:
@@ -462,14 +487,8 @@ async def _raise_if_stuck(handle: WorkflowHandle[Any, Any]) -> None:
         desc = await handle.describe(rpc_timeout=timedelta(seconds=5))
     except RPCError:
         return
-    raw = desc.raw_description
-    attempts = raw.pending_workflow_task.attempt if raw.HasField("pending_workflow_task") else 0
-    # An update's own workflow task restarts the count; the server's mark stays.
-    reported = decode_search_attributes(raw.workflow_execution_info.search_attributes).get(
-        "TemporalReportedProblems"
-    )
-    if attempts >= STUCK_ATTEMPTS or reported:
-        raise WorkflowStuck(handle.id, attempts)
+    if TaskTrouble.of(desc.raw_description).stuck:
+        raise WorkflowStuck(handle.id.removeprefix("deal-"))
 
 
 async def _workflow_task_started(handle: WorkflowHandle[Any, Any]) -> bool:

@@ -16,7 +16,6 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from temporalio.client import Client
-from temporalio.service import RPCError
 
 from dealflow import client as deals
 from dealflow import db, stuck
@@ -111,18 +110,11 @@ class TemporalDeals:
         return DealCreated(deal_id=deal_id, workflow_id=wf_id)
 
     async def status(self, deal_id: str) -> DealStatus:
-        client = await self.client()
+        engine = db.make_engine(self.settings.database_url)
         try:
-            return await deals.deal_status(client, deal_id)
-        except (RPCError, RuntimeError) as e:
-            # A deal that cannot answer may be stuck: say so, from what is known.
-            engine = db.make_engine(self.settings.database_url)
-            found = await stuck.stuck_status(client, engine, deal_id)
-            if found is None:
-                raise ServiceError(
-                    f"deal {deal_id} cannot be read right now ({e}); retry shortly"
-                ) from None
-            return found
+            return await stuck.readable_status(await self.client(), engine, deal_id)
+        except stuck.DealUnreadable as e:
+            raise ServiceError(f"{e} ({e.__cause__})") from None
 
     async def list(self, query: DealQuery) -> DealPage:
         engine = db.make_engine(self.settings.database_url)

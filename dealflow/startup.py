@@ -117,10 +117,6 @@ def run(program: str, main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn
     _leave(code)
 
 
-def fail(program: str, message: str) -> NoReturn:
-    _leave(_say(program, message))
-
-
 def _say(program: str, message: str) -> int:
     print(f"{program}: {message}", file=sys.stderr, flush=True)
     return EXIT_CANNOT_START

@@ -26,10 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy.engine import Engine
 from temporalio.api.common.v1 import WorkflowExecution
@@ -46,12 +45,11 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.converter import DataConverter, decode_search_attributes
+from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer
 
-from dealflow.client import DealNotFound, workflow_id
-from dealflow.config import STUCK_ATTEMPTS
+from dealflow.client import DealNotFound, TaskTrouble, deal_status, transient, workflow_id
 from dealflow.db import DealRow, get_deal
 from dealflow.models import ActionReceipt, DealHealth, DealStatus, MoneySummary, Stage
 from workflows import WORKFLOW_RUNNER, DealWorkflow
@@ -91,22 +89,19 @@ async def deal_health(client: Client, deal_id: str) -> DealHealth:
         if e.status is RPCStatusCode.NOT_FOUND:
             raise DealNotFound(deal_id) from None
         raise
-    raw = desc.raw_description
-    pending = raw.pending_workflow_task if raw.HasField("pending_workflow_task") else None
-    attempts = pending.attempt if pending is not None else 0
-    problems = _reported_problems(raw)
+    trouble = TaskTrouble.of(desc.raw_description)
     running = desc.status is WorkflowExecutionStatus.RUNNING
     tail = await _history_tail(client, desc.id, desc.run_id) if running else []
     failure = next((e for e in tail if _is_task_failure(e)), None)
-    stuck = running and (attempts >= STUCK_ATTEMPTS or bool(problems))
+    stuck = running and trouble.stuck
     return DealHealth(
         stuck=stuck,
-        attempts=attempts,
+        attempts=trouble.attempts,
         cause=_failure_cause(failure),
         message=await _failure_message(client, failure),
         failing_since=_failing_since(tail) if stuck else None,
         last_event=describe_event(tail[0]) if tail else None,
-        reported_problems=problems,
+        reported_problems=trouble.reported_problems,
         heal=heal_command(deal_id) if stuck else None,
     )
 
@@ -121,22 +116,47 @@ class StuckDeal:
 
 async def stuck_deals(client: Client, limit: int = 1000) -> list[StuckDeal]:
     """Every deal Temporal reports as stuck, with what it knows of each."""
-    found: list[StuckDeal] = []
+    return [
+        StuckDeal(deal_id, run_id, stage, await deal_health(client, deal_id))
+        async for deal_id, run_id, stage in _stuck_runs(client, limit)
+    ]
+
+
+async def _stuck_runs(client: Client, limit: int) -> AsyncIterator[tuple[str, str, str | None]]:
+    """(deal id, run id, stage) of every run Temporal reports as stuck."""
     async for wf in client.list_workflows(STUCK_QUERY, limit=limit):
-        deal_id = wf.id.removeprefix("deal-")
-        found.append(
-            StuckDeal(
-                deal_id=deal_id,
-                run_id=wf.run_id,
-                stage=wf.typed_search_attributes.get(DEAL_STAGE),
-                health=await deal_health(client, deal_id),
-            )
-        )
-    return found
+        yield wf.id.removeprefix("deal-"), wf.run_id, wf.typed_search_attributes.get(DEAL_STAGE)
 
 
 async def count_stuck(client: Client) -> int:
     return (await client.count_workflows(STUCK_QUERY)).count
+
+
+class DealUnreadable(Exception):
+    """The deal does not answer and is not stuck: a worker is recovering it."""
+
+
+async def readable_status(
+    client: Client, engine: Engine, deal_id: str, rpc_timeout: float = 10.0
+) -> DealStatus:
+    """The deal's status; for a stuck deal, its read-model projection and health.
+
+    Raises DealNotFound, or DealUnreadable (retry shortly) when the deal cannot
+    answer for a passing reason."""
+    try:
+        return await deal_status(client, deal_id, rpc_timeout=rpc_timeout)
+    except RuntimeError as e:  # the status query itself failed
+        query_error: Exception = e
+    except RPCError as e:
+        if not transient(e):
+            raise
+        query_error = e
+    status = await stuck_status(client, engine, deal_id)
+    if status is None:
+        raise DealUnreadable(f"deal {deal_id} cannot be read right now; retry shortly") from (
+            query_error
+        )
+    return status
 
 
 async def stuck_status(client: Client, engine: Engine, deal_id: str) -> DealStatus | None:
@@ -359,25 +379,22 @@ async def heal(
 async def heal_automatically(client: Client, seen: set[str]) -> list[HealReport]:
     """Heal every stuck deal whose plan is safe unattended; each run is tried once."""
     healed = []
-    for found in await stuck_deals(client):
-        if found.run_id in seen:
+    async for deal_id, run_id, _ in _stuck_runs(client, limit=1000):
+        if run_id in seen:
             continue
-        seen.add(found.run_id)
+        seen.add(run_id)
         try:
             report = await heal(
-                client,
-                found.deal_id,
-                reason="automatic: diverged after an interrupted task",
-                automatic_only=True,
+                client, deal_id, reason="automatic: needs no decision", automatic_only=True
             )
         except HealError as e:
-            log.warning("stuck deal left to an operator: %s", e, extra={"deal_id": found.deal_id})
+            log.warning("stuck deal left to an operator: %s", e, extra={"deal_id": deal_id})
             continue
         log.warning(
             "stuck deal healed: reset to event %d, %d events re-applied or dropped",
             report.reset_event_id,
             report.events_dropped,
-            extra={"deal_id": found.deal_id, "new_run_id": report.new_run_id},
+            extra={"deal_id": deal_id, "new_run_id": report.new_run_id},
         )
         healed.append(report)
     return healed
@@ -520,8 +537,3 @@ def _failing_since(tail: Sequence[HistoryEvent]) -> datetime | None:
         ):
             break
     return since
-
-
-def _reported_problems(raw: Any) -> list[str]:
-    attributes = decode_search_attributes(raw.workflow_execution_info.search_attributes)
-    return [str(v) for v in attributes.get("TemporalReportedProblems") or []]

@@ -239,21 +239,26 @@ def test_proxy_forwards_cuts_and_restores(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the quick run
 
 
+def _chaos(*args: str, limit: float) -> tuple[subprocess.CompletedProcess[str], str]:
+    """`python -m bench.chaos ARGS` on its own stack; the process and its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEALFLOW_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.chaos", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=limit,
+    )
+    return proc, proc.stdout + proc.stderr
+
+
 @pytest.mark.e2e
 @pytest.mark.skipif(bool(os.environ.get("DEALFLOW_SKIP_CHAOS")), reason="DEALFLOW_SKIP_CHAOS set")
 def test_quick_chaos_run_loses_and_duplicates_nothing() -> None:
     """Every scenario, 6 deals each: the table must show zero lost, duplicated,
     mismatched or otherwise broken, and every deal as expected."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEALFLOW_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.chaos", "--quick"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    out = proc.stdout + proc.stderr
+    proc, out = _chaos("--quick", limit=900)
     assert "completed as expected" in out, out[-4000:]
     assert proc.returncode == 0, out[-8000:]
     assert "chaos: PASS" in out
@@ -265,18 +270,10 @@ def test_a_stranded_deal_fails_the_run_with_its_stage_and_last_event_not_a_hang(
     """One deal stranded on purpose (a lender event under a key the worker does
     not hold): the scenario ends at its deadline, the deal counts as lost and
     is named with its stage and last history event, and the run exits 1."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEALFLOW_")}
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.chaos", "--quick", "--scenarios", "stranded"]
-        + ["--deals", "1", "--timeout", "25"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc, out = _chaos(
+        "--quick", "--scenarios", "stranded", "--deals", "1", "--timeout", "25", limit=300
     )
-    out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-8000:]
     assert time.monotonic() - started < 200, "the run waited on the stranded deal"
     assert "chaos: FAIL" in out

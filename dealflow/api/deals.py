@@ -306,25 +306,11 @@ async def get_deal(request: Request, deal_id: DealIdPath, principal: Auth) -> De
 async def read_status(svc: Services, deal_id: str) -> DealStatus:
     try:
         # A short deadline: a deal that cannot answer is checked for being stuck.
-        return await deals.deal_status(svc.client, deal_id, rpc_timeout=5.0)
+        return await stuck.readable_status(svc.client, svc.engine, deal_id, rpc_timeout=5.0)
     except deals.DealNotFound as e:
         raise Problem(404, str(e)) from None
-    except RuntimeError as e:  # the status query itself failed
-        query_error: Exception = e
-    except RPCError as e:
-        if not deals.transient(e):
-            raise
-        query_error = e
-    # The deal cannot answer: a worker is recovering it (retry), or it is stuck
-    # (its workflow task keeps failing) and only an operator can bring it back.
-    status = await stuck.stuck_status(svc.client, svc.engine, deal_id)
-    if status is not None:
-        return status
-    raise Problem(
-        503,
-        f"deal {deal_id} cannot be read right now; retry shortly",
-        {"Retry-After": "3"},
-    ) from query_error
+    except stuck.DealUnreadable as e:
+        raise Problem(503, str(e), {"Retry-After": "3"}) from None
 
 
 def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
@@ -355,13 +341,6 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
             result = await deals.act(svc.client, deal_id, act, inp)
         except deals.DealNotFound as e:
             raise Problem(404, str(e)) from None
-        except deals.WorkflowStuck:
-            await _refuse_stuck(svc, deal_id)
-            raise
-        except RPCError as e:
-            if "Workflow Task in failed state" in e.message:
-                await _refuse_stuck(svc, deal_id)
-            raise
         except rules.RuleError as e:
             svc.metrics.actions.labels(action=action.value, outcome=e.kind).inc()
             raise
@@ -380,23 +359,6 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
     endpoint.__name__ = "action_" + action.update_name
     endpoint.dealflow_roles = (rules.ACTION_ROLES[action], action.value)  # type: ignore[attr-defined]
     return endpoint
-
-
-async def _refuse_stuck(svc: Services, deal_id: str) -> None:
-    """A stuck deal refuses every action until an operator heals it: say so,
-    instead of the "retry shortly" that fits a deal a worker is recovering."""
-    try:
-        health = await stuck.deal_health(svc.client, deal_id)
-    except (RPCError, deals.DealNotFound):
-        return
-    if health.stuck:
-        cause = f" ({health.cause})" if health.cause else ""
-        raise Problem(
-            503,
-            f"deal {deal_id} is stuck: its workflow task keeps failing{cause}; nothing was "
-            f"applied. An operator must heal it ({health.heal}); then take the action again.",
-            {"Retry-After": "300"},
-        ) from None
 
 
 def _roles_text(action: Action) -> str:

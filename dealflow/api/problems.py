@@ -21,7 +21,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import rules
 from dealflow.api.errors import Problem
+from dealflow.client import WorkflowStuck
 from dealflow.docstore import DocumentStoreError, DocumentStoreUnavailable
+from dealflow.stuck import heal_command
 
 log = logging.getLogger("dealflow.api")
 
@@ -224,11 +226,14 @@ async def on_outcome_unknown(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def on_stuck(_: Request, exc: Exception) -> JSONResponse:
-    return problem_response(
-        503,
-        f"{exc}; an operator must heal the deal (python starter.py heal)",
-        {"Retry-After": "300"},
+    # A stuck deal refuses every action until an operator heals it: say so,
+    # instead of the "retry shortly" that fits a deal a worker is recovering.
+    assert isinstance(exc, WorkflowStuck)
+    detail = (
+        f"{exc}. An operator must heal it ({heal_command(exc.deal_id)}); "
+        "then take the action again."
     )
+    return problem_response(503, detail, {"Retry-After": "300"})
 
 
 async def on_store_error(_: Request, exc: Exception) -> JSONResponse:
