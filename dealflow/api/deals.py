@@ -41,6 +41,7 @@ from dealflow.models import (
     DealInput,
     DealPage,
     DealStatus,
+    Role,
     Stage,
     StartDealInput,
 )
@@ -362,7 +363,7 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
 
 
 def _roles_text(action: Action) -> str:
-    return ", ".join(sorted(r.value for r in rules.ACTION_ROLES[action] | {rules.Role.ADMIN}))
+    return ", ".join(sorted(r.value for r in rules.ACTION_ROLES[action] | {Role.ADMIN}))
 
 
 def _stages_text(action: Action) -> str:

@@ -1,0 +1,221 @@
+"""The checks on one staff action: role, stage, then what its payload says.
+
+One small check per action, each named for the rule it enforces; actions
+whose payload the models already fully validate have none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from dealflow.models import (
+    AcceptCounterOfferInput,
+    Action,
+    ActionInput,
+    ConfirmDownPaymentInput,
+    DeclineCounterOfferInput,
+    DeliverInput,
+    RecordCertificateInput,
+    RecordDocumentInput,
+    RecordFollowUpInput,
+    RecordInsuranceInput,
+    RecordInvoiceInput,
+    RecordMortgageInput,
+    RecordPlateInput,
+    RecordPurchaseTaxInput,
+    RecordRepaymentAccountInput,
+    RecordSettlementInput,
+    RecordStockOutInput,
+    SignLoanContractInput,
+    SignSalesContractInput,
+    SubmitApplicationInput,
+    fmt_money,
+    money,
+)
+from dealflow.rules.documents import checklist_complete, describe_missing, validate_document
+from dealflow.rules.errors import conflict, invalid
+from dealflow.rules.money import required_down_payment
+from dealflow.rules.permissions import check_role, check_stage
+from dealflow.rules.view import DealView
+
+
+def check_action(action: Action, inp: ActionInput, view: DealView) -> None:
+    """Role, stage and content of one staff action. Raises RuleError."""
+    check_role(action, inp.actor)
+    check_stage(action, view.state.stage)
+    for payload_type in type(inp).__mro__:
+        check = _CHECKS.get(payload_type)
+        if check is not None:
+            check(inp, view)
+            return
+
+
+def _eq_money(label: str, got: Decimal, want: Decimal) -> None:
+    if money(got) != money(want):
+        raise invalid(f"{label} {fmt_money(got)} does not match {fmt_money(want)}")
+
+
+def _missing_copies(routed_to: Sequence[str], required: set[str]) -> list[str]:
+    return sorted(required - set(routed_to))
+
+
+def _sales_contract_routed_with_agreed_down_payment(
+    inp: SignSalesContractInput, view: DealView
+) -> None:
+    missing = _missing_copies(
+        inp.copies_routed_to, {"information_clerk", "finance", "sales_consultant"}
+    )
+    if missing:
+        raise invalid("the three contract copies must be routed; missing: " + ", ".join(missing))
+    _eq_money("the contract's down payment", inp.down_payment, view.deal.down_payment)
+
+
+def _document_valid(inp: RecordDocumentInput, view: DealView) -> None:
+    validate_document(view.deal, view.state, view.policy, inp, view.now.date())
+
+
+def _application_complete_and_matching(inp: SubmitApplicationInput, view: DealView) -> None:
+    items = view.checklist()
+    if not checklist_complete(items):
+        raise conflict("documents are incomplete: " + describe_missing(items))
+    applicant = view.deal.customer.applicant
+    if inp.applicant_id_number != applicant.id_number:
+        raise invalid("applicant_id_number does not match the applicant's ID card")
+    _eq_money("declared monthly income", inp.monthly_income, applicant.monthly_income)
+
+
+def _answers_the_open_counter_offer(
+    inp: AcceptCounterOfferInput | DeclineCounterOfferInput, view: DealView
+) -> None:
+    submission = view.open_counter_offer()
+    if submission is None or submission.current is None:
+        raise conflict("there is no open counter-offer to answer")
+    open_offer = (submission.application_ref, submission.current.decision_seq)
+    if (inp.application_ref, inp.decision_seq) != open_offer:
+        raise conflict(
+            f"the open counter-offer is {open_offer[0]} #{open_offer[1]};"
+            f" got {inp.application_ref} #{inp.decision_seq}"
+        )
+
+
+def _down_payment_as_required(inp: ConfirmDownPaymentInput, view: DealView) -> None:
+    required = required_down_payment(view.deal, view.approved_amount)
+    if money(inp.amount) != required:
+        raise invalid(
+            f"down payment {fmt_money(inp.amount)} does not match the contract's "
+            f"{fmt_money(required)}"
+        )
+
+
+def _invoice_for_the_price(inp: RecordInvoiceInput, view: DealView) -> None:
+    _eq_money("invoice amount", inp.amount, view.deal.vehicle.price)
+
+
+def _policy_protects_the_lender(inp: RecordInsuranceInput, view: DealView) -> None:
+    legal = view.lender_legal_name
+    if legal is not None and inp.first_beneficiary.strip() != legal:
+        raise invalid(
+            f"first beneficiary must be the lender {legal!r}, not {inp.first_beneficiary!r}"
+        )
+    if inp.cover_amount < view.financed_amount:
+        raise invalid(
+            f"cover {fmt_money(inp.cover_amount)} is below the amount financed "
+            f"{fmt_money(view.financed_amount)}"
+        )
+    if inp.ends_on <= inp.starts_on:
+        raise invalid("the policy must end after it starts")
+    if inp.ends_on < view.now.date():
+        raise invalid(f"the policy ended on {inp.ends_on}")
+
+
+def _repayment_account_once(inp: RecordRepaymentAccountInput, view: DealView) -> None:
+    if view.state.repayment_account is not None:
+        raise conflict("the repayment account is already recorded")
+
+
+def _loan_contract_in_three_copies_once(inp: SignLoanContractInput, view: DealView) -> None:
+    if inp.copies_signed != 3:
+        raise invalid(f"the loan contract is signed in three copies; got {inp.copies_signed}")
+    if view.state.loan_contract is not None:
+        raise conflict("the loan contract is already signed")
+
+
+def _certificate_once(inp: RecordCertificateInput, view: DealView) -> None:
+    if view.state.certificate is not None:
+        raise conflict("the certificate of conformity is already recorded")
+
+
+def _purchase_tax_once(inp: RecordPurchaseTaxInput, view: DealView) -> None:
+    if view.state.purchase_tax is not None:
+        raise conflict("the purchase tax is already recorded")
+
+
+def _plate_once_after_certificate_and_tax(inp: RecordPlateInput, view: DealView) -> None:
+    state = view.state
+    if state.plate is not None:
+        raise conflict("the plate is already recorded")
+    if state.certificate is None or state.purchase_tax is None:
+        raise conflict("a plate needs the certificate of conformity and the purchase tax first")
+
+
+def _mortgage_once_for_the_lender(inp: RecordMortgageInput, view: DealView) -> None:
+    state = view.state
+    if state.mortgage is not None:
+        raise conflict("the mortgage is already recorded")
+    if state.plate is None:
+        raise conflict("the mortgage can be registered only after the plate is issued")
+    legal = view.lender_legal_name
+    if legal is not None and inp.lienholder.strip() != legal:
+        raise invalid(f"the lienholder must be the lender {legal!r}")
+
+
+def _stock_out_routed_once(inp: RecordStockOutInput, view: DealView) -> None:
+    missing = _missing_copies(inp.copies_routed_to, {"information_clerk", "warehouse"})
+    if missing:
+        raise invalid("stock-out copies must go to: " + ", ".join(missing))
+    if view.state.stock_out is not None:
+        raise conflict("the stock-out form is already recorded")
+
+
+def _settlement_once(inp: RecordSettlementInput, view: DealView) -> None:
+    if view.state.settlement is not None:
+        raise conflict("the final settlement is already recorded")
+
+
+def _delivery_after_stock_out_and_settlement(inp: DeliverInput, view: DealView) -> None:
+    if view.state.stock_out is None or view.state.settlement is None:
+        raise conflict("delivery needs the stock-out form and the final settlement first")
+    if not (inp.service_card_given and inp.safety_briefing_given):
+        raise invalid("delivery needs the customer-service card and the safe-driving briefing")
+
+
+def _follow_up_calls_in_order_once(inp: RecordFollowUpInput, view: DealView) -> None:
+    if inp.call in view.state.follow_ups:
+        raise conflict(f"the {inp.call} follow-up call is already recorded")
+    if inp.call == "day30" and "day3" not in view.state.follow_ups:
+        raise conflict("record the day-3 follow-up call first")
+
+
+# Keyed by payload type: each action has its own payload model.
+_CHECKS: dict[type, Callable[[Any, DealView], None]] = {
+    SignSalesContractInput: _sales_contract_routed_with_agreed_down_payment,
+    RecordDocumentInput: _document_valid,
+    SubmitApplicationInput: _application_complete_and_matching,
+    AcceptCounterOfferInput: _answers_the_open_counter_offer,
+    DeclineCounterOfferInput: _answers_the_open_counter_offer,
+    ConfirmDownPaymentInput: _down_payment_as_required,
+    RecordInvoiceInput: _invoice_for_the_price,
+    RecordInsuranceInput: _policy_protects_the_lender,
+    RecordRepaymentAccountInput: _repayment_account_once,
+    SignLoanContractInput: _loan_contract_in_three_copies_once,
+    RecordCertificateInput: _certificate_once,
+    RecordPurchaseTaxInput: _purchase_tax_once,
+    RecordPlateInput: _plate_once_after_certificate_and_tax,
+    RecordMortgageInput: _mortgage_once_for_the_lender,
+    RecordStockOutInput: _stock_out_routed_once,
+    RecordSettlementInput: _settlement_once,
+    DeliverInput: _delivery_after_stock_out_and_settlement,
+    RecordFollowUpInput: _follow_up_calls_in_order_once,
+}

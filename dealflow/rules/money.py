@@ -1,0 +1,27 @@
+"""The amounts a deal's policy allows and the contract requires."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from dealflow.models import (
+    DealInput,
+    DealPolicy,
+    Product,
+    money,
+)
+
+
+def max_loan_ratio(product: Product, policy: DealPolicy) -> Decimal:
+    return policy.max_loan_ratio[product]
+
+
+def max_amount_financed(deal: DealInput, policy: DealPolicy) -> Decimal:
+    return money(deal.vehicle.price * max_loan_ratio(deal.product, policy))
+
+
+def required_down_payment(deal: DealInput, approved_amount: Decimal | None) -> Decimal:
+    """The contract's down payment, or what a counter-offer's smaller loan leaves to pay."""
+    if approved_amount is None:
+        return money(deal.down_payment)
+    return money(deal.vehicle.price - approved_amount)

@@ -1,0 +1,84 @@
+"""Who may take each staff action, and in which stages."""
+
+from __future__ import annotations
+
+from dealflow.models import (
+    STAGE_ORDER,
+    Action,
+    Actor,
+    Role,
+    Stage,
+)
+from dealflow.rules.errors import RuleError, conflict
+
+# Who may do what: the one permission table (README shows it). `admin` may do
+# everything; `auditor` only reads.
+ACTION_ROLES: dict[Action, frozenset[Role]] = {
+    Action.SIGN_SALES_CONTRACT: frozenset({Role.SALES}),
+    Action.RECORD_DOCUMENT: frozenset({Role.SALES, Role.CREDIT}),
+    Action.SUBMIT_APPLICATION: frozenset({Role.CREDIT}),
+    Action.ACCEPT_COUNTER_OFFER: frozenset({Role.CREDIT}),
+    Action.DECLINE_COUNTER_OFFER: frozenset({Role.CREDIT}),
+    Action.CONFIRM_DOWN_PAYMENT: frozenset({Role.FINANCE}),
+    Action.RECORD_INVOICE: frozenset({Role.FINANCE}),
+    Action.RECORD_INSURANCE: frozenset({Role.INSURANCE}),
+    Action.RECORD_REPAYMENT_ACCOUNT: frozenset({Role.CREDIT}),
+    Action.SIGN_LOAN_CONTRACT: frozenset({Role.CREDIT}),
+    Action.RECORD_CERTIFICATE: frozenset({Role.REGISTRATION}),
+    Action.RECORD_PURCHASE_TAX: frozenset({Role.REGISTRATION}),
+    Action.RECORD_PLATE: frozenset({Role.REGISTRATION}),
+    Action.RECORD_MORTGAGE: frozenset({Role.REGISTRATION}),
+    Action.RECORD_STOCK_OUT: frozenset({Role.DELIVERY}),
+    Action.RECORD_SETTLEMENT: frozenset({Role.FINANCE}),
+    Action.DELIVER: frozenset({Role.DELIVERY}),
+    Action.RECORD_FOLLOW_UP: frozenset({Role.SALES}),
+    Action.CANCEL: frozenset({Role.SALES, Role.CREDIT}),
+}
+
+START_DEAL_ROLES = frozenset({Role.SALES, Role.ADMIN})
+READ_ROLES = frozenset(Role)
+
+
+def check_role(action: Action, actor: Actor) -> None:
+    allowed = ACTION_ROLES[action]
+    if actor.role is not Role.ADMIN and actor.role not in allowed:
+        names = ", ".join(sorted(r.value for r in allowed | {Role.ADMIN}))
+        raise RuleError(
+            "forbidden", f"role '{actor.role.value}' may not {action.value}; allowed: {names}"
+        )
+
+
+# Stages in which each action is accepted. Cancellation is possible until the
+# disbursement has been requested: after that the lender's money is moving.
+_PRE_DISBURSEMENT = frozenset(STAGE_ORDER[: STAGE_ORDER.index(Stage.DISBURSEMENT)])
+ACTION_STAGES: dict[Action, frozenset[Stage]] = {
+    Action.SIGN_SALES_CONTRACT: frozenset({Stage.CONTRACT}),
+    Action.RECORD_DOCUMENT: frozenset(
+        {Stage.CONTRACT, Stage.DOCUMENTS, Stage.APPLICATION, Stage.UNDERWRITING}
+    ),
+    Action.SUBMIT_APPLICATION: frozenset({Stage.APPLICATION}),
+    Action.ACCEPT_COUNTER_OFFER: frozenset({Stage.UNDERWRITING}),
+    Action.DECLINE_COUNTER_OFFER: frozenset({Stage.UNDERWRITING}),
+    Action.CONFIRM_DOWN_PAYMENT: frozenset({Stage.DOWN_PAYMENT}),
+    Action.RECORD_INVOICE: frozenset({Stage.INVOICING}),
+    Action.RECORD_INSURANCE: frozenset({Stage.INSURANCE}),
+    Action.RECORD_REPAYMENT_ACCOUNT: frozenset({Stage.LOAN_CONTRACT}),
+    Action.SIGN_LOAN_CONTRACT: frozenset({Stage.LOAN_CONTRACT}),
+    Action.RECORD_CERTIFICATE: frozenset({Stage.REGISTRATION}),
+    Action.RECORD_PURCHASE_TAX: frozenset({Stage.REGISTRATION}),
+    Action.RECORD_PLATE: frozenset({Stage.REGISTRATION}),
+    Action.RECORD_MORTGAGE: frozenset({Stage.REGISTRATION}),
+    Action.RECORD_STOCK_OUT: frozenset({Stage.DELIVERY}),
+    Action.RECORD_SETTLEMENT: frozenset({Stage.DELIVERY}),
+    Action.DELIVER: frozenset({Stage.DELIVERY}),
+    Action.RECORD_FOLLOW_UP: frozenset({Stage.FOLLOW_UP}),
+    Action.CANCEL: _PRE_DISBURSEMENT,
+}
+
+
+def check_stage(action: Action, stage: Stage) -> None:
+    if stage not in ACTION_STAGES[action]:
+        if stage.terminal:
+            raise conflict(f"the deal is {stage.value}; no further actions are possible")
+        allowed = ", ".join(s.value for s in STAGE_ORDER if s in ACTION_STAGES[action])
+        raise conflict(f"{action.value} is not allowed in stage {stage.value} (only in {allowed})")

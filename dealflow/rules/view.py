@@ -1,0 +1,91 @@
+"""What the action and pending-work rules read of one deal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+from dealflow.models import (
+    Action,
+    ChecklistItem,
+    DealInput,
+    DealPolicy,
+    DealState,
+    Decision,
+    LenderRef,
+    Submission,
+    money,
+)
+from dealflow.rules.documents import checklist
+
+
+@dataclass(frozen=True)
+class DealView:
+    """What an action check needs to know about a deal."""
+
+    deal: DealInput
+    policy: DealPolicy
+    lenders: list[LenderRef]
+    state: DealState
+    now: datetime
+
+    def lender(self, lender_id: str) -> LenderRef:
+        return next(lender for lender in self.lenders if lender.id == lender_id)
+
+    @property
+    def current_submission(self) -> Submission | None:
+        return self.state.submissions[-1] if self.state.submissions else None
+
+    @property
+    def approved_submission(self) -> Submission | None:
+        for s in reversed(self.state.submissions):
+            cur = s.current
+            if cur is None:
+                continue
+            if cur.decision is Decision.APPROVED or (
+                cur.decision is Decision.COUNTER_OFFER and s.counter_offer_response == "accepted"
+            ):
+                return s
+        return None
+
+    @property
+    def approved_amount(self) -> Decimal | None:
+        s = self.approved_submission
+        return s.current.approved_amount if s and s.current else None
+
+    @property
+    def financed_amount(self) -> Decimal:
+        return money(self.approved_amount or self.deal.amount_financed)
+
+    @property
+    def lender_legal_name(self) -> str | None:
+        s = self.approved_submission
+        return self.lender(s.lender_id).legal_name if s else None
+
+    def checklist_as_of(self) -> date:
+        # Statements are judged as of the application: the list must not turn
+        # incomplete again while the deal waits weeks for the lender.
+        if self.state.application is not None:
+            submitted = next(
+                (a.at for a in self.state.actions if a.action == Action.SUBMIT_APPLICATION.value),
+                None,
+            )
+            if submitted is not None:
+                return submitted.date()
+        return self.now.date()
+
+    def checklist(self) -> list[ChecklistItem]:
+        return checklist(self.deal, self.state, self.policy, self.checklist_as_of())
+
+    def open_counter_offer(self) -> Submission | None:
+        s = self.current_submission
+        if (
+            s is not None
+            and s.current is not None
+            and s.current.decision is Decision.COUNTER_OFFER
+            and s.counter_offer_response is None
+            and s.status == "decided"
+        ):
+            return s
+        return None
