@@ -408,88 +408,94 @@ class DealWorkflow:
 
     def _submit_fn(self, sub: Submission) -> Callable[[], Awaitable[None]]:
         async def submit() -> None:
-            request = SubmitToLenderInput(
+            try:
+                result = await self._send_to_lender(sub)
+            except ActivityError as e:
+                self._submission_refused(sub, _cause(e))
+                return
+            self._submission_acknowledged(sub, result)
+
+        return submit
+
+    async def _send_to_lender(self, sub: Submission) -> SubmitToLenderResult:
+        request = SubmitToLenderInput(
+            deal_id=self.inp.deal_id,
+            lender_id=sub.lender_id,
+            submission_no=sub.submission_no,
+            deal=self.deal,
+            documents=self.state.documents,
+            stipulations_met=[st.code for st in self.state.stipulations],
+        )
+        if not workflow.patched(PACKAGE_IN_HISTORY):
+            return await workflow.execute_activity(
+                names.SUBMIT_APPLICATION,
+                request,
+                result_type=SubmitToLenderResult,
+                **LENDER_CALL,
+            )
+        # The package holds presigned links, new on every signing. Built once
+        # and recorded in history, so every retry of the send carries the same
+        # bytes under the same Idempotency-Key.
+        package: ApplicationPackage = await workflow.execute_activity(
+            names.PREPARE_APPLICATION,
+            request,
+            result_type=ApplicationPackage,
+            **BOOKKEEPING,
+        )
+        return await workflow.execute_activity(
+            names.SEND_APPLICATION,
+            SendApplicationInput(
                 deal_id=self.inp.deal_id,
                 lender_id=sub.lender_id,
                 submission_no=sub.submission_no,
-                deal=self.deal,
-                documents=self.state.documents,
-                stipulations_met=[st.code for st in self.state.stipulations],
-            )
-            try:
-                if workflow.patched(PACKAGE_IN_HISTORY):
-                    # The package holds presigned links, new on every signing.
-                    # Built once and recorded in history, so every retry of the
-                    # send carries the same bytes under the same Idempotency-Key.
-                    package: ApplicationPackage = await workflow.execute_activity(
-                        names.PREPARE_APPLICATION,
-                        request,
-                        result_type=ApplicationPackage,
-                        **BOOKKEEPING,
-                    )
-                    result: SubmitToLenderResult = await workflow.execute_activity(
-                        names.SEND_APPLICATION,
-                        SendApplicationInput(
-                            deal_id=self.inp.deal_id,
-                            lender_id=sub.lender_id,
-                            submission_no=sub.submission_no,
-                            package=package,
-                        ),
-                        result_type=SubmitToLenderResult,
-                        **LENDER_CALL,
-                    )
-                else:
-                    result = await workflow.execute_activity(
-                        names.SUBMIT_APPLICATION,
-                        request,
-                        result_type=SubmitToLenderResult,
-                        **LENDER_CALL,
-                    )
-            except ActivityError as e:
-                sub.status = "rejected"
-                sub.error = _cause(e)
-                self._notify(
-                    "escalation",
-                    f"{sub.lender_id} rejected submission {sub.submission_no}: {sub.error}",
-                    [Role.CREDIT, Role.ADMIN],
-                )
-                self.state.adverse_action_reasons.append(
-                    Reason(code="SUBMISSION_REJECTED", text=f"{sub.lender_id}: {sub.error}")
-                )
-                if sub is self._current_submission() and self.state.stage is Stage.UNDERWRITING:
-                    self._route_to_next_lender(f"{sub.lender_id} rejected the submission")
-                return
-            sub.application_ref = result.application_ref
-            sub.submitted_at = workflow.now()
-            # Given up on while our submit call was still out (the lender's
-            # time ran out): withdraw what the lender now holds, right away.
-            withdrawing = sub.status == "withdrawing"
-            sub.status = "withdrawing" if withdrawing else "submitted"
-            detail = {
-                "lender_id": sub.lender_id,
-                "application_ref": result.application_ref,
-                "submission_no": str(sub.submission_no),
-            }
-            if withdrawing:
-                detail["reason"] = "no longer wanted when the lender acknowledged it"
-            self.state.compensations.append(
-                Compensation(
-                    kind="withdraw_application",
-                    key=f"{self.inp.deal_id}:withdraw:{sub.submission_no}",
-                    registered_at=workflow.now(),
-                    status="running"
-                    if withdrawing and not self.state.stage.terminal
-                    else "pending",
-                    detail=detail,
-                )
-            )
-            self._project()
-            # A decision may have raced our own submit call's reply.
-            waiting, self.state.unmatched_events = self.state.unmatched_events, []
-            for ev in waiting:
-                self._apply_lender_event(ev)
+                package=package,
+            ),
+            result_type=SubmitToLenderResult,
+            **LENDER_CALL,
+        )
 
-        return submit
+    def _submission_refused(self, sub: Submission, error: str) -> None:
+        sub.status = "rejected"
+        sub.error = error
+        self._notify(
+            "escalation",
+            f"{sub.lender_id} rejected submission {sub.submission_no}: {error}",
+            [Role.CREDIT, Role.ADMIN],
+        )
+        self.state.adverse_action_reasons.append(
+            Reason(code="SUBMISSION_REJECTED", text=f"{sub.lender_id}: {error}")
+        )
+        if sub is self._current_submission() and self.state.stage is Stage.UNDERWRITING:
+            self._route_to_next_lender(f"{sub.lender_id} rejected the submission")
+
+    def _submission_acknowledged(self, sub: Submission, result: SubmitToLenderResult) -> None:
+        sub.application_ref = result.application_ref
+        sub.submitted_at = workflow.now()
+        # Given up on while our submit call was still out (the lender's time
+        # ran out): withdraw what the lender now holds, right away.
+        withdrawing = sub.status == "withdrawing"
+        sub.status = "withdrawing" if withdrawing else "submitted"
+        detail = {
+            "lender_id": sub.lender_id,
+            "application_ref": result.application_ref,
+            "submission_no": str(sub.submission_no),
+        }
+        if withdrawing:
+            detail["reason"] = "no longer wanted when the lender acknowledged it"
+        self.state.compensations.append(
+            Compensation(
+                kind="withdraw_application",
+                key=f"{self.inp.deal_id}:withdraw:{sub.submission_no}",
+                registered_at=workflow.now(),
+                status="running" if withdrawing and not self.state.stage.terminal else "pending",
+                detail=detail,
+            )
+        )
+        self._project()
+        # A decision may have raced our own submit call's reply.
+        waiting, self.state.unmatched_events = self.state.unmatched_events, []
+        for event in waiting:
+            self._apply_lender_event(event)
 
     def _disburse_fn(self, d: Disbursement) -> Callable[[], Awaitable[None]]:
         async def disburse() -> None:
