@@ -332,86 +332,110 @@ def cmd_token(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="starter.py", description=__doc__.split("\n\n")[0])
-    p.add_argument(
+    root = argparse.ArgumentParser(prog="starter.py", description=__doc__.split("\n\n")[0])
+    root.add_argument(
         "--as",
         dest="actor",
         type=parse_actor,
         default=f"{getpass.getuser()}:admin",
         help="STAFF_ID:ROLE of who acts",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument(
+    root.add_argument("--json", action="store_true", help="machine-readable output")
+    root.add_argument(
         "--api",
         metavar="URL",
         help="go through the back-office HTTP API at URL instead of Temporal",
     )
-    p.add_argument(
+    root.add_argument(
         "--token",
         default=get_settings().api_token,
         help="bearer token for --api (default: DEALFLOW_API_TOKEN)",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    commands = root.add_subparsers(dest="command", required=True)
+    _add_token_command(commands)
+    _add_deal_commands(commands)
+    _add_operator_commands(commands)
+    return root
 
-    s = sub.add_parser("token", help="mint a development token (HS256, DEALFLOW_JWT_SECRET)")
-    s.add_argument("--sub", required=True, help="the staff id")
-    s.add_argument(
+
+Subparsers = argparse._SubParsersAction  # argparse names no public type for it
+
+
+def _add_token_command(commands: Subparsers) -> None:
+    command = commands.add_parser(
+        "token", help="mint a development token (HS256, DEALFLOW_JWT_SECRET)"
+    )
+    command.add_argument("--sub", required=True, help="the staff id")
+    command.add_argument(
         "--role",
         required=True,
         action="append",
         help="a role (repeat for several): " + ", ".join(r.value for r in Role),
     )
-    s.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
+    command.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
 
-    s = sub.add_parser("start", help="start a deal from a JSON file (see examples/deal.json)")
-    s.add_argument("file")
-    s.add_argument("--deal-id")
-    s.add_argument("--policy-file", help="DealPolicy JSON (default: DEALFLOW_POLICY_FILE)")
-    s.add_argument("--idempotency-key", help="with --api: retry-safe creation")
 
-    s = sub.add_parser("status", help="a deal's stage, pending actions and submissions")
-    s.add_argument("deal")
+def _add_deal_commands(commands: Subparsers) -> None:
+    command = commands.add_parser(
+        "start", help="start a deal from a JSON file (see examples/deal.json)"
+    )
+    command.add_argument("file")
+    command.add_argument("--deal-id")
+    command.add_argument("--policy-file", help="DealPolicy JSON (default: DEALFLOW_POLICY_FILE)")
+    command.add_argument("--idempotency-key", help="with --api: retry-safe creation")
 
-    s = sub.add_parser("list", help="deals from the read model")
-    s.add_argument("--stage")
-    s.add_argument("--lender")
-    s.add_argument("--dealer")
-    s.add_argument("--limit", type=int, default=50)
-    s.add_argument("--cursor")
-    s.add_argument("--overdue", action="store_true", help="only deals past their next deadline")
+    command = commands.add_parser("status", help="a deal's stage, pending actions and submissions")
+    command.add_argument("deal")
 
-    s = sub.add_parser("stuck", help="deals whose workflow task keeps failing (operators)")
-    s.add_argument("--limit", type=int, default=1000)
+    command = commands.add_parser("list", help="deals from the read model")
+    command.add_argument("--stage")
+    command.add_argument("--lender")
+    command.add_argument("--dealer")
+    command.add_argument("--limit", type=int, default=50)
+    command.add_argument("--cursor")
+    command.add_argument(
+        "--overdue", action="store_true", help="only deals past their next deadline"
+    )
 
-    s = sub.add_parser(
+    command = commands.add_parser(
+        "act", help="take a staff action (payload: JSON file or - for stdin)"
+    )
+    command.add_argument("deal")
+    command.add_argument("action")
+    command.add_argument("payload", nargs="?")
+
+    command = commands.add_parser("cancel", help="cancel a deal (runs its compensations)")
+    command.add_argument("deal")
+    command.add_argument("--reason", required=True)
+
+    command = commands.add_parser(
+        "upload", help="upload a customer document and record it on the deal"
+    )
+    command.add_argument("deal")
+    command.add_argument("kind")
+    command.add_argument("file")
+    command.add_argument("--party", default="applicant", choices=["applicant", "spouse"])
+    command.add_argument("--id-number")
+    command.add_argument("--period-start", type=date.fromisoformat)
+    command.add_argument("--period-end", type=date.fromisoformat)
+    command.add_argument("--stipulation-code")
+    command.add_argument("--policy-file")
+
+
+def _add_operator_commands(commands: Subparsers) -> None:
+    command = commands.add_parser(
+        "stuck", help="deals whose workflow task keeps failing (operators)"
+    )
+    command.add_argument("--limit", type=int, default=1000)
+
+    command = commands.add_parser(
         "heal",
         help="reset a stuck deal to its newest replayable workflow task; staff actions "
         "and lender events after it are re-applied (operators)",
     )
-    s.add_argument("deal")
-    s.add_argument("--reason", required=True, help="why, recorded with the reset")
-    s.add_argument("--force", action="store_true", help="reset even if the deal is not stuck")
-
-    s = sub.add_parser("act", help="take a staff action (payload: JSON file or - for stdin)")
-    s.add_argument("deal")
-    s.add_argument("action")
-    s.add_argument("payload", nargs="?")
-
-    s = sub.add_parser("cancel", help="cancel a deal (runs its compensations)")
-    s.add_argument("deal")
-    s.add_argument("--reason", required=True)
-
-    s = sub.add_parser("upload", help="upload a customer document and record it on the deal")
-    s.add_argument("deal")
-    s.add_argument("kind")
-    s.add_argument("file")
-    s.add_argument("--party", default="applicant", choices=["applicant", "spouse"])
-    s.add_argument("--id-number")
-    s.add_argument("--period-start", type=date.fromisoformat)
-    s.add_argument("--period-end", type=date.fromisoformat)
-    s.add_argument("--stipulation-code")
-    s.add_argument("--policy-file")
-    return p
+    command.add_argument("deal")
+    command.add_argument("--reason", required=True, help="why, recorded with the reset")
+    command.add_argument("--force", action="store_true", help="reset even if the deal is not stuck")
 
 
 # Commands on deals, over either transport; the rest are operator commands.

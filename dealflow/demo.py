@@ -265,9 +265,9 @@ class Robot:
 
 
 async def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="drive sample deals through the embedded stack")
-    ap.add_argument("--timeout", type=float, default=300, help="seconds to wait for the deals")
-    args = ap.parse_args(argv)
+    parser = argparse.ArgumentParser(description="drive sample deals through the embedded stack")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the deals")
+    args = parser.parse_args(argv)
     settings = get_settings()
     client = await retrying("connect", deals.connect, settings)
     store = open_store(
@@ -276,49 +276,75 @@ async def main(argv: list[str] | None = None) -> int:
         signing_secret=settings.jwt_secret,
         api_base_url=settings.api_url,
     )
-    lenders = load_lenders(settings.lenders_file)
     robot = Robot(client, store, settings)
-    sim = f"http://127.0.0.1:{settings.lender_sim_port}"
-
-    running: dict[str, tuple[Scenario, DealInput]] = {}
     started = time.monotonic()
+    running = await _start_scenarios(client, settings)
+    finals = await _drive_until_closed(client, robot, running, started + args.timeout)
+    if len(finals) < len(running):
+        console.print(f"[red]timed out after {args.timeout:.0f}s[/]")
+    all_as_expected = _print_summary(running, finals)
+    console.print(
+        f"{len(finals)} of {len(running)} deals finished in {time.monotonic() - started:.1f}s"
+    )
+    _print_links(settings)
+    return 0 if all_as_expected else 1
+
+
+async def _start_scenarios(
+    client: Client, settings: Settings
+) -> dict[str, tuple[Scenario, DealInput]]:
+    lenders = load_lenders(settings.lenders_file)
+    simulator = f"http://127.0.0.1:{settings.lender_sim_port}"
+    running: dict[str, tuple[Scenario, DealInput]] = {}
     async with httpx.AsyncClient(timeout=10) as http:
-        for sc in SCENARIOS:
-            deal = example_deal().model_copy(update=sc.deal_changes)
+        for scenario in SCENARIOS:
+            deal = example_deal().model_copy(update=scenario.deal_changes)
             deal_id = deals.new_deal_id()
-            if sc.script is not None:
-                r = await retrying(
-                    "script", http.put, f"{sim}/_sim/scripts/{deal_id}", json=sc.script
+            if scenario.script is not None:
+                response = await retrying(
+                    "script", http.put, f"{simulator}/_sim/scripts/{deal_id}", json=scenario.script
                 )
-                r.raise_for_status()
+                response.raise_for_status()
             inp = deals.start_input(
                 deal_id, deal, DEMO_POLICY, lenders, Actor(staff_id="demo-sales", role="sales")
             )
             await retrying("start", deals.start_deal, client, settings.task_queue, inp)
-            running[deal_id] = (sc, deal)
-            console.print(f"started [bold]{deal_id}[/bold]: {sc.name}")
+            running[deal_id] = (scenario, deal)
+            console.print(f"started [bold]{deal_id}[/bold]: {scenario.name}")
+    return running
 
+
+async def _drive_until_closed(
+    client: Client,
+    robot: Robot,
+    running: dict[str, tuple[Scenario, DealInput]],
+    deadline: float,
+) -> dict[str, DealStatus]:
+    """Take each deal's next step until every deal has closed or time is up."""
     last_stage: dict[str, Stage] = {}
     finals: dict[str, DealStatus] = {}
-    while len(finals) < len(running):
-        if time.monotonic() - started > args.timeout:
-            console.print(f"[red]timed out after {args.timeout:.0f}s[/]")
-            break
-        for deal_id, (sc, deal) in running.items():
+    while len(finals) < len(running) and time.monotonic() < deadline:
+        for deal_id, (scenario, deal) in running.items():
             if deal_id in finals:
                 continue
-            st = await retrying("status", deals.deal_status, client, deal_id)
-            if last_stage.get(deal_id) is not st.stage:
-                last_stage[deal_id] = st.stage
-                reason = st.transitions[-1].reason if st.transitions else ""
-                console.print(f"  {deal_id}  [cyan]{st.stage.value:<13}[/] {reason}")
-            if st.stage.terminal:
+            status = await retrying("status", deals.deal_status, client, deal_id)
+            if last_stage.get(deal_id) is not status.stage:
+                last_stage[deal_id] = status.stage
+                reason = status.transitions[-1].reason if status.transitions else ""
+                console.print(f"  {deal_id}  [cyan]{status.stage.value:<13}[/] {reason}")
+            if status.stage.terminal:
                 # The deal closes after its compensations ran: wait for that.
                 finals[deal_id] = await retrying("result", deals.deal_result, client, deal_id)
                 continue
-            await robot.step(deal_id, deal, sc, st)
+            await robot.step(deal_id, deal, scenario, status)
         await asyncio.sleep(0.3)
+    return finals
 
+
+def _print_summary(
+    running: dict[str, tuple[Scenario, DealInput]], finals: dict[str, DealStatus]
+) -> bool:
+    """The table of outcomes; whether every deal ended where its scenario expects."""
     table = Table(
         "deal",
         "scenario",
@@ -329,29 +355,32 @@ async def main(argv: list[str] | None = None) -> int:
         "compensations run",
         title="DealFlow demo",
     )
-    ok = True
-    for deal_id, (sc, _) in running.items():
-        st = finals.get(deal_id)
-        if st is None:
-            table.add_row(deal_id, sc.name, "[red]unfinished[/]", "", "", "", "")
-            ok = False
+    all_as_expected = True
+    for deal_id, (scenario, _) in running.items():
+        final = finals.get(deal_id)
+        if final is None:
+            table.add_row(deal_id, scenario.name, "[red]unfinished[/]", "", "", "", "")
+            all_as_expected = False
             continue
-        good = st.stage is sc.expect
-        ok &= good
-        comps = ", ".join(c.kind for c in reversed(st.compensations) if c.status == "done")
+        as_expected = final.stage is scenario.expect
+        all_as_expected &= as_expected
+        compensations = ", ".join(
+            c.kind for c in reversed(final.compensations) if c.status == "done"
+        )
         table.add_row(
             deal_id,
-            sc.name,
-            f"[{'green' if good else 'red'}]{st.stage.value}[/]",
-            st.lender_id or "",
-            f"{st.money.amount_financed:,.2f}",
-            f"{st.money.disbursed or Decimal(0):,.2f}",
-            comps or "-",
+            scenario.name,
+            f"[{'green' if as_expected else 'red'}]{final.stage.value}[/]",
+            final.lender_id or "",
+            f"{final.money.amount_financed:,.2f}",
+            f"{final.money.disbursed or Decimal(0):,.2f}",
+            compensations or "-",
         )
     console.print(table)
-    console.print(
-        f"{len(finals)} of {len(running)} deals finished in {time.monotonic() - started:.1f}s"
-    )
+    return all_as_expected
+
+
+def _print_links(settings: Settings) -> None:
     console.print(
         f"Temporal UI:  http://localhost:{settings.temporal_ui_port}/namespaces/{settings.namespace}"
         "/workflows?query=DealStage%3D%22COMPLETED%22"
@@ -359,7 +388,6 @@ async def main(argv: list[str] | None = None) -> int:
     console.print(f"API docs:     {settings.api_url}/docs")
     console.print(".venv/bin/temporal workflow list --query 'DealStage=\"COMPLETED\"'")
     console.print("The stack stays up; `make down` stops it.")
-    return 0 if ok else 1
 
 
 if __name__ == "__main__":
