@@ -3,8 +3,8 @@
 The SDK sandbox imports the workflow module afresh for each workflow run it
 builds: every deal a new worker rebuilds after a crash or restart, every deal
 evicted from the cache, every history an auditor replays. Without a `.pyc`
-that means compiling `workflows/deal.py` from source each time, about 20 ms of
-CPU of a 25-40 ms rebuild (measured with cProfile on the committed histories).
+that means compiling `workflows/deal.py` from source each time, most of the
+CPU of a rebuild (cProfile on the committed histories; README, Performance).
 Where PYTHONDONTWRITEBYTECODE is set (containers, CI, this project's own
 machines) Python never writes one, but it still reads one: so the processes
 that run the sandbox write it once at start.
