@@ -33,7 +33,7 @@ from temporalio.exceptions import ApplicationError
 
 from dealflow import audit, codec
 from dealflow import client as deals
-from dealflow.api.auth import mint_token
+from dealflow.api.security import mint_token
 from dealflow.config import Settings
 from dealflow.docstore import LocalDirectoryStore
 from dealflow.logs import JsonFormatter

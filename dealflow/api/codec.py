@@ -39,9 +39,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.api.common.v1 import Payloads
 from temporalio.converter import PayloadCodec
 
-from dealflow.api.auth import AuthError, Principal, bearer_scheme, bearer_token
 from dealflow.api.errors import Problem
 from dealflow.api.problems import problem_response
+from dealflow.api.security import AuthError, Principal, bearer_scheme, bearer_token
 from dealflow.codec import AesGcmCodec, CodecError
 from dealflow.models import Role
 

@@ -29,10 +29,16 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import client as deals
 from dealflow import db, rules, stuck
-from dealflow.api.auth import READ_ROLES, START_DEAL_ROLES, Principal, authenticate, bearer_scheme
 from dealflow.api.deps import Services
 from dealflow.api.errors import Problem
 from dealflow.api.problems import responses
+from dealflow.api.security import (
+    READ_ROLES,
+    START_DEAL_ROLES,
+    Principal,
+    authenticate,
+    bearer_scheme,
+)
 from dealflow.models import (
     ACTION_INPUTS,
     Action,

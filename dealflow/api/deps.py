@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from dealflow import db
-from dealflow.api.auth import Authenticator
+from dealflow.api.security import Authenticator
 from dealflow.config import LenderConfig, Settings
 from dealflow.docstore import DocumentStore
 from dealflow.groupcommit import GroupCommit

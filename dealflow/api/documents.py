@@ -40,16 +40,16 @@ from starlette.requests import ClientDisconnect
 
 from dealflow import client as deals
 from dealflow import rules
-from dealflow.api.auth import (
+from dealflow.api.deals import DealIdPath, check_deal_id, read_status, roles_of, services
+from dealflow.api.errors import Problem
+from dealflow.api.problems import PROBLEM_JSON, responses
+from dealflow.api.security import (
     DOCUMENT_READ_ROLES,
     UPLOAD_ROLES,
     Principal,
     authenticate,
     bearer_scheme,
 )
-from dealflow.api.deals import DealIdPath, check_deal_id, read_status, roles_of, services
-from dealflow.api.errors import Problem
-from dealflow.api.problems import PROBLEM_JSON, responses
 from dealflow.docstore import (
     DocumentNotFound,
     DocumentTooLarge,

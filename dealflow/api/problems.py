@@ -182,7 +182,7 @@ async def _auth_first(request: Request) -> JSONResponse | None:
     order of checks does not depend on whether the body happens to parse."""
     if not _needs_token(request):
         return None
-    from dealflow.api.auth import authenticate
+    from dealflow.api.security import authenticate
 
     try:
         principal = await authenticate(request)
