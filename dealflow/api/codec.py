@@ -41,7 +41,13 @@ from temporalio.converter import PayloadCodec
 
 from dealflow.api.errors import Problem
 from dealflow.api.problems import problem_response
-from dealflow.api.security import AuthError, Principal, bearer_scheme, bearer_token
+from dealflow.api.security import (
+    AuthError,
+    Principal,
+    bearer_scheme,
+    bearer_token,
+    require_roles,
+)
 from dealflow.codec import AesGcmCodec, CodecError
 from dealflow.models import Role
 
@@ -51,6 +57,9 @@ log = logging.getLogger("dealflow.api.codec")
 router = APIRouter(prefix="/codec", tags=["codec"], dependencies=[Depends(bearer_scheme)])
 
 CODEC_ROLES = frozenset({Role.AUDITOR, Role.ADMIN})
+# Checked in `_principal` and at sign-in rather than as a route dependency:
+# the token may come from the sign-in cookie, and a refusal carries CORS headers.
+CODEC_ACCESS = require_roles(CODEC_ROLES, "use the codec endpoint")
 COOKIE = "dealflow_codec_token"
 MAX_BODY_BYTES = 32 * 1024 * 1024
 _B64 = {"type": "string", "pattern": "^[A-Za-z0-9+/_-]*={0,2}$", "description": "base64"}
@@ -157,7 +166,7 @@ async def _principal(request: Request) -> Principal:
         raise Problem(
             401, str(e), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
         ) from None
-    principal.actor(CODEC_ROLES, "use the codec endpoint")  # 403 unless auditor/admin
+    CODEC_ACCESS.actor_of(principal)  # 403 unless auditor/admin
     return principal
 
 
@@ -300,7 +309,7 @@ async def login(request: Request) -> Response:
     auth = request.app.state.services.auth
     try:
         principal = await _decode(auth, token)
-        principal.actor(CODEC_ROLES, "use the codec endpoint")
+        CODEC_ACCESS.actor_of(principal)
         exp = int(jwt.decode(token, options={"verify_signature": False}).get("exp", 0))
     except AuthError as e:
         return _page(request, f"Not signed in: {html.escape(str(e))}", 401)

@@ -38,11 +38,13 @@ from dealflow.api.security import (
     Principal,
     authenticate,
     bearer_scheme,
+    require_roles,
 )
 from dealflow.models import (
     ACTION_INPUTS,
     Action,
     ActionResult,
+    Actor,
     DealCreated,
     DealInput,
     DealPage,
@@ -59,7 +61,11 @@ DEAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,200}$"
 MAX_PAGE = 200
 
-Auth = Annotated[Principal, Depends(authenticate)]
+# Who may call each route: the dependency checks the token (401) and the role
+# (403) and gives the route its actor.
+DealStarter = Annotated[Actor, Depends(require_roles(START_DEAL_ROLES, "start a deal"))]
+DealLister = Annotated[Actor, Depends(require_roles(READ_ROLES, "list deals"))]
+DealReader = Annotated[Actor, Depends(require_roles(READ_ROLES, "read deals"))]
 DealIdPath = Annotated[str, Path(description="the deal id, e.g. 20261128-3f9a0c1e")]
 
 
@@ -72,16 +78,6 @@ def check_deal_id(deal_id: str) -> None:
     """A deal id that cannot exist is an unknown deal (404), without asking Temporal."""
     if not DEAL_ID.match(deal_id):
         raise Problem(404, f"deal {deal_id[:80]!r} does not exist")
-
-
-def roles_of(allowed: frozenset, what: str) -> Any:
-    """Mark an endpoint with its permission, so a 422 never hides a 401/403."""
-
-    def mark(fn: Any) -> Any:
-        fn.dealflow_roles = (allowed, what)
-        return fn
-
-    return mark
 
 
 # --------------------------------------------------------------------------- models
@@ -177,11 +173,10 @@ async def ensure_started(svc: Services, inp: StartDealInput) -> None:
         ),
     },
 )
-@roles_of(START_DEAL_ROLES, "start a deal")
 async def create_deal(
     request: Request,
     response: Response,
-    principal: Auth,
+    actor: DealStarter,
     deal: Annotated[
         DealInput,
         Body(
@@ -199,7 +194,6 @@ async def create_deal(
     ] = None,
 ) -> DealCreated:
     svc = services(request)
-    actor = principal.actor(START_DEAL_ROLES, "start a deal")
     policy = svc.deal_policy
     # Every rule first: a rejected body neither starts a deal nor stores its key.
     inp = deals.start_input(deals.new_deal_id(), deal, policy, svc.lenders, actor)
@@ -261,10 +255,9 @@ def _created(svc: Services, deal_id: str, outcome: str) -> DealCreated:
         d422="an unknown stage, a bad limit or a cursor that was not returned by this list",
     ),
 )
-@roles_of(READ_ROLES, "list deals")
 async def list_deals(
     request: Request,
-    principal: Auth,
+    actor: DealLister,
     stage: Annotated[Stage | None, Query(description="only deals in this stage")] = None,
     lender: Annotated[str | None, Query(max_length=64, description="current lender id")] = None,
     dealer: Annotated[str | None, Query(max_length=64, description="dealer id")] = None,
@@ -277,7 +270,6 @@ async def list_deals(
     ] = None,
 ) -> DealPage:
     svc = services(request)
-    principal.actor(READ_ROLES, "list deals")
     now = datetime.now(UTC)
     try:
         rows, next_cursor = await asyncio.to_thread(
@@ -302,9 +294,7 @@ async def list_deals(
     summary="A deal's status: stage, checklist, pending actions, lenders, money",
     responses=responses(401, 403, 404, 503),
 )
-@roles_of(READ_ROLES, "read deals")
-async def get_deal(request: Request, deal_id: DealIdPath, principal: Auth) -> DealStatus:
-    principal.actor(READ_ROLES, "read deals")
+async def get_deal(request: Request, deal_id: DealIdPath, actor: DealReader) -> DealStatus:
     check_deal_id(deal_id)
     return await read_status(services(request), deal_id)
 
@@ -325,7 +315,7 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
     async def endpoint(
         request: Request,
         deal_id: DealIdPath,
-        principal: Auth,
+        actor: Annotated[Actor, Depends(require_roles(rules.ACTION_ROLES[action], action.value))],
         payload: Annotated[
             body,  # type: ignore[valid-type]
             Body(
@@ -339,7 +329,6 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
         ],
     ) -> ActionResult:
         svc = services(request)
-        actor = principal.actor_for_action(action)
         check_deal_id(deal_id)
         body_json = cast(BaseModel, payload).model_dump(mode="json")
         act, inp = deals.parse_action(action.value, body_json, actor)
@@ -363,7 +352,6 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
         return result
 
     endpoint.__name__ = "action_" + action.update_name
-    endpoint.dealflow_roles = (rules.ACTION_ROLES[action], action.value)  # type: ignore[attr-defined]
     return endpoint
 
 
@@ -398,7 +386,12 @@ for _action in ACTION_ROUTES:
 
 
 @router.post("/api/deals/{deal_id}/actions/{action}", include_in_schema=False)
-async def unknown_action(request: Request, deal_id: str, action: str, principal: Auth) -> None:
+async def unknown_action(
+    request: Request,
+    deal_id: str,
+    action: str,
+    principal: Annotated[Principal, Depends(authenticate)],
+) -> None:
     """Any other action name: 404 (the action, like a deal, is a resource that does not exist)."""
     if action == Action.RECORD_DOCUMENT.value:
         raise Problem(

@@ -40,15 +40,14 @@ from starlette.requests import ClientDisconnect
 
 from dealflow import client as deals
 from dealflow import rules
-from dealflow.api.deals import DealIdPath, check_deal_id, read_status, roles_of, services
+from dealflow.api.deals import DealIdPath, check_deal_id, read_status, services
 from dealflow.api.errors import Problem
 from dealflow.api.problems import PROBLEM_JSON, responses
 from dealflow.api.security import (
     DOCUMENT_READ_ROLES,
     UPLOAD_ROLES,
-    Principal,
-    authenticate,
     bearer_scheme,
+    require_roles,
 )
 from dealflow.docstore import (
     DocumentNotFound,
@@ -58,6 +57,7 @@ from dealflow.docstore import (
 )
 from dealflow.models import (
     Action,
+    Actor,
     DocumentKind,
     DocumentRecord,
     DocumentUploaded,
@@ -401,6 +401,45 @@ def _precheck(fields: dict[str, str], file_name: str, actor: Any) -> dict[str, A
 
 
 # --------------------------------------------------------------------------- routes
+def _status_of(e: BaseException) -> int:
+    if isinstance(e, Problem):
+        return e.status
+    if isinstance(e, rules.RuleError):
+        return {"invalid": 422, "conflict": 409, "forbidden": 403}[e.kind]
+    return 500
+
+
+async def _drain_unparsed(request: Request, limit: int = MAX_DRAIN_BYTES) -> None:
+    """Read and drop a body refused before it was parsed (bounded)."""
+    seen = 0
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen >= limit:
+                return
+    except (ClientDisconnect, RuntimeError):
+        return
+
+
+async def _refuse_upload(
+    request: Request, error: Exception, reader: MultipartReader | None = None
+) -> None:
+    """Count a refused upload and read the rest of its body (bounded), so the
+    client reads our answer instead of a reset connection."""
+    outcome = str(_status_of(error))
+    services(request).metrics.documents.labels(op="upload", outcome=outcome).inc()
+    await (reader.drain() if reader is not None else _drain_unparsed(request))
+
+
+# Who may call each route: the dependency checks the token (401) and the role
+# (403) and gives the route its actor.
+Uploader = Annotated[
+    Actor,
+    Depends(
+        require_roles(UPLOAD_ROLES, "upload documents (record-document)", on_refusal=_refuse_upload)
+    ),
+]
+DocumentReader = Annotated[Actor, Depends(require_roles(DOCUMENT_READ_ROLES, "read documents"))]
 
 
 @router.post(
@@ -429,13 +468,10 @@ def _precheck(fields: dict[str, str], file_name: str, actor: Any) -> dict[str, A
         ),
     },
 )
-@roles_of(UPLOAD_ROLES, "upload documents (record-document)")
-async def upload(request: Request, deal_id: DealIdPath) -> DocumentUploaded:
+async def upload(request: Request, deal_id: DealIdPath, actor: Uploader) -> DocumentUploaded:
     svc = services(request)
     reader: MultipartReader | None = None
     try:
-        principal = await authenticate(request)
-        actor = principal.actor(UPLOAD_ROLES, "upload documents (record-document)")
         check_deal_id(deal_id)
         policy = svc.deal_policy
         limit = policy.max_document_bytes
@@ -499,9 +535,7 @@ async def upload(request: Request, deal_id: DealIdPath) -> DocumentUploaded:
         except deals.DealNotFound as e:
             raise Problem(404, str(e)) from None
     except Exception as e:
-        svc.metrics.documents.labels(op="upload", outcome=str(_status_of(e))).inc()
-        # Read the rest of the body (bounded) so the client sees our answer.
-        await (reader.drain() if reader is not None else _drain_unparsed(request))
+        await _refuse_upload(request, e, reader)
         raise
 
     content_type = rules.sniff_content_type(b"".join(head))
@@ -533,26 +567,6 @@ async def upload(request: Request, deal_id: DealIdPath) -> DocumentUploaded:
     )
 
 
-def _status_of(e: BaseException) -> int:
-    if isinstance(e, Problem):
-        return e.status
-    if isinstance(e, rules.RuleError):
-        return {"invalid": 422, "conflict": 409, "forbidden": 403}[e.kind]
-    return 500
-
-
-async def _drain_unparsed(request: Request, limit: int = MAX_DRAIN_BYTES) -> None:
-    """Read and drop a body refused before it was parsed (bounded)."""
-    seen = 0
-    try:
-        async for chunk in request.stream():
-            seen += len(chunk)
-            if seen >= limit:
-                return
-    except (ClientDisconnect, RuntimeError):
-        return
-
-
 @router.get(
     "/api/deals/{deal_id}/documents",
     response_model=DocumentList,
@@ -561,14 +575,10 @@ async def _drain_unparsed(request: Request, limit: int = MAX_DRAIN_BYTES) -> Non
     dependencies=[Depends(bearer_scheme)],
     responses=responses(401, 403, 404, 503),
 )
-@roles_of(DOCUMENT_READ_ROLES, "read documents")
 async def list_documents(
-    request: Request,
-    deal_id: DealIdPath,
-    principal: Annotated[Principal, Depends(authenticate)],
+    request: Request, deal_id: DealIdPath, actor: DocumentReader
 ) -> DocumentList:
     svc = services(request)
-    principal.actor(DOCUMENT_READ_ROLES, "read documents")
     check_deal_id(deal_id)
     # From the deal itself: the documents table is a projection written a
     # moment after the update, and must not make a fresh upload look missing.
@@ -614,15 +624,10 @@ _FILE_CONTENT = {t: {"schema": {"type": "string", "format": "binary"}} for t in 
         **responses(401, 403, 404, 503, d404="unknown deal or document"),
     },
 )
-@roles_of(DOCUMENT_READ_ROLES, "read documents")
 async def download(
-    request: Request,
-    deal_id: DealIdPath,
-    doc_id: str,
-    principal: Annotated[Principal, Depends(authenticate)],
+    request: Request, deal_id: DealIdPath, doc_id: str, actor: DocumentReader
 ) -> Response:
     svc = services(request)
-    actor = principal.actor(DOCUMENT_READ_ROLES, "read documents")
     check_deal_id(deal_id)
     status = await read_status(svc, deal_id)  # 404 for an unknown deal
     row = next((r for r in status.documents if r.doc_id == doc_id), None)

@@ -21,6 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import rules
 from dealflow.api.errors import Problem
+from dealflow.api.security import authenticate, route_requirement
 from dealflow.client import WorkflowStuck
 from dealflow.docstore import DocumentStoreError, DocumentStoreUnavailable
 from dealflow.stuck import heal_command
@@ -182,14 +183,12 @@ async def _auth_first(request: Request) -> JSONResponse | None:
     order of checks does not depend on whether the body happens to parse."""
     if not _needs_token(request):
         return None
-    from dealflow.api.security import authenticate
-
+    requirement = route_requirement(request.scope.get("route"))
     try:
-        principal = await authenticate(request)
-        endpoint = getattr(request.scope.get("route"), "endpoint", None)
-        check = getattr(endpoint, "dealflow_roles", None)
-        if check is not None:
-            principal.actor(*check)
+        if requirement is not None:
+            await requirement(request)
+        else:
+            await authenticate(request)
     except Problem as p:
         return await on_problem(request, p)
     return None

@@ -7,6 +7,11 @@ refused. Claims: `sub` (the staff id) and `roles` (a list of `Role` values);
 `exp` is required. The actor of every workflow update is built here, from the
 token alone: nothing in a request body can change who acted.
 
+A route declares who may call it once, as a dependency:
+`actor: Annotated[Actor, Depends(require_roles(READ_ROLES, "read deals"))]`
+authenticates the caller (401), checks the role (403) and hands the route
+its actor.
+
 Who may do what — the permission table, one place: staff actions and starting
 a deal come from `dealflow.rules` (`ACTION_ROLES`, `START_DEAL_ROLES`,
 `READ_ROLES`, the same tables the workflow's validators enforce); the two
@@ -19,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 from fastapi import Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
 from dealflow import rules
@@ -80,9 +86,6 @@ class Principal:
         raise Problem(
             403, f"role{'s' if len(self.roles) > 1 else ''} {mine} may not {what}; allowed: {names}"
         )
-
-    def actor_for_action(self, action: Action) -> Actor:
-        return self.actor(rules.ACTION_ROLES[action], action.value)
 
 
 class Authenticator:
@@ -194,3 +197,53 @@ async def authenticate(request: Request) -> Principal:
         ) from None
     request.state.principal = principal
     return principal
+
+
+RefusalHook = Callable[[Request, Exception], Awaitable[None]]
+
+
+class RoleRequirement:
+    """Who may call a route: the roles in `allowed` (admin always), to do `what`.
+
+    Used as a FastAPI dependency it authenticates the caller (401), checks the
+    role (403) and returns the actor. `on_refusal` runs before a refusal is
+    answered, for a route that must do something about it first (the upload
+    reads the rest of its body, so the client reads the answer).
+    """
+
+    def __init__(
+        self, allowed: Iterable[Role], what: str, on_refusal: RefusalHook | None = None
+    ) -> None:
+        self.allowed = frozenset(allowed)
+        self.what = what
+        self.on_refusal = on_refusal
+
+    def actor_of(self, principal: Principal) -> Actor:
+        """The principal's actor under this requirement, or a 403 problem."""
+        return principal.actor(self.allowed, self.what)
+
+    async def __call__(self, request: Request) -> Actor:
+        try:
+            return self.actor_of(await authenticate(request))
+        except Exception as refusal:
+            if self.on_refusal is not None:
+                await self.on_refusal(request, refusal)
+            raise
+
+
+def require_roles(
+    allowed: Iterable[Role], what: str, on_refusal: RefusalHook | None = None
+) -> RoleRequirement:
+    """The dependency of a route open to `allowed` (and admin): `what` names the
+    operation in the 403 answer ("role 'auditor' may not start a deal; ...")."""
+    return RoleRequirement(allowed, what, on_refusal)
+
+
+def route_requirement(route: object) -> RoleRequirement | None:
+    """The role requirement among a route's dependencies (None: a token is all it needs)."""
+    if not isinstance(route, APIRoute):
+        return None
+    for dependency in route.dependant.dependencies:
+        if isinstance(dependency.call, RoleRequirement):
+            return dependency.call
+    return None
