@@ -29,7 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import client as deals
 from dealflow import db, rules, stuck
-from dealflow.api.deps import Services
+from dealflow.api.deps import Services, services
 from dealflow.api.errors import Problem
 from dealflow.api.problems import responses
 from dealflow.api.security import (
@@ -67,11 +67,6 @@ DealStarter = Annotated[Actor, Depends(require_roles(START_DEAL_ROLES, "start a 
 DealLister = Annotated[Actor, Depends(require_roles(READ_ROLES, "list deals"))]
 DealReader = Annotated[Actor, Depends(require_roles(READ_ROLES, "read deals"))]
 DealIdPath = Annotated[str, Path(description="the deal id, e.g. 20261128-3f9a0c1e")]
-
-
-def services(request: Request) -> Services:
-    svc: Services = request.app.state.services
-    return svc
 
 
 def check_deal_id(deal_id: str) -> None:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
@@ -129,3 +130,9 @@ class Services:
     def deal_policy(self) -> DealPolicy:
         assert self.policy is not None
         return self.policy
+
+
+def services(request: Request) -> Services:
+    """The services of the app that serves `request`."""
+    svc: Services = request.app.state.services
+    return svc
