@@ -1,4 +1,5 @@
-"""Payload encryption (dealflow/codec.py) and the codec endpoint (dealflow/api/codec.py).
+"""Payload encryption (dealflow/codec.py) and the codec server
+(dealflow/api/routes/codec_server.py).
 
 The first half is the codec itself: round trip, random nonces, rotation, tamper
 detection, key configuration. The second half runs a real deal on the dev

@@ -22,8 +22,9 @@ from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError
 
 from dealflow import rules, stuck
-from dealflow.api import codec, deals, documents, problems, webhooks
+from dealflow.api import problems
 from dealflow.api.deps import Metrics, Services
+from dealflow.api.routes import codec_server, deals, documents, webhooks
 from dealflow.client import WorkflowStuck
 from dealflow.docstore import DocumentStoreError
 
@@ -163,7 +164,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(deals.router)
     app.include_router(documents.router)
     app.include_router(webhooks.router)
-    app.include_router(codec.router)
+    app.include_router(codec_server.router)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

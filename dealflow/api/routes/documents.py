@@ -40,10 +40,10 @@ from starlette.requests import ClientDisconnect
 
 from dealflow import client as deals
 from dealflow import rules
-from dealflow.api.deals import DealIdPath, check_deal_id, read_status
 from dealflow.api.deps import services
 from dealflow.api.errors import Problem
 from dealflow.api.problems import PROBLEM_JSON, responses
+from dealflow.api.routes.deals import DealIdPath, check_deal_id, read_status
 from dealflow.api.security import (
     DOCUMENT_READ_ROLES,
     UPLOAD_ROLES,
