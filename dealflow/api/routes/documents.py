@@ -31,7 +31,6 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
 from python_multipart.multipart import parse_options_header
 
 from dealflow import client as deals
@@ -41,6 +40,7 @@ from dealflow.api.errors import Problem
 from dealflow.api.multipart import FileStream, MultipartReader, drain_unparsed
 from dealflow.api.problems import PROBLEM_JSON, responses
 from dealflow.api.routes.deals import DealIdPath, check_deal_id, read_status
+from dealflow.api.schemas import UPLOAD_BODY, DocumentInfo, DocumentList
 from dealflow.api.security import (
     DOCUMENT_READ_ROLES,
     UPLOAD_ROLES,
@@ -56,7 +56,6 @@ from dealflow.models import (
     Action,
     Actor,
     DocumentKind,
-    DocumentRecord,
     DocumentUploaded,
     Party,
     RecordDocumentInput,
@@ -74,74 +73,6 @@ DOWNLOAD_LINK_SECONDS = 60
 FIELDS = ("kind", "party", "id_number", "period_start", "period_end", "stipulation_code")
 HEX_SIGNATURE = re.compile(r"^[0-9a-fA-F]{64}$")
 SERVED_TYPES = ("application/pdf", "image/jpeg", "image/png", "application/octet-stream")
-
-
-# --------------------------------------------------------------------------- models
-
-
-class DocumentInfo(BaseModel):
-    doc_id: str
-    kind: str
-    party: str
-    file_name: str
-    content_type: str
-    size: int
-    sha256: str
-    uploaded_by: str
-    uploaded_at: Any = Field(json_schema_extra={"type": "string", "format": "date-time"})
-
-
-class DocumentList(BaseModel):
-    deal_id: str
-    documents: list[DocumentInfo]
-
-
-UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["kind", "party", "file"],
-                    "properties": {
-                        "kind": {"type": "string", "enum": [k.value for k in DocumentKind]},
-                        "party": {"type": "string", "enum": [p.value for p in Party]},
-                        "id_number": {
-                            "type": "string",
-                            "maxLength": 18,
-                            "description": "for an ID card: the number printed on it "
-                            "(checked: 18 characters, birth date, check digit)",
-                        },
-                        "period_start": {
-                            "type": "string",
-                            "format": "date",
-                            "description": "for a bank statement: the first day it covers",
-                        },
-                        "period_end": {
-                            "type": "string",
-                            "format": "date",
-                            "description": "for a bank statement: the last day it covers",
-                        },
-                        "stipulation_code": {
-                            "type": "string",
-                            "maxLength": 64,
-                            "description": "for a stipulation document: the lender's code",
-                        },
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "PDF, JPEG or PNG (sniffed from the bytes), "
-                            "at most the policy's max_document_bytes (20 MiB); "
-                            "send it last",
-                        },
-                    },
-                },
-                "encoding": {"file": {"contentType": "application/pdf, image/jpeg, image/png"}},
-            }
-        },
-    }
-}
 
 
 async def _read_form(reader: MultipartReader) -> tuple[dict[str, str], str]:
@@ -378,20 +309,8 @@ async def list_documents(
     # From the deal itself: the documents table is a projection written a
     # moment after the update, and must not make a fresh upload look missing.
     status = await read_status(svc, deal_id)  # 404 for an unknown deal
-    return DocumentList(deal_id=deal_id, documents=[_info(r) for r in status.documents])
-
-
-def _info(row: DocumentRecord) -> DocumentInfo:
-    return DocumentInfo(
-        doc_id=row.doc_id,
-        kind=row.kind.value,
-        party=row.party.value,
-        file_name=row.file_name,
-        content_type=row.content_type,
-        size=row.size,
-        sha256=row.sha256,
-        uploaded_by=row.uploaded_by,
-        uploaded_at=row.uploaded_at,
+    return DocumentList(
+        deal_id=deal_id, documents=[DocumentInfo.from_record(r) for r in status.documents]
     )
 
 
