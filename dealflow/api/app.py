@@ -24,7 +24,7 @@ from temporalio.service import RPCError
 from dealflow import rules, stuck
 from dealflow.api import problems
 from dealflow.api.deps import Metrics, Services
-from dealflow.api.routes import codec_server, deals, documents, webhooks
+from dealflow.api.routes import codec_server, deals, documents, files, webhooks
 from dealflow.client import WorkflowStuck
 from dealflow.docstore import DocumentStoreError
 
@@ -163,6 +163,7 @@ def create_app(services: Services) -> FastAPI:
     app.add_exception_handler(Exception, problems.on_unexpected)
     app.include_router(deals.router)
     app.include_router(documents.router)
+    app.include_router(files.router)
     app.include_router(webhooks.router)
     app.include_router(codec_server.router)
 

@@ -1,5 +1,4 @@
-"""Customer documents over HTTP: upload (streamed to the store), list, download,
-and the lender's presigned links to the local store.
+"""Customer documents over HTTP: upload (streamed to the store), list and download.
 
 Upload (`POST /api/deals/{deal_id}/documents`, multipart/form-data): the body
 is parsed as it arrives and the file part is streamed straight into the
@@ -25,12 +24,10 @@ bytes reuses them.
 
 import asyncio
 import logging
-import re
 from typing import Annotated, Any
-from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse, Response
 from python_multipart.multipart import parse_options_header
 
 from dealflow import client as deals
@@ -38,8 +35,9 @@ from dealflow import rules
 from dealflow.api.deps import services
 from dealflow.api.errors import Problem
 from dealflow.api.multipart import FileStream, MultipartReader, drain_unparsed
-from dealflow.api.problems import PROBLEM_JSON, responses
+from dealflow.api.problems import responses
 from dealflow.api.routes.deals import DealIdPath, check_deal_id, read_status
+from dealflow.api.routes.files import FILE_CONTENT, stream_local_file
 from dealflow.api.schemas import UPLOAD_BODY, DocumentInfo, DocumentList
 from dealflow.api.security import (
     DOCUMENT_READ_ROLES,
@@ -48,9 +46,7 @@ from dealflow.api.security import (
     require_roles,
 )
 from dealflow.docstore import (
-    DocumentNotFound,
     LocalDirectoryStore,
-    verify_local_signature,
 )
 from dealflow.models import (
     Action,
@@ -71,8 +67,6 @@ ENVELOPE_BYTES = 64 * 1024
 # How long a document link (S3 presigned URL) given to staff stays valid.
 DOWNLOAD_LINK_SECONDS = 60
 FIELDS = ("kind", "party", "id_number", "period_start", "period_end", "stipulation_code")
-HEX_SIGNATURE = re.compile(r"^[0-9a-fA-F]{64}$")
-SERVED_TYPES = ("application/pdf", "image/jpeg", "image/png", "application/octet-stream")
 
 
 async def _read_form(reader: MultipartReader) -> tuple[dict[str, str], str]:
@@ -314,17 +308,6 @@ async def list_documents(
     )
 
 
-def _disposition(file_name: str) -> str:
-    ascii_name = (
-        "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in file_name)
-        or "document"
-    )
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(file_name)}"
-
-
-_FILE_CONTENT = {t: {"schema": {"type": "string", "format": "binary"}} for t in SERVED_TYPES}
-
-
 @router.get(
     "/api/deals/{deal_id}/documents/{doc_id}",
     tags=["documents"],
@@ -333,7 +316,7 @@ _FILE_CONTENT = {t: {"schema": {"type": "string", "format": "binary"}} for t in 
     dependencies=[Depends(bearer_scheme)],
     response_class=Response,
     responses={
-        200: {"description": "the document's bytes (local store)", "content": _FILE_CONTENT},
+        200: {"description": "the document's bytes (local store)", "content": FILE_CONTENT},
         307: {"description": "S3: Location is a short-lived presigned URL"},
         **responses(401, 403, 404, 503, d404="unknown deal or document"),
     },
@@ -362,78 +345,6 @@ async def download(
     if not isinstance(svc.store, LocalDirectoryStore):
         url = await asyncio.to_thread(svc.store.presign_get, row.storage_key, DOWNLOAD_LINK_SECONDS)
         return RedirectResponse(url, status_code=307, headers=headers)
-    return await _stream(
+    return await stream_local_file(
         svc.store, row.storage_key, row.content_type, row.file_name, row.sha256, headers
-    )
-
-
-async def _stream(
-    store: LocalDirectoryStore,
-    key: str,
-    content_type: str,
-    file_name: str,
-    sha256: str,
-    headers: dict[str, str],
-) -> Response:
-    try:
-        head = await asyncio.to_thread(store.head, key)
-        if head is None:
-            raise DocumentNotFound(key)
-        chunks = await asyncio.to_thread(store.open, key)
-    except (DocumentNotFound, ValueError):
-        raise Problem(404, "the document's file is missing from the store") from None
-    return StreamingResponse(
-        chunks,
-        media_type=content_type,
-        headers={
-            **headers,
-            "Content-Length": str(head.size),
-            "ETag": f'"{sha256}"',
-            "Content-Disposition": _disposition(file_name),
-        },
-    )
-
-
-@router.get(
-    "/api/files/{key:path}",
-    tags=["documents"],
-    summary="A presigned link to the local store (what lenders get in an application "
-    "package); no bearer token, the signature is the authorisation",
-    response_class=Response,
-    responses={
-        200: {"description": "the file's bytes", "content": _FILE_CONTENT},
-        403: {
-            "description": "the signature does not match or the link has expired",
-            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetail"}}},
-        },
-        **responses(404, 422, d404="no such file (or the store is not local)"),
-    },
-)
-async def presigned_file(
-    request: Request,
-    key: str,
-    expires: Annotated[int, Query(description="unix time the link expires")],
-    sig: Annotated[str, Query(max_length=128, description="hex HMAC-SHA256 of the link")],
-) -> Response:
-    svc = services(request)
-    if not HEX_SIGNATURE.match(sig) or not verify_local_signature(
-        svc.settings.jwt_secret, key, expires, sig
-    ):
-        raise Problem(403, "the link is invalid or has expired; ask for a new one")
-    if not isinstance(svc.store, LocalDirectoryStore):
-        raise Problem(404, "files are served by the object store, not by this API")
-    try:
-        head = await asyncio.to_thread(svc.store.head, key)
-    except ValueError:
-        head = None
-    if head is None:
-        raise Problem(404, "no such file")
-    log.info("presigned file read", extra={"key_sha": head.sha256[:12]})
-    return await _stream(
-        svc.store,
-        key,
-        head.content_type,
-        key.rsplit("/", 1)[-1],
-        head.sha256,
-        {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"},
     )
