@@ -32,7 +32,7 @@ from python_multipart.multipart import parse_options_header
 
 from dealflow import client as deals
 from dealflow import rules
-from dealflow.api.deps import services
+from dealflow.api.deps import Services, services
 from dealflow.api.errors import Problem
 from dealflow.api.multipart import FileStream, MultipartReader, drain_unparsed
 from dealflow.api.problems import responses
@@ -50,6 +50,7 @@ from dealflow.docstore import (
 )
 from dealflow.models import (
     Action,
+    ActionResult,
     Actor,
     DocumentKind,
     DocumentUploaded,
@@ -91,7 +92,7 @@ async def _read_form(reader: MultipartReader) -> tuple[dict[str, str], str]:
         fields[name] = await reader.read_value(name)
 
 
-def _precheck(fields: dict[str, str], file_name: str, actor: Any) -> dict[str, Any]:
+def _check_form_fields(fields: dict[str, str], file_name: str, actor: Actor) -> dict[str, Any]:
     """The form fields, checked by the record-document input model and the field
     rules before any byte is stored. The deal's own rules run in the workflow."""
     values: dict[str, Any] = {k: (v or None) for k, v in fields.items()}
@@ -133,6 +134,8 @@ def _precheck(fields: dict[str, str], file_name: str, actor: Any) -> dict[str, A
 
 
 # --------------------------------------------------------------------------- routes
+
+
 def _status_of(e: BaseException) -> int:
     if isinstance(e, Problem):
         return e.status
@@ -192,73 +195,17 @@ async def upload(request: Request, deal_id: DealIdPath, actor: Uploader) -> Docu
     svc = services(request)
     reader: MultipartReader | None = None
     try:
-        check_deal_id(deal_id)
-        policy = svc.deal_policy
-        limit = policy.max_document_bytes
-        media, options = parse_options_header(request.headers.get("content-type"))
-        if media != b"multipart/form-data" or not options.get(b"boundary"):
-            raise Problem(
-                415, "send the document as multipart/form-data (fields kind, party, file)"
-            )
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit + ENVELOPE_BYTES:
-            raise Problem(
-                413,
-                f"the upload of {int(declared):,} bytes is larger than the limit "
-                f"of {limit:,} bytes per document; nothing was stored",
-            )
-        status = await read_status(svc, deal_id)
-        rules.check_stage(Action.RECORD_DOCUMENT, status.stage)
-
-        reader = MultipartReader(request, options[b"boundary"])
+        boundary = await _check_before_reading(request, svc, deal_id)
+        reader = MultipartReader(request, boundary)
         fields, file_name = await _read_form(reader)
-        checked = _precheck(fields, file_name, actor)
-
-        head: list[bytes] = []
-        got = 0
-        finished = False
-        while got < SNIFF_BYTES:
-            data = await reader.next_file_data()
-            if data is None:
-                finished = True
-                break
-            head.append(data)
-            got += len(data)
-        if finished and got == 0:
-            raise rules.invalid(f"{file_name} is empty")
-        stream = FileStream(reader, asyncio.get_running_loop(), head, finished, limit)
-        try:
-            result = await upload_document(
-                svc.client,
-                svc.store,
-                deal_id,
-                actor,
-                file_name=file_name,
-                data=stream,
-                policy=policy,
-                kind=checked["kind"],
-                party=checked["party"],
-                id_number=checked["id_number"],
-                period_start=checked["period_start"],
-                period_end=checked["period_end"],
-                stipulation_code=checked["stipulation_code"],
-            )
-        except rules.RuleError as e:
-            if stream.too_large:
-                raise Problem(
-                    413,
-                    f"{file_name} is larger than the limit of {limit:,} bytes; nothing was stored",
-                ) from None
-            raise Problem(
-                422 if e.kind == "invalid" else 409 if e.kind == "conflict" else 403, e.message
-            ) from None
-        except deals.DealNotFound as e:
-            raise Problem(404, str(e)) from None
+        form = _check_form_fields(fields, file_name, actor)
+        stream = await _open_file(reader, file_name, svc.deal_policy.max_document_bytes)
+        result = await _store_and_record(svc, deal_id, actor, form, file_name, stream)
     except Exception as e:
         await _refuse_upload(request, e, reader)
         raise
 
-    content_type = rules.sniff_content_type(b"".join(head))
+    content_type = rules.sniff_content_type(b"".join(stream.head))
     # The deal's own record, as the update returned it (the table is a
     # projection written a moment later).
     doc_id = next((d.doc_id for d in result.status.documents if d.sha256 == stream.sha256), None)
@@ -269,7 +216,7 @@ async def upload(request: Request, deal_id: DealIdPath, actor: Uploader) -> Docu
         extra={
             "deal_id": deal_id,
             "doc_id": doc_id,
-            "kind": checked["kind"],
+            "kind": form["kind"],
             "size": stream.size,
             "staff_id": actor.staff_id,
         },
@@ -277,14 +224,89 @@ async def upload(request: Request, deal_id: DealIdPath, actor: Uploader) -> Docu
     return DocumentUploaded(
         doc_id=doc_id,
         deal_id=deal_id,
-        kind=DocumentKind(checked["kind"]),
-        party=Party(checked["party"]),
+        kind=DocumentKind(form["kind"]),
+        party=Party(form["party"]),
         file_name=file_name,
         content_type=content_type,
         size=stream.size,
         sha256=stream.sha256,
         status=result.status,
     )
+
+
+async def _check_before_reading(request: Request, svc: Services, deal_id: str) -> bytes:
+    """What is judged before a byte of the body is read: the deal id (404), the
+    content type (415), a declared size over the limit (413), the deal and its
+    stage (404, 409). The body's multipart boundary."""
+    check_deal_id(deal_id)
+    limit = svc.deal_policy.max_document_bytes
+    media, options = parse_options_header(request.headers.get("content-type"))
+    if media != b"multipart/form-data" or not options.get(b"boundary"):
+        raise Problem(415, "send the document as multipart/form-data (fields kind, party, file)")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + ENVELOPE_BYTES:
+        raise Problem(
+            413,
+            f"the upload of {int(declared):,} bytes is larger than the limit "
+            f"of {limit:,} bytes per document; nothing was stored",
+        )
+    status = await read_status(svc, deal_id)
+    rules.check_stage(Action.RECORD_DOCUMENT, status.stage)
+    boundary: bytes = options[b"boundary"]
+    return boundary
+
+
+async def _open_file(reader: MultipartReader, file_name: str, limit: int) -> FileStream:
+    """The file part as the store's stream, its first bytes read already (the
+    type is sniffed from them); an empty file is refused (422)."""
+    head: list[bytes] = []
+    got = 0
+    finished = False
+    while got < SNIFF_BYTES:
+        data = await reader.next_file_data()
+        if data is None:
+            finished = True
+            break
+        head.append(data)
+        got += len(data)
+    if finished and got == 0:
+        raise rules.invalid(f"{file_name} is empty")
+    return FileStream(reader, asyncio.get_running_loop(), head, finished, limit)
+
+
+async def _store_and_record(
+    svc: Services,
+    deal_id: str,
+    actor: Actor,
+    form: dict[str, Any],
+    file_name: str,
+    stream: FileStream,
+) -> ActionResult:
+    """Stream the file into the store and record it on the deal (the workflow's
+    record-document validator has the last word)."""
+    try:
+        return await upload_document(
+            svc.client,
+            svc.store,
+            deal_id,
+            actor,
+            file_name=file_name,
+            data=stream,
+            policy=svc.deal_policy,
+            **form,
+        )
+    except rules.RuleError as e:
+        if stream.too_large:
+            raise Problem(
+                413,
+                f"{file_name} is larger than the limit of {stream.limit:,} bytes; "
+                "nothing was stored",
+            ) from None
+        raise Problem(
+            422 if e.kind == "invalid" else 409 if e.kind == "conflict" else 403, e.message
+        ) from None
+    except deals.DealNotFound as e:
+        raise Problem(404, str(e)) from None
 
 
 @router.get(
