@@ -35,7 +35,7 @@ from dealflow import rules
 from dealflow.api.deps import Services, services
 from dealflow.api.errors import Problem
 from dealflow.api.multipart import FileStream, MultipartReader, drain_unparsed
-from dealflow.api.problems import responses
+from dealflow.api.problems import RULE_STATUS, responses
 from dealflow.api.routes.deals import DealIdPath, check_deal_id, read_status
 from dealflow.api.routes.files import FILE_CONTENT, stream_local_file
 from dealflow.api.schemas import UPLOAD_BODY, DocumentInfo, DocumentList
@@ -140,7 +140,7 @@ def _status_of(e: BaseException) -> int:
     if isinstance(e, Problem):
         return e.status
     if isinstance(e, rules.RuleError):
-        return {"invalid": 422, "conflict": 409, "forbidden": 403}[e.kind]
+        return RULE_STATUS[e.kind]
     return 500
 
 
@@ -295,16 +295,14 @@ async def _store_and_record(
             policy=svc.deal_policy,
             **form,
         )
-    except rules.RuleError as e:
+    except rules.RuleError:
         if stream.too_large:
             raise Problem(
                 413,
                 f"{file_name} is larger than the limit of {stream.limit:,} bytes; "
                 "nothing was stored",
             ) from None
-        raise Problem(
-            422 if e.kind == "invalid" else 409 if e.kind == "conflict" else 403, e.message
-        ) from None
+        raise  # answered like every rule's refusal, by problems.on_rule_error
     except deals.DealNotFound as e:
         raise Problem(404, str(e)) from None
 
