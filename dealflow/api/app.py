@@ -91,8 +91,8 @@ def _errors_as_problems(schema: dict[str, Any]) -> None:
     (FastAPI's generated 422 says application/json with its own error model)."""
     problem = {problems.PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetail"}}}
     for ops in schema.get("paths", {}).values():
-        for op in ops.values():
-            for code, resp in op.get("responses", {}).items():
+        for operation in ops.values():
+            for code, resp in operation.get("responses", {}).items():
                 if not str(code).isdigit() or int(code) < 400:
                     continue
                 content = resp.get("content") or {}

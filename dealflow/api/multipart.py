@@ -51,8 +51,8 @@ class MultipartReader:
                     "on_part_begin": self._on_part_begin,
                     "on_part_data": self._on_part_data,
                     "on_part_end": lambda: self._events.append(("end",)),
-                    "on_header_field": lambda d, s, e: self._field.extend(d[s:e]),
-                    "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
+                    "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),
+                    "on_header_value": lambda data, start, end: self._value.extend(data[start:end]),
                     "on_header_end": self._on_header_end,
                     "on_headers_finished": self._on_headers_finished,
                     "on_end": self._on_end,
@@ -118,8 +118,8 @@ class MultipartReader:
 
     async def read_value(self, name: str) -> str:
         value = bytearray()
-        while (ev := await self.next()) is not None and ev[0] == "data":
-            value += ev[1]
+        while (event := await self.next()) is not None and event[0] == "data":
+            value += event[1]
             if len(value) > MAX_FIELD_BYTES:
                 raise Problem(422, f"field {name} is longer than {MAX_FIELD_BYTES} bytes")
         try:
@@ -130,14 +130,14 @@ class MultipartReader:
     async def next_file_data(self) -> bytes | None:
         """The next piece of the file part; None after its last, once the body is
         known to end there (a part after the file is refused)."""
-        ev = await self.next()
-        if ev is not None and ev[0] == "data":
-            return bytes(ev[1])
-        while (ev := await self.next()) is not None:
-            if ev[0] == "begin":
+        event = await self.next()
+        if event is not None and event[0] == "data":
+            return bytes(event[1])
+        while (event := await self.next()) is not None:
+            if event[0] == "begin":
                 raise Problem(
                     422,
-                    f"part {ev[1]!r} comes after the file; send the form fields before "
+                    f"part {event[1]!r} comes after the file; send the form fields before "
                     "the file part",
                 )
         return None

@@ -155,7 +155,7 @@ def _needs_token(request: Request) -> bool:
 def describe_validation_errors(errors: Any) -> str:
     parts = []
     for err in errors:
-        loc_parts = [str(p) for p in err.get("loc", ())]
+        loc_parts = [str(part) for part in err.get("loc", ())]
         if loc_parts and loc_parts[0] == "body":
             loc_parts = loc_parts[1:]
         loc = ".".join(loc_parts) or "body"
@@ -189,8 +189,8 @@ async def _auth_first(request: Request) -> JSONResponse | None:
             await requirement(request)
         else:
             await authenticate(request)
-    except Problem as p:
-        return await on_problem(request, p)
+    except Problem as problem:
+        return await on_problem(request, problem)
     return None
 
 

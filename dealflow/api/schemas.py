@@ -49,8 +49,8 @@ UPLOAD_BODY: dict[str, Any] = {
                     "type": "object",
                     "required": ["kind", "party", "file"],
                     "properties": {
-                        "kind": {"type": "string", "enum": [k.value for k in DocumentKind]},
-                        "party": {"type": "string", "enum": [p.value for p in Party]},
+                        "kind": {"type": "string", "enum": [kind.value for kind in DocumentKind]},
+                        "party": {"type": "string", "enum": [party.value for party in Party]},
                         "id_number": {
                             "type": "string",
                             "maxLength": 18,

@@ -81,8 +81,8 @@ class Principal:
                 return Actor(staff_id=self.sub, role=role)
         if Role.ADMIN in self.roles:
             return Actor(staff_id=self.sub, role=Role.ADMIN)
-        mine = ", ".join(f"'{r.value}'" for r in self.roles)
-        names = ", ".join(sorted(r.value for r in allowed | {Role.ADMIN}))
+        mine = ", ".join(f"'{role.value}'" for role in self.roles)
+        names = ", ".join(sorted(role.value for role in allowed | {Role.ADMIN}))
         raise Problem(
             403, f"role{'s' if len(self.roles) > 1 else ''} {mine} may not {what}; allowed: {names}"
         )
@@ -142,13 +142,13 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     if not isinstance(sub, str) or not _STAFF_ID.match(sub):
         raise AuthError("the token's sub claim must be a staff id of 1-64 letters, digits, ._@-")
     raw = claims.get("roles")
-    if not isinstance(raw, list) or not all(isinstance(r, str) for r in raw):
+    if not isinstance(raw, list) or not all(isinstance(name, str) for name in raw):
         raise AuthError("the token's roles claim must be a list of role names")
-    known = {r.value for r in Role}
+    known = {role.value for role in Role}
     # An identity provider may put other applications' roles in the same claim.
-    roles = tuple(dict.fromkeys(Role(r) for r in raw if r in known))
+    roles = tuple(dict.fromkeys(Role(name) for name in raw if name in known))
     if not roles:
-        names = ", ".join(r.value for r in Role)
+        names = ", ".join(role.value for role in Role)
         raise Problem(403, f"the token grants no DealFlow role (roles: {names})")
     return Principal(sub=sub, roles=roles)
 
@@ -158,7 +158,7 @@ def mint_token(
 ) -> str:
     """A development token: HS256, claims sub, roles, iat and exp (now + ttl seconds)."""
     issued = int(now if now is not None else time.time())
-    names = [Role(r).value for r in roles]
+    names = [Role(role).value for role in roles]
     if not _STAFF_ID.match(sub):
         raise ValueError(f"sub {sub!r} must be 1-64 letters, digits or ._@-")
     if not names:

@@ -104,7 +104,9 @@ class CodecSettings(BaseSettings):
 
     @property
     def origins(self) -> frozenset[str]:
-        return frozenset(o.strip().rstrip("/") for o in self.ui_origin.split(",") if o.strip())
+        return frozenset(
+            origin.strip().rstrip("/") for origin in self.ui_origin.split(",") if origin.strip()
+        )
 
 
 def _settings(request: Request) -> CodecSettings:
@@ -190,8 +192,8 @@ async def _transcode(request: Request, op: str) -> Response:
             out = await (codec.decode if op == "decode" else codec.encode)(payloads.payloads)
         except CodecError as e:
             return _problem(request, 422, str(e))
-    except Problem as p:
-        return _problem(request, p.status, p.detail, **(p.headers or {}))
+    except Problem as problem:
+        return _problem(request, problem.status, problem.detail, **(problem.headers or {}))
     log.info(
         "codec %s",
         op,
@@ -258,8 +260,8 @@ async def keys(request: Request) -> Response:
     try:
         await _principal(request)
         codec = _codec(request)
-    except Problem as p:
-        return _problem(request, p.status, p.detail, **(p.headers or {}))
+    except Problem as problem:
+        return _problem(request, problem.status, problem.detail, **(problem.headers or {}))
     ids = codec.key_ids if isinstance(codec, AesGcmCodec) else []
     return JSONResponse({"current": ids[0] if ids else None, "key_ids": ids})
 
@@ -313,8 +315,8 @@ async def login(request: Request) -> Response:
         exp = int(jwt.decode(token, options={"verify_signature": False}).get("exp", 0))
     except AuthError as e:
         return _page(request, f"Not signed in: {html.escape(str(e))}", 401)
-    except Problem as p:
-        return _page(request, f"Not signed in: {html.escape(p.detail)}", p.status)
+    except Problem as problem:
+        return _page(request, f"Not signed in: {html.escape(problem.detail)}", problem.status)
     response = _page(
         request,
         f"Signed in as <b>{html.escape(principal.sub)}</b> until "

@@ -107,8 +107,10 @@ def body_model(action: Action) -> type[BaseModel]:
 
 
 # Staff actions of docs/architecture.md §3.3; record-document is the upload route's.
-ACTION_ROUTES = [a for a in Action if a is not Action.RECORD_DOCUMENT]
-ACTION_BODIES: dict[Action, type[BaseModel]] = {a: body_model(a) for a in ACTION_ROUTES}
+ACTION_ROUTES = [action for action in Action if action is not Action.RECORD_DOCUMENT]
+ACTION_BODIES: dict[Action, type[BaseModel]] = {
+    action: body_model(action) for action in ACTION_ROUTES
+}
 
 
 # --------------------------------------------------------------------------- idempotency
@@ -279,7 +281,7 @@ async def list_deals(
         )
     except ValueError as e:
         raise Problem(422, str(e)) from None
-    return DealPage(deals=[db.deal_summary(r, now) for r in rows], next_cursor=next_cursor)
+    return DealPage(deals=[db.deal_summary(row, now) for row in rows], next_cursor=next_cursor)
 
 
 @router.get(
@@ -351,13 +353,13 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
 
 
 def _roles_text(action: Action) -> str:
-    return ", ".join(sorted(r.value for r in rules.ACTION_ROLES[action] | {rules.Role.ADMIN}))
+    return ", ".join(sorted(role.value for role in rules.ACTION_ROLES[action] | {rules.Role.ADMIN}))
 
 
 def _stages_text(action: Action) -> str:
     from dealflow.models import STAGE_ORDER
 
-    return ", ".join(s.value for s in STAGE_ORDER if s in rules.ACTION_STAGES[action])
+    return ", ".join(stage.value for stage in STAGE_ORDER if stage in rules.ACTION_STAGES[action])
 
 
 for _action in ACTION_ROUTES:
@@ -392,5 +394,5 @@ async def unknown_action(
         raise Problem(
             404, f"documents are recorded by uploading them: POST /api/deals/{deal_id}/documents"
         )
-    known = ", ".join(a.value for a in ACTION_ROUTES)
+    known = ", ".join(known_action.value for known_action in ACTION_ROUTES)
     raise Problem(404, f"unknown action {action[:80]!r}; known: {known}")

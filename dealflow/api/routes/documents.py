@@ -74,12 +74,12 @@ async def _read_form(reader: MultipartReader) -> tuple[dict[str, str], str]:
     """The form fields up to the file part, and the file's name."""
     fields: dict[str, str] = {}
     while True:
-        ev = await reader.next()
-        if ev is None:
+        event = await reader.next()
+        if event is None:
             raise Problem(422, "the file part is missing (multipart field 'file')")
-        if ev[0] != "begin":
+        if event[0] != "begin":
             continue
-        name, filename = ev[1], ev[2]
+        name, filename = event[1], event[2]
         if name == "file":
             base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
             return fields, (base or "upload")[:200]
@@ -95,10 +95,12 @@ async def _read_form(reader: MultipartReader) -> tuple[dict[str, str], str]:
 def _check_form_fields(fields: dict[str, str], file_name: str, actor: Actor) -> dict[str, Any]:
     """The form fields, checked by the record-document input model and the field
     rules before any byte is stored. The deal's own rules run in the workflow."""
-    values: dict[str, Any] = {k: (v or None) for k, v in fields.items()}
+    values: dict[str, Any] = {name: (value or None) for name, value in fields.items()}
     order = " (form fields go before the file part)"
     if values.get("kind") is None:
-        raise rules.invalid("kind is required: " + ", ".join(k.value for k in DocumentKind) + order)
+        raise rules.invalid(
+            "kind is required: " + ", ".join(kind.value for kind in DocumentKind) + order
+        )
     if values.get("party") is None:
         raise rules.invalid("party is required: applicant or spouse" + order)
     provisional = {
@@ -208,7 +210,9 @@ async def upload(request: Request, deal_id: DealIdPath, actor: Uploader) -> Docu
     content_type = rules.sniff_content_type(b"".join(stream.head))
     # The deal's own record, as the update returned it (the table is a
     # projection written a moment later).
-    doc_id = next((d.doc_id for d in result.status.documents if d.sha256 == stream.sha256), None)
+    doc_id = next(
+        (doc.doc_id for doc in result.status.documents if doc.sha256 == stream.sha256), None
+    )
     svc.metrics.documents.labels(op="upload", outcome="201").inc()
     svc.metrics.upload_bytes.inc(stream.size)
     log.info(
@@ -324,7 +328,7 @@ async def list_documents(
     # moment after the update, and must not make a fresh upload look missing.
     status = await read_status(svc, deal_id)  # 404 for an unknown deal
     return DocumentList(
-        deal_id=deal_id, documents=[DocumentInfo.from_record(r) for r in status.documents]
+        deal_id=deal_id, documents=[DocumentInfo.from_record(record) for record in status.documents]
     )
 
 
@@ -347,7 +351,7 @@ async def download(
     svc = services(request)
     check_deal_id(deal_id)
     status = await read_status(svc, deal_id)  # 404 for an unknown deal
-    row = next((r for r in status.documents if r.doc_id == doc_id), None)
+    row = next((doc for doc in status.documents if doc.doc_id == doc_id), None)
     if row is None:
         raise Problem(404, f"deal {deal_id} has no document {doc_id[:80]!r}")
     # Who read which document: the access log of personal data (ids only).

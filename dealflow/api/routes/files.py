@@ -29,13 +29,18 @@ SERVED_TYPES = ("application/pdf", "image/jpeg", "image/png", "application/octet
 
 def _disposition(file_name: str) -> str:
     ascii_name = (
-        "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in file_name)
+        "".join(
+            char if char.isascii() and char.isprintable() and char not in '"\\' else "_"
+            for char in file_name
+        )
         or "document"
     )
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(file_name)}"
 
 
-FILE_CONTENT = {t: {"schema": {"type": "string", "format": "binary"}} for t in SERVED_TYPES}
+FILE_CONTENT = {
+    media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in SERVED_TYPES
+}
 
 
 async def stream_local_file(
