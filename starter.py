@@ -43,7 +43,7 @@ from rich.table import Table
 from dealflow import client as deals
 from dealflow import rules, stuck
 from dealflow.api import remote
-from dealflow.api.auth import mint_token
+from dealflow.api.security import mint_token
 from dealflow.config import get_settings
 from dealflow.deal_service import (
     DealQuery,

@@ -26,8 +26,8 @@ from temporalio.client import Client
 
 from dealflow import db
 from dealflow.api.app import create_app
-from dealflow.api.auth import mint_token
 from dealflow.api.deps import Services
+from dealflow.api.security import mint_token
 from dealflow.config import LenderConfig, Settings, load_lenders
 from dealflow.docstore import DocumentStore, LocalDirectoryStore
 from dealflow.lender_sim import SimConfig

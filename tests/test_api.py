@@ -30,9 +30,9 @@ from temporalio.testing import WorkflowEnvironment
 import starter
 from dealflow import db, rules
 from dealflow.api.app import create_app
-from dealflow.api.auth import Authenticator, AuthError, mint_token
-from dealflow.api.deals import ACTION_ROUTES, request_digest
 from dealflow.api.deps import Services
+from dealflow.api.routes.deals import ACTION_ROUTES, request_digest
+from dealflow.api.security import Authenticator, AuthError, mint_token
 from dealflow.config import Settings, get_settings
 from dealflow.models import Action, DealInput, ProjectionInput, Role, Stage
 from dealflow.samples import EXAMPLES

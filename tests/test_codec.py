@@ -1,4 +1,5 @@
-"""Payload encryption (dealflow/codec.py) and the codec endpoint (dealflow/api/codec.py).
+"""Payload encryption (dealflow/codec.py) and the codec server
+(dealflow/api/routes/codec_server.py).
 
 The first half is the codec itself: round trip, random nonces, rotation, tamper
 detection, key configuration. The second half runs a real deal on the dev
@@ -33,7 +34,7 @@ from temporalio.exceptions import ApplicationError
 
 from dealflow import audit, codec
 from dealflow import client as deals
-from dealflow.api.auth import mint_token
+from dealflow.api.security import mint_token
 from dealflow.config import Settings
 from dealflow.docstore import LocalDirectoryStore
 from dealflow.logs import JsonFormatter

@@ -36,7 +36,7 @@ from temporalio.service import RPCError
 
 from dealflow import client as deals
 from dealflow import db
-from dealflow.api.auth import mint_token
+from dealflow.api.security import mint_token
 from dealflow.config import ROOT, Settings
 from dealflow.demo import DEMO_POLICY, Robot, Scenario
 from dealflow.docstore import open_store

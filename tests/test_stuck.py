@@ -18,7 +18,7 @@ import pytest
 
 from dealflow import client as deals
 from dealflow import stuck
-from dealflow.api.auth import mint_token
+from dealflow.api.security import mint_token
 from dealflow.config import Settings
 from dealflow.models import Action, Actor, DealHealth, DealPolicy, Role, Stage
 from dealflow.samples import example_action, example_deal

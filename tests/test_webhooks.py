@@ -23,7 +23,7 @@ from standardwebhooks.webhooks import Webhook
 from temporalio.api.enums.v1 import EventType
 
 from dealflow import db
-from dealflow.api.webhooks import MAX_WEBHOOK_BYTES
+from dealflow.api.routes.webhooks import MAX_WEBHOOK_BYTES
 from dealflow.models import DealStatus, Stage, Submission
 from tests.conftest import Stack, deal_worker
 from tests.desk import Desk
@@ -525,7 +525,7 @@ async def test_event_stored_but_not_delivered_before_a_crash_is_delivered_on_res
 ) -> None:
     """The API stored the webhook, then died before signalling the deal; the lender
     gave up. The redelivery pass finds the row and delivers it, once."""
-    from dealflow.api.webhooks import redeliver_pending
+    from dealflow.api.routes.webhooks import redeliver_pending
 
     desk, sub = await new_deal()
     assert sub.application_ref

@@ -22,8 +22,9 @@ from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError
 
 from dealflow import rules, stuck
-from dealflow.api import codec, deals, documents, problems, webhooks
+from dealflow.api import problems
 from dealflow.api.deps import Metrics, Services
+from dealflow.api.routes import codec_server, deals, documents, files, webhooks
 from dealflow.client import WorkflowStuck
 from dealflow.docstore import DocumentStoreError
 
@@ -90,8 +91,8 @@ def _errors_as_problems(schema: dict[str, Any]) -> None:
     (FastAPI's generated 422 says application/json with its own error model)."""
     problem = {problems.PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetail"}}}
     for ops in schema.get("paths", {}).values():
-        for op in ops.values():
-            for code, resp in op.get("responses", {}).items():
+        for operation in ops.values():
+            for code, resp in operation.get("responses", {}).items():
                 if not str(code).isdigit() or int(code) < 400:
                     continue
                 content = resp.get("content") or {}
@@ -162,8 +163,9 @@ def create_app(services: Services) -> FastAPI:
     app.add_exception_handler(Exception, problems.on_unexpected)
     app.include_router(deals.router)
     app.include_router(documents.router)
+    app.include_router(files.router)
     app.include_router(webhooks.router)
-    app.include_router(codec.router)
+    app.include_router(codec_server.router)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

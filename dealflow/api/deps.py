@@ -6,13 +6,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from dealflow import db
-from dealflow.api.auth import Authenticator
+from dealflow.api.security import Authenticator
 from dealflow.config import LenderConfig, Settings
 from dealflow.docstore import DocumentStore
 from dealflow.groupcommit import GroupCommit
@@ -129,3 +130,9 @@ class Services:
     def deal_policy(self) -> DealPolicy:
         assert self.policy is not None
         return self.policy
+
+
+def services(request: Request) -> Services:
+    """The services of the app that serves `request`."""
+    svc: Services = request.app.state.services
+    return svc

@@ -21,6 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import rules
 from dealflow.api.errors import Problem
+from dealflow.api.security import authenticate, route_requirement
 from dealflow.client import WorkflowStuck
 from dealflow.docstore import DocumentStoreError, DocumentStoreUnavailable
 from dealflow.stuck import heal_command
@@ -154,7 +155,7 @@ def _needs_token(request: Request) -> bool:
 def describe_validation_errors(errors: Any) -> str:
     parts = []
     for err in errors:
-        loc_parts = [str(p) for p in err.get("loc", ())]
+        loc_parts = [str(part) for part in err.get("loc", ())]
         if loc_parts and loc_parts[0] == "body":
             loc_parts = loc_parts[1:]
         loc = ".".join(loc_parts) or "body"
@@ -182,16 +183,14 @@ async def _auth_first(request: Request) -> JSONResponse | None:
     order of checks does not depend on whether the body happens to parse."""
     if not _needs_token(request):
         return None
-    from dealflow.api.auth import authenticate
-
+    requirement = route_requirement(request.scope.get("route"))
     try:
-        principal = await authenticate(request)
-        endpoint = getattr(request.scope.get("route"), "endpoint", None)
-        check = getattr(endpoint, "dealflow_roles", None)
-        if check is not None:
-            principal.actor(*check)
-    except Problem as p:
-        return await on_problem(request, p)
+        if requirement is not None:
+            await requirement(request)
+        else:
+            await authenticate(request)
+    except Problem as problem:
+        return await on_problem(request, problem)
     return None
 
 

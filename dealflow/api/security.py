@@ -7,6 +7,11 @@ refused. Claims: `sub` (the staff id) and `roles` (a list of `Role` values);
 `exp` is required. The actor of every workflow update is built here, from the
 token alone: nothing in a request body can change who acted.
 
+A route declares who may call it once, as a dependency:
+`actor: Annotated[Actor, Depends(require_roles(READ_ROLES, "read deals"))]`
+authenticates the caller (401), checks the role (403) and hands the route
+its actor.
+
 Who may do what — the permission table, one place: staff actions and starting
 a deal come from `dealflow.rules` (`ACTION_ROLES`, `START_DEAL_ROLES`,
 `READ_ROLES`, the same tables the workflow's validators enforce); the two
@@ -19,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 from fastapi import Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
 from dealflow import rules
@@ -75,14 +81,11 @@ class Principal:
                 return Actor(staff_id=self.sub, role=role)
         if Role.ADMIN in self.roles:
             return Actor(staff_id=self.sub, role=Role.ADMIN)
-        mine = ", ".join(f"'{r.value}'" for r in self.roles)
-        names = ", ".join(sorted(r.value for r in allowed | {Role.ADMIN}))
+        mine = ", ".join(f"'{role.value}'" for role in self.roles)
+        names = ", ".join(sorted(role.value for role in allowed | {Role.ADMIN}))
         raise Problem(
             403, f"role{'s' if len(self.roles) > 1 else ''} {mine} may not {what}; allowed: {names}"
         )
-
-    def actor_for_action(self, action: Action) -> Actor:
-        return self.actor(rules.ACTION_ROLES[action], action.value)
 
 
 class Authenticator:
@@ -139,13 +142,13 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     if not isinstance(sub, str) or not _STAFF_ID.match(sub):
         raise AuthError("the token's sub claim must be a staff id of 1-64 letters, digits, ._@-")
     raw = claims.get("roles")
-    if not isinstance(raw, list) or not all(isinstance(r, str) for r in raw):
+    if not isinstance(raw, list) or not all(isinstance(name, str) for name in raw):
         raise AuthError("the token's roles claim must be a list of role names")
-    known = {r.value for r in Role}
+    known = {role.value for role in Role}
     # An identity provider may put other applications' roles in the same claim.
-    roles = tuple(dict.fromkeys(Role(r) for r in raw if r in known))
+    roles = tuple(dict.fromkeys(Role(name) for name in raw if name in known))
     if not roles:
-        names = ", ".join(r.value for r in Role)
+        names = ", ".join(role.value for role in Role)
         raise Problem(403, f"the token grants no DealFlow role (roles: {names})")
     return Principal(sub=sub, roles=roles)
 
@@ -155,7 +158,7 @@ def mint_token(
 ) -> str:
     """A development token: HS256, claims sub, roles, iat and exp (now + ttl seconds)."""
     issued = int(now if now is not None else time.time())
-    names = [Role(r).value for r in roles]
+    names = [Role(role).value for role in roles]
     if not _STAFF_ID.match(sub):
         raise ValueError(f"sub {sub!r} must be 1-64 letters, digits or ._@-")
     if not names:
@@ -194,3 +197,53 @@ async def authenticate(request: Request) -> Principal:
         ) from None
     request.state.principal = principal
     return principal
+
+
+RefusalHook = Callable[[Request, Exception], Awaitable[None]]
+
+
+class RoleRequirement:
+    """Who may call a route: the roles in `allowed` (admin always), to do `what`.
+
+    Used as a FastAPI dependency it authenticates the caller (401), checks the
+    role (403) and returns the actor. `on_refusal` runs before a refusal is
+    answered, for a route that must do something about it first (the upload
+    reads the rest of its body, so the client reads the answer).
+    """
+
+    def __init__(
+        self, allowed: Iterable[Role], what: str, on_refusal: RefusalHook | None = None
+    ) -> None:
+        self.allowed = frozenset(allowed)
+        self.what = what
+        self.on_refusal = on_refusal
+
+    def actor_of(self, principal: Principal) -> Actor:
+        """The principal's actor under this requirement, or a 403 problem."""
+        return principal.actor(self.allowed, self.what)
+
+    async def __call__(self, request: Request) -> Actor:
+        try:
+            return self.actor_of(await authenticate(request))
+        except Exception as refusal:
+            if self.on_refusal is not None:
+                await self.on_refusal(request, refusal)
+            raise
+
+
+def require_roles(
+    allowed: Iterable[Role], what: str, on_refusal: RefusalHook | None = None
+) -> RoleRequirement:
+    """The dependency of a route open to `allowed` (and admin): `what` names the
+    operation in the 403 answer ("role 'auditor' may not start a deal; ...")."""
+    return RoleRequirement(allowed, what, on_refusal)
+
+
+def route_requirement(route: object) -> RoleRequirement | None:
+    """The role requirement among a route's dependencies (None: a token is all it needs)."""
+    if not isinstance(route, APIRoute):
+        return None
+    for dependency in route.dependant.dependencies:
+        if isinstance(dependency.call, RoleRequirement):
+            return dependency.call
+    return None

@@ -91,7 +91,7 @@ def verify_signature(secret: str, request: Request, body: bytes) -> None:
     that is not JSON is a malformed event, 422, not a crash), and the ValueErrors
     it lets through for garbled headers become verification failures.
     """
-    missing = [h for h in REQUIRED_HEADERS if not request.headers.get(h)]
+    missing = [header for header in REQUIRED_HEADERS if not request.headers.get(header)]
     if missing:
         raise WebhookVerificationError(f"missing header(s) {', '.join(missing)}")
     try:

@@ -29,14 +29,23 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import client as deals
 from dealflow import db, rules, stuck
-from dealflow.api.auth import READ_ROLES, START_DEAL_ROLES, Principal, authenticate, bearer_scheme
-from dealflow.api.deps import Services
+from dealflow.api.deps import Services, services
 from dealflow.api.errors import Problem
 from dealflow.api.problems import responses
+from dealflow.api.security import (
+    READ_ROLES,
+    START_DEAL_ROLES,
+    Principal,
+    authenticate,
+    bearer_scheme,
+    require_roles,
+)
 from dealflow.models import (
     ACTION_INPUTS,
+    STAGE_ORDER,
     Action,
     ActionResult,
+    Actor,
     DealCreated,
     DealInput,
     DealPage,
@@ -54,29 +63,18 @@ DEAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,200}$"
 MAX_PAGE = 200
 
-Auth = Annotated[Principal, Depends(authenticate)]
+# Who may call each route: the dependency checks the token (401) and the role
+# (403) and gives the route its actor.
+DealStarter = Annotated[Actor, Depends(require_roles(START_DEAL_ROLES, "start a deal"))]
+DealLister = Annotated[Actor, Depends(require_roles(READ_ROLES, "list deals"))]
+DealReader = Annotated[Actor, Depends(require_roles(READ_ROLES, "read deals"))]
 DealIdPath = Annotated[str, Path(description="the deal id, e.g. 20261128-3f9a0c1e")]
-
-
-def services(request: Request) -> Services:
-    svc: Services = request.app.state.services
-    return svc
 
 
 def check_deal_id(deal_id: str) -> None:
     """A deal id that cannot exist is an unknown deal (404), without asking Temporal."""
     if not DEAL_ID.match(deal_id):
         raise Problem(404, f"deal {deal_id[:80]!r} does not exist")
-
-
-def roles_of(allowed: frozenset, what: str) -> Any:
-    """Mark an endpoint with its permission, so a 422 never hides a 401/403."""
-
-    def mark(fn: Any) -> Any:
-        fn.dealflow_roles = (allowed, what)
-        return fn
-
-    return mark
 
 
 # --------------------------------------------------------------------------- models
@@ -111,8 +109,10 @@ def body_model(action: Action) -> type[BaseModel]:
 
 
 # Staff actions of docs/architecture.md §3.3; record-document is the upload route's.
-ACTION_ROUTES = [a for a in Action if a is not Action.RECORD_DOCUMENT]
-ACTION_BODIES: dict[Action, type[BaseModel]] = {a: body_model(a) for a in ACTION_ROUTES}
+ACTION_ROUTES = [action for action in Action if action is not Action.RECORD_DOCUMENT]
+ACTION_BODIES: dict[Action, type[BaseModel]] = {
+    action: body_model(action) for action in ACTION_ROUTES
+}
 
 
 # --------------------------------------------------------------------------- idempotency
@@ -172,11 +172,10 @@ async def ensure_started(svc: Services, inp: StartDealInput) -> None:
         ),
     },
 )
-@roles_of(START_DEAL_ROLES, "start a deal")
 async def create_deal(
     request: Request,
     response: Response,
-    principal: Auth,
+    actor: DealStarter,
     deal: Annotated[
         DealInput,
         Body(
@@ -194,7 +193,6 @@ async def create_deal(
     ] = None,
 ) -> DealCreated:
     svc = services(request)
-    actor = principal.actor(START_DEAL_ROLES, "start a deal")
     policy = svc.deal_policy
     # Every rule first: a rejected body neither starts a deal nor stores its key.
     inp = deals.start_input(deals.new_deal_id(), deal, policy, svc.lenders, actor)
@@ -256,10 +254,9 @@ def _created(svc: Services, deal_id: str, outcome: str) -> DealCreated:
         d422="an unknown stage, a bad limit or a cursor that was not returned by this list",
     ),
 )
-@roles_of(READ_ROLES, "list deals")
 async def list_deals(
     request: Request,
-    principal: Auth,
+    actor: DealLister,
     stage: Annotated[Stage | None, Query(description="only deals in this stage")] = None,
     lender: Annotated[str | None, Query(max_length=64, description="current lender id")] = None,
     dealer: Annotated[str | None, Query(max_length=64, description="dealer id")] = None,
@@ -272,7 +269,6 @@ async def list_deals(
     ] = None,
 ) -> DealPage:
     svc = services(request)
-    principal.actor(READ_ROLES, "list deals")
     now = datetime.now(UTC)
     try:
         rows, next_cursor = await asyncio.to_thread(
@@ -287,7 +283,7 @@ async def list_deals(
         )
     except ValueError as e:
         raise Problem(422, str(e)) from None
-    return DealPage(deals=[db.deal_summary(r, now) for r in rows], next_cursor=next_cursor)
+    return DealPage(deals=[db.deal_summary(row, now) for row in rows], next_cursor=next_cursor)
 
 
 @router.get(
@@ -297,9 +293,7 @@ async def list_deals(
     summary="A deal's status: stage, checklist, pending actions, lenders, money",
     responses=responses(401, 403, 404, 503),
 )
-@roles_of(READ_ROLES, "read deals")
-async def get_deal(request: Request, deal_id: DealIdPath, principal: Auth) -> DealStatus:
-    principal.actor(READ_ROLES, "read deals")
+async def get_deal(request: Request, deal_id: DealIdPath, actor: DealReader) -> DealStatus:
     check_deal_id(deal_id)
     return await read_status(services(request), deal_id)
 
@@ -320,7 +314,7 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
     async def endpoint(
         request: Request,
         deal_id: DealIdPath,
-        principal: Auth,
+        actor: Annotated[Actor, Depends(require_roles(rules.ACTION_ROLES[action], action.value))],
         payload: Annotated[
             body,  # type: ignore[valid-type]
             Body(
@@ -334,7 +328,6 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
         ],
     ) -> ActionResult:
         svc = services(request)
-        actor = principal.actor_for_action(action)
         check_deal_id(deal_id)
         body_json = cast(BaseModel, payload).model_dump(mode="json")
         act, inp = deals.parse_action(action.value, body_json, actor)
@@ -358,18 +351,15 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
         return result
 
     endpoint.__name__ = "action_" + action.update_name
-    endpoint.dealflow_roles = (rules.ACTION_ROLES[action], action.value)  # type: ignore[attr-defined]
     return endpoint
 
 
 def _roles_text(action: Action) -> str:
-    return ", ".join(sorted(r.value for r in rules.ACTION_ROLES[action] | {Role.ADMIN}))
+    return ", ".join(sorted(role.value for role in rules.ACTION_ROLES[action] | {Role.ADMIN}))
 
 
 def _stages_text(action: Action) -> str:
-    from dealflow.models import STAGE_ORDER
-
-    return ", ".join(s.value for s in STAGE_ORDER if s in rules.ACTION_STAGES[action])
+    return ", ".join(stage.value for stage in STAGE_ORDER if stage in rules.ACTION_STAGES[action])
 
 
 for _action in ACTION_ROUTES:
@@ -393,11 +383,16 @@ for _action in ACTION_ROUTES:
 
 
 @router.post("/api/deals/{deal_id}/actions/{action}", include_in_schema=False)
-async def unknown_action(request: Request, deal_id: str, action: str, principal: Auth) -> None:
+async def unknown_action(
+    request: Request,
+    deal_id: str,
+    action: str,
+    principal: Annotated[Principal, Depends(authenticate)],
+) -> None:
     """Any other action name: 404 (the action, like a deal, is a resource that does not exist)."""
     if action == Action.RECORD_DOCUMENT.value:
         raise Problem(
             404, f"documents are recorded by uploading them: POST /api/deals/{deal_id}/documents"
         )
-    known = ", ".join(a.value for a in ACTION_ROUTES)
+    known = ", ".join(known_action.value for known_action in ACTION_ROUTES)
     raise Problem(404, f"unknown action {action[:80]!r}; known: {known}")

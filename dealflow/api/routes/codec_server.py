@@ -39,9 +39,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.api.common.v1 import Payloads
 from temporalio.converter import PayloadCodec
 
-from dealflow.api.auth import AuthError, Principal, bearer_scheme, bearer_token
 from dealflow.api.errors import Problem
 from dealflow.api.problems import problem_response
+from dealflow.api.security import (
+    AuthError,
+    Principal,
+    bearer_scheme,
+    bearer_token,
+    require_roles,
+)
 from dealflow.codec import AesGcmCodec, CodecError
 from dealflow.models import Role
 
@@ -51,6 +57,9 @@ log = logging.getLogger("dealflow.api.codec")
 router = APIRouter(prefix="/codec", tags=["codec"], dependencies=[Depends(bearer_scheme)])
 
 CODEC_ROLES = frozenset({Role.AUDITOR, Role.ADMIN})
+# Checked in `_principal` and at sign-in rather than as a route dependency:
+# the token may come from the sign-in cookie, and a refusal carries CORS headers.
+CODEC_ACCESS = require_roles(CODEC_ROLES, "use the codec endpoint")
 COOKIE = "dealflow_codec_token"
 MAX_BODY_BYTES = 32 * 1024 * 1024
 _B64 = {"type": "string", "pattern": "^[A-Za-z0-9+/_-]*={0,2}$", "description": "base64"}
@@ -95,7 +104,9 @@ class CodecSettings(BaseSettings):
 
     @property
     def origins(self) -> frozenset[str]:
-        return frozenset(o.strip().rstrip("/") for o in self.ui_origin.split(",") if o.strip())
+        return frozenset(
+            origin.strip().rstrip("/") for origin in self.ui_origin.split(",") if origin.strip()
+        )
 
 
 def _settings(request: Request) -> CodecSettings:
@@ -157,7 +168,7 @@ async def _principal(request: Request) -> Principal:
         raise Problem(
             401, str(e), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
         ) from None
-    principal.actor(CODEC_ROLES, "use the codec endpoint")  # 403 unless auditor/admin
+    CODEC_ACCESS.actor_of(principal)  # 403 unless auditor/admin
     return principal
 
 
@@ -181,8 +192,8 @@ async def _transcode(request: Request, op: str) -> Response:
             out = await (codec.decode if op == "decode" else codec.encode)(payloads.payloads)
         except CodecError as e:
             return _problem(request, 422, str(e))
-    except Problem as p:
-        return _problem(request, p.status, p.detail, **(p.headers or {}))
+    except Problem as problem:
+        return _problem(request, problem.status, problem.detail, **(problem.headers or {}))
     log.info(
         "codec %s",
         op,
@@ -249,8 +260,8 @@ async def keys(request: Request) -> Response:
     try:
         await _principal(request)
         codec = _codec(request)
-    except Problem as p:
-        return _problem(request, p.status, p.detail, **(p.headers or {}))
+    except Problem as problem:
+        return _problem(request, problem.status, problem.detail, **(problem.headers or {}))
     ids = codec.key_ids if isinstance(codec, AesGcmCodec) else []
     return JSONResponse({"current": ids[0] if ids else None, "key_ids": ids})
 
@@ -300,12 +311,12 @@ async def login(request: Request) -> Response:
     auth = request.app.state.services.auth
     try:
         principal = await _decode(auth, token)
-        principal.actor(CODEC_ROLES, "use the codec endpoint")
+        CODEC_ACCESS.actor_of(principal)
         exp = int(jwt.decode(token, options={"verify_signature": False}).get("exp", 0))
     except AuthError as e:
         return _page(request, f"Not signed in: {html.escape(str(e))}", 401)
-    except Problem as p:
-        return _page(request, f"Not signed in: {html.escape(p.detail)}", p.status)
+    except Problem as problem:
+        return _page(request, f"Not signed in: {html.escape(problem.detail)}", problem.status)
     response = _page(
         request,
         f"Signed in as <b>{html.escape(principal.sub)}</b> until "

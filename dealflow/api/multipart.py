@@ -1,0 +1,222 @@
+"""A multipart/form-data body read as it arrives (the document upload).
+
+`MultipartReader` parses the request stream chunk by chunk and yields the
+parts' events; `FileStream` hands the file part to the document store, which
+consumes it in a worker thread, hashing and counting as it goes. Nothing is
+buffered beyond the network chunk being parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
+
+from dealflow.api.errors import Problem
+from dealflow.docstore import DocumentTooLarge
+
+MAX_FIELD_BYTES = 1024
+MAX_PARTS = 16
+# After a refusal, read (and drop) at most this much of the rest of the body,
+# so the client gets to read our answer instead of a reset connection.
+MAX_DRAIN_BYTES = 128 * 1024 * 1024
+
+
+class MultipartReader:
+    """The parts of a multipart/form-data body, as the body arrives.
+
+    Events: ("begin", name, filename), ("data", bytes), ("end",). Nothing is
+    buffered beyond the network chunk being parsed.
+    """
+
+    def __init__(self, request: Request, boundary: bytes) -> None:
+        self._body = request.stream().__aiter__()
+        self._events: deque[tuple[Any, ...]] = deque()
+        self.exhausted = False  # the request body has been read to its end
+        self.closed = False  # the closing boundary was seen
+        self.parts = 0
+        self._headers: dict[bytes, bytes] = {}
+        self._field = bytearray()
+        self._value = bytearray()
+        try:
+            self._parser = MultipartParser(
+                boundary,
+                {
+                    "on_part_begin": self._on_part_begin,
+                    "on_part_data": self._on_part_data,
+                    "on_part_end": lambda: self._events.append(("end",)),
+                    "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),
+                    "on_header_value": lambda data, start, end: self._value.extend(data[start:end]),
+                    "on_header_end": self._on_header_end,
+                    "on_headers_finished": self._on_headers_finished,
+                    "on_end": self._on_end,
+                },
+            )
+        except ValueError as e:
+            raise Problem(415, f"bad multipart boundary: {e}") from None
+
+    def _on_part_begin(self) -> None:
+        self._headers = {}
+        self.parts += 1
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if end > start:
+            self._events.append(("data", bytes(data[start:end])))
+
+    def _on_header_end(self) -> None:
+        self._headers[bytes(self._field).lower()] = bytes(self._value)
+        self._field.clear()
+        self._value.clear()
+
+    def _on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition"))
+        name = options.get(b"name")
+        filename = options.get(b"filename")
+        self._events.append(
+            (
+                "begin",
+                name.decode("utf-8", "replace") if name is not None else None,
+                filename.decode("utf-8", "replace") if filename is not None else None,
+            )
+        )
+
+    def _on_end(self) -> None:
+        self.closed = True
+
+    async def next(self) -> tuple[Any, ...] | None:
+        """The next event, or None at the end of the body."""
+        while not self._events:
+            if self.exhausted:
+                return None
+            try:
+                chunk = await self._body.__anext__()
+            except StopAsyncIteration:
+                self.exhausted = True
+                if not self.closed:
+                    raise Problem(
+                        422, "the multipart body ended before its closing boundary"
+                    ) from None
+                continue
+            except ClientDisconnect:
+                self.exhausted = True
+                raise Problem(400, "the client disconnected before the upload finished") from None
+            if not chunk:
+                continue
+            try:
+                self._parser.write(chunk)
+            except MultipartParseError as e:
+                raise Problem(422, f"the multipart body is malformed: {e}") from None
+            if self.parts > MAX_PARTS:
+                raise Problem(422, f"too many parts (at most {MAX_PARTS})")
+        return self._events.popleft()
+
+    async def read_value(self, name: str) -> str:
+        value = bytearray()
+        while (event := await self.next()) is not None and event[0] == "data":
+            value += event[1]
+            if len(value) > MAX_FIELD_BYTES:
+                raise Problem(422, f"field {name} is longer than {MAX_FIELD_BYTES} bytes")
+        try:
+            return value.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise Problem(422, f"field {name} is not UTF-8 text") from None
+
+    async def next_file_data(self) -> bytes | None:
+        """The next piece of the file part; None after its last, once the body is
+        known to end there (a part after the file is refused)."""
+        event = await self.next()
+        if event is not None and event[0] == "data":
+            return bytes(event[1])
+        while (event := await self.next()) is not None:
+            if event[0] == "begin":
+                raise Problem(
+                    422,
+                    f"part {event[1]!r} comes after the file; send the form fields before "
+                    "the file part",
+                )
+        return None
+
+    async def drain(self, limit: int = MAX_DRAIN_BYTES) -> None:
+        """Read and drop what is left of the body (bounded), ignoring its content."""
+        seen = 0
+        while not self.exhausted and seen < limit:
+            try:
+                chunk = await self._body.__anext__()
+            except (StopAsyncIteration, ClientDisconnect):
+                self.exhausted = True
+                return
+            seen += len(chunk)
+
+
+class FileStream:
+    """The file part as the blocking iterator the store consumes in a worker thread.
+
+    The first bytes (for sniffing) were read on the event loop; the rest is
+    pulled from the loop one network chunk at a time. Hashes and counts as it goes.
+    """
+
+    def __init__(
+        self,
+        reader: MultipartReader,
+        loop: asyncio.AbstractEventLoop,
+        head: list[bytes],
+        finished: bool,
+        limit: int,
+    ) -> None:
+        self.reader = reader
+        self.loop = loop
+        self.head = head
+        self.finished = finished
+        self.limit = limit
+        self.size = 0
+        self.hasher = hashlib.sha256()
+        self.too_large = False
+
+    def _take(self, chunk: bytes) -> bytes:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            self.too_large = True
+            raise DocumentTooLarge(self.limit)
+        self.hasher.update(chunk)
+        return chunk
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.head:
+            yield self._take(chunk)
+        if self.finished:
+            return
+        while True:
+            try:
+                running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is self.loop:
+                # Pulling from the loop on its own thread would deadlock.
+                raise RuntimeError("FileStream must be consumed in a worker thread")
+            pending = asyncio.run_coroutine_threadsafe(self.reader.next_file_data(), self.loop)
+            data = pending.result()
+            if data is None:
+                return
+            yield self._take(data)
+
+    @property
+    def sha256(self) -> str:
+        return self.hasher.hexdigest()
+
+
+async def drain_unparsed(request: Request, limit: int = MAX_DRAIN_BYTES) -> None:
+    """Read and drop a body refused before it was parsed (bounded)."""
+    seen = 0
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen >= limit:
+                return
+    except (ClientDisconnect, RuntimeError):
+        return

@@ -1,0 +1,374 @@
+"""Customer documents over HTTP: upload (streamed to the store), list and download.
+
+Upload (`POST /api/deals/{deal_id}/documents`, multipart/form-data): the body
+is parsed as it arrives and the file part is streamed straight into the
+document store (a temp file or an S3 multipart upload) while it is hashed —
+no more than one network chunk (~64 KiB) of it is held in memory, and nothing
+is spooled to disk first. The limit is the policy's `max_document_bytes`
+(20 MiB by default, `DEALFLOW_POLICY_FILE` to change): a Content-Length that
+already says more is refused with 413 before a byte is read, and a stream that
+goes past it is aborted with 413, the partial object removed by the store.
+
+Order of checks, cheapest first, so that most mistakes store nothing at all:
+token (401), role (403), deal (404), stage (409), the form fields (422: kind,
+party, dates, the ID number's checksum), the file's first bytes (422 unless
+PDF, JPEG or PNG), the size (413), then the deal's own rules in the
+workflow's `record-document` validator (422: duplicate of another kind, an ID
+number that is not the deal's, a stipulation that is not open). Send the form
+fields before the file part (curl -F, httpx and browsers do); a field after
+the file is refused. When the workflow refuses a file its bytes may remain in
+the content-addressed store, unreferenced: they are never listed or served
+(reads go through the recorded documents) and a later upload of the same
+bytes reuses them.
+"""
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse, Response
+from python_multipart.multipart import parse_options_header
+
+from dealflow import client as deals
+from dealflow import rules
+from dealflow.api.deps import Services, services
+from dealflow.api.errors import Problem
+from dealflow.api.multipart import FileStream, MultipartReader, drain_unparsed
+from dealflow.api.problems import RULE_STATUS, responses
+from dealflow.api.routes.deals import DealIdPath, check_deal_id, read_status
+from dealflow.api.routes.files import FILE_CONTENT, stream_local_file
+from dealflow.api.schemas import UPLOAD_BODY, DocumentInfo, DocumentList
+from dealflow.api.security import (
+    DOCUMENT_READ_ROLES,
+    UPLOAD_ROLES,
+    bearer_scheme,
+    require_roles,
+)
+from dealflow.docstore import (
+    LocalDirectoryStore,
+)
+from dealflow.models import (
+    Action,
+    ActionResult,
+    Actor,
+    DocumentKind,
+    DocumentUploaded,
+    Party,
+    RecordDocumentInput,
+)
+from dealflow.uploads import SNIFF_BYTES, upload_document
+
+log = logging.getLogger("dealflow.api")
+router = APIRouter()
+
+# Room for the multipart envelope (boundaries, part headers, the form fields)
+# on top of the file itself when judging a declared Content-Length.
+ENVELOPE_BYTES = 64 * 1024
+# How long a document link (S3 presigned URL) given to staff stays valid.
+DOWNLOAD_LINK_SECONDS = 60
+FIELDS = ("kind", "party", "id_number", "period_start", "period_end", "stipulation_code")
+
+
+async def _read_form(reader: MultipartReader) -> tuple[dict[str, str], str]:
+    """The form fields up to the file part, and the file's name."""
+    fields: dict[str, str] = {}
+    while True:
+        event = await reader.next()
+        if event is None:
+            raise Problem(422, "the file part is missing (multipart field 'file')")
+        if event[0] != "begin":
+            continue
+        name, filename = event[1], event[2]
+        if name == "file":
+            base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+            return fields, (base or "upload")[:200]
+        if name not in FIELDS:
+            raise Problem(
+                422, f"unknown field {name!r}; the fields are {', '.join(FIELDS)} and file"
+            )
+        if name in fields:
+            raise Problem(422, f"field {name} is given twice")
+        fields[name] = await reader.read_value(name)
+
+
+def _check_form_fields(fields: dict[str, str], file_name: str, actor: Actor) -> dict[str, Any]:
+    """The form fields, checked by the record-document input model and the field
+    rules before any byte is stored. The deal's own rules run in the workflow."""
+    values: dict[str, Any] = {name: (value or None) for name, value in fields.items()}
+    order = " (form fields go before the file part)"
+    if values.get("kind") is None:
+        raise rules.invalid(
+            "kind is required: " + ", ".join(kind.value for kind in DocumentKind) + order
+        )
+    if values.get("party") is None:
+        raise rules.invalid("party is required: applicant or spouse" + order)
+    provisional = {
+        **values,
+        "file_name": file_name,
+        "content_type": "application/pdf",
+        "size": 1,
+        "sha256": "0" * 64,
+        "storage_key": "pending",
+    }
+    _, inp = deals.parse_action(Action.RECORD_DOCUMENT.value, provisional, actor)
+    record = inp
+    assert isinstance(record, RecordDocumentInput)
+    if record.id_number is not None:
+        rules.validate_id_number(record.id_number, record.party.value)
+    if record.kind is DocumentKind.ID_CARD and not record.id_number:
+        raise rules.invalid("an ID card needs the id_number printed on it")
+    if record.kind is DocumentKind.BANK_STATEMENT:
+        if record.period_start is None or record.period_end is None:
+            raise rules.invalid("a bank statement needs period_start and period_end")
+        if record.period_start > record.period_end:
+            raise rules.invalid("bank statement period_start is after period_end")
+    if record.kind is DocumentKind.STIPULATION and not record.stipulation_code:
+        raise rules.invalid("a stipulation document needs the stipulation_code it satisfies")
+    return {
+        "kind": record.kind.value,
+        "party": record.party.value,
+        "id_number": record.id_number,
+        "period_start": record.period_start,
+        "period_end": record.period_end,
+        "stipulation_code": record.stipulation_code,
+    }
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def _status_of(e: BaseException) -> int:
+    if isinstance(e, Problem):
+        return e.status
+    if isinstance(e, rules.RuleError):
+        return RULE_STATUS[e.kind]
+    return 500
+
+
+async def _refuse_upload(
+    request: Request, error: Exception, reader: MultipartReader | None = None
+) -> None:
+    """Count a refused upload and read the rest of its body (bounded), so the
+    client reads our answer instead of a reset connection."""
+    outcome = str(_status_of(error))
+    services(request).metrics.documents.labels(op="upload", outcome=outcome).inc()
+    await (reader.drain() if reader is not None else drain_unparsed(request))
+
+
+# Who may call each route: the dependency checks the token (401) and the role
+# (403) and gives the route its actor.
+Uploader = Annotated[
+    Actor,
+    Depends(
+        require_roles(UPLOAD_ROLES, "upload documents (record-document)", on_refusal=_refuse_upload)
+    ),
+]
+DocumentReader = Annotated[Actor, Depends(require_roles(DOCUMENT_READ_ROLES, "read documents"))]
+
+
+@router.post(
+    "/api/deals/{deal_id}/documents",
+    status_code=201,
+    response_model=DocumentUploaded,
+    tags=["documents"],
+    summary="Upload a customer document (multipart: kind, party, [id_number, period_start, "
+    "period_end, stipulation_code], file)",
+    openapi_extra=UPLOAD_BODY,
+    dependencies=[Depends(bearer_scheme)],
+    responses={
+        201: {"description": "stored and recorded on the deal"},
+        **responses(
+            400,
+            401,
+            403,
+            404,
+            409,
+            413,
+            415,
+            422,
+            503,
+            d409="documents are not accepted in the deal's stage",
+            d422="a field, the file type or a document rule is wrong; nothing is recorded",
+        ),
+    },
+)
+async def upload(request: Request, deal_id: DealIdPath, actor: Uploader) -> DocumentUploaded:
+    svc = services(request)
+    reader: MultipartReader | None = None
+    try:
+        boundary = await _check_before_reading(request, svc, deal_id)
+        reader = MultipartReader(request, boundary)
+        fields, file_name = await _read_form(reader)
+        form = _check_form_fields(fields, file_name, actor)
+        stream = await _open_file(reader, file_name, svc.deal_policy.max_document_bytes)
+        result = await _store_and_record(svc, deal_id, actor, form, file_name, stream)
+    except Exception as e:
+        await _refuse_upload(request, e, reader)
+        raise
+
+    content_type = rules.sniff_content_type(b"".join(stream.head))
+    # The deal's own record, as the update returned it (the table is a
+    # projection written a moment later).
+    doc_id = next(
+        (doc.doc_id for doc in result.status.documents if doc.sha256 == stream.sha256), None
+    )
+    svc.metrics.documents.labels(op="upload", outcome="201").inc()
+    svc.metrics.upload_bytes.inc(stream.size)
+    log.info(
+        "document uploaded",
+        extra={
+            "deal_id": deal_id,
+            "doc_id": doc_id,
+            "kind": form["kind"],
+            "size": stream.size,
+            "staff_id": actor.staff_id,
+        },
+    )
+    return DocumentUploaded(
+        doc_id=doc_id,
+        deal_id=deal_id,
+        kind=DocumentKind(form["kind"]),
+        party=Party(form["party"]),
+        file_name=file_name,
+        content_type=content_type,
+        size=stream.size,
+        sha256=stream.sha256,
+        status=result.status,
+    )
+
+
+async def _check_before_reading(request: Request, svc: Services, deal_id: str) -> bytes:
+    """What is judged before a byte of the body is read: the deal id (404), the
+    content type (415), a declared size over the limit (413), the deal and its
+    stage (404, 409). The body's multipart boundary."""
+    check_deal_id(deal_id)
+    limit = svc.deal_policy.max_document_bytes
+    media, options = parse_options_header(request.headers.get("content-type"))
+    if media != b"multipart/form-data" or not options.get(b"boundary"):
+        raise Problem(415, "send the document as multipart/form-data (fields kind, party, file)")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + ENVELOPE_BYTES:
+        raise Problem(
+            413,
+            f"the upload of {int(declared):,} bytes is larger than the limit "
+            f"of {limit:,} bytes per document; nothing was stored",
+        )
+    status = await read_status(svc, deal_id)
+    rules.check_stage(Action.RECORD_DOCUMENT, status.stage)
+    boundary: bytes = options[b"boundary"]
+    return boundary
+
+
+async def _open_file(reader: MultipartReader, file_name: str, limit: int) -> FileStream:
+    """The file part as the store's stream, its first bytes read already (the
+    type is sniffed from them); an empty file is refused (422)."""
+    head: list[bytes] = []
+    got = 0
+    finished = False
+    while got < SNIFF_BYTES:
+        data = await reader.next_file_data()
+        if data is None:
+            finished = True
+            break
+        head.append(data)
+        got += len(data)
+    if finished and got == 0:
+        raise rules.invalid(f"{file_name} is empty")
+    return FileStream(reader, asyncio.get_running_loop(), head, finished, limit)
+
+
+async def _store_and_record(
+    svc: Services,
+    deal_id: str,
+    actor: Actor,
+    form: dict[str, Any],
+    file_name: str,
+    stream: FileStream,
+) -> ActionResult:
+    """Stream the file into the store and record it on the deal (the workflow's
+    record-document validator has the last word)."""
+    try:
+        return await upload_document(
+            svc.client,
+            svc.store,
+            deal_id,
+            actor,
+            file_name=file_name,
+            data=stream,
+            policy=svc.deal_policy,
+            **form,
+        )
+    except rules.RuleError:
+        if stream.too_large:
+            raise Problem(
+                413,
+                f"{file_name} is larger than the limit of {stream.limit:,} bytes; "
+                "nothing was stored",
+            ) from None
+        raise  # answered like every rule's refusal, by problems.on_rule_error
+    except deals.DealNotFound as e:
+        raise Problem(404, str(e)) from None
+
+
+@router.get(
+    "/api/deals/{deal_id}/documents",
+    response_model=DocumentList,
+    tags=["documents"],
+    summary="The documents recorded on a deal (metadata only)",
+    dependencies=[Depends(bearer_scheme)],
+    responses=responses(401, 403, 404, 503),
+)
+async def list_documents(
+    request: Request, deal_id: DealIdPath, actor: DocumentReader
+) -> DocumentList:
+    svc = services(request)
+    check_deal_id(deal_id)
+    # From the deal itself: the documents table is a projection written a
+    # moment after the update, and must not make a fresh upload look missing.
+    status = await read_status(svc, deal_id)  # 404 for an unknown deal
+    return DocumentList(
+        deal_id=deal_id, documents=[DocumentInfo.from_record(record) for record in status.documents]
+    )
+
+
+@router.get(
+    "/api/deals/{deal_id}/documents/{doc_id}",
+    tags=["documents"],
+    summary="Download a document: streamed from the local store, or a 307 redirect to a "
+    f"presigned S3 URL valid {DOWNLOAD_LINK_SECONDS} s",
+    dependencies=[Depends(bearer_scheme)],
+    response_class=Response,
+    responses={
+        200: {"description": "the document's bytes (local store)", "content": FILE_CONTENT},
+        307: {"description": "S3: Location is a short-lived presigned URL"},
+        **responses(401, 403, 404, 503, d404="unknown deal or document"),
+    },
+)
+async def download(
+    request: Request, deal_id: DealIdPath, doc_id: str, actor: DocumentReader
+) -> Response:
+    svc = services(request)
+    check_deal_id(deal_id)
+    status = await read_status(svc, deal_id)  # 404 for an unknown deal
+    row = next((doc for doc in status.documents if doc.doc_id == doc_id), None)
+    if row is None:
+        raise Problem(404, f"deal {deal_id} has no document {doc_id[:80]!r}")
+    # Who read which document: the access log of personal data (ids only).
+    log.info(
+        "document read",
+        extra={
+            "deal_id": deal_id,
+            "doc_id": doc_id,
+            "staff_id": actor.staff_id,
+            "role": actor.role.value,
+        },
+    )
+    svc.metrics.documents.labels(op="read", outcome="200").inc()
+    headers = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
+    if not isinstance(svc.store, LocalDirectoryStore):
+        url = await asyncio.to_thread(svc.store.presign_get, row.storage_key, DOWNLOAD_LINK_SECONDS)
+        return RedirectResponse(url, status_code=307, headers=headers)
+    return await stream_local_file(
+        svc.store, row.storage_key, row.content_type, row.file_name, row.sha256, headers
+    )

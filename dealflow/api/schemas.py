@@ -1,0 +1,88 @@
+"""The API's own body models: what the document routes answer, and the
+schema of the upload form (documented by hand: the route reads the multipart
+body itself, as it streams)."""
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from dealflow.models import DocumentKind, DocumentRecord, Party
+
+
+class DocumentInfo(BaseModel):
+    doc_id: str
+    kind: str
+    party: str
+    file_name: str
+    content_type: str
+    size: int
+    sha256: str
+    uploaded_by: str
+    uploaded_at: Any = Field(json_schema_extra={"type": "string", "format": "date-time"})
+
+    @classmethod
+    def from_record(cls, record: DocumentRecord) -> "DocumentInfo":
+        return cls(
+            doc_id=record.doc_id,
+            kind=record.kind.value,
+            party=record.party.value,
+            file_name=record.file_name,
+            content_type=record.content_type,
+            size=record.size,
+            sha256=record.sha256,
+            uploaded_by=record.uploaded_by,
+            uploaded_at=record.uploaded_at,
+        )
+
+
+class DocumentList(BaseModel):
+    deal_id: str
+    documents: list[DocumentInfo]
+
+
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["kind", "party", "file"],
+                    "properties": {
+                        "kind": {"type": "string", "enum": [kind.value for kind in DocumentKind]},
+                        "party": {"type": "string", "enum": [party.value for party in Party]},
+                        "id_number": {
+                            "type": "string",
+                            "maxLength": 18,
+                            "description": "for an ID card: the number printed on it "
+                            "(checked: 18 characters, birth date, check digit)",
+                        },
+                        "period_start": {
+                            "type": "string",
+                            "format": "date",
+                            "description": "for a bank statement: the first day it covers",
+                        },
+                        "period_end": {
+                            "type": "string",
+                            "format": "date",
+                            "description": "for a bank statement: the last day it covers",
+                        },
+                        "stipulation_code": {
+                            "type": "string",
+                            "maxLength": 64,
+                            "description": "for a stipulation document: the lender's code",
+                        },
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "PDF, JPEG or PNG (sniffed from the bytes), "
+                            "at most the policy's max_document_bytes (20 MiB); "
+                            "send it last",
+                        },
+                    },
+                },
+                "encoding": {"file": {"contentType": "application/pdf, image/jpeg, image/png"}},
+            }
+        },
+    }
+}
