@@ -15,8 +15,8 @@ from dealflow import db
 from dealflow.api.auth import Authenticator
 from dealflow.config import LenderConfig, Settings
 from dealflow.docstore import DocumentStore
-from dealflow.groupcommit import GroupCommit
 from dealflow.models import DealPolicy
+from dealflow.storage.groupcommit import GroupCommit
 
 InboxOp = db.WebhookIn | db.WebhookMark
 InboxResult = tuple[db.InboxRow, db.StoreOutcome] | bool
@@ -115,7 +115,7 @@ class Services:
     # settings.policy_file (DEALFLOW_POLICY_FILE) — the one place that does.
     policy: DealPolicy | None = None
     auth: Authenticator | None = None
-    # The webhook inbox's writes, group-committed (dealflow/groupcommit.py).
+    # The webhook inbox's writes, group-committed (dealflow/storage/groupcommit.py).
     inbox: GroupCommit[InboxOp, InboxResult] = field(init=False)
 
     def __post_init__(self) -> None:
