@@ -20,10 +20,11 @@ from temporalio.worker import Worker
 import workflows
 from activities import DealActivities
 from dealflow import client as deals
-from dealflow import db, logs, startup
+from dealflow import logs, startup
 from dealflow.bytecode import cache_bytecode
 from dealflow.config import Settings, load_lenders
 from dealflow.docstore import open_store
+from dealflow.storage import db
 from workflows import WORKFLOW_RUNNER, DealWorkflow
 
 log = logging.getLogger("dealflow.worker")

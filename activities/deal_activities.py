@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dealflow import db, names
+from dealflow import names
 from dealflow.config import LenderConfig
 from dealflow.docstore import DocumentStore
 from dealflow.models import (
@@ -31,6 +31,7 @@ from dealflow.models import (
     SubmitToLenderResult,
     WithdrawInput,
 )
+from dealflow.storage import db
 
 log = logging.getLogger("dealflow.activities")
 

@@ -50,8 +50,9 @@ from bench.chaos_robot import DealRun, Robot, plan_mix
 from bench.chaos_scenarios import EXTRA_SCENARIOS, SCENARIOS, Ctx, Scenario, Strikes
 from bench.chaos_stack import ChaosStack
 from dealflow import client as deals
-from dealflow import db, stuck
+from dealflow import stuck
 from dealflow.docstore import open_store
+from dealflow.storage import db
 from workflows.deal import DEAL_STAGE
 
 console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)

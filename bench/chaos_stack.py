@@ -207,7 +207,7 @@ class ChaosStack:
                 proxy.stop()
         if self.pg_database is not None:
             with contextlib.suppress(Exception):
-                from dealflow import db
+                from dealflow.storage import db
 
                 db.dispose_engine(self.direct_database_url)
                 import psycopg

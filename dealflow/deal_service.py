@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio.client import Client
 
 from dealflow import client as deals
-from dealflow import db, stuck
+from dealflow import stuck
 from dealflow.api import remote
 from dealflow.config import LendersFileError, Settings, load_lenders
 from dealflow.docstore import open_store
@@ -33,6 +33,7 @@ from dealflow.models import (
     DocumentUploaded,
     Party,
 )
+from dealflow.storage import db
 from dealflow.uploads import upload_document
 
 

@@ -24,7 +24,6 @@ import httpx
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from dealflow import db
 from dealflow.api.app import create_app
 from dealflow.api.auth import mint_token
 from dealflow.api.deps import Services
@@ -34,6 +33,7 @@ from dealflow.lender_sim import SimConfig
 from dealflow.lender_sim.app import create_app as create_sim
 from dealflow.models import DealPolicy, Role
 from dealflow.samples import example_action, example_deal, sample_documents
+from dealflow.storage import db
 from tests.conftest import ROOT, deal_worker
 from tests.servers import free_port, serve_async
 

@@ -23,7 +23,6 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 from sqlmodel import SQLModel
 
-from dealflow import db
 from dealflow.models import (
     CompensationInput,
     DocumentKind,
@@ -34,6 +33,7 @@ from dealflow.models import (
     Role,
     Stage,
 )
+from dealflow.storage import db
 
 PG_ENV = "DEALFLOW_TEST_POSTGRES_URL"
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)

@@ -35,13 +35,13 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from dealflow import client as deals
-from dealflow import db
 from dealflow.api.auth import mint_token
 from dealflow.config import ROOT, Settings
 from dealflow.demo import DEMO_POLICY, Robot, Scenario
 from dealflow.docstore import open_store
 from dealflow.models import DealInput, DealStatus, Role, Stage
 from dealflow.stack import pid_alive
+from dealflow.storage import db
 from workflows import DealWorkflow
 
 pytestmark = pytest.mark.e2e

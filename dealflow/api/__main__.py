@@ -7,11 +7,12 @@ import logging
 import uvicorn
 
 from dealflow import client as deals
-from dealflow import db, logs, startup
+from dealflow import logs, startup
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.config import load_lenders
 from dealflow.docstore import open_store
+from dealflow.storage import db
 
 log = logging.getLogger("dealflow.api")
 

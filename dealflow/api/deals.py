@@ -28,7 +28,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import client as deals
-from dealflow import db, rules, stuck
+from dealflow import rules, stuck
 from dealflow.api.auth import READ_ROLES, START_DEAL_ROLES, Principal, authenticate, bearer_scheme
 from dealflow.api.deps import Services
 from dealflow.api.errors import Problem
@@ -45,6 +45,7 @@ from dealflow.models import (
     StartDealInput,
 )
 from dealflow.samples import EXAMPLES, example_action
+from dealflow.storage import db
 
 log = logging.getLogger("dealflow.api")
 router = APIRouter(dependencies=[Depends(bearer_scheme)])

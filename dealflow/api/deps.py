@@ -11,11 +11,11 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from dealflow import db
 from dealflow.api.auth import Authenticator
 from dealflow.config import LenderConfig, Settings
 from dealflow.docstore import DocumentStore
 from dealflow.models import DealPolicy
+from dealflow.storage import db
 from dealflow.storage.groupcommit import GroupCommit
 
 InboxOp = db.WebhookIn | db.WebhookMark

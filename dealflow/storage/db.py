@@ -7,8 +7,8 @@ or an inbox/outbox around it, so every writer is idempotent and safe to retry.
 Each function opens its own short transaction: callers (activities, the API)
 never hold a session across awaits.
 
-Schema changes go through alembic (`dealflow/migrations`), run with
-`python -m dealflow.db upgrade [--url URL]` or `migrate(url)`.
+Schema changes go through alembic (`dealflow/storage/migrations`), run with
+`python -m dealflow.storage.db upgrade [--url URL]` or `migrate(url)`.
 """
 
 from __future__ import annotations
@@ -68,10 +68,10 @@ from dealflow.models import (
 )
 
 if __name__ == "__main__":
-    # `python -m dealflow.db`: run the CLI from the real `dealflow.db` module.
+    # `python -m dealflow.storage.db`: run the CLI from the real `dealflow.storage.db` module.
     # Defining the tables here too would register them twice in SQLModel's
-    # shared metadata once migrations/env.py imports `dealflow.db`.
-    from dealflow.db import main as _main
+    # shared metadata once migrations/env.py imports `dealflow.storage.db`.
+    from dealflow.storage.db import main as _main
 
     raise SystemExit(_main())
 
@@ -886,7 +886,7 @@ def count_rows(engine: Engine, model: type[SQLModel], **where: Any) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dealflow.db", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dealflow.storage.db", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("upgrade", "apply all migrations (alembic upgrade head)"),
