@@ -23,8 +23,8 @@ from dealflow import client as deals
 from dealflow import logs, startup
 from dealflow.bytecode import cache_bytecode
 from dealflow.config import Settings, load_lenders
-from dealflow.docstore import open_store
 from dealflow.storage import db
+from dealflow.storage.documents import open_store
 from workflows import WORKFLOW_RUNNER, DealWorkflow
 
 log = logging.getLogger("dealflow.worker")

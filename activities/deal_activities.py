@@ -17,7 +17,6 @@ from temporalio.exceptions import ApplicationError
 
 from dealflow import names
 from dealflow.config import LenderConfig
-from dealflow.docstore import DocumentStore
 from dealflow.models import (
     ApplicationPackage,
     CompensationInput,
@@ -32,6 +31,7 @@ from dealflow.models import (
     WithdrawInput,
 )
 from dealflow.storage import db
+from dealflow.storage.documents import DocumentStore
 
 log = logging.getLogger("dealflow.activities")
 

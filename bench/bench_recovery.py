@@ -345,8 +345,8 @@ async def tuned_worker(task_queue: str) -> None:
     from activities import DealActivities
     from dealflow import logs
     from dealflow.config import get_settings, load_lenders
-    from dealflow.docstore import open_store
     from dealflow.storage import db
+    from dealflow.storage.documents import open_store
 
     # The workflow module is passed through the sandbox so the workflow sees these
     # option dicts as changed here (a real change would edit workflows/deal.py).

@@ -42,7 +42,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from dealflow import client as deals
 from dealflow import stack
 from dealflow.config import ROOT, Settings, load_lenders
-from dealflow.docstore import DocumentStore, open_store
+from dealflow.storage.documents import DocumentStore, open_store
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")

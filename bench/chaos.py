@@ -51,8 +51,8 @@ from bench.chaos_scenarios import EXTRA_SCENARIOS, SCENARIOS, Ctx, Scenario, Str
 from bench.chaos_stack import ChaosStack
 from dealflow import client as deals
 from dealflow import stuck
-from dealflow.docstore import open_store
 from dealflow.storage import db
+from dealflow.storage.documents import open_store
 from workflows.deal import DEAL_STAGE
 
 console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)

@@ -21,7 +21,6 @@ from dealflow import client as deals
 from dealflow import stuck
 from dealflow.api import remote
 from dealflow.config import LendersFileError, Settings, load_lenders
-from dealflow.docstore import open_store
 from dealflow.models import (
     ActionResult,
     Actor,
@@ -34,6 +33,7 @@ from dealflow.models import (
     Party,
 )
 from dealflow.storage import db
+from dealflow.storage.documents import open_store
 from dealflow.uploads import upload_document
 
 

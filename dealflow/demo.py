@@ -29,9 +29,9 @@ from temporalio.service import RPCError
 from dealflow import client as deals
 from dealflow import rules
 from dealflow.config import Settings, get_settings, load_lenders
-from dealflow.docstore import DocumentStore, open_store
 from dealflow.models import Action, Actor, DealInput, DealPolicy, DealStatus, Stage
 from dealflow.samples import example_action, example_deal, sample_documents, stipulation_document
+from dealflow.storage.documents import DocumentStore, open_store
 from dealflow.uploads import upload_document
 
 console = Console(width=None if sys.stdout.isatty() else 140)

@@ -23,7 +23,6 @@ from temporalio.testing import WorkflowEnvironment
 from dealflow import client as deals
 from dealflow import rules
 from dealflow.config import LenderConfig
-from dealflow.docstore import DocumentStore
 from dealflow.models import (
     Action,
     ActionResult,
@@ -42,6 +41,7 @@ from dealflow.models import (
 )
 from dealflow.samples import example_action, example_deal, sample_documents, stipulation_document
 from dealflow.storage import db
+from dealflow.storage.documents import DocumentStore
 from dealflow.uploads import upload_document
 from tests.conftest import Stack, deal_worker
 from workflows import DealWorkflow

@@ -20,8 +20,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import httpx
 import pytest
 
-from dealflow import docstore
-from dealflow.docstore import (
+from dealflow.storage import documents as docstore
+from dealflow.storage.documents import (
     DocumentNotFound,
     DocumentStore,
     DocumentStoreUnavailable,

@@ -38,10 +38,10 @@ from dealflow import client as deals
 from dealflow.api.auth import mint_token
 from dealflow.config import ROOT, Settings
 from dealflow.demo import DEMO_POLICY, Robot, Scenario
-from dealflow.docstore import open_store
 from dealflow.models import DealInput, DealStatus, Role, Stage
 from dealflow.stack import pid_alive
 from dealflow.storage import db
+from dealflow.storage.documents import open_store
 from workflows import DealWorkflow
 
 pytestmark = pytest.mark.e2e

@@ -11,8 +11,8 @@ from dealflow import logs, startup
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.config import load_lenders
-from dealflow.docstore import open_store
 from dealflow.storage import db
+from dealflow.storage.documents import open_store
 
 log = logging.getLogger("dealflow.api")
 

@@ -25,7 +25,7 @@ from dealflow import rules, stuck
 from dealflow.api import codec, deals, documents, problems, webhooks
 from dealflow.api.deps import Metrics, Services
 from dealflow.client import WorkflowStuck
-from dealflow.docstore import DocumentStoreError
+from dealflow.storage.documents import DocumentStoreError
 
 DESCRIPTION = """\
 Car-finance deals on Temporal: the back-office deal desk and the lender webhooks.

@@ -13,9 +13,9 @@ from temporalio.client import Client
 
 from dealflow.api.auth import Authenticator
 from dealflow.config import LenderConfig, Settings
-from dealflow.docstore import DocumentStore
 from dealflow.models import DealPolicy
 from dealflow.storage import db
+from dealflow.storage.documents import DocumentStore
 from dealflow.storage.groupcommit import GroupCommit
 
 InboxOp = db.WebhookIn | db.WebhookMark

@@ -50,12 +50,6 @@ from dealflow.api.auth import (
 from dealflow.api.deals import DealIdPath, check_deal_id, read_status, roles_of, services
 from dealflow.api.errors import Problem
 from dealflow.api.problems import PROBLEM_JSON, responses
-from dealflow.docstore import (
-    DocumentNotFound,
-    DocumentTooLarge,
-    LocalDirectoryStore,
-    verify_local_signature,
-)
 from dealflow.models import (
     Action,
     DocumentKind,
@@ -63,6 +57,12 @@ from dealflow.models import (
     DocumentUploaded,
     Party,
     RecordDocumentInput,
+)
+from dealflow.storage.documents import (
+    DocumentNotFound,
+    DocumentTooLarge,
+    LocalDirectoryStore,
+    verify_local_signature,
 )
 from dealflow.uploads import SNIFF_BYTES, upload_document
 

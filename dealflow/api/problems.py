@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from dealflow import rules
 from dealflow.api.errors import Problem
 from dealflow.client import WorkflowStuck
-from dealflow.docstore import DocumentStoreError, DocumentStoreUnavailable
+from dealflow.storage.documents import DocumentStoreError, DocumentStoreUnavailable
 from dealflow.stuck import heal_command
 
 log = logging.getLogger("dealflow.api")
