@@ -7,6 +7,7 @@ this process's side of the upload, not moto holding the received parts.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import socket
@@ -20,7 +21,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import httpx
 import pytest
 
-from dealflow.storage import documents as docstore
 from dealflow.storage.documents import (
     DocumentNotFound,
     DocumentStore,
@@ -34,6 +34,7 @@ from dealflow.storage.documents import (
     open_store,
     verify_local_signature,
 )
+from dealflow.storage.documents import local as local_store
 from tests.apikit import moto_server
 from tests.memory import peak_rss
 
@@ -311,7 +312,7 @@ def test_local_atomic_put_bytes_failure_keeps_old_object(
             raise OSError("disk on fire")
         real_replace(src, dst)
 
-    monkeypatch.setattr(docstore.os, "replace", crash_on_object)
+    monkeypatch.setattr(local_store.os, "replace", crash_on_object)
     with pytest.raises(OSError, match="disk on fire"):
         store.put_bytes(b"new contents!", key=key, content_type="text/plain")
     with pytest.raises(OSError, match="disk on fire"):
@@ -404,7 +405,7 @@ def test_s3_layout_encryption_and_checksums(
     raw_small = s3_client.head_object(
         Bucket=bucket, Key=f"tenant/docs/{small.key}", ChecksumMode="ENABLED"
     )
-    assert raw_small["ChecksumSHA256"] == docstore._b64(bytes.fromhex(small.sha256))
+    assert raw_small["ChecksumSHA256"] == base64.b64encode(bytes.fromhex(small.sha256)).decode()
     assert sorted(store.list("")) == sorted([small.key, big.key, exported.key])
 
 
