@@ -33,7 +33,7 @@ from dealflow.models import (
     Party,
 )
 from dealflow.storage import db
-from dealflow.storage.documents import open_store
+from dealflow.storage.documents import store_from_settings
 from dealflow.uploads import upload_document
 
 
@@ -140,13 +140,7 @@ class TemporalDeals:
         return await deals.act(await self.client(), deal_id, act, inp)
 
     async def upload(self, deal_id: str, path: Path, form: DocumentForm) -> DocumentUploaded:
-        s = self.settings
-        store = open_store(
-            s.document_store,
-            endpoint_url=s.s3_endpoint_url,
-            signing_secret=s.jwt_secret,
-            api_base_url=s.api_url,
-        )
+        store = store_from_settings(self.settings)
 
         def chunks() -> Any:
             with path.open("rb") as f:

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import httpx
 import pytest
 
+from dealflow.config import Settings
 from dealflow.storage.documents import (
     DocumentNotFound,
     DocumentStore,
@@ -32,6 +33,7 @@ from dealflow.storage.documents import (
     content_key,
     make_s3_client,
     open_store,
+    store_from_settings,
     verify_local_signature,
 )
 from dealflow.storage.documents import local as local_store
@@ -495,3 +497,28 @@ def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     for bad in ["ftp://host/x", "/var/docs", "s3://", "s3:///prefix", "file://", "memory://"]:
         with pytest.raises(ValueError, match="document store URL"):
             open_store(bad, **kwargs)
+
+
+def test_store_from_settings_opens_the_configured_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    local = store_from_settings(
+        Settings(
+            document_store=f"file://{tmp_path / 'docs'}",
+            jwt_secret=SECRET,
+            api_base_url=API_BASE,
+        )
+    )
+    assert isinstance(local, LocalDirectoryStore)
+    assert local.root == (tmp_path / "docs").resolve()
+    link = urlsplit(local.presign_get("documents/ab/x"))
+    assert f"{link.scheme}://{link.netloc}" == API_BASE
+    query = parse_qs(link.query)
+    assert verify_local_signature(SECRET, "documents/ab/x", query["expires"][0], query["sig"][0])
+    remote = store_from_settings(
+        Settings(document_store="s3://my-bucket/deal/docs", s3_endpoint_url="http://minio:9000")
+    )
+    assert isinstance(remote, S3Store)
+    assert (remote.bucket, remote.prefix) == ("my-bucket", "deal/docs")
+    assert remote.endpoint_url == "http://minio:9000"

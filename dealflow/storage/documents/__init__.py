@@ -8,8 +8,8 @@ one backend a module.
 * `S3Store` (`s3.py`) — any S3 (AWS, MinIO, moto) through boto3, with
   server-side encryption, request checksums, retries and short timeouts.
 
-The interface, its errors and the rules for keys are in `base.py`; `open_store`
-(`factory.py`) opens the store a URL names.
+The interface, its errors and the rules for keys are in `base.py`; processes
+open their store with `store_from_settings` (`factory.py`).
 
 The API is synchronous on purpose: activities and the API call it in threads.
 """
@@ -25,7 +25,7 @@ from dealflow.storage.documents.base import (
     StoredObject,
     content_key,
 )
-from dealflow.storage.documents.factory import open_store
+from dealflow.storage.documents.factory import open_store, store_from_settings
 from dealflow.storage.documents.local import (
     LocalDirectoryStore,
     sign_local_url,
@@ -48,5 +48,6 @@ __all__ = [
     "make_s3_client",
     "open_store",
     "sign_local_url",
+    "store_from_settings",
     "verify_local_signature",
 ]

@@ -1,12 +1,17 @@
-"""Opening the document store a URL names."""
+"""Opening a document store: by URL (`open_store`), or the one the settings name
+(`store_from_settings`, what every process uses)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dealflow.storage.documents.base import DocumentStore
 from dealflow.storage.documents.local import LocalDirectoryStore
 from dealflow.storage.documents.s3 import S3Store
+
+if TYPE_CHECKING:
+    from dealflow.config import Settings
 
 
 def open_store(
@@ -33,4 +38,15 @@ def open_store(
     raise ValueError(
         f"unsupported document store URL {url!r}: use file://PATH (local directory) "
         "or s3://bucket/prefix"
+    )
+
+
+def store_from_settings(settings: Settings) -> DocumentStore:
+    """The document store of `settings`: `DEALFLOW_DOCUMENT_STORE`, its S3 endpoint,
+    and the secret and API address that local-store links are signed for."""
+    return open_store(
+        settings.document_store,
+        endpoint_url=settings.s3_endpoint_url,
+        signing_secret=settings.jwt_secret,
+        api_base_url=settings.api_url,
     )
