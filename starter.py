@@ -53,8 +53,8 @@ from dealflow.deal_service import (
     ServiceError,
     TemporalDeals,
 )
-from dealflow.docstore import DocumentStoreUnavailable
 from dealflow.models import Actor, DealHealth, DealPolicy, DealStatus, Role
+from dealflow.storage.documents import DocumentStoreUnavailable
 
 EXIT = {"invalid": 2, "conflict": 3, "forbidden": 5}
 out = Console()

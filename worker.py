@@ -20,10 +20,11 @@ from temporalio.worker import Worker
 import workflows
 from activities import DealActivities
 from dealflow import client as deals
-from dealflow import db, logs, startup
+from dealflow import logs, startup
 from dealflow.bytecode import cache_bytecode
 from dealflow.config import Settings, load_lenders
-from dealflow.docstore import open_store
+from dealflow.storage import db
+from dealflow.storage.documents import store_from_settings
 from workflows import WORKFLOW_RUNNER, DealWorkflow
 
 log = logging.getLogger("dealflow.worker")
@@ -59,12 +60,7 @@ async def main() -> None:
     settings = startup.settings_from_env()
     lenders = load_lenders(settings.lenders_file)
     client = await startup.connect_patiently(settings, deals.connect)
-    store = open_store(
-        settings.document_store,
-        endpoint_url=settings.s3_endpoint_url,
-        signing_secret=settings.jwt_secret,
-        api_base_url=settings.api_url,
-    )
+    store = store_from_settings(settings)
     activities_http = httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0))
     acts = DealActivities(
         db.make_engine(settings.database_url),

@@ -15,9 +15,8 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dealflow import db, names
+from dealflow import names
 from dealflow.config import LenderConfig
-from dealflow.docstore import DocumentStore
 from dealflow.models import (
     ApplicationPackage,
     CompensationInput,
@@ -31,6 +30,8 @@ from dealflow.models import (
     SubmitToLenderResult,
     WithdrawInput,
 )
+from dealflow.storage import db
+from dealflow.storage.documents import DocumentStore
 
 log = logging.getLogger("dealflow.activities")
 

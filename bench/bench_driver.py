@@ -21,7 +21,6 @@ from temporalio.client import Client
 from dealflow import client as deals
 from dealflow import rules
 from dealflow.config import LenderConfig
-from dealflow.docstore import DocumentStore
 from dealflow.models import (
     Action,
     ActionReceipt,
@@ -33,6 +32,7 @@ from dealflow.models import (
     Stage,
 )
 from dealflow.samples import example_action, example_deal, sample_documents
+from dealflow.storage.documents import DocumentStore
 from dealflow.uploads import store_and_record
 
 # Staff steps between the disbursement and the follow-up calls, in order.

@@ -343,9 +343,10 @@ async def tuned_worker(task_queue: str) -> None:
 
     import workflows.deal as deal_module
     from activities import DealActivities
-    from dealflow import db, logs
+    from dealflow import logs
     from dealflow.config import get_settings, load_lenders
-    from dealflow.docstore import open_store
+    from dealflow.storage import db
+    from dealflow.storage.documents import store_from_settings
 
     # The workflow module is passed through the sandbox so the workflow sees these
     # option dicts as changed here (a real change would edit workflows/deal.py).
@@ -368,12 +369,7 @@ async def tuned_worker(task_queue: str) -> None:
     logs.setup()
     settings = get_settings()
     client = await deals.connect(settings)
-    store = open_store(
-        settings.document_store,
-        endpoint_url=settings.s3_endpoint_url,
-        signing_secret=settings.jwt_secret,
-        api_base_url=settings.api_url,
-    )
+    store = store_from_settings(settings)
     http = httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0))
     acts = DealActivities(
         db.make_engine(settings.database_url), load_lenders(settings.lenders_file), http, store

@@ -42,7 +42,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from dealflow import client as deals
 from dealflow import stack
 from dealflow.config import ROOT, Settings, load_lenders
-from dealflow.docstore import DocumentStore, open_store
+from dealflow.storage.documents import DocumentStore, store_from_settings
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -401,12 +401,7 @@ class BenchStack:
             document_store=self.cfg.env["DEALFLOW_DOCUMENT_STORE"],
         )
         self.lenders = load_lenders(self.lenders_file)
-        self.store: DocumentStore = open_store(
-            self.settings.document_store,
-            endpoint_url=None,
-            signing_secret=self.settings.jwt_secret,
-            api_base_url=self.settings.api_url,
-        )
+        self.store: DocumentStore = store_from_settings(self.settings)
         self.client: Client | None = None
         self.plain_client: Client | None = None
         self.extra: list[Proc] = []

@@ -50,8 +50,9 @@ from bench.chaos_robot import DealRun, Robot, plan_mix
 from bench.chaos_scenarios import EXTRA_SCENARIOS, SCENARIOS, Ctx, Scenario, Strikes
 from bench.chaos_stack import ChaosStack
 from dealflow import client as deals
-from dealflow import db, stuck
-from dealflow.docstore import open_store
+from dealflow import stuck
+from dealflow.storage import db
+from dealflow.storage.documents import store_from_settings
 from workflows.deal import DEAL_STAGE
 
 console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
@@ -327,12 +328,7 @@ async def amain(argv: list[str] | None = None) -> int:
         settings = stack.settings()
         quiet_sdk_logs()
         client = await deals.connect(settings)
-        store = open_store(
-            settings.document_store,
-            endpoint_url=settings.s3_endpoint_url,
-            signing_secret=settings.jwt_secret,
-            api_base_url=settings.api_url,
-        )
+        store = store_from_settings(settings)
         async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
             upload_api = await documents_endpoint(http, stack.api_url)
             robot = Robot(

@@ -31,8 +31,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from bench.chaos_robot import DealRun
-from dealflow import db
 from dealflow.models import Stage
+from dealflow.storage import db
 
 Category = Literal["lost", "duplicate", "mismatch", "unexpected"]
 

@@ -37,9 +37,9 @@ from temporalio.service import RPCError
 from dealflow import client as deals
 from dealflow import rules
 from dealflow.config import LenderConfig
-from dealflow.docstore import DocumentStore, DocumentStoreError, DocumentStoreUnavailable
 from dealflow.models import Action, Actor, DealInput, DealPolicy, DealStatus, Role, Stage
 from dealflow.samples import example_action, example_deal, sample_documents, stipulation_document
+from dealflow.storage.documents import DocumentStore, DocumentStoreError, DocumentStoreUnavailable
 from dealflow.uploads import upload_document
 
 T = TypeVar("T")

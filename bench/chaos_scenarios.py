@@ -30,8 +30,9 @@ from bench.chaos_robot import (
 )
 from bench.chaos_stack import LENDER_CLIENT_TIMEOUT, ChaosStack
 from dealflow import client as deals
-from dealflow import codec, db, names
+from dealflow import codec, names
 from dealflow.models import Stage
+from dealflow.storage import db
 
 STAGES = list(Stage)
 

@@ -181,7 +181,7 @@ class ChaosStack:
                 if self.moto.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"moto server did not start ({argv})") from None
                 time.sleep(0.2)
-        from dealflow.docstore import make_s3_client
+        from dealflow.storage.documents import make_s3_client
 
         make_s3_client(url).create_bucket(Bucket=S3_BUCKET)
         self.s3_proxy = TcpProxy(self.ports["moto"], name="s3-proxy").start()
@@ -207,7 +207,7 @@ class ChaosStack:
                 proxy.stop()
         if self.pg_database is not None:
             with contextlib.suppress(Exception):
-                from dealflow import db
+                from dealflow.storage import db
 
                 db.dispose_engine(self.direct_database_url)
                 import psycopg

@@ -1358,7 +1358,7 @@ def entry_hash(entry: dict[str, Any]) -> str:
 
 
 def _read_manifest(store: Any) -> bytes:
-    from dealflow.docstore import DocumentNotFound
+    from dealflow.storage.documents import DocumentNotFound
 
     try:
         return bytes(store.read_bytes(MANIFEST_KEY))
@@ -1567,7 +1567,7 @@ class VerifyReport:
 
 def verify(store: Any, expect_head: str | None = None) -> VerifyReport:
     """Recompute the manifest chain and every archived history's digest."""
-    from dealflow.docstore import DocumentNotFound
+    from dealflow.storage.documents import DocumentNotFound
 
     data = _read_manifest(store)
     entries, problems = _parse_manifest(data)
@@ -1698,7 +1698,7 @@ class _CommandContext:
 
     def open_store(self) -> Any:
         if self.store is None:
-            from dealflow.docstore import open_store
+            from dealflow.storage.documents import open_store
 
             s = self.settings
             self.store = open_store(

@@ -18,10 +18,9 @@ from pydantic import BaseModel, ValidationError
 from temporalio.client import Client
 
 from dealflow import client as deals
-from dealflow import db, stuck
+from dealflow import stuck
 from dealflow.api import remote
 from dealflow.config import LendersFileError, Settings, load_lenders
-from dealflow.docstore import open_store
 from dealflow.models import (
     ActionResult,
     Actor,
@@ -33,6 +32,8 @@ from dealflow.models import (
     DocumentUploaded,
     Party,
 )
+from dealflow.storage import db
+from dealflow.storage.documents import store_from_settings
 from dealflow.uploads import upload_document
 
 
@@ -139,13 +140,7 @@ class TemporalDeals:
         return await deals.act(await self.client(), deal_id, act, inp)
 
     async def upload(self, deal_id: str, path: Path, form: DocumentForm) -> DocumentUploaded:
-        s = self.settings
-        store = open_store(
-            s.document_store,
-            endpoint_url=s.s3_endpoint_url,
-            signing_secret=s.jwt_secret,
-            api_base_url=s.api_url,
-        )
+        store = store_from_settings(self.settings)
 
         def chunks() -> Any:
             with path.open("rb") as f:

@@ -29,9 +29,9 @@ from temporalio.service import RPCError
 from dealflow import client as deals
 from dealflow import rules
 from dealflow.config import Settings, get_settings, load_lenders
-from dealflow.docstore import DocumentStore, open_store
 from dealflow.models import Action, Actor, DealInput, DealPolicy, DealStatus, Stage
 from dealflow.samples import example_action, example_deal, sample_documents, stipulation_document
+from dealflow.storage.documents import DocumentStore, store_from_settings
 from dealflow.uploads import upload_document
 
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -270,12 +270,7 @@ async def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = get_settings()
     client = await retrying("connect", deals.connect, settings)
-    store = open_store(
-        settings.document_store,
-        endpoint_url=settings.s3_endpoint_url,
-        signing_secret=settings.jwt_secret,
-        api_base_url=settings.api_url,
-    )
+    store = store_from_settings(settings)
     robot = Robot(client, store, settings)
     started = time.monotonic()
     running = await _start_scenarios(client, settings)

@@ -13,7 +13,7 @@
    check SERVING and the namespace exists. When ``DEALFLOW_TEMPORAL_ADDRESS``
    names a non-local host, that server is used as is (checked, never started
    or stopped).
-2. migrations     -- ``python -m dealflow.db upgrade``, synchronously; its output
+2. migrations     -- ``python -m dealflow.storage.db upgrade``, synchronously; its output
    is printed and `up` fails if it fails.
 3. ``lender_sim`` -- ``python -m dealflow.lender_sim``; healthy: ``GET
    http://127.0.0.1:$DEALFLOW_LENDER_SIM_PORT/healthz`` (8100) answers 200.
@@ -288,7 +288,7 @@ def temporal_signature(cfg: StackConfig) -> tuple[str, ...]:
 
 
 def migrate_command(cfg: StackConfig) -> list[str]:
-    return [cfg.python, "-m", "dealflow.db", "upgrade"]
+    return [cfg.python, "-m", "dealflow.storage.db", "upgrade"]
 
 
 def module_command(cfg: StackConfig, module: str) -> list[str]:

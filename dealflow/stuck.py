@@ -50,8 +50,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer
 
 from dealflow.client import DealNotFound, TaskTrouble, deal_status, transient, workflow_id
-from dealflow.db import DealRow, get_deal
 from dealflow.models import ActionReceipt, DealHealth, DealStatus, MoneySummary, Stage
+from dealflow.storage.db import DealRow, get_deal
 from workflows import WORKFLOW_RUNNER, DealWorkflow
 from workflows.deal import DEAL_STAGE
 

@@ -14,8 +14,8 @@ from temporalio.client import Client
 
 from dealflow import client as deals
 from dealflow import rules
-from dealflow.docstore import DocumentStore, DocumentTooLarge, EmptyDocument
 from dealflow.models import ActionReceipt, ActionResult, Actor, DealPolicy
+from dealflow.storage.documents import DocumentStore, DocumentTooLarge, EmptyDocument
 
 SNIFF_BYTES = 16
 

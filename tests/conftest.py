@@ -25,7 +25,7 @@ from temporalio.worker import Worker
 
 import workflows
 from activities import DealActivities
-from dealflow import codec, db
+from dealflow import codec
 from dealflow.api.app import create_app as create_api
 from dealflow.api.deps import Services
 from dealflow.bytecode import cache_bytecode
@@ -36,9 +36,10 @@ from dealflow.config import (
     Settings,
     load_lenders,
 )
-from dealflow.docstore import LocalDirectoryStore
 from dealflow.lender_sim import SimConfig
 from dealflow.lender_sim.app import create_app as create_sim
+from dealflow.storage import db
+from dealflow.storage.documents import LocalDirectoryStore
 from tests.servers import free_port, serve_async
 from workflows import WORKFLOW_RUNNER, DealWorkflow
 from workflows.deal import DEAL_STAGE, DEALER_ID, LENDER_ID

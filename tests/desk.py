@@ -21,9 +21,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from dealflow import client as deals
-from dealflow import db, rules
+from dealflow import rules
 from dealflow.config import LenderConfig
-from dealflow.docstore import DocumentStore
 from dealflow.models import (
     Action,
     ActionResult,
@@ -41,6 +40,8 @@ from dealflow.models import (
     Submission,
 )
 from dealflow.samples import example_action, example_deal, sample_documents, stipulation_document
+from dealflow.storage import db
+from dealflow.storage.documents import DocumentStore
 from dealflow.uploads import upload_document
 from tests.conftest import Stack, deal_worker
 from workflows import DealWorkflow

@@ -28,7 +28,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 import starter
-from dealflow import db, rules
+from dealflow import rules
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.api.routes.deals import ACTION_ROUTES, request_digest
@@ -36,6 +36,7 @@ from dealflow.api.security import Authenticator, AuthError, mint_token
 from dealflow.config import Settings, get_settings
 from dealflow.models import Action, DealInput, ProjectionInput, Role, Stage
 from dealflow.samples import EXAMPLES
+from dealflow.storage import db
 from tests.apikit import SECRET, ApiStack, HttpDesk, action_body, api_stack, deal_body
 from tests.servers import serve, serve_async
 

@@ -26,9 +26,9 @@ from temporalio.testing import WorkflowEnvironment
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.config import Settings
-from dealflow.docstore import LocalDirectoryStore, S3Store, make_s3_client, sign_local_url
 from dealflow.models import Role
 from dealflow.samples import sample_documents
+from dealflow.storage.documents import LocalDirectoryStore, S3Store, make_s3_client, sign_local_url
 from tests.apikit import (
     S3_CREDS,
     SECRET,

@@ -25,8 +25,8 @@ import pytest
 
 from dealflow import audit
 from dealflow.config import Settings
-from dealflow.docstore import LocalDirectoryStore
 from dealflow.models import DealPolicy, Stage
+from dealflow.storage.documents import LocalDirectoryStore
 from tests.conftest import BIN, ROOT, TEST_CODEC_KEYS, Stack, deal_worker
 from tests.desk import Desk
 

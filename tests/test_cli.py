@@ -23,9 +23,9 @@ from temporalio.service import RPCError
 
 import starter
 from dealflow import client as deals
-from dealflow import db
 from dealflow.config import ROOT, get_settings
-from dealflow.docstore import LocalDirectoryStore
+from dealflow.storage import db
+from dealflow.storage.documents import LocalDirectoryStore
 from tests.conftest import Stack, deal_worker
 
 EXAMPLES = ROOT / "examples"

@@ -36,10 +36,10 @@ from dealflow import audit, codec
 from dealflow import client as deals
 from dealflow.api.security import mint_token
 from dealflow.config import Settings
-from dealflow.docstore import LocalDirectoryStore
 from dealflow.logs import JsonFormatter
 from dealflow.models import DealInput, Stage
 from dealflow.samples import example_action, example_deal
+from dealflow.storage.documents import LocalDirectoryStore
 from tests.conftest import BIN, ROOT, TEST_CODEC_KEYS, Stack, deal_worker
 from tests.desk import Desk
 

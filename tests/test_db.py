@@ -23,7 +23,6 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 from sqlmodel import SQLModel
 
-from dealflow import db
 from dealflow.models import (
     CompensationInput,
     DocumentKind,
@@ -34,6 +33,8 @@ from dealflow.models import (
     Role,
     Stage,
 )
+from dealflow.storage import db
+from dealflow.storage.db import cli as db_cli
 
 PG_ENV = "DEALFLOW_TEST_POSTGRES_URL"
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -133,7 +134,7 @@ def test_concurrent_migrations_all_succeed(db_url: str) -> None:
 
 
 def test_cli_upgrade(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert db.main(["upgrade", "--url", db_url]) == 0
+    assert db_cli.main(["upgrade", "--url", db_url]) == 0
     assert "at revision 0001" in capsys.readouterr().out
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from dealflow import db
 from dealflow.models import (
     DealPolicy,
     DealStatus,
@@ -28,6 +27,7 @@ from dealflow.models import (
     Stage,
 )
 from dealflow.rules import RuleError
+from dealflow.storage import db
 from tests.conftest import Stack
 from tests.desk import Desk, desk_on
 from workflows.deal import LENDER_ID

@@ -7,6 +7,7 @@ this process's side of the upload, not moto holding the received parts.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import socket
@@ -20,8 +21,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import httpx
 import pytest
 
-from dealflow import docstore
-from dealflow.docstore import (
+from dealflow.config import Settings
+from dealflow.storage.documents import (
     DocumentNotFound,
     DocumentStore,
     DocumentStoreUnavailable,
@@ -32,8 +33,10 @@ from dealflow.docstore import (
     content_key,
     make_s3_client,
     open_store,
+    store_from_settings,
     verify_local_signature,
 )
+from dealflow.storage.documents import local as local_store
 from tests.apikit import moto_server
 from tests.memory import peak_rss
 
@@ -311,7 +314,7 @@ def test_local_atomic_put_bytes_failure_keeps_old_object(
             raise OSError("disk on fire")
         real_replace(src, dst)
 
-    monkeypatch.setattr(docstore.os, "replace", crash_on_object)
+    monkeypatch.setattr(local_store.os, "replace", crash_on_object)
     with pytest.raises(OSError, match="disk on fire"):
         store.put_bytes(b"new contents!", key=key, content_type="text/plain")
     with pytest.raises(OSError, match="disk on fire"):
@@ -404,7 +407,7 @@ def test_s3_layout_encryption_and_checksums(
     raw_small = s3_client.head_object(
         Bucket=bucket, Key=f"tenant/docs/{small.key}", ChecksumMode="ENABLED"
     )
-    assert raw_small["ChecksumSHA256"] == docstore._b64(bytes.fromhex(small.sha256))
+    assert raw_small["ChecksumSHA256"] == base64.b64encode(bytes.fromhex(small.sha256)).decode()
     assert sorted(store.list("")) == sorted([small.key, big.key, exported.key])
 
 
@@ -494,3 +497,28 @@ def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     for bad in ["ftp://host/x", "/var/docs", "s3://", "s3:///prefix", "file://", "memory://"]:
         with pytest.raises(ValueError, match="document store URL"):
             open_store(bad, **kwargs)
+
+
+def test_store_from_settings_opens_the_configured_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    local = store_from_settings(
+        Settings(
+            document_store=f"file://{tmp_path / 'docs'}",
+            jwt_secret=SECRET,
+            api_base_url=API_BASE,
+        )
+    )
+    assert isinstance(local, LocalDirectoryStore)
+    assert local.root == (tmp_path / "docs").resolve()
+    link = urlsplit(local.presign_get("documents/ab/x"))
+    assert f"{link.scheme}://{link.netloc}" == API_BASE
+    query = parse_qs(link.query)
+    assert verify_local_signature(SECRET, "documents/ab/x", query["expires"][0], query["sig"][0])
+    remote = store_from_settings(
+        Settings(document_store="s3://my-bucket/deal/docs", s3_endpoint_url="http://minio:9000")
+    )
+    assert isinstance(remote, S3Store)
+    assert (remote.bucket, remote.prefix) == ("my-bucket", "deal/docs")
+    assert remote.endpoint_url == "http://minio:9000"

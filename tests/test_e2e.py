@@ -35,13 +35,13 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from dealflow import client as deals
-from dealflow import db
 from dealflow.api.security import mint_token
 from dealflow.config import ROOT, Settings
 from dealflow.demo import DEMO_POLICY, Robot, Scenario
-from dealflow.docstore import open_store
 from dealflow.models import DealInput, DealStatus, Role, Stage
 from dealflow.stack import pid_alive
+from dealflow.storage import db
+from dealflow.storage.documents import store_from_settings
 from workflows import DealWorkflow
 
 pytestmark = pytest.mark.e2e
@@ -270,12 +270,7 @@ async def test_deals_run_to_their_end_over_real_processes(e2e: E2E, client: Clie
     cli_deal = started["deal_id"]
     assert DEAL_ID.fullmatch(cli_deal) and started["workflow_id"] == f"deal-{cli_deal}"
 
-    store = open_store(
-        e2e.settings.document_store,
-        endpoint_url=None,
-        signing_secret=e2e.settings.jwt_secret,
-        api_base_url=e2e.settings.api_url,
-    )
+    store = store_from_settings(e2e.settings)
     robot = Robot(client, store, e2e.settings)
     deal = deals.parse_deal(json.loads(DEAL_JSON.read_text()))
 
@@ -346,12 +341,7 @@ async def test_worker_killed_mid_deal_resumes_after_stack_up(e2e: E2E, client: C
         )
         assert started["deal_id"] == deal_id
 
-        store = open_store(
-            e2e.settings.document_store,
-            endpoint_url=None,
-            signing_secret=e2e.settings.jwt_secret,
-            api_base_url=e2e.settings.api_url,
-        )
+        store = store_from_settings(e2e.settings)
         robot = Robot(client, store, e2e.settings)
         deal = deals.parse_deal(json.loads(DEAL_JSON.read_text()))
         st = await drive(

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from dealflow.groupcommit import GroupCommit
+from dealflow.storage.groupcommit import GroupCommit
 
 
 async def test_concurrent_writes_share_batches_and_get_their_own_results() -> None:

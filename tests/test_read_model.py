@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.engine import Engine
 
-from dealflow import db
 from dealflow.models import Stage
+from dealflow.storage import db
 from tests.conftest import Stack, deal_worker
 from tests.desk import Desk
 from tests.test_db import db_url  # noqa: F401 - the parametrized SQLite/PostgreSQL fixture

@@ -30,11 +30,12 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from activities import DealActivities
-from dealflow import audit, codec, db
+from dealflow import audit, codec
 from dealflow.config import LenderConfig
-from dealflow.docstore import LocalDirectoryStore
 from dealflow.models import Actor, DealPolicy, DealStatus, Role, Stage
 from dealflow.samples import example_deal
+from dealflow.storage import db
+from dealflow.storage.documents import LocalDirectoryStore
 from tests.desk import result_skipping_time
 from tests.histories.variants import PATCH_ID, PatchedWelcome, UnpatchedWelcome
 from workflows import WORKFLOW_RUNNER, DealWorkflow

@@ -92,7 +92,7 @@ def test_service_commands(tmp_path: Path) -> None:
     assert by_name["lender_sim"].argv == (sys.executable, "-m", "dealflow.lender_sim")
     assert by_name["api"].argv == (sys.executable, "-m", "dealflow.api")
     assert by_name["worker"].argv == (sys.executable, str(tmp_path / "worker.py"))
-    assert stack.migrate_command(cfg) == [sys.executable, "-m", "dealflow.db", "upgrade"]
+    assert stack.migrate_command(cfg) == [sys.executable, "-m", "dealflow.storage.db", "upgrade"]
     assert by_name["api"].ports == ((8000, "API"),)
     assert by_name["lender_sim"].ports == ((8100, "lender simulator"),)
 
@@ -302,8 +302,9 @@ def test_down_and_status_without_data_dir(tmp_path: Path) -> None:
 
 
 def test_migrations_run_in_the_repo_and_fail_loudly(tmp_path: Path) -> None:
-    pkg = tmp_path / "dealflow"  # stand-in for `python -m dealflow.db upgrade`
-    pkg.mkdir()
+    pkg = tmp_path / "dealflow" / "storage"  # stand-in for `python -m dealflow.storage.db upgrade`
+    pkg.mkdir(parents=True)
+    (pkg.parent / "__init__.py").write_text("")
     (pkg / "__init__.py").write_text("")
     db = pkg / "db.py"
     db.write_text("import sys\nprint('upgraded', sys.argv[1:])\n")

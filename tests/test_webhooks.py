@@ -22,9 +22,9 @@ from sqlmodel import Session, col, select
 from standardwebhooks.webhooks import Webhook
 from temporalio.api.enums.v1 import EventType
 
-from dealflow import db
 from dealflow.api.routes.webhooks import MAX_WEBHOOK_BYTES
 from dealflow.models import DealStatus, Stage, Submission
+from dealflow.storage import db
 from tests.conftest import Stack, deal_worker
 from tests.desk import Desk
 

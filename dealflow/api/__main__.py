@@ -7,11 +7,12 @@ import logging
 import uvicorn
 
 from dealflow import client as deals
-from dealflow import db, logs, startup
+from dealflow import logs, startup
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.config import load_lenders
-from dealflow.docstore import open_store
+from dealflow.storage import db
+from dealflow.storage.documents import store_from_settings
 
 log = logging.getLogger("dealflow.api")
 
@@ -25,12 +26,7 @@ async def main() -> None:
         client=await startup.connect_patiently(settings, deals.connect),
         engine=db.make_engine(settings.database_url),
         lenders=lenders,
-        store=open_store(
-            settings.document_store,
-            endpoint_url=settings.s3_endpoint_url,
-            signing_secret=settings.jwt_secret,
-            api_base_url=settings.api_url,
-        ),
+        store=store_from_settings(settings),
     )
     config = uvicorn.Config(
         create_app(services),

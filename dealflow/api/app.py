@@ -26,7 +26,7 @@ from dealflow.api import problems
 from dealflow.api.deps import Metrics, Services
 from dealflow.api.routes import codec_server, deals, documents, files, webhooks
 from dealflow.client import WorkflowStuck
-from dealflow.docstore import DocumentStoreError
+from dealflow.storage.documents import DocumentStoreError
 
 DESCRIPTION = """\
 Car-finance deals on Temporal: the back-office deal desk and the lender webhooks.

@@ -12,12 +12,12 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from dealflow import db
 from dealflow.api.security import Authenticator
 from dealflow.config import LenderConfig, Settings
-from dealflow.docstore import DocumentStore
-from dealflow.groupcommit import GroupCommit
 from dealflow.models import DealPolicy
+from dealflow.storage import db
+from dealflow.storage.documents import DocumentStore
+from dealflow.storage.groupcommit import GroupCommit
 
 InboxOp = db.WebhookIn | db.WebhookMark
 InboxResult = tuple[db.InboxRow, db.StoreOutcome] | bool
@@ -116,7 +116,7 @@ class Services:
     # settings.policy_file (DEALFLOW_POLICY_FILE) — the one place that does.
     policy: DealPolicy | None = None
     auth: Authenticator | None = None
-    # The webhook inbox's writes, group-committed (dealflow/groupcommit.py).
+    # The webhook inbox's writes, group-committed (dealflow/storage/groupcommit.py).
     inbox: GroupCommit[InboxOp, InboxResult] = field(init=False)
 
     def __post_init__(self) -> None:

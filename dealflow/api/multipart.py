@@ -19,7 +19,7 @@ from python_multipart.multipart import MultipartParseError, MultipartParser, par
 from starlette.requests import ClientDisconnect
 
 from dealflow.api.errors import Problem
-from dealflow.docstore import DocumentTooLarge
+from dealflow.storage.documents import DocumentTooLarge
 
 MAX_FIELD_BYTES = 1024
 MAX_PARTS = 16

@@ -23,7 +23,7 @@ from dealflow import rules
 from dealflow.api.errors import Problem
 from dealflow.api.security import authenticate, route_requirement
 from dealflow.client import WorkflowStuck
-from dealflow.docstore import DocumentStoreError, DocumentStoreUnavailable
+from dealflow.storage.documents import DocumentStoreError, DocumentStoreUnavailable
 from dealflow.stuck import heal_command
 
 log = logging.getLogger("dealflow.api")

@@ -27,9 +27,9 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
 from dealflow import client as deals
-from dealflow import db
-from dealflow.docstore import LocalDirectoryStore
 from dealflow.models import DealPolicy, Stage
+from dealflow.storage import db
+from dealflow.storage.documents import LocalDirectoryStore
 from tests.conftest import BIN, SEARCH_ATTRIBUTES, codec_data_converter, deal_worker, run_stack
 from tests.desk import Desk
 

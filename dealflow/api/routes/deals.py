@@ -28,7 +28,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import client as deals
-from dealflow import db, rules, stuck
+from dealflow import rules, stuck
 from dealflow.api.deps import Services, services
 from dealflow.api.errors import Problem
 from dealflow.api.problems import responses
@@ -55,6 +55,7 @@ from dealflow.models import (
     StartDealInput,
 )
 from dealflow.samples import EXAMPLES, example_action
+from dealflow.storage import db
 
 log = logging.getLogger("dealflow.api")
 router = APIRouter(dependencies=[Depends(bearer_scheme)])

@@ -45,9 +45,6 @@ from dealflow.api.security import (
     bearer_scheme,
     require_roles,
 )
-from dealflow.docstore import (
-    LocalDirectoryStore,
-)
 from dealflow.models import (
     Action,
     ActionResult,
@@ -56,6 +53,9 @@ from dealflow.models import (
     DocumentUploaded,
     Party,
     RecordDocumentInput,
+)
+from dealflow.storage.documents import (
+    LocalDirectoryStore,
 )
 from dealflow.uploads import SNIFF_BYTES, upload_document
 

@@ -18,7 +18,7 @@ from fastapi.responses import Response, StreamingResponse
 from dealflow.api.deps import services
 from dealflow.api.errors import Problem
 from dealflow.api.problems import PROBLEM_JSON, responses
-from dealflow.docstore import DocumentNotFound, LocalDirectoryStore, verify_local_signature
+from dealflow.storage.documents import DocumentNotFound, LocalDirectoryStore, verify_local_signature
 
 log = logging.getLogger("dealflow.api")
 router = APIRouter()

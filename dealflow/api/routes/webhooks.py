@@ -18,7 +18,6 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from temporalio.service import RPCError
 
 from dealflow import client as deals
-from dealflow import db
 from dealflow.api.deps import Services
 from dealflow.api.errors import Problem
 from dealflow.models import (
@@ -27,6 +26,7 @@ from dealflow.models import (
     DisbursementFailed,
     LenderEventInput,
 )
+from dealflow.storage import db
 
 log = logging.getLogger("dealflow.webhooks")
 router = APIRouter(tags=["lender webhooks"])

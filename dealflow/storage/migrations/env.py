@@ -1,8 +1,9 @@
-"""Alembic environment, configured from code (`dealflow.db.alembic_config`), not alembic.ini.
+"""Alembic environment, configured from code (`dealflow.storage.db.alembic_config`),
+not alembic.ini.
 
-`dealflow.db.migrate` hands us an open connection inside its transaction (and
-its migration lock); run any other way, we connect to `sqlalchemy.url` or to
-the configured `DEALFLOW_DATABASE_URL`.
+`dealflow.storage.db.migrate` hands us an open connection inside its transaction
+(and its migration lock); run any other way, we connect to `sqlalchemy.url` or
+to the configured `DEALFLOW_DATABASE_URL`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-import dealflow.db  # noqa: F401  (registers the tables for autogenerate)
+import dealflow.storage.db  # noqa: F401  (registers the tables for autogenerate)
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -40,7 +41,7 @@ def _run(connection: Connection) -> None:
 
 def run_migrations_offline() -> None:
     context.configure(
-        url=dealflow.db.normalise_url(_url()),
+        url=dealflow.storage.db.normalise_url(_url()),
         target_metadata=target_metadata,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
@@ -54,7 +55,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    with dealflow.db.make_engine(_url()).connect() as conn:
+    with dealflow.storage.db.make_engine(_url()).connect() as conn:
         _run(conn)
         conn.commit()
 

@@ -19,8 +19,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # Plain SQLAlchemy types on purpose: a migration must keep meaning what it
-# meant when written, whatever later happens to dealflow.db. The tz-aware
-# UTC handling of dealflow.db.UTCDateTime is Python-side only; its DDL is
+# meant when written, whatever later happens to dealflow.storage.db. The tz-aware
+# UTC handling of dealflow.storage.db.UTCDateTime is Python-side only; its DDL is
 # DateTime(timezone=True).
 TS = sa.DateTime(timezone=True)
 MONEY = sa.Numeric(14, 2)

@@ -1,1 +1,0 @@
-"""Alembic migrations of the DealFlow database; run them with `python -m dealflow.db upgrade`."""

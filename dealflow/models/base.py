@@ -1,0 +1,34 @@
+"""Field types every model shares (money, references, free text) and the
+strict base of every public entry point."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Money is CNY with two places, never float. `allow_inf_nan=False` and the
+# digit limits make "1e400" or "NaN" a validation error rather than a value.
+Money = Annotated[Decimal, Field(max_digits=14, decimal_places=2, allow_inf_nan=False)]
+NonNegMoney = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
+PosMoney = Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
+Ref = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")]
+Text = Annotated[str, Field(min_length=1, max_length=500)]
+
+CENT = Decimal("0.01")
+
+
+def money(value: Decimal | int | str) -> Decimal:
+    return Decimal(value).quantize(CENT)
+
+
+def fmt_money(value: Decimal | int | str) -> str:
+    """30000 -> '30,000.00': the form clerks read in error messages."""
+    return f"{money(value):,.2f}"
+
+
+class Strict(BaseModel):
+    # Unknown fields are an error at every public entry point: a typo in a
+    # payload must not be silently dropped.
+    model_config = ConfigDict(extra="forbid", frozen=False)

@@ -1,0 +1,218 @@
+"""The workflow's state: the deal's stage, everything it has recorded, and
+the input that starts (or continues) it."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from dealflow.models.actions import (
+    ConfirmDownPaymentInput,
+    DeliverInput,
+    RecordCertificateInput,
+    RecordFollowUpInput,
+    RecordInsuranceInput,
+    RecordInvoiceInput,
+    RecordMortgageInput,
+    RecordPlateInput,
+    RecordPurchaseTaxInput,
+    RecordRepaymentAccountInput,
+    RecordSettlementInput,
+    RecordStockOutInput,
+    SignLoanContractInput,
+    SignSalesContractInput,
+    SubmitApplicationInput,
+)
+from dealflow.models.deal import Actor, DealInput, DealPolicy, DocumentKind, LenderRef, Party
+from dealflow.models.lender_events import Decision, LenderEventInput, Reason, Stipulation
+
+
+class Stage(StrEnum):
+    CONTRACT = "CONTRACT"
+    DOCUMENTS = "DOCUMENTS"
+    APPLICATION = "APPLICATION"
+    UNDERWRITING = "UNDERWRITING"
+    DOWN_PAYMENT = "DOWN_PAYMENT"
+    INVOICING = "INVOICING"
+    INSURANCE = "INSURANCE"
+    LOAN_CONTRACT = "LOAN_CONTRACT"
+    DISBURSEMENT = "DISBURSEMENT"
+    REGISTRATION = "REGISTRATION"
+    DELIVERY = "DELIVERY"
+    FOLLOW_UP = "FOLLOW_UP"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+    DECLINED = "DECLINED"
+    EXPIRED = "EXPIRED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STAGES
+
+
+TERMINAL_STAGES = frozenset({Stage.COMPLETED, Stage.CANCELLED, Stage.DECLINED, Stage.EXPIRED})
+STAGE_ORDER = list(Stage)
+
+
+class Transition(BaseModel):
+    at: datetime
+    from_stage: Stage | None
+    to_stage: Stage
+    actor: str
+    reason: str
+
+
+class ActionRecord(BaseModel):
+    """Every accepted staff action, with its actor: the audit trail."""
+
+    at: datetime
+    action: str
+    actor: Actor
+    summary: str = ""
+
+
+class DocumentRecord(BaseModel):
+    doc_id: str
+    kind: DocumentKind
+    party: Party
+    file_name: str
+    content_type: str
+    size: int
+    sha256: str
+    storage_key: str
+    uploaded_by: str
+    uploaded_at: datetime
+    period_start: date | None = None
+    period_end: date | None = None
+    stipulation_code: str | None = None
+
+
+class DecisionRecord(BaseModel):
+    webhook_id: str
+    received_at: datetime
+    decision_seq: int
+    decision: Decision
+    approved_amount: Decimal | None = None
+    apr: Decimal | None = None
+    term_months: int | None = None
+    stipulations: list[Stipulation] = Field(default_factory=list)
+    reasons: list[Reason] = Field(default_factory=list)
+    applied: bool = True
+    note: str = ""
+
+
+SubmissionStatus = Literal[
+    "sending", "submitted", "decided", "withdrawing", "withdrawn", "rejected"
+]
+
+
+class Submission(BaseModel):
+    """One application package sent to one lender (`submission_no` counts all sends)."""
+
+    submission_no: int
+    lender_id: str
+    status: SubmissionStatus = "sending"
+    application_ref: str | None = None
+    submitted_at: datetime | None = None
+    decisions: list[DecisionRecord] = Field(default_factory=list)
+    # The decision in force (highest decision_seq applied).
+    current: DecisionRecord | None = None
+    counter_offer_response: Literal["accepted", "declined"] | None = None
+    error: str | None = None
+
+    @property
+    def last_seq(self) -> int:
+        return max((d.decision_seq for d in self.decisions if d.applied), default=-1)
+
+
+class Disbursement(BaseModel):
+    attempt: int
+    requested_at: datetime | None = None
+    status: Literal["requesting", "requested", "completed", "failed", "error"] = "requesting"
+    amount: Decimal | None = None
+    transaction_ref: str | None = None
+    disbursed_at: datetime | None = None
+    failure_reason: str | None = None
+
+
+class Compensation(BaseModel):
+    """A step done that must be undone if the deal ends without delivery."""
+
+    kind: Literal[
+        "release_vehicle", "withdraw_application", "refund_down_payment", "cancel_insurance"
+    ]
+    key: str
+    registered_at: datetime
+    status: Literal["pending", "running", "done", "void"] = "pending"
+    done_at: datetime | None = None
+    detail: dict[str, str] = Field(default_factory=dict)
+
+
+class Notice(BaseModel):
+    at: datetime
+    kind: Literal["reminder", "escalation", "adverse_action", "follow_up_due", "info"]
+    stage: Stage
+    message: str
+
+
+class DealState(BaseModel):
+    """Everything the deal knows. Carried whole across continue-as-new."""
+
+    stage: Stage = Stage.CONTRACT
+    stage_entered_at: datetime
+    # Counts each entry into a stage, so timer bookkeeping restarts when a
+    # stage is entered again (stipulations reopen DOCUMENTS).
+    stage_entry: int = 0
+    reminders_sent: int = 0
+    escalated: bool = False
+    version: int = 0
+    transitions: list[Transition] = Field(default_factory=list)
+    actions: list[ActionRecord] = Field(default_factory=list)
+    notices: list[Notice] = Field(default_factory=list)
+    sales_contract: SignSalesContractInput | None = None
+    documents: list[DocumentRecord] = Field(default_factory=list)
+    application: SubmitApplicationInput | None = None
+    lender_index: int = 0
+    submissions: list[Submission] = Field(default_factory=list)
+    stipulations: list[Stipulation] = Field(default_factory=list)
+    resubmit_pending: bool = False
+    down_payment: ConfirmDownPaymentInput | None = None
+    invoice: RecordInvoiceInput | None = None
+    insurance: RecordInsuranceInput | None = None
+    repayment_account: RecordRepaymentAccountInput | None = None
+    loan_contract: SignLoanContractInput | None = None
+    disbursements: list[Disbursement] = Field(default_factory=list)
+    certificate: RecordCertificateInput | None = None
+    purchase_tax: RecordPurchaseTaxInput | None = None
+    plate: RecordPlateInput | None = None
+    mortgage: RecordMortgageInput | None = None
+    stock_out: RecordStockOutInput | None = None
+    settlement: RecordSettlementInput | None = None
+    delivery: DeliverInput | None = None
+    delivered_at: datetime | None = None
+    follow_ups: dict[str, RecordFollowUpInput] = Field(default_factory=dict)
+    follow_ups_missed: list[str] = Field(default_factory=list)
+    follow_ups_reminded: list[str] = Field(default_factory=list)
+    compensations: list[Compensation] = Field(default_factory=list)
+    applied_webhooks: list[str] = Field(default_factory=list)
+    # Lender events that name an application we have not yet heard back
+    # about from our own submit call (the webhook raced the 202).
+    unmatched_events: list[LenderEventInput] = Field(default_factory=list)
+    outcome_reason: str | None = None
+    adverse_action_reasons: list[Reason] = Field(default_factory=list)
+    continued_as_new: int = 0
+
+
+class StartDealInput(BaseModel):
+    """The workflow's single argument. `state` is set only on continue-as-new."""
+
+    deal_id: str
+    deal: DealInput
+    policy: DealPolicy = Field(default_factory=DealPolicy)
+    lenders: list[LenderRef]
+    created_by: Actor
+    state: DealState | None = None

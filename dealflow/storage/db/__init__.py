@@ -1,0 +1,102 @@
+"""The database: the deal read model, the webhook inbox, document metadata, the
+notification outbox, compensations and HTTP idempotency keys.
+
+Sync sqlmodel on SQLite (default) or PostgreSQL (by URL). The workflow history
+is the source of truth; everything written here is either a projection of it
+or an inbox/outbox around it, so every writer is idempotent and safe to retry.
+Each function opens its own short transaction: callers (activities, the API)
+never hold a session across awaits.
+
+Schema changes go through alembic (`dealflow/storage/migrations`), run with
+`python -m dealflow.storage.db upgrade [--url URL]` or `migrate(url)`.
+"""
+
+from dealflow.storage.db.document_metadata import add_document, list_documents
+from dealflow.storage.db.engine import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    dispose_engine,
+    make_engine,
+    normalise_url,
+)
+from dealflow.storage.db.idempotency import get_idempotency_key, remember_idempotency_key
+from dealflow.storage.db.inbox import (
+    StoreOutcome,
+    WebhookIn,
+    WebhookMark,
+    WebhookStatus,
+    get_webhook,
+    mark_webhook,
+    pending_webhooks,
+    store_webhook,
+    write_inbox,
+)
+from dealflow.storage.db.migrate import MIGRATIONS_DIR, alembic_config, current_revision, migrate
+from dealflow.storage.db.outbox import (
+    add_notification,
+    mark_notification_sent,
+    record_compensation,
+    unsent_notifications,
+)
+from dealflow.storage.db.read_model import deal_summary, get_deal, list_deals, upsert_deal
+from dealflow.storage.db.tables import (
+    COMPENSATIONS,
+    DEALS,
+    DOCUMENTS,
+    IDEMPOTENCY_KEYS,
+    INBOX,
+    OUTBOX,
+    CompensationRow,
+    DealRow,
+    DocumentRow,
+    IdempotencyKeyRow,
+    InboxRow,
+    OutboxRow,
+    UTCDateTime,
+    count_rows,
+)
+
+__all__ = [
+    "COMPENSATIONS",
+    "DEALS",
+    "DOCUMENTS",
+    "IDEMPOTENCY_KEYS",
+    "INBOX",
+    "MIGRATIONS_DIR",
+    "OUTBOX",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "CompensationRow",
+    "DealRow",
+    "DocumentRow",
+    "IdempotencyKeyRow",
+    "InboxRow",
+    "OutboxRow",
+    "StoreOutcome",
+    "UTCDateTime",
+    "WebhookIn",
+    "WebhookMark",
+    "WebhookStatus",
+    "add_document",
+    "add_notification",
+    "alembic_config",
+    "count_rows",
+    "current_revision",
+    "deal_summary",
+    "dispose_engine",
+    "get_deal",
+    "get_idempotency_key",
+    "get_webhook",
+    "list_deals",
+    "list_documents",
+    "make_engine",
+    "mark_notification_sent",
+    "mark_webhook",
+    "migrate",
+    "normalise_url",
+    "pending_webhooks",
+    "record_compensation",
+    "remember_idempotency_key",
+    "store_webhook",
+    "unsent_notifications",
+    "upsert_deal",
+    "write_inbox",
+]

@@ -1,0 +1,150 @@
+"""The deal read model: projections written by the workflow's activities, and
+the deal list the API and the CLI page through."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, or_
+from sqlmodel import Session, col, select
+
+from dealflow.models import DealSummary, ProjectionInput, Stage
+from dealflow.storage.db.engine import dialect_insert_for, writing, wrote_with
+from dealflow.storage.db.tables import DEALS, DealRow
+
+
+def upsert_deal(engine: Engine, projection: ProjectionInput) -> bool:
+    """Write the projection unless the stored one is as new or newer.
+
+    Projections are retried and may arrive out of order; the version guard in
+    the ON CONFLICT clause makes the check and the write one atomic statement,
+    so concurrent writers end at the highest version. Returns whether it wrote.
+    """
+    values: dict[str, Any] = {
+        "deal_id": projection.deal_id,
+        "workflow_id": projection.workflow_id,
+        "version": projection.version,
+        "dealer_id": projection.dealer_id,
+        "stage": projection.stage.value,
+        "stage_entered_at": projection.stage_entered_at,
+        "lender_id": projection.lender_id,
+        "vehicle_price": projection.vehicle_price,
+        "amount_financed": projection.amount_financed,
+        "approved_amount": projection.approved_amount,
+        "created_at": projection.created_at,
+        "updated_at": projection.updated_at,
+        "next_due_at": projection.next_due_at,
+        "pending_roles": ",".join(str(role) for role in projection.pending_roles),
+    }
+    with writing(engine) as conn:
+        return wrote_with(conn, _upsert_deal_statement(conn.dialect.name), values)
+
+
+@functools.cache
+def _upsert_deal_statement(dialect: str) -> Any:
+    # Built once per dialect, values bound at execution: the read model is
+    # written after nearly every step of every deal, and building and
+    # compiling this statement each time was most of the write's CPU.
+    stmt = dialect_insert_for(dialect, DEALS)
+    columns = [c.name for c in DEALS.columns if c.name != "deal_id"]
+    return stmt.on_conflict_do_update(
+        index_elements=["deal_id"],
+        set_={k: stmt.excluded[k] for k in columns},
+        where=DEALS.c.version < stmt.excluded.version,
+    ).returning(DEALS.c.deal_id)
+
+
+def deal_summary(row: DealRow, now: datetime) -> DealSummary:
+    """A read-model row as the API and the CLI show it."""
+    return DealSummary(
+        deal_id=row.deal_id,
+        workflow_id=row.workflow_id,
+        dealer_id=row.dealer_id,
+        stage=Stage(row.stage),
+        stage_entered_at=row.stage_entered_at,
+        lender_id=row.lender_id,
+        vehicle_price=row.vehicle_price,
+        amount_financed=row.amount_financed,
+        approved_amount=row.approved_amount,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        next_due_at=row.next_due_at,
+        overdue=row.next_due_at is not None and row.next_due_at < now,
+        pending_roles=row.pending_role_list,
+    )
+
+
+def get_deal(engine: Engine, deal_id: str) -> DealRow | None:
+    with Session(engine) as session:
+        return session.get(DealRow, deal_id)
+
+
+def _encode_cursor(row: DealRow) -> str:
+    raw = json.dumps([row.updated_at.astimezone(UTC).isoformat(), row.deal_id])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    problem = f"invalid cursor {cursor[:80]!r}: pass back a cursor returned by the deal list"
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        updated, deal_id = json.loads(raw)
+        if not isinstance(updated, str) or not isinstance(deal_id, str):
+            raise ValueError(problem)
+        at = datetime.fromisoformat(updated)
+    except (binascii.Error, UnicodeDecodeError, TypeError, ValueError) as e:
+        raise ValueError(problem) from e
+    if at.tzinfo is None:
+        raise ValueError(problem)
+    return at, deal_id
+
+
+def list_deals(
+    engine: Engine,
+    *,
+    stage: str | None = None,
+    lender_id: str | None = None,
+    dealer_id: str | None = None,
+    overdue_at: datetime | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[DealRow], str | None]:
+    """One page of deals, newest change first, and the cursor of the next page.
+
+    Keyset pagination on (updated_at, deal_id): pages stay stable while deals
+    are updated, and no page costs an OFFSET scan. `overdue_at` keeps deals
+    whose next deadline is before it. The cursor is None on the last page.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    if overdue_at is not None and overdue_at.utcoffset() is None:
+        raise ValueError(f"overdue_at {overdue_at.isoformat()} is naive; use an aware UTC datetime")
+    query = select(DealRow)
+    if stage is not None:
+        query = query.where(col(DealRow.stage) == str(stage))
+    if lender_id is not None:
+        query = query.where(col(DealRow.lender_id) == lender_id)
+    if dealer_id is not None:
+        query = query.where(col(DealRow.dealer_id) == dealer_id)
+    if overdue_at is not None:
+        query = query.where(col(DealRow.next_due_at) < overdue_at)
+    if cursor is not None:
+        after_at, after_id = _decode_cursor(cursor)
+        query = query.where(
+            or_(
+                col(DealRow.updated_at) < after_at,
+                and_(col(DealRow.updated_at) == after_at, col(DealRow.deal_id) < after_id),
+            )
+        )
+    query = query.order_by(col(DealRow.updated_at).desc(), col(DealRow.deal_id).desc())
+    with Session(engine) as session:
+        rows = list(session.exec(query.limit(limit + 1)).all())
+    if len(rows) > limit:
+        rows = rows[:limit]
+        return rows, _encode_cursor(rows[-1])
+    return rows, None

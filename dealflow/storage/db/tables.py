@@ -1,0 +1,209 @@
+"""The tables: the deal read model, the webhook inbox, document metadata, the
+notification outbox, compensations and idempotency keys, with the column
+types that keep datetimes in UTC and money exact on every backend."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Engine,
+    Numeric,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy import select as sa_select
+from sqlmodel import Field, SQLModel
+
+# --------------------------------------------------------------------------- column types
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    SQLite has no timezone type: values are stored as naive UTC text in
+    SQLAlchemy's fixed-width format (so text order is time order) and get
+    their UTC tzinfo back on read. PostgreSQL stores timestamptz and returns
+    values in the session time zone, which we normalise to UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            # Guessing a zone would silently shift deadlines; a naive value is a bug.
+            raise ValueError(f"naive datetime {value.isoformat()} given; use an aware UTC one")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _money() -> Numeric[Decimal]:
+    # On SQLite the value lives as a REAL, which holds 15 significant digits:
+    # NUMERIC(14,2) never needs more, and SQLAlchemy reads it back through
+    # "%.2f" into a Decimal, so round trips are exact. Python never sees a float.
+    return Numeric(14, 2, asdecimal=True)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+class DealRow(SQLModel, table=True):
+    """The read model of one deal: a projection, newest `version` wins."""
+
+    __tablename__ = "deals"
+
+    deal_id: str = Field(primary_key=True)
+    workflow_id: str
+    version: int
+    dealer_id: str = Field(index=True)
+    stage: str = Field(index=True)
+    stage_entered_at: datetime = Field(sa_type=UTCDateTime)
+    lender_id: str | None = Field(default=None, index=True)
+    vehicle_price: Decimal = Field(sa_type=_money())
+    amount_financed: Decimal = Field(sa_type=_money())
+    approved_amount: Decimal | None = Field(default=None, sa_type=_money())
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    next_due_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    # Comma-separated: only ever read whole, never queried by role.
+    pending_roles: str = ""
+
+    @property
+    def pending_role_list(self) -> list[str]:
+        return _split_csv(self.pending_roles)
+
+
+class InboxRow(SQLModel, table=True):
+    """A lender webhook as received, kept for audit whatever happens to it."""
+
+    __tablename__ = "webhook_inbox"
+    __table_args__ = (
+        UniqueConstraint("lender_id", "webhook_id", name="uq_webhook_inbox_lender_webhook"),
+        CheckConstraint(
+            "status IN ('received', 'delivered', 'rejected')", name="ck_webhook_inbox_status"
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    lender_id: str
+    webhook_id: str
+    received_at: datetime = Field(sa_type=UTCDateTime)
+    body_sha256: str
+    # Raw body as text; `body_sha256` is over the original bytes (see store_webhook).
+    body: str = Field(sa_type=Text)
+    event_type: str | None = None
+    deal_id: str | None = None
+    status: str = "received"
+    error: str | None = Field(default=None, sa_type=Text)
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class DocumentRow(SQLModel, table=True):
+    __tablename__ = "documents"
+
+    doc_id: str = Field(primary_key=True)
+    deal_id: str = Field(index=True)
+    kind: str
+    party: str
+    file_name: str
+    content_type: str
+    size: int
+    sha256: str = Field(index=True)
+    storage_key: str
+    uploaded_by: str
+    uploaded_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class OutboxRow(SQLModel, table=True):
+    __tablename__ = "outbox"
+
+    key: str = Field(primary_key=True)
+    deal_id: str = Field(index=True)
+    kind: str
+    stage: str
+    roles: str = ""
+    message: str = Field(sa_type=Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+    @property
+    def role_list(self) -> list[str]:
+        return _split_csv(self.roles)
+
+
+class CompensationRow(SQLModel, table=True):
+    __tablename__ = "compensations"
+
+    key: str = Field(primary_key=True)
+    deal_id: str = Field(index=True)
+    kind: str
+    detail: str = Field(sa_type=Text)  # JSON object
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+    @property
+    def detail_dict(self) -> dict[str, str]:
+        loaded: dict[str, str] = json.loads(self.detail)
+        return loaded
+
+
+class IdempotencyKeyRow(SQLModel, table=True):
+    """`Idempotency-Key` of `POST /api/deals`: same key + same body → same deal."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: str = Field(primary_key=True)
+    request_sha256: str
+    deal_id: str
+    response_status: int
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, Table)
+    return table
+
+
+DEALS = table_of(DealRow)
+INBOX = table_of(InboxRow)
+DOCUMENTS = table_of(DocumentRow)
+OUTBOX = table_of(OutboxRow)
+COMPENSATIONS = table_of(CompensationRow)
+IDEMPOTENCY_KEYS = table_of(IdempotencyKeyRow)
+
+
+def _split_csv(value: str) -> list[str]:
+    return [part for part in value.split(",") if part]
+
+
+def count_rows(engine: Engine, model: type[SQLModel], **where: Any) -> int:
+    """Rows of `model`'s table matching column == value for each keyword."""
+    table = table_of(model)
+    query = sa_select(func.count()).select_from(table)
+    for name, value in where.items():
+        column: Column[Any] = table.c[name]
+        query = query.where(column == value)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())

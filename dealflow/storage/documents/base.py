@@ -1,0 +1,173 @@
+"""What every document store is: the `DocumentStore` protocol, its errors, and
+the rules for keys.
+
+Documents are content-addressed: `put_stream` stores the bytes at
+`{prefix}/{sha256[:2]}/{sha256}`, so storing the same bytes twice is idempotent
+and the key + sha256 are all a workflow ever needs to carry. Exported histories
+and manifests go to explicit keys with `put_bytes`.
+
+Keys are `/`-separated relative names. Every component must be non-empty and
+must not start with `.` (this rules out `.` and `..` and reserves dot-names for
+the stores' own bookkeeping); backslashes, NUL bytes and absolute paths are
+rejected with `ValueError` by both backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+DEFAULT_PREFIX = "documents"
+READ_CHUNK_SIZE = 1024 * 1024
+"""Size of the chunks `open()` yields (both backends)."""
+MAX_KEY_LENGTH = 1024
+"""S3's own limit on key length, applied to both backends."""
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class DocumentStoreError(Exception):
+    """Base class of every document-store error."""
+
+
+class DocumentNotFound(DocumentStoreError, LookupError):
+    """No object at the given key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"document {key!r} not found")
+        self.key = key
+
+
+class DocumentStoreUnavailable(DocumentStoreError):
+    """The backend cannot be reached (connection refused, timeout, 5xx). Maps to HTTP 503."""
+
+
+class DocumentTooLarge(DocumentStoreError, ValueError):
+    """The stream exceeded `max_bytes`; nothing was stored."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"document exceeds the size limit of {limit} bytes")
+        self.limit = limit
+
+
+class EmptyDocument(DocumentStoreError, ValueError):
+    """The stream contained zero bytes; nothing was stored."""
+
+    def __init__(self) -> None:
+        super().__init__("document is empty (0 bytes)")
+
+
+# --------------------------------------------------------------------------- interface
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    key: str
+    sha256: str
+    size: int
+    content_type: str
+
+
+@runtime_checkable
+class DocumentStore(Protocol):
+    """What activities and the API use; `open_store` picks the backend from a URL."""
+
+    def put_stream(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        content_type: str,
+        max_bytes: int,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> StoredObject:
+        """Store a stream content-addressed at `{prefix}/{sha256[:2]}/{sha256}`.
+
+        Hashes and counts while streaming; raises `DocumentTooLarge` as soon as
+        more than `max_bytes` arrive and `EmptyDocument` for zero bytes, leaving
+        nothing behind in either case. If the key already holds these bytes the
+        existing object is returned (its stored content type wins).
+        """
+        ...
+
+    def put_bytes(self, data: bytes, *, key: str, content_type: str) -> StoredObject:
+        """Store `data` at an explicit key, atomically replacing any previous object."""
+        ...
+
+    def open(self, key: str) -> Iterator[bytes]:
+        """Stream an object; raises `DocumentNotFound` at call time if it is missing."""
+        ...
+
+    def read_bytes(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def head(self, key: str) -> StoredObject | None: ...
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys starting with `prefix` (plain string prefix, like S3). Order unspecified."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove an object; deleting a missing key is not an error."""
+        ...
+
+    def presign_get(self, key: str, expires_in: int = 300) -> str:
+        """A URL that lets a third party (a lender) GET the object for `expires_in` seconds."""
+        ...
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def content_key(sha256: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The content-addressed key of a document: `{prefix}/{sha256[:2]}/{sha256}`."""
+    tail = f"{sha256[:2]}/{sha256}"
+    return f"{prefix}/{tail}" if prefix else tail
+
+
+def validate_key(key: str, *, what: str = "key") -> str:
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"document {what} must be a non-empty string")
+    if len(key.encode("utf-8")) > MAX_KEY_LENGTH:
+        raise ValueError(f"document {what} is longer than {MAX_KEY_LENGTH} bytes")
+    if "\x00" in key:
+        raise ValueError(f"document {what} {key!r} contains a NUL byte")
+    if "\\" in key:
+        raise ValueError(f"document {what} {key!r} contains a backslash")
+    if key.startswith("/") or (len(key) > 1 and key[1] == ":" and key[0].isalpha()):
+        raise ValueError(f"document {what} {key!r} is an absolute path")
+    for part in key.split("/"):
+        if part == "..":
+            raise ValueError(f"document {what} {key!r} contains '..'")
+        if not part or part.startswith("."):
+            raise ValueError(
+                f"document {what} {key!r} has an empty component or one starting with '.'"
+            )
+    return key
+
+
+def normalise_prefix(prefix: str) -> str:
+    """A put_stream prefix: '' or a valid key without surrounding slashes."""
+    prefix = prefix.strip("/")
+    return validate_key(prefix, what="prefix") if prefix else ""
+
+
+def validate_list_prefix(prefix: str) -> str:
+    """A list() prefix may end with '/' or in the middle of a component."""
+    if not prefix:
+        return ""
+    validate_key(prefix.rstrip("/") or "x", what="prefix")
+    if prefix.startswith("/"):
+        raise ValueError(f"document prefix {prefix!r} is an absolute path")
+    return prefix
+
+
+def check_max_bytes(max_bytes: int) -> None:
+    if max_bytes <= 0:
+        raise ValueError("max_bytes must be positive")
+
+
+def is_hidden(relative_key: str) -> bool:
+    return any(part.startswith(".") for part in relative_key.split("/"))
