@@ -30,10 +30,10 @@ from dealflow.api.auth import mint_token
 from dealflow.api.deps import Services
 from dealflow.config import LenderConfig, Settings, load_lenders
 from dealflow.docstore import DocumentStore, LocalDirectoryStore
-from dealflow.lender_sim import SimConfig
-from dealflow.lender_sim.app import create_app as create_sim
 from dealflow.models import DealPolicy, Role
 from dealflow.samples import example_action, example_deal, sample_documents
+from sim.lender import SimConfig
+from sim.lender.app import create_app as create_sim
 from tests.conftest import ROOT, deal_worker
 from tests.servers import free_port, serve_async
 

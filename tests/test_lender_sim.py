@@ -1,5 +1,5 @@
 """The lender simulator against real sockets: the simulator under uvicorn in a
-background thread (and once as `python -m dealflow.lender_sim`, killed with
+background thread (and once as `python -m sim.lender`, killed with
 SIGKILL and restarted), posting signed webhooks to a small real receiver that
 verifies them with `standardwebhooks`."""
 
@@ -27,9 +27,9 @@ from fastapi import FastAPI, Request, Response
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from dealflow.config import LenderConfig, load_lenders
-from dealflow.lender_sim import SimConfig, rules
-from dealflow.lender_sim.app import create_app
 from dealflow.models import ApplicationPackage, Decision
+from sim.lender import SimConfig, rules
+from sim.lender.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 LENDERS_FILE = ROOT / "examples" / "lenders.toml"
@@ -702,7 +702,7 @@ def test_delivery_resumes_after_kill_and_restart(
             [
                 sys.executable,
                 "-m",
-                "dealflow.lender_sim",
+                "sim.lender",
                 "--port",
                 str(port),
                 "--decision-delay",

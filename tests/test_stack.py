@@ -100,7 +100,7 @@ def test_service_commands(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
     by_name = {c.name: c for c in components(cfg)}
     assert list(by_name) == ["temporal", "lender_sim", "api", "worker"]  # start order
-    assert by_name["lender_sim"].argv == (sys.executable, "-m", "dealflow.lender_sim")
+    assert by_name["lender_sim"].argv == (sys.executable, "-m", "sim.lender")
     assert by_name["api"].argv == (sys.executable, "-m", "dealflow.api")
     assert by_name["worker"].argv == (sys.executable, str(tmp_path / "worker.py"))
     assert commands.migrate_command(cfg) == [sys.executable, "-m", "dealflow.db", "upgrade"]

@@ -52,8 +52,8 @@ def components(cfg: StackConfig) -> list[Component]:
         ),
         Component(
             name="lender_sim",
-            argv=tuple(module_command(cfg, "dealflow.lender_sim")),
-            signature=("-m", "dealflow.lender_sim"),
+            argv=tuple(module_command(cfg, "sim.lender")),
+            signature=("-m", "sim.lender"),
             ports=((cfg.lender_sim_port, "lender simulator"),),
             port_hint="set DEALFLOW_LENDER_SIM_PORT",
             health=lambda pid: http_health(sim_url),

@@ -39,10 +39,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dealflow.config import LenderConfig
-from dealflow.lender_sim import SimConfig, rules
-from dealflow.lender_sim.delivery import Dispatcher, build_body
-from dealflow.lender_sim.faults import Endpoint, FaultRule, Faults, FaultsBody, hold
-from dealflow.lender_sim.ledger import Ledger, iso, utcnow
 from dealflow.models import (
     ApplicationPackage,
     Decision,
@@ -52,6 +48,10 @@ from dealflow.models import (
     Stipulation,
     money,
 )
+from sim.lender import SimConfig, rules
+from sim.lender.delivery import Dispatcher, build_body
+from sim.lender.faults import Endpoint, FaultRule, Faults, FaultsBody, hold
+from sim.lender.ledger import Ledger, iso, utcnow
 
 DECIDED = "application.decided"
 COMPLETED = "disbursement.completed"

@@ -4,8 +4,8 @@ Standard Webhooks out), used by the demo, the tests and the chaos suite.
 
 A real lender replaces it by configuration only (its entry in the lenders file).
 
-This module holds only the configuration, so importing `dealflow.lender_sim.rules`
-does not pull in FastAPI. The app lives in `dealflow.lender_sim.app`.
+This module holds only the configuration, so importing `sim.lender.rules`
+does not pull in FastAPI. The app lives in `sim.lender.app`.
 """
 
 from __future__ import annotations
