@@ -4,7 +4,7 @@ Standard Webhooks out), used by the demo, the tests and the chaos suite.
 
 A real lender replaces it by configuration only (its entry in the lenders file).
 
-This module holds only the configuration, so importing `sim.lender.rules`
+This module holds only the configuration, so importing `sim.lender.underwriting`
 does not pull in FastAPI. The app lives in `sim.lender.app`.
 """
 

@@ -48,7 +48,7 @@ from dealflow.models import (
     Stipulation,
     money,
 )
-from sim.lender import SimConfig, rules
+from sim.lender import SimConfig, underwriting
 from sim.lender.delivery import Dispatcher, build_body
 from sim.lender.faults import Endpoint, FaultRule, Faults, FaultsBody, hold
 from sim.lender.ledger import Ledger, iso, utcnow
@@ -201,7 +201,9 @@ def _new_id(prefix: str) -> str:
 # --------------------------------------------------------------------------- simulator
 
 
-def _decided_data(deal_id: str, ref: str, seq: int, outcome: rules.RuleDecision) -> dict[str, Any]:
+def _decided_data(
+    deal_id: str, ref: str, seq: int, outcome: underwriting.RuleDecision
+) -> dict[str, Any]:
     return {
         "deal_id": deal_id,
         "application_ref": ref,
@@ -219,7 +221,7 @@ def _decided_data(deal_id: str, ref: str, seq: int, outcome: rules.RuleDecision)
 
 def scripted_outcome(
     step: DecisionStep, package: ApplicationPackage, apr: Decimal
-) -> rules.RuleDecision | None:
+) -> underwriting.RuleDecision | None:
     """The decision a script step asks for (None: silent); unset figures default
     to the request's."""
     if step.decision == "silent":
@@ -238,18 +240,18 @@ def scripted_outcome(
             }
         ]
     elif step.decision == "counter_offer" and step.approved_amount is None:
-        amount = rules.counter_offer_amount(package, apr)
+        amount = underwriting.counter_offer_amount(package, apr)
     elif step.decision == "declined":
         amount = None
         reasons = reasons or [{"code": "SCRIPTED", "text": "Declined by the lender's policy"}]
-    return rules.RuleDecision(Decision(step.decision), amount, apr, term, stips, reasons)
+    return underwriting.RuleDecision(Decision(step.decision), amount, apr, term, stips, reasons)
 
 
-def stale_outcome(real: rules.RuleDecision, requested: Decimal) -> rules.RuleDecision:
+def stale_outcome(real: underwriting.RuleDecision, requested: Decimal) -> underwriting.RuleDecision:
     """A different decision, to be sent with a lower decision_seq than `real`."""
     if real.decision == Decision.DECLINED:
-        return rules.RuleDecision(Decision.APPROVED, requested, real.apr, real.term_months)
-    return rules.RuleDecision(
+        return underwriting.RuleDecision(Decision.APPROVED, requested, real.apr, real.term_months)
+    return underwriting.RuleDecision(
         Decision.DECLINED,
         None,
         real.apr,
@@ -394,7 +396,7 @@ class LenderSim:
             outcome = (
                 scripted_outcome(step, package, apr)
                 if step is not None
-                else rules.decide(package, apr)
+                else underwriting.decide(package, apr)
             )
             ref = _new_id("app")
             now = time.time()
