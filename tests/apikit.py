@@ -32,8 +32,8 @@ from dealflow.config import LenderConfig, Settings, load_lenders
 from dealflow.docstore import DocumentStore, LocalDirectoryStore
 from dealflow.models import DealPolicy, Role
 from dealflow.samples import example_action, example_deal, sample_documents
-from sim.lender import SimConfig
 from sim.lender.app import create_app as create_sim
+from sim.lender.config import SimConfig
 from tests.conftest import ROOT, deal_worker
 from tests.servers import free_port, serve_async
 

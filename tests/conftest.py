@@ -37,8 +37,8 @@ from dealflow.config import (
     load_lenders,
 )
 from dealflow.docstore import LocalDirectoryStore
-from sim.lender import SimConfig
 from sim.lender.app import create_app as create_sim
+from sim.lender.config import SimConfig
 from tests.servers import free_port, serve_async
 from workflows import WORKFLOW_RUNNER, DealWorkflow
 from workflows.deal import DEAL_STAGE, DEALER_ID, LENDER_ID

@@ -28,8 +28,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from dealflow.config import LenderConfig, load_lenders
 from dealflow.models import ApplicationPackage, Decision
-from sim.lender import SimConfig
 from sim.lender.app import create_app
+from sim.lender.config import SimConfig
 from sim.lender.underwriting import decide, max_principal, monthly_payment, round_down
 
 ROOT = Path(__file__).resolve().parent.parent

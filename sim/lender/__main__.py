@@ -20,8 +20,8 @@ from typing import Any
 import uvicorn
 
 from dealflow.config import LendersFileError, Settings
-from sim.lender import SimConfig
 from sim.lender.app import create_app
+from sim.lender.config import SimConfig
 
 
 def _apr(value: str) -> tuple[str, Decimal]:

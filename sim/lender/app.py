@@ -48,7 +48,8 @@ from dealflow.models import (
     Stipulation,
     money,
 )
-from sim.lender import SimConfig, underwriting
+from sim.lender import underwriting
+from sim.lender.config import SimConfig
 from sim.lender.delivery import Dispatcher, build_body
 from sim.lender.faults import Endpoint, FaultRule, Faults, FaultsBody, hold
 from sim.lender.ledger import Ledger, iso, utcnow

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from sim.lender import SimConfig
+from sim.lender.config import SimConfig
 from sim.lender.ledger import Ledger
 
 log = logging.getLogger("sim.lender.delivery")
