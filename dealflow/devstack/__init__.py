@@ -15,8 +15,10 @@
    or stopped).
 2. migrations     -- ``python -m dealflow.db upgrade``, synchronously; its output
    is printed and `up` fails if it fails.
-3. ``lender_sim`` -- ``python -m sim.lender``; healthy: ``GET
-   http://127.0.0.1:$DEALFLOW_LENDER_SIM_PORT/healthz`` (8100) answers 200.
+3. ``lender_sim`` -- ``python -m sim.lender``, found in the repository root, the
+   working directory of every child (the simulator is not part of the installed
+   package); healthy: ``GET http://127.0.0.1:$DEALFLOW_LENDER_SIM_PORT/healthz``
+   (8100) answers 200.
 4. ``api``        -- ``python -m dealflow.api``; healthy: ``GET
    http://127.0.0.1:$DEALFLOW_API_PORT/healthz`` (8000) answers 200.
 5. ``worker``     -- ``python <repo>/worker.py``; healthy when, checked in this order:

@@ -52,6 +52,7 @@ def components(cfg: StackConfig) -> list[Component]:
         ),
         Component(
             name="lender_sim",
+            # Not installed with the package: `-m` finds it in the cwd, the repository root.
             argv=tuple(module_command(cfg, "sim.lender")),
             signature=("-m", "sim.lender"),
             ports=((cfg.lender_sim_port, "lender simulator"),),
