@@ -13,7 +13,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 # Written after a successful install; older than pyproject.toml => reinstall.
 STAMP := $(VENV)/.installed
-LINT_PATHS := dealflow workflows activities worker.py starter.py tests
+LINT_PATHS := dealflow workflows activities sim worker.py starter.py tests
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -39,16 +39,16 @@ demo: $(VENV)
 	$(PYTHON) -m dealflow.demo
 
 up: $(VENV)
-	$(PYTHON) -m dealflow.stack up
+	$(PYTHON) -m dealflow.devstack up
 
 # down/status do not (re)install: stopping must work even when pyproject.toml
 # changed or the network is away; without a venv nothing of ours can be running.
 down:
-	@if [ -x $(PYTHON) ]; then $(PYTHON) -m dealflow.stack down; \
+	@if [ -x $(PYTHON) ]; then $(PYTHON) -m dealflow.devstack down; \
 	else echo "no $(VENV): nothing to stop"; fi
 
 status:
-	@if [ -x $(PYTHON) ]; then $(PYTHON) -m dealflow.stack status; \
+	@if [ -x $(PYTHON) ]; then $(PYTHON) -m dealflow.devstack status; \
 	else echo "no $(VENV): stack not installed (make up)"; exit 3; fi
 
 # The suite starts what it needs itself (time-skipping server, dev servers on free

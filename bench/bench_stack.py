@@ -1,6 +1,6 @@
 """The benchmarks' stack: the real DealFlow processes on free ports in a private data dir.
 
-Every benchmark starts its own stack with `dealflow.stack` (dev server with the
+Every benchmark starts its own stack with `dealflow.devstack` (dev server with the
 SQLite file in WAL + synchronous=FULL, migrations, lender simulator, API,
 worker), never on the default ports and never in `.data`, so `make bench` runs
 beside a developer's `make up`. The lender simulator answers at once
@@ -40,8 +40,11 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from dealflow import client as deals
-from dealflow import stack
 from dealflow.config import ROOT, Settings, load_lenders
+from dealflow.devstack import lifecycle, processes, procfs
+from dealflow.devstack.components import Component, components
+from dealflow.devstack.config import StackConfig
+from dealflow.devstack.health import worker_health
 from dealflow.storage.documents import DocumentStore, store_from_settings
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -381,8 +384,8 @@ class BenchStack:
         )
         base.update(env or {})
         # `src`: the code the processes run (bench.run passes a snapshot of the tree).
-        self.cfg = stack.StackConfig.from_env(self.data_dir, base, root=src)
-        comps = stack.components(self.cfg)
+        self.cfg = StackConfig.from_env(self.data_dir, base, root=src)
+        comps = components(self.cfg)
         self.comps = [
             # The lender answers at once: the benchmarks measure DealFlow, not a lender.
             dataclasses.replace(c, argv=(*c.argv, "--decision-delay", "0"))
@@ -423,7 +426,7 @@ class BenchStack:
         try:
             if self.proxy is not None:
                 await self.proxy.start()
-            await asyncio.to_thread(stack.up, self.cfg, self.comps, out=lambda s: None)
+            await asyncio.to_thread(lifecycle.up, self.cfg, self.comps, out=lambda s: None)
             self.client = await deals.connect(self.settings)
             # The floor runs on the SDK's plain pydantic converter: no payload codec.
             self.plain_client = await Client.connect(
@@ -442,15 +445,15 @@ class BenchStack:
     async def aclose(self) -> None:
         for p in list(self.extra):
             self.stop_extra(p)
-        await asyncio.to_thread(stack.down, self.cfg, self.comps, out=lambda s: None)
+        await asyncio.to_thread(lifecycle.down, self.cfg, self.comps, out=lambda s: None)
         if self.proxy is not None:
             await self.proxy.stop()
 
     def pid(self, name: str) -> int | None:
         comp = next((c for c in self.comps if c.name == name), None)
-        return None if comp is None else stack.running_pid(self.cfg, comp)
+        return None if comp is None else processes.running_pid(self.cfg, comp)
 
-    def component(self, name: str) -> stack.Component:
+    def component(self, name: str) -> Component:
         return next(c for c in self.comps if c.name == name)
 
     @property
@@ -476,7 +479,7 @@ class BenchStack:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
-            while stack.pid_alive(pid) and time.monotonic() < deadline:
+            while procfs.pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
         self.cfg.pid_file("worker").unlink(missing_ok=True)
 
@@ -484,20 +487,20 @@ class BenchStack:
         pid = self.pid("worker")
         if pid is None:
             return "not running"
-        how = stack.stop_pid(pid)
+        how = processes.stop_pid(pid)
         self.cfg.pid_file("worker").unlink(missing_ok=True)
         return how
 
     def start_worker(self, wait: bool = True) -> int:
         comp = self.component("worker")
         self.cfg.worker_ready_file.unlink(missing_ok=True)
-        proc, _ = stack.start_process(self.cfg, comp)
+        proc, _ = processes.start_process(self.cfg, comp)
         if wait:
             self.wait_ready(comp, proc)
         return proc.pid
 
-    def wait_ready(self, comp: stack.Component, proc: subprocess.Popen[bytes]) -> None:
-        health, code = stack.wait_healthy(comp, proc.pid, proc, 60)
+    def wait_ready(self, comp: Component, proc: subprocess.Popen[bytes]) -> None:
+        health, code = processes.wait_healthy(comp, proc.pid, proc, 60)
         if not health.ok:
             raise RuntimeError(f"{comp.name} did not become healthy: {health.detail}")
 
@@ -517,16 +520,16 @@ class BenchStack:
             task_queue=task_queue or self.cfg.task_queue,
             env={**self.cfg.env, **(env or {})},
         )
-        comp = stack.Component(
+        comp = Component(
             name=name,
             argv=tuple(argv),
             signature=tuple(argv[1:3]),
             ports=(),
             port_hint="",
-            health=lambda pid: stack.worker_health(cfg, pid),
+            health=lambda pid: worker_health(cfg, pid),
             timeout=60,
         )
-        proc, _ = stack.start_process(cfg, comp)
+        proc, _ = processes.start_process(cfg, comp)
         p = Proc(name, proc)
         self.extra.append(p)
         if wait:
@@ -546,7 +549,7 @@ class BenchStack:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
             else:
-                stack.stop_pid(p.pid)
+                processes.stop_pid(p.pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.popen.wait(10)
         self.cfg.pid_file(p.name).unlink(missing_ok=True)

@@ -34,8 +34,8 @@ from bench.bench_driver import Driver, bounded
 from bench.bench_profile import Profiles
 from bench.bench_stack import CpuMeter, Ctx, pct, row, say
 from dealflow import client as deals
-from dealflow.lender_sim.delivery import WRONG_SECRET, build_body, signed_headers
 from dealflow.models import ApplicationDecided, DealStatus, LenderEventInput
+from sim.lender.delivery import WRONG_SECRET, build_body, signed_headers
 
 LENDER = "acme-auto-finance"
 SILENT = {"lenders": {LENDER: [{"decision": "silent"}]}}

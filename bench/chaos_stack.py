@@ -1,6 +1,6 @@
 """The embedded stack the chaos driver strikes: real processes, own ports, own data dir.
 
-`ChaosStack` starts, through `dealflow.stack`, the Temporal dev server (SQLite
+`ChaosStack` starts, through `dealflow.devstack`, the Temporal dev server (SQLite
 file), the lender simulator, the API and the worker, each a separate process
 on a free port (never the default ones, so it runs beside a developer's
 `make up`). Around them, under the driver's control:
@@ -13,7 +13,7 @@ on a free port (never the default ones, so it runs beside a developer's
   `TcpProxy`, so "S3 down" loses nothing moto holds in memory.
 
 `kill(name)` is `kill -9` of a component's process group; `restart(name)`
-starts it again with `dealflow.stack.up` on the same data dir and files.
+starts it again with `dealflow.devstack.lifecycle.up` on the same data dir and files.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ from typing import Any
 import httpx
 
 from bench.chaos_proxy import TcpProxy, free_port
-from dealflow import stack
 from dealflow.config import ROOT, Settings, load_lenders
+from dealflow.devstack import lifecycle, processes, procfs
+from dealflow.devstack.components import Component, components
+from dealflow.devstack.config import StackConfig
 
 PG_ADMIN_URL = os.environ.get(
     "DEALFLOW_CHAOS_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -83,7 +85,7 @@ class ChaosStack:
     data_dir: Path = field(init=False)
     ports: dict[str, int] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
-    cfg: stack.StackConfig | None = None
+    cfg: StackConfig | None = None
     pg_proxy: TcpProxy | None = None
     s3_proxy: TcpProxy | None = None
     pg_database: str | None = None
@@ -156,7 +158,7 @@ class ChaosStack:
         env["DEALFLOW_DOCUMENT_STORE"] = f"s3://{S3_BUCKET}/documents"
         env["DEALFLOW_S3_ENDPOINT_URL"] = f"http://127.0.0.1:{self.s3_proxy.port}"
         self.env = env
-        self.cfg = stack.StackConfig.from_env(self.data_dir, env, root=ROOT)
+        self.cfg = StackConfig.from_env(self.data_dir, env, root=ROOT)
 
     def _start_moto(self) -> None:
         moto_bin = Path(sys.executable).parent / "moto_server"
@@ -188,12 +190,12 @@ class ChaosStack:
 
     def up(self) -> None:
         assert self.cfg is not None
-        stack.up(self.cfg, out=lambda line: self.log(f"  stack: {line}"))
+        lifecycle.up(self.cfg, out=lambda line: self.log(f"  stack: {line}"))
 
     def down(self) -> None:
         if self.cfg is not None:
             with contextlib.suppress(Exception):
-                stack.down(self.cfg, out=lambda line: None)
+                lifecycle.down(self.cfg, out=lambda line: None)
         if self.moto is not None and self.moto.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.moto.pid, signal.SIGTERM)
@@ -247,13 +249,13 @@ class ChaosStack:
 
     # ------------------------------------------------------------------ faults
 
-    def _component(self, name: str) -> stack.Component:
+    def _component(self, name: str) -> Component:
         assert self.cfg is not None
-        return next(c for c in stack.components(self.cfg) if c.name == name)
+        return next(c for c in components(self.cfg) if c.name == name)
 
     def pid(self, name: str) -> int | None:
         assert self.cfg is not None
-        return stack.running_pid(self.cfg, self._component(name))
+        return processes.running_pid(self.cfg, self._component(name))
 
     def kill(self, name: str) -> int:
         """`kill -9` the component's process group; returns the pid it had."""
@@ -263,7 +265,7 @@ class ChaosStack:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while stack.pid_alive(pid) and time.monotonic() < deadline:
+        while procfs.pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         self.kills[name] = self.kills.get(name, 0) + 1
         return pid
@@ -271,7 +273,7 @@ class ChaosStack:
     def restart(self, name: str) -> None:
         """Start a killed component again (same data dir, same files, same port)."""
         assert self.cfg is not None
-        stack.up(
+        lifecycle.up(
             self.cfg,
             [self._component(name)],
             migrate=False,

@@ -28,12 +28,12 @@ from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.api.security import mint_token
 from dealflow.config import LenderConfig, Settings, load_lenders
-from dealflow.lender_sim import SimConfig
-from dealflow.lender_sim.app import create_app as create_sim
 from dealflow.models import DealPolicy, Role
 from dealflow.samples import example_action, example_deal, sample_documents
 from dealflow.storage import db
 from dealflow.storage.documents import DocumentStore, LocalDirectoryStore
+from sim.lender.app import create_app as create_sim
+from sim.lender.config import SimConfig
 from tests.conftest import ROOT, deal_worker
 from tests.servers import free_port, serve_async
 

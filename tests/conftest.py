@@ -36,10 +36,10 @@ from dealflow.config import (
     Settings,
     load_lenders,
 )
-from dealflow.lender_sim import SimConfig
-from dealflow.lender_sim.app import create_app as create_sim
 from dealflow.storage import db
 from dealflow.storage.documents import LocalDirectoryStore
+from sim.lender.app import create_app as create_sim
+from sim.lender.config import SimConfig
 from tests.servers import free_port, serve_async
 from workflows import WORKFLOW_RUNNER, DealWorkflow
 from workflows.deal import DEAL_STAGE, DEALER_ID, LENDER_ID

@@ -23,8 +23,8 @@ from fastapi import FastAPI
 
 from bench.chaos_proxy import TcpProxy
 from dealflow.config import load_lenders
-from dealflow.lender_sim import SimConfig
-from dealflow.lender_sim.app import create_app
+from sim.lender.app import create_app
+from sim.lender.config import SimConfig
 from tests.servers import serve
 
 ROOT = Path(__file__).resolve().parent.parent

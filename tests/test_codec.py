@@ -214,7 +214,7 @@ class Capture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         # The lender simulator plays the lender, who holds the application by right.
-        if not record.name.startswith("dealflow.lender_sim"):
+        if not record.name.startswith("sim.lender"):
             self.lines.append(self.format(record))
 
 

@@ -1,5 +1,5 @@
 """End to end over real processes: the whole embedded stack started by
-`python -m dealflow.stack up` (Temporal dev server with its SQLite file,
+`python -m dealflow.devstack up` (Temporal dev server with its SQLite file,
 migrations, lender simulator, API, worker) in a tmp data dir on free ports,
 and stopped by `down` at the end, also when a test failed.
 
@@ -38,8 +38,8 @@ from dealflow import client as deals
 from dealflow.api.security import mint_token
 from dealflow.config import ROOT, Settings
 from dealflow.demo import DEMO_POLICY, Robot, Scenario
+from dealflow.devstack.procfs import pid_alive
 from dealflow.models import DealInput, DealStatus, Role, Stage
-from dealflow.stack import pid_alive
 from dealflow.storage import db
 from dealflow.storage.documents import store_from_settings
 from workflows import DealWorkflow
@@ -84,9 +84,8 @@ class E2E:
         return await asyncio.to_thread(self.run, *argv, timeout=limit)
 
     def stack(self, command: str) -> subprocess.CompletedProcess[str]:
-        return self.run(
-            PYTHON, "-m", "dealflow.stack", command, "--data-dir", str(self.data_dir), timeout=150
-        )
+        argv = (PYTHON, "-m", "dealflow.devstack", command, "--data-dir", str(self.data_dir))
+        return self.run(*argv, timeout=150)
 
     async def starter(self, *args: str) -> Any:
         """`starter.py --json ...` as a subprocess; its JSON output."""

@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("dealflow", "workflows", "activities", "bench")
+PACKAGES = ("dealflow", "workflows", "activities", "bench", "sim")
 SCRIPTS = ("worker.py", "starter.py")
 
 

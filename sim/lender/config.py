@@ -1,12 +1,4 @@
-"""Lender simulator: a small real HTTP service implementing the LENDER side of
-docs/architecture.md §3.4 / §3.5 (applications, disbursement requests, withdrawals in; signed
-Standard Webhooks out), used by the demo, the tests and the chaos suite.
-
-A real lender replaces it by configuration only (its entry in the lenders file).
-
-This module holds only the configuration, so importing `dealflow.lender_sim.rules`
-does not pull in FastAPI. The app lives in `dealflow.lender_sim.app`.
-"""
+"""The simulator's configuration: lenders, ledger file, webhook target, timings."""
 
 from __future__ import annotations
 
@@ -78,6 +70,3 @@ class SimConfig(BaseModel):
         }
         values.update(overrides)
         return cls.model_validate(values)
-
-
-__all__ = ["DB_ENV", "DEFAULT_APR", "SimConfig"]

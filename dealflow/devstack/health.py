@@ -1,0 +1,87 @@
+"""Health checks: is a component up and doing its job."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dealflow.devstack.config import StackConfig
+from dealflow.devstack.ports import tcp_accepts
+from dealflow.devstack.procfs import pid_alive
+from dealflow.devstack.temporal_cli import TemporalCliError, first_line, temporal_cli
+
+
+@dataclass(frozen=True)
+class Health:
+    """One probe's answer: healthy or not, and what it saw."""
+
+    ok: bool
+    detail: str
+
+
+HealthCheck = Callable[[int | None], Health]
+
+
+def http_health(url: str, timeout: float = 2.0) -> Health:
+    # No proxies: an operator's HTTP(S)_PROXY must not intercept loopback checks.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as resp:
+            return Health(resp.status == 200, f"{url} -> {resp.status}")
+    except urllib.error.HTTPError as e:
+        return Health(False, f"{url} -> {e.code}")
+    except (OSError, ValueError) as e:
+        return Health(False, f"{url} -> {first_line(e)}")
+
+
+def temporal_health(cfg: StackConfig) -> Health:
+    """gRPC health SERVING and the namespace exists (a worker fails without it)."""
+    host, port = cfg.temporal_address.rsplit(":", 1)
+    if cfg.temporal_managed and not tcp_accepts(int(port), host):
+        return Health(False, f"{cfg.temporal_address} does not accept connections")
+    try:
+        if "SERVING" not in temporal_cli(cfg, "operator", "cluster", "health", timeout=5):
+            return Health(False, "gRPC health: not serving")
+        temporal_cli(cfg, "operator", "namespace", "describe", "-o", "json", timeout=5)
+    except TemporalCliError as e:
+        return Health(False, str(e))
+    return Health(True, f"serving {cfg.temporal_address}, namespace {cfg.namespace!r}")
+
+
+def _ready_file_pid(cfg: StackConfig) -> int | None:
+    try:
+        text = cfg.worker_ready_file.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def worker_health(cfg: StackConfig, pid: int | None) -> Health:
+    """A workflow poller `<pid>@...`, else `worker.ready` with the pid (package docstring)."""
+    if pid is None or not pid_alive(pid):
+        return Health(False, "process not running")
+    describe = ["task-queue", "describe", "--task-queue", cfg.task_queue, "-o", "json"]
+    try:
+        try:
+            # Legacy mode: the enhanced describe caches poller info for ~5 s on the
+            # server, which would add 5 s to every `up`; legacy answers at once.
+            out = temporal_cli(
+                cfg, *describe, "--legacy-mode", "--task-queue-type-legacy", "workflow", timeout=5
+            )
+        except TemporalCliError:  # a future CLI/server without the legacy API
+            out = temporal_cli(cfg, *describe, "--task-queue-type", "workflow", timeout=5)
+        pollers = json.loads(out).get("pollers") or []
+        # Pollers stay listed for minutes after a worker dies, so "any poller" would
+        # let a dead worker vouch for a new one: the identity must carry this pid.
+        if any(str(p.get("identity", "")).split("@", 1)[0] == str(pid) for p in pollers):
+            return Health(True, f"polling task queue {cfg.task_queue!r}")
+        why = f"no workflow poller from pid {pid} on task queue {cfg.task_queue!r}"
+    except (TemporalCliError, ValueError) as e:
+        why = f"task queue {cfg.task_queue!r}: {e}"
+    # Fallback for a worker with a custom identity: its own word, pid-checked.
+    if _ready_file_pid(cfg) == pid:
+        return Health(True, f"{cfg.worker_ready_file.name} written by pid {pid} ({why})")
+    return Health(False, why)
