@@ -74,7 +74,9 @@ def test_wheel_holds_the_shipped_code(wheel_names: list[str]) -> None:
     assert "dealflow/devstack/cli.py" in names
     # Package data rides along: the migration scripts and the typing marker.
     assert "dealflow/py.typed" in names
-    assert any(re.fullmatch(r"dealflow/migrations/versions/\w+\.py", name) for name in names)
+    assert any(
+        re.fullmatch(r"dealflow/storage/migrations/versions/\w+\.py", name) for name in names
+    )
 
 
 def _copied_sources(dockerfile: Path) -> list[str]:
