@@ -10,10 +10,10 @@ def temporal_command(cfg: StackConfig, *, search_attributes: bool = True) -> lis
     """The dev-server command line.
 
     SQLite pragmas: with only `--db-filename`, every commit waits for a rollback-
-    journal fsync and the server manages ~4.3 workflows/s on this class of machine
-    (README, Configuration). WAL + synchronous=FULL is ~1.8x faster and still durable on power
-    loss (every commit is fsynced to the WAL); synchronous=NORMAL would be ~3x but
-    can lose the last commits on an OS crash, which a deal system must not.
+    journal fsync. WAL + synchronous=FULL is faster (README, Configuration, has
+    the measurement) and still durable on power loss: every commit is fsynced to
+    the WAL. synchronous=NORMAL would be faster still but can lose the last
+    commits on an OS crash, which a deal system must not.
     """
     argv = [
         str(cfg.temporal_bin),
