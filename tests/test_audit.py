@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from dealflow import audit
+from dealflow.audit.errors import AuditError
 from dealflow.config import Settings
 from dealflow.docstore import LocalDirectoryStore
 from dealflow.models import DealPolicy, Stage
@@ -496,7 +497,7 @@ async def test_verify_detects_a_swapped_order(archived: Path, tmp_path: Path) ->
     assert "line 1: entry seq 2" in r.stdout and "entries reordered" in r.stdout
     assert "line 2: entry seq 1" in r.stdout
     # The archive refuses to extend a damaged chain (before asking Temporal anything).
-    with pytest.raises(audit.AuditError, match="damaged"):
+    with pytest.raises(AuditError, match="damaged"):
         await audit.archive(None, _store(copy), lock_path=tmp_path / "l")  # type: ignore[arg-type]
 
 

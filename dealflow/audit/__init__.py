@@ -72,6 +72,7 @@ from temporalio.worker import (
 )
 
 from dealflow import codec, names, startup
+from dealflow.audit.errors import AuditError
 from dealflow.config import get_settings
 
 __all__ = [
@@ -100,10 +101,6 @@ MANIFEST_BATCH = 50
 _DEAL_STAGE = SearchAttributeKey.for_keyword("DealStage")
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 E = EventType
-
-
-class AuditError(Exception):
-    """An error the operator must act on: printed, exit status 2."""
 
 
 class ArchiveBusy(AuditError):
@@ -1886,4 +1883,3 @@ def main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
