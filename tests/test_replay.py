@@ -31,6 +31,7 @@ from temporalio.worker import Replayer, Worker
 
 from activities import DealActivities
 from dealflow import audit, codec, db
+from dealflow.audit.payloads import decode_events, key_ids, walk_payloads
 from dealflow.config import LenderConfig
 from dealflow.docstore import LocalDirectoryStore
 from dealflow.models import Actor, DealPolicy, DealStatus, Role, Stage
@@ -76,7 +77,7 @@ def test_every_scenario_is_committed_encrypted_with_the_test_key() -> None:
             # Patch markers are written by the SDK core itself, outside the codec:
             # they carry the patch id only.
             if e.marker_recorded_event_attributes.marker_name != "core_patch":
-                audit._walk_payloads(e, seen.append)
+                walk_payloads(e, seen.append)
         # Everything else is encrypted but the search attributes, which the server
         # must read to index them (DealStage, LenderId, DealerId and the patch ids
         # of TemporalChangeVersion: no personal data).
@@ -87,9 +88,9 @@ def test_every_scenario_is_committed_encrypted_with_the_test_key() -> None:
             for p in clear
         ), path.name
         assert len(clear) < len(seen), path.name
-        assert audit.key_ids(events) == ["dev-insecure"], path.name
+        assert key_ids(events) == ["dev-insecure"], path.name
         # ...and every one decrypts with the committed key.
-        audit.decode_events(events, KEYS, strict=True)
+        decode_events(events, KEYS, strict=True)
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[str(p.relative_to(HERE)) for p in HISTORIES])

@@ -52,9 +52,7 @@ from typing import IO, Any
 
 from google.protobuf import json_format
 from temporalio import workflow
-from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
-from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import History, HistoryEvent
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
 from temporalio.common import SearchAttributeKey
@@ -73,6 +71,7 @@ from temporalio.worker import (
 
 from dealflow import codec, names, startup
 from dealflow.audit.errors import AuditError
+from dealflow.audit.payloads import decode_events, failure_text, first_value, key_ids, value_of
 from dealflow.config import get_settings
 
 __all__ = [
@@ -244,120 +243,12 @@ async def fetch_deal(client: Client, deal: str) -> list[RunHistory]:
     return runs
 
 
-# --------------------------------------------------------------------------- payloads
-
-_PAYLOAD = Payload.DESCRIPTOR.full_name
-
-
-def _walk_payloads(msg: Any, fn: Any) -> None:
-    """Call fn(payload) on every Payload inside a protobuf message, in place."""
-    for fd, value in msg.ListFields():
-        mt = fd.message_type
-        if mt is None:
-            continue
-        if mt.GetOptions().map_entry:
-            vfd = mt.fields_by_name["value"]
-            if vfd.message_type is None:
-                continue
-            for v in value.values():
-                if vfd.message_type.full_name == _PAYLOAD:
-                    fn(v)
-                else:
-                    _walk_payloads(v, fn)
-        elif fd.is_repeated:
-            for v in value:
-                fn(v) if mt.full_name == _PAYLOAD else _walk_payloads(v, fn)
-        elif mt.full_name == _PAYLOAD:
-            fn(value)
-        else:
-            _walk_payloads(value, fn)
-
-
-class _Decrypter:
-    def __init__(self, keyring: codec.Keyring, strict: bool) -> None:
-        self.codec = codec.AesGcmCodec(keyring)
-        self.strict = strict
-        self.errors: list[str] = []
-
-    def __call__(self, p: Payload) -> None:
-        if not codec.is_encrypted(p):
-            return
-        try:
-            plain = self.codec.decrypt(p)
-        except codec.CodecError as e:
-            if self.strict:
-                raise
-            self.errors.append(str(e))
-            return
-        p.CopyFrom(plain)
-
-
-def decode_events(
-    events: Sequence[HistoryEvent], keyring: codec.Keyring, strict: bool = True
-) -> tuple[list[HistoryEvent], list[str]]:
-    """Copies of `events` with every encrypted payload decrypted (and the errors)."""
-    dec = _Decrypter(keyring, strict)
-    out = []
-    for e in events:
-        c = HistoryEvent()
-        c.CopyFrom(e)
-        _walk_payloads(c, dec)
-        out.append(c)
-    return out, sorted(set(dec.errors))
-
-
-def key_ids(events: Sequence[HistoryEvent]) -> list[str]:
-    found: set[str] = set()
-
-    def see(p: Payload) -> None:
-        if codec.is_encrypted(p):
-            found.add(p.metadata.get(codec.META_KEY_ID, b"").decode("utf-8", "replace"))
-
-    for e in events:
-        _walk_payloads(e, see)
-    return sorted(found)
-
-
-def value_of(p: Payload) -> Any:
-    """A decoded payload as a JSON value (what the pydantic converter wrote)."""
-    enc = p.metadata.get("encoding", b"").decode("utf-8", "replace")
-    if enc == "json/plain":
-        try:
-            return json.loads(p.data)
-        except ValueError:
-            return p.data.decode("utf-8", "replace")
-    if enc == "binary/null":
-        return None
-    if enc == codec.ENCODING.decode():
-        kid = p.metadata.get(codec.META_KEY_ID, b"").decode("utf-8", "replace")
-        return {"_encrypted": f"key id {kid} not available"}
-    return {"_encoding": enc, "_bytes": len(p.data)}
-
-
-def _first(payloads: Any) -> Any:
-    items = list(payloads.payloads)
-    return value_of(items[0]) if items else None
-
-
 def _start_input(events: Sequence[HistoryEvent], keyring: codec.Keyring) -> dict[str, Any]:
     if not events:
         return {}
     decoded, _ = decode_events(events[:1], keyring, strict=False)
-    v = _first(decoded[0].workflow_execution_started_event_attributes.input)
+    v = first_value(decoded[0].workflow_execution_started_event_attributes.input)
     return v if isinstance(v, dict) else {}
-
-
-def failure_text(f: Failure) -> str:
-    msg = f.message
-    if f.HasField("encoded_attributes"):
-        attrs = value_of(f.encoded_attributes)
-        if isinstance(attrs, dict) and attrs.get("message"):
-            msg = str(attrs["message"])
-    kind = f.application_failure_info.type if f.HasField("application_failure_info") else ""
-    text = f"{kind}: {msg}" if kind else msg
-    if f.HasField("cause"):
-        text += f" (cause: {failure_text(f.cause)})"
-    return text
 
 
 def _time(e: HistoryEvent) -> datetime:
@@ -713,12 +604,12 @@ def _workflow_record(decoded_runs: Sequence[Sequence[HistoryEvent]]) -> _Workflo
             if e.HasField("workflow_execution_update_completed_event_attributes"):
                 outcome = e.workflow_execution_update_completed_event_attributes.outcome
                 if outcome.HasField("success"):
-                    value = _first(outcome.success)
+                    value = first_value(outcome.success)
                     record.take(value.get("status") if isinstance(value, dict) else None)
             elif e.HasField("workflow_execution_completed_event_attributes"):
-                record.take(_first(e.workflow_execution_completed_event_attributes.result))
+                record.take(first_value(e.workflow_execution_completed_event_attributes.result))
             elif e.HasField("workflow_execution_started_event_attributes"):
-                value = _first(e.workflow_execution_started_event_attributes.input)
+                value = first_value(e.workflow_execution_started_event_attributes.input)
                 record.take(value.get("state") if isinstance(value, dict) else None)
     return record
 
@@ -793,7 +684,7 @@ class _TimelineBuilder:
 
     def deal_started(self, e: HistoryEvent) -> None:
         attrs = e.workflow_execution_started_event_attributes
-        inp = _first(attrs.input) or {}
+        inp = first_value(attrs.input) or {}
         if isinstance(inp, dict):
             self.deal_id = inp.get("deal_id", self.deal_id)
         if attrs.continued_execution_run_id:
@@ -856,7 +747,7 @@ class _TimelineBuilder:
         )
 
     def deal_closed(self, e: HistoryEvent) -> None:
-        result = _first(e.workflow_execution_completed_event_attributes.result)
+        result = first_value(e.workflow_execution_completed_event_attributes.result)
         result = result if isinstance(result, dict) else {}
         self.add(
             e,
@@ -904,7 +795,7 @@ class _TimelineBuilder:
     def staff_action(self, e: HistoryEvent) -> None:
         attrs = e.workflow_execution_update_accepted_event_attributes
         request = attrs.accepted_request
-        args = _first(request.input.args) or {}
+        args = first_value(request.input.args) or {}
         entry = self.add(
             e,
             "action",
@@ -923,7 +814,7 @@ class _TimelineBuilder:
         if attrs.outcome.HasField("failure"):
             entry.details += f" — FAILED: {failure_text(attrs.outcome.failure)}"
             return
-        value = _first(attrs.outcome.success)
+        value = first_value(attrs.outcome.success)
         result: dict[str, Any] = value if isinstance(value, dict) else {}
         # A receipt holds the stage; deals from before receipts returned the status.
         old = result.get("status")
@@ -932,7 +823,7 @@ class _TimelineBuilder:
 
     def signal(self, e: HistoryEvent) -> None:
         attrs = e.workflow_execution_signaled_event_attributes
-        value = _first(attrs.input)
+        value = first_value(attrs.input)
         if attrs.signal_name != names.LENDER_EVENT or not isinstance(value, dict):
             self.add(
                 e, "signal", attrs.identity, attrs.signal_name, _summary(value), {"input": value}
@@ -951,7 +842,7 @@ class _TimelineBuilder:
         name = attrs.activity_type.name
         if name in _BOOKKEEPING:
             return
-        value = _first(attrs.input)
+        value = first_value(attrs.input)
         shown = _ACTIVITY_ROWS.get(name, _generic_activity_row)
         self.scheduled[e.event_id] = shown(self, e, name, value if isinstance(value, dict) else {})
 
@@ -972,7 +863,7 @@ class _TimelineBuilder:
         entry.data["finished_at"] = _time(e).isoformat()
         if t == E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             entry.data["outcome"] = "done"
-            result = _first(e.activity_task_completed_event_attributes.result)
+            result = first_value(e.activity_task_completed_event_attributes.result)
             if isinstance(result, dict) and result.get("application_ref"):
                 entry.details += f"; acknowledged as {result['application_ref']}"
             elif entry.kind == "compensation":
