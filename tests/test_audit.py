@@ -25,6 +25,7 @@ import pytest
 
 from dealflow import audit
 from dealflow.audit.errors import AuditError
+from dealflow.audit.histories import load_paths
 from dealflow.config import Settings
 from dealflow.docstore import LocalDirectoryStore
 from dealflow.models import DealPolicy, Stage
@@ -225,7 +226,7 @@ async def test_nondeterminism_exits_1_naming_the_deal_and_the_event(tmp_path: Pa
     target["activityTaskScheduledEventAttributes"]["activityType"]["name"] = "fax_application"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
-    deal_id = audit.load_paths([bad], TEST_CODEC_KEYS)[0].deal_id
+    deal_id = load_paths([bad], TEST_CODEC_KEYS)[0].deal_id
     # The console script's code path, in its own process: exit status and output.
     r = await sh(
         sys.executable,
@@ -244,7 +245,7 @@ async def test_nondeterminism_exits_1_naming_the_deal_and_the_event(tmp_path: Pa
     from dealflow import codec
 
     other = codec.keyring_from_spec(codec.generate_key_spec("someone-else"))
-    runs = audit.load_paths([HISTORIES / "contract_expired.json"], other)
+    runs = load_paths([HISTORIES / "contract_expired.json"], other)
     [outcome] = await audit.replay(runs, other)
     assert not outcome.ok and not outcome.nondeterminism and "dev-insecure" in outcome.error
 
@@ -520,7 +521,7 @@ def test_timeline_of_every_committed_history_names_what_each_event_is(path: Path
     did, and each lender submission says where it went and the reference the
     lender gave (a deal since the package split used to show "activity
     send_application" with the whole package)."""
-    runs = audit.load_paths([path], TEST_CODEC_KEYS)
+    runs = load_paths([path], TEST_CODEC_KEYS)
     timeline = audit.build_timeline(runs, TEST_CODEC_KEYS)
     generic = [e.action for e in timeline.entries if e.action.startswith("activity ")]
     assert generic == [], path.name

@@ -31,9 +31,10 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from dealflow import audit, codec
 from dealflow import client as deals
+from dealflow import codec
 from dealflow.api.auth import mint_token
+from dealflow.audit.histories import RunHistory, export_json, fetch_deal
 from dealflow.audit.payloads import decode_events
 from dealflow.config import Settings
 from dealflow.docstore import LocalDirectoryStore
@@ -517,12 +518,10 @@ async def test_temporal_cli_decodes_through_the_endpoint(ran: Ran) -> None:
             for b in [x for x in _b64_data(json.loads(shown.stdout))]
         ]
     )
-    runs = await audit.fetch_deal(ran.desk.client, ran.deal_id)
+    runs = await fetch_deal(ran.desk.client, ran.deal_id)
     # The deal is idle in REGISTRATION: the history cannot grow between the reads.
-    decoded = [
-        audit.RunHistory(r.workflow_id, decode_events(r.events, TEST_CODEC_KEYS)[0]) for r in runs
-    ]
-    assert json.loads(shown.stdout) == json.loads(audit.export_json(decoded))
+    decoded = [RunHistory(r.workflow_id, decode_events(r.events, TEST_CODEC_KEYS)[0]) for r in runs]
+    assert json.loads(shown.stdout) == json.loads(export_json(decoded))
     refused = await _cli(ran.address, *base)
     assert refused.returncode != 0 or "Wang Fang" not in refused.stdout
 

@@ -31,6 +31,7 @@ from temporalio.worker import Replayer, Worker
 
 from activities import DealActivities
 from dealflow import audit, codec, db
+from dealflow.audit.histories import load_paths
 from dealflow.audit.payloads import decode_events, key_ids, walk_payloads
 from dealflow.config import LenderConfig
 from dealflow.docstore import LocalDirectoryStore
@@ -108,7 +109,7 @@ async def test_an_unpatched_change_fails_the_gate() -> None:
         assert result.replay_failure is not None, f"{path.name} replayed despite the change"
         assert "Nondeterminism" in str(result.replay_failure), result.replay_failure
     # The audit tool names the deal and the event where the code diverged.
-    runs = audit.load_paths([HERE / "happy_path.json"], KEYS)
+    runs = load_paths([HERE / "happy_path.json"], KEYS)
     [outcome] = await audit.replay(runs, KEYS, workflows=[UnpatchedWelcome])
     assert outcome.nondeterminism and not outcome.ok
     assert outcome.event.startswith("event 5 UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"), outcome.event

@@ -43,21 +43,20 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, Any
 
-from google.protobuf import json_format
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
-from temporalio.api.history.v1 import History, HistoryEvent
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
 from temporalio.common import SearchAttributeKey
 from temporalio.converter import DataConverter
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 from temporalio.worker import (
     ExecuteWorkflowInput,
     HandleSignalInput,
@@ -71,6 +70,18 @@ from temporalio.worker import (
 
 from dealflow import codec, names, startup
 from dealflow.audit.errors import AuditError
+from dealflow.audit.histories import (
+    WORKFLOW_TYPE,
+    RunHistory,
+    deal_id_of,
+    event_time,
+    event_type_name,
+    export_json,
+    fetch_deal,
+    load_paths,
+    parse_histories,
+    query_runs,
+)
 from dealflow.audit.payloads import decode_events, failure_text, first_value, key_ids, value_of
 from dealflow.config import get_settings
 
@@ -91,7 +102,6 @@ __all__ = [
     "verify",
 ]
 
-WORKFLOW_TYPE = "DealWorkflow"
 ARCHIVE_PREFIX = "archive"
 MANIFEST_KEY = f"{ARCHIVE_PREFIX}/manifest.jsonl"
 HISTORY_PREFIX = f"{ARCHIVE_PREFIX}/deals/"
@@ -104,159 +114,6 @@ E = EventType
 
 class ArchiveBusy(AuditError):
     pass
-
-
-# --------------------------------------------------------------------------- histories
-
-
-@dataclass
-class RunHistory:
-    """One workflow run's events, raw (as the server stores them)."""
-
-    workflow_id: str
-    events: list[HistoryEvent]
-    source: str = ""
-    run_no: int = 1
-    runs: int = 1
-
-    @property
-    def run_id(self) -> str:
-        a = self.events[0].workflow_execution_started_event_attributes if self.events else None
-        return a.original_execution_run_id if a else ""
-
-    @property
-    def deal_id(self) -> str:
-        return deal_id_of(self.workflow_id)
-
-    def label(self) -> str:
-        run = f"run {self.run_no}/{self.runs}" if self.runs > 1 else "run"
-        return f"deal {self.deal_id} {run} {self.run_id[:8] or '?'} ({len(self.events)} events)"
-
-
-def deal_id_of(workflow_id: str) -> str:
-    return workflow_id.removeprefix("deal-")
-
-
-def workflow_id_of(deal: str) -> str:
-    return deal if deal.startswith("deal-") else f"deal-{deal}"
-
-
-def history_dict(events: Sequence[HistoryEvent]) -> dict[str, Any]:
-    """One run as `temporal workflow show --output json` prints it."""
-    return json_format.MessageToDict(History(events=list(events)))
-
-
-def export_json(runs: Sequence[RunHistory]) -> str:
-    """A deal's export: the run's object, or an array of them (first run first)."""
-    docs = [history_dict(r.events) for r in runs]
-    body: Any = docs[0] if len(docs) == 1 else docs
-    return json.dumps(body, indent=2, ensure_ascii=False) + "\n"
-
-
-def _events_from(obj: Any, source: str) -> list[HistoryEvent]:
-    try:
-        return list(WorkflowHistory.from_json("x", obj).events)
-    except (ValueError, json_format.ParseError, TypeError, KeyError) as e:
-        raise AuditError(f"{source}: not a Temporal history: {e}") from None
-
-
-def _workflow_id_from_events(events: Sequence[HistoryEvent], fallback: str) -> str:
-    if events and events[0].HasField("workflow_execution_started_event_attributes"):
-        a = events[0].workflow_execution_started_event_attributes
-        if a.workflow_id:
-            return a.workflow_id
-    return fallback
-
-
-def parse_histories(
-    text: str, source: str, keyring: codec.Keyring | None = None
-) -> list[RunHistory]:
-    """The runs of a history file (one object, or an array of objects)."""
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise AuditError(f"{source}: not valid JSON: {e}") from None
-    docs = obj if isinstance(obj, list) else [obj]
-    if not docs:
-        raise AuditError(f"{source}: an empty array holds no history")
-    runs = []
-    for i, doc in enumerate(docs):
-        where = f"{source}[{i}]" if isinstance(obj, list) else source
-        events = _events_from(doc, where)
-        if not events:
-            raise AuditError(f"{where}: the history has no events")
-        fallback = "deal-" + Path(source).stem.split("_run")[0]
-        wid = _workflow_id_from_events(events, "")
-        if not wid and keyring is not None:
-            deal = _start_input(events, keyring).get("deal_id")
-            wid = f"deal-{deal}" if deal else ""
-        runs.append(RunHistory(wid or fallback, events, source, i + 1, len(docs)))
-    return runs
-
-
-def load_paths(
-    paths: Iterable[str | Path], keyring: codec.Keyring | None = None
-) -> list[RunHistory]:
-    """Every run in the given files and folders (`*.json`, recursively, sorted)."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(x for x in p.rglob("*.json") if x.is_file())
-        elif p.exists():
-            files.append(p)
-        else:
-            raise AuditError(f"{p}: no such file or folder")
-    runs: list[RunHistory] = []
-    for f in files:
-        runs += parse_histories(f.read_text(encoding="utf-8"), str(f), keyring)
-    return runs
-
-
-async def run_chain(client: Client, workflow_id: str) -> list[str]:
-    """Run ids of a workflow, first to latest, following continue-as-new."""
-    try:
-        desc = await client.get_workflow_handle(workflow_id).describe()
-    except RPCError as e:
-        if e.status is RPCStatusCode.NOT_FOUND:
-            raise AuditError(f"deal {deal_id_of(workflow_id)} does not exist") from None
-        raise
-    chain: list[str] = []
-    run_id: str | None = desc.run_id
-    while run_id:
-        chain.append(run_id)
-        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-        run_id = None
-        async for event in handle.fetch_history_events():
-            run_id = event.workflow_execution_started_event_attributes.continued_execution_run_id
-            break
-    return chain[::-1]
-
-
-async def fetch_deal(client: Client, deal: str) -> list[RunHistory]:
-    """Every run of a deal from the server, first run first."""
-    wid = workflow_id_of(deal)
-    chain = await run_chain(client, wid)
-    runs = []
-    for i, run_id in enumerate(chain):
-        h = await client.get_workflow_handle(wid, run_id=run_id).fetch_history()
-        runs.append(RunHistory(wid, list(h.events), f"{wid}@{run_id}", i + 1, len(chain)))
-    return runs
-
-
-def _start_input(events: Sequence[HistoryEvent], keyring: codec.Keyring) -> dict[str, Any]:
-    if not events:
-        return {}
-    decoded, _ = decode_events(events[:1], keyring, strict=False)
-    v = first_value(decoded[0].workflow_execution_started_event_attributes.input)
-    return v if isinstance(v, dict) else {}
-
-
-def _time(e: HistoryEvent) -> datetime:
-    return e.event_time.ToDatetime(tzinfo=UTC)
-
-
-def _etype(e: HistoryEvent) -> str:
-    return EventType.Name(e.event_type).removeprefix("EVENT_TYPE_")
 
 
 # --------------------------------------------------------------------------- replay
@@ -296,13 +153,13 @@ def _describe_event(events: Sequence[HistoryEvent], event_id: int) -> str:
     e = next((x for x in events if x.event_id == event_id), None)
     if e is None:
         return f"event {event_id}"
-    what = _etype(e)
+    what = event_type_name(e)
     if e.HasField("activity_task_scheduled_event_attributes"):
         what += f" '{e.activity_task_scheduled_event_attributes.activity_type.name}'"
     elif e.HasField("timer_started_event_attributes"):
         d = e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
         what += f" ({_fmt_duration(d)})"
-    return f"event {event_id} {what} at {_time(e).isoformat(timespec='seconds')}"
+    return f"event {event_id} {what} at {event_time(e).isoformat(timespec='seconds')}"
 
 
 async def _locate(replayer: Replayer, run: RunHistory, message: str) -> str:
@@ -647,8 +504,8 @@ class _TimelineBuilder:
                 "run_no": run.run_no,
                 "run_id": run.run_id,
                 "events": len(run.events),
-                "started": _time(run.events[0]).isoformat(),
-                "ended": _time(run.events[-1]).isoformat(),
+                "started": event_time(run.events[0]).isoformat(),
+                "ended": event_time(run.events[-1]).isoformat(),
             }
         )
         for e in events:
@@ -667,7 +524,7 @@ class _TimelineBuilder:
     ) -> Entry:
         assert self.run is not None
         entry = Entry(
-            _time(e),
+            event_time(e),
             self.run.run_no,
             e.event_id,
             self.stage,
@@ -779,7 +636,7 @@ class _TimelineBuilder:
         self.add(e, "deal", "dealflow (system)", "deal failed", text)
 
     def timed_out_or_canceled(self, e: HistoryEvent) -> None:
-        self.add(e, "deal", "dealflow (system)", _etype(e).lower().replace("_", " "), "")
+        self.add(e, "deal", "dealflow (system)", event_type_name(e).lower().replace("_", " "), "")
 
     def cancel_requested(self, e: HistoryEvent) -> None:
         attrs = e.workflow_execution_cancel_requested_event_attributes
@@ -860,7 +717,7 @@ class _TimelineBuilder:
         entry = self.scheduled.get(attrs.scheduled_event_id)
         if entry is None:
             return
-        entry.data["finished_at"] = _time(e).isoformat()
+        entry.data["finished_at"] = event_time(e).isoformat()
         if t == E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             entry.data["outcome"] = "done"
             result = first_value(e.activity_task_completed_event_attributes.result)
@@ -873,8 +730,8 @@ class _TimelineBuilder:
             entry.data["outcome"] = "failed"
             entry.details += f" — FAILED: {text}"
         else:
-            entry.data["outcome"] = _etype(e).lower()
-            entry.details += f" — {_etype(e).lower()}"
+            entry.data["outcome"] = event_type_name(e).lower()
+            entry.details += f" — {event_type_name(e).lower()}"
 
     def timer_started(self, e: HistoryEvent) -> None:
         self.timers[e.event_id] = e
@@ -884,7 +741,7 @@ class _TimelineBuilder:
         detail = ""
         if started is not None:
             d = started.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
-            since = _time(started).isoformat(timespec="seconds")
+            since = event_time(started).isoformat(timespec="seconds")
             detail = f"set {since} for {_fmt_duration(d)}"
         self.add(e, "timer", "dealflow (system)", "timer fired", detail)
 
@@ -1021,7 +878,7 @@ def _events_until(events: Sequence[HistoryEvent], at: datetime) -> list[HistoryE
     `at`: replaying it gives the state that task left behind, the state as of `at`."""
     started = last_started = None
     for e in events:
-        if _time(e) > at:
+        if event_time(e) > at:
             break
         if e.event_type == E.EVENT_TYPE_WORKFLOW_TASK_STARTED:
             last_started = e.event_id
@@ -1041,7 +898,7 @@ async def state_as_of(
     from dealflow import rules
     from workflows import DealWorkflow
 
-    run = next((r for r in reversed(runs) if _time(r.events[0]) <= at), None)
+    run = next((r for r in reversed(runs) if event_time(r.events[0]) <= at), None)
     if run is None:
         return {
             "as_of": at.isoformat(),
@@ -1622,29 +1479,11 @@ async def _export(args: argparse.Namespace, ctx: _CommandContext) -> int:
     return EXIT_OK
 
 
-async def _query_runs(client: Client, query: str) -> list[RunHistory]:
-    q = (
-        f'WorkflowType = "{WORKFLOW_TYPE}" AND ({query})'
-        if query.strip()
-        else (f'WorkflowType = "{WORKFLOW_TYPE}"')
-    )
-    runs = []
-    async for wf in client.list_workflows(q):
-        h = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
-        runs.append(RunHistory(wf.id, list(h.events), f"{wf.id}@{wf.run_id}"))
-    runs.sort(key=lambda r: (r.workflow_id, _time(r.events[0])))
-    for wid in {r.workflow_id for r in runs}:
-        mine = [r for r in runs if r.workflow_id == wid]
-        for i, r in enumerate(mine, start=1):
-            r.run_no, r.runs = i, len(mine)
-    return runs
-
-
 async def _replay(args: argparse.Namespace, ctx: _CommandContext) -> int:
     if bool(args.paths) == bool(args.query):
         raise AuditError("give history files/folders, or --query, not both (nor neither)")
     runs = (
-        await _query_runs(await ctx.connect(), args.query)
+        await query_runs(await ctx.connect(), args.query)
         if args.query
         else load_paths(args.paths, ctx.keyring)
     )
