@@ -45,8 +45,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -70,6 +69,13 @@ from temporalio.worker import (
 
 from dealflow import codec, names, startup
 from dealflow.audit.errors import AuditError
+from dealflow.audit.formatting import (
+    describe_lender_event,
+    format_actor,
+    format_duration,
+    format_fields,
+    format_money,
+)
 from dealflow.audit.histories import (
     WORKFLOW_TYPE,
     RunHistory,
@@ -158,7 +164,7 @@ def _describe_event(events: Sequence[HistoryEvent], event_id: int) -> str:
         what += f" '{e.activity_task_scheduled_event_attributes.activity_type.name}'"
     elif e.HasField("timer_started_event_attributes"):
         d = e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
-        what += f" ({_fmt_duration(d)})"
+        what += f" ({format_duration(d)})"
     return f"event {event_id} {what} at {event_time(e).isoformat(timespec='seconds')}"
 
 
@@ -312,90 +318,6 @@ class Timeline:
     decode_errors: list[str] = field(default_factory=list)
     as_of: datetime | None = None
     state: dict[str, Any] | None = None
-
-
-def _actor(a: Any) -> str:
-    if isinstance(a, dict) and "staff_id" in a:
-        if a.get("staff_id") == "dealflow":
-            return "dealflow (system)"
-        return f"{a['staff_id']} ({a.get('role', '?')})"
-    if isinstance(a, str) and "/" in a:
-        sid, role = a.split("/", 1)
-        return "dealflow (system)" if sid == "dealflow" else f"{sid} ({role})"
-    return str(a or "")
-
-
-def _money(v: Any) -> str:
-    try:
-        return f"{Decimal(str(v)).quantize(Decimal('0.01')):,.2f}"
-    except (InvalidOperation, ValueError):
-        return str(v)
-
-
-def _fmt_duration(d: timedelta) -> str:
-    s = int(d.total_seconds())
-    days, rem = divmod(s, 86400)
-    hours, rem = divmod(rem, 3600)
-    mins, secs = divmod(rem, 60)
-    parts = [
-        f"{days}d" if days else "",
-        f"{hours}h" if hours else "",
-        f"{mins}m" if mins else "",
-        f"{secs}s" if secs else "",
-    ]
-    return " ".join(p for p in parts if p) or "0s"
-
-
-_SKIP_FIELDS = {"actor"}
-
-
-def _summary(d: Any, skip: set[str] | None = None) -> str:
-    """A compact `key: value; ...` rendering of a JSON object."""
-    if not isinstance(d, dict):
-        return "" if d is None else str(d)
-    parts = []
-    for k, v in d.items():
-        if k in (skip or _SKIP_FIELDS) or v in (None, "", [], {}):
-            continue
-        if isinstance(v, dict):
-            v = "{" + _summary(v, set()) + "}"
-        elif isinstance(v, list):
-            v = ", ".join(_summary(x, set()) if isinstance(x, dict) else str(x) for x in v)
-        elif k in ("amount", "approved_amount", "cover_amount", "down_payment") or k.endswith(
-            "_amount"
-        ):
-            v = _money(v)
-        parts.append(f"{k}: {v}")
-    return "; ".join(parts)
-
-
-def _lender_details(ev: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    kind = ev.get("type", "lender-event")
-    detail: list[str] = [f"webhook {ev.get('webhook_id')}"]
-    if ev.get("decided"):
-        d = ev["decided"]
-        action = f"decision: {d.get('decision')}"
-        detail.append(f"application {d.get('application_ref')} seq {d.get('decision_seq')}")
-        if d.get("approved_amount") is not None:
-            detail.append(f"amount {_money(d['approved_amount'])}")
-        if d.get("apr") is not None:
-            detail.append(f"APR {d['apr']}%")
-        if d.get("term_months"):
-            detail.append(f"term {d['term_months']} months")
-        for r in d.get("reasons") or []:
-            detail.append(f"reason {r.get('code')}: {r.get('text')}")
-        for s in d.get("stipulations") or []:
-            detail.append(f"stipulation {s.get('code')}: {s.get('description')}")
-    elif ev.get("disbursed"):
-        d = ev["disbursed"]
-        action = "disbursement completed"
-        detail.append(f"amount {_money(d.get('amount'))}; transaction {d.get('transaction_ref')}")
-    elif ev.get("failed"):
-        action = "disbursement failed"
-        detail.append(f"reason: {ev['failed'].get('reason')}")
-    else:
-        action = kind
-    return action, "; ".join(detail), ev
 
 
 _NOTICE_KINDS = {
@@ -564,8 +486,8 @@ class _TimelineBuilder:
             for part in [
                 f"dealer {deal.get('dealer_id')}",
                 f"vehicle {vehicle.get('make')} {vehicle.get('model')} "
-                f"({vehicle.get('condition')}) price {_money(vehicle.get('price'))}",
-                f"down payment {_money(deal.get('down_payment'))}",
+                f"({vehicle.get('condition')}) price {format_money(vehicle.get('price'))}",
+                f"down payment {format_money(deal.get('down_payment'))}",
                 f"term {deal.get('term_months')} months",
                 f"product {deal.get('product')}",
                 "lenders " + " > ".join(deal.get("lender_ids") or []),
@@ -575,7 +497,7 @@ class _TimelineBuilder:
         self.add(
             e,
             "deal",
-            _actor(inp.get("created_by")),
+            format_actor(inp.get("created_by")),
             "deal started",
             details,
             {"input": {k: v for k, v in inp.items() if k != "state"}},
@@ -597,7 +519,7 @@ class _TimelineBuilder:
         self.add(
             e,
             "stage",
-            _actor((tr or {}).get("actor", "dealflow/system")),
+            format_actor((tr or {}).get("actor", "dealflow/system")),
             f"{frm or 'start'} → {to}",
             (tr or {}).get("reason", ""),
             {"transition": tr} if tr else {},
@@ -656,9 +578,9 @@ class _TimelineBuilder:
         entry = self.add(
             e,
             "action",
-            _actor(args.get("actor") if isinstance(args, dict) else None),
+            format_actor(args.get("actor") if isinstance(args, dict) else None),
             request.input.name,
-            _summary(args),
+            format_fields(args),
             {"input": args},
         )
         self.updates[request.meta.update_id or attrs.protocol_instance_id] = entry
@@ -683,10 +605,15 @@ class _TimelineBuilder:
         value = first_value(attrs.input)
         if attrs.signal_name != names.LENDER_EVENT or not isinstance(value, dict):
             self.add(
-                e, "signal", attrs.identity, attrs.signal_name, _summary(value), {"input": value}
+                e,
+                "signal",
+                attrs.identity,
+                attrs.signal_name,
+                format_fields(value),
+                {"input": value},
             )
             return
-        action, details, data = _lender_details(value)
+        action, details, data = describe_lender_event(value)
         decision = self.record.decisions.get(str(value.get("webhook_id")))
         if decision is not None and decision.get("applied") is False:
             details += f"; NOT APPLIED: {decision.get('note')}"
@@ -742,7 +669,7 @@ class _TimelineBuilder:
         if started is not None:
             d = started.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
             since = event_time(started).isoformat(timespec="seconds")
-            detail = f"set {since} for {_fmt_duration(d)}"
+            detail = f"set {since} for {format_duration(d)}"
         self.add(e, "timer", "dealflow (system)", "timer fired", detail)
 
 
@@ -771,7 +698,7 @@ def _submission_row(b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str
 def _disbursement_row(b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]) -> Entry:
     details = (
         f"from {v.get('lender_id')} application {v.get('application_ref')}"
-        f" attempt {v.get('attempt')} amount {_money(v.get('amount'))}"
+        f" attempt {v.get('attempt')} amount {format_money(v.get('amount'))}"
     )
     return b.add(
         e, "lender", "dealflow (system)", "disbursement requested", details, {"activity": name}
@@ -791,7 +718,7 @@ def _withdrawal_row(b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str
 
 
 def _compensation_row(b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]) -> Entry:
-    details = _summary(v.get("detail") or {})
+    details = format_fields(v.get("detail") or {})
     return b.add(
         e,
         "compensation",
@@ -806,7 +733,7 @@ def _generic_activity_row(
     b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]
 ) -> Entry:
     return b.add(
-        e, "system", "dealflow (system)", f"activity {name}", _summary(v), {"activity": name}
+        e, "system", "dealflow (system)", f"activity {name}", format_fields(v), {"activity": name}
     )
 
 
@@ -992,7 +919,7 @@ def _state_lines(state: dict[str, Any]) -> list[str]:
         f"  derived from: {state['derived_from']}",
         f"  stage: {state['stage']} since {state['stage_entered_at']}",
         f"  lender: {state.get('lender') or '-'}; approved amount: "
-        f"{_money(state['approved_amount']) if state.get('approved_amount') else '-'}",
+        f"{format_money(state['approved_amount']) if state.get('approved_amount') else '-'}",
         "  checklist:",
     ]
     for c in state["checklist"]:
@@ -1004,7 +931,7 @@ def _state_lines(state: dict[str, Any]) -> list[str]:
     for sub in state["submissions"]:
         lines.append(f"    submission {sub['submission_no']} to {sub['lender']}: {sub['status']}")
         for d in sub["decisions"]:
-            amount = f" {_money(d['approved_amount'])}" if d.get("approved_amount") else ""
+            amount = f" {format_money(d['approved_amount'])}" if d.get("approved_amount") else ""
             applied = "" if d["applied"] else f" (not applied: {d['note']})"
             lines.append(f"      seq {d['seq']} {d['decision']}{amount}{applied}")
     if state["compensations"]:
