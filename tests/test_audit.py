@@ -26,6 +26,7 @@ import pytest
 from dealflow import audit
 from dealflow.audit.errors import AuditError
 from dealflow.audit.histories import load_paths
+from dealflow.audit.replay import replay
 from dealflow.config import Settings
 from dealflow.docstore import LocalDirectoryStore
 from dealflow.models import DealPolicy, Stage
@@ -246,7 +247,7 @@ async def test_nondeterminism_exits_1_naming_the_deal_and_the_event(tmp_path: Pa
 
     other = codec.keyring_from_spec(codec.generate_key_spec("someone-else"))
     runs = load_paths([HISTORIES / "contract_expired.json"], other)
-    [outcome] = await audit.replay(runs, other)
+    [outcome] = await replay(runs, other)
     assert not outcome.ok and not outcome.nondeterminism and "dev-insecure" in outcome.error
 
 

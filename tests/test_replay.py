@@ -30,9 +30,10 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from activities import DealActivities
-from dealflow import audit, codec, db
+from dealflow import codec, db
 from dealflow.audit.histories import load_paths
 from dealflow.audit.payloads import decode_events, key_ids, walk_payloads
+from dealflow.audit.replay import replay
 from dealflow.config import LenderConfig
 from dealflow.docstore import LocalDirectoryStore
 from dealflow.models import Actor, DealPolicy, DealStatus, Role, Stage
@@ -110,7 +111,7 @@ async def test_an_unpatched_change_fails_the_gate() -> None:
         assert "Nondeterminism" in str(result.replay_failure), result.replay_failure
     # The audit tool names the deal and the event where the code diverged.
     runs = load_paths([HERE / "happy_path.json"], KEYS)
-    [outcome] = await audit.replay(runs, KEYS, workflows=[UnpatchedWelcome])
+    [outcome] = await replay(runs, KEYS, workflows=[UnpatchedWelcome])
     assert outcome.nondeterminism and not outcome.ok
     assert outcome.event.startswith("event 5 UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"), outcome.event
     assert runs[0].deal_id in runs[0].label()
