@@ -27,6 +27,7 @@ from dealflow import audit
 from dealflow.audit.errors import AuditError
 from dealflow.audit.histories import load_paths
 from dealflow.audit.replay import replay
+from dealflow.audit.timeline import build_timeline
 from dealflow.config import Settings
 from dealflow.docstore import LocalDirectoryStore
 from dealflow.models import DealPolicy, Stage
@@ -523,7 +524,7 @@ def test_timeline_of_every_committed_history_names_what_each_event_is(path: Path
     lender gave (a deal since the package split used to show "activity
     send_application" with the whole package)."""
     runs = load_paths([path], TEST_CODEC_KEYS)
-    timeline = audit.build_timeline(runs, TEST_CODEC_KEYS)
+    timeline = build_timeline(runs, TEST_CODEC_KEYS)
     generic = [e.action for e in timeline.entries if e.action.startswith("activity ")]
     assert generic == [], path.name
     history = json.loads(path.read_text("utf-8"))
