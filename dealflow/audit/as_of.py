@@ -78,9 +78,6 @@ async def state_as_of(
 ) -> dict[str, Any]:
     """The deal as it stood at `at`: replays the history up to then with the
     current code and reads the workflow's state (stage, checklist, decisions...)."""
-    from dealflow import rules
-    from workflows import DealWorkflow
-
     run = next((r for r in reversed(runs) if event_time(r.events[0]) <= at), None)
     if run is None:
         return {
@@ -91,6 +88,22 @@ async def state_as_of(
     events = _events_until(run.events, at)
     if not events:
         return {"as_of": at.isoformat(), "exists": True, "note": "no workflow task ran yet"}
+    instance = await _replayed_instance(run, events, keyring, at)
+    return {
+        "as_of": at.isoformat(),
+        "exists": True,
+        "derived_from": f"run {run.run_no} ({run.run_id}), {len(events)} of {len(run.events)} "
+        "events replayed with the current code",
+        **_state_view(instance, at),
+    }
+
+
+async def _replayed_instance(
+    run: RunHistory, events: list[HistoryEvent], keyring: codec.Keyring, at: datetime
+) -> Any:
+    """The workflow instance that replaying `events` with the current code leaves behind."""
+    from workflows import DealWorkflow
+
     capture = _Capture()
     replayer = Replayer(
         workflows=[DealWorkflow],
@@ -107,16 +120,19 @@ async def state_as_of(
             f"cannot rebuild the state as of {at.isoformat()}: replay with the current code "
             f"failed ({res.replay_failure}); run `dealflow-audit replay` on this deal"
         )
+    return inst
+
+
+def _state_view(inst: Any, at: datetime) -> dict[str, Any]:
+    """What the replayed workflow held: stage, checklist, pending actions, decisions."""
+    from dealflow import rules
+
     state = inst.state
     view = rules.DealView(
         deal=inst.deal, policy=inst.policy, lenders=inst.inp.lenders, state=state, now=at
     )
     checklist = view.checklist()
     return {
-        "as_of": at.isoformat(),
-        "exists": True,
-        "derived_from": f"run {run.run_no} ({run.run_id}), {len(events)} of {len(run.events)} "
-        "events replayed with the current code",
         "stage": state.stage.value,
         "stage_entered_at": state.stage_entered_at.isoformat(),
         "lender": state.submissions[-1].lender_id if state.submissions else None,
@@ -129,30 +145,31 @@ async def state_as_of(
             {"action": p.action, "role": p.role.value, "what": p.what}
             for p in ([] if state.stage.terminal else rules.pending_actions(view, None))
         ],
-        "submissions": [
-            {
-                "submission_no": sub.submission_no,
-                "lender": sub.lender_id,
-                "status": sub.status,
-                "application_ref": sub.application_ref,
-                "decisions": [
-                    {
-                        "webhook_id": d.webhook_id,
-                        "seq": d.decision_seq,
-                        "decision": d.decision.value,
-                        "approved_amount": str(d.approved_amount) if d.approved_amount else None,
-                        "applied": d.applied,
-                        "note": d.note,
-                    }
-                    for d in sub.decisions
-                ],
-                "counter_offer_response": sub.counter_offer_response,
-            }
-            for sub in state.submissions
-        ],
+        "submissions": [_submission_view(sub) for sub in state.submissions],
         "compensations": [{"kind": c.kind, "status": c.status} for c in state.compensations],
         "documents": len(state.documents),
         "actions": len(state.actions),
         "notices": len(state.notices),
         "outcome_reason": state.outcome_reason,
+    }
+
+
+def _submission_view(sub: Any) -> dict[str, Any]:
+    return {
+        "submission_no": sub.submission_no,
+        "lender": sub.lender_id,
+        "status": sub.status,
+        "application_ref": sub.application_ref,
+        "decisions": [
+            {
+                "webhook_id": d.webhook_id,
+                "seq": d.decision_seq,
+                "decision": d.decision.value,
+                "approved_amount": str(d.approved_amount) if d.approved_amount else None,
+                "applied": d.applied,
+                "note": d.note,
+            }
+            for d in sub.decisions
+        ],
+        "counter_offer_response": sub.counter_offer_response,
     }
