@@ -24,6 +24,15 @@ from typing import Any
 import pytest
 
 from dealflow import audit
+from dealflow.audit.archive import (
+    GENESIS,
+    _check_chain,
+    _lock,
+    _parse_manifest,
+    _read_manifest,
+    archive,
+    entry_hash,
+)
 from dealflow.audit.errors import AuditError
 from dealflow.audit.histories import load_paths
 from dealflow.audit.replay import replay
@@ -406,8 +415,8 @@ async def archived(deals: Deals, tmp_path_factory: pytest.TempPathFactory) -> Pa
     lock = root.parent / "archive.lock"
     # Closed deals reach visibility a moment after they close.
     for _ in range(50):
-        await audit.archive(client, store, lock_path=lock)
-        entries, _ = audit._parse_manifest(audit._read_manifest(store))
+        await archive(client, store, lock_path=lock)
+        entries, _ = _parse_manifest(_read_manifest(store))
         if {deals.story, deals.continued, deals.quick} <= {e["deal_id"] for _, e in entries}:
             break
         await asyncio.sleep(0.2)
@@ -440,7 +449,7 @@ async def test_archive_is_idempotent_and_cron_safe(deals: Deals, archived: Path)
     new = [json.loads(line) for line in after[len(before) :].splitlines()]
     assert not {e["deal_id"] for e in new} & ours.keys()
     # A second archiver while one runs (overlapping cron): does nothing, exit 0.
-    with audit._lock(lock):
+    with _lock(lock):
         busy = await run("archive", "--lock-file", str(lock), client=client, store=store)
     assert busy.returncode == 0 and "another archive run holds" in busy.stderr
     assert (archived / "archive" / "manifest.jsonl").read_bytes() == after
@@ -501,16 +510,16 @@ async def test_verify_detects_a_swapped_order(archived: Path, tmp_path: Path) ->
     assert "line 2: entry seq 1" in r.stdout
     # The archive refuses to extend a damaged chain (before asking Temporal anything).
     with pytest.raises(AuditError, match="damaged"):
-        await audit.archive(None, _store(copy), lock_path=tmp_path / "l")  # type: ignore[arg-type]
+        await archive(None, _store(copy), lock_path=tmp_path / "l")  # type: ignore[arg-type]
 
 
 def test_manifest_chain_function_on_a_clean_and_an_empty_manifest() -> None:
-    assert audit._check_chain([]) == []
-    e1: dict[str, Any] = {"seq": 1, "deal_id": "a", "prev_sha256": audit.GENESIS}
-    e1["sha256"] = audit.entry_hash(e1)
+    assert _check_chain([]) == []
+    e1: dict[str, Any] = {"seq": 1, "deal_id": "a", "prev_sha256": GENESIS}
+    e1["sha256"] = entry_hash(e1)
     e2: dict[str, Any] = {"seq": 2, "deal_id": "b", "prev_sha256": e1["sha256"]}
-    e2["sha256"] = audit.entry_hash(e2)
-    assert audit._check_chain([(1, e1), (2, e2)]) == []
+    e2["sha256"] = entry_hash(e2)
+    assert _check_chain([(1, e1), (2, e2)]) == []
 
 
 @pytest.mark.parametrize(
