@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from dealflow import audit
 from dealflow.audit.archive import (
     GENESIS,
     _check_chain,
@@ -33,6 +32,7 @@ from dealflow.audit.archive import (
     archive,
     entry_hash,
 )
+from dealflow.audit.cli import run_async
 from dealflow.audit.errors import AuditError
 from dealflow.audit.histories import load_paths
 from dealflow.audit.replay import replay
@@ -65,7 +65,7 @@ class Done:
 async def run(*argv: str, client: Any = None, store: Any = None) -> Done:
     """dealflow-audit in process, on this loop (the dev server's client is ours)."""
     out, err = io.StringIO(), io.StringIO()
-    code = await audit.run_async(
+    code = await run_async(
         list(argv), settings=Settings(), client=client, store=store, out=out, err=err
     )
     return Done(code, out.getvalue(), err.getvalue())

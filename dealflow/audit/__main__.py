@@ -1,5 +1,5 @@
 """`python -m dealflow.audit ...`: the same command as `dealflow-audit`."""
 
-from dealflow.audit import main
+from dealflow.audit.cli import main
 
 main()
