@@ -17,7 +17,8 @@ import shutil
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,9 @@ from dealflow.audit.archive import (
 from dealflow.audit.cli import run_async
 from dealflow.audit.errors import AuditError
 from dealflow.audit.histories import load_paths
+from dealflow.audit.render import render
 from dealflow.audit.replay import replay
-from dealflow.audit.timeline import build_timeline
+from dealflow.audit.timeline import Entry, Timeline, build_timeline
 from dealflow.config import Settings
 from dealflow.docstore import LocalDirectoryStore
 from dealflow.models import DealPolicy, Stage
@@ -327,6 +329,46 @@ async def test_timeline_of_a_decline_a_counter_offer_and_a_cancellation() -> Non
         out = await run("timeline", str(TIMELINE_CASE), "--format", fmt)
         assert out.returncode == 0 and marker in out.stdout
         assert "refund_down_payment" in out.stdout
+
+
+def test_html_timeline_escapes_every_value_it_shows() -> None:
+    """Values come from histories (staff input, lender payloads): none becomes markup."""
+    hostile = "<script>alert('x')</script> \"q\" & {{ 7*7 }} </td><tr class=x>"
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    timeline = Timeline(
+        deal_id=hostile,
+        workflow_id=hostile,
+        runs=[{}],
+        entries=[Entry(at, 1, 5, hostile, hostile, hostile, hostile, hostile)],
+        decode_errors=[hostile],
+        state={"as_of": hostile, "exists": False, "note": hostile},
+    )
+    page = render(timeline, "html")
+    parsed = _HtmlShape()
+    parsed.feed(page)
+    assert parsed.tags == ["html", "head", "meta", "title", "style", "body", "h1", "p"] + [
+        "table", "thead", "tr", *["th"] * 6, "tbody", "tr", *["td"] * 6, "pre"
+    ]  # fmt: skip
+    assert parsed.row_classes == [hostile]
+    # Shown as text: the title, the heading, the warning, five cells (not the time), the state.
+    assert sum(hostile in text for text in parsed.texts) == 9
+    assert "49" not in page  # nor evaluated as a template
+
+
+class _HtmlShape(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.row_classes: list[str | None] = []
+        self.texts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "tr" and attrs:
+            self.row_classes.append(dict(attrs).get("class"))
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append(data)
 
 
 async def test_timeline_shows_timers_reminders_and_a_live_deal(deals: Deals) -> None:

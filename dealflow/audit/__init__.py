@@ -5,7 +5,8 @@
 - `replay`: replay against the current workflow code, and where it diverges
 - `timeline`: a deal's decoded timeline; `formatting`: how its values read
 - `as_of`: a deal's state as of a past time
-- `render`: a timeline as text, Markdown, JSON or HTML
+- `render`: a timeline as text, Markdown, JSON or HTML (the HTML from the
+  templates in `dealflow/templates/audit/`)
 - `archive`: the hash-chained archive of closed deals, and its verification
 - `cli`: the `dealflow-audit` command (`python -m dealflow.audit`)
 """

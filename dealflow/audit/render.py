@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import html
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from dealflow.audit.formatting import format_money
 from dealflow.audit.timeline import Entry, Timeline
+from dealflow.templating import render_template
 
-_COLUMNS = ("time", "stage", "actor", "kind", "action", "details")
+COLUMNS = ("time", "stage", "actor", "kind", "action", "details")
+FORMATS = ("text", "markdown", "json", "html")
 
 
-def _row(e: Entry) -> list[str]:
-    return [e.at.strftime("%Y-%m-%d %H:%M:%S"), e.stage, e.actor, e.kind, e.action, e.details]
+def _cells(entry: Entry) -> list[str]:
+    """An entry's cells, one per column of `COLUMNS`."""
+    at = entry.at.strftime("%Y-%m-%d %H:%M:%S")
+    return [at, entry.stage, entry.actor, entry.kind, entry.action, entry.details]
 
 
 def _state_lines(state: dict[str, Any]) -> list[str]:
+    """The state as of a time (`as_of.state_as_of`) as indented lines of text."""
     lines = [f"State as of {state['as_of']}"]
     if not state.get("exists", True) or "stage" not in state:
         return lines + [f"  {state.get('note', '')}"]
@@ -51,73 +56,93 @@ def _state_lines(state: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render(tl: Timeline, fmt: str) -> str:
-    title = f"Deal {tl.deal_id} ({tl.workflow_id}), {len(tl.runs)} run(s)"
-    if tl.as_of:
-        title += f", as of {tl.as_of.isoformat()}"
-    if fmt == "json":
-        return (
-            json.dumps(
-                {
-                    "deal_id": tl.deal_id,
-                    "workflow_id": tl.workflow_id,
-                    "runs": tl.runs,
-                    "as_of": tl.as_of.isoformat() if tl.as_of else None,
-                    "decode_errors": tl.decode_errors,
-                    "entries": [e.as_json() for e in tl.entries],
-                    "state": tl.state,
-                },
-                indent=2,
-                ensure_ascii=False,
-                default=str,
-            )
-            + "\n"
+@dataclass(frozen=True)
+class TimelineRow:
+    kind: str
+    cells: list[str]
+
+
+@dataclass(frozen=True)
+class TimelineView:
+    """What the timeline templates show (`audit/timeline.html` as a page of its own,
+    `audit/_timeline.html` inside another page, bound to the name `timeline`)."""
+
+    title: str
+    warnings: list[str]
+    columns: tuple[str, ...]
+    rows: list[TimelineRow]
+    state_lines: list[str]
+
+
+def timeline_view(timeline: Timeline) -> TimelineView:
+    return TimelineView(
+        title=_title(timeline),
+        warnings=_warnings(timeline),
+        columns=COLUMNS,
+        rows=[TimelineRow(entry.kind, _cells(entry)) for entry in timeline.entries],
+        state_lines=_state_lines(timeline.state) if timeline.state else [],
+    )
+
+
+def render(timeline: Timeline, output_format: str) -> str:
+    """The timeline in one of `FORMATS` (anything else reads as text)."""
+    if output_format == "json":
+        return _render_json(timeline)
+    if output_format == "markdown":
+        return _render_markdown(timeline)
+    if output_format == "html":
+        return render_template("audit/timeline.html", timeline=timeline_view(timeline))
+    return _render_text(timeline)
+
+
+def _title(timeline: Timeline) -> str:
+    title = f"Deal {timeline.deal_id} ({timeline.workflow_id}), {len(timeline.runs)} run(s)"
+    if timeline.as_of:
+        title += f", as of {timeline.as_of.isoformat()}"
+    return title
+
+
+def _warnings(timeline: Timeline) -> list[str]:
+    return [f"WARNING: {error}" for error in timeline.decode_errors]
+
+
+def _render_json(timeline: Timeline) -> str:
+    document = {
+        "deal_id": timeline.deal_id,
+        "workflow_id": timeline.workflow_id,
+        "runs": timeline.runs,
+        "as_of": timeline.as_of.isoformat() if timeline.as_of else None,
+        "decode_errors": timeline.decode_errors,
+        "entries": [entry.as_json() for entry in timeline.entries],
+        "state": timeline.state,
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n"
+
+
+def _render_markdown(timeline: Timeline) -> str:
+    lines = [f"# {_title(timeline)}", ""] + [f"> {warning}" for warning in _warnings(timeline)]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for entry in timeline.entries:
+        cells = (cell.replace("|", "\\|").replace("\n", " ") for cell in _cells(entry))
+        lines.append("| " + " | ".join(cells) + " |")
+    if timeline.state:
+        lines += ["", "```", *_state_lines(timeline.state), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _render_text(timeline: Timeline) -> str:
+    """Columns padded to their widest cell, but the last (details), which runs on."""
+    rows = [_cells(entry) for entry in timeline.entries]
+    padded = len(COLUMNS) - 1
+    widths = [max([len(COLUMNS[i])] + [len(row[i]) for row in rows]) for i in range(padded)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            cell.ljust(widths[i]) if i < padded else cell for i, cell in enumerate(cells)
         )
-    rows = [_row(e) for e in tl.entries]
-    warn = [f"WARNING: {x}" for x in tl.decode_errors]
-    if fmt == "markdown":
-        out = [f"# {title}", ""] + [f"> {w}" for w in warn]
-        out += ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-        for r in rows:
-            out.append(
-                "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in r) + " |"
-            )
-        if tl.state:
-            out += ["", "```", *_state_lines(tl.state), "```"]
-        return "\n".join(out) + "\n"
-    if fmt == "html":
-        esc = html.escape
-        body = [f"<h1>{esc(title)}</h1>"] + [f"<p class=warn>{esc(w)}</p>" for w in warn]
-        body.append(
-            "<table><thead><tr>"
-            + "".join(f"<th>{c}</th>" for c in _COLUMNS)
-            + "</tr></thead><tbody>"
-        )
-        for e, r in zip(tl.entries, rows, strict=True):
-            body.append(
-                f"<tr class='{esc(e.kind)}'>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
-            )
-        body.append("</tbody></table>")
-        if tl.state:
-            body.append("<pre>" + esc("\n".join(_state_lines(tl.state))) + "</pre>")
-        return (
-            "<!doctype html><html><head><meta charset='utf-8'>"
-            f"<title>{esc(title)}</title><style>body{{font-family:sans-serif}}"
-            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;"
-            "vertical-align:top;text-align:left}tr.stage{background:#eef}"
-            "tr.lender{background:#efe}tr.compensation{background:#fee}"
-            ".warn{color:#a00}</style></head><body>" + "\n".join(body) + "</body></html>\n"
-        )
-    widths = [max([len(_COLUMNS[i])] + [len(r[i]) for r in rows]) for i in range(5)]
-    out = [
-        title,
-        *warn,
-        "  ".join(
-            c.upper().ljust(widths[i]) if i < 5 else c.upper() for i, c in enumerate(_COLUMNS)
-        ),
-    ]
-    for r in rows:
-        out.append("  ".join(c.ljust(widths[i]) if i < 5 else c for i, c in enumerate(r)))
-    if tl.state:
-        out += ["", *_state_lines(tl.state)]
-    return "\n".join(out) + "\n"
+
+    lines = [_title(timeline), *_warnings(timeline), line([c.upper() for c in COLUMNS])]
+    lines += [line(row) for row in rows]
+    if timeline.state:
+        lines += ["", *_state_lines(timeline.state)]
+    return "\n".join(lines) + "\n"
