@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
 from temporalio.common import SearchAttributeKey
 
 from dealflow.audit.errors import AuditError
@@ -53,12 +53,14 @@ class ArchiveBusy(AuditError):
     """Another archive run holds the lock: nothing done, safe to retry."""
 
 
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
-    return hashlib.sha256(_canonical({k: v for k, v in entry.items() if k != "sha256"})).hexdigest()
+    return hashlib.sha256(
+        _canonical({key: value for key, value in entry.items() if key != "sha256"})
+    ).hexdigest()
 
 
 def _read_manifest(store: Any) -> bytes:
@@ -73,9 +75,9 @@ def _read_manifest(store: Any) -> bytes:
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    with open(path, "a+") as lock_file:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ArchiveBusy(
                 f"another archive run holds {path}; nothing done (safe to retry later)"
@@ -83,7 +85,7 @@ def _lock(path: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
 
 def default_lock_path() -> Path:
@@ -100,12 +102,12 @@ class ArchiveReport:
 async def _closed_deals(client: Client) -> list[tuple[datetime, str]]:
     query = f'WorkflowType = "{WORKFLOW_TYPE}" AND ExecutionStatus != "Running"'
     latest: dict[str, datetime] = {}
-    async for wf in client.list_workflows(query):
-        if wf.status is WorkflowExecutionStatus.CONTINUED_AS_NEW:
+    async for execution in client.list_workflows(query):
+        if execution.status is WorkflowExecutionStatus.CONTINUED_AS_NEW:
             continue
-        closed = wf.close_time or wf.start_time
-        latest[wf.id] = max(closed, latest.get(wf.id, closed))
-    return sorted((t, wid) for wid, t in latest.items())
+        closed = execution.close_time or execution.start_time
+        latest[execution.id] = max(closed, latest.get(execution.id, closed))
+    return sorted((closed_at, workflow_id) for workflow_id, closed_at in latest.items())
 
 
 async def archive(
@@ -126,48 +128,28 @@ async def archive(
                 "the manifest is damaged; not extending it. Run `dealflow-audit verify`:\n  "
                 + "\n  ".join(problems)
             )
-        done = {e["deal_id"] for _, e in entries}
+        done = {entry["deal_id"] for _, entry in entries}
         head = entries[-1][1]["sha256"] if entries else GENESIS
         lines = [line for line in base.decode().splitlines() if line.strip()]
         archived: list[dict[str, Any]] = []
         pending = 0
-        for _, wid in await _closed_deals(client):
-            deal = deal_id_of(wid)
-            if deal in done:
+        for _, workflow_id in await _closed_deals(client):
+            if deal_id_of(workflow_id) in done:
                 continue
-            desc = await client.get_workflow_handle(wid).describe()
-            if desc.status in (WorkflowExecutionStatus.RUNNING, None):
+            description = await client.get_workflow_handle(workflow_id).describe()
+            if description.status in (WorkflowExecutionStatus.RUNNING, None):
                 continue  # reopened under the same id? only closed deals are archived
-            runs = await fetch_deal(client, wid)
-            text = export_json(runs).encode()
-            key = f"{HISTORY_PREFIX}{deal}.json"
-            await asyncio.to_thread(store.put_bytes, text, key=key, content_type="application/json")
-            stage = desc.typed_search_attributes.get(_DEAL_STAGE)
-            entry: dict[str, Any] = {
-                "seq": len(lines) + 1,
-                "deal_id": deal,
-                "workflow_id": wid,
-                "run_ids": [r.run_id for r in runs],
-                "event_count": sum(len(r.events) for r in runs),
-                "status": desc.status.name if desc.status else "UNKNOWN",
-                "stage": stage,
-                "closed_at": desc.close_time.isoformat() if desc.close_time else None,
-                "history_key": key,
-                "history_sha256": hashlib.sha256(text).hexdigest(),
-                "history_bytes": len(text),
-                "key_ids": sorted({k for r in runs for k in key_ids(r.events)}),
-                "archived_at": (now or datetime.now(UTC)).isoformat(),
-                "prev_sha256": head,
-            }
-            entry["sha256"] = head = entry_hash(entry)
+            entry = await _archive_deal(client, store, description, len(lines) + 1, head, now)
+            head = entry["sha256"]
             lines.append(_canonical(entry).decode())
             archived.append(entry)
-            done.add(deal)
+            done.add(entry["deal_id"])
             pending += 1
             if out is not None:
                 print(
-                    f"archived deal {deal}: {len(runs)} run(s), {entry['event_count']} events,"
-                    f" sha256 {entry['history_sha256'][:16]}… -> {key}",
+                    f"archived deal {entry['deal_id']}: {len(entry['run_ids'])} run(s), "
+                    f"{entry['event_count']} events, sha256 {entry['history_sha256'][:16]}… "
+                    f"-> {entry['history_key']}",
                     file=out,
                 )
             if pending >= MANIFEST_BATCH:
@@ -176,6 +158,42 @@ async def archive(
         if pending:
             await _write_manifest(store, base, lines)
         return ArchiveReport(archived, len(lines), head)
+
+
+async def _archive_deal(
+    client: Client,
+    store: Any,
+    description: WorkflowExecutionDescription,
+    seq: int,
+    head: str,
+    now: datetime | None,
+) -> dict[str, Any]:
+    """Write a closed deal's export to the store; returns its manifest entry, chained
+    to the entry `head` names."""
+    workflow_id = description.id
+    deal = deal_id_of(workflow_id)
+    runs = await fetch_deal(client, workflow_id)
+    text = export_json(runs).encode()
+    key = f"{HISTORY_PREFIX}{deal}.json"
+    await asyncio.to_thread(store.put_bytes, text, key=key, content_type="application/json")
+    entry: dict[str, Any] = {
+        "seq": seq,
+        "deal_id": deal,
+        "workflow_id": workflow_id,
+        "run_ids": [run.run_id for run in runs],
+        "event_count": sum(len(run.events) for run in runs),
+        "status": description.status.name if description.status else "UNKNOWN",
+        "stage": description.typed_search_attributes.get(_DEAL_STAGE),
+        "closed_at": description.close_time.isoformat() if description.close_time else None,
+        "history_key": key,
+        "history_sha256": hashlib.sha256(text).hexdigest(),
+        "history_bytes": len(text),
+        "key_ids": sorted({key_id for run in runs for key_id in key_ids(run.events)}),
+        "archived_at": (now or datetime.now(UTC)).isoformat(),
+        "prev_sha256": head,
+    }
+    entry["sha256"] = entry_hash(entry)
+    return entry
 
 
 async def _write_manifest(store: Any, base: bytes, lines: list[str]) -> bytes:
@@ -196,65 +214,75 @@ def _parse_manifest(data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], list
     """(line number, entry) pairs and the lines that are not entries."""
     entries: list[tuple[int, dict[str, Any]]] = []
     problems: list[str] = []
-    for no, raw in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+    for line_no, raw in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
         if not raw.strip():
             continue
         try:
             entry = json.loads(raw)
-        except json.JSONDecodeError as e:
-            problems.append(f"line {no}: not valid JSON (altered): {e.msg}")
+        except json.JSONDecodeError as error:
+            problems.append(f"line {line_no}: not valid JSON (altered): {error.msg}")
             continue
         if not isinstance(entry, dict) or not {"seq", "deal_id", "sha256"} <= entry.keys():
-            problems.append(f"line {no}: not a manifest entry (altered)")
+            problems.append(f"line {line_no}: not a manifest entry (altered)")
             continue
-        entries.append((no, entry))
+        entries.append((line_no, entry))
     return entries, problems
 
 
-def _name(entry: dict[str, Any]) -> str:
+def _entry_name(entry: dict[str, Any]) -> str:
     return f"entry seq {entry.get('seq')} (deal {entry.get('deal_id')})"
 
 
 def _check_chain(entries: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    """Every way the manifest's entries differ from an unaltered hash chain."""
     problems: list[str] = []
-    seqs = [e.get("seq") for _, e in entries]
+    for line_no, entry in entries:
+        if entry_hash(entry) != entry.get("sha256"):
+            problems.append(
+                f"line {line_no}: {_entry_name(entry)} altered: its content no longer matches "
+                "its sha256"
+            )
+    problems += _sequence_problems(entries)
+    previous = GENESIS
+    for line_no, entry in entries:
+        if entry.get("prev_sha256") != previous:
+            problems.append(
+                f"line {line_no}: {_entry_name(entry)} does not chain to the entry before it "
+                f"(prev_sha256 {str(entry.get('prev_sha256'))[:16]}…, expected "
+                f"{previous[:16]}…): an entry before it was altered, deleted, inserted or moved"
+            )
+        previous = str(entry.get("sha256"))
+    return problems
+
+
+def _sequence_problems(entries: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    """Entries reordered, deleted or duplicated, by their `seq` numbers."""
+    seqs = [entry.get("seq") for _, entry in entries]
     expected = list(range(1, len(entries) + 1))
-    for no, e in entries:
-        if entry_hash(e) != e.get("sha256"):
+    numbers = [seq for seq in seqs if isinstance(seq, int)]
+    if sorted(numbers) == expected and seqs != expected:
+        return [
+            f"line {line_no}: {_entry_name(entry)} out of order (line {line_no} should hold "
+            f"seq {wanted}): entries reordered"
+            for (line_no, entry), wanted in zip(entries, expected, strict=True)
+            if entry.get("seq") != wanted
+        ]
+    problems: list[str] = []
+    present = set(numbers)
+    missing = [seq for seq in range(1, max(present, default=0) + 1) if seq not in present]
+    if missing:
+        problems.append("missing entries (deleted): seq " + ", ".join(map(str, missing)))
+    duplicates = sorted({seq for seq in seqs if seqs.count(seq) > 1}, key=str)
+    if duplicates:
+        problems.append("duplicate entries: seq " + ", ".join(map(str, duplicates)))
+    previous_seq = 0
+    for line_no, entry in entries:
+        seq = entry.get("seq")
+        if isinstance(seq, int) and seq < previous_seq:
             problems.append(
-                f"line {no}: {_name(e)} altered: its content no longer matches its sha256"
+                f"line {line_no}: {_entry_name(entry)} out of order after seq {previous_seq}"
             )
-    if sorted(s for s in seqs if isinstance(s, int)) == expected and seqs != expected:
-        for (no, e), want in zip(entries, expected, strict=True):
-            if e.get("seq") != want:
-                problems.append(
-                    f"line {no}: {_name(e)} out of order (line {no} should hold seq "
-                    f"{want}): entries reordered"
-                )
-    else:
-        present = {s for s in seqs if isinstance(s, int)}
-        top = max(present, default=0)
-        missing = [s for s in range(1, top + 1) if s not in present]
-        if missing:
-            problems.append("missing entries (deleted): seq " + ", ".join(map(str, missing)))
-        dup = sorted({s for s in seqs if seqs.count(s) > 1}, key=str)
-        if dup:
-            problems.append("duplicate entries: seq " + ", ".join(map(str, dup)))
-        prev_seq = 0
-        for no, e in entries:
-            s = e.get("seq")
-            if isinstance(s, int) and s < prev_seq:
-                problems.append(f"line {no}: {_name(e)} out of order after seq {prev_seq}")
-            prev_seq = s if isinstance(s, int) else prev_seq
-    prev = GENESIS
-    for no, e in entries:
-        if e.get("prev_sha256") != prev:
-            problems.append(
-                f"line {no}: {_name(e)} does not chain to the entry before it (prev_sha256 "
-                f"{str(e.get('prev_sha256'))[:16]}…, expected {prev[:16]}…): an entry before it "
-                "was altered, deleted, inserted or moved"
-            )
-        prev = str(e.get("sha256"))
+        previous_seq = seq if isinstance(seq, int) else previous_seq
     return problems
 
 
@@ -271,37 +299,14 @@ class VerifyReport:
 
 def verify(store: Any, expect_head: str | None = None) -> VerifyReport:
     """Recompute the manifest chain and every archived history's digest."""
-    from dealflow.docstore import DocumentNotFound
-
-    data = _read_manifest(store)
-    entries, problems = _parse_manifest(data)
+    entries, problems = _parse_manifest(_read_manifest(store))
     problems += _check_chain(entries)
     listed: set[str] = set()
-    for _, e in entries:
-        key = str(e.get("history_key"))
-        listed.add(key)
-        try:
-            body = store.read_bytes(key)
-        except (DocumentNotFound, ValueError):
-            problems.append(f"{_name(e)}: history {key} is missing")
-            continue
-        digest = hashlib.sha256(body).hexdigest()
-        if digest != e.get("history_sha256"):
-            problems.append(
-                f"{_name(e)}: history {key} altered (sha256 {digest[:16]}…, recorded "
-                f"{str(e.get('history_sha256'))[:16]}…)"
-            )
-            continue
-        try:
-            runs = parse_histories(body.decode(), key)
-        except AuditError as err:
-            problems.append(f"{_name(e)}: {err}")
-            continue
-        count = sum(len(r.events) for r in runs)
-        if count != e.get("event_count") or [r.run_id for r in runs] != e.get("run_ids"):
-            problems.append(
-                f"{_name(e)}: history {key} does not match the recorded run ids and event count"
-            )
+    for _, entry in entries:
+        listed.add(str(entry.get("history_key")))
+        problem = _history_problem(store, entry)
+        if problem:
+            problems.append(f"{_entry_name(entry)}: {problem}")
     for key in sorted(store.list(HISTORY_PREFIX)):
         if key not in listed:
             problems.append(f"{key} is archived but has no manifest entry (entry deleted?)")
@@ -312,3 +317,28 @@ def verify(store: Any, expect_head: str | None = None) -> VerifyReport:
             "from or added to its end"
         )
     return VerifyReport(len(entries), head, problems)
+
+
+def _history_problem(store: Any, entry: dict[str, Any]) -> str | None:
+    """What is wrong with the archived history a manifest entry records, if anything."""
+    from dealflow.docstore import DocumentNotFound
+
+    key = str(entry.get("history_key"))
+    try:
+        body = store.read_bytes(key)
+    except (DocumentNotFound, ValueError):
+        return f"history {key} is missing"
+    digest = hashlib.sha256(body).hexdigest()
+    if digest != entry.get("history_sha256"):
+        return (
+            f"history {key} altered (sha256 {digest[:16]}…, recorded "
+            f"{str(entry.get('history_sha256'))[:16]}…)"
+        )
+    try:
+        runs = parse_histories(body.decode(), key)
+    except AuditError as error:
+        return str(error)
+    count = sum(len(run.events) for run in runs)
+    if count != entry.get("event_count") or [run.run_id for run in runs] != entry.get("run_ids"):
+        return f"history {key} does not match the recorded run ids and event count"
+    return None

@@ -26,7 +26,7 @@ from dealflow.audit.errors import AuditError
 from dealflow.audit.histories import RunHistory, event_time
 
 
-class _Capture(Interceptor):
+class _InstanceCapture(Interceptor):
     """Keeps a reference to each replayed workflow instance, to read its state."""
 
     def __init__(self) -> None:
@@ -60,17 +60,19 @@ def _events_until(events: Sequence[HistoryEvent], at: datetime) -> list[HistoryE
     """The history up to the start of the last workflow task completed at or before
     `at`: replaying it gives the state that task left behind, the state as of `at`."""
     started = last_started = None
-    for e in events:
-        if event_time(e) > at:
+    for event in events:
+        if event_time(event) > at:
             break
-        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
-            last_started = e.event_id
-        elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+            last_started = event.event_id
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
             # (the time-skipping test server leaves started_event_id out)
-            started = e.workflow_task_completed_event_attributes.started_event_id or last_started
+            started = (
+                event.workflow_task_completed_event_attributes.started_event_id or last_started
+            )
     if started is None:
         return []
-    return [e for e in events if e.event_id <= started]
+    return [event for event in events if event.event_id <= started]
 
 
 async def state_as_of(
@@ -78,7 +80,9 @@ async def state_as_of(
 ) -> dict[str, Any]:
     """The deal as it stood at `at`: replays the history up to then with the
     current code and reads the workflow's state (stage, checklist, decisions...)."""
-    run = next((r for r in reversed(runs) if event_time(r.events[0]) <= at), None)
+    run = next(
+        (candidate for candidate in reversed(runs) if event_time(candidate.events[0]) <= at), None
+    )
     if run is None:
         return {
             "as_of": at.isoformat(),
@@ -104,32 +108,36 @@ async def _replayed_instance(
     """The workflow instance that replaying `events` with the current code leaves behind."""
     from workflows import DealWorkflow
 
-    capture = _Capture()
+    capture = _InstanceCapture()
     replayer = Replayer(
         workflows=[DealWorkflow],
         data_converter=codec.data_converter(keyring),
         workflow_runner=UnsandboxedWorkflowRunner(),
         interceptors=[capture],
     )
-    res = await replayer.replay_workflow(
+    result = await replayer.replay_workflow(
         WorkflowHistory(run.workflow_id, events), raise_on_replay_failure=False
     )
-    inst = next(iter(capture.instances.values()), None)
-    if res.replay_failure is not None or inst is None:
+    instance = next(iter(capture.instances.values()), None)
+    if result.replay_failure is not None or instance is None:
         raise AuditError(
             f"cannot rebuild the state as of {at.isoformat()}: replay with the current code "
-            f"failed ({res.replay_failure}); run `dealflow-audit replay` on this deal"
+            f"failed ({result.replay_failure}); run `dealflow-audit replay` on this deal"
         )
-    return inst
+    return instance
 
 
-def _state_view(inst: Any, at: datetime) -> dict[str, Any]:
+def _state_view(instance: Any, at: datetime) -> dict[str, Any]:
     """What the replayed workflow held: stage, checklist, pending actions, decisions."""
     from dealflow import rules
 
-    state = inst.state
+    state = instance.state
     view = rules.DealView(
-        deal=inst.deal, policy=inst.policy, lenders=inst.inp.lenders, state=state, now=at
+        deal=instance.deal,
+        policy=instance.policy,
+        lenders=instance.inp.lenders,
+        state=state,
+        now=at,
     )
     checklist = view.checklist()
     return {
@@ -138,15 +146,23 @@ def _state_view(inst: Any, at: datetime) -> dict[str, Any]:
         "lender": state.submissions[-1].lender_id if state.submissions else None,
         "approved_amount": str(view.approved_amount) if view.approved_amount else None,
         "checklist": [
-            {"item": c.label, "party": c.party.value, "satisfied": c.satisfied, "detail": c.detail}
-            for c in checklist
+            {
+                "item": item.label,
+                "party": item.party.value,
+                "satisfied": item.satisfied,
+                "detail": item.detail,
+            }
+            for item in checklist
         ],
         "pending": [
-            {"action": p.action, "role": p.role.value, "what": p.what}
-            for p in ([] if state.stage.terminal else rules.pending_actions(view, None))
+            {"action": action.action, "role": action.role.value, "what": action.what}
+            for action in ([] if state.stage.terminal else rules.pending_actions(view, None))
         ],
         "submissions": [_submission_view(sub) for sub in state.submissions],
-        "compensations": [{"kind": c.kind, "status": c.status} for c in state.compensations],
+        "compensations": [
+            {"kind": compensation.kind, "status": compensation.status}
+            for compensation in state.compensations
+        ],
         "documents": len(state.documents),
         "actions": len(state.actions),
         "notices": len(state.notices),
@@ -154,22 +170,24 @@ def _state_view(inst: Any, at: datetime) -> dict[str, Any]:
     }
 
 
-def _submission_view(sub: Any) -> dict[str, Any]:
+def _submission_view(submission: Any) -> dict[str, Any]:
     return {
-        "submission_no": sub.submission_no,
-        "lender": sub.lender_id,
-        "status": sub.status,
-        "application_ref": sub.application_ref,
+        "submission_no": submission.submission_no,
+        "lender": submission.lender_id,
+        "status": submission.status,
+        "application_ref": submission.application_ref,
         "decisions": [
             {
-                "webhook_id": d.webhook_id,
-                "seq": d.decision_seq,
-                "decision": d.decision.value,
-                "approved_amount": str(d.approved_amount) if d.approved_amount else None,
-                "applied": d.applied,
-                "note": d.note,
+                "webhook_id": decision.webhook_id,
+                "seq": decision.decision_seq,
+                "decision": decision.decision.value,
+                "approved_amount": str(decision.approved_amount)
+                if decision.approved_amount
+                else None,
+                "applied": decision.applied,
+                "note": decision.note,
             }
-            for d in sub.decisions
+            for decision in submission.decisions
         ],
-        "counter_offer_response": sub.counter_offer_response,
+        "counter_offer_response": submission.counter_offer_response,
     }

@@ -38,7 +38,7 @@ from dealflow.audit.histories import (
     query_runs,
 )
 from dealflow.audit.payloads import decode_events
-from dealflow.audit.render import render
+from dealflow.audit.render import FORMATS, render
 from dealflow.audit.replay import replay
 from dealflow.audit.timeline import build_timeline
 
@@ -46,63 +46,73 @@ EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="dealflow-audit",
         description="Export, replay, read and verify DealFlow deal histories. Connection, "
         "codec keys and document store come from the DEALFLOW_* settings.",
     )
-    sub = p.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("export", help="a deal's history as JSON (temporal workflow show format)")
-    ex.add_argument("deal", metavar="DEAL_ID")
-    ex.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    ex.add_argument(
+    commands = parser.add_subparsers(dest="command", required=True)
+    export_parser = commands.add_parser(
+        "export", help="a deal's history as JSON (temporal workflow show format)"
+    )
+    export_parser.add_argument("deal", metavar="DEAL_ID")
+    export_parser.add_argument(
+        "-o", "--output", metavar="FILE", help="write here instead of stdout"
+    )
+    export_parser.add_argument(
         "--split",
         action="store_true",
         help="one file per run: FILE_run1.json, FILE_run2.json, ... (needs -o)",
     )
-    ex.add_argument(
+    export_parser.add_argument(
         "--decode",
         action="store_true",
         help="decrypt payloads (as `temporal workflow show --codec-endpoint`)",
     )
-    rp = sub.add_parser("replay", help="replay histories against the current workflow code")
-    rp.add_argument("paths", nargs="*", metavar="PATH", help="history files or folders")
-    rp.add_argument(
+    replay_parser = commands.add_parser(
+        "replay", help="replay histories against the current workflow code"
+    )
+    replay_parser.add_argument("paths", nargs="*", metavar="PATH", help="history files or folders")
+    replay_parser.add_argument(
         "--query",
         metavar="VISIBILITY_QUERY",
         help="live deals, e.g. 'ExecutionStatus=\"Running\"' (WorkflowType is added)",
     )
-    tl = sub.add_parser("timeline", help="a readable, decoded timeline of a deal")
-    tl.add_argument("deal", metavar="DEAL_ID|FILE")
-    tl.add_argument("--format", choices=("text", "markdown", "json", "html"), default="text")
-    tl.add_argument(
+    timeline_parser = commands.add_parser("timeline", help="a readable, decoded timeline of a deal")
+    timeline_parser.add_argument("deal", metavar="DEAL_ID|FILE")
+    timeline_parser.add_argument("--format", choices=FORMATS, default="text")
+    timeline_parser.add_argument(
         "--as-of",
         metavar="TIMESTAMP",
         help="ISO 8601 (UTC if no offset): entries up to then and the deal's state then",
     )
-    tl.add_argument("-o", "--output", metavar="FILE")
-    ar = sub.add_parser("archive", help="archive closed deals to the document store (cron-safe)")
-    ar.add_argument(
+    timeline_parser.add_argument("-o", "--output", metavar="FILE")
+    archive_parser = commands.add_parser(
+        "archive", help="archive closed deals to the document store (cron-safe)"
+    )
+    archive_parser.add_argument(
         "--lock-file",
         type=Path,
         default=None,
         help="default: $DEALFLOW_DATA_DIR/audit-archive.lock",
     )
-    vf = sub.add_parser("verify", help="verify the archive's hash chain and history digests")
-    vf.add_argument(
+    verify_parser = commands.add_parser(
+        "verify", help="verify the archive's hash chain and history digests"
+    )
+    verify_parser.add_argument(
         "--expect-head",
         metavar="SHA256",
         help="the manifest head recorded earlier (detects a truncated manifest)",
     )
-    return p
+    return parser
 
 
-def _parse_time(s: str) -> datetime:
+def _parse_time(text: str) -> datetime:
     try:
-        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise AuditError(f"--as-of {s!r} is not an ISO 8601 timestamp") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+        raise AuditError(f"--as-of {text!r} is not an ISO 8601 timestamp") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _write(text: str, path: str | None, out: IO[str]) -> None:
@@ -132,114 +142,119 @@ class _CommandContext:
         if self.store is None:
             from dealflow.docstore import open_store
 
-            s = self.settings
+            settings = self.settings
             self.store = open_store(
-                s.document_store,
-                endpoint_url=s.s3_endpoint_url,
-                signing_secret=s.jwt_secret,
-                api_base_url=s.api_url,
+                settings.document_store,
+                endpoint_url=settings.s3_endpoint_url,
+                signing_secret=settings.jwt_secret,
+                api_base_url=settings.api_url,
             )
         return self.store
 
 
-async def _export(args: argparse.Namespace, ctx: _CommandContext) -> int:
-    runs = await fetch_deal(await ctx.connect(), args.deal)
+async def _export(args: argparse.Namespace, context: _CommandContext) -> int:
+    runs = await fetch_deal(await context.connect(), args.deal)
     if args.decode:
         runs = [
-            dataclasses.replace(r, events=decode_events(r.events, ctx.keyring)[0]) for r in runs
+            dataclasses.replace(run, events=decode_events(run.events, context.keyring)[0])
+            for run in runs
         ]
     if args.split:
         if not args.output:
             raise AuditError("--split needs -o FILE (the runs go to FILE_run1.json, ...)")
         stem = Path(args.output)
-        for r in runs:
-            path = stem.with_name(f"{stem.stem}_run{r.run_no}.json")
-            path.write_text(export_json([r]), encoding="utf-8")
-            print(f"wrote {path}: {len(r.events)} events", file=ctx.err)
+        for run in runs:
+            path = stem.with_name(f"{stem.stem}_run{run.run_no}.json")
+            path.write_text(export_json([run]), encoding="utf-8")
+            print(f"wrote {path}: {len(run.events)} events", file=context.err)
         return EXIT_OK
-    _write(export_json(runs), args.output, ctx.out)
+    _write(export_json(runs), args.output, context.out)
     if args.output:
-        print(
-            f"wrote {args.output}: {len(runs)} run(s), {sum(len(r.events) for r in runs)} events",
-            file=ctx.err,
-        )
+        events = sum(len(run.events) for run in runs)
+        print(f"wrote {args.output}: {len(runs)} run(s), {events} events", file=context.err)
     return EXIT_OK
 
 
-async def _replay(args: argparse.Namespace, ctx: _CommandContext) -> int:
+async def _replay(args: argparse.Namespace, context: _CommandContext) -> int:
     if bool(args.paths) == bool(args.query):
         raise AuditError("give history files/folders, or --query, not both (nor neither)")
     runs = (
-        await query_runs(await ctx.connect(), args.query)
+        await query_runs(await context.connect(), args.query)
         if args.query
-        else load_paths(args.paths, ctx.keyring)
+        else load_paths(args.paths, context.keyring)
     )
-    outcomes = await replay(runs, ctx.keyring)
-    for o in outcomes:
-        where = f"  [{o.run.source}]" if o.run.source else ""
-        if o.ok:
-            print(f"ok    {o.run.label()}{where}", file=ctx.out)
-        elif o.nondeterminism:
-            at = f" at {o.event}" if o.event else ""
-            print(f"FAIL  {o.run.label()}: nondeterminism{at}: {o.error}{where}", file=ctx.out)
+    outcomes = await replay(runs, context.keyring)
+    for outcome in outcomes:
+        where = f"  [{outcome.run.source}]" if outcome.run.source else ""
+        if outcome.ok:
+            print(f"ok    {outcome.run.label()}{where}", file=context.out)
+        elif outcome.nondeterminism:
+            at = f" at {outcome.event}" if outcome.event else ""
+            print(
+                f"FAIL  {outcome.run.label()}: nondeterminism{at}: {outcome.error}{where}",
+                file=context.out,
+            )
         else:
-            print(f"ERROR {o.run.label()}: {o.error}{where}", file=ctx.out)
-    bad = sum(1 for o in outcomes if o.nondeterminism)
-    errors = sum(1 for o in outcomes if not o.ok and not o.nondeterminism)
+            print(f"ERROR {outcome.run.label()}: {outcome.error}{where}", file=context.out)
+    nondeterministic = sum(1 for outcome in outcomes if outcome.nondeterminism)
+    errors = sum(1 for outcome in outcomes if not outcome.ok and not outcome.nondeterminism)
     print(
-        f"replayed {len(outcomes)} histories: {len(outcomes) - bad - errors} ok, "
-        f"{bad} nondeterministic, {errors} errors",
-        file=ctx.out,
+        f"replayed {len(outcomes)} histories: {len(outcomes) - nondeterministic - errors} ok, "
+        f"{nondeterministic} nondeterministic, {errors} errors",
+        file=context.out,
     )
-    return EXIT_FAILED if bad else EXIT_ERROR if errors else EXIT_OK
+    return EXIT_FAILED if nondeterministic else EXIT_ERROR if errors else EXIT_OK
 
 
-async def _timeline(args: argparse.Namespace, ctx: _CommandContext) -> int:
+async def _timeline(args: argparse.Namespace, context: _CommandContext) -> int:
     path = Path(args.deal)
     if path.suffix == ".json" or await asyncio.to_thread(path.exists):
-        runs = await asyncio.to_thread(load_paths, [path], ctx.keyring)
+        runs = await asyncio.to_thread(load_paths, [path], context.keyring)
     else:
-        runs = await fetch_deal(await ctx.connect(), args.deal)
-    tl = build_timeline(runs, ctx.keyring)
+        runs = await fetch_deal(await context.connect(), args.deal)
+    timeline = build_timeline(runs, context.keyring)
     if args.as_of:
         at = _parse_time(args.as_of)
-        tl.as_of = at
-        tl.entries = [e for e in tl.entries if e.at <= at]
-        tl.state = await state_as_of(runs, ctx.keyring, at)
-    _write(render(tl, args.format), args.output, ctx.out)
-    for w in tl.decode_errors:
-        print(f"warning: {w}", file=ctx.err)
+        timeline.as_of = at
+        timeline.entries = [entry for entry in timeline.entries if entry.at <= at]
+        timeline.state = await state_as_of(runs, context.keyring, at)
+    _write(render(timeline, args.format), args.output, context.out)
+    for warning in timeline.decode_errors:
+        print(f"warning: {warning}", file=context.err)
     return EXIT_OK
 
 
-async def _archive(args: argparse.Namespace, ctx: _CommandContext) -> int:
+async def _archive(args: argparse.Namespace, context: _CommandContext) -> int:
     try:
-        rep = await archive(
-            await ctx.connect(), ctx.open_store(), lock_path=args.lock_file, out=ctx.out
+        report = await archive(
+            await context.connect(), context.open_store(), lock_path=args.lock_file, out=context.out
         )
-    except ArchiveBusy as e:
-        print(f"dealflow-audit archive: {e}", file=ctx.err)
+    except ArchiveBusy as error:
+        print(f"dealflow-audit archive: {error}", file=context.err)
         return EXIT_OK
     print(
-        f"archived {len(rep.archived)} deal(s); manifest {MANIFEST_KEY}: {rep.entries} "
-        f"entries, head {rep.head}",
-        file=ctx.out,
+        f"archived {len(report.archived)} deal(s); manifest {MANIFEST_KEY}: {report.entries} "
+        f"entries, head {report.head}",
+        file=context.out,
     )
     return EXIT_OK
 
 
-async def _verify(args: argparse.Namespace, ctx: _CommandContext) -> int:
-    rep = await asyncio.to_thread(verify, ctx.open_store(), args.expect_head)
-    for p in rep.problems:
-        print(f"PROBLEM {p}", file=ctx.out)
-    if rep.ok:
+async def _verify(args: argparse.Namespace, context: _CommandContext) -> int:
+    report = await asyncio.to_thread(verify, context.open_store(), args.expect_head)
+    for problem in report.problems:
+        print(f"PROBLEM {problem}", file=context.out)
+    if report.ok:
         print(
-            f"ok: {rep.entries} entries, every history digest and the chain verified; head "
-            f"{rep.head}",
-            file=ctx.out,
+            f"ok: {report.entries} entries, every history digest and the chain verified; head "
+            f"{report.head}",
+            file=context.out,
         )
         return EXIT_OK
-    print(f"verify FAILED: {len(rep.problems)} problem(s) in {rep.entries} entries", file=ctx.out)
+    print(
+        f"verify FAILED: {len(report.problems)} problem(s) in {report.entries} entries",
+        file=context.out,
+    )
     return EXIT_FAILED
 
 
@@ -267,21 +282,27 @@ async def run_async(
         if settings is None:
             settings = startup.settings_from_env()
         keyring = codec.load_keyring(settings.codec_keys or "")
-    except (startup.StartupError, codec.CodecKeyError) as e:
-        message = str(e) if isinstance(e, startup.StartupError) else f"configuration error: {e}"
+    except (startup.StartupError, codec.CodecKeyError) as error:
+        message = (
+            str(error)
+            if isinstance(error, startup.StartupError)
+            else f"configuration error: {error}"
+        )
         print(f"dealflow-audit {args.command}: {message}", file=err or sys.stderr)
         return EXIT_ERROR
-    ctx = _CommandContext(settings, keyring, client, store, out or sys.stdout, err or sys.stderr)
+    context = _CommandContext(
+        settings, keyring, client, store, out or sys.stdout, err or sys.stderr
+    )
     try:
-        return await _COMMANDS[args.command](args, ctx)
-    except (AuditError, codec.CodecError) as e:
-        print(f"dealflow-audit {args.command}: {e}", file=ctx.err)
+        return await _COMMANDS[args.command](args, context)
+    except (AuditError, codec.CodecError) as error:
+        print(f"dealflow-audit {args.command}: {error}", file=context.err)
         return EXIT_ERROR
-    except RPCError as e:
-        print(f"dealflow-audit {args.command}: Temporal: {e}", file=ctx.err)
+    except RPCError as error:
+        print(f"dealflow-audit {args.command}: Temporal: {error}", file=context.err)
         return EXIT_ERROR
-    except startup.StartupError as e:
-        print(f"dealflow-audit {args.command}: {e}", file=ctx.err)
+    except startup.StartupError as error:
+        print(f"dealflow-audit {args.command}: {error}", file=context.err)
         return EXIT_ERROR
 
 

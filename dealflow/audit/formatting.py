@@ -7,91 +7,96 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 
-def format_actor(a: Any) -> str:
+def format_actor(actor: Any) -> str:
     """Who acted: `staff_id (role)`, from an actor object or a `staff_id/role` string."""
-    if isinstance(a, dict) and "staff_id" in a:
-        if a.get("staff_id") == "dealflow":
+    if isinstance(actor, dict) and "staff_id" in actor:
+        if actor.get("staff_id") == "dealflow":
             return "dealflow (system)"
-        return f"{a['staff_id']} ({a.get('role', '?')})"
-    if isinstance(a, str) and "/" in a:
-        sid, role = a.split("/", 1)
-        return "dealflow (system)" if sid == "dealflow" else f"{sid} ({role})"
-    return str(a or "")
+        return f"{actor['staff_id']} ({actor.get('role', '?')})"
+    if isinstance(actor, str) and "/" in actor:
+        staff_id, role = actor.split("/", 1)
+        return "dealflow (system)" if staff_id == "dealflow" else f"{staff_id} ({role})"
+    return str(actor or "")
 
 
-def format_money(v: Any) -> str:
+def format_money(amount: Any) -> str:
     """An amount with two decimals and thousands separators (as given if not a number)."""
     try:
-        return f"{Decimal(str(v)).quantize(Decimal('0.01')):,.2f}"
+        return f"{Decimal(str(amount)).quantize(Decimal('0.01')):,.2f}"
     except (InvalidOperation, ValueError):
-        return str(v)
+        return str(amount)
 
 
-def format_duration(d: timedelta) -> str:
+def format_duration(duration: timedelta) -> str:
     """A duration as `1d 2h 3m 4s`, leaving out the zero parts."""
-    s = int(d.total_seconds())
-    days, rem = divmod(s, 86400)
-    hours, rem = divmod(rem, 3600)
-    mins, secs = divmod(rem, 60)
+    days, remainder = divmod(int(duration.total_seconds()), 86400)
+    hours, remainder = divmod(remainder, 3600)
+    minutes, seconds = divmod(remainder, 60)
     parts = [
         f"{days}d" if days else "",
         f"{hours}h" if hours else "",
-        f"{mins}m" if mins else "",
-        f"{secs}s" if secs else "",
+        f"{minutes}m" if minutes else "",
+        f"{seconds}s" if seconds else "",
     ]
-    return " ".join(p for p in parts if p) or "0s"
+    return " ".join(part for part in parts if part) or "0s"
 
 
 _SKIP_FIELDS = {"actor"}
 
 
-def format_fields(d: Any, skip: set[str] | None = None) -> str:
+def format_fields(value: Any, skip: set[str] | None = None) -> str:
     """A compact `key: value; ...` rendering of a JSON object."""
-    if not isinstance(d, dict):
-        return "" if d is None else str(d)
+    if not isinstance(value, dict):
+        return "" if value is None else str(value)
     parts = []
-    for k, v in d.items():
-        if k in (skip or _SKIP_FIELDS) or v in (None, "", [], {}):
+    for key, field_value in value.items():
+        if key in (skip or _SKIP_FIELDS) or field_value in (None, "", [], {}):
             continue
-        if isinstance(v, dict):
-            v = "{" + format_fields(v, set()) + "}"
-        elif isinstance(v, list):
-            v = ", ".join(format_fields(x, set()) if isinstance(x, dict) else str(x) for x in v)
-        elif k in ("amount", "approved_amount", "cover_amount", "down_payment") or k.endswith(
+        if isinstance(field_value, dict):
+            field_value = "{" + format_fields(field_value, set()) + "}"
+        elif isinstance(field_value, list):
+            field_value = ", ".join(
+                format_fields(item, set()) if isinstance(item, dict) else str(item)
+                for item in field_value
+            )
+        elif key in ("amount", "approved_amount", "cover_amount", "down_payment") or key.endswith(
             "_amount"
         ):
-            v = format_money(v)
-        parts.append(f"{k}: {v}")
+            field_value = format_money(field_value)
+        parts.append(f"{key}: {field_value}")
     return "; ".join(parts)
 
 
-def describe_lender_event(ev: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+def describe_lender_event(event: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """A lender event as a timeline row's action, details and data."""
-    kind = ev.get("type", "lender-event")
-    detail: list[str] = [f"webhook {ev.get('webhook_id')}"]
-    if ev.get("decided"):
-        d = ev["decided"]
-        action = f"decision: {d.get('decision')}"
-        detail.append(f"application {d.get('application_ref')} seq {d.get('decision_seq')}")
-        if d.get("approved_amount") is not None:
-            detail.append(f"amount {format_money(d['approved_amount'])}")
-        if d.get("apr") is not None:
-            detail.append(f"APR {d['apr']}%")
-        if d.get("term_months"):
-            detail.append(f"term {d['term_months']} months")
-        for r in d.get("reasons") or []:
-            detail.append(f"reason {r.get('code')}: {r.get('text')}")
-        for s in d.get("stipulations") or []:
-            detail.append(f"stipulation {s.get('code')}: {s.get('description')}")
-    elif ev.get("disbursed"):
-        d = ev["disbursed"]
-        action = "disbursement completed"
+    kind = event.get("type", "lender-event")
+    detail: list[str] = [f"webhook {event.get('webhook_id')}"]
+    if event.get("decided"):
+        payload = event["decided"]
+        action = f"decision: {payload.get('decision')}"
         detail.append(
-            f"amount {format_money(d.get('amount'))}; transaction {d.get('transaction_ref')}"
+            f"application {payload.get('application_ref')} seq {payload.get('decision_seq')}"
         )
-    elif ev.get("failed"):
+        if payload.get("approved_amount") is not None:
+            detail.append(f"amount {format_money(payload['approved_amount'])}")
+        if payload.get("apr") is not None:
+            detail.append(f"APR {payload['apr']}%")
+        if payload.get("term_months"):
+            detail.append(f"term {payload['term_months']} months")
+        for reason in payload.get("reasons") or []:
+            detail.append(f"reason {reason.get('code')}: {reason.get('text')}")
+        for stipulation in payload.get("stipulations") or []:
+            detail.append(
+                f"stipulation {stipulation.get('code')}: {stipulation.get('description')}"
+            )
+    elif event.get("disbursed"):
+        payload = event["disbursed"]
+        action = "disbursement completed"
+        amount = format_money(payload.get("amount"))
+        detail.append(f"amount {amount}; transaction {payload.get('transaction_ref')}")
+    elif event.get("failed"):
         action = "disbursement failed"
-        detail.append(f"reason: {ev['failed'].get('reason')}")
+        detail.append(f"reason: {event['failed'].get('reason')}")
     else:
         action = kind
-    return action, "; ".join(detail), ev
+    return action, "; ".join(detail), event

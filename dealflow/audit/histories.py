@@ -42,8 +42,10 @@ class RunHistory:
 
     @property
     def run_id(self) -> str:
-        a = self.events[0].workflow_execution_started_event_attributes if self.events else None
-        return a.original_execution_run_id if a else ""
+        started = (
+            self.events[0].workflow_execution_started_event_attributes if self.events else None
+        )
+        return started.original_execution_run_id if started else ""
 
     @property
     def deal_id(self) -> str:
@@ -69,23 +71,23 @@ def history_dict(events: Sequence[HistoryEvent]) -> dict[str, Any]:
 
 def export_json(runs: Sequence[RunHistory]) -> str:
     """A deal's export: the run's object, or an array of them (first run first)."""
-    docs = [history_dict(r.events) for r in runs]
-    body: Any = docs[0] if len(docs) == 1 else docs
+    documents = [history_dict(run.events) for run in runs]
+    body: Any = documents[0] if len(documents) == 1 else documents
     return json.dumps(body, indent=2, ensure_ascii=False) + "\n"
 
 
-def _events_from(obj: Any, source: str) -> list[HistoryEvent]:
+def _events_from(document: Any, source: str) -> list[HistoryEvent]:
     try:
-        return list(WorkflowHistory.from_json("x", obj).events)
-    except (ValueError, json_format.ParseError, TypeError, KeyError) as e:
-        raise AuditError(f"{source}: not a Temporal history: {e}") from None
+        return list(WorkflowHistory.from_json("x", document).events)
+    except (ValueError, json_format.ParseError, TypeError, KeyError) as error:
+        raise AuditError(f"{source}: not a Temporal history: {error}") from None
 
 
 def _workflow_id_from_events(events: Sequence[HistoryEvent], fallback: str) -> str:
     if events and events[0].HasField("workflow_execution_started_event_attributes"):
-        a = events[0].workflow_execution_started_event_attributes
-        if a.workflow_id:
-            return a.workflow_id
+        started = events[0].workflow_execution_started_event_attributes
+        if started.workflow_id:
+            return started.workflow_id
     return fallback
 
 
@@ -93,8 +95,8 @@ def _start_input(events: Sequence[HistoryEvent], keyring: codec.Keyring) -> dict
     if not events:
         return {}
     decoded, _ = decode_events(events[:1], keyring, strict=False)
-    v = first_value(decoded[0].workflow_execution_started_event_attributes.input)
-    return v if isinstance(v, dict) else {}
+    value = first_value(decoded[0].workflow_execution_started_event_attributes.input)
+    return value if isinstance(value, dict) else {}
 
 
 def parse_histories(
@@ -102,24 +104,24 @@ def parse_histories(
 ) -> list[RunHistory]:
     """The runs of a history file (one object, or an array of objects)."""
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise AuditError(f"{source}: not valid JSON: {e}") from None
-    docs = obj if isinstance(obj, list) else [obj]
-    if not docs:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise AuditError(f"{source}: not valid JSON: {error}") from None
+    documents = parsed if isinstance(parsed, list) else [parsed]
+    if not documents:
         raise AuditError(f"{source}: an empty array holds no history")
     runs = []
-    for i, doc in enumerate(docs):
-        where = f"{source}[{i}]" if isinstance(obj, list) else source
-        events = _events_from(doc, where)
+    for index, document in enumerate(documents):
+        where = f"{source}[{index}]" if isinstance(parsed, list) else source
+        events = _events_from(document, where)
         if not events:
             raise AuditError(f"{where}: the history has no events")
         fallback = "deal-" + Path(source).stem.split("_run")[0]
-        wid = _workflow_id_from_events(events, "")
-        if not wid and keyring is not None:
+        workflow_id = _workflow_id_from_events(events, "")
+        if not workflow_id and keyring is not None:
             deal = _start_input(events, keyring).get("deal_id")
-            wid = f"deal-{deal}" if deal else ""
-        runs.append(RunHistory(wid or fallback, events, source, i + 1, len(docs)))
+            workflow_id = f"deal-{deal}" if deal else ""
+        runs.append(RunHistory(workflow_id or fallback, events, source, index + 1, len(documents)))
     return runs
 
 
@@ -128,29 +130,29 @@ def load_paths(
 ) -> list[RunHistory]:
     """Every run in the given files and folders (`*.json`, recursively, sorted)."""
     files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(x for x in p.rglob("*.json") if x.is_file())
-        elif p.exists():
-            files.append(p)
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(found for found in path.rglob("*.json") if found.is_file())
+        elif path.exists():
+            files.append(path)
         else:
-            raise AuditError(f"{p}: no such file or folder")
+            raise AuditError(f"{path}: no such file or folder")
     runs: list[RunHistory] = []
-    for f in files:
-        runs += parse_histories(f.read_text(encoding="utf-8"), str(f), keyring)
+    for file in files:
+        runs += parse_histories(file.read_text(encoding="utf-8"), str(file), keyring)
     return runs
 
 
 async def run_chain(client: Client, workflow_id: str) -> list[str]:
     """Run ids of a workflow, first to latest, following continue-as-new."""
     try:
-        desc = await client.get_workflow_handle(workflow_id).describe()
-    except RPCError as e:
-        if e.status is RPCStatusCode.NOT_FOUND:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as error:
+        if error.status is RPCStatusCode.NOT_FOUND:
             raise AuditError(f"deal {deal_id_of(workflow_id)} does not exist") from None
         raise
     chain: list[str] = []
-    run_id: str | None = desc.run_id
+    run_id: str | None = description.run_id
     while run_id:
         chain.append(run_id)
         handle = client.get_workflow_handle(workflow_id, run_id=run_id)
@@ -163,39 +165,47 @@ async def run_chain(client: Client, workflow_id: str) -> list[str]:
 
 async def fetch_deal(client: Client, deal: str) -> list[RunHistory]:
     """Every run of a deal from the server, first run first."""
-    wid = workflow_id_of(deal)
-    chain = await run_chain(client, wid)
+    workflow_id = workflow_id_of(deal)
+    chain = await run_chain(client, workflow_id)
     runs = []
-    for i, run_id in enumerate(chain):
-        h = await client.get_workflow_handle(wid, run_id=run_id).fetch_history()
-        runs.append(RunHistory(wid, list(h.events), f"{wid}@{run_id}", i + 1, len(chain)))
+    for index, run_id in enumerate(chain):
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        runs.append(
+            RunHistory(
+                workflow_id, list(history.events), f"{workflow_id}@{run_id}", index + 1, len(chain)
+            )
+        )
     return runs
 
 
 async def query_runs(client: Client, query: str) -> list[RunHistory]:
     """The runs a visibility query finds (of deal workflows), numbered per deal."""
-    q = (
+    visibility_query = (
         f'WorkflowType = "{WORKFLOW_TYPE}" AND ({query})'
         if query.strip()
         else (f'WorkflowType = "{WORKFLOW_TYPE}"')
     )
     runs = []
-    async for wf in client.list_workflows(q):
-        h = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
-        runs.append(RunHistory(wf.id, list(h.events), f"{wf.id}@{wf.run_id}"))
-    runs.sort(key=lambda r: (r.workflow_id, event_time(r.events[0])))
-    for wid in {r.workflow_id for r in runs}:
-        mine = [r for r in runs if r.workflow_id == wid]
-        for i, r in enumerate(mine, start=1):
-            r.run_no, r.runs = i, len(mine)
+    async for execution in client.list_workflows(visibility_query):
+        history = await client.get_workflow_handle(
+            execution.id, run_id=execution.run_id
+        ).fetch_history()
+        runs.append(
+            RunHistory(execution.id, list(history.events), f"{execution.id}@{execution.run_id}")
+        )
+    runs.sort(key=lambda run: (run.workflow_id, event_time(run.events[0])))
+    for workflow_id in {run.workflow_id for run in runs}:
+        mine = [run for run in runs if run.workflow_id == workflow_id]
+        for number, run in enumerate(mine, start=1):
+            run.run_no, run.runs = number, len(mine)
     return runs
 
 
-def event_time(e: HistoryEvent) -> datetime:
+def event_time(event: HistoryEvent) -> datetime:
     """When the event happened, in UTC."""
-    return e.event_time.ToDatetime(tzinfo=UTC)
+    return event.event_time.ToDatetime(tzinfo=UTC)
 
 
-def event_type_name(e: HistoryEvent) -> str:
+def event_type_name(event: HistoryEvent) -> str:
     """The event's type without its prefix, e.g. `ACTIVITY_TASK_SCHEDULED`."""
-    return EventType.Name(e.event_type).removeprefix("EVENT_TYPE_")
+    return EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")

@@ -19,28 +19,28 @@ from dealflow import codec
 _PAYLOAD = Payload.DESCRIPTOR.full_name
 
 
-def walk_payloads(msg: Any, fn: Callable[[Payload], None]) -> None:
-    """Call fn(payload) on every Payload inside a protobuf message, in place."""
-    for fd, value in msg.ListFields():
-        mt = fd.message_type
-        if mt is None:
+def walk_payloads(message: Any, visit: Callable[[Payload], None]) -> None:
+    """Call visit(payload) on every Payload inside a protobuf message, in place."""
+    for field, value in message.ListFields():
+        message_type = field.message_type
+        if message_type is None:
             continue
-        if mt.GetOptions().map_entry:
-            vfd = mt.fields_by_name["value"]
-            if vfd.message_type is None:
+        if message_type.GetOptions().map_entry:
+            value_field = message_type.fields_by_name["value"]
+            if value_field.message_type is None:
                 continue
-            for v in value.values():
-                if vfd.message_type.full_name == _PAYLOAD:
-                    fn(v)
+            for item in value.values():
+                if value_field.message_type.full_name == _PAYLOAD:
+                    visit(item)
                 else:
-                    walk_payloads(v, fn)
-        elif fd.is_repeated:
-            for v in value:
-                fn(v) if mt.full_name == _PAYLOAD else walk_payloads(v, fn)
-        elif mt.full_name == _PAYLOAD:
-            fn(value)
+                    walk_payloads(item, visit)
+        elif field.is_repeated:
+            for item in value:
+                visit(item) if message_type.full_name == _PAYLOAD else walk_payloads(item, visit)
+        elif message_type.full_name == _PAYLOAD:
+            visit(value)
         else:
-            walk_payloads(value, fn)
+            walk_payloads(value, visit)
 
 
 class _PayloadDecrypter:
@@ -49,74 +49,78 @@ class _PayloadDecrypter:
         self.strict = strict
         self.errors: list[str] = []
 
-    def __call__(self, p: Payload) -> None:
-        if not codec.is_encrypted(p):
+    def __call__(self, payload: Payload) -> None:
+        if not codec.is_encrypted(payload):
             return
         try:
-            plain = self.codec.decrypt(p)
-        except codec.CodecError as e:
+            plain = self.codec.decrypt(payload)
+        except codec.CodecError as error:
             if self.strict:
                 raise
-            self.errors.append(str(e))
+            self.errors.append(str(error))
             return
-        p.CopyFrom(plain)
+        payload.CopyFrom(plain)
 
 
 def decode_events(
     events: Sequence[HistoryEvent], keyring: codec.Keyring, strict: bool = True
 ) -> tuple[list[HistoryEvent], list[str]]:
     """Copies of `events` with every encrypted payload decrypted (and the errors)."""
-    dec = _PayloadDecrypter(keyring, strict)
-    out = []
-    for e in events:
-        c = HistoryEvent()
-        c.CopyFrom(e)
-        walk_payloads(c, dec)
-        out.append(c)
-    return out, sorted(set(dec.errors))
+    decrypter = _PayloadDecrypter(keyring, strict)
+    decoded = []
+    for event in events:
+        copy = HistoryEvent()
+        copy.CopyFrom(event)
+        walk_payloads(copy, decrypter)
+        decoded.append(copy)
+    return decoded, sorted(set(decrypter.errors))
 
 
 def key_ids(events: Sequence[HistoryEvent]) -> list[str]:
     found: set[str] = set()
 
-    def see(p: Payload) -> None:
-        if codec.is_encrypted(p):
-            found.add(p.metadata.get(codec.META_KEY_ID, b"").decode("utf-8", "replace"))
+    def see(payload: Payload) -> None:
+        if codec.is_encrypted(payload):
+            found.add(payload.metadata.get(codec.META_KEY_ID, b"").decode("utf-8", "replace"))
 
-    for e in events:
-        walk_payloads(e, see)
+    for event in events:
+        walk_payloads(event, see)
     return sorted(found)
 
 
-def value_of(p: Payload) -> Any:
+def value_of(payload: Payload) -> Any:
     """A decoded payload as a JSON value (what the pydantic converter wrote)."""
-    enc = p.metadata.get("encoding", b"").decode("utf-8", "replace")
-    if enc == "json/plain":
+    encoding = payload.metadata.get("encoding", b"").decode("utf-8", "replace")
+    if encoding == "json/plain":
         try:
-            return json.loads(p.data)
+            return json.loads(payload.data)
         except ValueError:
-            return p.data.decode("utf-8", "replace")
-    if enc == "binary/null":
+            return payload.data.decode("utf-8", "replace")
+    if encoding == "binary/null":
         return None
-    if enc == codec.ENCODING.decode():
-        kid = p.metadata.get(codec.META_KEY_ID, b"").decode("utf-8", "replace")
-        return {"_encrypted": f"key id {kid} not available"}
-    return {"_encoding": enc, "_bytes": len(p.data)}
+    if encoding == codec.ENCODING.decode():
+        key_id = payload.metadata.get(codec.META_KEY_ID, b"").decode("utf-8", "replace")
+        return {"_encrypted": f"key id {key_id} not available"}
+    return {"_encoding": encoding, "_bytes": len(payload.data)}
 
 
-def first_value(payloads: Any) -> Any:
-    items = list(payloads.payloads)
+def first_value(container: Any) -> Any:
+    items = list(container.payloads)
     return value_of(items[0]) if items else None
 
 
-def failure_text(f: Failure) -> str:
-    msg = f.message
-    if f.HasField("encoded_attributes"):
-        attrs = value_of(f.encoded_attributes)
+def failure_text(failure: Failure) -> str:
+    message = failure.message
+    if failure.HasField("encoded_attributes"):
+        attrs = value_of(failure.encoded_attributes)
         if isinstance(attrs, dict) and attrs.get("message"):
-            msg = str(attrs["message"])
-    kind = f.application_failure_info.type if f.HasField("application_failure_info") else ""
-    text = f"{kind}: {msg}" if kind else msg
-    if f.HasField("cause"):
-        text += f" (cause: {failure_text(f.cause)})"
+            message = str(attrs["message"])
+    kind = (
+        failure.application_failure_info.type
+        if failure.HasField("application_failure_info")
+        else ""
+    )
+    text = f"{kind}: {message}" if kind else message
+    if failure.HasField("cause"):
+        text += f" (cause: {failure_text(failure.cause)})"
     return text

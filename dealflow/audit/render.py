@@ -32,26 +32,32 @@ def _state_lines(state: dict[str, Any]) -> list[str]:
         f"{format_money(state['approved_amount']) if state.get('approved_amount') else '-'}",
         "  checklist:",
     ]
-    for c in state["checklist"]:
+    for item in state["checklist"]:
         lines.append(
-            f"    [{'x' if c['satisfied'] else ' '}] {c['item']} ({c['party']})"
-            + (f" — {c['detail']}" if c.get("detail") else "")
+            f"    [{'x' if item['satisfied'] else ' '}] {item['item']} ({item['party']})"
+            + (f" — {item['detail']}" if item.get("detail") else "")
         )
     lines.append("  lender decisions:")
-    for sub in state["submissions"]:
-        lines.append(f"    submission {sub['submission_no']} to {sub['lender']}: {sub['status']}")
-        for d in sub["decisions"]:
-            amount = f" {format_money(d['approved_amount'])}" if d.get("approved_amount") else ""
-            applied = "" if d["applied"] else f" (not applied: {d['note']})"
-            lines.append(f"      seq {d['seq']} {d['decision']}{amount}{applied}")
+    for submission in state["submissions"]:
+        sent = f"submission {submission['submission_no']} to {submission['lender']}"
+        lines.append(f"    {sent}: {submission['status']}")
+        for decision in submission["decisions"]:
+            amount = (
+                f" {format_money(decision['approved_amount'])}"
+                if decision.get("approved_amount")
+                else ""
+            )
+            applied = "" if decision["applied"] else f" (not applied: {decision['note']})"
+            lines.append(f"      seq {decision['seq']} {decision['decision']}{amount}{applied}")
     if state["compensations"]:
         lines.append(
             "  compensations: "
-            + ", ".join(f"{c['kind']} {c['status']}" for c in state["compensations"])
+            + ", ".join(f"{step['kind']} {step['status']}" for step in state["compensations"])
         )
     if state["pending"]:
         lines.append(
-            "  pending: " + "; ".join(f"{p['role']}: {p['what']}" for p in state["pending"])
+            "  pending: "
+            + "; ".join(f"{action['role']}: {action['what']}" for action in state["pending"])
         )
     return lines
 
@@ -134,14 +140,17 @@ def _render_text(timeline: Timeline) -> str:
     """Columns padded to their widest cell, but the last (details), which runs on."""
     rows = [_cells(entry) for entry in timeline.entries]
     padded = len(COLUMNS) - 1
-    widths = [max([len(COLUMNS[i])] + [len(row[i]) for row in rows]) for i in range(padded)]
+    widths = [
+        max([len(COLUMNS[column])] + [len(row[column]) for row in rows]) for column in range(padded)
+    ]
 
     def line(cells: list[str]) -> str:
         return "  ".join(
-            cell.ljust(widths[i]) if i < padded else cell for i, cell in enumerate(cells)
+            cell.ljust(widths[column]) if column < padded else cell
+            for column, cell in enumerate(cells)
         )
 
-    lines = [_title(timeline), *_warnings(timeline), line([c.upper() for c in COLUMNS])]
+    lines = [_title(timeline), *_warnings(timeline), line([column.upper() for column in COLUMNS])]
     lines += [line(row) for row in rows]
     if timeline.state:
         lines += ["", *_state_lines(timeline.state)]

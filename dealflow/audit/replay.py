@@ -44,72 +44,77 @@ _NAMED_ACTIVITY = re.compile(r"scheduled event '([^']+)'")
 
 
 def _describe_event(events: Sequence[HistoryEvent], event_id: int) -> str:
-    e = next((x for x in events if x.event_id == event_id), None)
-    if e is None:
+    event = next((candidate for candidate in events if candidate.event_id == event_id), None)
+    if event is None:
         return f"event {event_id}"
-    what = event_type_name(e)
-    if e.HasField("activity_task_scheduled_event_attributes"):
-        what += f" '{e.activity_task_scheduled_event_attributes.activity_type.name}'"
-    elif e.HasField("timer_started_event_attributes"):
-        d = e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
-        what += f" ({format_duration(d)})"
-    return f"event {event_id} {what} at {event_time(e).isoformat(timespec='seconds')}"
+    what = event_type_name(event)
+    if event.HasField("activity_task_scheduled_event_attributes"):
+        what += f" '{event.activity_task_scheduled_event_attributes.activity_type.name}'"
+    elif event.HasField("timer_started_event_attributes"):
+        timeout = event.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+        what += f" ({format_duration(timeout)})"
+    return f"event {event_id} {what} at {event_time(event).isoformat(timespec='seconds')}"
 
 
 async def _locate(replayer: Replayer, run: RunHistory, message: str) -> str:
     """Name the history event where replay diverged from the current code."""
-    m = _EVENT_ID.search(message)
-    if m:
-        return _describe_event(run.events, int(m.group(1)))
-    # Find the first workflow task whose commands the code no longer produces:
-    # replaying a prefix that ends at a task's start never checks that task's
-    # commands, so the first failing prefix ends at the task after the bad one.
-    starts = [
-        i
-        for i, e in enumerate(run.events)
-        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
-    ]
-    bounds = starts[1:] + [len(run.events) - 1]
-
-    async def fails(idx: int) -> bool:
-        h = WorkflowHistory(run.workflow_id, run.events[: idx + 1])
-        res = await replayer.replay_workflow(h, raise_on_replay_failure=False)
-        return res.replay_failure is not None
-
-    lo, hi = 0, len(bounds) - 1
-    if not bounds or not await fails(bounds[hi]):
+    found = _EVENT_ID.search(message)
+    if found:
+        return _describe_event(run.events, int(found.group(1)))
+    task_start = await _first_diverging_task(replayer, run)
+    if task_start is None:
         return ""
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if await fails(bounds[mid]):
-            hi = mid
-        else:
-            lo = mid + 1
-    task_start = starts[lo]
     completed = next(
         (
-            i
-            for i in range(task_start, len(run.events))
-            if run.events[i].event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+            index
+            for index in range(task_start, len(run.events))
+            if run.events[index].event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
         ),
         None,
     )
     if completed is None:
         return _describe_event(run.events, run.events[task_start].event_id)
     commands = []
-    for e in run.events[completed + 1 :]:
-        if not _is_command_event(e):
+    for event in run.events[completed + 1 :]:
+        if not _is_command_event(event):
             break
-        commands.append(e)
+        commands.append(event)
     named = _NAMED_ACTIVITY.search(message)
     if named:
-        for e in commands:
-            if e.HasField(
-                "activity_task_scheduled_event_attributes"
-            ) and e.activity_task_scheduled_event_attributes.activity_type.name == named.group(1):
-                return _describe_event(run.events, e.event_id)
+        for event in commands:
+            if _scheduled_activity(event) == named.group(1):
+                return _describe_event(run.events, event.event_id)
     target = commands[0] if commands else run.events[completed]
     return _describe_event(run.events, target.event_id)
+
+
+async def _first_diverging_task(replayer: Replayer, run: RunHistory) -> int | None:
+    """The index of the WORKFLOW_TASK_STARTED event of the first workflow task whose
+    commands the code no longer produces (None if replaying the whole run passes)."""
+    # Replaying a prefix that ends at a task's start never checks that task's
+    # commands, so the first failing prefix ends at the task after the bad one.
+    starts = [
+        index
+        for index, event in enumerate(run.events)
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
+    ]
+    bounds = starts[1:] + [len(run.events) - 1]
+
+    async def fails(last: int) -> bool:
+        prefix = WorkflowHistory(run.workflow_id, run.events[: last + 1])
+        result = await replayer.replay_workflow(prefix, raise_on_replay_failure=False)
+        return result.replay_failure is not None
+
+    low, high = 0, len(bounds) - 1
+    if not bounds or not await fails(bounds[high]):
+        return None
+    while low < high:
+        middle = (low + high) // 2
+        if await fails(bounds[middle]):
+            high = middle
+        else:
+            low = middle + 1
+    return starts[low]
 
 
 _COMMAND_EVENTS = (
@@ -131,9 +136,16 @@ _COMMAND_EVENTS = (
 )
 
 
-def _is_command_event(e: HistoryEvent) -> bool:
+def _scheduled_activity(event: HistoryEvent) -> str | None:
+    """The activity an ACTIVITY_TASK_SCHEDULED event schedules (None for other events)."""
+    if not event.HasField("activity_task_scheduled_event_attributes"):
+        return None
+    return event.activity_task_scheduled_event_attributes.activity_type.name
+
+
+def _is_command_event(event: HistoryEvent) -> bool:
     """An event a workflow task's commands write right after its completion."""
-    return e.WhichOneof("attributes") in _COMMAND_EVENTS
+    return event.WhichOneof("attributes") in _COMMAND_EVENTS
 
 
 async def replay(
@@ -145,14 +157,14 @@ async def replay(
     replayer = _replayer(keyring, workflows)
     outcomes: dict[int, ReplayOutcome] = {}
     todo: list[tuple[int, RunHistory]] = []
-    for i, run in enumerate(runs):
+    for index, run in enumerate(runs):
         # Undecryptable payloads are not nondeterminism: say which key is missing.
         try:
             decode_events(run.events, keyring, strict=True)
-        except codec.CodecError as e:
-            outcomes[i] = ReplayOutcome(run, False, f"cannot decrypt: {e}")
+        except codec.CodecError as error:
+            outcomes[index] = ReplayOutcome(run, False, f"cannot decrypt: {error}")
         else:
-            todo.append((i, run))
+            todo.append((index, run))
 
     async def histories() -> AsyncIterator[WorkflowHistory]:
         for _, run in todo:
@@ -160,18 +172,22 @@ async def replay(
 
     failed: list[tuple[int, RunHistory, BaseException]] = []
     async with replayer.workflow_replay_iterator(histories()) as results:
-        n = 0
-        async for res in results:
-            i, run = todo[n]
-            n += 1
-            if res.replay_failure is None:
-                outcomes[i] = ReplayOutcome(run, True)
+        position = 0
+        async for result in results:
+            index, run = todo[position]
+            position += 1
+            if result.replay_failure is None:
+                outcomes[index] = ReplayOutcome(run, True)
             else:
-                failed.append((i, run, res.replay_failure))
-    for i, run, failure in failed:
-        msg = str(failure)
-        nondet = type(failure).__name__ == "NondeterminismError" or "Nondeterminism" in msg
-        short = re.search(r'message: "([^"]*)"', msg)
-        event = await _locate(replayer, run, msg) if nondet else ""
-        outcomes[i] = ReplayOutcome(run, False, short.group(1) if short else msg, nondet, event)
-    return [outcomes[i] for i in range(len(runs))]
+                failed.append((index, run, result.replay_failure))
+    for index, run, failure in failed:
+        message = str(failure)
+        nondeterministic = (
+            type(failure).__name__ == "NondeterminismError" or "Nondeterminism" in message
+        )
+        short = re.search(r'message: "([^"]*)"', message)
+        event = await _locate(replayer, run, message) if nondeterministic else ""
+        outcomes[index] = ReplayOutcome(
+            run, False, short.group(1) if short else message, nondeterministic, event
+        )
+    return [outcomes[index] for index in range(len(runs))]

@@ -44,9 +44,9 @@ class Entry:
     data: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["at"] = self.at.isoformat()
-        return d
+        document = dataclasses.asdict(self)
+        document["at"] = self.at.isoformat()
+        return document
 
 
 @dataclass
@@ -80,12 +80,12 @@ def build_timeline(runs: Sequence[RunHistory], keyring: codec.Keyring) -> Timeli
     errors: list[str] = []
     decoded_runs = []
     for run in runs:
-        dec, errs = decode_events(run.events, keyring, strict=False)
-        errors += errs
-        decoded_runs.append(dec)
+        decoded, run_errors = decode_events(run.events, keyring, strict=False)
+        errors += run_errors
+        decoded_runs.append(decoded)
     builder = _TimelineBuilder(runs[0].deal_id, _workflow_record(decoded_runs))
-    for run, dec in zip(runs, decoded_runs, strict=True):
-        builder.read_run(run, dec)
+    for run, decoded in zip(runs, decoded_runs, strict=True):
+        builder.read_run(run, decoded)
     return Timeline(
         deal_id=builder.deal_id,
         workflow_id=runs[0].workflow_id,
@@ -110,8 +110,8 @@ class _WorkflowRecord:
         found = state.get("transitions")
         if isinstance(found, list) and len(found) >= len(self.transitions):
             self.transitions = found
-        for sub in state.get("submissions") or []:
-            for decision in sub.get("decisions") or []:
+        for submission in state.get("submissions") or []:
+            for decision in submission.get("decisions") or []:
                 if isinstance(decision, dict) and decision.get("webhook_id"):
                     self.decisions[decision["webhook_id"]] = decision
 
@@ -119,16 +119,16 @@ class _WorkflowRecord:
 def _workflow_record(decoded_runs: Sequence[Sequence[HistoryEvent]]) -> _WorkflowRecord:
     record = _WorkflowRecord()
     for events in decoded_runs:
-        for e in events:
-            if e.HasField("workflow_execution_update_completed_event_attributes"):
-                outcome = e.workflow_execution_update_completed_event_attributes.outcome
+        for event in events:
+            if event.HasField("workflow_execution_update_completed_event_attributes"):
+                outcome = event.workflow_execution_update_completed_event_attributes.outcome
                 if outcome.HasField("success"):
                     value = first_value(outcome.success)
                     record.take(value.get("status") if isinstance(value, dict) else None)
-            elif e.HasField("workflow_execution_completed_event_attributes"):
-                record.take(first_value(e.workflow_execution_completed_event_attributes.result))
-            elif e.HasField("workflow_execution_started_event_attributes"):
-                value = first_value(e.workflow_execution_started_event_attributes.input)
+            elif event.HasField("workflow_execution_completed_event_attributes"):
+                record.take(first_value(event.workflow_execution_completed_event_attributes.result))
+            elif event.HasField("workflow_execution_started_event_attributes"):
+                value = first_value(event.workflow_execution_started_event_attributes.input)
                 record.take(value.get("state") if isinstance(value, dict) else None)
     return record
 
@@ -170,14 +170,14 @@ class _TimelineBuilder:
                 "ended": event_time(run.events[-1]).isoformat(),
             }
         )
-        for e in events:
-            handler = _HANDLERS.get(e.event_type)
+        for event in events:
+            handler = _HANDLERS.get(event.event_type)
             if handler is not None:
-                handler(self, e)
+                handler(self, event)
 
     def add(
         self,
-        e: HistoryEvent,
+        event: HistoryEvent,
         kind: str,
         actor: str,
         action: str,
@@ -186,9 +186,9 @@ class _TimelineBuilder:
     ) -> Entry:
         assert self.run is not None
         entry = Entry(
-            event_time(e),
+            event_time(event),
             self.run.run_no,
-            e.event_id,
+            event.event_id,
             self.stage,
             kind,
             actor,
@@ -201,15 +201,15 @@ class _TimelineBuilder:
 
     # ------------------------------------------------------------------ the deal
 
-    def deal_started(self, e: HistoryEvent) -> None:
-        attrs = e.workflow_execution_started_event_attributes
-        inp = first_value(attrs.input) or {}
-        if isinstance(inp, dict):
-            self.deal_id = inp.get("deal_id", self.deal_id)
+    def deal_started(self, event: HistoryEvent) -> None:
+        attrs = event.workflow_execution_started_event_attributes
+        start_input = first_value(attrs.input) or {}
+        if isinstance(start_input, dict):
+            self.deal_id = start_input.get("deal_id", self.deal_id)
         if attrs.continued_execution_run_id:
             assert self.run is not None
             self.add(
-                e,
+                event,
                 "deal",
                 "dealflow (system)",
                 "run continued",
@@ -219,7 +219,7 @@ class _TimelineBuilder:
         stage = attrs.search_attributes.indexed_fields.get("DealStage")
         if stage is not None:
             self.stage = str(value_of(stage))
-        deal = inp.get("deal", {}) if isinstance(inp, dict) else {}
+        deal = start_input.get("deal", {}) if isinstance(start_input, dict) else {}
         vehicle = deal.get("vehicle", {})
         details = "; ".join(
             part
@@ -235,41 +235,43 @@ class _TimelineBuilder:
             if part
         )
         self.add(
-            e,
+            event,
             "deal",
-            format_actor(inp.get("created_by")),
+            format_actor(start_input.get("created_by")),
             "deal started",
             details,
-            {"input": {k: v for k, v in inp.items() if k != "state"}},
+            {"input": {key: value for key, value in start_input.items() if key != "state"}},
         )
 
-    def stage_changed(self, e: HistoryEvent) -> None:
-        found = e.upsert_workflow_search_attributes_event_attributes.search_attributes
+    def stage_changed(self, event: HistoryEvent) -> None:
+        found = event.upsert_workflow_search_attributes_event_attributes.search_attributes
         stage = found.indexed_fields.get("DealStage")
         if stage is None:
             return
-        to = str(value_of(stage))
+        to_stage = str(value_of(stage))
         transitions = self.record.transitions
-        tr = transitions[self.stage_no] if self.stage_no < len(transitions) else None
+        transition = transitions[self.stage_no] if self.stage_no < len(transitions) else None
         self.stage_no += 1
-        if tr is not None and tr.get("to_stage") != to:
-            tr = None
-        frm = (tr or {}).get("from_stage") or (self.stage if self.stage_no > 1 else None)
-        self.stage = to
+        if transition is not None and transition.get("to_stage") != to_stage:
+            transition = None
+        from_stage = (transition or {}).get("from_stage") or (
+            self.stage if self.stage_no > 1 else None
+        )
+        self.stage = to_stage
         self.add(
-            e,
+            event,
             "stage",
-            format_actor((tr or {}).get("actor", "dealflow/system")),
-            f"{frm or 'start'} → {to}",
-            (tr or {}).get("reason", ""),
-            {"transition": tr} if tr else {},
+            format_actor((transition or {}).get("actor", "dealflow/system")),
+            f"{from_stage or 'start'} → {to_stage}",
+            (transition or {}).get("reason", ""),
+            {"transition": transition} if transition else {},
         )
 
-    def deal_closed(self, e: HistoryEvent) -> None:
-        result = first_value(e.workflow_execution_completed_event_attributes.result)
+    def deal_closed(self, event: HistoryEvent) -> None:
+        result = first_value(event.workflow_execution_completed_event_attributes.result)
         result = result if isinstance(result, dict) else {}
         self.add(
-            e,
+            event,
             "deal",
             "dealflow (system)",
             f"deal closed: {result.get('stage', '?')}",
@@ -277,11 +279,11 @@ class _TimelineBuilder:
             {"adverse_action_reasons": result.get("adverse_action_reasons") or []},
         )
 
-    def continued_as_new(self, e: HistoryEvent) -> None:
-        attrs = e.workflow_execution_continued_as_new_event_attributes
+    def continued_as_new(self, event: HistoryEvent) -> None:
+        attrs = event.workflow_execution_continued_as_new_event_attributes
         assert self.run is not None
         self.add(
-            e,
+            event,
             "deal",
             "dealflow (system)",
             "continued as new",
@@ -289,34 +291,36 @@ class _TimelineBuilder:
             f"next run {attrs.new_execution_run_id}",
         )
 
-    def terminated(self, e: HistoryEvent) -> None:
-        attrs = e.workflow_execution_terminated_event_attributes
-        self.add(e, "deal", attrs.identity or "?", "deal terminated", attrs.reason)
+    def terminated(self, event: HistoryEvent) -> None:
+        attrs = event.workflow_execution_terminated_event_attributes
+        self.add(event, "deal", attrs.identity or "?", "deal terminated", attrs.reason)
 
-    def failed(self, e: HistoryEvent) -> None:
-        text = failure_text(e.workflow_execution_failed_event_attributes.failure)
-        self.add(e, "deal", "dealflow (system)", "deal failed", text)
+    def failed(self, event: HistoryEvent) -> None:
+        text = failure_text(event.workflow_execution_failed_event_attributes.failure)
+        self.add(event, "deal", "dealflow (system)", "deal failed", text)
 
-    def timed_out_or_canceled(self, e: HistoryEvent) -> None:
-        self.add(e, "deal", "dealflow (system)", event_type_name(e).lower().replace("_", " "), "")
+    def timed_out_or_canceled(self, event: HistoryEvent) -> None:
+        self.add(
+            event, "deal", "dealflow (system)", event_type_name(event).lower().replace("_", " "), ""
+        )
 
-    def cancel_requested(self, e: HistoryEvent) -> None:
-        attrs = e.workflow_execution_cancel_requested_event_attributes
-        self.add(e, "deal", attrs.identity or "?", "cancel requested", attrs.cause)
+    def cancel_requested(self, event: HistoryEvent) -> None:
+        attrs = event.workflow_execution_cancel_requested_event_attributes
+        self.add(event, "deal", attrs.identity or "?", "cancel requested", attrs.cause)
 
-    def workflow_task_failed(self, e: HistoryEvent) -> None:
-        attrs = e.workflow_task_failed_event_attributes
+    def workflow_task_failed(self, event: HistoryEvent) -> None:
+        attrs = event.workflow_task_failed_event_attributes
         text = failure_text(attrs.failure)
-        self.add(e, "system", attrs.identity or "worker", "workflow task failed", text)
+        self.add(event, "system", attrs.identity or "worker", "workflow task failed", text)
 
     # ------------------------------------------------------------------ staff and lenders
 
-    def staff_action(self, e: HistoryEvent) -> None:
-        attrs = e.workflow_execution_update_accepted_event_attributes
+    def staff_action(self, event: HistoryEvent) -> None:
+        attrs = event.workflow_execution_update_accepted_event_attributes
         request = attrs.accepted_request
         args = first_value(request.input.args) or {}
         entry = self.add(
-            e,
+            event,
             "action",
             format_actor(args.get("actor") if isinstance(args, dict) else None),
             request.input.name,
@@ -325,8 +329,8 @@ class _TimelineBuilder:
         )
         self.updates[request.meta.update_id or attrs.protocol_instance_id] = entry
 
-    def staff_action_answered(self, e: HistoryEvent) -> None:
-        attrs = e.workflow_execution_update_completed_event_attributes
+    def staff_action_answered(self, event: HistoryEvent) -> None:
+        attrs = event.workflow_execution_update_completed_event_attributes
         entry = self.updates.get(attrs.meta.update_id)
         if entry is None:
             return
@@ -336,16 +340,16 @@ class _TimelineBuilder:
         value = first_value(attrs.outcome.success)
         result: dict[str, Any] = value if isinstance(value, dict) else {}
         # A receipt holds the stage; deals from before receipts returned the status.
-        old = result.get("status")
-        status: dict[str, Any] = old if isinstance(old, dict) else {}
+        old_status = result.get("status")
+        status: dict[str, Any] = old_status if isinstance(old_status, dict) else {}
         entry.data["result_stage"] = result.get("stage") or status.get("stage")
 
-    def signal(self, e: HistoryEvent) -> None:
-        attrs = e.workflow_execution_signaled_event_attributes
+    def signal(self, event: HistoryEvent) -> None:
+        attrs = event.workflow_execution_signaled_event_attributes
         value = first_value(attrs.input)
         if attrs.signal_name != names.LENDER_EVENT or not isinstance(value, dict):
             self.add(
-                e,
+                event,
                 "signal",
                 attrs.identity,
                 attrs.signal_name,
@@ -357,123 +361,146 @@ class _TimelineBuilder:
         decision = self.record.decisions.get(str(value.get("webhook_id")))
         if decision is not None and decision.get("applied") is False:
             details += f"; NOT APPLIED: {decision.get('note')}"
-        self.add(e, "lender", f"lender {value.get('lender_id')}", action, details, {"event": data})
+        self.add(
+            event, "lender", f"lender {value.get('lender_id')}", action, details, {"event": data}
+        )
 
     # ------------------------------------------------------------------ activities and timers
 
-    def activity_scheduled(self, e: HistoryEvent) -> None:
-        attrs = e.activity_task_scheduled_event_attributes
+    def activity_scheduled(self, event: HistoryEvent) -> None:
+        attrs = event.activity_task_scheduled_event_attributes
         name = attrs.activity_type.name
         if name in _BOOKKEEPING:
             return
         value = first_value(attrs.input)
         shown = _ACTIVITY_ROWS.get(name, _generic_activity_row)
-        self.scheduled[e.event_id] = shown(self, e, name, value if isinstance(value, dict) else {})
+        self.scheduled[event.event_id] = shown(
+            self, event, name, value if isinstance(value, dict) else {}
+        )
 
-    def activity_ended(self, e: HistoryEvent) -> None:
-        t = e.event_type
+    def activity_ended(self, event: HistoryEvent) -> None:
+        event_type = event.event_type
         attrs: Any = (
-            e.activity_task_completed_event_attributes
-            if t == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
-            else e.activity_task_failed_event_attributes
-            if t == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
-            else e.activity_task_timed_out_event_attributes
-            if t == EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT
-            else e.activity_task_canceled_event_attributes
+            event.activity_task_completed_event_attributes
+            if event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+            else event.activity_task_failed_event_attributes
+            if event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
+            else event.activity_task_timed_out_event_attributes
+            if event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT
+            else event.activity_task_canceled_event_attributes
         )
         entry = self.scheduled.get(attrs.scheduled_event_id)
         if entry is None:
             return
-        entry.data["finished_at"] = event_time(e).isoformat()
-        if t == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+        entry.data["finished_at"] = event_time(event).isoformat()
+        if event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             entry.data["outcome"] = "done"
-            result = first_value(e.activity_task_completed_event_attributes.result)
+            result = first_value(event.activity_task_completed_event_attributes.result)
             if isinstance(result, dict) and result.get("application_ref"):
                 entry.details += f"; acknowledged as {result['application_ref']}"
             elif entry.kind == "compensation":
                 entry.details += " — done"
-        elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
-            text = failure_text(e.activity_task_failed_event_attributes.failure)
+        elif event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+            text = failure_text(event.activity_task_failed_event_attributes.failure)
             entry.data["outcome"] = "failed"
             entry.details += f" — FAILED: {text}"
         else:
-            entry.data["outcome"] = event_type_name(e).lower()
-            entry.details += f" — {event_type_name(e).lower()}"
+            entry.data["outcome"] = event_type_name(event).lower()
+            entry.details += f" — {event_type_name(event).lower()}"
 
-    def timer_started(self, e: HistoryEvent) -> None:
-        self.timers[e.event_id] = e
+    def timer_started(self, event: HistoryEvent) -> None:
+        self.timers[event.event_id] = event
 
-    def timer_fired(self, e: HistoryEvent) -> None:
-        started = self.timers.get(e.timer_fired_event_attributes.started_event_id)
+    def timer_fired(self, event: HistoryEvent) -> None:
+        started = self.timers.get(event.timer_fired_event_attributes.started_event_id)
         detail = ""
         if started is not None:
-            d = started.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+            timeout = started.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
             since = event_time(started).isoformat(timespec="seconds")
-            detail = f"set {since} for {format_duration(d)}"
-        self.add(e, "timer", "dealflow (system)", "timer fired", detail)
+            detail = f"set {since} for {format_duration(timeout)}"
+        self.add(event, "timer", "dealflow (system)", "timer fired", detail)
 
 
 # What each activity shows as: (builder, event, name, its decoded input) -> its row.
-def _notice_row(b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]) -> Entry:
-    kind = _NOTICE_KINDS.get(str(v.get("kind")), "notice")
-    roles = ", ".join(v.get("roles") or [])
-    message = f"{v.get('message')}" + (f" (to {roles})" if roles else "")
-    return b.add(e, kind, "dealflow (system)", str(v.get("kind")), message, {"notification": v})
+def _notice_row(
+    builder: _TimelineBuilder, event: HistoryEvent, name: str, notice: dict[str, Any]
+) -> Entry:
+    kind = _NOTICE_KINDS.get(str(notice.get("kind")), "notice")
+    roles = ", ".join(notice.get("roles") or [])
+    message = f"{notice.get('message')}" + (f" (to {roles})" if roles else "")
+    return builder.add(
+        event, kind, "dealflow (system)", str(notice.get("kind")), message, {"notification": notice}
+    )
 
 
-def _submission_row(b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]) -> Entry:
+def _submission_row(
+    builder: _TimelineBuilder, event: HistoryEvent, name: str, request: dict[str, Any]
+) -> Entry:
     # send_application carries the package prepared once; deals from before it
     # used submit_application, whose input was the package itself.
-    sent = v.get("package")
-    package: dict[str, Any] = sent if isinstance(sent, dict) else v
+    sent = request.get("package")
+    package: dict[str, Any] = sent if isinstance(sent, dict) else request
     docs = package.get("documents") or []
     details = (
-        f"to {v.get('lender_id')} (submission {v.get('submission_no')}, {len(docs)} documents)"
+        f"to {request.get('lender_id')} (submission {request.get('submission_no')}, "
+        f"{len(docs)} documents)"
     )
-    return b.add(
-        e, "lender", "dealflow (system)", "application submitted", details, {"activity": name}
+    return builder.add(
+        event, "lender", "dealflow (system)", "application submitted", details, {"activity": name}
     )
 
 
-def _disbursement_row(b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]) -> Entry:
+def _disbursement_row(
+    builder: _TimelineBuilder, event: HistoryEvent, name: str, request: dict[str, Any]
+) -> Entry:
     details = (
-        f"from {v.get('lender_id')} application {v.get('application_ref')}"
-        f" attempt {v.get('attempt')} amount {format_money(v.get('amount'))}"
+        f"from {request.get('lender_id')} application {request.get('application_ref')}"
+        f" attempt {request.get('attempt')} amount {format_money(request.get('amount'))}"
     )
-    return b.add(
-        e, "lender", "dealflow (system)", "disbursement requested", details, {"activity": name}
+    return builder.add(
+        event, "lender", "dealflow (system)", "disbursement requested", details, {"activity": name}
     )
 
 
-def _withdrawal_row(b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]) -> Entry:
-    details = f"{v.get('lender_id')} application {v.get('application_ref')}: {v.get('reason')}"
-    return b.add(
-        e,
+def _withdrawal_row(
+    builder: _TimelineBuilder, event: HistoryEvent, name: str, request: dict[str, Any]
+) -> Entry:
+    application = f"{request.get('lender_id')} application {request.get('application_ref')}"
+    details = f"{application}: {request.get('reason')}"
+    return builder.add(
+        event,
         "compensation",
         "dealflow (system)",
         "withdraw application",
         details,
-        {"activity": name, "input": v},
+        {"activity": name, "input": request},
     )
 
 
-def _compensation_row(b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]) -> Entry:
-    details = format_fields(v.get("detail") or {})
-    return b.add(
-        e,
+def _compensation_row(
+    builder: _TimelineBuilder, event: HistoryEvent, name: str, compensation: dict[str, Any]
+) -> Entry:
+    details = format_fields(compensation.get("detail") or {})
+    return builder.add(
+        event,
         "compensation",
         "dealflow (system)",
-        str(v.get("kind")),
+        str(compensation.get("kind")),
         details,
-        {"activity": name, "input": v},
+        {"activity": name, "input": compensation},
     )
 
 
 def _generic_activity_row(
-    b: _TimelineBuilder, e: HistoryEvent, name: str, v: dict[str, Any]
+    builder: _TimelineBuilder, event: HistoryEvent, name: str, activity_input: dict[str, Any]
 ) -> Entry:
-    return b.add(
-        e, "system", "dealflow (system)", f"activity {name}", format_fields(v), {"activity": name}
+    return builder.add(
+        event,
+        "system",
+        "dealflow (system)",
+        f"activity {name}",
+        format_fields(activity_input),
+        {"activity": name},
     )
 
 
@@ -495,7 +522,7 @@ _HANDLERS = {
     ),
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED: _TimelineBuilder.signal,
     EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED: _TimelineBuilder.activity_scheduled,
-    **{t: _TimelineBuilder.activity_ended for t in _ACTIVITY_ENDS},
+    **{ending: _TimelineBuilder.activity_ended for ending in _ACTIVITY_ENDS},
     EventType.EVENT_TYPE_TIMER_STARTED: _TimelineBuilder.timer_started,
     EventType.EVENT_TYPE_TIMER_FIRED: _TimelineBuilder.timer_fired,
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED: _TimelineBuilder.deal_closed,
