@@ -8,5 +8,6 @@
 - `render`: a timeline as text, Markdown, JSON or HTML (the HTML from the
   templates in `dealflow/templates/audit/`)
 - `archive`: the hash-chained archive of closed deals, and its verification
-- `cli`: the `dealflow-audit` command (`python -m dealflow.audit`)
+- `cli`: the `dealflow-audit` command (`python -m dealflow.audit`); `errors`:
+  `AuditError`, what a command reports to the operator instead of a traceback
 """
