@@ -38,7 +38,7 @@ from dealflow import client as deals
 def audit_command(src: Path) -> list[str] | None:
     """The project's `audit replay` command (`dealflow-audit replay`), if it is there yet.
     Run as `python -m dealflow.audit` in `src`, so it is the code the stacks ran."""
-    if not (src / "dealflow" / "audit.py").exists():
+    if not (src / "dealflow" / "audit" / "__main__.py").exists():
         return None
     cmd = [sys.executable, "-m", "dealflow.audit", "replay"]
     try:

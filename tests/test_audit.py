@@ -17,13 +17,28 @@ import shutil
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dealflow import audit
+from dealflow.audit.archive import (
+    GENESIS,
+    _check_chain,
+    _lock,
+    _parse_manifest,
+    _read_manifest,
+    archive,
+    entry_hash,
+)
+from dealflow.audit.cli import run_async
+from dealflow.audit.errors import AuditError
+from dealflow.audit.histories import load_paths
+from dealflow.audit.render import render
+from dealflow.audit.replay import replay
+from dealflow.audit.timeline import Entry, Timeline, build_timeline
 from dealflow.config import Settings
 from dealflow.models import DealPolicy, Stage
 from dealflow.storage.documents import LocalDirectoryStore
@@ -52,7 +67,7 @@ class Done:
 async def run(*argv: str, client: Any = None, store: Any = None) -> Done:
     """dealflow-audit in process, on this loop (the dev server's client is ours)."""
     out, err = io.StringIO(), io.StringIO()
-    code = await audit.run_async(
+    code = await run_async(
         list(argv), settings=Settings(), client=client, store=store, out=out, err=err
     )
     return Done(code, out.getvalue(), err.getvalue())
@@ -224,7 +239,7 @@ async def test_nondeterminism_exits_1_naming_the_deal_and_the_event(tmp_path: Pa
     target["activityTaskScheduledEventAttributes"]["activityType"]["name"] = "fax_application"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
-    deal_id = audit.load_paths([bad], TEST_CODEC_KEYS)[0].deal_id
+    deal_id = load_paths([bad], TEST_CODEC_KEYS)[0].deal_id
     # The console script's code path, in its own process: exit status and output.
     r = await sh(
         sys.executable,
@@ -243,8 +258,8 @@ async def test_nondeterminism_exits_1_naming_the_deal_and_the_event(tmp_path: Pa
     from dealflow import codec
 
     other = codec.keyring_from_spec(codec.generate_key_spec("someone-else"))
-    runs = audit.load_paths([HISTORIES / "contract_expired.json"], other)
-    [outcome] = await audit.replay(runs, other)
+    runs = load_paths([HISTORIES / "contract_expired.json"], other)
+    [outcome] = await replay(runs, other)
     assert not outcome.ok and not outcome.nondeterminism and "dev-insecure" in outcome.error
 
 
@@ -314,6 +329,46 @@ async def test_timeline_of_a_decline_a_counter_offer_and_a_cancellation() -> Non
         out = await run("timeline", str(TIMELINE_CASE), "--format", fmt)
         assert out.returncode == 0 and marker in out.stdout
         assert "refund_down_payment" in out.stdout
+
+
+def test_html_timeline_escapes_every_value_it_shows() -> None:
+    """Values come from histories (staff input, lender payloads): none becomes markup."""
+    hostile = "<script>alert('x')</script> \"q\" & {{ 7*7 }} </td><tr class=x>"
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    timeline = Timeline(
+        deal_id=hostile,
+        workflow_id=hostile,
+        runs=[{}],
+        entries=[Entry(at, 1, 5, hostile, hostile, hostile, hostile, hostile)],
+        decode_errors=[hostile],
+        state={"as_of": hostile, "exists": False, "note": hostile},
+    )
+    page = render(timeline, "html")
+    parsed = _HtmlShape()
+    parsed.feed(page)
+    assert parsed.tags == ["html", "head", "meta", "title", "style", "body", "h1", "p"] + [
+        "table", "thead", "tr", *["th"] * 6, "tbody", "tr", *["td"] * 6, "pre"
+    ]  # fmt: skip
+    assert parsed.row_classes == [hostile]
+    # Shown as text: the title, the heading, the warning, five cells (not the time), the state.
+    assert sum(hostile in text for text in parsed.texts) == 9
+    assert "49" not in page  # nor evaluated as a template
+
+
+class _HtmlShape(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.row_classes: list[str | None] = []
+        self.texts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "tr" and attrs:
+            self.row_classes.append(dict(attrs).get("class"))
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append(data)
 
 
 async def test_timeline_shows_timers_reminders_and_a_live_deal(deals: Deals) -> None:
@@ -402,8 +457,8 @@ async def archived(deals: Deals, tmp_path_factory: pytest.TempPathFactory) -> Pa
     lock = root.parent / "archive.lock"
     # Closed deals reach visibility a moment after they close.
     for _ in range(50):
-        await audit.archive(client, store, lock_path=lock)
-        entries, _ = audit._parse_manifest(audit._read_manifest(store))
+        await archive(client, store, lock_path=lock)
+        entries, _ = _parse_manifest(_read_manifest(store))
         if {deals.story, deals.continued, deals.quick} <= {e["deal_id"] for _, e in entries}:
             break
         await asyncio.sleep(0.2)
@@ -436,7 +491,7 @@ async def test_archive_is_idempotent_and_cron_safe(deals: Deals, archived: Path)
     new = [json.loads(line) for line in after[len(before) :].splitlines()]
     assert not {e["deal_id"] for e in new} & ours.keys()
     # A second archiver while one runs (overlapping cron): does nothing, exit 0.
-    with audit._lock(lock):
+    with _lock(lock):
         busy = await run("archive", "--lock-file", str(lock), client=client, store=store)
     assert busy.returncode == 0 and "another archive run holds" in busy.stderr
     assert (archived / "archive" / "manifest.jsonl").read_bytes() == after
@@ -496,17 +551,17 @@ async def test_verify_detects_a_swapped_order(archived: Path, tmp_path: Path) ->
     assert "line 1: entry seq 2" in r.stdout and "entries reordered" in r.stdout
     assert "line 2: entry seq 1" in r.stdout
     # The archive refuses to extend a damaged chain (before asking Temporal anything).
-    with pytest.raises(audit.AuditError, match="damaged"):
-        await audit.archive(None, _store(copy), lock_path=tmp_path / "l")  # type: ignore[arg-type]
+    with pytest.raises(AuditError, match="damaged"):
+        await archive(None, _store(copy), lock_path=tmp_path / "l")  # type: ignore[arg-type]
 
 
 def test_manifest_chain_function_on_a_clean_and_an_empty_manifest() -> None:
-    assert audit._check_chain([]) == []
-    e1: dict[str, Any] = {"seq": 1, "deal_id": "a", "prev_sha256": audit.GENESIS}
-    e1["sha256"] = audit.entry_hash(e1)
+    assert _check_chain([]) == []
+    e1: dict[str, Any] = {"seq": 1, "deal_id": "a", "prev_sha256": GENESIS}
+    e1["sha256"] = entry_hash(e1)
     e2: dict[str, Any] = {"seq": 2, "deal_id": "b", "prev_sha256": e1["sha256"]}
-    e2["sha256"] = audit.entry_hash(e2)
-    assert audit._check_chain([(1, e1), (2, e2)]) == []
+    e2["sha256"] = entry_hash(e2)
+    assert _check_chain([(1, e1), (2, e2)]) == []
 
 
 @pytest.mark.parametrize(
@@ -519,8 +574,8 @@ def test_timeline_of_every_committed_history_names_what_each_event_is(path: Path
     did, and each lender submission says where it went and the reference the
     lender gave (a deal since the package split used to show "activity
     send_application" with the whole package)."""
-    runs = audit.load_paths([path], TEST_CODEC_KEYS)
-    timeline = audit.build_timeline(runs, TEST_CODEC_KEYS)
+    runs = load_paths([path], TEST_CODEC_KEYS)
+    timeline = build_timeline(runs, TEST_CODEC_KEYS)
     generic = [e.action for e in timeline.entries if e.action.startswith("activity ")]
     assert generic == [], path.name
     history = json.loads(path.read_text("utf-8"))

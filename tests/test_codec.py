@@ -32,9 +32,11 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from dealflow import audit, codec
 from dealflow import client as deals
+from dealflow import codec
 from dealflow.api.security import mint_token
+from dealflow.audit.histories import RunHistory, export_json, fetch_deal
+from dealflow.audit.payloads import decode_events
 from dealflow.config import Settings
 from dealflow.logs import JsonFormatter
 from dealflow.models import DealInput, Stage
@@ -314,7 +316,7 @@ async def test_no_personal_data_in_clear_on_the_server(ran: Ran, log_capture: Ca
     assert not leaks(everything, values)
     # ...while the same history decrypted with the key holds every one of them:
     # the check above would have caught them.
-    decoded, _ = audit.decode_events(raw.events, TEST_CODEC_KEYS)
+    decoded, _ = decode_events(raw.events, TEST_CODEC_KEYS)
     found_decoded = set(leaks(b"".join(e.SerializeToString() for e in decoded), values))
     assert set(values) - {"applicant phone digits"} <= found_decoded
     # 3. Workflow ids and search attributes, as the visibility store indexes them.
@@ -517,13 +519,10 @@ async def test_temporal_cli_decodes_through_the_endpoint(ran: Ran) -> None:
             for b in [x for x in _b64_data(json.loads(shown.stdout))]
         ]
     )
-    runs = await audit.fetch_deal(ran.desk.client, ran.deal_id)
+    runs = await fetch_deal(ran.desk.client, ran.deal_id)
     # The deal is idle in REGISTRATION: the history cannot grow between the reads.
-    decoded = [
-        audit.RunHistory(r.workflow_id, audit.decode_events(r.events, TEST_CODEC_KEYS)[0])
-        for r in runs
-    ]
-    assert json.loads(shown.stdout) == json.loads(audit.export_json(decoded))
+    decoded = [RunHistory(r.workflow_id, decode_events(r.events, TEST_CODEC_KEYS)[0]) for r in runs]
+    assert json.loads(shown.stdout) == json.loads(export_json(decoded))
     refused = await _cli(ran.address, *base)
     assert refused.returncode != 0 or "Wang Fang" not in refused.stdout
 

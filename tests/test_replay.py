@@ -30,7 +30,10 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from activities import DealActivities
-from dealflow import audit, codec
+from dealflow import codec
+from dealflow.audit.histories import load_paths
+from dealflow.audit.payloads import decode_events, key_ids, walk_payloads
+from dealflow.audit.replay import replay
 from dealflow.config import LenderConfig
 from dealflow.models import Actor, DealPolicy, DealStatus, Role, Stage
 from dealflow.samples import example_deal
@@ -77,7 +80,7 @@ def test_every_scenario_is_committed_encrypted_with_the_test_key() -> None:
             # Patch markers are written by the SDK core itself, outside the codec:
             # they carry the patch id only.
             if e.marker_recorded_event_attributes.marker_name != "core_patch":
-                audit._walk_payloads(e, seen.append)
+                walk_payloads(e, seen.append)
         # Everything else is encrypted but the search attributes, which the server
         # must read to index them (DealStage, LenderId, DealerId and the patch ids
         # of TemporalChangeVersion: no personal data).
@@ -88,9 +91,9 @@ def test_every_scenario_is_committed_encrypted_with_the_test_key() -> None:
             for p in clear
         ), path.name
         assert len(clear) < len(seen), path.name
-        assert audit.key_ids(events) == ["dev-insecure"], path.name
+        assert key_ids(events) == ["dev-insecure"], path.name
         # ...and every one decrypts with the committed key.
-        audit.decode_events(events, KEYS, strict=True)
+        decode_events(events, KEYS, strict=True)
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[str(p.relative_to(HERE)) for p in HISTORIES])
@@ -108,8 +111,8 @@ async def test_an_unpatched_change_fails_the_gate() -> None:
         assert result.replay_failure is not None, f"{path.name} replayed despite the change"
         assert "Nondeterminism" in str(result.replay_failure), result.replay_failure
     # The audit tool names the deal and the event where the code diverged.
-    runs = audit.load_paths([HERE / "happy_path.json"], KEYS)
-    [outcome] = await audit.replay(runs, KEYS, workflows=[UnpatchedWelcome])
+    runs = load_paths([HERE / "happy_path.json"], KEYS)
+    [outcome] = await replay(runs, KEYS, workflows=[UnpatchedWelcome])
     assert outcome.nondeterminism and not outcome.ok
     assert outcome.event.startswith("event 5 UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"), outcome.event
     assert runs[0].deal_id in runs[0].label()

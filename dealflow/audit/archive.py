@@ -1,0 +1,344 @@
+"""The archive of closed deals in the document store, and its verification.
+
+Archive (document store, `DEALFLOW_DOCUMENT_STORE`):
+
+    archive/deals/<deal_id>.json   the deal's export, byte for byte
+    archive/manifest.jsonl         one JSON object per line, oldest first
+
+A manifest entry is `{"seq", "deal_id", "workflow_id", "run_ids", "event_count",
+"status", "stage", "closed_at", "history_key", "history_sha256",
+"history_bytes", "key_ids", "archived_at", "prev_sha256", "sha256"}` written
+as canonical JSON (sorted keys, no spaces). `sha256` is the SHA-256 of the
+canonical JSON of the entry without its `sha256` field; `prev_sha256` is the
+previous entry's `sha256` (64 zeros for the first): a hash chain. `key_ids` are
+the codec keys the history needs — keep them as long as the archive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
+from temporalio.common import SearchAttributeKey
+
+from dealflow.audit.errors import AuditError
+from dealflow.audit.histories import (
+    WORKFLOW_TYPE,
+    deal_id_of,
+    export_json,
+    fetch_deal,
+    parse_histories,
+)
+from dealflow.audit.payloads import key_ids
+from dealflow.config import get_settings
+
+ARCHIVE_PREFIX = "archive"
+MANIFEST_KEY = f"{ARCHIVE_PREFIX}/manifest.jsonl"
+HISTORY_PREFIX = f"{ARCHIVE_PREFIX}/deals/"
+GENESIS = "0" * 64
+MANIFEST_BATCH = 50
+_DEAL_STAGE = SearchAttributeKey.for_keyword("DealStage")
+
+
+class ArchiveBusy(AuditError):
+    """Another archive run holds the lock: nothing done, safe to retry."""
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    return hashlib.sha256(
+        _canonical({key: value for key, value in entry.items() if key != "sha256"})
+    ).hexdigest()
+
+
+def _read_manifest(store: Any) -> bytes:
+    from dealflow.storage.documents import DocumentNotFound
+
+    try:
+        return bytes(store.read_bytes(MANIFEST_KEY))
+    except DocumentNotFound:
+        return b""
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as lock_file:
+        try:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ArchiveBusy(
+                f"another archive run holds {path}; nothing done (safe to retry later)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+
+def default_lock_path() -> Path:
+    return get_settings().data_dir / "audit-archive.lock"
+
+
+@dataclass
+class ArchiveReport:
+    archived: list[dict[str, Any]]
+    entries: int
+    head: str
+
+
+async def _closed_deals(client: Client) -> list[tuple[datetime, str]]:
+    query = f'WorkflowType = "{WORKFLOW_TYPE}" AND ExecutionStatus != "Running"'
+    latest: dict[str, datetime] = {}
+    async for execution in client.list_workflows(query):
+        if execution.status is WorkflowExecutionStatus.CONTINUED_AS_NEW:
+            continue
+        closed = execution.close_time or execution.start_time
+        latest[execution.id] = max(closed, latest.get(execution.id, closed))
+    return sorted((closed_at, workflow_id) for workflow_id, closed_at in latest.items())
+
+
+async def archive(
+    client: Client,
+    store: Any,
+    *,
+    lock_path: Path | None = None,
+    now: datetime | None = None,
+    out: IO[str] | None = None,
+) -> ArchiveReport:
+    """Archive every closed deal not yet in the manifest. Idempotent, one run at a time."""
+    with _lock(lock_path or default_lock_path()):
+        base = await asyncio.to_thread(_read_manifest, store)
+        entries, problems = _parse_manifest(base)
+        problems += _check_chain(entries)
+        if problems:
+            raise AuditError(
+                "the manifest is damaged; not extending it. Run `dealflow-audit verify`:\n  "
+                + "\n  ".join(problems)
+            )
+        done = {entry["deal_id"] for _, entry in entries}
+        head = entries[-1][1]["sha256"] if entries else GENESIS
+        lines = [line for line in base.decode().splitlines() if line.strip()]
+        archived: list[dict[str, Any]] = []
+        pending = 0
+        for _, workflow_id in await _closed_deals(client):
+            if deal_id_of(workflow_id) in done:
+                continue
+            description = await client.get_workflow_handle(workflow_id).describe()
+            if description.status in (WorkflowExecutionStatus.RUNNING, None):
+                continue  # reopened under the same id? only closed deals are archived
+            entry = await _archive_deal(client, store, description, len(lines) + 1, head, now)
+            head = entry["sha256"]
+            lines.append(_canonical(entry).decode())
+            archived.append(entry)
+            done.add(entry["deal_id"])
+            pending += 1
+            if out is not None:
+                print(
+                    f"archived deal {entry['deal_id']}: {len(entry['run_ids'])} run(s), "
+                    f"{entry['event_count']} events, sha256 {entry['history_sha256'][:16]}… "
+                    f"-> {entry['history_key']}",
+                    file=out,
+                )
+            if pending >= MANIFEST_BATCH:
+                base = await _write_manifest(store, base, lines)
+                pending = 0
+        if pending:
+            await _write_manifest(store, base, lines)
+        return ArchiveReport(archived, len(lines), head)
+
+
+async def _archive_deal(
+    client: Client,
+    store: Any,
+    description: WorkflowExecutionDescription,
+    seq: int,
+    head: str,
+    now: datetime | None,
+) -> dict[str, Any]:
+    """Write a closed deal's export to the store; returns its manifest entry, chained
+    to the entry `head` names."""
+    workflow_id = description.id
+    deal = deal_id_of(workflow_id)
+    runs = await fetch_deal(client, workflow_id)
+    text = export_json(runs).encode()
+    key = f"{HISTORY_PREFIX}{deal}.json"
+    await asyncio.to_thread(store.put_bytes, text, key=key, content_type="application/json")
+    entry: dict[str, Any] = {
+        "seq": seq,
+        "deal_id": deal,
+        "workflow_id": workflow_id,
+        "run_ids": [run.run_id for run in runs],
+        "event_count": sum(len(run.events) for run in runs),
+        "status": description.status.name if description.status else "UNKNOWN",
+        "stage": description.typed_search_attributes.get(_DEAL_STAGE),
+        "closed_at": description.close_time.isoformat() if description.close_time else None,
+        "history_key": key,
+        "history_sha256": hashlib.sha256(text).hexdigest(),
+        "history_bytes": len(text),
+        "key_ids": sorted({key_id for run in runs for key_id in key_ids(run.events)}),
+        "archived_at": (now or datetime.now(UTC)).isoformat(),
+        "prev_sha256": head,
+    }
+    entry["sha256"] = entry_hash(entry)
+    return entry
+
+
+async def _write_manifest(store: Any, base: bytes, lines: list[str]) -> bytes:
+    current = await asyncio.to_thread(_read_manifest, store)
+    if current != base:
+        raise AuditError(
+            f"{MANIFEST_KEY} changed while this run was archiving (another archiver on "
+            "another host?); nothing of this batch was added. Run archive again."
+        )
+    data = ("\n".join(lines) + "\n").encode()
+    await asyncio.to_thread(
+        store.put_bytes, data, key=MANIFEST_KEY, content_type="application/x-ndjson"
+    )
+    return data
+
+
+def _parse_manifest(data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """(line number, entry) pairs and the lines that are not entries."""
+    entries: list[tuple[int, dict[str, Any]]] = []
+    problems: list[str] = []
+    for line_no, raw in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw)
+        except json.JSONDecodeError as error:
+            problems.append(f"line {line_no}: not valid JSON (altered): {error.msg}")
+            continue
+        if not isinstance(entry, dict) or not {"seq", "deal_id", "sha256"} <= entry.keys():
+            problems.append(f"line {line_no}: not a manifest entry (altered)")
+            continue
+        entries.append((line_no, entry))
+    return entries, problems
+
+
+def _entry_name(entry: dict[str, Any]) -> str:
+    return f"entry seq {entry.get('seq')} (deal {entry.get('deal_id')})"
+
+
+def _check_chain(entries: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    """Every way the manifest's entries differ from an unaltered hash chain."""
+    problems: list[str] = []
+    for line_no, entry in entries:
+        if entry_hash(entry) != entry.get("sha256"):
+            problems.append(
+                f"line {line_no}: {_entry_name(entry)} altered: its content no longer matches "
+                "its sha256"
+            )
+    problems += _sequence_problems(entries)
+    previous = GENESIS
+    for line_no, entry in entries:
+        if entry.get("prev_sha256") != previous:
+            problems.append(
+                f"line {line_no}: {_entry_name(entry)} does not chain to the entry before it "
+                f"(prev_sha256 {str(entry.get('prev_sha256'))[:16]}…, expected "
+                f"{previous[:16]}…): an entry before it was altered, deleted, inserted or moved"
+            )
+        previous = str(entry.get("sha256"))
+    return problems
+
+
+def _sequence_problems(entries: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    """Entries reordered, deleted or duplicated, by their `seq` numbers."""
+    seqs = [entry.get("seq") for _, entry in entries]
+    expected = list(range(1, len(entries) + 1))
+    numbers = [seq for seq in seqs if isinstance(seq, int)]
+    if sorted(numbers) == expected and seqs != expected:
+        return [
+            f"line {line_no}: {_entry_name(entry)} out of order (line {line_no} should hold "
+            f"seq {wanted}): entries reordered"
+            for (line_no, entry), wanted in zip(entries, expected, strict=True)
+            if entry.get("seq") != wanted
+        ]
+    problems: list[str] = []
+    present = set(numbers)
+    missing = [seq for seq in range(1, max(present, default=0) + 1) if seq not in present]
+    if missing:
+        problems.append("missing entries (deleted): seq " + ", ".join(map(str, missing)))
+    duplicates = sorted({seq for seq in seqs if seqs.count(seq) > 1}, key=str)
+    if duplicates:
+        problems.append("duplicate entries: seq " + ", ".join(map(str, duplicates)))
+    previous_seq = 0
+    for line_no, entry in entries:
+        seq = entry.get("seq")
+        if isinstance(seq, int) and seq < previous_seq:
+            problems.append(
+                f"line {line_no}: {_entry_name(entry)} out of order after seq {previous_seq}"
+            )
+        previous_seq = seq if isinstance(seq, int) else previous_seq
+    return problems
+
+
+@dataclass
+class VerifyReport:
+    entries: int
+    head: str
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(store: Any, expect_head: str | None = None) -> VerifyReport:
+    """Recompute the manifest chain and every archived history's digest."""
+    entries, problems = _parse_manifest(_read_manifest(store))
+    problems += _check_chain(entries)
+    listed: set[str] = set()
+    for _, entry in entries:
+        listed.add(str(entry.get("history_key")))
+        problem = _history_problem(store, entry)
+        if problem:
+            problems.append(f"{_entry_name(entry)}: {problem}")
+    for key in sorted(store.list(HISTORY_PREFIX)):
+        if key not in listed:
+            problems.append(f"{key} is archived but has no manifest entry (entry deleted?)")
+    head = str(entries[-1][1].get("sha256")) if entries else GENESIS
+    if expect_head and expect_head != head:
+        problems.append(
+            f"the manifest head is {head}, not the expected {expect_head}: entries were removed "
+            "from or added to its end"
+        )
+    return VerifyReport(len(entries), head, problems)
+
+
+def _history_problem(store: Any, entry: dict[str, Any]) -> str | None:
+    """What is wrong with the archived history a manifest entry records, if anything."""
+    from dealflow.storage.documents import DocumentNotFound
+
+    key = str(entry.get("history_key"))
+    try:
+        body = store.read_bytes(key)
+    except (DocumentNotFound, ValueError):
+        return f"history {key} is missing"
+    digest = hashlib.sha256(body).hexdigest()
+    if digest != entry.get("history_sha256"):
+        return (
+            f"history {key} altered (sha256 {digest[:16]}…, recorded "
+            f"{str(entry.get('history_sha256'))[:16]}…)"
+        )
+    try:
+        runs = parse_histories(body.decode(), key)
+    except AuditError as error:
+        return str(error)
+    count = sum(len(run.events) for run in runs)
+    if count != entry.get("event_count") or [run.run_id for run in runs] != entry.get("run_ids"):
+        return f"history {key} does not match the recorded run ids and event count"
+    return None
