@@ -5,7 +5,7 @@ Deal histories are the complete deals of benchmark 1 (or, run alone, deals
 driven here), exported in the `temporal workflow show --output json` format
 and written N times over into a folder. The project's path is `dealflow-audit
 replay FOLDER` (docs/architecture.md §3.6) when that command exists; until then it is the
-SDK Replayer exactly as tests/test_replay.py uses it (the row says which).
+SDK Replayer exactly as tests/histories/test_replay.py uses it (the row says which).
 The baseline replays floor histories padded with no-op activities to the deal
 histories' length, with the SDK Replayer and the default sandbox. Both run as
 a fresh process over the whole folder (start-up included), in the order deal,
@@ -151,7 +151,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     how = (
         "dealflow-audit replay (python -m dealflow.audit)"
         if audit
-        else "SDK Replayer as tests/test_replay.py (no `audit replay` yet)"
+        else "SDK Replayer as tests/histories/test_replay.py (no `audit replay` yet)"
     )
     audit_error: str | None = None
     say(f"[4] replaying {n} deal histories ({how}) and {nf} floor histories")
@@ -169,7 +169,9 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             # The project's command failed: say so, and measure the SDK path instead.
             audit_error = str(e)[-1500:]
             audit = None
-            how = "SDK Replayer as tests/test_replay.py (`audit replay` FAILED, see detail)"
+            how = (
+                "SDK Replayer as tests/histories/test_replay.py (`audit replay` FAILED, see detail)"
+            )
             say(f"[4] `audit replay` failed; using the SDK Replayer: {audit_error[-200:]}")
             wall, _ = await asyncio.to_thread(timed, own, ctx.src)
         walls[name] += wall

@@ -3,7 +3,7 @@
 Runs `pytest -q` once (as `make test` does) and reports its wall time and
 outcome; or, with `--test-log FILE`, reads the time from a saved `make test`
 output ("test suite wall time: N s"). Not run under --quick: that mode itself
-runs inside the suite (tests/test_bench.py).
+runs inside the suite (tests/e2e/test_bench.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Every benchmark starts its own stack (dev server with SQLite file, worker, API,
 lender simulator) in a scratch data dir on free ports, never on the default
 ports. Prints a table and writes bench/results/latest.json (--quick:
 latest-quick.json). --quick runs tiny sizes to prove the harness end to end
-(tests/test_bench.py); its figures are not judged against the targets.
+(tests/e2e/test_bench.py); its figures are not judged against the targets.
 Exit status: 1 if a benchmark failed to run; with --strict, 2 if a target was missed.
 """
 

@@ -125,7 +125,7 @@ ONE_PROJECTION_IN_FLIGHT = "one-projection-in-flight"
 # projection in flight, whether an update's projection was sent at once
 # depended on whether the previous one had completed, and after a timed-out
 # workflow task the replay applies the update before that completion (a
-# nondeterminism error that wedged deals: tests/test_replay.py).
+# nondeterminism error that wedged deals: tests/histories/test_replay.py).
 PROJECTION_PER_ACTIVATION = "projection-per-activation"
 
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]

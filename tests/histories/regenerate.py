@@ -30,8 +30,8 @@ from dealflow import client as deals
 from dealflow.models import DealPolicy, Stage
 from dealflow.storage import db
 from dealflow.storage.documents import LocalDirectoryStore
-from tests.conftest import BIN, SEARCH_ATTRIBUTES, codec_data_converter, deal_worker, run_stack
-from tests.desk import Desk
+from tests.support.back_office import Desk
+from tests.support.stack import BIN, SEARCH_ATTRIBUTES, codec_data_converter, deal_worker, run_stack
 
 HERE = Path(__file__).resolve().parent
 
