@@ -22,6 +22,10 @@ DATA_DIR = Path.cwd() / ".data"
 # after the number of failures set by this dynamic-config key; the dev stack
 # sets it to the same number, production servers should too.
 STUCK_ATTEMPTS = 3
+
+# The development stack's staff-token secret: public, so the desk offers its
+# pick-a-role sign-in only while this is the secret in use.
+DEV_JWT_SECRET = "dev-secret-change-me-0123456789abcdef"
 STUCK_DYNAMIC_CONFIG = "system.numConsecutiveWorkflowTaskProblemsToTriggerSearchAttribute"
 
 
@@ -53,12 +57,14 @@ class Settings(BaseSettings):
     database_url: str = f"sqlite:///{DATA_DIR / 'dealflow.db'}"
     document_store: str = f"file://{DATA_DIR / 'documents'}"
     s3_endpoint_url: str | None = None
-    jwt_secret: str = "dev-secret-change-me-0123456789abcdef"
+    jwt_secret: str = DEV_JWT_SECRET
     # Production: the identity provider's JWKS; staff tokens are then verified
     # with its public keys (RS256/ES256/...) instead of the HS256 secret.
     jwks_url: str | None = None
     lenders_file: Path = ROOT / "examples" / "lenders.toml"
     codec_keys: str = ""
+    # How long a desk sign-in lasts before staff sign in again.
+    desk_session_hours: float = Field(default=8.0, gt=0, le=24)
     # Loopback by default: the development stack is not for the network.
     # Containers set 0.0.0.0.
     api_host: str = "127.0.0.1"
@@ -86,6 +92,11 @@ class Settings(BaseSettings):
             if v.startswith(prefix):
                 return "postgresql+psycopg://" + v[len(prefix) :]
         return v
+
+    @property
+    def development_signin(self) -> bool:
+        """Whether the desk may offer its pick-a-role sign-in (development stack only)."""
+        return self.jwt_secret == DEV_JWT_SECRET and not self.jwks_url
 
     @property
     def api_url(self) -> str:

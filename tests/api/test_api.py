@@ -31,7 +31,8 @@ import starter
 from dealflow import rules
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
-from dealflow.api.routes.deals import ACTION_ROUTES, request_digest
+from dealflow.api.operations import request_digest
+from dealflow.api.routes.deals import ACTION_ROUTES
 from dealflow.api.security import Authenticator, AuthError, mint_token
 from dealflow.config import Settings, get_settings
 from dealflow.models import Action, DealInput, ProjectionInput, Role, Stage

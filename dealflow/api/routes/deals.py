@@ -12,24 +12,17 @@ per-action routes are made in a loop, and FastAPI must see their body models
 as real classes, not as names to look up in the module.
 """
 
-import asyncio
-import contextlib
-import hashlib
 import json
 import logging
 import re
-from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, create_model
-from sqlalchemy import delete
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
 
-from dealflow import client as deals
-from dealflow import rules, stuck
-from dealflow.api.deps import Services, services
+from dealflow import rules
+from dealflow.api import operations
+from dealflow.api.deps import services
 from dealflow.api.errors import Problem
 from dealflow.api.problems import responses
 from dealflow.api.security import (
@@ -52,10 +45,8 @@ from dealflow.models import (
     DealStatus,
     Role,
     Stage,
-    StartDealInput,
 )
 from dealflow.samples import EXAMPLES, example_action
-from dealflow.storage import db
 
 log = logging.getLogger("dealflow.api")
 router = APIRouter(dependencies=[Depends(bearer_scheme)])
@@ -119,35 +110,6 @@ ACTION_BODIES: dict[Action, type[BaseModel]] = {
 # --------------------------------------------------------------------------- idempotency
 
 
-def request_digest(deal: DealInput) -> str:
-    """sha256 of the deal as validated: the same body however it is spelled or ordered."""
-    canonical = json.dumps(deal.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def forget_idempotency_key(svc: Services, key: str, deal_id: str) -> None:
-    with svc.engine.begin() as conn:
-        conn.execute(
-            delete(db.IDEMPOTENCY_KEYS).where(
-                db.IDEMPOTENCY_KEYS.c.key == key, db.IDEMPOTENCY_KEYS.c.deal_id == deal_id
-            )
-        )
-
-
-async def ensure_started(svc: Services, inp: StartDealInput) -> None:
-    """Start the deal unless its workflow exists: repairs a key stored by a request
-    that died (or was cancelled) between storing the key and starting the deal."""
-    handle = svc.client.get_workflow_handle(deals.workflow_id(inp.deal_id))
-    try:
-        await handle.describe()
-        return
-    except RPCError as e:
-        if e.status is not RPCStatusCode.NOT_FOUND:
-            raise
-    with contextlib.suppress(WorkflowAlreadyStartedError):  # a concurrent retry won
-        await deals.start_deal(svc.client, svc.settings.task_queue, inp)
-
-
 # --------------------------------------------------------------------------- routes
 
 
@@ -193,54 +155,11 @@ async def create_deal(
         ),
     ] = None,
 ) -> DealCreated:
-    svc = services(request)
-    policy = svc.deal_policy
-    # Every rule first: a rejected body neither starts a deal nor stores its key.
-    inp = deals.start_input(deals.new_deal_id(), deal, policy, svc.lenders, actor)
-    if idempotency_key is None:
-        await deals.start_deal(svc.client, svc.settings.task_queue, inp)
-        return _created(svc, inp.deal_id, "started")
-
-    digest = request_digest(deal)
-    row = await asyncio.to_thread(db.get_idempotency_key, svc.engine, idempotency_key)
-    if row is None:
-        row, new = await asyncio.to_thread(
-            db.remember_idempotency_key,
-            svc.engine,
-            key=idempotency_key,
-            request_sha256=digest,
-            deal_id=inp.deal_id,
-            response_status=201,
-            created_at=datetime.now(UTC),
-        )
-        if new:
-            try:
-                await deals.start_deal(svc.client, svc.settings.task_queue, inp)
-            except WorkflowAlreadyStartedError:
-                pass  # a concurrent retry with this key started this very deal
-            except Exception:
-                # Not started: the key must not point at nothing. (A cancelled
-                # request keeps it; its retry starts the deal, see ensure_started.)
-                await asyncio.to_thread(forget_idempotency_key, svc, idempotency_key, inp.deal_id)
-                raise
-            return _created(svc, inp.deal_id, "started")
-    assert row is not None
-    if row.request_sha256 != digest:
-        raise Problem(
-            422,
-            f"Idempotency-Key {idempotency_key!r} was already used to start deal {row.deal_id} "
-            "with a different body; use a new key for a new deal",
-        )
-    await ensure_started(svc, inp.model_copy(update={"deal_id": row.deal_id}))
-    response.status_code = row.response_status
-    response.headers["Idempotent-Replayed"] = "true"
-    return _created(svc, row.deal_id, "replayed")
-
-
-def _created(svc: Services, deal_id: str, outcome: str) -> DealCreated:
-    svc.metrics.deals_started.labels(outcome=outcome).inc()
-    log.info("deal %s", outcome, extra={"deal_id": deal_id})
-    return DealCreated(deal_id=deal_id, workflow_id=deals.workflow_id(deal_id))
+    outcome = await operations.start_deal(services(request), deal, actor, idempotency_key)
+    if outcome.replayed_status is not None:
+        response.status_code = outcome.replayed_status
+        response.headers["Idempotent-Replayed"] = "true"
+    return outcome.created
 
 
 @router.get(
@@ -269,22 +188,15 @@ async def list_deals(
         str | None, Query(max_length=512, description="next_cursor of the previous page")
     ] = None,
 ) -> DealPage:
-    svc = services(request)
-    now = datetime.now(UTC)
-    try:
-        rows, next_cursor = await asyncio.to_thread(
-            db.list_deals,
-            svc.engine,
-            stage=stage.value if stage else None,
-            lender_id=lender,
-            dealer_id=dealer,
-            overdue_at=now if overdue else None,
-            limit=limit,
-            cursor=cursor,
-        )
-    except ValueError as e:
-        raise Problem(422, str(e)) from None
-    return DealPage(deals=[db.deal_summary(row, now) for row in rows], next_cursor=next_cursor)
+    return await operations.list_deals(
+        services(request),
+        stage=stage.value if stage else None,
+        lender_id=lender,
+        dealer_id=dealer,
+        overdue=overdue,
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 @router.get(
@@ -296,17 +208,7 @@ async def list_deals(
 )
 async def get_deal(request: Request, deal_id: DealIdPath, actor: DealReader) -> DealStatus:
     check_deal_id(deal_id)
-    return await read_status(services(request), deal_id)
-
-
-async def read_status(svc: Services, deal_id: str) -> DealStatus:
-    try:
-        # A short deadline: a deal that cannot answer is checked for being stuck.
-        return await stuck.readable_status(svc.client, svc.engine, deal_id, rpc_timeout=5.0)
-    except deals.DealNotFound as e:
-        raise Problem(404, str(e)) from None
-    except stuck.DealUnreadable as e:
-        raise Problem(503, str(e), {"Retry-After": "3"}) from None
+    return await operations.read_status(services(request), deal_id)
 
 
 def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
@@ -328,28 +230,9 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
             ),
         ],
     ) -> ActionResult:
-        svc = services(request)
         check_deal_id(deal_id)
         body_json = cast(BaseModel, payload).model_dump(mode="json")
-        act, inp = deals.parse_action(action.value, body_json, actor)
-        try:
-            result = await deals.act(svc.client, deal_id, act, inp)
-        except deals.DealNotFound as e:
-            raise Problem(404, str(e)) from None
-        except rules.RuleError as e:
-            svc.metrics.actions.labels(action=action.value, outcome=e.kind).inc()
-            raise
-        svc.metrics.actions.labels(action=action.value, outcome="accepted").inc()
-        log.info(
-            "action taken",
-            extra={
-                "deal_id": deal_id,
-                "action": action.value,
-                "staff_id": actor.staff_id,
-                "role": actor.role.value,
-            },
-        )
-        return result
+        return await operations.take_action(services(request), deal_id, action, body_json, actor)
 
     endpoint.__name__ = "action_" + action.update_name
     return endpoint

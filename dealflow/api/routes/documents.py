@@ -35,8 +35,9 @@ from dealflow import rules
 from dealflow.api.deps import Services, services
 from dealflow.api.errors import Problem
 from dealflow.api.multipart import FileStream, MultipartReader, drain_unparsed
+from dealflow.api.operations import read_status
 from dealflow.api.problems import RULE_STATUS, responses
-from dealflow.api.routes.deals import DealIdPath, check_deal_id, read_status
+from dealflow.api.routes.deals import DealIdPath, check_deal_id
 from dealflow.api.routes.files import FILE_CONTENT, stream_local_file
 from dealflow.api.schemas import UPLOAD_BODY, DocumentInfo, DocumentList
 from dealflow.api.security import (

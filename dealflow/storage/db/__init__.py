@@ -11,6 +11,11 @@ Schema changes go through alembic (`dealflow/storage/migrations`), run with
 `python -m dealflow.storage.db upgrade [--url URL]` or `migrate(url)`.
 """
 
+from dealflow.storage.db.desk_sessions import (
+    end_desk_session,
+    live_desk_session,
+    open_desk_session,
+)
 from dealflow.storage.db.document_metadata import add_document, list_documents
 from dealflow.storage.db.engine import (
     SQLITE_BUSY_TIMEOUT_MS,
@@ -41,12 +46,14 @@ from dealflow.storage.db.read_model import deal_summary, get_deal, list_deals, u
 from dealflow.storage.db.tables import (
     COMPENSATIONS,
     DEALS,
+    DESK_SESSIONS,
     DOCUMENTS,
     IDEMPOTENCY_KEYS,
     INBOX,
     OUTBOX,
     CompensationRow,
     DealRow,
+    DeskSessionRow,
     DocumentRow,
     IdempotencyKeyRow,
     InboxRow,
@@ -59,6 +66,7 @@ __all__ = [
     "COMPENSATIONS",
     "DEALS",
     "DOCUMENTS",
+    "DESK_SESSIONS",
     "IDEMPOTENCY_KEYS",
     "INBOX",
     "MIGRATIONS_DIR",
@@ -67,7 +75,11 @@ __all__ = [
     "CompensationRow",
     "DealRow",
     "DocumentRow",
+    "DeskSessionRow",
     "IdempotencyKeyRow",
+    "end_desk_session",
+    "live_desk_session",
+    "open_desk_session",
     "InboxRow",
     "OutboxRow",
     "StoreOutcome",

@@ -180,6 +180,26 @@ class IdempotencyKeyRow(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class DeskSessionRow(SQLModel, table=True):
+    """A signed-in desk session. The cookie holds an opaque token; only its
+    sha256 is stored, so a leaked table cannot be replayed as cookies."""
+
+    __tablename__ = "desk_sessions"
+
+    token_sha256: str = Field(primary_key=True)
+    staff_id: str
+    # Comma-separated role names, in the order the sign-in granted them.
+    roles: str
+    csrf_token: str
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+    @property
+    def role_names(self) -> list[str]:
+        return _split_csv(self.roles)
+
+
 def table_of(model: type[SQLModel]) -> Table:
     table = model.__table__  # type: ignore[attr-defined]
     assert isinstance(table, Table)
@@ -192,6 +212,7 @@ DOCUMENTS = table_of(DocumentRow)
 OUTBOX = table_of(OutboxRow)
 COMPENSATIONS = table_of(CompensationRow)
 IDEMPOTENCY_KEYS = table_of(IdempotencyKeyRow)
+DESK_SESSIONS = table_of(DeskSessionRow)
 
 
 def _split_csv(value: str) -> list[str]:

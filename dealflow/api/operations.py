@@ -1,0 +1,177 @@
+"""What the back office does to deals, whatever page or route asks: start a
+deal (idempotently), list the read model, read a deal, take a staff action.
+
+The JSON routes (`routes/deals.py`) and the deal desk (`dealflow/desk/`) both
+call these, so a rule, a metric or a log line lives once and both answer the
+same refusal with the same words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from dealflow import client as deals
+from dealflow import rules, stuck
+from dealflow.api.deps import Services
+from dealflow.api.errors import Problem
+from dealflow.models import (
+    Action,
+    ActionResult,
+    Actor,
+    DealCreated,
+    DealInput,
+    DealPage,
+    DealStatus,
+    StartDealInput,
+)
+from dealflow.storage import db
+
+log = logging.getLogger("dealflow.api")
+
+
+@dataclass(frozen=True)
+class StartOutcome:
+    created: DealCreated
+    # Set when a repeated Idempotency-Key gave back the deal its first use started.
+    replayed_status: int | None = None
+
+
+def request_digest(deal: DealInput) -> str:
+    """sha256 of the deal as validated: the same body however it is spelled or ordered."""
+    canonical = json.dumps(deal.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def start_deal(
+    svc: Services, deal: DealInput, actor: Actor, idempotency_key: str | None
+) -> StartOutcome:
+    """Start a deal; with a key, the same key and body give the same deal."""
+    # Every rule first: a rejected body neither starts a deal nor stores its key.
+    inp = deals.start_input(deals.new_deal_id(), deal, svc.deal_policy, svc.lenders, actor)
+    if idempotency_key is None:
+        await deals.start_deal(svc.client, svc.settings.task_queue, inp)
+        return StartOutcome(_created(svc, inp.deal_id, "started"))
+    digest = request_digest(deal)
+    row = await asyncio.to_thread(db.get_idempotency_key, svc.engine, idempotency_key)
+    if row is None:
+        row, new = await asyncio.to_thread(
+            db.remember_idempotency_key,
+            svc.engine,
+            key=idempotency_key,
+            request_sha256=digest,
+            deal_id=inp.deal_id,
+            response_status=201,
+            created_at=datetime.now(UTC),
+        )
+        if new:
+            await _start_keyed(svc, inp, idempotency_key)
+            return StartOutcome(_created(svc, inp.deal_id, "started"))
+    assert row is not None
+    if row.request_sha256 != digest:
+        raise Problem(
+            422,
+            f"Idempotency-Key {idempotency_key!r} was already used to start deal {row.deal_id} "
+            "with a different body; use a new key for a new deal",
+        )
+    await _ensure_started(svc, inp.model_copy(update={"deal_id": row.deal_id}))
+    return StartOutcome(_created(svc, row.deal_id, "replayed"), row.response_status)
+
+
+async def _start_keyed(svc: Services, inp: StartDealInput, idempotency_key: str) -> None:
+    try:
+        await deals.start_deal(svc.client, svc.settings.task_queue, inp)
+    except WorkflowAlreadyStartedError:
+        pass  # a concurrent retry with this key started this very deal
+    except Exception:
+        # Not started: the key must not point at nothing. (A cancelled request
+        # keeps it; its retry starts the deal, see _ensure_started.)
+        await asyncio.to_thread(_forget_idempotency_key, svc, idempotency_key, inp.deal_id)
+        raise
+
+
+def _forget_idempotency_key(svc: Services, key: str, deal_id: str) -> None:
+    with svc.engine.begin() as conn:
+        conn.execute(
+            delete(db.IDEMPOTENCY_KEYS).where(
+                db.IDEMPOTENCY_KEYS.c.key == key, db.IDEMPOTENCY_KEYS.c.deal_id == deal_id
+            )
+        )
+
+
+async def _ensure_started(svc: Services, inp: StartDealInput) -> None:
+    """Start the deal unless its workflow exists: repairs a key stored by a request
+    that died (or was cancelled) between storing the key and starting the deal."""
+    handle = svc.client.get_workflow_handle(deals.workflow_id(inp.deal_id))
+    try:
+        await handle.describe()
+        return
+    except RPCError as e:
+        if e.status is not RPCStatusCode.NOT_FOUND:
+            raise
+    with contextlib.suppress(WorkflowAlreadyStartedError):  # a concurrent retry won
+        await deals.start_deal(svc.client, svc.settings.task_queue, inp)
+
+
+def _created(svc: Services, deal_id: str, outcome: str) -> DealCreated:
+    svc.metrics.deals_started.labels(outcome=outcome).inc()
+    log.info("deal %s", outcome, extra={"deal_id": deal_id})
+    return DealCreated(deal_id=deal_id, workflow_id=deals.workflow_id(deal_id))
+
+
+async def list_deals(svc: Services, **filters: Any) -> DealPage:
+    """One page of the read model; `filters` are `db.list_deals`'s, `overdue` a flag."""
+    now = datetime.now(UTC)
+    overdue = filters.pop("overdue", False)
+    try:
+        rows, next_cursor = await asyncio.to_thread(
+            db.list_deals, svc.engine, overdue_at=now if overdue else None, **filters
+        )
+    except ValueError as e:
+        raise Problem(422, str(e)) from None
+    return DealPage(deals=[db.deal_summary(row, now) for row in rows], next_cursor=next_cursor)
+
+
+async def read_status(svc: Services, deal_id: str) -> DealStatus:
+    try:
+        # A short deadline: a deal that cannot answer is checked for being stuck.
+        return await stuck.readable_status(svc.client, svc.engine, deal_id, rpc_timeout=5.0)
+    except deals.DealNotFound as e:
+        raise Problem(404, str(e)) from None
+    except stuck.DealUnreadable as e:
+        raise Problem(503, str(e), {"Retry-After": "3"}) from None
+
+
+async def take_action(
+    svc: Services, deal_id: str, action: Action, payload: dict[str, Any], actor: Actor
+) -> ActionResult:
+    """One staff action, as an Update of the deal; refusals raise RuleError."""
+    act, inp = deals.parse_action(action.value, payload, actor)
+    try:
+        result = await deals.act(svc.client, deal_id, act, inp)
+    except deals.DealNotFound as e:
+        raise Problem(404, str(e)) from None
+    except rules.RuleError as e:
+        svc.metrics.actions.labels(action=action.value, outcome=e.kind).inc()
+        raise
+    svc.metrics.actions.labels(action=action.value, outcome="accepted").inc()
+    log.info(
+        "action taken",
+        extra={
+            "deal_id": deal_id,
+            "action": action.value,
+            "staff_id": actor.staff_id,
+            "role": actor.role.value,
+        },
+    )
+    return result

@@ -1,0 +1,39 @@
+"""Desk sessions: the deal desk's server-side sign-in sessions.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-01 00:00:00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+TS = sa.DateTime(timezone=True)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "desk_sessions",
+        sa.Column("token_sha256", sa.String(), primary_key=True),
+        sa.Column("staff_id", sa.String(), nullable=False),
+        sa.Column("roles", sa.String(), nullable=False),
+        sa.Column("csrf_token", sa.String(), nullable=False),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("expires_at", TS, nullable=False),
+        sa.Column("ended_at", TS, nullable=True),
+    )
+    op.create_index("ix_desk_sessions_expires_at", "desk_sessions", ["expires_at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_desk_sessions_expires_at", table_name="desk_sessions")
+    op.drop_table("desk_sessions")
