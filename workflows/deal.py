@@ -643,6 +643,7 @@ class DealWorkflow:
         """The read model's row; versions keep retried writes in order."""
         view = self._view()
         due, _ = self._next_timer()
+        pending = rules.pending_actions(view, due)
         return ProjectionInput(
             deal_id=self.inp.deal_id,
             workflow_id=workflow.info().workflow_id,
@@ -658,7 +659,9 @@ class DealWorkflow:
             created_at=self.state.transitions[0].at if self.state.transitions else workflow.now(),
             updated_at=workflow.now(),
             next_due_at=None if self.state.stage.terminal else due,
-            pending_roles=sorted({p.role.value for p in rules.pending_actions(view, due)}),
+            pending_roles=sorted({action.role.value for action in pending}),
+            pending_actions=pending,
+            customer_name=self.deal.customer.applicant.full_name,
         )
 
     def _notify(

@@ -26,6 +26,7 @@ from dealflow.api import problems
 from dealflow.api.deps import Metrics, Services
 from dealflow.api.routes import codec_server, deals, documents, files, webhooks
 from dealflow.client import WorkflowStuck
+from dealflow.desk import router as desk
 from dealflow.storage.documents import DocumentStoreError
 
 DESCRIPTION = """\
@@ -166,6 +167,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(files.router)
     app.include_router(webhooks.router)
     app.include_router(codec_server.router)
+    desk.install(app)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

@@ -142,6 +142,10 @@ async def list_deals(svc: Services, **filters: Any) -> DealPage:
     return DealPage(deals=[db.deal_summary(row, now) for row in rows], next_cursor=next_cursor)
 
 
+async def customer_names(svc: Services, deal_ids: list[str]) -> dict[str, str]:
+    return await asyncio.to_thread(db.customer_names, svc.engine, deal_ids)
+
+
 async def read_status(svc: Services, deal_id: str) -> DealStatus:
     try:
         # A short deadline: a deal that cannot answer is checked for being stuck.

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from dealflow.models.deal import DealInput, Product, Role
 from dealflow.models.state import DocumentRecord, Stage
+from dealflow.models.status import PendingAction
 
 
 class LenderDocument(BaseModel):
@@ -96,6 +97,10 @@ class ProjectionInput(BaseModel):
     updated_at: datetime
     next_due_at: datetime | None
     pending_roles: list[str] = Field(default_factory=list)
+    # For the desk's lists: what each role is to do, and whose deal it is
+    # (searched by staff who may see names). Older workers sent neither.
+    pending_actions: list[PendingAction] = Field(default_factory=list)
+    customer_name: str | None = None
 
 
 class NotificationInput(BaseModel):

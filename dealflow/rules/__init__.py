@@ -24,6 +24,7 @@ from dealflow.rules.pending import owner_role, pending_actions
 from dealflow.rules.permissions import (
     ACTION_ROLES,
     ACTION_STAGES,
+    NAME_ROLES,
     READ_ROLES,
     START_DEAL_ROLES,
     check_role,
@@ -35,6 +36,7 @@ from dealflow.rules.view import DealView
 __all__ = [
     "ACTION_ROLES",
     "ACTION_STAGES",
+    "NAME_ROLES",
     "READ_ROLES",
     "START_DEAL_ROLES",
     "DealView",

@@ -37,6 +37,9 @@ ACTION_ROLES: dict[Action, frozenset[Role]] = {
 
 START_DEAL_ROLES = frozenset({Role.SALES, Role.ADMIN})
 READ_ROLES = frozenset(Role)
+# Who sees customers' names in lists and may search by them: the staff who
+# serve the customer. Auditors read deals by id.
+NAME_ROLES = READ_ROLES - {Role.AUDITOR}
 
 
 def check_role(action: Action, actor: Actor) -> None:

@@ -55,11 +55,12 @@ class ApiStack:
     engine: Engine
     lenders: dict[str, LenderConfig]
     task_queue: str
+    secret: str = SECRET
     clients: list[httpx.AsyncClient] = field(default_factory=list)
 
     def token(self, role: Role | str, sub: str | None = None, **kw: Any) -> str:
         role = Role(role)
-        return mint_token(SECRET, sub or f"{role.value}-01", [role], **kw)
+        return mint_token(self.secret, sub or f"{role.value}-01", [role], **kw)
 
     def headers(self, role: Role | str | None = None, token: str | None = None) -> dict[str, str]:
         if token is None and role is None:
@@ -91,6 +92,7 @@ async def api_stack(
     policy: DealPolicy | None = None,
     policy_file: Path | None = None,
     store: DocumentStore | None = None,
+    secret: str = SECRET,
 ) -> AsyncIterator[ApiStack]:
     """API + lender simulator + worker. `policy_file` goes through the API's own
     loading (DEALFLOW_POLICY_FILE); `policy` is handed over directly."""
@@ -103,14 +105,14 @@ async def api_stack(
     task_queue = f"api-{uuid.uuid4().hex[:8]}"
     settings = Settings(
         task_queue=task_queue,
-        jwt_secret=SECRET,
+        jwt_secret=secret,
         api_base_url=api_url,
         policy_file=policy_file,
         database_url=database_url,
     )
     if store is None:
         store = LocalDirectoryStore(
-            tmp / f"documents-{api_port}", signing_secret=SECRET, api_base_url=api_url
+            tmp / f"documents-{api_port}", signing_secret=secret, api_base_url=api_url
         )
     engine = db.make_engine(database_url)
     services = Services(
@@ -129,7 +131,7 @@ async def api_stack(
         retry_initial=0.2,
         retry_max=1.0,
     )
-    stack = ApiStack(api_url, sim_base, services, store, engine, lenders, task_queue)
+    stack = ApiStack(api_url, sim_base, services, store, engine, lenders, task_queue, secret)
     async with (
         serve_async(create_app(services), api_port),
         serve_async(create_sim(sim_config), sim_port),

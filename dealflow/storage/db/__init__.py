@@ -42,7 +42,16 @@ from dealflow.storage.db.outbox import (
     record_compensation,
     unsent_notifications,
 )
-from dealflow.storage.db.read_model import deal_summary, get_deal, list_deals, upsert_deal
+from dealflow.storage.db.read_model import (
+    customer_names,
+    deal_summary,
+    get_deal,
+    list_deals,
+    pending_actions_of,
+    pending_work,
+    upsert_deal,
+    waiting_by_stage,
+)
 from dealflow.storage.db.tables import (
     COMPENSATIONS,
     DEALS,
@@ -97,7 +106,11 @@ __all__ = [
     "get_deal",
     "get_idempotency_key",
     "get_webhook",
+    "customer_names",
     "list_deals",
+    "pending_actions_of",
+    "pending_work",
+    "waiting_by_stage",
     "list_documents",
     "make_engine",
     "mark_notification_sent",

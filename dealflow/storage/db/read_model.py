@@ -10,10 +10,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_
+from sqlalchemy import Engine, and_, func, literal, or_
 from sqlmodel import Session, col, select
 
-from dealflow.models import DealSummary, ProjectionInput, Stage
+from dealflow.models import DealSummary, PendingAction, ProjectionInput, Stage
 from dealflow.storage.db.engine import dialect_insert_for, writing, wrote_with
 from dealflow.storage.db.tables import DEALS, DealRow
 
@@ -40,6 +40,10 @@ def upsert_deal(engine: Engine, projection: ProjectionInput) -> bool:
         "updated_at": projection.updated_at,
         "next_due_at": projection.next_due_at,
         "pending_roles": ",".join(str(role) for role in projection.pending_roles),
+        "pending_actions": json.dumps(
+            [action.model_dump(mode="json") for action in projection.pending_actions]
+        ),
+        "customer_name": projection.customer_name,
     }
     with writing(engine) as conn:
         return wrote_with(conn, _upsert_deal_statement(conn.dialect.name), values)
@@ -113,12 +117,16 @@ def list_deals(
     overdue_at: datetime | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    search: str | None = None,
+    search_names: bool = False,
 ) -> tuple[list[DealRow], str | None]:
     """One page of deals, newest change first, and the cursor of the next page.
 
     Keyset pagination on (updated_at, deal_id): pages stay stable while deals
     are updated, and no page costs an OFFSET scan. `overdue_at` keeps deals
-    whose next deadline is before it. The cursor is None on the last page.
+    whose next deadline is before it. `search` matches the start of a deal id
+    and, with `search_names`, any part of the customer's name. The cursor is
+    None on the last page.
     """
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
@@ -133,6 +141,8 @@ def list_deals(
         query = query.where(col(DealRow.dealer_id) == dealer_id)
     if overdue_at is not None:
         query = query.where(col(DealRow.next_due_at) < overdue_at)
+    if search:
+        query = query.where(_matches(search, search_names))
     if cursor is not None:
         after_at, after_id = _decode_cursor(cursor)
         query = query.where(
@@ -148,3 +158,69 @@ def list_deals(
         rows = rows[:limit]
         return rows, _encode_cursor(rows[-1])
     return rows, None
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _matches(search: str, search_names: bool) -> Any:
+    pattern = _like_escaped(search.strip())
+    by_id = col(DealRow.deal_id).like(f"{pattern}%", escape="\\")
+    if not search_names:
+        return by_id
+    return or_(
+        by_id, func.lower(col(DealRow.customer_name)).like(f"%{pattern.lower()}%", escape="\\")
+    )
+
+
+def _waiting_on(roles: list[str] | None) -> Any:
+    """Deals that wait on one of `roles` (on anyone, for None)."""
+    if roles is None:
+        return col(DealRow.pending_roles) != ""
+    padded = literal(",") + col(DealRow.pending_roles) + literal(",")
+    return or_(*(padded.like(f"%,{role},%") for role in roles))
+
+
+def pending_work(engine: Engine, roles: list[str] | None, limit: int = 200) -> list[DealRow]:
+    """The deals waiting on `roles` (None: on anyone), soonest deadline first."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    query = (
+        select(DealRow)
+        .where(_waiting_on(roles))
+        .order_by(
+            col(DealRow.next_due_at).is_(None),
+            col(DealRow.next_due_at),
+            col(DealRow.deal_id),
+        )
+        .limit(limit)
+    )
+    with Session(engine) as session:
+        return list(session.exec(query).all())
+
+
+def waiting_by_stage(engine: Engine, roles: list[str] | None) -> dict[str, int]:
+    """How many deals wait on `roles` in each stage."""
+    query = (
+        select(col(DealRow.stage), func.count())
+        .where(_waiting_on(roles))
+        .group_by(col(DealRow.stage))
+    )
+    with Session(engine) as session:
+        return {stage: count for stage, count in session.exec(query).all()}
+
+
+def pending_actions_of(row: DealRow) -> list[PendingAction]:
+    return [PendingAction.model_validate(item) for item in json.loads(row.pending_actions)]
+
+
+def customer_names(engine: Engine, deal_ids: list[str]) -> dict[str, str]:
+    """deal id → customer name, for the deals that have one recorded."""
+    if not deal_ids:
+        return {}
+    query = select(col(DealRow.deal_id), col(DealRow.customer_name)).where(
+        col(DealRow.deal_id).in_(deal_ids)
+    )
+    with Session(engine) as session:
+        return {deal_id: name for deal_id, name in session.exec(query).all() if name}

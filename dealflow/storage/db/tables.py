@@ -87,8 +87,11 @@ class DealRow(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime, index=True)
     next_due_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
-    # Comma-separated: only ever read whole, never queried by role.
+    # Comma-separated role names; My work finds a role's deals by it.
     pending_roles: str = ""
+    # JSON list of PendingAction: what each role is to do, by when.
+    pending_actions: str = "[]"
+    customer_name: str | None = None
 
     @property
     def pending_role_list(self) -> list[str]:

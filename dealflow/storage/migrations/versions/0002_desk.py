@@ -1,4 +1,5 @@
-"""Desk sessions: the deal desk's server-side sign-in sessions.
+"""The deal desk: server-side sign-in sessions; the read model's pending
+actions and customer name for the desk's lists.
 
 Revision ID: 0002
 Revises: 0001
@@ -32,8 +33,14 @@ def upgrade() -> None:
         sa.Column("ended_at", TS, nullable=True),
     )
     op.create_index("ix_desk_sessions_expires_at", "desk_sessions", ["expires_at"])
+    with op.batch_alter_table("deals") as deals:
+        deals.add_column(sa.Column("pending_actions", sa.String(), nullable=False, server_default="[]"))
+        deals.add_column(sa.Column("customer_name", sa.String(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("deals") as deals:
+        deals.drop_column("customer_name")
+        deals.drop_column("pending_actions")
     op.drop_index("ix_desk_sessions_expires_at", table_name="desk_sessions")
     op.drop_table("desk_sessions")

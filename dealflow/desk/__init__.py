@@ -1,0 +1,13 @@
+"""The deal desk: server-rendered pages where back-office staff do their day's
+work, served by the API process on the same rules, permissions and operations
+as the JSON API (`dealflow/api/operations.py`).
+
+- `session`: the signed-in user (a server-side session behind an opaque
+  HttpOnly cookie), CSRF tokens on every form post.
+- `signin`: the sign-in page (development pick-a-role, bearer token) and sign-out.
+- `work`: My work, the pending actions of the signed-in role across all deals.
+- `deals`: the deals table (filters, sorting, paging by cursor).
+- `pages`: rendering a page with the layout, the user and the language
+  (`dealflow/i18n.py`: the catalogue and locale formatting).
+- `router`: the desk's routes and static files, mounted by the API app.
+"""

@@ -1,0 +1,185 @@
+"""The desk's doors: who gets in, how the session is kept, what a form post
+needs. Over HTTP against the real API app, worker and lender simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from dealflow.config import DEV_JWT_SECRET
+from dealflow.models import Role
+from tests.support.api_stack import ApiStack, HttpDesk, api_stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    dev_env: WorkflowEnvironment, database_url: str, tmp_session: Path
+) -> AsyncIterator[ApiStack]:
+    async with api_stack(
+        dev_env.client, database_url, tmp_session, secret=DEV_JWT_SECRET
+    ) as running:
+        yield running
+
+
+def browser(stack: ApiStack) -> httpx.AsyncClient:
+    """A client that keeps cookies and does not follow redirects, as a test sees a browser."""
+    client = httpx.AsyncClient(base_url=stack.api_url, timeout=30, trust_env=False)
+    stack.clients.append(client)
+    return client
+
+
+def form_token(html: str) -> str:
+    found = re.search(r'name="form_token" value="([^"]+)"', html)
+    assert found, "the sign-in form carries a token"
+    return found.group(1)
+
+
+def csrf_token(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "a signed-in page carries the CSRF token"
+    return found.group(1)
+
+
+async def sign_in(client: httpx.AsyncClient, staff_id: str, role: str) -> httpx.Response:
+    page = await client.get("/desk/login")
+    return await client.post(
+        "/desk/login",
+        data={
+            "method": "development",
+            "staff_id": staff_id,
+            "role": role,
+            "form_token": form_token(page.text),
+            "next": "/desk/deals",
+        },
+    )
+
+
+async def test_a_page_without_a_session_sends_the_browser_to_sign_in(stack: ApiStack) -> None:
+    response = await browser(stack).get("/desk/deals?stage=DOCUMENTS")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/desk/login?next=/desk/deals%3Fstage%3DDOCUMENTS"
+
+
+async def test_development_sign_in_opens_an_httponly_session_and_says_it_is_development(
+    stack: ApiStack,
+) -> None:
+    client = browser(stack)
+    page = await client.get("/desk/login")
+    assert page.status_code == 200 and "Development sign-in" in page.text
+    assert "public development secret" in page.text
+    response = await sign_in(client, "li.na", "sales")
+    assert response.status_code == 303 and response.headers["location"] == "/desk/deals"
+    cookie = next(
+        header
+        for header in response.headers.get_list("set-cookie")
+        if header.startswith("dealflow_desk=")
+    )
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/desk" in cookie
+    token = cookie.split(";")[0].split("=", 1)[1]
+    assert token.count(".") == 0, "the cookie is an opaque id, not a JWT"
+    work = await client.get("/desk/")
+    assert work.status_code == 200
+    assert "li.na" in work.text and "My work" in work.text
+    assert work.headers["cache-control"] == "no-store"
+
+
+async def test_a_sign_in_form_from_elsewhere_is_refused(stack: ApiStack) -> None:
+    client = browser(stack)
+    response = await client.post(
+        "/desk/login",
+        data={"method": "development", "staff_id": "x", "role": "admin", "form_token": "forged"},
+    )
+    assert response.status_code == 401
+    assert "expired" in response.text
+    assert "dealflow_desk=" not in response.headers.get("set-cookie", "")
+
+
+async def test_token_sign_in_takes_the_api_token_and_names_a_bad_one(stack: ApiStack) -> None:
+    client = browser(stack)
+    page = await client.get("/desk/login")
+    bad = await client.post(
+        "/desk/login",
+        data={"method": "token", "token": "not-a-jwt", "form_token": form_token(page.text)},
+    )
+    assert bad.status_code == 401 and "malformed token" in bad.text
+    good = await client.post(
+        "/desk/login",
+        data={
+            "method": "token",
+            "token": stack.token(Role.CREDIT, sub="wang.credit"),
+            "form_token": form_token(bad.text),
+        },
+    )
+    assert good.status_code == 303
+    assert "wang.credit" in (await client.get("/desk/")).text
+
+
+async def test_sign_out_needs_the_csrf_token_and_ends_the_session_on_the_server(
+    stack: ApiStack,
+) -> None:
+    client = browser(stack)
+    await sign_in(client, "zhao.delivery", "delivery")
+    page = await client.get("/desk/")
+    stolen = dict(client.cookies)
+    refused = await client.post("/desk/logout", data={})
+    assert refused.status_code == 403 and "Nothing was changed" in refused.text
+    assert (await client.get("/desk/")).status_code == 200
+    signed_out = await client.post("/desk/logout", data={"csrf": csrf_token(page.text)})
+    assert signed_out.status_code == 303
+    replay = browser(stack)
+    replay.cookies.update(stolen)
+    assert (await replay.get("/desk/")).status_code == 303, "the old cookie is worth nothing"
+
+
+async def test_my_work_lists_the_roles_pending_actions_and_the_deals_table_its_names(
+    stack: ApiStack,
+) -> None:
+    desk = HttpDesk(stack)
+    deal_id = await desk.start()
+    await desk.wait_until(lambda status: status["stage"] == "CONTRACT", "the deal started")
+    sales = browser(stack)
+    await sign_in(sales, "li.sales", "sales")
+    # The read model follows the deal a moment later.
+    for _ in range(50):
+        work = (await sales.get("/desk/")).text
+        if deal_id in work:
+            break
+        await asyncio.sleep(0.1)
+    assert deal_id in work and "sign the sales contract" in work
+    credit = browser(stack)
+    await sign_in(credit, "wang.credit", "credit")
+    assert deal_id not in (await credit.get("/desk/")).text
+
+    named = await sales.get("/desk/deals", params={"q": "wang"})
+    assert deal_id in named.text and "Customer" in named.text
+    auditor = browser(stack)
+    await sign_in(auditor, "audit.01", "auditor")
+    unnamed = await auditor.get("/desk/deals", params={"q": deal_id})
+    assert deal_id in unnamed.text and "Customer" not in unnamed.text
+
+
+async def test_development_sign_in_is_off_with_a_real_secret(
+    dev_env: WorkflowEnvironment, database_url: str, tmp_session: Path
+) -> None:
+    async with api_stack(dev_env.client, database_url, tmp_session) as production_like:
+        client = browser(production_like)
+        page = await client.get("/desk/login")
+        assert "Development sign-in" not in page.text
+        response = await client.post(
+            "/desk/login",
+            data={
+                "method": "development",
+                "staff_id": "x",
+                "role": "admin",
+                "form_token": form_token(page.text),
+            },
+        )
+        assert response.status_code == 401 and "off on this deployment" in response.text
