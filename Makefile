@@ -13,7 +13,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 # Written after a successful install; older than pyproject.toml => reinstall.
 STAMP := $(VENV)/.installed
-LINT_PATHS := dealflow workflows activities sim worker.py starter.py tests
+LINT_PATHS := dealflow workflows activities sim bench worker.py starter.py tests
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
