@@ -197,13 +197,13 @@ async def deal_status(client: Client, deal_id: str, rpc_timeout: float = 10.0) -
             raise DealNotFound(deal_id) from None
         raise
     except WorkflowQueryFailedError as e:
-        closed = await _closed_status(client, deal_id)
+        closed = await closed_status(client, deal_id)
         if closed is not None:
             return closed
         raise RuntimeError(f"status query of deal {deal_id} failed: {e}") from e
 
 
-async def _closed_status(client: Client, deal_id: str) -> DealStatus | None:
+async def closed_status(client: Client, deal_id: str) -> DealStatus | None:
     """A closed deal's status is its result, read from its last event: no
     replay of its history is needed (a query of a closed run replays it)."""
     handle = client.get_workflow_handle(workflow_id(deal_id), result_type=DealStatus)
@@ -529,7 +529,7 @@ async def _status_after(client: Client, deal_id: str, patience: float) -> DealSt
                 DealWorkflow.status, rpc_timeout=timedelta(seconds=5)
             )
         except WorkflowQueryFailedError as e:
-            closed = await _closed_status(client, deal_id)
+            closed = await closed_status(client, deal_id)
             if closed is None:
                 raise RuntimeError(f"status query of deal {deal_id} failed: {e}") from e
             return closed

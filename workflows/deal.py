@@ -1280,6 +1280,7 @@ class DealWorkflow:
             outcome_reason=self.state.outcome_reason,
             adverse_action_reasons=self.state.adverse_action_reasons,
             follow_ups_missed=self.state.follow_ups_missed,
+            applied_webhooks=self.state.applied_webhooks,
             version=self.state.version,
         )
 

@@ -548,3 +548,43 @@ async def test_event_stored_but_not_delivered_before_a_crash_is_delivered_on_res
     assert [x.status for x in await inbox(dev_stack, ACME, wid)] == ["delivered"]
     await redeliver_pending(services)
     assert await signals(desk) == 1
+
+
+async def test_an_applied_event_whose_mark_was_lost_is_delivered_after_the_deal_closed(
+    dev_stack: Stack, new_deal: NewDeal
+) -> None:
+    """The API signalled the deal, then died before marking the inbox row; the deal
+    went on and closed. Redelivery and the lender's retry find the deal ended, and
+    it had applied this very webhook: delivered (204), not refused."""
+    from dealflow import client as deals
+    from dealflow.api.routes.webhooks import parse_event, redeliver_pending
+
+    desk, sub = await new_deal()
+    assert sub.application_ref
+    wid = new_id()
+    body = decided(desk.deal_id, sub.application_ref)
+    row, outcome = db.store_webhook(
+        dev_stack.engine,
+        lender_id=ACME,
+        webhook_id=wid,
+        body=body,
+        received_at=datetime.now(UTC) - timedelta(minutes=1),
+        event_type="application.decided",
+        deal_id=desk.deal_id,
+    )
+    assert outcome == "new"
+    event = parse_event(ACME, wid, json.loads(body))
+    await deals.signal_lender_event(desk.client, desk.deal_id, event)
+    await desk.wait_stage(Stage.DOWN_PAYMENT)
+    await desk.do("cancel", reason="the customer bought elsewhere")
+    final = await desk.result()
+    assert wid in final.applied_webhooks
+
+    await redeliver_pending(dev_stack.api_services)
+    assert [x.status for x in await inbox(dev_stack, ACME, wid)] == ["delivered"]
+    retry = signed(secret(dev_stack, ACME), body, wid)
+    assert (await post(dev_stack, ACME, body, retry)).status_code == 204
+    # An event the closed deal never saw is still refused, saying why.
+    unseen = decided(desk.deal_id, sub.application_ref, seq=2)
+    headers = signed(secret(dev_stack, ACME), unseen)
+    assert_problem(await post(dev_stack, ACME, unseen, headers), 422, "has ended")

@@ -115,6 +115,17 @@ async def _not_found_reason(svc: Services, deal_id: str) -> str:
     return f"deal {deal_id} has ended (workflow {status}); the event was not applied"
 
 
+async def _applied_before_close(svc: Services, deal_id: str, webhook_id: str) -> bool:
+    """Whether a deal that has ended applied this webhook while it ran: a stored
+    event whose "delivered" mark was lost (the API stopped between the signal
+    and the mark) comes back after its deal closed, and was not refused then."""
+    try:
+        final = await deals.closed_status(svc.client, deal_id)
+    except RPCError:
+        return False
+    return final is not None and webhook_id in final.applied_webhooks
+
+
 @router.post(
     "/webhooks/lenders/{lender_id}",
     status_code=204,
@@ -200,9 +211,10 @@ async def deliver(svc: Services, row_id: int, deal_id: str, event: LenderEventIn
     try:
         await deals.signal_lender_event(svc.client, deal_id, event)
     except deals.DealNotFound:
-        msg = await _not_found_reason(svc, deal_id)
-        await _mark(svc, db.WebhookMark(row_id, "rejected", msg))
-        return msg
+        if not await _applied_before_close(svc, deal_id, event.webhook_id):
+            msg = await _not_found_reason(svc, deal_id)
+            await _mark(svc, db.WebhookMark(row_id, "rejected", msg))
+            return msg
     # Committed before the 2xx (with the other requests' writes): a row left
     # "received" is redelivered later, and by then its deal may have ended,
     # which would record a delivered event as rejected.
