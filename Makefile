@@ -54,8 +54,9 @@ status:
 # The suite starts what it needs itself (time-skipping server, dev servers on free
 # ports, tmp dirs): it must pass with the stack up or down. `time` is bash's keyword,
 # so the exit status of pytest is kept and the wall time is printed even on failure.
+# -rs names each skip's reason (the browser tests' names the chromium install).
 test: venv
-	@TIMEFORMAT='test suite wall time: %1Rs'; time $(VENV)/bin/pytest -q
+	@TIMEFORMAT='test suite wall time: %1Rs'; time $(VENV)/bin/pytest -q -rs
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)

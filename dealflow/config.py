@@ -9,6 +9,7 @@ from __future__ import annotations
 import tomllib
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +66,19 @@ class Settings(BaseSettings):
     codec_keys: str = ""
     # How long a desk sign-in lasts before staff sign in again.
     desk_session_hours: float = Field(default=8.0, gt=0, le=24)
+    # Production desk sign-in through the organisation's OpenID Connect
+    # provider (authorization code with PKCE): on when the issuer and the
+    # client id are set. The issuer's /.well-known/openid-configuration says
+    # the rest. The secret is for a confidential client; a public one has none.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    # The ID token claim that lists the staff member's DealFlow roles; a dotted
+    # path reaches into an object (Keycloak: "realm_access.roles").
+    oidc_roles_claim: str = Field(default="roles", pattern=r"^[A-Za-z0-9_:/.-]{1,200}$")
+    oidc_scopes: str = "openid profile email"
+    # The name on the desk's "Sign in with ..." button; empty: the issuer's host.
+    oidc_provider_name: str = ""
     # Loopback by default: the development stack is not for the network.
     # Containers set 0.0.0.0.
     api_host: str = "127.0.0.1"
@@ -92,6 +106,34 @@ class Settings(BaseSettings):
             if v.startswith(prefix):
                 return "postgresql+psycopg://" + v[len(prefix) :]
         return v
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuer_is_a_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        parsed = urlsplit(v)
+        # Plain http only to a provider on this machine (tests, a local provider).
+        loopback = parsed.hostname in ("localhost", "127.0.0.1", "::1")
+        if not parsed.hostname or not (
+            parsed.scheme == "https" or (parsed.scheme == "http" and loopback)
+        ):
+            raise ValueError("the OIDC issuer must be an https:// URL")
+        if parsed.query or parsed.fragment:
+            raise ValueError("the OIDC issuer has no query or fragment")
+        return v.rstrip("/")
+
+    @field_validator("oidc_scopes")
+    @classmethod
+    def _scopes_ask_for_openid(cls, v: str) -> str:
+        if "openid" not in v.split():
+            raise ValueError("the OIDC scopes must include 'openid'")
+        return " ".join(v.split())
+
+    @property
+    def oidc_configured(self) -> bool:
+        """Whether the desk offers sign-in through the OpenID Connect provider."""
+        return bool(self.oidc_issuer and self.oidc_client_id)
 
     @property
     def development_signin(self) -> bool:

@@ -381,6 +381,16 @@ def _print_links(settings: Settings) -> None:
         "/workflows?query=DealStage%3D%22COMPLETED%22"
     )
     console.print(f"API docs:     {settings.api_url}/docs")
+    console.print(f"Deal desk:    {settings.api_url}/desk/")
+    if settings.development_signin:
+        console.print(
+            "              sign in with any staff id and a role (sales starts deals; "
+            "credit, finance, ... take the later steps)"
+        )
+    elif settings.oidc_configured:
+        console.print("              sign in with your organisation's account")
+    else:
+        console.print("              sign in with a staff token (starter.py token)")
     console.print(".venv/bin/temporal workflow list --query 'DealStage=\"COMPLETED\"'")
     console.print("The stack stays up; `make down` stops it.")
 

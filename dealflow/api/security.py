@@ -137,6 +137,11 @@ class Authenticator:
         return principal_from_claims(claims)
 
 
+def is_staff_id(candidate: str) -> bool:
+    """Whether `candidate` may name a member of staff (a token's sub, an audit actor)."""
+    return bool(_STAFF_ID.match(candidate))
+
+
 def principal_from_claims(claims: dict[str, Any]) -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not _STAFF_ID.match(sub):

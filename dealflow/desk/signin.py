@@ -5,7 +5,8 @@ Three ways in, all ending in the same server-side session:
   and a role — the page says this is the development sign-in;
 - a bearer token, the same JWT the API accepts (identity-provider tokens,
   automation);
-- the organisation's OpenID Connect provider, when one is configured.
+- the organisation's OpenID Connect provider, when one is configured
+  (dealflow/desk/oidc_signin.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.datastructures import FormData
 from dealflow.api.deps import services
 from dealflow.api.errors import Problem
 from dealflow.api.security import AuthError, Principal
+from dealflow.desk.oidc import provider_name
 from dealflow.desk.pages import render_page
 from dealflow.desk.session import (
     MAX_FORM_FIELDS,
@@ -41,20 +43,24 @@ STAFF_ID = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
 @router.get("/desk/login", include_in_schema=False)
 async def signin_page(request: Request, next: str = "/desk/") -> Response:
-    return _signin_form(request, safe_next(next), error=None)
+    return signin_form(request, safe_next(next), error=None)
 
 
-def _signin_form(request: Request, next_path: str, error: str | None) -> Response:
+def signin_form(
+    request: Request, next_path: str, error: str | None, status_code: int | None = None
+) -> Response:
+    """The sign-in page, with the reason the last attempt failed (401 unless told)."""
     settings = services(request).settings
     token = signin_form_token(request)
     response = render_page(
         request,
         "desk/login.html",
         None,
-        status_code=401 if error else 200,
+        status_code=status_code or (401 if error else 200),
         next_path=next_path,
         error=error,
         development=settings.development_signin,
+        oidc_name=provider_name(settings) if settings.oidc_configured else None,
         roles=[role.value for role in Role],
         form_token=token,
     )
@@ -67,11 +73,11 @@ async def sign_in(request: Request) -> Response:
     form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
     next_path = safe_next(form.get("next"))
     if not signin_form_matches(request, form.get("form_token")):
-        return _signin_form(request, next_path, "The sign-in form expired; please try again.")
+        return signin_form(request, next_path, "The sign-in form expired; please try again.")
     try:
         principal = await _principal_from_form(request, form.get("method"), form)
     except (AuthError, Problem) as refusal:
-        return _signin_form(request, next_path, str(refusal))
+        return signin_form(request, next_path, str(refusal))
     response = RedirectResponse(next_path, status_code=303)
     await open_session(request, response, principal)
     return response

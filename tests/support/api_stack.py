@@ -93,9 +93,11 @@ async def api_stack(
     policy_file: Path | None = None,
     store: DocumentStore | None = None,
     secret: str = SECRET,
+    settings_changes: dict[str, Any] | None = None,
 ) -> AsyncIterator[ApiStack]:
     """API + lender simulator + worker. `policy_file` goes through the API's own
-    loading (DEALFLOW_POLICY_FILE); `policy` is handed over directly."""
+    loading (DEALFLOW_POLICY_FILE); `policy` is handed over directly;
+    `settings_changes` are more `Settings` fields (validated as from the environment)."""
     api_port, sim_port = free_port(), free_port()
     api_url, sim_base = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{sim_port}"
     lenders = {
@@ -109,6 +111,7 @@ async def api_stack(
         api_base_url=api_url,
         policy_file=policy_file,
         database_url=database_url,
+        **(settings_changes or {}),
     )
     if store is None:
         store = LocalDirectoryStore(
