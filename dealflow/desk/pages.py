@@ -22,6 +22,7 @@ PAGE_HEADERS = {
     "Referrer-Policy": "same-origin",
 }
 
+
 def N_(message: str) -> str:
     """Marks a string for the catalogue; templates translate it where shown."""
     return message
