@@ -77,8 +77,11 @@ with workflow.unsafe.imports_passed_through():
         SubmitToLenderResult,
         Transition,
         WithdrawInput,
+        deal_closed,
         fmt_money,
+        lender_decision_facts,
         money,
+        stage_changes,
     )
 
 DEAL_STAGE = SearchAttributeKey.for_keyword("DealStage")
@@ -662,6 +665,9 @@ class DealWorkflow:
             pending_roles=sorted({action.role.value for action in pending}),
             pending_actions=pending,
             customer_name=self.deal.customer.applicant.full_name,
+            transitions=stage_changes(self.state.transitions),
+            lender_decisions=lender_decision_facts(self.state.submissions),
+            closed=deal_closed(self.state),
         )
 
     def _notify(

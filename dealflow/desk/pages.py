@@ -26,6 +26,7 @@ NAVIGATION = (
     ("work", "/desk/", "My work"),
     ("deals", "/desk/deals", "Deals"),
     ("new", "/desk/deals/new", "New deal"),
+    ("reports", "/desk/reports", "Reports"),
 )
 
 
