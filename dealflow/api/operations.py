@@ -131,6 +131,13 @@ def _created(svc: Services, deal_id: str, outcome: str) -> DealCreated:
 
 async def list_deals(svc: Services, **filters: Any) -> DealPage:
     """One page of the read model; `filters` are `db.list_deals`'s, `overdue` a flag."""
+    page, _ = await list_deals_named(svc, **filters)
+    return page
+
+
+async def list_deals_named(svc: Services, **filters: Any) -> tuple[DealPage, dict[str, str]]:
+    """`list_deals`, and the customer's name of each deal on the page that has
+    one, from the same rows (for the staff who may see names)."""
     now = datetime.now(UTC)
     overdue = filters.pop("overdue", False)
     try:
@@ -139,7 +146,8 @@ async def list_deals(svc: Services, **filters: Any) -> DealPage:
         )
     except ValueError as e:
         raise Problem(422, str(e)) from None
-    return DealPage(deals=[db.deal_summary(row, now) for row in rows], next_cursor=next_cursor)
+    page = DealPage(deals=[db.deal_summary(row, now) for row in rows], next_cursor=next_cursor)
+    return page, {row.deal_id: row.customer_name for row in rows if row.customer_name}
 
 
 async def customer_names(svc: Services, deal_ids: list[str]) -> dict[str, str]:
