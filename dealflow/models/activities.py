@@ -115,10 +115,12 @@ class DealClosed(BaseModel):
     reason_codes: list[str] = Field(default_factory=list)
 
 
-def stage_changes(transitions: list[Transition]) -> list[StageChange]:
+def stage_changes(transitions: list[Transition], since: int = 0) -> list[StageChange]:
+    """The deal's stage changes from the `since`-th on (those before it are projected)."""
     return [
         StageChange(seq=seq, at=t.at, from_stage=t.from_stage, to_stage=t.to_stage)
         for seq, t in enumerate(transitions)
+        if seq >= since
     ]
 
 
@@ -174,7 +176,8 @@ class ProjectionInput(BaseModel):
     # (searched by staff who may see names). Older workers sent neither.
     pending_actions: list[PendingAction] = Field(default_factory=list)
     customer_name: str | None = None
-    # For the reports: every stage change, every lender application with its
+    # For the reports: the stage changes the read model may not hold yet
+    # (DealState.projected_transitions), every lender application with its
     # answer, and how the deal ended. Older workers sent none of them.
     transitions: list[StageChange] = Field(default_factory=list)
     lender_decisions: list[LenderDecisionFact] = Field(default_factory=list)

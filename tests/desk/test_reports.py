@@ -244,7 +244,7 @@ DECLINE_ALL = {
 CANCEL_REASON = "customer bought a car elsewhere"
 
 
-async def drive_deals(stack: ApiStack) -> None:
+async def drive_deals(stack: ApiStack) -> list[HttpDesk]:
     """One deal approved (waits in DOWN_PAYMENT), one declined by both lenders,
     one cancelled in CONTRACT."""
     approved = HttpDesk(stack)
@@ -262,6 +262,22 @@ async def drive_deals(stack: ApiStack) -> None:
     cancelled = HttpDesk(stack)
     await cancelled.start()
     await cancelled.ok("cancel", Role.SALES, reason=CANCEL_REASON)
+    return [approved, declined, cancelled]
+
+
+async def assert_every_stage_change_is_held(stack: ApiStack, desks: list[HttpDesk]) -> None:
+    """Projections send only the stage changes the read model lacks; together
+    they leave each deal's every change in it, in order."""
+    for desk in desks:
+        changes = [(t["from_stage"], t["to_stage"]) for t in (await desk.status())["transitions"]]
+        held = db.DEAL_TRANSITIONS
+        with stack.engine.connect() as conn:
+            rows = conn.execute(
+                select(held.c.seq, held.c.from_stage, held.c.to_stage)
+                .where(held.c.deal_id == desk.deal_id)
+                .order_by(held.c.seq)
+            ).all()
+        assert [(seq, (fr, to)) for seq, fr, to in rows] == list(enumerate(changes))
 
 
 def read_model_figures(stack: ApiStack, period: reports.Period) -> dict[str, Any]:
@@ -369,12 +385,13 @@ async def settled_reports(http: httpx.AsyncClient, params: dict[str, str]) -> di
 
 @pytest.mark.e2e
 async def test_the_reports_show_what_the_read_model_holds(stack: ApiStack) -> None:
-    await drive_deals(stack)
+    desks = await drive_deals(stack)
     today = datetime.now(UTC).date()
     params = {"from": (today - timedelta(days=1)).isoformat(), "to": today.isoformat()}
     period = reports.period_of(today - timedelta(days=1), today, today)
     found = await settled_reports(stack.http(Role.AUDITOR), params)
     held = read_model_figures(stack, period)
+    await assert_every_stage_change_is_held(stack, desks)
 
     funnel = {row["stage"]: (row["entered"], row["left"]) for row in found["funnel"]["stages"]}
     assert funnel == {s.value: (held["entered"][s.value], held["left"][s.value]) for s in Stage}
