@@ -8,6 +8,7 @@
 4 audit replay      deal histories replayed vs. the SDK Replayer on floor histories
 5 recovery          worker kill -9 with lender calls in flight: seconds until all progress
 6 test suite        wall time of the whole suite
+7 desk pages        server time p95 of desk pages vs. the JSON routes (10,000 deals)
 
 Every benchmark starts its own stack (dev server with SQLite file, worker, API,
 lender simulator) in a scratch data dir on free ports, never on the default
@@ -37,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import (
+    bench_desk,
     bench_parked,
     bench_recovery,
     bench_replay,
@@ -78,9 +80,10 @@ BENCHES: dict[int, tuple[str, Any]] = {
     4: ("audit replay", bench_replay),
     5: ("recovery after kill -9", bench_recovery),
     6: ("test suite", bench_tests),
+    7: ("desk pages", bench_desk),
 }
 # 1 before 4 (4 replays 1's deals); the long ones last.
-ORDER = [1, 2, 4, 5, 3, 6]
+ORDER = [1, 2, 4, 5, 7, 3, 6]
 
 
 def fmt(v: Any, unit: str = "") -> str:

@@ -8,14 +8,16 @@ Dates and amounts are formatted for the language with Babel.
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
 
 from babel import Locale
-from babel.dates import format_datetime
+from babel.dates import format_datetime, get_date_format, get_datetime_format, get_time_format
 from babel.messages.pofile import read_po
 from babel.numbers import format_currency, format_decimal
 from fastapi import Request
@@ -25,6 +27,7 @@ DEFAULT_LANGUAGE = "en"
 LANGUAGE_COOKIE = "dealflow_lang"
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 _BABEL_LOCALES = {"en": "en_GB", "zh": "zh_Hans_CN"}
+CENTS = Decimal("0.01")
 
 current_language: ContextVar[str] = ContextVar("current_language", default=DEFAULT_LANGUAGE)
 
@@ -65,23 +68,108 @@ def negotiate(request: Request) -> str:
     return DEFAULT_LANGUAGE
 
 
+@cache
+def _locale(language: str) -> Locale:
+    return Locale.parse(_BABEL_LOCALES[language])
+
+
 def babel_locale() -> Locale:
-    return Locale.parse(_BABEL_LOCALES[current_language.get()])
+    return _locale(current_language.get())
+
+
+# Formatting each amount and moment through Babel's general entry points cost
+# more than the query behind a 50-row deals page (parsing the locale and the
+# pattern every time). The shapes below are read from Babel once per language
+# and give the same text (tests/desk/test_formatting.py compares them).
+
+
+@dataclass(frozen=True)
+class _MoneyShape:
+    prefix: str
+    suffix: str
+    negative_prefix: str
+    negative_suffix: str
+    group: str
+    decimal: str
+
+
+_MONEY_SAMPLE = re.compile(r"^(.*?)1(?P<group>\D+)234(?P=group)567(\D+)89(.*)$")
+
+
+@cache
+def _money_shape(language: str) -> _MoneyShape:
+    """How `language` writes yuan, read off Babel's text for a sample amount."""
+    positive, negative = (
+        format_currency(Decimal(sample), "CNY", locale=_locale(language))
+        for sample in ("1234567.89", "-1234567.89")
+    )
+    pos, neg = _MONEY_SAMPLE.match(positive), _MONEY_SAMPLE.match(negative)
+    if pos is None or neg is None:
+        raise ValueError(f"unexpected money format for {language}: {positive!r}, {negative!r}")
+    return _MoneyShape(pos[1], pos[4], neg[1], neg[4], pos[2], pos[3])
 
 
 def format_money(amount: Decimal | None) -> str:
     """An amount in yuan, two decimals, grouped for the language."""
     if amount is None:
         return "—"
-    return format_currency(amount, "CNY", locale=babel_locale(), decimal_quantization=True)
+    shape = _money_shape(current_language.get())
+    cents = Decimal(amount).quantize(CENTS)
+    digits = f"{abs(cents):,.2f}"
+    if (shape.group, shape.decimal) != (",", "."):
+        digits = digits.translate({ord(","): shape.group, ord("."): shape.decimal})
+    if cents.is_signed() and cents:
+        return f"{shape.negative_prefix}{digits}{shape.negative_suffix}"
+    return f"{shape.prefix}{digits}{shape.suffix}"
 
 
 def format_number(value: Decimal | float | int) -> str:
     return format_decimal(value, locale=babel_locale())
 
 
+# The date and time fields Babel's medium patterns of our languages use, each
+# formatted as Babel does; a pattern with any other field goes through Babel.
+_WHEN_FIELDS = frozenset({"d", "dd", "M", "MM", "MMM", "y", "HH", "mm", "ss"})
+_PATTERN_FIELD = re.compile(r"%\((\w+)\)s")
+
+
+@dataclass(frozen=True)
+class _WhenShape:
+    text: str  # the %-format of the date and time, or "" when Babel must do it
+    months: tuple[str, ...]
+
+
+@cache
+def _when_shape(language: str) -> _WhenShape:
+    locale = _locale(language)
+    combined = str(get_datetime_format("medium", locale=locale)).replace("'", "")
+    # A pattern's `format` is its %-style text, e.g. "%(d)s %(MMM)s %(y)s".
+    date_format = str(get_date_format("medium", locale).format)
+    time_format = str(get_time_format("medium", locale).format)
+    text = combined.replace("{0}", time_format).replace("{1}", date_format)
+    if not set(_PATTERN_FIELD.findall(text)) <= _WHEN_FIELDS or "%" in _PATTERN_FIELD.sub("", text):
+        text = ""
+    abbreviated = locale.months["format"]["abbreviated"]
+    return _WhenShape(text, tuple(abbreviated[month] for month in range(1, 13)))
+
+
 def format_when(moment: datetime | None) -> str:
     """A moment in UTC, medium length, for the language."""
     if moment is None:
         return "—"
-    return format_datetime(moment, "medium", tzinfo=UTC, locale=babel_locale()) + " UTC"
+    language = current_language.get()
+    shape, at = _when_shape(language), moment.astimezone(UTC)
+    if not shape.text:
+        return format_datetime(at, "medium", tzinfo=UTC, locale=_locale(language)) + " UTC"
+    fields = {
+        "d": str(at.day),
+        "dd": f"{at.day:02d}",
+        "M": str(at.month),
+        "MM": f"{at.month:02d}",
+        "MMM": shape.months[at.month - 1],
+        "y": str(at.year),
+        "HH": f"{at.hour:02d}",
+        "mm": f"{at.minute:02d}",
+        "ss": f"{at.second:02d}",
+    }
+    return shape.text % fields + " UTC"

@@ -77,8 +77,11 @@ with workflow.unsafe.imports_passed_through():
         SubmitToLenderResult,
         Transition,
         WithdrawInput,
+        deal_closed,
         fmt_money,
+        lender_decision_facts,
         money,
+        stage_changes,
     )
 
 DEAL_STAGE = SearchAttributeKey.for_keyword("DealStage")
@@ -632,12 +635,20 @@ class DealWorkflow:
 
     async def _send_projection(self) -> None:
         self._projection_queued = False
-        await workflow.execute_activity(names.PROJECT_DEAL, self._snapshot(), **BOOKKEEPING)
+        await self._project_now()
 
     async def _projector(self) -> None:
         while self._projection_owed:
             self._projection_owed = False
-            await workflow.execute_activity(names.PROJECT_DEAL, self._snapshot(), **BOOKKEEPING)
+            await self._project_now()
+
+    async def _project_now(self) -> None:
+        sent = len(self.state.transitions)
+        await workflow.execute_activity(names.PROJECT_DEAL, self._snapshot(), **BOOKKEEPING)
+        # The read model holds the stage changes up to `sent` now (this
+        # snapshot's, or a newer one's that superseded it): later snapshots
+        # leave them out, so the projection's size stays flat as a deal ages.
+        self.state.projected_transitions = max(self.state.projected_transitions, sent)
 
     def _snapshot(self) -> ProjectionInput:
         """The read model's row; versions keep retried writes in order."""
@@ -662,6 +673,9 @@ class DealWorkflow:
             pending_roles=sorted({action.role.value for action in pending}),
             pending_actions=pending,
             customer_name=self.deal.customer.applicant.full_name,
+            transitions=stage_changes(self.state.transitions, self.state.projected_transitions),
+            lender_decisions=lender_decision_facts(self.state.submissions),
+            closed=deal_closed(self.state),
         )
 
     def _notify(

@@ -24,7 +24,7 @@ from temporalio.service import RPCError
 from dealflow import rules, stuck
 from dealflow.api import problems
 from dealflow.api.deps import Metrics, Services
-from dealflow.api.routes import codec_server, deals, documents, files, webhooks
+from dealflow.api.routes import codec_server, deals, documents, files, reports, webhooks
 from dealflow.client import WorkflowStuck
 from dealflow.desk import router as desk
 from dealflow.storage.documents import DocumentStoreError
@@ -39,7 +39,8 @@ token. Who acted is always the token's `sub`; a body cannot change it.
 
 **Permissions.** Starting deals: sales. Each action lists its roles. Uploading
 documents: sales, credit. Reading documents: sales, credit, auditor. Reading deals:
-every role. `admin` may do everything; `auditor` only reads.
+every role. Reports: sales, credit, finance, auditor. `admin` may do everything;
+`auditor` only reads.
 
 **Errors** are `application/problem+json` (RFC 9457): 401 no/bad token, 403 wrong
 role, 404 unknown deal, 409 not allowed in the deal's stage, 413 file too large,
@@ -54,6 +55,7 @@ TAGS = [
     {"name": "actions", "description": "staff steps: each is a Temporal Update"},
     {"name": "documents", "description": "customer documents in the document store"},
     {"name": "lender webhooks", "description": "signed lender events (Standard Webhooks)"},
+    {"name": "reports", "description": "the pipeline's figures for a period (the desk's reports)"},
     {"name": "operations", "description": "health and metrics"},
 ]
 
@@ -167,6 +169,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(files.router)
     app.include_router(webhooks.router)
     app.include_router(codec_server.router)
+    app.include_router(reports.router)
     desk.install(app)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")

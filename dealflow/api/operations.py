@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import delete
@@ -22,7 +22,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import client as deals
-from dealflow import rules, stuck
+from dealflow import reports, rules, stuck
 from dealflow.api.deps import Services
 from dealflow.api.errors import Problem
 from dealflow.models import (
@@ -131,6 +131,13 @@ def _created(svc: Services, deal_id: str, outcome: str) -> DealCreated:
 
 async def list_deals(svc: Services, **filters: Any) -> DealPage:
     """One page of the read model; `filters` are `db.list_deals`'s, `overdue` a flag."""
+    page, _ = await list_deals_named(svc, **filters)
+    return page
+
+
+async def list_deals_named(svc: Services, **filters: Any) -> tuple[DealPage, dict[str, str]]:
+    """`list_deals`, and the customer's name of each deal on the page that has
+    one, from the same rows (for the staff who may see names)."""
     now = datetime.now(UTC)
     overdue = filters.pop("overdue", False)
     try:
@@ -139,11 +146,50 @@ async def list_deals(svc: Services, **filters: Any) -> DealPage:
         )
     except ValueError as e:
         raise Problem(422, str(e)) from None
-    return DealPage(deals=[db.deal_summary(row, now) for row in rows], next_cursor=next_cursor)
+    page = DealPage(deals=[db.deal_summary(row, now) for row in rows], next_cursor=next_cursor)
+    return page, {row.deal_id: row.customer_name for row in rows if row.customer_name}
 
 
 async def customer_names(svc: Services, deal_ids: list[str]) -> dict[str, str]:
     return await asyncio.to_thread(db.customer_names, svc.engine, deal_ids)
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def report_period(start: date | None, end: date | None) -> reports.Period:
+    """The period of a report, or a 422 naming what is wrong with it."""
+    try:
+        return reports.period_of(start, end, datetime.now(UTC).date())
+    except reports.PeriodError as e:
+        raise Problem(422, str(e)) from None
+
+
+async def funnel_report(svc: Services, period: reports.Period) -> reports.FunnelReport:
+    moves = await asyncio.to_thread(db.moves_between, svc.engine, period.since, period.until)
+    return reports.funnel(moves, period)
+
+
+async def time_in_stage_report(svc: Services, period: reports.Period) -> reports.TimeInStageReport:
+    moves = await asyncio.to_thread(db.moves_between, svc.engine, period.since, period.until)
+    return reports.time_in_stage(moves, period)
+
+
+async def overdue_report(svc: Services) -> reports.OverdueReport:
+    pending = await asyncio.to_thread(db.pending_by_stage, svc.engine)
+    return reports.overdue(pending, datetime.now(UTC))
+
+
+async def lender_report(svc: Services, period: reports.Period) -> reports.LenderReport:
+    applications = await asyncio.to_thread(
+        db.applications_between, svc.engine, period.since, period.until
+    )
+    return reports.lender_figures(applications, period)
+
+
+async def close_reason_report(svc: Services, period: reports.Period) -> reports.ReasonReport:
+    closures = await asyncio.to_thread(db.closures_between, svc.engine, period.since, period.until)
+    return reports.close_reasons(closures, period)
 
 
 async def read_status(svc: Services, deal_id: str) -> DealStatus:

@@ -2,23 +2,60 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from dealflow import rules
+from dealflow import i18n, rules
 from dealflow.api import operations
 from dealflow.api.deps import services
 from dealflow.api.errors import Problem
 from dealflow.desk.pages import render_page
 from dealflow.desk.session import SignedIn
-from dealflow.models import STAGE_ORDER, Stage
+from dealflow.models import STAGE_ORDER, DealPage, Stage
 
 router = APIRouter()
 
 PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class DealLine:
+    """One row of the deals table, in the page's language."""
+
+    deal_id: str
+    customer: str
+    stage: str
+    lender: str
+    dealer: str
+    financed: str
+    next_due: str
+    overdue: bool
+    waiting_on: str
+
+
+def table_lines(page: DealPage, names: dict[str, str]) -> list[DealLine]:
+    """The table's rows as text. Called by the template while it renders, so
+    the words are in the page's language; formatting here rather than through
+    filters in every cell of every row takes a third off the page's time (make
+    bench, 7)."""
+    return [
+        DealLine(
+            deal_id=deal.deal_id,
+            customer=names.get(deal.deal_id, ""),
+            stage=i18n.gettext(deal.stage.value),
+            lender=deal.lender_id or "",
+            dealer=deal.dealer_id,
+            financed=i18n.format_money(deal.amount_financed),
+            next_due=i18n.format_when(deal.next_due_at),
+            overdue=deal.overdue,
+            waiting_on=", ".join(i18n.gettext(role) for role in deal.pending_roles),
+        )
+        for deal in page.deals
+    ]
 
 
 @router.get("/desk/deals", include_in_schema=False)
@@ -44,14 +81,13 @@ async def deals_table(
         "limit": PAGE_SIZE,
         "cursor": cursor or None,
     }
-    try:
-        page = await operations.list_deals(svc, **filters)
-    except Problem as problem:
-        error, page = problem.detail, None
     show_names = user.may(rules.NAME_ROLES)
+    page: DealPage | None = None
     names: dict[str, str] = {}
-    if page is not None and show_names:
-        names = await operations.customer_names(svc, [deal.deal_id for deal in page.deals])
+    try:
+        page, names = await operations.list_deals_named(svc, **filters)
+    except Problem as problem:
+        error = problem.detail
     query = {"stage": stage, "lender": lender, "dealer": dealer, "q": q, "overdue": overdue}
     next_href = ""
     if page is not None and page.next_cursor:
@@ -63,7 +99,8 @@ async def deals_table(
         user,
         section="deals",
         page=page,
-        names=names,
+        names=names if show_names else {},
+        lines=table_lines,
         show_names=show_names,
         next_href=next_href,
         error=error,

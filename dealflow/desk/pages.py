@@ -32,6 +32,7 @@ NAVIGATION = (
     ("work", "/desk/", N_("My work")),
     ("deals", "/desk/deals", N_("Deals")),
     ("new", "/desk/deals/new", N_("New deal")),
+    ("reports", "/desk/reports", N_("Reports")),
 )
 
 

@@ -10,7 +10,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from dealflow.models.deal import DealInput, Product, Role
-from dealflow.models.state import DocumentRecord, Stage
+from dealflow.models.lender_events import Decision
+from dealflow.models.state import DealState, DocumentRecord, Stage, Submission, Transition
 from dealflow.models.status import PendingAction
 
 
@@ -80,6 +81,80 @@ class WithdrawInput(BaseModel):
     reason: str
 
 
+class StageChange(BaseModel):
+    """A move of the deal from one stage to the next; `seq` is its place among
+    the deal's moves (0: the start), so a retried projection rewrites, never adds."""
+
+    seq: int
+    at: datetime
+    from_stage: Stage | None
+    to_stage: Stage
+
+
+class LenderDecisionFact(BaseModel):
+    """One application sent to a lender and what the lender answered."""
+
+    submission_no: int
+    lender_id: str
+    submitted_at: datetime | None = None
+    # When the lender first answered: the decision turnaround ends here.
+    first_decided_at: datetime | None = None
+    # The decision in force (a newer decision_seq replaces an older one).
+    decision: Decision | None = None
+    decided_at: datetime | None = None
+    reason_codes: list[str] = Field(default_factory=list)
+
+
+class DealClosed(BaseModel):
+    """How a deal ended: its terminal stage, when, and why."""
+
+    stage: Stage
+    at: datetime
+    reason: str
+    # The adverse-action reason codes of a declined deal (lenders' codes and ours).
+    reason_codes: list[str] = Field(default_factory=list)
+
+
+def stage_changes(transitions: list[Transition], since: int = 0) -> list[StageChange]:
+    """The deal's stage changes from the `since`-th on (those before it are projected)."""
+    return [
+        StageChange(seq=seq, at=t.at, from_stage=t.from_stage, to_stage=t.to_stage)
+        for seq, t in enumerate(transitions)
+        if seq >= since
+    ]
+
+
+def lender_decision_facts(submissions: list[Submission]) -> list[LenderDecisionFact]:
+    facts = []
+    for sub in submissions:
+        applied = [d for d in sub.decisions if d.applied]
+        current = sub.current
+        facts.append(
+            LenderDecisionFact(
+                submission_no=sub.submission_no,
+                lender_id=sub.lender_id,
+                submitted_at=sub.submitted_at,
+                first_decided_at=min(d.received_at for d in applied) if applied else None,
+                decision=current.decision if current else None,
+                decided_at=current.received_at if current else None,
+                reason_codes=[r.code for r in current.reasons] if current else [],
+            )
+        )
+    return facts
+
+
+def deal_closed(state: DealState) -> DealClosed | None:
+    if not state.stage.terminal or not state.transitions:
+        return None
+    last = state.transitions[-1]
+    codes = (
+        list(dict.fromkeys(r.code for r in state.adverse_action_reasons))
+        if state.stage is Stage.DECLINED
+        else []
+    )
+    return DealClosed(stage=state.stage, at=last.at, reason=last.reason, reason_codes=codes)
+
+
 class ProjectionInput(BaseModel):
     """A snapshot of the deal for the read model; `version` orders snapshots."""
 
@@ -101,6 +176,12 @@ class ProjectionInput(BaseModel):
     # (searched by staff who may see names). Older workers sent neither.
     pending_actions: list[PendingAction] = Field(default_factory=list)
     customer_name: str | None = None
+    # For the reports: the stage changes the read model may not hold yet
+    # (DealState.projected_transitions), every lender application with its
+    # answer, and how the deal ended. Older workers sent none of them.
+    transitions: list[StageChange] = Field(default_factory=list)
+    lender_decisions: list[LenderDecisionFact] = Field(default_factory=list)
+    closed: DealClosed | None = None
 
 
 class NotificationInput(BaseModel):

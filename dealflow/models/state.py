@@ -171,6 +171,9 @@ class DealState(BaseModel):
     escalated: bool = False
     version: int = 0
     transitions: list[Transition] = Field(default_factory=list)
+    # How many of `transitions` the read model is known to hold: projections
+    # send only the ones after (the reports keep every stage change).
+    projected_transitions: int = 0
     actions: list[ActionRecord] = Field(default_factory=list)
     notices: list[Notice] = Field(default_factory=list)
     sales_contract: SignSalesContractInput | None = None

@@ -18,14 +18,30 @@ from dealflow.rules.documents import (
 )
 from dealflow.rules.errors import RuleError, RuleKind, conflict, invalid
 from dealflow.rules.identity import validate_id_number, validate_vin
-from dealflow.rules.money import max_amount_financed, max_loan_ratio, required_down_payment
-from dealflow.rules.new_deal import validate_deal
+from dealflow.rules.money import (
+    financing_limit,
+    max_amount_financed,
+    max_loan_ratio,
+    required_down_payment,
+)
+from dealflow.rules.new_deal import (
+    FieldProblem,
+    deal_problems,
+    financing_problems,
+    id_number_problems,
+    lender_problems,
+    party_problems,
+    product_problems,
+    validate_deal,
+    vin_problems,
+)
 from dealflow.rules.pending import owner_role, pending_actions
 from dealflow.rules.permissions import (
     ACTION_ROLES,
     ACTION_STAGES,
     NAME_ROLES,
     READ_ROLES,
+    REPORT_ROLES,
     START_DEAL_ROLES,
     check_role,
     check_stage,
@@ -38,8 +54,10 @@ __all__ = [
     "ACTION_STAGES",
     "NAME_ROLES",
     "READ_ROLES",
+    "REPORT_ROLES",
     "START_DEAL_ROLES",
     "DealView",
+    "FieldProblem",
     "RuleError",
     "RuleKind",
     "bank_statement_gaps",
@@ -49,13 +67,20 @@ __all__ = [
     "checklist",
     "checklist_complete",
     "conflict",
+    "deal_problems",
     "describe_missing",
+    "financing_limit",
+    "financing_problems",
     "find_duplicate",
+    "id_number_problems",
     "invalid",
+    "lender_problems",
     "max_amount_financed",
     "max_loan_ratio",
     "owner_role",
+    "party_problems",
     "pending_actions",
+    "product_problems",
     "required_down_payment",
     "sniff_content_type",
     "statement_window",
@@ -63,4 +88,5 @@ __all__ = [
     "validate_document",
     "validate_id_number",
     "validate_vin",
+    "vin_problems",
 ]

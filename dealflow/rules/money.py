@@ -16,8 +16,13 @@ def max_loan_ratio(product: Product, policy: DealPolicy) -> Decimal:
     return policy.max_loan_ratio[product]
 
 
+def financing_limit(price: Decimal, product: Product, policy: DealPolicy) -> Decimal:
+    """The most a lender may finance of a vehicle at `price` under `product`."""
+    return money(price * max_loan_ratio(product, policy))
+
+
 def max_amount_financed(deal: DealInput, policy: DealPolicy) -> Decimal:
-    return money(deal.vehicle.price * max_loan_ratio(deal.product, policy))
+    return financing_limit(deal.vehicle.price, deal.product, policy)
 
 
 def required_down_payment(deal: DealInput, approved_amount: Decimal | None) -> Decimal:

@@ -40,6 +40,11 @@ READ_ROLES = frozenset(Role)
 # Who sees customers' names in lists and may search by them: the staff who
 # serve the customer. Auditors read deals by id.
 NAME_ROLES = READ_ROLES - {Role.AUDITOR}
+# Who reads the reports (funnel, time in stage, overdue work, lenders, why deals
+# closed): the staff who steer the pipeline — sales, who open deals; credit,
+# who route them to lenders; finance, who take the money — and the auditors.
+# The others see their own work in My work. Close reasons are staff's free text.
+REPORT_ROLES = frozenset({Role.SALES, Role.CREDIT, Role.FINANCE, Role.AUDITOR, Role.ADMIN})
 
 
 def check_role(action: Action, actor: Actor) -> None:

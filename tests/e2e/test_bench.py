@@ -46,7 +46,7 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["quick"] is True
     benches = report["benchmarks"]
-    assert sorted(benches) == ["1", "2", "3", "4", "5", "6"]
+    assert sorted(benches) == ["1", "2", "3", "4", "5", "6", "7"]
     for num, res in benches.items():
         assert "error" not in res, f"benchmark {num}: {res.get('error')}"
 
@@ -64,6 +64,7 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
         ("3", "action p99 after restart"),
         ("4", "replay histories/s"),
         ("4", "replay events/s"),
+        ("7", "deals list p95, 300 deals"),
     ]:
         r = fig(num, name)
         assert isinstance(r["value"], int | float) and r["value"] > 0, (num, r)

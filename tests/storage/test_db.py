@@ -23,13 +23,17 @@ from sqlmodel import SQLModel
 
 from dealflow.models import (
     CompensationInput,
+    DealClosed,
+    Decision,
     DocumentKind,
     DocumentRecord,
+    LenderDecisionFact,
     NotificationInput,
     Party,
     ProjectionInput,
     Role,
     Stage,
+    StageChange,
 )
 from dealflow.storage import db
 from dealflow.storage.db import cli as db_cli
@@ -72,13 +76,14 @@ def test_migrations_apply_twice_and_match_the_models(db_url: str) -> None:
     db.migrate(db_url)
     db.migrate(db_url)
     head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
-    assert db.current_revision(db_url) == head == "0002"
+    assert db.current_revision(db_url) == head == "0003"
 
     # The hand-written migration and the sqlmodel tables must describe the
     # same schema, or autogenerate would emit a spurious migration later.
     # Only our tables: other modules may register theirs in the shared metadata.
     ours = {t.name for t in (db.DEALS, db.INBOX, db.DOCUMENTS, db.OUTBOX)}
     ours |= {db.COMPENSATIONS.name, db.IDEMPOTENCY_KEYS.name, db.DESK_SESSIONS.name}
+    ours |= {db.DEAL_TRANSITIONS.name, db.LENDER_DECISIONS.name, db.DEAL_CLOSURES.name}
 
     def include(obj: Any, name: str | None, kind: str, *_: Any) -> bool:
         table = name if kind == "table" else getattr(getattr(obj, "table", None), "name", None)
@@ -95,13 +100,13 @@ def test_concurrent_migrations_all_succeed(db_url: str) -> None:
     with ThreadPoolExecutor(4) as pool:
         for result in [pool.submit(db.migrate, db_url) for _ in range(4)]:
             result.result()
-    assert db.current_revision(db_url) == "0002"
+    assert db.current_revision(db_url) == "0003"
     assert db.count_rows(db.make_engine(db_url), db.DealRow) == 0
 
 
 def test_cli_upgrade(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert db_cli.main(["upgrade", "--url", db_url]) == 0
-    assert "at revision 0002" in capsys.readouterr().out
+    assert "at revision 0003" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- deals
@@ -140,6 +145,64 @@ def test_concurrent_upserts_end_at_highest_version(engine: Engine) -> None:
     assert row.lender_id == "lender-40"
     assert row.updated_at == T0 + timedelta(minutes=40)
     assert 1 <= sum(wrote) <= 40
+
+
+def _facts(version: int) -> dict[str, Any]:
+    """The report facts of deal "facts" as of projection `version` (1..3)."""
+    stages = [Stage.CONTRACT, Stage.DOCUMENTS, Stage.APPLICATION, Stage.UNDERWRITING]
+    moves = [
+        StageChange(
+            seq=i,
+            at=T0 + timedelta(hours=i),
+            from_stage=stages[i - 1] if i else None,
+            to_stage=stages[i],
+        )
+        for i in range(version + 1)
+    ]
+    decided = version >= 3
+    application = LenderDecisionFact(
+        submission_no=1,
+        lender_id="acme",
+        submitted_at=T0 + timedelta(hours=3),
+        first_decided_at=T0 + timedelta(hours=5) if decided else None,
+        decision=Decision.DECLINED if decided else None,
+        decided_at=T0 + timedelta(hours=5) if decided else None,
+        reason_codes=["DTI_HIGH"] if decided else [],
+    )
+    closed = DealClosed(
+        stage=Stage.DECLINED,
+        at=T0 + timedelta(hours=5),
+        reason="every lender declined",
+        reason_codes=["DTI_HIGH"],
+    )
+    return {
+        "transitions": moves,
+        "lender_decisions": [application] if version >= 2 else [],
+        "closed": closed if decided else None,
+    }
+
+
+def test_report_facts_keep_the_newest_projection_whatever_the_order(engine: Engine) -> None:
+    # Retried and out of order: 3 arrives before 2, 1 and 3 arrive twice.
+    for version in (1, 3, 2, 1, 3):
+        db.upsert_deal(engine, projection("facts", version, **_facts(version)))
+    since, until = T0, T0 + timedelta(days=1)
+    moves = db.moves_between(engine, since, until)
+    assert sorted((m.to_stage, m.entered_at) for m in moves) == sorted(
+        [
+            (Stage.CONTRACT, None),
+            (Stage.DOCUMENTS, T0),
+            (Stage.APPLICATION, T0 + timedelta(hours=1)),
+            (Stage.UNDERWRITING, T0 + timedelta(hours=2)),
+        ]
+    )
+    [application] = db.applications_between(engine, since, until)
+    assert application.decision is Decision.DECLINED, "version 2 did not undo version 3"
+    assert application.first_decided_at == T0 + timedelta(hours=5)
+    [closure] = db.closures_between(engine, since, until)
+    assert (closure.stage, closure.reason_codes) == (Stage.DECLINED, ("DTI_HIGH",))
+    assert db.count_rows(engine, db.DealTransitionRow, deal_id="facts") == 4
+    assert db.moves_between(engine, until, until + timedelta(days=1)) == []
 
 
 def test_money_and_datetimes_round_trip(engine: Engine) -> None:

@@ -11,8 +11,7 @@ import hashlib
 import secrets
 from datetime import datetime
 
-from sqlalchemy import Engine, update
-from sqlmodel import Session
+from sqlalchemy import Engine, bindparam, select, update
 
 from dealflow.storage.db.engine import writing
 from dealflow.storage.db.tables import DESK_SESSIONS, DeskSessionRow
@@ -40,11 +39,19 @@ def open_desk_session(
     return token, row
 
 
+_LIVE_SESSION = select(DESK_SESSIONS).where(DESK_SESSIONS.c.token_sha256 == bindparam("digest"))
+
+
 def live_desk_session(engine: Engine, token: str, now: datetime) -> DeskSessionRow | None:
     """The session of this cookie token, unless it ended or expired."""
-    with Session(engine) as session:
-        row = session.get(DeskSessionRow, _digest(token))
-    if row is None or row.ended_at is not None or row.expires_at <= now:
+    # Core and a statement built once, not the ORM: every desk request asks
+    # this first, and the ORM's session tripled a one-row primary-key read.
+    with engine.connect() as conn:
+        found = conn.execute(_LIVE_SESSION, {"digest": _digest(token)}).first()
+    if found is None:
+        return None
+    row = DeskSessionRow(**found._mapping)
+    if row.ended_at is not None or row.expires_at <= now:
         return None
     return row
 

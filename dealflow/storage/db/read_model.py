@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from dealflow.models import DealSummary, PendingAction, ProjectionInput, Stage
 from dealflow.storage.db.engine import dialect_insert_for, writing, wrote_with
+from dealflow.storage.db.reports import write_report_facts
 from dealflow.storage.db.tables import DEALS, DealRow
 
 
@@ -23,7 +24,8 @@ def upsert_deal(engine: Engine, projection: ProjectionInput) -> bool:
 
     Projections are retried and may arrive out of order; the version guard in
     the ON CONFLICT clause makes the check and the write one atomic statement,
-    so concurrent writers end at the highest version. Returns whether it wrote.
+    so concurrent writers end at the highest version. The reports' facts are
+    written in the same transaction, when the row was. Returns whether it wrote.
     """
     values: dict[str, Any] = {
         "deal_id": projection.deal_id,
@@ -46,7 +48,10 @@ def upsert_deal(engine: Engine, projection: ProjectionInput) -> bool:
         "customer_name": projection.customer_name,
     }
     with writing(engine) as conn:
-        return wrote_with(conn, _upsert_deal_statement(conn.dialect.name), values)
+        wrote = wrote_with(conn, _upsert_deal_statement(conn.dialect.name), values)
+        if wrote:
+            write_report_facts(conn, projection)
+        return wrote
 
 
 @functools.cache

@@ -203,6 +203,54 @@ class DeskSessionRow(SQLModel, table=True):
         return _split_csv(self.roles)
 
 
+class DealTransitionRow(SQLModel, table=True):
+    """One stage change of a deal, for the reports; `seq` numbers a deal's changes."""
+
+    __tablename__ = "deal_transitions"
+
+    deal_id: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    # The projection that wrote the row: a late or retried one never rewrites a newer one.
+    version: int
+    at: datetime = Field(sa_type=UTCDateTime, index=True)
+    from_stage: str | None = None
+    to_stage: str
+
+
+class LenderDecisionRow(SQLModel, table=True):
+    """One application sent to a lender and its answer, for the reports."""
+
+    __tablename__ = "lender_decisions"
+
+    deal_id: str = Field(primary_key=True)
+    submission_no: int = Field(primary_key=True)
+    version: int
+    lender_id: str = Field(index=True)
+    submitted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    first_decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    decision: str | None = None
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Comma-separated reason codes of the decision in force.
+    reason_codes: str = ""
+
+
+class DealClosureRow(SQLModel, table=True):
+    """How a deal ended (COMPLETED, CANCELLED, DECLINED, EXPIRED), for the reports."""
+
+    __tablename__ = "deal_closures"
+
+    deal_id: str = Field(primary_key=True)
+    version: int
+    stage: str
+    closed_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    reason: str = Field(sa_type=Text)
+    reason_codes: str = ""
+
+    @property
+    def reason_code_list(self) -> list[str]:
+        return _split_csv(self.reason_codes)
+
+
 def table_of(model: type[SQLModel]) -> Table:
     table = model.__table__  # type: ignore[attr-defined]
     assert isinstance(table, Table)
@@ -216,6 +264,9 @@ OUTBOX = table_of(OutboxRow)
 COMPENSATIONS = table_of(CompensationRow)
 IDEMPOTENCY_KEYS = table_of(IdempotencyKeyRow)
 DESK_SESSIONS = table_of(DeskSessionRow)
+DEAL_TRANSITIONS = table_of(DealTransitionRow)
+LENDER_DECISIONS = table_of(LenderDecisionRow)
+DEAL_CLOSURES = table_of(DealClosureRow)
 
 
 def _split_csv(value: str) -> list[str]:

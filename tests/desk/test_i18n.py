@@ -1,0 +1,67 @@
+"""The desk speaks English and Chinese: every string in one catalogue, the
+language from the switch or the browser, amounts and dates per language."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from babel.messages.extract import extract_from_dir
+
+from dealflow import i18n
+from dealflow.models import Role, Stage
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def desk_strings() -> set[str]:
+    """Every msgid the desk shows: template strings, marked Python strings,
+    and the stage and role names templates translate by value."""
+    found: set[str] = set()
+    templates = extract_from_dir(
+        ROOT / "dealflow" / "templates" / "desk",
+        method_map=[("**.html", "jinja2")],
+        options_map={"**.html": {"extensions": "jinja2.ext.i18n", "trimmed": "true"}},
+    )
+    python = extract_from_dir(
+        ROOT / "dealflow" / "desk",
+        method_map=[("**.py", "python")],
+        keywords={"N_": None},
+    )
+    for _file, _line, message, _comments, _context in (*templates, *python):
+        found.update([message] if isinstance(message, str) else message[:1])
+    return found | {stage.value for stage in Stage} | {role.value for role in Role}
+
+
+@pytest.fixture
+def language() -> Iterator[None]:
+    token = i18n.current_language.set("zh")
+    yield
+    i18n.current_language.reset(token)
+
+
+def test_every_desk_string_has_a_chinese_translation() -> None:
+    catalogue = i18n.catalogue("zh")
+    missing = sorted(message for message in desk_strings() if not catalogue.get(message))
+    assert not missing, f"{len(missing)} desk strings lack Chinese: {missing}"
+
+
+def test_the_catalogue_holds_no_string_the_desk_no_longer_shows() -> None:
+    stale = sorted(set(i18n.catalogue("zh")) - desk_strings())
+    assert not stale, f"translations nobody uses (run pybabel update): {stale}"
+
+
+@pytest.mark.usefixtures("language")
+def test_chinese_pages_translate_and_format_for_china() -> None:
+    assert i18n.gettext("My work") != "My work"
+    assert i18n.format_money(Decimal("105000")) == "¥105,000.00"
+    assert i18n.format_when(datetime(2026, 12, 1, 9, 30, tzinfo=UTC)).startswith("2026年12月1日")
+
+
+def test_english_is_the_default_and_its_msgids_stand_as_written() -> None:
+    assert i18n.gettext("My work") == "My work"
+    assert i18n.format_money(Decimal("105000.5")) == "CN¥105,000.50"
+    assert i18n.format_money(None) == "—"
