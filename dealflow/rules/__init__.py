@@ -18,7 +18,14 @@ from dealflow.rules.documents import (
 )
 from dealflow.rules.errors import RuleError, RuleKind, conflict, invalid
 from dealflow.rules.identity import validate_id_number, validate_vin
-from dealflow.rules.money import max_amount_financed, max_loan_ratio, required_down_payment
+from dealflow.rules.money import (
+    Instalment,
+    loan_to_value,
+    max_amount_financed,
+    max_loan_ratio,
+    repayment_schedule,
+    required_down_payment,
+)
 from dealflow.rules.new_deal import validate_deal
 from dealflow.rules.pending import owner_role, pending_actions
 from dealflow.rules.permissions import (
@@ -31,7 +38,7 @@ from dealflow.rules.permissions import (
     check_stage,
 )
 from dealflow.rules.uploads import sniff_content_type
-from dealflow.rules.view import DealView
+from dealflow.rules.view import DealView, approved_submission
 
 __all__ = [
     "ACTION_ROLES",
@@ -40,8 +47,10 @@ __all__ = [
     "READ_ROLES",
     "START_DEAL_ROLES",
     "DealView",
+    "Instalment",
     "RuleError",
     "RuleKind",
+    "approved_submission",
     "bank_statement_gaps",
     "check_action",
     "check_role",
@@ -52,10 +61,12 @@ __all__ = [
     "describe_missing",
     "find_duplicate",
     "invalid",
+    "loan_to_value",
     "max_amount_financed",
     "max_loan_ratio",
     "owner_role",
     "pending_actions",
+    "repayment_schedule",
     "required_down_payment",
     "sniff_content_type",
     "statement_window",
