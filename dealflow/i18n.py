@@ -9,13 +9,13 @@ Dates and amounts are formatted for the language with Babel.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
 
 from babel import Locale
-from babel.dates import format_datetime
+from babel.dates import format_datetime, format_timedelta
 from babel.messages.pofile import read_po
 from babel.numbers import format_currency, format_decimal
 from fastapi import Request
@@ -85,3 +85,11 @@ def format_when(moment: datetime | None) -> str:
     if moment is None:
         return "—"
     return format_datetime(moment, "medium", tzinfo=UTC, locale=babel_locale()) + " UTC"
+
+
+def format_duration(span: timedelta | None) -> str:
+    """A span of time in its largest unit that counts at least two (26 hours,
+    not 1 day), short, for the language."""
+    if span is None:
+        return "—"
+    return format_timedelta(span, threshold=2, format="short", locale=babel_locale())

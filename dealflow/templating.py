@@ -13,8 +13,20 @@ from functools import cache
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup, escape
 
 from dealflow import i18n
+
+
+# Jinja trusts what gettext returns as HTML, and a template may translate a
+# value (a stage, a label, an error's detail that quotes what was sent): the
+# translation is escaped here, so `_()` never lets markup through.
+def _escaped_gettext(message: str) -> Markup:
+    return escape(i18n.gettext(message))
+
+
+def _escaped_ngettext(singular: str, plural: str, count: int) -> Markup:
+    return escape(i18n.ngettext(singular, plural, count))
 
 
 @cache
@@ -31,11 +43,12 @@ def environment() -> Environment:
     # `_()` in a template translates into the language of the request being
     # rendered (a context variable), English when nothing set one.
     env.install_gettext_callables(  # type: ignore[attr-defined]
-        i18n.gettext, i18n.ngettext, newstyle=True
+        _escaped_gettext, _escaped_ngettext, newstyle=True
     )
     env.filters["money"] = i18n.format_money
     env.filters["number"] = i18n.format_number
     env.filters["when"] = i18n.format_when
+    env.filters["duration"] = i18n.format_duration
     return env
 
 

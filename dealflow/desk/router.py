@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from dealflow import i18n
-from dealflow.desk import deals, signin, work
+from dealflow.desk import deal_documents, deal_page, deals, signin, work
 from dealflow.desk.pages import render_page
 from dealflow.desk.session import CsrfRefused, SignInRequired, safe_next, signin_path
 
@@ -17,7 +17,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 def install(app: FastAPI) -> None:
-    for module in (signin, work, deals):
+    for module in (signin, work, deals, deal_page, deal_documents):
         app.include_router(module.router)
     app.add_api_route("/desk/language", switch_language, methods=["POST"], include_in_schema=False)
     app.mount("/desk/static", StaticFiles(directory=STATIC_DIR), name="desk-static")
