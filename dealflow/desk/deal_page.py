@@ -2,10 +2,11 @@
 the actions on offer, each a form generated from the action's model, with the
 audit timeline and a link to the deal in the Temporal UI.
 
-Live: a small poller (`/live`) re-renders the status regions every two
-seconds as out-of-band swaps; the actions region only when the set of actions
-on offer changed, and a form being typed in survives that (`hx-preserve`),
-while a form whose action is gone is replaced by a notice saying so.
+Live: a small poller asks `/live` every two seconds whether the deal's
+version changed; when it did, the status regions come back as out-of-band
+swaps, and the actions region too when the set of actions on offer changed:
+a form being typed in survives that (`hx-preserve`), while a form whose
+action is gone is replaced by a notice saying so.
 
 Refusals (403, 409, 422) re-render the page with the detail beside the form,
 or beside the field a validation error names, the typed values kept and
@@ -42,7 +43,7 @@ from dealflow.desk import deal_view
 from dealflow.desk.forms import ActionForm, FormValues, form_fields, parse_form, place_errors
 from dealflow.desk.pages import render_page
 from dealflow.desk.session import DeskUser, SignedIn, checked_form
-from dealflow.models import Action, DealStatus, StartDealInput
+from dealflow.models import Action, DealStatus, DocumentRecord, StartDealInput
 from dealflow.storage.documents import DocumentStoreUnavailable
 
 router = APIRouter()
@@ -50,6 +51,14 @@ router = APIRouter()
 # The poll's period: what another clerk or a lender's webhook changed shows
 # within it.
 LIVE_EVERY = "2s"
+# How long a page waits for the deal to answer before it says Temporal does
+# not (the client's own retries alone would keep a clerk waiting far longer);
+# room for a stuck deal's status, which is read after its query timed out.
+READ_SECONDS = 10.0
+NO_ANSWER = (
+    f"Temporal did not answer within {READ_SECONDS:.0f} seconds, so the deal cannot be read "
+    "now; the page tries again by itself. Nothing was changed."
+)
 # Errors that mean "not now" rather than "no": Temporal (or the store) is down
 # or the deal is stuck. The page says so in a banner and keeps the form.
 UNAVAILABLE = (
@@ -90,14 +99,17 @@ async def load_deal(svc: Services, deal_id: str, with_start: bool = True) -> Loa
     """The deal's status (and what it started with); a 404 is raised, Temporal
     being unreachable comes back as the banner's text."""
     try:
-        status = await operations.read_status(svc, deal_id)
-        start = await operations.read_deal_input(svc, deal_id) if with_start else None
+        async with asyncio.timeout(READ_SECONDS):
+            status = await operations.read_status(svc, deal_id)
+            start = await operations.read_deal_input(svc, deal_id) if with_start else None
     except Problem as problem:
         if problem.status == 503:
             return Loaded(None, None, problem.detail)
         raise
     except UNAVAILABLE as error:
         return Loaded(None, None, trouble_text(error))
+    except TimeoutError:
+        return Loaded(None, None, NO_ANSWER)
     return Loaded(status, start)
 
 
@@ -168,19 +180,14 @@ def status_context(
     }
 
 
-def _notices(status: DealStatus | None, done: str, uploaded: str) -> tuple[str, str]:
-    """What the last post did (an action, an upload), said once on the page it
-    redirected to."""
-    action_notice = f"{done}: applied." if done in {action.value for action in Action} else ""
-    doc = (
-        next((doc for doc in status.documents if doc.doc_id == uploaded), None)
-        if (uploaded and status is not None)
-        else None
-    )
-    upload_notice = (
-        f"{doc.file_name}: recorded as {doc.kind.value} ({doc.party.value})." if doc else ""
-    )
-    return action_notice, upload_notice
+def _last_post(
+    status: DealStatus | None, done: str, uploaded: str
+) -> tuple[str, DocumentRecord | None]:
+    """What the last post did, said once on the page it redirected to: the
+    action applied, the document recorded."""
+    applied = done if done in {action.value for action in Action} else ""
+    documents = status.documents if status is not None and uploaded else []
+    return applied, next((doc for doc in documents if doc.doc_id == uploaded), None)
 
 
 async def render_deal(
@@ -196,12 +203,13 @@ async def render_deal(
     uploaded: str = "",
 ) -> HTMLResponse:
     """The deal page; `posted` (an action's form) or `upload` as just refused;
-    `done` the action, `uploaded` the document, the last post applied."""
+    `done` the action, `uploaded` the document, the last post applied. With
+    `trouble` (Temporal just failed) the deal is not asked again."""
     svc = services(request)
     try:
         check_deal_id(deal_id)
         user.actor(rules.READ_ROLES, "read deals")
-        loaded = await load_deal(svc, deal_id)
+        loaded = Loaded(None, None, trouble) if trouble else await load_deal(svc, deal_id)
     except Problem as problem:
         return error_page(request, user, problem)
     status = loaded.status
@@ -209,7 +217,7 @@ async def render_deal(
         "deal_id": deal_id,
         "status": None,
         "panels": [],
-        "trouble": trouble or loaded.trouble,
+        "trouble": loaded.trouble,
         "customer": [],
         "start": loaded.start,
         "upload": upload or upload_form(),
@@ -218,7 +226,7 @@ async def render_deal(
         "live_url": live_url(deal_id, ""),
         "live_every": LIVE_EVERY,
     }
-    context["notice"], context["upload_notice"] = _notices(status, done, uploaded)
+    context["applied"], context["uploaded"] = _last_post(status, done, uploaded)
     if loaded.start is not None:
         context["customer"] = deal_view.customer_view(loaded.start.deal, user.may(rules.NAME_ROLES))
     if status is not None:
@@ -314,9 +322,12 @@ async def live(
     if loaded.status.version == v and not changed:
         return Response(status_code=204)
     context = status_context(svc, user, deal_id, loaded.status, panels)
-    return render_page(
+    response = render_page(
         request, "desk/_deal_live.html", user, actions_changed=changed, trouble="", **context
     )
+    # Parts of the page that are not polled (the timeline) read themselves again.
+    response.headers["HX-Trigger"] = "deal-changed"
+    return response
 
 
 @router.post("/desk/deals/{deal_id}/actions/{action}", include_in_schema=False)
@@ -339,7 +350,7 @@ async def take_action(request: Request, deal_id: str, action: str, user: SignedI
             return await render_deal(
                 request, user, deal_id, status_code=503, posted=posted, trouble=problem.detail
             )
-        posted.detail = posted.detail or problem.detail
+        posted.detail = problem.detail
         return await render_deal(request, user, deal_id, status_code=problem.status, posted=posted)
     except rules.RuleError as refusal:
         posted.detail = refusal.message
@@ -419,7 +430,10 @@ async def timeline(request: Request, deal_id: str, user: SignedIn) -> HTMLRespon
     try:
         check_deal_id(deal_id)
         user.actor(rules.READ_ROLES, "read deals")
-        context["timeline"], context["earlier_runs"] = await deal_timeline(svc, deal_id)
+        async with asyncio.timeout(READ_SECONDS):
+            context["timeline"], context["earlier_runs"] = await deal_timeline(svc, deal_id)
+    except TimeoutError:
+        context["trouble"] = NO_ANSWER
     except Problem as problem:
         if not fragment:
             return error_page(request, user, problem)

@@ -189,7 +189,8 @@ class _Builder:
         self, path: str, name: str, raw: Mapping[str, Any], required: bool, example: Any
     ) -> FormField:
         schema, nullable = self.resolve(raw)
-        label = _label(name, raw if "title" in raw else schema)
+        # The field's own title: a referenced model's or enum's title names its type.
+        label = _label(name, raw)
         common: dict[str, Any] = {
             "name": path,
             "label": label,

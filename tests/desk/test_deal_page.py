@@ -15,11 +15,15 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from dealflow.api.app import create_app
+from dealflow.api.deps import Services
 from dealflow.config import DEV_JWT_SECRET
 from dealflow.models import Role
 from dealflow.samples import sample_documents
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack, multipart_fields
 from tests.support.desk import browser, sign_in
+from tests.support.servers import serve_async
+from tests.support.stack import BIN, codec_data_converter
 
 pytestmark = pytest.mark.e2e
 
@@ -324,3 +328,31 @@ async def test_the_timeline_names_the_lender_submission_and_the_page_the_terms(
     assert 'data-testid="schedule"' in money
     lenders = section(page, "deal-lenders")
     assert 'data-testid="submission"' in lenders and "approved" in lenders
+
+
+async def test_with_temporal_down_the_page_and_its_poll_show_a_banner(
+    stack: ApiStack,
+) -> None:
+    # An API whose Temporal server has gone away after it connected.
+    gone = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(BIN / "temporal"), data_converter=codec_data_converter()
+    )
+    await gone.shutdown()
+    services = Services(
+        settings=stack.services.settings,
+        client=gone.client,
+        engine=stack.engine,
+        lenders=stack.lenders,
+        store=stack.store,
+    )
+    async with serve_async(create_app(services)) as url:
+        client = httpx.AsyncClient(base_url=url, timeout=60, trust_env=False)
+        stack.clients.append(client)
+        await sign_in(client, "li.sales", "sales")
+        deal = "/desk/deals/20261201-0badc0de"
+        page = await client.get(deal)
+        assert page.status_code == 200
+        assert 'data-testid="banner"' in page.text and "cannot be read" in page.text
+        poll = await client.get(f"{deal}/live?v=3&shown=sign-sales-contract")
+        assert poll.status_code == 200 and 'hx-swap-oob="true"' in poll.text
+        assert "v=-1" in poll.text, "the next poll that reads the deal refreshes everything"
