@@ -296,15 +296,38 @@ def action_model(action: Action) -> type[BaseModel]:
     return ACTION_BODIES.get(action) or body_model(action)
 
 
-def new_form(action: Action, today: date) -> ActionForm:
-    """An empty form for `action`, its example's values as placeholders."""
+def new_form(action: Action, today: date, known: dict[str, str] | None = None) -> ActionForm:
+    """An empty form for `action`, its example's values as placeholders, the
+    fields the deal itself answers (`known`) filled in."""
     has_example = (EXAMPLES / "actions" / f"{action.value}.json").exists()
     example = example_action(action.value, today) if has_example else {}
-    return ActionForm(action.value, form_fields(action_model(action), example))
+    fields = form_fields(action_model(action), example)
+    names = {item.name for item in fields}
+    initial = {name: value for name, value in (known or {}).items() if name in names}
+    return ActionForm(action.value, fields, initial=initial)
+
+
+def known_values(status: DealStatus) -> dict[str, str]:
+    """Field values the deal itself answers, whatever action asks for them:
+    which application and which of its decisions an answer is about. (Amounts
+    are never filled in: typing them is the clerk's check of the paperwork.)"""
+    if not status.submissions:
+        return {}
+    submission = status.submissions[-1]
+    known: dict[str, str] = {}
+    if submission.application_ref:
+        known["application_ref"] = submission.application_ref
+    if submission.current is not None:
+        known["decision_seq"] = str(submission.current.decision_seq)
+    return known
 
 
 def _panel(
-    pending: PendingAction, optional: bool, may: Callable[[frozenset[Role]], bool], today: date
+    pending: PendingAction,
+    optional: bool,
+    may: Callable[[frozenset[Role]], bool],
+    today: date,
+    known: dict[str, str],
 ) -> ActionPanel:
     panel = ActionPanel(pending.action, pending.what, pending.role, pending.due, "lender")
     panel.optional = optional
@@ -317,7 +340,7 @@ def _panel(
         panel.kind = "upload"
     else:
         panel.kind = "form"
-        panel.form = new_form(action, today)
+        panel.form = new_form(action, today, known)
     return panel
 
 
@@ -332,7 +355,8 @@ def action_panels(
     they may act for those roles); `posted` is the form just refused, kept as
     typed; an action in `shown` (the page's) that is no longer on offer, or
     the refused one, says so."""
-    panels = [_panel(pending, optional, may, today) for pending, optional in offered(status)]
+    known = known_values(status)
+    panels = [_panel(pending, optional, may, today, known) for pending, optional in offered(status)]
     names = {panel.action for panel in panels}
     gone = [name for name in shown if name not in names and _known_action(name) is not None]
     if posted is not None and posted.action not in names and posted.action not in gone:

@@ -88,10 +88,12 @@ class ActionForm:
     # The form-level refusal (a rule's detail that names no field).
     detail: str = ""
     posted: bool = False
+    # What a fresh form starts with beyond the schema's defaults, by field name.
+    initial: dict[str, str] = field(default_factory=dict)
 
     def value(self, item: FormField) -> str:
         if not self.posted:
-            return item.initial
+            return self.initial.get(item.name, item.initial)
         return (self.values.get(item.name) or [""])[0]
 
     def checked(self, item: FormField, option: str = "true") -> bool:

@@ -356,3 +356,34 @@ async def test_with_temporal_down_the_page_and_its_poll_show_a_banner(
         poll = await client.get(f"{deal}/live?v=3&shown=sign-sales-contract")
         assert poll.status_code == 200 and 'hx-swap-oob="true"' in poll.text
         assert "v=-1" in poll.text, "the next poll that reads the deal refreshes everything"
+
+
+async def test_a_counter_offer_is_answered_through_the_forms_the_deal_fills_in(
+    stack: ApiStack,
+) -> None:
+    desk = await new_deal(stack)
+    await stack.script(
+        desk.deal_id, {"lenders": {"acme-auto-finance": [{"decision": "counter_offer"}]}}
+    )
+    await desk.ok("sign-sales-contract", Role.SALES)
+    await desk.upload_all()
+    await desk.ok("submit-application", Role.CREDIT)
+    status = await desk.wait_until(
+        lambda status: any(
+            pending["action"] == "accept-counter-offer" for pending in status["pending"]
+        ),
+        "the counter-offer",
+    )
+    reference = status["submissions"][-1]["application_ref"]
+    credit, csrf = await signed_in(stack, "credit")
+    actions = section((await credit.get(f"/desk/deals/{desk.deal_id}")).text, "deal-actions")
+    assert 'id="form-accept-counter-offer"' in actions
+    assert 'id="form-decline-counter-offer"' in actions, "the other answer is offered too"
+    assert f'name="application_ref" type="text" value="{reference}"' in actions
+    assert 'name="decision_seq" type="number" value="1"' in actions
+    accepted = await credit.post(
+        f"/desk/deals/{desk.deal_id}/actions/accept-counter-offer",
+        data={"csrf": csrf, "application_ref": reference, "decision_seq": "1"},
+    )
+    assert accepted.status_code == 303, accepted.text
+    await desk.wait_stage("DOWN_PAYMENT")

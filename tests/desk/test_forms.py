@@ -168,6 +168,8 @@ def test_a_form_shows_what_was_typed_or_else_the_defaults() -> None:
     fields = _by_name(forms.form_fields(body_model(Action.RECORD_FOLLOW_UP)))
     fresh = forms.ActionForm("record-follow-up", tuple(fields.values()))
     assert fresh.value(fields["call"]) == "" and not fresh.checked(fields["review_requested"])
+    known = forms.ActionForm("record-follow-up", tuple(fields.values()), initial={"call": "day3"})
+    assert known.value(fields["call"]) == "day3"
     posted = forms.ActionForm(
         "record-follow-up",
         tuple(fields.values()),
