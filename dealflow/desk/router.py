@@ -17,6 +17,8 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 def install(app: FastAPI) -> None:
+    # deal_page after every other /desk/deals/<name> route (the new-deal form):
+    # its /desk/deals/{deal_id} would take any of them.
     for module in (signin, work, deals, deal_page, deal_documents):
         app.include_router(module.router)
     app.add_api_route("/desk/language", switch_language, methods=["POST"], include_in_schema=False)
