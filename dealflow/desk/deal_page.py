@@ -100,8 +100,7 @@ async def load_deal(svc: Services, deal_id: str, with_start: bool = True) -> Loa
     being unreachable comes back as the banner's text."""
     try:
         async with asyncio.timeout(READ_SECONDS):
-            status = await operations.read_status(svc, deal_id)
-            start = await operations.read_deal_input(svc, deal_id) if with_start else None
+            status, start = await _read(svc, deal_id, with_start)
     except Problem as problem:
         if problem.status == 503:
             return Loaded(None, None, problem.detail)
@@ -111,6 +110,24 @@ async def load_deal(svc: Services, deal_id: str, with_start: bool = True) -> Loa
     except TimeoutError:
         return Loaded(None, None, NO_ANSWER)
     return Loaded(status, start)
+
+
+async def _read(
+    svc: Services, deal_id: str, with_start: bool
+) -> tuple[DealStatus, StartDealInput | None]:
+    """The status and the start input, asked at once; the status's refusal wins."""
+    if not with_start:
+        return await operations.read_status(svc, deal_id), None
+    status, start = await asyncio.gather(
+        operations.read_status(svc, deal_id),
+        operations.read_deal_input(svc, deal_id),
+        return_exceptions=True,
+    )
+    for outcome in (status, start):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert isinstance(status, DealStatus) and isinstance(start, StartDealInput)
+    return status, start
 
 
 def _today() -> date:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -30,6 +31,7 @@ from dealflow.models import (
     PendingAction,
     Role,
     Stage,
+    fmt_money,
 )
 from dealflow.samples import EXAMPLES, example_action
 
@@ -102,6 +104,22 @@ class MoneyView:
     loan_to_value: Decimal | None
     terms: Terms | None
     schedule: list[rules.Instalment]
+
+    @property
+    def schedule_rows(self) -> list[tuple[int, str, str, str, str]]:
+        """The schedule's amounts as the table shows them: grouped, two places
+        (the same in both languages; formatting each per locale would cost more
+        than the rest of the page)."""
+        return [
+            (
+                row.number,
+                fmt_money(row.payment),
+                fmt_money(row.interest),
+                fmt_money(row.principal),
+                fmt_money(row.balance),
+            )
+            for row in self.schedule
+        ]
 
 
 def money_view(status: DealStatus) -> MoneyView:
@@ -291,6 +309,7 @@ def offered(status: DealStatus) -> list[tuple[PendingAction, bool]]:
     return list(found.values())
 
 
+@cache
 def action_model(action: Action) -> type[BaseModel]:
     """The form's model: the API body of the action (its input without `actor`)."""
     return ACTION_BODIES.get(action) or body_model(action)

@@ -387,3 +387,14 @@ async def test_a_counter_offer_is_answered_through_the_forms_the_deal_fills_in(
     )
     assert accepted.status_code == 303, accepted.text
     await desk.wait_stage("DOWN_PAYMENT")
+
+
+async def test_an_unknown_deal_or_action_is_a_404_page(stack: ApiStack) -> None:
+    sales, csrf = await signed_in(stack, "sales")
+    missing = await sales.get("/desk/deals/20990101-00000000")
+    assert missing.status_code == 404 and "does not exist" in missing.text
+    desk = await new_deal(stack)
+    unknown = await sales.post(f"/desk/deals/{desk.deal_id}/actions/<b>launch", data={"csrf": csrf})
+    assert unknown.status_code == 404
+    assert "<b>launch" not in unknown.text and "&lt;b&gt;launch" in unknown.text
+    assert (await sales.get("/desk/deals/20990101-00000000/live")).status_code == 286
