@@ -11,13 +11,19 @@ from __future__ import annotations
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
 
 from babel import Locale
-from babel.dates import format_datetime, get_date_format, get_datetime_format, get_time_format
+from babel.dates import (
+    format_datetime,
+    format_timedelta,
+    get_date_format,
+    get_datetime_format,
+    get_time_format,
+)
 from babel.messages.pofile import read_po
 from babel.numbers import format_currency, format_decimal
 from fastapi import Request
@@ -173,3 +179,11 @@ def format_when(moment: datetime | None) -> str:
         "ss": f"{at.second:02d}",
     }
     return shape.text % fields + " UTC"
+
+
+def format_duration(span: timedelta | None) -> str:
+    """A span of time in its largest unit that counts at least two (26 hours,
+    not 1 day), short, for the language."""
+    if span is None:
+        return "—"
+    return format_timedelta(span, threshold=2, format="short", locale=babel_locale())

@@ -14,9 +14,20 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context, select_autoescape
 from jinja2.runtime import Context
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from dealflow import i18n
+
+
+# Jinja trusts what gettext returns as HTML, and a template may translate a
+# value (a stage, a label, an error's detail that quotes what was sent): the
+# translation is escaped here, so `_()` never lets markup through.
+def _escaped_gettext(message: str) -> Markup:
+    return escape(i18n.gettext(message))
+
+
+def _escaped_ngettext(singular: str, plural: str, count: int) -> Markup:
+    return escape(i18n.ngettext(singular, plural, count))
 
 
 @cache
@@ -33,24 +44,26 @@ def environment() -> Environment:
     # `_()` in a template translates into the language of the request being
     # rendered (a context variable), English when nothing set one.
     env.install_gettext_callables(  # type: ignore[attr-defined]
-        i18n.gettext, i18n.ngettext, newstyle=True
+        _escaped_gettext, _escaped_ngettext, newstyle=True
     )
     env.globals["gettext"] = env.globals["_"] = _gettext
     env.filters["money"] = i18n.format_money
     env.filters["number"] = i18n.format_number
     env.filters["when"] = i18n.format_when
+    env.filters["duration"] = i18n.format_duration
     return env
 
 
 @pass_context
 def _gettext(context: Context, message: str, **variables: Any) -> str:
     """Jinja's new-style `_()`, minus its cost: a 50-row table spent more time
-    in Jinja's generic gettext wrapper than in its query. The same result: the
-    translation, escaped when autoescaping, formatted with `variables` (a text
-    without "%" is unchanged by formatting, so it is skipped)."""
-    text = i18n.gettext(message)
+    in Jinja's generic gettext wrapper than in its query. The translation is
+    escaped when autoescaping (a template may translate a value that quotes
+    what a caller sent), then formatted with `variables`, escaped in turn by
+    Markup's `%` (a text without "%" is unchanged by formatting, so skipped)."""
+    text: str = i18n.gettext(message)
     if context.eval_ctx.autoescape:
-        text = Markup(text)
+        text = escape(text)
     return text % variables if "%" in text else text
 
 

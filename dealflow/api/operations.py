@@ -225,3 +225,23 @@ async def take_action(
         },
     )
     return result
+
+
+async def read_deal_input(svc: Services, deal_id: str) -> StartDealInput:
+    """What the deal's current run started with: the application (customer,
+    vehicle, money), its policy and lenders. The first event of the run's
+    history, decoded with the client's data converter (the codec's keys)."""
+    handle = svc.client.get_workflow_handle(deals.workflow_id(deal_id))
+    try:
+        async for event in handle.fetch_history_events(page_size=1):
+            started = event.workflow_execution_started_event_attributes
+            decoded = await svc.client.data_converter.decode(
+                list(started.input.payloads), [StartDealInput]
+            )
+            start: StartDealInput = decoded[0]
+            return start
+    except RPCError as e:
+        if e.status is RPCStatusCode.NOT_FOUND:
+            raise Problem(404, f"deal {deal_id} does not exist") from None
+        raise
+    raise Problem(404, f"deal {deal_id} does not exist")

@@ -7,6 +7,9 @@ as the JSON API (`dealflow/api/operations.py`).
 - `signin`: the sign-in page (development pick-a-role, bearer token) and sign-out.
 - `work`: My work, the pending actions of the signed-in role across all deals.
 - `deals`: the deals table (filters, sorting, paging by cursor).
+- `deal_page`: one deal's page, its live poll, its actions and its timeline;
+  `deal_view` computes what it shows, `forms` makes each action's form from
+  the action's model and reads it back; `deal_documents`: upload and download.
 - `pages`: rendering a page with the layout, the user and the language
   (`dealflow/i18n.py`: the catalogue and locale formatting).
 - `router`: the desk's routes and static files, mounted by the API app.

@@ -9,7 +9,16 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from dealflow import i18n
-from dealflow.desk import deals, new_deal, oidc_signin, reports, signin, work
+from dealflow.desk import (
+    deal_documents,
+    deal_page,
+    deals,
+    new_deal,
+    oidc_signin,
+    reports,
+    signin,
+    work,
+)
 from dealflow.desk.pages import render_page
 from dealflow.desk.session import CsrfRefused, SignInRequired, safe_next, signin_path
 
@@ -17,8 +26,8 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 def install(app: FastAPI) -> None:
-    # new_deal before any `/desk/deals/{deal_id}` route: "new" is not a deal id.
-    for module in (signin, oidc_signin, work, new_deal, deals, reports):
+    # new_deal before deal_page: its /desk/deals/{deal_id} would take "new".
+    for module in (signin, oidc_signin, work, new_deal, deals, reports, deal_page, deal_documents):
         app.include_router(module.router)
     app.add_api_route("/desk/language", switch_language, methods=["POST"], include_in_schema=False)
     app.mount("/desk/static", StaticFiles(directory=STATIC_DIR), name="desk-static")

@@ -45,6 +45,8 @@ class SignInRequired(Exception):
 class CsrfRefused(Exception):
     """A form post without the session's CSRF token: refused, nothing applied."""
 
+    status = 403
+
 
 @dataclass(frozen=True)
 class DeskUser:

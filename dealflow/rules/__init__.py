@@ -19,9 +19,12 @@ from dealflow.rules.documents import (
 from dealflow.rules.errors import RuleError, RuleKind, conflict, invalid
 from dealflow.rules.identity import validate_id_number, validate_vin
 from dealflow.rules.money import (
+    Instalment,
     financing_limit,
+    loan_to_value,
     max_amount_financed,
     max_loan_ratio,
+    repayment_schedule,
     required_down_payment,
 )
 from dealflow.rules.new_deal import (
@@ -47,7 +50,7 @@ from dealflow.rules.permissions import (
     check_stage,
 )
 from dealflow.rules.uploads import sniff_content_type
-from dealflow.rules.view import DealView
+from dealflow.rules.view import DealView, approved_submission
 
 __all__ = [
     "ACTION_ROLES",
@@ -58,8 +61,10 @@ __all__ = [
     "START_DEAL_ROLES",
     "DealView",
     "FieldProblem",
+    "Instalment",
     "RuleError",
     "RuleKind",
+    "approved_submission",
     "bank_statement_gaps",
     "check_action",
     "check_role",
@@ -75,12 +80,14 @@ __all__ = [
     "id_number_problems",
     "invalid",
     "lender_problems",
+    "loan_to_value",
     "max_amount_financed",
     "max_loan_ratio",
     "owner_role",
     "party_problems",
     "pending_actions",
     "product_problems",
+    "repayment_schedule",
     "required_down_payment",
     "sniff_content_type",
     "statement_window",

@@ -20,6 +20,20 @@ from dealflow.models import (
 from dealflow.rules.documents import checklist
 
 
+def approved_submission(submissions: list[Submission]) -> Submission | None:
+    """The submission whose terms the deal goes ahead on: the latest approved
+    one, or one whose counter-offer was accepted."""
+    for s in reversed(submissions):
+        cur = s.current
+        if cur is None:
+            continue
+        if cur.decision is Decision.APPROVED or (
+            cur.decision is Decision.COUNTER_OFFER and s.counter_offer_response == "accepted"
+        ):
+            return s
+    return None
+
+
 @dataclass(frozen=True)
 class DealView:
     """What an action check needs to know about a deal."""
@@ -39,15 +53,7 @@ class DealView:
 
     @property
     def approved_submission(self) -> Submission | None:
-        for s in reversed(self.state.submissions):
-            cur = s.current
-            if cur is None:
-                continue
-            if cur.decision is Decision.APPROVED or (
-                cur.decision is Decision.COUNTER_OFFER and s.counter_offer_response == "accepted"
-            ):
-                return s
-        return None
+        return approved_submission(self.state.submissions)
 
     @property
     def approved_amount(self) -> Decimal | None:

@@ -24,6 +24,7 @@ bytes reuses them.
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -71,8 +72,10 @@ DOWNLOAD_LINK_SECONDS = 60
 FIELDS = ("kind", "party", "id_number", "period_start", "period_end", "stipulation_code")
 
 
-async def _read_form(reader: MultipartReader) -> tuple[dict[str, str], str]:
-    """The form fields up to the file part, and the file's name."""
+async def _read_form(
+    reader: MultipartReader, extra_fields: tuple[str, ...] = ()
+) -> tuple[dict[str, str], str]:
+    """The form fields up to the file part (FIELDS and `extra_fields`), and the file's name."""
     fields: dict[str, str] = {}
     while True:
         event = await reader.next()
@@ -84,7 +87,7 @@ async def _read_form(reader: MultipartReader) -> tuple[dict[str, str], str]:
         if name == "file":
             base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
             return fields, (base or "upload")[:200]
-        if name not in FIELDS:
+        if name not in FIELDS and name not in extra_fields:
             raise Problem(
                 422, f"unknown field {name!r}; the fields are {', '.join(FIELDS)} and file"
             )
@@ -144,7 +147,9 @@ def _status_of(e: BaseException) -> int:
         return e.status
     if isinstance(e, rules.RuleError):
         return RULE_STATUS[e.kind]
-    return 500
+    # Another page's refusal that says its status (the desk's missing CSRF token).
+    status = getattr(e, "status", 500)
+    return status if isinstance(status, int) else 500
 
 
 async def _refuse_upload(
@@ -195,12 +200,30 @@ DocumentReader = Annotated[Actor, Depends(require_roles(DOCUMENT_READ_ROLES, "re
     },
 )
 async def upload(request: Request, deal_id: DealIdPath, actor: Uploader) -> DocumentUploaded:
+    return await receive_upload(request, deal_id, actor)
+
+
+async def receive_upload(
+    request: Request,
+    deal_id: str,
+    actor: Actor,
+    *,
+    extra_fields: tuple[str, ...] = (),
+    check_fields: Callable[[dict[str, str]], None] | None = None,
+) -> DocumentUploaded:
+    """Stream the multipart upload of `request` into the store and record it on
+    the deal (this route's, and the deal desk's, whose form adds its CSRF field:
+    `extra_fields` are read and handed with the others to `check_fields`, which
+    may refuse the upload before a byte of the file is read)."""
     svc = services(request)
     reader: MultipartReader | None = None
     try:
         boundary = await _check_before_reading(request, svc, deal_id)
         reader = MultipartReader(request, boundary)
-        fields, file_name = await _read_form(reader)
+        fields, file_name = await _read_form(reader, extra_fields)
+        if check_fields is not None:
+            check_fields(fields)
+        fields = {name: value for name, value in fields.items() if name in FIELDS}
         form = _check_form_fields(fields, file_name, actor)
         stream = await _open_file(reader, file_name, svc.deal_policy.max_document_bytes)
         result = await _store_and_record(svc, deal_id, actor, form, file_name, stream)
@@ -349,8 +372,14 @@ async def list_documents(
 async def download(
     request: Request, deal_id: DealIdPath, doc_id: str, actor: DocumentReader
 ) -> Response:
-    svc = services(request)
     check_deal_id(deal_id)
+    return await serve_document(services(request), deal_id, doc_id, actor)
+
+
+async def serve_document(svc: Services, deal_id: str, doc_id: str, actor: Actor) -> Response:
+    """A recorded document's bytes for `actor` (whose right to read documents is
+    checked already): streamed from the local store, or a redirect to a
+    short-lived presigned S3 URL. Every read is logged."""
     status = await read_status(svc, deal_id)  # 404 for an unknown deal
     row = next((doc for doc in status.documents if doc.doc_id == doc_id), None)
     if row is None:

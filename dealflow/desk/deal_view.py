@@ -1,0 +1,400 @@
+"""What the deal page shows, computed from the deal's status and application:
+the stage bar with the time spent in each stage, the money with the loan's
+ratio, terms and repayment schedule, the customer as the role may see them,
+the document checklist per party, and the actions on offer. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from functools import cache
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from dealflow import rules
+from dealflow.api.routes.deals import ACTION_BODIES, body_model
+from dealflow.desk.forms import ActionForm, form_fields
+from dealflow.models import (
+    STAGE_ORDER,
+    Action,
+    ChecklistItem,
+    DealInput,
+    DealStatus,
+    DocumentRecord,
+    MoneySummary,
+    Party,
+    PendingAction,
+    Role,
+    Stage,
+    fmt_money,
+)
+from dealflow.samples import EXAMPLES, example_action
+
+# --------------------------------------------------------------------------- stages
+
+StepState = Literal["done", "current", "ahead"]
+
+
+@dataclass(frozen=True)
+class StageStep:
+    stage: Stage
+    state: StepState
+    # Time spent in the stage, every visit added up (None for an outcome reached).
+    spent: timedelta | None
+    visits: int
+
+
+def time_in_stages(status: DealStatus, now: datetime) -> dict[Stage, timedelta]:
+    """How long the deal has been in each stage it entered, visits added up;
+    the current stage counts until `now` (an outcome is not a stay)."""
+    spent: dict[Stage, timedelta] = {}
+    moves = sorted(status.transitions, key=lambda move: move.at)
+    for move, after in zip(moves, [*moves[1:], None], strict=True):
+        if move.to_stage.terminal:
+            continue
+        left = after.at if after is not None else now
+        spent[move.to_stage] = spent.get(move.to_stage, timedelta()) + max(
+            left - move.at, timedelta()
+        )
+    return spent
+
+
+def stage_bar(status: DealStatus, now: datetime) -> tuple[list[StageStep], list[StageStep]]:
+    """The working stages in order, then the outcomes, each marked done,
+    current or ahead, with the time spent in it."""
+    spent = time_in_stages(status, now)
+    visits: dict[Stage, int] = {}
+    for move in status.transitions:
+        visits[move.to_stage] = visits.get(move.to_stage, 0) + 1
+
+    def step(stage: Stage) -> StageStep:
+        state: StepState = (
+            "current" if stage is status.stage else "done" if stage in visits else "ahead"
+        )
+        return StageStep(stage, state, spent.get(stage), visits.get(stage, 0))
+
+    path = [step(stage) for stage in STAGE_ORDER if not stage.terminal]
+    outcomes = [step(stage) for stage in STAGE_ORDER if stage.terminal]
+    return path, outcomes
+
+
+# --------------------------------------------------------------------------- money
+
+
+@dataclass(frozen=True)
+class Terms:
+    """The lender's terms the deal goes ahead on."""
+
+    lender_id: str
+    decision: str
+    approved_amount: Decimal | None
+    apr: Decimal | None
+    term_months: int | None
+
+
+@dataclass(frozen=True)
+class MoneyView:
+    summary: MoneySummary
+    # Amount financed ÷ vehicle price, in percent (rules.loan_to_value).
+    loan_to_value: Decimal | None
+    terms: Terms | None
+    schedule: list[rules.Instalment]
+
+    @property
+    def schedule_rows(self) -> list[tuple[int, str, str, str, str]]:
+        """The schedule's amounts as the table shows them: grouped, two places
+        (the same in both languages; formatting each per locale would cost more
+        than the rest of the page)."""
+        return [
+            (
+                row.number,
+                fmt_money(row.payment),
+                fmt_money(row.interest),
+                fmt_money(row.principal),
+                fmt_money(row.balance),
+            )
+            for row in self.schedule
+        ]
+
+
+def money_view(status: DealStatus) -> MoneyView:
+    summary = status.money
+    ratio = (
+        rules.loan_to_value(summary.amount_financed, summary.vehicle_price)
+        if summary.vehicle_price > 0
+        else None
+    )
+    approved = rules.approved_submission(status.submissions)
+    terms = None
+    if approved is not None and approved.current is not None:
+        decision = approved.current
+        terms = Terms(
+            approved.lender_id,
+            decision.decision.value,
+            decision.approved_amount,
+            decision.apr,
+            decision.term_months,
+        )
+    schedule: list[rules.Instalment] = []
+    if (
+        terms is not None
+        and terms.apr is not None
+        and terms.term_months
+        and summary.amount_financed > 0
+    ):
+        schedule = rules.repayment_schedule(summary.amount_financed, terms.apr, terms.term_months)
+    return MoneyView(summary, ratio, terms, schedule)
+
+
+# --------------------------------------------------------------------------- customer
+
+
+@dataclass(frozen=True)
+class PersonView:
+    party: Party
+    full_name: str
+    id_number: str  # masked: only the last four characters show
+    phone: str
+
+
+def mask_id_number(number: str) -> str:
+    """All but the last four characters hidden: enough to tell two customers apart."""
+    return "•" * max(len(number) - 4, 0) + number[-4:]
+
+
+# ID numbers (15 or 18 characters, the last maybe X) and bank account numbers
+# (12 to 19 digits) in free text.
+_LONG_NUMBER = re.compile(r"\b\d{11,18}[\dXx]\b")
+
+
+def mask_numbers(text: str) -> str:
+    """`text` with every ID or account number masked but its last four characters."""
+    return _LONG_NUMBER.sub(lambda found: mask_id_number(found.group(0)), text)
+
+
+def customer_view(deal: DealInput, show_names: bool) -> list[PersonView]:
+    """The applicant (and spouse) for a role that may see customers' names; no one else."""
+    if not show_names:
+        return []
+    customer = deal.customer
+    people: list[tuple[Party, Any]] = [(Party.APPLICANT, customer.applicant)]
+    if customer.spouse is not None:
+        people.append((Party.SPOUSE, customer.spouse))
+    return [
+        PersonView(party, person.full_name, mask_id_number(person.id_number), person.phone)
+        for party, person in people
+    ]
+
+
+# --------------------------------------------------------------------------- documents
+
+
+@dataclass(frozen=True)
+class ChecklistRow:
+    item: ChecklistItem
+    documents: list[DocumentRecord]
+
+
+@dataclass(frozen=True)
+class PartyChecklist:
+    party: Party
+    rows: list[ChecklistRow]
+
+
+def _documents_for(
+    item: ChecklistItem, documents: Iterable[DocumentRecord]
+) -> list[DocumentRecord]:
+    return [
+        doc
+        for doc in documents
+        if doc.kind is item.kind
+        and doc.party is item.party
+        and (item.stipulation_code is None or doc.stipulation_code == item.stipulation_code)
+    ]
+
+
+def checklist_by_party(status: DealStatus) -> tuple[list[PartyChecklist], list[DocumentRecord]]:
+    """The checklist per party with the documents recorded for each item, and
+    the documents no item asks for."""
+    groups: list[PartyChecklist] = []
+    matched: set[str] = set()
+    for party in Party:
+        rows = [
+            ChecklistRow(item, _documents_for(item, status.documents))
+            for item in status.checklist
+            if item.party is party
+        ]
+        if rows:
+            groups.append(PartyChecklist(party, rows))
+        matched |= {doc.doc_id for row in rows for doc in row.documents}
+    others = [doc for doc in status.documents if doc.doc_id not in matched]
+    return groups, others
+
+
+def stipulations_met(status: DealStatus) -> dict[str, bool]:
+    """Stipulation code → whether a document satisfying it is on file."""
+    return {
+        item.stipulation_code: item.satisfied
+        for item in status.checklist
+        if item.stipulation_code is not None
+    }
+
+
+# --------------------------------------------------------------------------- actions
+
+PanelKind = Literal["form", "upload", "lender", "not-yours", "gone"]
+
+# Actions a deal offers beside its pending ones: the other answer to a
+# counter-offer, and cancelling (until the disbursement is requested).
+COMPANIONS: dict[Action, tuple[Action, str]] = {
+    Action.ACCEPT_COUNTER_OFFER: (
+        Action.DECLINE_COUNTER_OFFER,
+        "decline the lender's counter-offer",
+    ),
+}
+ALWAYS_OFFERED: tuple[tuple[Action, str], ...] = (
+    (Action.CANCEL, "cancel the deal (possible until the disbursement is requested)"),
+)
+
+
+@dataclass
+class ActionPanel:
+    """One action on the deal page: a form for a role that may take it, else
+    what it is and whose it is."""
+
+    action: str
+    what: str
+    owner: Role
+    due: datetime | None
+    kind: PanelKind
+    optional: bool = False
+    form: ActionForm | None = None
+    # Why the last post of this action was refused (a panel without a form).
+    detail: str = ""
+
+
+def _known_action(name: str) -> Action | None:
+    try:
+        return Action(name)
+    except ValueError:
+        return None
+
+
+def offered(status: DealStatus) -> list[tuple[PendingAction, bool]]:
+    """The actions the deal offers now, once each (pending first), and whether
+    each is optional (not waited for)."""
+    found: dict[str, tuple[PendingAction, bool]] = {}
+    for pending in status.pending:
+        if pending.action in found:
+            first, _ = found[pending.action]
+            merged = first.model_copy(update={"what": f"{first.what}; {pending.what}"})
+            found[pending.action] = (merged, False)
+            continue
+        found[pending.action] = (pending, False)
+        action = _known_action(pending.action)
+        if action in COMPANIONS:
+            other, what = COMPANIONS[action]
+            owner = rules.owner_role(other)
+            companion = PendingAction(action=other, role=owner, what=what, due=pending.due)
+            found.setdefault(other.value, (companion, False))
+    for action, what in ALWAYS_OFFERED:
+        if status.stage in rules.ACTION_STAGES[action] and action.value not in found:
+            owner = rules.owner_role(action)
+            found[action.value] = (PendingAction(action=action, role=owner, what=what), True)
+    return list(found.values())
+
+
+@cache
+def action_model(action: Action) -> type[BaseModel]:
+    """The form's model: the API body of the action (its input without `actor`)."""
+    return ACTION_BODIES.get(action) or body_model(action)
+
+
+def new_form(action: Action, today: date, known: dict[str, str] | None = None) -> ActionForm:
+    """An empty form for `action`, its example's values as placeholders, the
+    fields the deal itself answers (`known`) filled in."""
+    has_example = (EXAMPLES / "actions" / f"{action.value}.json").exists()
+    example = example_action(action.value, today) if has_example else {}
+    fields = form_fields(action_model(action), example)
+    names = {item.name for item in fields}
+    initial = {name: value for name, value in (known or {}).items() if name in names}
+    return ActionForm(action.value, fields, initial=initial)
+
+
+def known_values(status: DealStatus) -> dict[str, str]:
+    """Field values the deal itself answers, whatever action asks for them:
+    which application and which of its decisions an answer is about. (Amounts
+    are never filled in: typing them is the clerk's check of the paperwork.)"""
+    if not status.submissions:
+        return {}
+    submission = status.submissions[-1]
+    known: dict[str, str] = {}
+    if submission.application_ref:
+        known["application_ref"] = submission.application_ref
+    if submission.current is not None:
+        known["decision_seq"] = str(submission.current.decision_seq)
+    return known
+
+
+def _panel(
+    pending: PendingAction,
+    optional: bool,
+    may: Callable[[frozenset[Role]], bool],
+    today: date,
+    known: dict[str, str],
+) -> ActionPanel:
+    panel = ActionPanel(pending.action, pending.what, pending.role, pending.due, "lender")
+    panel.optional = optional
+    action = _known_action(pending.action)
+    if action is None:
+        return panel  # the lender's move: nobody at the desk can make it
+    if not may(rules.ACTION_ROLES[action]):
+        panel.kind = "not-yours"
+    elif action is Action.RECORD_DOCUMENT:
+        panel.kind = "upload"
+    else:
+        panel.kind = "form"
+        panel.form = new_form(action, today, known)
+    return panel
+
+
+def action_panels(
+    status: DealStatus,
+    may: Callable[[frozenset[Role]], bool],
+    today: date,
+    posted: ActionForm | None = None,
+    shown: Iterable[str] = (),
+) -> list[ActionPanel]:
+    """The panels of the actions on offer for a user (`may(roles)`: whether
+    they may act for those roles); `posted` is the form just refused, kept as
+    typed; an action in `shown` (the page's) that is no longer on offer, or
+    the refused one, says so."""
+    known = known_values(status)
+    panels = [_panel(pending, optional, may, today, known) for pending, optional in offered(status)]
+    names = {panel.action for panel in panels}
+    gone = [name for name in shown if name not in names and _known_action(name) is not None]
+    if posted is not None and posted.action not in names and posted.action not in gone:
+        gone.append(posted.action)
+    for name in gone:
+        panels.append(ActionPanel(name, "", rules.owner_role(Action(name)), None, "gone"))
+    if posted is not None:
+        for panel in panels:
+            if panel.action != posted.action:
+                continue
+            if panel.kind == "form":
+                panel.form = posted
+            else:
+                # No form to mark: the refusal says it all, field by field.
+                marks = [f"{name}: {message}" for name, message in posted.errors.items()]
+                panel.detail = "; ".join([posted.detail, *marks])
+    return panels
+
+
+def signature(panels: Iterable[ActionPanel]) -> str:
+    """The actions a page shows forms or notices for, as the live poll sends them back."""
+    return ",".join(sorted({panel.action for panel in panels if panel.kind != "gone"}))
