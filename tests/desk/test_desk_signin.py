@@ -183,3 +183,17 @@ async def test_development_sign_in_is_off_with_a_real_secret(
             },
         )
         assert response.status_code == 401 and "off on this deployment" in response.text
+
+
+async def test_the_browser_language_or_the_switch_chooses_chinese(stack: ApiStack) -> None:
+    client = browser(stack)
+    chinese = await client.get("/desk/login", headers={"Accept-Language": "zh-CN,zh;q=0.9"})
+    assert "登录业务柜台" in chinese.text and '<option value="zh" selected>' in chinese.text
+    switched = await client.post("/desk/language", data={"language": "zh", "next": "/desk/login"})
+    assert switched.status_code == 303 and switched.headers["location"] == "/desk/login"
+    assert "登录业务柜台" in (await client.get("/desk/login")).text
+    elsewhere = await client.post(
+        "/desk/language", data={"language": "en", "next": "https://evil.example/"}
+    )
+    assert elsewhere.headers["location"] == "/desk/", "the switch only goes back into the desk"
+    assert "Sign in to the deal desk" in (await client.get("/desk/login")).text

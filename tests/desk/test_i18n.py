@@ -29,7 +29,7 @@ def desk_strings() -> set[str]:
     python = extract_from_dir(
         ROOT / "dealflow" / "desk",
         method_map=[("**.py", "python")],
-        keywords={"N_": None},
+        keywords={"N_": None, "_": None},
     )
     for _file, _line, message, _comments, _context in (*templates, *python):
         found.update([message] if isinstance(message, str) else message[:1])
