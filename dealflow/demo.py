@@ -52,6 +52,8 @@ class Scenario:
     deal_changes: dict[str, Any] = field(default_factory=dict)
     cancel_at: Stage | None = None
     expect: Stage = Stage.COMPLETED
+    # The robot stops here and leaves the rest to whoever opens the desk.
+    leave_at: Stage | None = None
 
 
 SCENARIOS = [
@@ -111,6 +113,11 @@ SCENARIOS = [
             }
         },
         expect=Stage.DECLINED,
+    ),
+    Scenario(
+        "left for you to finish at the desk",
+        leave_at=Stage.INSURANCE,
+        expect=Stage.INSURANCE,
     ),
 ]
 
@@ -278,10 +285,17 @@ async def main(argv: list[str] | None = None) -> int:
     if len(finals) < len(running):
         console.print(f"[red]timed out after {args.timeout:.0f}s[/]")
     all_as_expected = _print_summary(running, finals)
+    left = [deal_id for deal_id, (scenario, _) in running.items() if scenario.leave_at]
     console.print(
-        f"{len(finals)} of {len(running)} deals finished in {time.monotonic() - started:.1f}s"
+        f"{len(finals) - len(left)} of {len(running) - len(left)} deals finished"
+        f" in {time.monotonic() - started:.1f}s"
     )
     _print_links(settings)
+    for deal_id in left:
+        console.print(
+            f"Deal {deal_id} waits for you at {settings.api_url}/desk/deals/{deal_id}:"
+            " sign in as insurance to bind the policy, then follow My work."
+        )
     return 0 if all_as_expected else 1
 
 
@@ -330,6 +344,9 @@ async def _drive_until_closed(
             if status.stage.terminal:
                 # The deal closes after its compensations ran: wait for that.
                 finals[deal_id] = await retrying("result", deals.deal_result, client, deal_id)
+                continue
+            if status.stage is scenario.leave_at:
+                finals[deal_id] = status
                 continue
             await robot.step(deal_id, deal, scenario, status)
         await asyncio.sleep(0.3)

@@ -281,9 +281,14 @@ async def test_deals_run_to_their_end_over_real_processes(e2e: E2E, client: Clie
     check_exit(demo, "python -m dealflow.demo", e2e)
     assert "6 of 6 deals finished" in demo.stdout, demo.stdout
     outcomes = demo_outcomes(demo.stdout)
-    assert Counter(outcomes.values()) == {"COMPLETED": 4, "CANCELLED": 1, "DECLINED": 1}, (
-        demo.stdout
-    )
+    assert Counter(outcomes.values()) == {
+        "COMPLETED": 4,
+        "CANCELLED": 1,
+        "DECLINED": 1,
+        "INSURANCE": 1,
+    }, demo.stdout
+    [left] = [deal_id for deal_id, stage in outcomes.items() if stage == "INSURANCE"]
+    assert f"Deal {left} waits for you" in demo.stdout, demo.stdout
     assert cli_final.stage is Stage.COMPLETED, cli_final
     handle = client.get_workflow_handle_for(DealWorkflow.run, deals.workflow_id(cli_deal))
     final = await handle.result()
