@@ -13,13 +13,19 @@ from dealflow import i18n, rules
 from dealflow.api import operations
 from dealflow.api.deps import services
 from dealflow.api.errors import Problem
-from dealflow.desk.pages import render_page
+from dealflow.desk.pages import N_, render_page
 from dealflow.desk.session import SignedIn
 from dealflow.models import STAGE_ORDER, DealPage, Stage
 
 router = APIRouter()
 
 PAGE_SIZE = 50
+SORT_LABELS = {
+    "updated": N_("latest change first"),
+    "created": N_("newest deal first"),
+    "due": N_("soonest deadline first"),
+    "stage_entered": N_("longest in its stage first"),
+}
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ async def deals_table(
     dealer: Annotated[str, Query(max_length=64)] = "",
     q: Annotated[str, Query(max_length=100)] = "",
     overdue: bool = False,
+    sort: Annotated[str, Query(max_length=32)] = "updated",
     cursor: Annotated[str, Query(max_length=512)] = "",
 ) -> HTMLResponse:
     svc = services(request)
@@ -80,6 +87,7 @@ async def deals_table(
         "overdue": overdue,
         "limit": PAGE_SIZE,
         "cursor": cursor or None,
+        "sort": sort if sort in SORT_LABELS else "updated",
     }
     show_names = user.may(rules.NAME_ROLES)
     page: DealPage | None = None
@@ -88,7 +96,14 @@ async def deals_table(
         page, names = await operations.list_deals_named(svc, **filters)
     except Problem as problem:
         error = problem.detail
-    query = {"stage": stage, "lender": lender, "dealer": dealer, "q": q, "overdue": overdue}
+    query = {
+        "stage": stage,
+        "lender": lender,
+        "dealer": dealer,
+        "q": q,
+        "overdue": overdue,
+        "sort": filters["sort"],
+    }
     next_href = ""
     if page is not None and page.next_cursor:
         kept = {key: value for key, value in query.items() if value}
@@ -107,4 +122,5 @@ async def deals_table(
         stages=[s.value for s in STAGE_ORDER],
         lenders=sorted(svc.lenders),
         query=query,
+        sorts=SORT_LABELS,
     )

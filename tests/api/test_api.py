@@ -473,6 +473,8 @@ async def test_list_filters_and_pagination(stack: ApiStack) -> None:
     first = r.json()["deals"][0]
     assert first["overdue"] is True and first["pending_roles"] == ["sales"]
     assert first["amount_financed"] == "105000.00"
+    # Soonest deadline first, deals without one last.
+    assert await ids_of(sort="due") == [ids[2], ids[0], ids[1], ids[4], ids[3]]
 
 
 @pytest.mark.parametrize(
@@ -485,6 +487,7 @@ async def test_list_filters_and_pagination(stack: ApiStack) -> None:
         ({"limit": "ten"}, "limit"),
         ({"stage": "NOPE"}, "stage: Input should be"),
         ({"overdue": "maybe"}, "overdue"),
+        ({"sort": "customer_name"}, "sort: Input should be"),
     ],
 )
 async def test_list_bad_parameters_are_422(

@@ -197,3 +197,16 @@ async def test_the_browser_language_or_the_switch_chooses_chinese(stack: ApiStac
     )
     assert elsewhere.headers["location"] == "/desk/", "the switch only goes back into the desk"
     assert "Sign in to the deal desk" in (await client.get("/desk/login")).text
+
+
+async def test_the_deals_table_sorts_and_a_foreign_cursor_is_named_not_crashed(
+    stack: ApiStack,
+) -> None:
+    client = browser(stack)
+    await sign_in(client, "li.sales", "sales")
+    by_due = await client.get("/desk/deals", params={"sort": "due"})
+    assert by_due.status_code == 200 and '<option value="due" selected>' in by_due.text
+    unknown = await client.get("/desk/deals", params={"sort": "customer_name"})
+    assert '<option value="updated" selected>' in unknown.text
+    foreign = await client.get("/desk/deals", params={"sort": "due", "cursor": "WyJ4IiwieSJd"})
+    assert foreign.status_code == 200 and "invalid cursor" in foreign.text

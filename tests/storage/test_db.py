@@ -302,6 +302,38 @@ def test_pagination_walks_every_row_once(engine: Engine) -> None:
     assert len(first) + len(rest) == len({f"d-{i:02d}" for i in range(23) if i % 3})
 
 
+def _walk(engine: Engine, sort: str, limit: int = 4) -> list[str]:
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        rows, cursor = db.list_deals(engine, limit=limit, cursor=cursor, sort=sort)
+        seen.extend(r.deal_id for r in rows)
+        if cursor is None:
+            return seen
+
+
+def test_every_sort_pages_through_every_row_once_in_its_order(engine: Engine) -> None:
+    _seed(engine)
+    ids = [f"d-{i:02d}" for i in range(23)]
+    # Soonest deadline first; deals without one last, by id.
+    assert _walk(engine, "due") == [d for d in ids if int(d[2:]) % 5] + [
+        d for d in ids if not int(d[2:]) % 5
+    ]
+    assert _walk(engine, "created") == sorted(ids, reverse=True)
+    assert _walk(engine, "stage_entered") == ids
+    assert _walk(engine, "updated") == _walk(engine, "updated", limit=100)
+
+
+def test_a_cursor_belongs_to_its_sort(engine: Engine) -> None:
+    _seed(engine)
+    _, cursor = db.list_deals(engine, limit=3, sort="due")
+    assert cursor is not None
+    with pytest.raises(ValueError, match="invalid cursor"):
+        db.list_deals(engine, cursor=cursor)
+    with pytest.raises(ValueError, match="unknown sort"):
+        db.list_deals(engine, sort="customer_name")
+
+
 @pytest.mark.parametrize(
     "cursor",
     [

@@ -15,7 +15,7 @@ as real classes, not as names to look up in the module.
 import json
 import logging
 import re
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, create_model
@@ -54,6 +54,7 @@ router = APIRouter(dependencies=[Depends(bearer_scheme)])
 DEAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,200}$"
 MAX_PAGE = 200
+DealSort = Literal["updated", "created", "due", "stage_entered"]
 
 # Who may call each route: the dependency checks the token (401) and the role
 # (403) and gives the route its actor.
@@ -187,6 +188,14 @@ async def list_deals(
     cursor: Annotated[
         str | None, Query(max_length=512, description="next_cursor of the previous page")
     ] = None,
+    sort: Annotated[
+        DealSort,
+        Query(
+            description="updated (newest change first, the default), created (newest deal "
+            "first), due (soonest deadline first), stage_entered (longest in its stage first); "
+            "a cursor belongs to the order it was returned in"
+        ),
+    ] = "updated",
 ) -> DealPage:
     return await operations.list_deals(
         services(request),
@@ -196,6 +205,7 @@ async def list_deals(
         overdue=overdue,
         limit=limit,
         cursor=cursor,
+        sort=sort,
     )
 
 

@@ -93,24 +93,54 @@ def get_deal(engine: Engine, deal_id: str) -> DealRow | None:
         return session.get(DealRow, deal_id)
 
 
-def _encode_cursor(row: DealRow) -> str:
-    raw = json.dumps([row.updated_at.astimezone(UTC).isoformat(), row.deal_id])
+# How the deal list may be ordered, each a keyset: the column (deadlines
+# without one sort last) and whether the newest/largest comes first; ties
+# fall to the deal id in the same direction, so every order is total.
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+SORTS: dict[str, tuple[Any, bool]] = {
+    "updated": (col(DealRow.updated_at), True),
+    "created": (col(DealRow.created_at), True),
+    "due": (func.coalesce(col(DealRow.next_due_at), FAR_FUTURE), False),
+    "stage_entered": (col(DealRow.stage_entered_at), False),
+}
+_SORT_VALUES = {
+    "updated": lambda row: row.updated_at,
+    "created": lambda row: row.created_at,
+    "due": lambda row: row.next_due_at or FAR_FUTURE,
+    "stage_entered": lambda row: row.stage_entered_at,
+}
+
+
+def _encode_cursor(row: DealRow, sort: str) -> str:
+    value: datetime = _SORT_VALUES[sort](row)
+    position = [value.astimezone(UTC).isoformat(), row.deal_id]
+    raw = json.dumps(position if sort == "updated" else [*position, sort])
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+def _decode_cursor(cursor: str, sort: str) -> tuple[datetime, str]:
     problem = f"invalid cursor {cursor[:80]!r}: pass back a cursor returned by the deal list"
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        updated, deal_id = json.loads(raw)
-        if not isinstance(updated, str) or not isinstance(deal_id, str):
+        # A cursor of the default order has two parts (as before sorting existed).
+        at_text, deal_id, *sorted_by = json.loads(raw)
+        if not isinstance(at_text, str) or not isinstance(deal_id, str):
             raise ValueError(problem)
-        at = datetime.fromisoformat(updated)
+        at = datetime.fromisoformat(at_text)
     except (binascii.Error, UnicodeDecodeError, TypeError, ValueError) as e:
         raise ValueError(problem) from e
-    if at.tzinfo is None:
+    if at.tzinfo is None or (sorted_by or ["updated"]) != [sort]:
         raise ValueError(problem)
     return at, deal_id
+
+
+def _after(cursor: str, sort: str) -> Any:
+    """The rows that come after the cursor's row in `sort` order."""
+    column, newest_first = SORTS[sort]
+    at, deal_id = _decode_cursor(cursor, sort)
+    if newest_first:
+        return or_(column < at, and_(column == at, col(DealRow.deal_id) < deal_id))
+    return or_(column > at, and_(column == at, col(DealRow.deal_id) > deal_id))
 
 
 def list_deals(
@@ -124,10 +154,12 @@ def list_deals(
     cursor: str | None = None,
     search: str | None = None,
     search_names: bool = False,
+    sort: str = "updated",
 ) -> tuple[list[DealRow], str | None]:
-    """One page of deals, newest change first, and the cursor of the next page.
+    """One page of deals in `sort` order (SORTS; by default newest change
+    first), and the cursor of the next page.
 
-    Keyset pagination on (updated_at, deal_id): pages stay stable while deals
+    Keyset pagination on (sort value, deal_id): pages stay stable while deals
     are updated, and no page costs an OFFSET scan. `overdue_at` keeps deals
     whose next deadline is before it. `search` matches the start of a deal id
     and, with `search_names`, any part of the customer's name. The cursor is
@@ -135,6 +167,8 @@ def list_deals(
     """
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
+    if sort not in SORTS:
+        raise ValueError(f"unknown sort {sort[:40]!r}; one of {', '.join(SORTS)}")
     if overdue_at is not None and overdue_at.utcoffset() is None:
         raise ValueError(f"overdue_at {overdue_at.isoformat()} is naive; use an aware UTC datetime")
     query = select(DealRow)
@@ -149,19 +183,17 @@ def list_deals(
     if search:
         query = query.where(_matches(search, search_names))
     if cursor is not None:
-        after_at, after_id = _decode_cursor(cursor)
-        query = query.where(
-            or_(
-                col(DealRow.updated_at) < after_at,
-                and_(col(DealRow.updated_at) == after_at, col(DealRow.deal_id) < after_id),
-            )
-        )
-    query = query.order_by(col(DealRow.updated_at).desc(), col(DealRow.deal_id).desc())
+        query = query.where(_after(cursor, sort))
+    column, newest_first = SORTS[sort]
+    if newest_first:
+        query = query.order_by(column.desc(), col(DealRow.deal_id).desc())
+    else:
+        query = query.order_by(column.asc(), col(DealRow.deal_id).asc())
     with Session(engine) as session:
         rows = list(session.exec(query.limit(limit + 1)).all())
     if len(rows) > limit:
         rows = rows[:limit]
-        return rows, _encode_cursor(rows[-1])
+        return rows, _encode_cursor(rows[-1], sort)
     return rows, None
 
 
