@@ -82,6 +82,9 @@ def environment(language: str = i18n.DEFAULT_LANGUAGE) -> Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         extensions=["jinja2.ext.i18n", ConstantGettext],
+        # Templates ship with the code and change only with a restart, as the
+        # code does: no file is looked at again for each template a page includes.
+        auto_reload=False,
     )
     env.extend(dealflow_language=language)
     # `_()` in a template translates into the language of the request being
