@@ -4,20 +4,26 @@
   stage and lender (the HTML page, customer names included, as sales sees it)
   vs. `GET /api/deals` with the same filters and page size. Target: the page's
   p95 at most 1.5 x the JSON list's.
-- The deal page (p95 at most 2 x `GET /api/deals/{id}`) joins `PAGE_PAIRS` once
-  the page exists; see the note there.
+- The deal page: `GET /desk/deals/{id}` (stages, money, customer, documents,
+  lenders, the action forms; the status asked of the running deal by a Temporal
+  query, the customer read from the run's first history event) vs. `GET
+  /api/deals/{id}` (the same query), for three real deals started on the
+  stack and driven by its worker to CONTRACT, DOWN_PAYMENT and FOLLOW_UP,
+  taken in turn. Target: the page's p95 at most 2 x the JSON status's.
 
 Server time is the app's own time per request: the API app (`create_app`, the
 code `python -m dealflow.api` serves) runs in this process behind a timing
 wrapper and is called through httpx's ASGI transport, so routing, queries,
 rendering and serialising count, the network and the client do not. The read
 model is a fresh SQLite database (WAL, as the stack's) filled with synthetic
-deals in one transaction; the stack is there for its Temporal client. After a
-warm-up the two requests alternate, so drift hits both alike.
+deals in one transaction; the deal page and the status read no row of it, they
+ask the stack's deals through its Temporal client. After a warm-up the two
+requests alternate, so drift hits both alike.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +36,7 @@ import httpx
 from sqlalchemy import insert
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bench.bench_driver import Driver
 from bench.bench_stack import BenchStack, Ctx, pct, row, say
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
@@ -49,28 +56,51 @@ LIST_FILTER = {"stage": Stage.UNDERWRITING.value, "lender": LENDERS[0]}
 
 @dataclass(frozen=True)
 class PagePair:
-    """A desk page and the JSON route that answers the same question."""
+    """Desk pages and the JSON routes that answer the same questions, pairwise;
+    the samples take the pairs in turn."""
 
     figure: str
-    desk_path: str
-    api_path: str
+    desk_paths: tuple[str, ...]
+    api_paths: tuple[str, ...]
     max_ratio: float
+    note: str
 
 
-# The deal page joins here once it exists, e.g.
-#   PagePair("deal page", f"/desk/deals/{deal_id}", f"/api/deals/{deal_id}", 2.0)
-# with `deal_id` a real deal: start one on `stack` (its worker writes to the
-# stack's database, so build the app on `stack.settings.database_url` for it).
-def page_pairs(n_deals: int) -> list[PagePair]:
+def page_pairs(n_deals: int, live_deals: dict[str, str]) -> list[PagePair]:
+    """The pairs measured; `live_deals` maps a real deal's id to its stage."""
     query = "&".join(f"{key}={value}" for key, value in LIST_FILTER.items())
+    ids = tuple(live_deals)
     return [
         PagePair(
             f"deals list p95, {n_deals:,} deals",
-            f"/desk/deals?{query}",
-            f"/api/deals?{query}&limit=50",
+            (f"/desk/deals?{query}",),
+            (f"/api/deals?{query}&limit=50",),
             1.5,
-        )
+            f"desk /desk/deals?{query} vs /api/deals?{query}&limit=50",
+        ),
+        PagePair(
+            f"deal page p95, {len(ids)} deals",
+            tuple(f"/desk/deals/{deal_id}" for deal_id in ids),
+            tuple(f"/api/deals/{deal_id}" for deal_id in ids),
+            2.0,
+            "desk /desk/deals/{id} vs /api/deals/{id}, deals at " + ", ".join(live_deals.values()),
+        ),
     ]
+
+
+async def start_live_deals(stack: BenchStack) -> dict[str, str]:
+    """Three deals on the stack, driven by its worker and lender simulator: one
+    just started, one approved (documents, a submission, money to pay), one
+    funded and delivered (every step's facts); id -> stage."""
+    assert stack.client is not None
+    driver = Driver(stack.client, stack.store, stack.lenders, stack.settings.task_queue)
+    new, approved, funded = [await driver.start() for _ in range(3)]
+    await asyncio.gather(driver.to_underwriting(approved), driver.to_underwriting(funded))
+    await asyncio.gather(driver.approved(approved), driver.to_follow_up(funded))
+    await driver.wait(new, lambda st: st.stage is Stage.CONTRACT, "start")
+    stages = {deal_id: (await driver.status(deal_id)).stage for deal_id in (new, approved, funded)}
+    await driver.aclose()
+    return {deal_id: stage.value for deal_id, stage in stages.items()}
 
 
 def _next_step(stage: Stage) -> PendingAction | None:
@@ -142,18 +172,21 @@ def fill_read_model(url: str, n: int) -> None:
 async def measure(
     get: Callable[[str], Awaitable[float]], pair: PagePair, samples: int
 ) -> tuple[list[float], list[float]]:
-    for _ in range(WARM_UP):
-        await get(pair.desk_path)
-        await get(pair.api_path)
+    pairs = list(zip(pair.desk_paths, pair.api_paths, strict=True))
+    for i in range(WARM_UP):
+        desk_path, api_path = pairs[i % len(pairs)]
+        await get(desk_path)
+        await get(api_path)
     desk, api = [], []
     for i in range(samples):
+        desk_path, api_path = pairs[i % len(pairs)]
         # Alternate which goes first, so neither always follows the other.
-        first, second = (
-            (pair.desk_path, pair.api_path) if i % 2 else (pair.api_path, pair.desk_path)
-        )
-        a, b = await get(first), await get(second)
-        desk.append(a if first == pair.desk_path else b)
-        api.append(b if first == pair.desk_path else a)
+        if (i // len(pairs)) % 2:
+            desk.append(await get(desk_path))
+            api.append(await get(api_path))
+        else:
+            api.append(await get(api_path))
+            desk.append(await get(desk_path))
     return desk, api
 
 
@@ -177,6 +210,8 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     async with ctx.stack("b7-desk") as stack:
         say(f"[7] filling a read model with {n_deals:,} synthetic deals")
         fill_read_model(url, n_deals)
+        say("[7] driving three deals on the stack for the deal page")
+        live_deals = await start_live_deals(stack)
         app, services = in_process_app(stack, url)
         now = datetime.now(UTC)
         cookie, _ = db.open_desk_session(
@@ -198,7 +233,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                 return app.last
 
             rows = []
-            for pair in page_pairs(n_deals):
+            for pair in page_pairs(n_deals, live_deals):
                 say(f"[7] {pair.figure}: {samples} requests each, alternating")
                 desk, api = await measure(get, pair, samples)
                 desk_p95, api_p95 = pct(desk, 95) * 1000, pct(api, 95) * 1000
@@ -210,7 +245,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                         baseline=round(api_p95, 2),
                         target=f"<= {pair.max_ratio:g}x JSON",
                         ok=ctx.judge(desk_p95 <= pair.max_ratio * api_p95),
-                        note=f"desk {pair.desk_path} vs {pair.api_path}",
+                        note=pair.note,
                     )
                 )
                 rows.append(
@@ -222,4 +257,4 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                     )
                 )
     db.dispose_engine(url)
-    return {"rows": rows, "deals": n_deals, "samples": samples}
+    return {"rows": rows, "deals": n_deals, "samples": samples, "live_deals": live_deals}

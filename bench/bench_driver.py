@@ -169,9 +169,24 @@ class Driver:
 
     async def finish(self, deal_id: str) -> None:
         """From the lender's decision to COMPLETED (the lender approves and disburses)."""
+        await self.to_follow_up(deal_id)
+        await self.act(deal_id, "record-follow-up", call="day3")
+        res = await self.act(deal_id, "record-follow-up", call="day30")
+        if res.stage is not Stage.COMPLETED:
+            raise RuntimeError(f"deal {deal_id}: ended in {res.stage}")
+        # The workflow closes once its last bookkeeping is done.
+        await self.client.get_workflow_handle(deals.workflow_id(deal_id)).result()
+
+    async def approved(self, deal_id: str) -> DealStatus:
+        """Waits for the lender's decision (from UNDERWRITING); it must be an approval."""
         st = await self.wait(deal_id, lambda s: s.stage is not Stage.UNDERWRITING, "decision")
         if st.stage is not Stage.DOWN_PAYMENT:
             raise RuntimeError(f"deal {deal_id}: expected approval, got {st.stage.value}")
+        return st
+
+    async def to_follow_up(self, deal_id: str) -> None:
+        """From the lender's decision to FOLLOW_UP: funded and delivered, the calls due."""
+        st = await self.approved(deal_id)
         legal = self.lenders[st.lender_id or ""].legal_name
         await self.act(deal_id, "confirm-down-payment", amount=str(st.money.down_payment))
         await self.act(deal_id, "record-invoice")
@@ -189,12 +204,6 @@ class Driver:
                 await self.act(deal_id, action, lienholder=legal)
             else:
                 await self.act(deal_id, action)
-        await self.act(deal_id, "record-follow-up", call="day3")
-        res = await self.act(deal_id, "record-follow-up", call="day30")
-        if res.stage is not Stage.COMPLETED:
-            raise RuntimeError(f"deal {deal_id}: ended in {res.stage}")
-        # The workflow closes once its last bookkeeping is done.
-        await self.client.get_workflow_handle(deals.workflow_id(deal_id)).result()
 
 
 async def bounded(n: int, concurrency: int, fn: Callable[[int], Any]) -> list[Any]:

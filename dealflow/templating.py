@@ -9,10 +9,13 @@ empty string.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context, select_autoescape
+from jinja2.ext import Extension
+from jinja2.lexer import Token, TokenStream
 from jinja2.runtime import Context
 from markupsafe import Markup, escape
 
@@ -30,8 +33,47 @@ def _escaped_ngettext(singular: str, plural: str, count: int) -> Markup:
     return escape(i18n.ngettext(singular, plural, count))
 
 
+class ConstantGettext(Extension):
+    """`_("text")` of a literal without variables, translated as the template is
+    compiled: a page holds a hundred or more such labels, and calling `_()` for
+    each, then escaping what it returned, was a large part of rendering one.
+    Jinja escapes a constant it outputs when it compiles it, so the page is
+    the same. Each language has its own environment (`environment`);
+    a text with "%" is left to `_()`, which formats it."""
+
+    def filter_stream(self, stream: TokenStream) -> Iterator[Token]:
+        language: str = self.environment.dealflow_language  # type: ignore[attr-defined]
+        translations = i18n.catalogue(language)
+        window: list[Token] = []
+        before = ""  # the type of the token before the window (a "." makes `_` an attribute)
+        for token in stream:
+            window.append(token)
+            if len(window) < 4:
+                continue
+            name, opened, text, closed = window
+            if (
+                name.test("name:_")
+                and before != "dot"
+                and opened.type == "lparen"
+                and text.type == "string"
+                and closed.type == "rparen"
+            ):
+                translated = translations.get(text.value, text.value)
+                if "%" not in text.value and "%" not in translated:
+                    yield Token(name.lineno, "string", translated)
+                    before = "string"
+                    window.clear()
+                    continue
+            first = window.pop(0)
+            before = first.type
+            yield first
+        yield from window
+
+
 @cache
-def environment() -> Environment:
+def environment(language: str = i18n.DEFAULT_LANGUAGE) -> Environment:
+    """The environment for pages in `language` (the labels its templates
+    translate are part of the compiled templates)."""
     env = Environment(
         loader=PackageLoader("dealflow", "templates"),
         autoescape=select_autoescape(["html", "htm", "xml"], default_for_string=True),
@@ -39,8 +81,12 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
-        extensions=["jinja2.ext.i18n"],
+        extensions=["jinja2.ext.i18n", ConstantGettext],
+        # Templates ship with the code and change only with a restart, as the
+        # code does: no file is looked at again for each template a page includes.
+        auto_reload=False,
     )
+    env.extend(dealflow_language=language)
     # `_()` in a template translates into the language of the request being
     # rendered (a context variable), English when nothing set one.
     env.install_gettext_callables(  # type: ignore[attr-defined]
@@ -69,4 +115,4 @@ def _gettext(context: Context, message: str, **variables: Any) -> str:
 
 def render_template(name: str, **context: Any) -> str:
     """The template `name` (a path under `dealflow/templates/`) rendered with `context`."""
-    return environment().get_template(name).render(**context)
+    return environment(i18n.current_language.get()).get_template(name).render(**context)

@@ -16,6 +16,7 @@ nothing applied; Temporal being unreachable shows a banner, the form kept.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any
@@ -112,22 +113,80 @@ async def load_deal(svc: Services, deal_id: str, with_start: bool = True) -> Loa
     return Loaded(status, start)
 
 
+class StartInputs:
+    """What deals started with (customer, vehicle, lenders, who started them),
+    the most recently shown `limit` kept, each under the deal's first stage
+    change (the start's time and actor).
+
+    Every run of a deal starts with the same application, policy, lenders and
+    starter (continue-as-new passes them on), so a page needs its history's
+    first event only once. A deal id started again after its workflow closed
+    (the CLI takes a deal id) is another deal, whose first stage change
+    differs: it is read afresh. The carried-over state is dropped: the page
+    shows the status the deal answers with now, never the state a run began
+    with."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._kept: OrderedDict[str, tuple[str, StartDealInput]] = OrderedDict()
+
+    @staticmethod
+    def started(status: DealStatus) -> str:
+        """The key of the deal's first stage change; "" when the status lacks it
+        (a stuck deal's status comes from the read model, without its path)."""
+        if not status.transitions:
+            return ""
+        first = status.transitions[0]
+        return f"{first.at.isoformat()} {first.actor}"
+
+    def __contains__(self, deal_id: str) -> bool:
+        return deal_id in self._kept
+
+    def get(self, deal_id: str, status: DealStatus) -> StartDealInput | None:
+        kept = self._kept.get(deal_id)
+        if kept is None or kept[0] != self.started(status):
+            return None
+        self._kept.move_to_end(deal_id)
+        return kept[1]
+
+    def put(self, deal_id: str, status: DealStatus, start: StartDealInput) -> StartDealInput:
+        """`start` as kept (and shown): without the state its run began with."""
+        start = start.model_copy(update={"state": None})
+        key = self.started(status)
+        if key:
+            self._kept[deal_id] = (key, start)
+            self._kept.move_to_end(deal_id)
+            while len(self._kept) > self.limit:
+                self._kept.popitem(last=False)
+        return start
+
+
+START_INPUTS = StartInputs(limit=2048)
+
+
 async def _read(
     svc: Services, deal_id: str, with_start: bool
 ) -> tuple[DealStatus, StartDealInput | None]:
-    """The status and the start input, asked at once; the status's refusal wins."""
+    """The status and, with `with_start`, the start input: kept from an earlier
+    page, or asked together with the status; the status's refusal wins."""
     if not with_start:
         return await operations.read_status(svc, deal_id), None
-    status, start = await asyncio.gather(
+    if deal_id in START_INPUTS:
+        status = await operations.read_status(svc, deal_id)
+        kept = START_INPUTS.get(deal_id, status)
+        if kept is None:
+            kept = START_INPUTS.put(deal_id, status, await operations.read_deal_input(svc, deal_id))
+        return status, kept
+    answer, first = await asyncio.gather(
         operations.read_status(svc, deal_id),
         operations.read_deal_input(svc, deal_id),
         return_exceptions=True,
     )
-    for outcome in (status, start):
+    for outcome in (answer, first):
         if isinstance(outcome, BaseException):
             raise outcome
-    assert isinstance(status, DealStatus) and isinstance(start, StartDealInput)
-    return status, start
+    assert isinstance(answer, DealStatus) and isinstance(first, StartDealInput)
+    return answer, START_INPUTS.put(deal_id, answer, first)
 
 
 def _today() -> date:

@@ -15,11 +15,12 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from dealflow import client as deals
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.config import DEV_JWT_SECRET
-from dealflow.models import Role
-from dealflow.samples import sample_documents
+from dealflow.models import Actor, DealInput, DealPolicy, Role
+from dealflow.samples import example_deal, sample_documents
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack, multipart_fields
 from tests.support.desk import browser, sign_in
 from tests.support.servers import serve_async
@@ -398,3 +399,34 @@ async def test_an_unknown_deal_or_action_is_a_404_page(stack: ApiStack) -> None:
     assert unknown.status_code == 404
     assert "<b>launch" not in unknown.text and "&lt;b&gt;launch" in unknown.text
     assert (await sales.get("/desk/deals/20990101-00000000/live")).status_code == 286
+
+
+async def test_a_deal_id_started_again_shows_the_new_deals_customer(stack: ApiStack) -> None:
+    """The page keeps what a deal started with, read once from its history; a
+    deal id started again after its workflow closed (the CLI takes a deal id)
+    is another deal, and its page shows that deal's customer and starter."""
+    deal_id = deals.new_deal_id()
+    client = stack.services.client
+    sales, _ = await signed_in(stack, "sales")
+
+    async def start_and_show(deal: DealInput, starter: str) -> str:
+        actor = Actor(staff_id=starter, role=Role.SALES)
+        inp = deals.start_input(deal_id, deal, DealPolicy(), stack.lenders, actor)
+        await deals.start_deal(client, stack.task_queue, inp)
+        for _ in range(100):
+            page = await sales.get(f"/desk/deals/{deal_id}")
+            if page.status_code == 200 and starter in page.text:
+                return section(page.text, "deal-parties")
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the page of the deal {starter} started: {page.text[:300]}")
+
+    first = example_deal()
+    assert "Wang Fang" in await start_and_show(first, "sales.first")
+    await client.get_workflow_handle(deals.workflow_id(deal_id)).terminate("started again")
+    applicant = first.customer.applicant.model_copy(update={"full_name": "Zhou Xin"})
+    second = first.model_copy(
+        update={"customer": first.customer.model_copy(update={"applicant": applicant})}
+    )
+    parties = await start_and_show(second, "sales.second")
+    assert "Zhou Xin" in parties and "Wang Fang" not in parties
+    assert "sales.first" not in parties

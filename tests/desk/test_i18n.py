@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from babel.messages.extract import extract_from_dir
+from markupsafe import escape
 
-from dealflow import i18n
+from dealflow import i18n, templating
 from dealflow.models import Role, Stage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,3 +66,38 @@ def test_english_is_the_default_and_its_msgids_stand_as_written() -> None:
     assert i18n.gettext("My work") == "My work"
     assert i18n.format_money(Decimal("105000.5")) == "CN¥105,000.50"
     assert i18n.format_money(None) == "—"
+
+
+@pytest.mark.parametrize("language", sorted(i18n.LANGUAGES))
+def test_labels_translated_as_templates_compile_read_as_gettext_gives_them(
+    language: str,
+) -> None:
+    """`_("literal")` is translated when a template compiles (per language);
+    what shows is what `_()` gives when the page renders: the translation,
+    escaped. An attribute named `_`, a value to translate, and a text with
+    variables are left to render time."""
+    source = (
+        '{{ _("My work") }}|<a title="{{ _("Stages") }}">|{{ _("<b> & co") }}|{{ _(stage) }}|'
+        '{{ _("%(action)s: applied.", action="<i>") }}|{{ box._("My work") }}'
+    )
+    env = templating.environment(language)
+    token = i18n.current_language.set(language)
+    try:
+        shown = env.from_string(source).render(stage="CONTRACT", box={"_": "not {}".format})
+        expected = "|".join(
+            [
+                str(escape(i18n.gettext("My work"))),
+                f'<a title="{escape(i18n.gettext("Stages"))}">',
+                "&lt;b&gt; &amp; co",
+                str(escape(i18n.gettext("CONTRACT"))),
+                str(escape(i18n.gettext("%(action)s: applied."))).replace(
+                    "%(action)s", "&lt;i&gt;"
+                ),
+                "not My work",
+            ]
+        )
+    finally:
+        i18n.current_language.reset(token)
+    assert shown == expected
+    compiled = env.compile(source, raw=True)
+    assert repr(i18n.catalogue(language).get("Stages", "Stages"))[1:-1] in compiled

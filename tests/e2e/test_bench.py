@@ -65,6 +65,7 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
         ("4", "replay histories/s"),
         ("4", "replay events/s"),
         ("7", "deals list p95, 300 deals"),
+        ("7", "deal page p95, 3 deals"),
     ]:
         r = fig(num, name)
         assert isinstance(r["value"], int | float) and r["value"] > 0, (num, r)
