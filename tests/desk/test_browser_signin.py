@@ -68,11 +68,11 @@ async def test_development_sign_in_lands_on_my_work_with_the_staff_id(desk: Desk
         desk.open("/desk/")
         assert desk.path == "/desk/login?next=/desk/"
         assert "development secret" in desk.find("section[aria-labelledby=dev-signin]").text
-        screenshot(desk.driver, "desk-login")
+        screenshot(desk.driver, "signin-login")
         desk.sign_in("li.sales", "sales")
         assert desk.find("h1").text == "My work"
         assert desk.signed_in_as() == "li.sales · sales"
-        screenshot(desk.driver, "desk-my-work")
+        screenshot(desk.driver, "signin-my-work")
 
     await in_browser(steps)
 
@@ -103,7 +103,7 @@ async def test_the_deals_table_filters_by_stage(desk: Desk, stack: ApiStack) -> 
             listed_after_reloads, "the new deal in the table"
         )
         assert "CONTRACT" in desk.find("[data-testid=deals] tbody").text
-        screenshot(desk.driver, "desk-deals")
+        screenshot(desk.driver, "signin-deals")
         Select(desk.find("#f-stage")).select_by_value("COMPLETED")
         desk.find("form.filters button[type=submit]").click()
         WebDriverWait(desk.driver, WAIT_SECONDS).until(
