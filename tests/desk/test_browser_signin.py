@@ -8,19 +8,14 @@ wait for a page the loop can no longer serve.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
-from urllib.parse import urlsplit
 
 import pytest
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.action_chains import ActionChains
-from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.select import Select
@@ -33,11 +28,9 @@ from dealflow.storage.db.engine import writing
 from dealflow.storage.db.tables import DESK_SESSIONS
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack
 from tests.support.browser import NARROW, WIDE, headless_chrome, screenshot, set_width
+from tests.support.desk_clerk import WAIT_SECONDS, Desk, in_browser
 
 pytestmark = pytest.mark.e2e
-
-T = TypeVar("T")
-WAIT_SECONDS = 10
 
 
 @pytest.fixture(scope="module")
@@ -57,63 +50,6 @@ async def stack(
         yield running
 
 
-@dataclass
-class Desk:
-    """The browser on the desk, as a clerk uses it (blocking: run it in a thread)."""
-
-    driver: WebDriver
-    base_url: str
-
-    def open(self, path: str) -> None:
-        self.driver.get(self.base_url + path)
-
-    @property
-    def path(self) -> str:
-        url = urlsplit(self.driver.current_url)
-        return url.path + (f"?{url.query}" if url.query else "")
-
-    def wait_for_path(self, path: str) -> None:
-        WebDriverWait(self.driver, WAIT_SECONDS).until(
-            lambda _: urlsplit(self.driver.current_url).path == path,
-            f"the browser reached {path}",
-        )
-
-    def find(self, css: str) -> WebElement:
-        return self.driver.find_element(By.CSS_SELECTOR, css)
-
-    def signed_in_as(self) -> str:
-        return self.find("[data-testid=signed-in-as]").text
-
-    def sign_in(self, staff_id: str, role: str) -> None:
-        """The development form, as a clerk fills it in with the mouse."""
-        self.open("/desk/login")
-        self.find("#staff_id").send_keys(staff_id)
-        Select(self.find("#role")).select_by_value(role)
-        self.development_form_button().click()
-        self.wait_for_path("/desk/")
-
-    def development_form_button(self) -> WebElement:
-        return self.find("section[aria-labelledby=dev-signin] button[type=submit]")
-
-    def post_without_csrf(self, path: str) -> int:
-        """What another page's script could send: a same-origin POST with no token."""
-        status = self.driver.execute_async_script(
-            """
-            const done = arguments[arguments.length - 1];
-            fetch(arguments[0], {method: "POST", body: new URLSearchParams({note: "x"}),
-                                 credentials: "same-origin", redirect: "manual"})
-              .then(response => done(response.status), error => done(String(error)));
-            """,
-            path,
-        )
-        assert isinstance(status, int), status
-        return status
-
-    def session_cookie(self) -> str | None:
-        cookie = self.driver.get_cookie("dealflow_desk")
-        return None if cookie is None else str(cookie["value"])
-
-
 @pytest.fixture
 async def desk(chrome: WebDriver, stack: ApiStack) -> Desk:
     """The shared browser, signed out, at 1280 px."""
@@ -127,20 +63,16 @@ async def desk(chrome: WebDriver, stack: ApiStack) -> Desk:
     return Desk(chrome, stack.api_url)
 
 
-async def in_browser(steps: Callable[[], T]) -> T:
-    return await asyncio.to_thread(steps)
-
-
 async def test_development_sign_in_lands_on_my_work_with_the_staff_id(desk: Desk) -> None:
     def steps() -> None:
         desk.open("/desk/")
         assert desk.path == "/desk/login?next=/desk/"
         assert "development secret" in desk.find("section[aria-labelledby=dev-signin]").text
-        screenshot(desk.driver, "desk-login")
+        screenshot(desk.driver, "signin-login")
         desk.sign_in("li.sales", "sales")
         assert desk.find("h1").text == "My work"
         assert desk.signed_in_as() == "li.sales · sales"
-        screenshot(desk.driver, "desk-my-work")
+        screenshot(desk.driver, "signin-my-work")
 
     await in_browser(steps)
 
@@ -171,7 +103,7 @@ async def test_the_deals_table_filters_by_stage(desk: Desk, stack: ApiStack) -> 
             listed_after_reloads, "the new deal in the table"
         )
         assert "CONTRACT" in desk.find("[data-testid=deals] tbody").text
-        screenshot(desk.driver, "desk-deals")
+        screenshot(desk.driver, "signin-deals")
         Select(desk.find("#f-stage")).select_by_value("COMPLETED")
         desk.find("form.filters button[type=submit]").click()
         WebDriverWait(desk.driver, WAIT_SECONDS).until(

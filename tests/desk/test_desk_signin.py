@@ -166,6 +166,24 @@ async def test_my_work_lists_the_roles_pending_actions_and_the_deals_table_its_n
     assert deal_id in unnamed.text and "Customer" not in unnamed.text
 
 
+async def test_my_work_polls_on_after_its_list_is_refreshed(stack: ApiStack) -> None:
+    """The poll's answer replaces the list inside the poller, never the poller
+    itself: swapped out by its own first answer, it would refresh once and stop."""
+    sales = browser(stack)
+    await sign_in(sales, "li.poll", "sales")
+    page = (await sales.get("/desk/")).text
+    assert len(re.findall(r'\sid="work-items"', page)) == 1, "one list, one id"
+    poller = re.search(r"<div ([^>]*hx-trigger=\"every 2s\"[^>]*)>", page)
+    assert poller, "My work refreshes itself"
+    attributes = dict(re.findall(r'([\w-]+)="([^"]*)"', poller.group(1)))
+    assert attributes["hx-get"] == "/desk/" and attributes["hx-swap"] == "outerHTML"
+    assert attributes.get("id") != "work-items"
+    answer = (await sales.get("/desk/", headers={"HX-Request": "true"})).text
+    replaced = re.match(r'\s*<div id="([\w-]+)">', answer)
+    assert replaced and f"#{replaced.group(1)}" == attributes["hx-target"]
+    assert "hx-trigger" not in answer, "the answer holds the list alone"
+
+
 async def test_development_sign_in_is_off_with_a_real_secret(
     dev_env: WorkflowEnvironment, database_url: str, tmp_session: Path
 ) -> None:

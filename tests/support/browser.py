@@ -8,8 +8,8 @@ failure instead, so CI cannot go green without having run them (`.ci/run`
 installs both packages).
 
 Screenshots go to `DEALFLOW_SCREENSHOTS` (default `.data/screenshots/` of
-the checkout), one full-page PNG per page and width, to pick the ones the
-README shows from.
+the checkout), one PNG per page and width (the whole page, or a screenful),
+to pick the ones the README shows from (docs/screenshots/).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.support.stack import ROOT
 
@@ -33,6 +34,8 @@ INSTALL_COMMAND = "apt-get install chromium chromium-driver"
 WIDE = 1280
 NARROW = 390
 WINDOW_HEIGHT = 900
+# The most of a window's width its frame may take.
+MAX_FRAME = 100
 # Pages are short; a runaway layout must not make a giant PNG.
 MAX_SCREENSHOT_HEIGHT = 4000
 
@@ -86,8 +89,15 @@ def headless_chrome() -> Iterator[WebDriver]:
 def set_width(driver: WebDriver, width: int) -> None:
     """Make the page `width` CSS pixels wide (390: a phone at the delivery bay)."""
     driver.set_window_size(width, WINDOW_HEIGHT)
+
+    def resized(_: WebDriver) -> int | bool:
+        # The page learns of the resize a moment later (at once, on an idle
+        # machine): a width read before would be the old one.
+        inner = int(driver.execute_script("return window.innerWidth"))
+        return inner if width - MAX_FRAME <= inner <= width else False
+
+    inner = WebDriverWait(driver, 5, poll_frequency=0.02).until(resized, f"{width} px wide")
     # The window's frame takes some of its width in some builds: make it up.
-    inner = int(driver.execute_script("return window.innerWidth"))
     if inner != width:
         driver.set_window_size(2 * width - inner, WINDOW_HEIGHT)
 
@@ -100,27 +110,38 @@ def screenshots_dir() -> Path:
 
 
 def screenshot(
-    driver: WebDriver, name: str, widths: tuple[int, ...] = (WIDE, NARROW)
+    driver: WebDriver,
+    name: str,
+    widths: tuple[int, ...] = (WIDE, NARROW),
+    *,
+    start_at: str | None = None,
+    height: int | None = None,
 ) -> list[Path]:
-    """Full-page PNGs of the current page at each width: `<name>-<width>.png`.
+    """PNGs of the current page at each width: `<name>-<width>.png`, the whole
+    page, or from the top of the element `start_at` (a CSS selector) down,
+    at most `height` CSS pixels (a screenful, as the README shows it).
 
     The window is left at the first width again."""
     saved = []
     for width in widths:
         set_width(driver, width)
-        height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+        page_height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+        top = 0
+        if start_at is not None:
+            top = int(
+                driver.execute_script(
+                    "return document.querySelector(arguments[0]).getBoundingClientRect().top"
+                    " + window.scrollY",
+                    start_at,
+                )
+            )
+        tall = min(page_height - top, height or MAX_SCREENSHOT_HEIGHT, MAX_SCREENSHOT_HEIGHT)
         shot = driver.execute_cdp_cmd(
             "Page.captureScreenshot",
             {
                 "format": "png",
                 "captureBeyondViewport": True,
-                "clip": {
-                    "x": 0,
-                    "y": 0,
-                    "width": width,
-                    "height": min(height, MAX_SCREENSHOT_HEIGHT),
-                    "scale": 1,
-                },
+                "clip": {"x": 0, "y": top, "width": width, "height": tall, "scale": 1},
             },
         )
         path = screenshots_dir() / f"{name}-{width}.png"
