@@ -182,6 +182,7 @@ async def test_my_work_polls_on_after_its_list_is_refreshed(stack: ApiStack) -> 
     replaced = re.match(r'\s*<div id="([\w-]+)">', answer)
     assert replaced and f"#{replaced.group(1)}" == attributes["hx-target"]
     assert "hx-trigger" not in answer, "the answer holds the list alone"
+    assert 'data-testid="stage-counts"' in answer, "the counts per stage refresh with it"
 
 
 async def test_development_sign_in_is_off_with_a_real_secret(
