@@ -15,6 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 from dealflow.config import DEV_JWT_SECRET
 from dealflow.models import Role
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack
+from tests.support.desk import browser, csrf_token, form_token
 
 pytestmark = pytest.mark.e2e
 
@@ -27,25 +28,6 @@ async def stack(
         dev_env.client, database_url, tmp_session, secret=DEV_JWT_SECRET
     ) as running:
         yield running
-
-
-def browser(stack: ApiStack) -> httpx.AsyncClient:
-    """A client that keeps cookies and does not follow redirects, as a test sees a browser."""
-    client = httpx.AsyncClient(base_url=stack.api_url, timeout=30, trust_env=False)
-    stack.clients.append(client)
-    return client
-
-
-def form_token(html: str) -> str:
-    found = re.search(r'name="form_token" value="([^"]+)"', html)
-    assert found, "the sign-in form carries a token"
-    return found.group(1)
-
-
-def csrf_token(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert found, "a signed-in page carries the CSRF token"
-    return found.group(1)
 
 
 async def sign_in(client: httpx.AsyncClient, staff_id: str, role: str) -> httpx.Response:
