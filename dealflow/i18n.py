@@ -53,6 +53,11 @@ def catalogue(language: str) -> dict[str, str]:
     }
 
 
+def N_(message: str) -> str:
+    """Marks a string for the catalogue; it is translated where it is shown."""
+    return message
+
+
 def gettext(message: str) -> str:
     return catalogue(current_language.get()).get(message, message)
 
@@ -131,6 +136,16 @@ def format_money(amount: Decimal | None) -> str:
 
 def format_number(value: Decimal | float | int) -> str:
     return format_decimal(value, locale=babel_locale())
+
+
+def format_percent(points: Decimal | None) -> str:
+    """A figure already in percent ("70.00" → "70.0%"): one decimal at least,
+    two when the figure has them (an annual rate of 4.35%), shown as the
+    language writes numbers; the digits are the figure's own, not rounded
+    again."""
+    if points is None:
+        return "—"
+    return format_decimal(points, format="#,##0.0#", locale=babel_locale()) + "%"
 
 
 # The date and time fields Babel's medium patterns of our languages use, each

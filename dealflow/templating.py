@@ -20,6 +20,7 @@ from jinja2.runtime import Context
 from markupsafe import Markup, escape
 
 from dealflow import i18n
+from dealflow.desk.labels import label
 
 
 # Jinja trusts what gettext returns as HTML, and a template may translate a
@@ -95,8 +96,10 @@ def environment(language: str = i18n.DEFAULT_LANGUAGE) -> Environment:
     env.globals["gettext"] = env.globals["_"] = _gettext
     env.filters["money"] = i18n.format_money
     env.filters["number"] = i18n.format_number
+    env.filters["percent"] = i18n.format_percent
     env.filters["when"] = i18n.format_when
     env.filters["duration"] = i18n.format_duration
+    env.filters["label"] = label
     return env
 
 

@@ -13,8 +13,9 @@ from dealflow import i18n, rules
 from dealflow.api import operations
 from dealflow.api.deps import services
 from dealflow.api.errors import Problem
-from dealflow.desk.pages import N_, render_page
+from dealflow.desk.pages import render_page
 from dealflow.desk.session import SignedIn
+from dealflow.i18n import N_
 from dealflow.models import STAGE_ORDER, DealPage, Stage
 
 router = APIRouter()

@@ -65,11 +65,6 @@ SPOUSE_FIELDS = ("customer.spouse.full_name", "customer.spouse.id_number", "cust
 MONEY_NOISE = re.compile(r"[\s,¥]|CNY|RMB", re.IGNORECASE)
 FORM_KEY = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MAX_VALUE = 500
-PRODUCT_LABELS = {
-    Product.NEW_CAR: "New car for own use",
-    Product.NEW_ENERGY_CAR: "New-energy car",
-    Product.USED_CAR: "Used car",
-}
 MAX_LENDERS = 10
 
 
@@ -283,7 +278,7 @@ def _render_form(
         errors=deal_form.errors,
         lender_slots=[chosen[i] if i < len(chosen) else "" for i in range(slots)],
         lenders=lenders,
-        products=[(product.value, PRODUCT_LABELS[product]) for product in Product],
+        products=[product.value for product in Product],
         figures=shown,
         form_key=form_key,
         banner=banner,

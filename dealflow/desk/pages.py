@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse
 
 from dealflow import i18n
 from dealflow.desk.session import DeskUser
+from dealflow.i18n import N_
 from dealflow.templating import render_template
 
 # Pages hold personal data and per-user CSRF tokens: never cached or framed.
@@ -21,11 +22,6 @@ PAGE_HEADERS = {
     ),
     "Referrer-Policy": "same-origin",
 }
-
-
-def N_(message: str) -> str:
-    """Marks a string for the catalogue; templates translate it where shown."""
-    return message
 
 
 NAVIGATION = (

@@ -31,7 +31,8 @@ from selenium.webdriver.support.select import Select
 from temporalio.testing import WorkflowEnvironment
 
 from dealflow.config import DEV_JWT_SECRET
-from dealflow.models import Role
+from dealflow.desk.labels import STAGE_NAMES
+from dealflow.models import Role, Stage
 from dealflow.samples import example_action, example_deal, sample_documents
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack, multipart_fields, policy_file
 from tests.support.browser import NARROW, WIDE, headless_chrome, screenshot
@@ -110,12 +111,13 @@ def start_the_deal(desk: Desk) -> str:
     shoot(desk, "desk-new-deal", start_at="label[for=f-vehicle-price]")
     desk.submit(form)
     deal_id = desk.path.rsplit("/", 1)[-1]
-    assert desk.text(STAGE) == "CONTRACT"
-    assert desk.find("[data-testid=stage-bar] [aria-current=step]").text.startswith("CONTRACT")
+    assert desk.text(STAGE) == STAGE_NAMES[Stage.CONTRACT]
+    current = desk.find("[data-testid=stage-bar] [aria-current=step]")
+    assert current.text.startswith("Sales contract")
     money = desk.text("[data-testid=money]")
     for figure in ("150,000.00", "45,000.00", "105,000.00"):
         assert figure in money
-    assert desk.text("[data-testid=ltv]") == "70.00 %"
+    assert desk.text("[data-testid=ltv]") == "70.0%"
     assert "Wang Fang" in desk.text("[data-testid=customer]")
     return deal_id
 
@@ -123,7 +125,7 @@ def start_the_deal(desk: Desk) -> str:
 def contract_and_documents(desk: Desk, deal_id: str, folder: Path) -> None:
     """Sales signs the contract, then uploads every document the checklist asks for."""
     desk.act("sign-sales-contract", action("sign-sales-contract"))
-    assert desk.text(STAGE) == "DOCUMENTS"
+    assert desk.text(STAGE) == STAGE_NAMES[Stage.DOCUMENTS]
     missing = desk.driver.find_elements(By.CSS_SELECTOR, "[data-testid^=checklist-] li.missing")
     documents = sample_documents(deal_id, example_deal(), date.today())
     assert len(missing) == len(documents) == 8, "seven of the applicant's, the spouse's ID"
@@ -131,7 +133,7 @@ def contract_and_documents(desk: Desk, deal_id: str, folder: Path) -> None:
         file = folder / str(document["file_name"])
         file.write_bytes(document["data"])
         desk.upload(multipart_fields(document), file)
-    desk.wait_for_text(STAGE, "APPLICATION")
+    desk.wait_for_text(STAGE, STAGE_NAMES[Stage.APPLICATION])
     assert not desk.driver.find_elements(By.CSS_SELECTOR, "[data-testid^=checklist-] li.missing")
     met = desk.driver.find_elements(By.CSS_SELECTOR, "[data-testid^=checklist-] li.met")
     assert len(met) == 8
@@ -159,16 +161,16 @@ def underwriting_live(desk: Desk, deal_id: str) -> str:
     desk.sign_in("wang.credit", "credit")
     open_from_my_work(desk, deal_id, "submit-application")
     desk.act("submit-application", action("submit-application"))
-    assert desk.text(STAGE) == "UNDERWRITING"
+    assert desk.text(STAGE) == STAGE_NAMES[Stage.UNDERWRITING]
     assert "waiting for" in desk.text("[data-testid=waiting-for]").lower()
     desk.mark_page()
-    desk.wait_for_text(STAGE, "DOWN_PAYMENT", seconds=LIVE_SECONDS)
+    desk.wait_for_text(STAGE, STAGE_NAMES[Stage.DOWN_PAYMENT], seconds=LIVE_SECONDS)
     assert desk.same_page(), "the stage changed in the open page, not by a reload"
     terms = desk.wait_for_text("[data-testid=terms]", "105,000.00").text
     assert ACME in terms
     assert desk.text("[data-testid=schedule] summary").startswith("Repayment schedule: 36 ×")
     submission = desk.text("[data-testid=submission]")
-    assert "approved" in submission
+    assert "Approved" in submission
     reference = submission.split("Application ", 1)[1].split()[0]
     assert reference
     return reference
@@ -177,7 +179,7 @@ def underwriting_live(desk: Desk, deal_id: str) -> str:
 def not_yours(desk: Desk, deal_id: str) -> str:
     """Credit sees finance's step without a form; posting it anyway is refused."""
     panel = desk.text("#action-confirm-down-payment")
-    assert "it is finance's" in panel
+    assert "it is for: Finance officer." in panel
     assert not desk.driver.find_elements(By.CSS_SELECTOR, "#form-confirm-down-payment")
     desk.mark_page()
     desk.driver.execute_script(
@@ -209,16 +211,16 @@ def finance_and_insurance(desk: Desk, deal_id: str) -> None:
     desk.act("confirm-down-payment", action("confirm-down-payment"))
     assert "45,000.00" in desk.text("[data-testid=money]")
     desk.act("record-invoice", action("record-invoice"))
-    assert desk.text(STAGE) == "INSURANCE"
+    assert desk.text(STAGE) == STAGE_NAMES[Stage.INSURANCE]
     desk.sign_in("sun.insurance", "insurance")
     open_from_my_work(desk, deal_id, "record-insurance")
     desk.act("record-insurance", action("record-insurance"))
-    assert desk.text(STAGE) == "LOAN_CONTRACT"
+    assert desk.text(STAGE) == STAGE_NAMES[Stage.LOAN_CONTRACT]
     desk.sign_in("wang.credit", "credit")
     open_from_my_work(desk, deal_id, "record-repayment-account")
     desk.act("record-repayment-account", action("record-repayment-account"))
     desk.act("sign-loan-contract", action("sign-loan-contract"))
-    assert desk.text(STAGE) == "DISBURSEMENT"
+    assert desk.text(STAGE) == STAGE_NAMES[Stage.DISBURSEMENT]
     assert "lender moves next" in desk.text("#deal-actions")
 
 
@@ -259,7 +261,7 @@ def registration(desk: Desk) -> None:
     assert desk.same_page(), "the first tab was told without a reload"
     assert not desk.driver.find_elements(By.CSS_SELECTOR, "#form-record-plate")
     desk.act("record-mortgage", action("record-mortgage"))
-    assert desk.text(STAGE) == "DELIVERY"
+    assert desk.text(STAGE) == STAGE_NAMES[Stage.DELIVERY]
 
 
 def deliver(desk: Desk, deal_id: str) -> None:
@@ -273,7 +275,7 @@ def deliver(desk: Desk, deal_id: str) -> None:
     open_from_my_work(desk, deal_id, "deliver")
     shoot(desk, "desk-deal-delivery")
     desk.act("deliver", action("deliver"))
-    assert desk.text(STAGE) == "FOLLOW_UP"
+    assert desk.text(STAGE) == STAGE_NAMES[Stage.FOLLOW_UP]
 
 
 def follow_up_to_completion(desk: Desk, deal_id: str, reference: str) -> None:
@@ -282,14 +284,14 @@ def follow_up_to_completion(desk: Desk, deal_id: str, reference: str) -> None:
     open_from_my_work(desk, deal_id, "record-follow-up")
     desk.act("record-follow-up", action("record-follow-up", call="day3"))
     desk.act("record-follow-up", action("record-follow-up", call="day30"))
-    assert desk.text(STAGE) == "COMPLETED"
+    assert desk.text(STAGE) == STAGE_NAMES[Stage.COMPLETED]
     assert "waits for nothing" in desk.text("#deal-actions")
     steps = desk.driver.find_elements(By.CSS_SELECTOR, "[data-testid=stage-bar] li")
     assert len(steps) == 12 and all(step.get_attribute("class") == "step-done" for step in steps), (
         "every working stage done"
     )
     current = desk.find(".outcomes [aria-current=step]")
-    assert current.text == "COMPLETED"
+    assert current.text == "Completed"
     money = desk.text("[data-testid=money]")
     assert "Disbursed" in money and money.count("105,000.00") >= 2
     timeline = desk.wait_for_text("#deal-timeline", "application submitted").text
@@ -309,7 +311,7 @@ def follow_up_to_completion(desk: Desk, deal_id: str, reference: str) -> None:
 def funnel_on_the_page(desk: Desk, deal_id: str, period: dict[str, str]) -> list[list[str]]:
     """The deals table with the finished deal, and the reports' funnel as shown."""
     desk.open(f"/desk/deals?q={deal_id}")
-    assert "COMPLETED" in desk.text("[data-testid=deals] tbody")
+    assert "Completed" in desk.text("[data-testid=deals] tbody")
     desk.open("/desk/deals")
     shoot(desk, "desk-deals")
     desk.open(f"/desk/reports?from={period['from']}&to={period['to']}")
@@ -403,7 +405,10 @@ async def the_reports_show_the_read_model(desk: Desk, stack: ApiStack, deal_id: 
         again = (await auditor.get("/api/reports/funnel", params=period)).json()
         if funnel == again:
             break
-    expected = [[row["stage"], str(row["entered"]), str(row["left"])] for row in funnel["stages"]]
+    expected = [
+        [STAGE_NAMES[row["stage"]], str(row["entered"]), str(row["left"])]
+        for row in funnel["stages"]
+    ]
     assert shown == expected
     entered = {row["stage"]: row["entered"] for row in funnel["stages"]}
     assert entered["COMPLETED"] >= 1 and entered["REGISTRATION"] >= 1

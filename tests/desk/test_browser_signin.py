@@ -71,7 +71,7 @@ async def test_development_sign_in_lands_on_my_work_with_the_staff_id(desk: Desk
         screenshot(desk.driver, "signin-login")
         desk.sign_in("li.sales", "sales")
         assert desk.find("h1").text == "My work"
-        assert desk.signed_in_as() == "li.sales · sales"
+        assert desk.signed_in_as() == "li.sales · Sales consultant"
         screenshot(desk.driver, "signin-my-work")
 
     await in_browser(steps)
@@ -102,7 +102,7 @@ async def test_the_deals_table_filters_by_stage(desk: Desk, stack: ApiStack) -> 
         WebDriverWait(desk.driver, WAIT_SECONDS).until(
             listed_after_reloads, "the new deal in the table"
         )
-        assert "CONTRACT" in desk.find("[data-testid=deals] tbody").text
+        assert "Sales contract" in desk.find("[data-testid=deals] tbody").text
         screenshot(desk.driver, "signin-deals")
         Select(desk.find("#f-stage")).select_by_value("COMPLETED")
         desk.find("form.filters button[type=submit]").click()
@@ -138,7 +138,7 @@ async def test_keyboard_only_sign_in(desk: Desk) -> None:
         tab_to(lambda el: el == button, "the sign-in button")
         ActionChains(desk.driver).send_keys(Keys.ENTER).perform()
         desk.wait_for_path("/desk/")
-        assert desk.signed_in_as() == "kb.credit · credit"
+        assert desk.signed_in_as() == "kb.credit · Credit officer"
 
     await in_browser(steps)
 
@@ -159,7 +159,7 @@ async def test_a_form_post_without_the_csrf_token_is_refused(desk: Desk) -> None
         desk.sign_in("li.sales", "sales")
         assert desk.post_without_csrf("/desk/logout") == 403
         desk.open("/desk/")
-        assert desk.path == "/desk/" and desk.signed_in_as() == "li.sales · sales"
+        assert desk.path == "/desk/" and desk.signed_in_as() == "li.sales · Sales consultant"
 
     await in_browser(steps)
 

@@ -13,14 +13,15 @@ from babel.messages.extract import extract_from_dir
 from markupsafe import escape
 
 from dealflow import i18n, templating
-from dealflow.models import Role, Stage
+from dealflow.desk import labels
+from dealflow.models import Action, Decision, DocumentKind, Party, Product, Role, Stage
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def desk_strings() -> set[str]:
-    """Every msgid the desk shows: template strings, marked Python strings,
-    and the stage and role names templates translate by value."""
+    """Every msgid the desk shows: template strings and marked Python strings
+    (the names of stages, roles and other codes among them)."""
     found: set[str] = set()
     templates = extract_from_dir(
         ROOT / "dealflow" / "templates" / "desk",
@@ -34,7 +35,7 @@ def desk_strings() -> set[str]:
     )
     for _file, _line, message, _comments, _context in (*templates, *python):
         found.update([message] if isinstance(message, str) else message[:1])
-    return found | {stage.value for stage in Stage} | {role.value for role in Role}
+    return found
 
 
 @pytest.fixture
@@ -60,6 +61,24 @@ def test_chinese_pages_translate_and_format_for_china() -> None:
     assert i18n.gettext("My work") != "My work"
     assert i18n.format_money(Decimal("105000")) == "¥105,000.00"
     assert i18n.format_when(datetime(2026, 12, 1, 9, 30, tzinfo=UTC)).startswith("2026年12月1日")
+
+
+def test_every_code_a_page_shows_has_a_name_in_both_languages() -> None:
+    """A clerk reads "Down payment" / "首付款", never DOWN_PAYMENT; the codes of
+    different kinds never share a value, so one table names them all."""
+    codes = [str(code) for group in labels._GROUPS for code in group]
+    assert len(codes) == len(set(codes))
+    for kind in (Stage, Role, DocumentKind, Party, Product, Decision, Action):
+        for code in kind:
+            assert labels.label(code) != code.value, code
+    token = i18n.current_language.set("zh")
+    try:
+        assert labels.label(Stage.DOWN_PAYMENT) == "首付款"
+        assert labels.label("sales") == "销售顾问"
+    finally:
+        i18n.current_language.reset(token)
+    assert labels.label(Stage.DOWN_PAYMENT) == "Down payment"
+    assert labels.label("no-such-code") == "no-such-code"
 
 
 def test_english_is_the_default_and_its_msgids_stand_as_written() -> None:

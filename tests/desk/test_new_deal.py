@@ -186,7 +186,7 @@ async def test_a_role_that_may_not_start_deals_sees_no_form(stack: ApiStack) -> 
     credit = await signed_in(stack, "wang.credit", "credit")
     page = await credit.get("/desk/deals/new")
     assert page.status_code == 403
-    assert "Your role may not start deals." in page.text and "sales" in page.text
+    assert "Your role may not start deals." in page.text and "Sales consultant" in page.text
     assert 'action="/desk/deals/new"' not in page.text and 'name="form_key"' not in page.text
     dealer = f"dealer-credit-{uuid.uuid4().hex[:6]}"
     csrf = hidden_value((await credit.get("/desk/")).text, "csrf")
