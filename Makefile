@@ -55,8 +55,14 @@ status:
 # ports, tmp dirs): it must pass with the stack up or down. `time` is bash's keyword,
 # so the exit status of pytest is kept and the wall time is printed even on failure.
 # -rs names each skip's reason (the browser tests' names the chromium install).
+# Tests run in one process per core (pytest-xdist); most of their time is spent
+# waiting on the servers they start, so two processes on two cores halve the wall
+# time. `worksteal` lets an idle process take tests from a busy one; the longest
+# tests are collected first (tests/conftest.py). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
 test: venv
-	@TIMEFORMAT='test suite wall time: %1Rs'; time $(VENV)/bin/pytest -q -rs
+	@TIMEFORMAT='test suite wall time: %1Rs'; time $(VENV)/bin/pytest -q -rs \
+		-n $(TEST_WORKERS) --dist worksteal
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)

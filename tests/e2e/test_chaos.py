@@ -272,7 +272,7 @@ def test_a_stranded_deal_fails_the_run_with_its_stage_and_last_event_not_a_hang(
     is named with its stage and last history event, and the run exits 1."""
     started = time.monotonic()
     proc, out = _chaos(
-        "--quick", "--scenarios", "stranded", "--deals", "1", "--timeout", "25", limit=300
+        "--quick", "--scenarios", "stranded", "--deals", "1", "--timeout", "12", limit=300
     )
     assert proc.returncode == 1, out[-8000:]
     assert time.monotonic() - started < 200, "the run waited on the stranded deal"
