@@ -210,13 +210,13 @@ class DealActivities:
     def notify(self, inp: NotificationInput) -> bool:
         new = db.add_notification(self.engine, inp, datetime.now(UTC))
         if new:
-            # The outbox row is the notification; this line is the default
-            # channel. Messages carry no personal data, only deal ids.
+            # The outbox row is the notification, read by the people it is
+            # for; this line only says one was written. Its message may quote
+            # a lender's reasons, so the log carries ids and the kind only.
             log.info(
-                "notification %s for %s: %s",
+                "notification %s for %s",
                 inp.kind,
                 ",".join(inp.roles),
-                inp.message,
                 extra={"deal_id": inp.deal_id, "kind": inp.kind},
             )
         return new

@@ -362,9 +362,7 @@ async def tuned_worker(task_queue: str) -> None:
         start_to_close_timeout=timedelta(seconds=TUNED["bookkeeping_start_to_close"]),
     )
     runner = SandboxedWorkflowRunner(
-        restrictions=SandboxRestrictions.default.with_passthrough_modules(
-            "dealflow", "stdnum", "workflows"
-        )
+        restrictions=SandboxRestrictions.default.with_passthrough_modules("dealflow", "workflows")
     )
     logs.setup()
     settings = get_settings()

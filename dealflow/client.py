@@ -138,13 +138,17 @@ def start_input(
     policy: DealPolicy,
     lenders: dict[str, LenderConfig],
     actor: Actor,
+    now: datetime | None = None,
 ) -> StartDealInput:
+    """The workflow input of a deal that passes every rule on the dealer's
+    date at `now` (the current time when omitted)."""
     if actor.role not in rules.START_DEAL_ROLES:
         names = ", ".join(sorted(r.value for r in rules.START_DEAL_ROLES))
         raise rules.RuleError(
             "forbidden", f"role '{actor.role.value}' may not start a deal; allowed: {names}"
         )
-    rules.validate_deal(deal, policy, lenders)
+    today = rules.dealer_date(policy, now or datetime.now(UTC))
+    rules.validate_deal(deal, policy, lenders, today)
     refs = [LenderRef(id=lid, legal_name=lenders[lid].legal_name) for lid in deal.lender_ids]
     return StartDealInput(deal_id=deal_id, deal=deal, policy=policy, lenders=refs, created_by=actor)
 

@@ -17,6 +17,7 @@ import asyncio
 import re
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -188,7 +189,8 @@ def check(deal_form: DealForm, policy: DealPolicy, lenders: list[str]) -> DealFo
         for error in e.errors(include_url=False):
             deal_form.add(_field_of(error["loc"]), error["msg"])
         return deal_form
-    for problem in rules.deal_problems(deal_form.deal, policy, lenders):
+    today = rules.dealer_date(policy, datetime.now(UTC))
+    for problem in rules.deal_problems(deal_form.deal, policy, lenders, today):
         deal_form.add(problem.field, problem.message)
     return deal_form
 
@@ -206,15 +208,19 @@ def preview(deal_form: DealForm, policy: DealPolicy, lenders: list[str]) -> Figu
     if deal_form.deal is not None:
         return _figures_of(deal_form, policy)
     values = deal_form.values
+    today = rules.dealer_date(policy, datetime.now(UTC))
+    ages = (policy.min_applicant_age, policy.max_applicant_age)
     applicant_id, spouse_id = "customer.applicant.id_number", "customer.spouse.id_number"
     if deal_form.fine(applicant_id):
         spouse_typed = any(deal_form.typed(name) for name in SPOUSE_FIELDS)
         if not spouse_typed or deal_form.fine(spouse_id):
             married = bool(values["customer.applicant.married"])
             spouse = values[spouse_id] if spouse_typed else None
-            problems = rules.party_problems(values[applicant_id], married, spouse)
+            problems = rules.party_problems(values[applicant_id], married, spouse, today, ages)
         else:
-            problems = rules.id_number_problems(values[applicant_id], "applicant", applicant_id)
+            problems = rules.id_number_problems(
+                values[applicant_id], "applicant", applicant_id, today, ages
+            )
         _add_all(deal_form, problems)
     if deal_form.fine("vehicle.vin"):
         _add_all(deal_form, rules.vin_problems(values["vehicle.vin"].upper()))

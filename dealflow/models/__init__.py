@@ -67,6 +67,7 @@ from dealflow.models.activities import (
 )
 from dealflow.models.base import (
     CENT,
+    IdNumber,
     Money,
     NonNegMoney,
     PosMoney,
@@ -75,6 +76,7 @@ from dealflow.models.base import (
     Text,
     fmt_money,
     money,
+    normalise_id_number,
 )
 from dealflow.models.deal import (
     SYSTEM_ACTOR,
@@ -134,6 +136,8 @@ from dealflow.models.status import (
 )
 
 __all__ = [
+    "IdNumber",
+    "normalise_id_number",
     "ACTION_INPUTS",
     "AcceptCounterOfferInput",
     "Action",

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from dealflow.models.base import NonNegMoney, PosMoney, Ref, Strict, Text
+from dealflow.models.base import IdNumber, NonNegMoney, PosMoney, Ref, Strict, Text
 from dealflow.models.deal import Actor, DocumentKind, Party
 
 
@@ -73,7 +73,7 @@ class RecordDocumentInput(ActionInput):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     storage_key: Annotated[str, Field(min_length=1, max_length=300)]
     # For an ID card: the number printed on it, checked against the deal.
-    id_number: str | None = None
+    id_number: IdNumber | None = None
     # For a bank statement: the period it covers.
     period_start: date | None = None
     period_end: date | None = None
@@ -84,7 +84,7 @@ class RecordDocumentInput(ActionInput):
 class SubmitApplicationInput(ActionInput):
     form_no: Ref
     # Re-keyed from the paper form: must agree with the documents on file.
-    applicant_id_number: str
+    applicant_id_number: IdNumber
     monthly_income: PosMoney
 
 

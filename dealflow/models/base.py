@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 # Money is CNY with two places, never float. `allow_inf_nan=False` and the
 # digit limits make "1e400" or "NaN" a validation error rather than a value.
@@ -15,6 +15,20 @@ NonNegMoney = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2, al
 PosMoney = Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
 Ref = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")]
 Text = Annotated[str, Field(min_length=1, max_length=500)]
+
+
+def normalise_id_number(value: object) -> object:
+    """An ID number as printed, whatever the clerk typed: no spaces, and the
+    check character X in capitals. Applied wherever an ID number enters (a new
+    deal, an ID card's record, the application form), so every comparison
+    after it compares one spelling."""
+    if isinstance(value, str):
+        return "".join(value.split()).upper()
+    return value
+
+
+# A PRC resident ID number; the rules (`dealflow.rules.identity`) check it.
+IdNumber = Annotated[str, BeforeValidator(normalise_id_number), Field(min_length=15, max_length=18)]
 
 CENT = Decimal("0.01")
 

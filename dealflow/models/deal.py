@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from dealflow.models.base import NonNegMoney, PosMoney, Ref, Strict, money
+from dealflow.models.base import IdNumber, NonNegMoney, PosMoney, Ref, Strict, money
 
 
 class Role(StrEnum):
@@ -59,7 +59,7 @@ SYSTEM_ACTOR = Actor(staff_id="dealflow", role=Role.ADMIN)
 
 class Person(Strict):
     full_name: Annotated[str, Field(min_length=1, max_length=100)]
-    id_number: Annotated[str, Field(min_length=15, max_length=18)]
+    id_number: IdNumber
     phone: Annotated[str, Field(pattern=r"^\+?[0-9 -]{6,20}$")]
 
 
@@ -145,6 +145,13 @@ class DealPolicy(Strict):
         }
     )
     bank_statement_months: Annotated[int, Field(ge=1, le=24)] = 6
+    # The applicant's age on the day the deal starts, in full years.
+    min_applicant_age: Annotated[int, Field(ge=16, le=100)] = 18
+    max_applicant_age: Annotated[int, Field(ge=16, le=100)] = 70
+    # The dealer's clock: "today" in every date rule is a date in this zone.
+    time_zone: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+/-]+$")] = (
+        "Asia/Shanghai"
+    )
     max_document_bytes: Annotated[int, Field(ge=1)] = 20 * 1024 * 1024
     allowed_content_types: list[str] = Field(
         default_factory=lambda: ["application/pdf", "image/jpeg", "image/png"]

@@ -7,6 +7,7 @@ kind of rule; callers import them from here.
 """
 
 from dealflow.rules.actions import check_action
+from dealflow.rules.dates import dealer_date
 from dealflow.rules.documents import (
     bank_statement_gaps,
     checklist,
@@ -17,7 +18,7 @@ from dealflow.rules.documents import (
     validate_document,
 )
 from dealflow.rules.errors import RuleError, RuleKind, conflict, invalid
-from dealflow.rules.identity import validate_id_number, validate_vin
+from dealflow.rules.identity import age_on, id_check_character, validate_id_number, validate_vin
 from dealflow.rules.money import (
     Instalment,
     financing_limit,
@@ -53,6 +54,9 @@ from dealflow.rules.uploads import sniff_content_type
 from dealflow.rules.view import DealView, approved_submission
 
 __all__ = [
+    "age_on",
+    "dealer_date",
+    "id_check_character",
     "ACTION_ROLES",
     "ACTION_STAGES",
     "NAME_ROLES",

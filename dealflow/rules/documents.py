@@ -187,7 +187,7 @@ def validate_document(
     if inp.kind is DocumentKind.ID_CARD:
         if not inp.id_number:
             raise invalid("an ID card needs the id_number printed on it")
-        number = validate_id_number(inp.id_number, inp.party.value)
+        number = validate_id_number(inp.id_number, inp.party.value, today=today)
         person = deal.customer.applicant if inp.party is Party.APPLICANT else spouse
         if person is not None and number != person.id_number:
             raise invalid(

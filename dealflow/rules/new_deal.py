@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 
 from dealflow.models import (
@@ -17,6 +18,7 @@ from dealflow.models import (
     DealPolicy,
     Product,
     fmt_money,
+    normalise_id_number,
 )
 from dealflow.rules.errors import RuleError, invalid
 from dealflow.rules.identity import validate_id_number, validate_vin
@@ -31,17 +33,27 @@ class FieldProblem:
     message: str
 
 
-def id_number_problems(number: str, whose: str, field: str) -> list[FieldProblem]:
+def id_number_problems(
+    number: str, whose: str, field: str, today: date, ages: tuple[int, int] | None = None
+) -> list[FieldProblem]:
     try:
-        validate_id_number(number, whose)
+        validate_id_number(number, whose, today=today, ages=ages)
     except RuleError as e:
         return [FieldProblem(field, e.message)]
     return []
 
 
-def party_problems(applicant_id: str, married: bool, spouse_id: str | None) -> list[FieldProblem]:
-    """The applicant's ID number, and the spouse a married applicant needs."""
-    problems = id_number_problems(applicant_id, "applicant", "customer.applicant.id_number")
+def party_problems(
+    applicant_id: str,
+    married: bool,
+    spouse_id: str | None,
+    today: date,
+    ages: tuple[int, int],
+) -> list[FieldProblem]:
+    """The applicant's ID number and age, and the spouse a married applicant needs."""
+    problems = id_number_problems(
+        applicant_id, "applicant", "customer.applicant.id_number", today, ages
+    )
     if married and spouse_id is None:
         problems.append(
             FieldProblem(
@@ -57,8 +69,8 @@ def party_problems(applicant_id: str, married: bool, spouse_id: str | None) -> l
             )
         )
     if spouse_id is not None:
-        problems += id_number_problems(spouse_id, "spouse", "customer.spouse.id_number")
-        if spouse_id == applicant_id:
+        problems += id_number_problems(spouse_id, "spouse", "customer.spouse.id_number", today)
+        if normalise_id_number(spouse_id) == normalise_id_number(applicant_id):
             problems.append(
                 FieldProblem(
                     "customer.spouse.id_number", "the spouse's ID number is the applicant's"
@@ -142,13 +154,18 @@ def lender_problems(lender_ids: Iterable[str], known_lenders: Iterable[str]) -> 
 
 
 def deal_problems(
-    deal: DealInput, policy: DealPolicy, known_lenders: Iterable[str]
+    deal: DealInput, policy: DealPolicy, known_lenders: Iterable[str], today: date
 ) -> list[FieldProblem]:
-    """Every rule a new deal breaks, in the order the API names them."""
+    """Every rule a new deal breaks on `today` (the dealer's date), in the
+    order the API names them."""
     applicant, spouse, vehicle = deal.customer.applicant, deal.customer.spouse, deal.vehicle
     return [
         *party_problems(
-            applicant.id_number, applicant.married, spouse.id_number if spouse else None
+            applicant.id_number,
+            applicant.married,
+            spouse.id_number if spouse else None,
+            today,
+            (policy.min_applicant_age, policy.max_applicant_age),
         ),
         *vin_problems(vehicle.vin),
         *product_problems(deal.product, vehicle.condition, vehicle.new_energy),
@@ -157,8 +174,10 @@ def deal_problems(
     ]
 
 
-def validate_deal(deal: DealInput, policy: DealPolicy, known_lenders: Iterable[str]) -> None:
+def validate_deal(
+    deal: DealInput, policy: DealPolicy, known_lenders: Iterable[str], today: date
+) -> None:
     """Everything about a new deal that must hold before a workflow is started."""
-    problems = deal_problems(deal, policy, known_lenders)
+    problems = deal_problems(deal, policy, known_lenders, today)
     if problems:
         raise invalid("; ".join(problem.message for problem in problems))

@@ -136,9 +136,11 @@ def decide(package: ApplicationPackage, apr_percent: Decimal) -> RuleDecision:
     payment = monthly_payment(requested, apr, term)
     dti_reason = {
         "code": "DTI_TOO_HIGH",
+        # A reason reaches the customer's adverse-action notice and the
+        # dealer's logs: it names the rule, never the applicant's figures.
         "text": (
-            f"Monthly payment {fmt_money(payment)} is {_pct(payment, income)} of monthly "
-            f"income {fmt_money(income)}; the limit is {_pct(APPROVE_RATIO, Decimal(1))}."
+            "The monthly payment is more than "
+            f"{_pct(APPROVE_RATIO, Decimal(1))} of the applicant's monthly income."
         ),
     }
     if ltv_reason:

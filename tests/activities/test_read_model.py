@@ -4,13 +4,18 @@ transition the deals table agrees with the workflow's own status."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from sqlalchemy.engine import Engine
 
-from dealflow.models import Stage
+from activities.deal_activities import DealActivities
+from dealflow.models import NotificationInput, Role, Stage
 from dealflow.storage import db
+from dealflow.storage.documents import LocalDirectoryStore
 from tests.support.back_office import Desk
 from tests.support.stack import Stack, deal_worker
 
@@ -94,3 +99,30 @@ async def test_one_projection_in_flight_and_compact_update_results(
     # gone task queue while later tests skip time, and hold the skipping up.
     await desk.do("cancel", reason="test over")
     await desk.result()
+
+
+async def test_a_notification_is_logged_with_ids_only_never_its_message(
+    database_url: str, store: LocalDirectoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A notice may quote a lender's reasons (the adverse-action notice): the
+    outbox keeps the message for the people it is for, the log line names the
+    deal, the kind and the roles only."""
+    deal_id = f"deal-{uuid.uuid4().hex[:8]}"
+    message = "adverse-action notice: DTI_TOO_HIGH: payment 3,218.15 of income 4,597.00"
+    async with httpx.AsyncClient() as http:
+        engine = db.make_engine(database_url)
+        bookkeeping = DealActivities(engine, {}, http, store)
+        caplog.set_level(logging.INFO, logger="dealflow.activities")
+        notice = NotificationInput(
+            key=f"{deal_id}:adverse",
+            deal_id=deal_id,
+            kind="adverse_action",
+            stage=Stage.DECLINED,
+            roles=[Role.SALES],
+            message=message,
+        )
+        assert bookkeeping.notify(notice) is True
+    [line] = [record for record in caplog.records if record.getMessage().startswith("notification")]
+    assert line.getMessage() == "notification adverse_action for sales"
+    assert getattr(line, "deal_id", None) == deal_id
+    assert "4,597" not in caplog.text and "3,218" not in caplog.text

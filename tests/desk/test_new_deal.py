@@ -138,7 +138,8 @@ async def test_a_bad_id_checksum_and_a_loan_over_the_cap_are_refused_beside_thei
     assert response.status_code == 422
     page = response.text
     assert errors_beside(page, "customer.applicant.id_number") == (
-        "applicant ID number is not valid: the number's checksum or check digit is invalid."
+        "applicant ID number is not valid: its check character does not match the other 17 "
+        "digits (one of them is mistyped)"
     )
     assert errors_beside(page, "down_payment") == (
         "amount financed 130,000.00 exceeds 80% of the price 150,000.00 (120,000.00) allowed "
@@ -244,9 +245,7 @@ async def test_the_preview_computes_the_loan_ratio_and_names_each_problem(stack:
     text = html.unescape(over.text)
     assert re.search(r'data-testid="loan-ratio" class="error">93\.3%', text)
     assert "the down payment must be at least 30,000.00" in errors_beside(text, "down_payment")
-    assert "checksum or check digit is invalid" in errors_beside(
-        text, "customer.applicant.id_number"
-    )
+    assert "check character does not match" in errors_beside(text, "customer.applicant.id_number")
     assert errors_beside(text, "vehicle.vin") == (
         "VIN LFV2A2158P3012346 fails its check digit (position 9 should be X)"
     )

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from stdnum.cn import ric
 
 from dealflow import rules
 from dealflow.models import (
@@ -31,6 +30,7 @@ from dealflow.samples import example_deal
 
 POLICY = DealPolicy()
 LENDERS = ["acme-auto-finance", "beta-motor-credit"]
+TODAY = date(2026, 12, 1)
 money_st = st.decimals(min_value=Decimal("1000.00"), max_value=Decimal("5000000.00"), places=2)
 
 
@@ -90,13 +90,14 @@ def test_amount_financed_may_not_exceed_the_products_loan_ratio(
     )
     at_limit = money(price * (1 - Decimal(ratio)))
     rules.validate_deal(
-        deal_with(vehicle=vehicle, product=product, down_payment=at_limit), POLICY, LENDERS
+        deal_with(vehicle=vehicle, product=product, down_payment=at_limit), POLICY, LENDERS, TODAY
     )
     with pytest.raises(rules.RuleError) as e:
         rules.validate_deal(
             deal_with(vehicle=vehicle, product=product, down_payment=at_limit - Decimal("0.01")),
             POLICY,
             LENDERS,
+            TODAY,
         )
     assert "exceeds" in e.value.message and f"{at_limit:,.2f}" in e.value.message
 
@@ -115,7 +116,7 @@ def test_ratio_rule_accepts_exactly_the_deals_within_the_limit(
     deal = deal_with(vehicle=vehicle, product=product, down_payment=down)
     within = down < price and deal.amount_financed <= money(price * POLICY.max_loan_ratio[product])
     try:
-        rules.validate_deal(deal, POLICY, LENDERS)
+        rules.validate_deal(deal, POLICY, LENDERS, TODAY)
         accepted = True
     except rules.RuleError:
         accepted = False
@@ -127,7 +128,7 @@ def test_deal_rules_name_every_problem_at_once() -> None:
         lender_ids=["acme-auto-finance", "acme-auto-finance", "nobody"], product=Product.USED_CAR
     )
     with pytest.raises(rules.RuleError) as e:
-        rules.validate_deal(deal, POLICY, LENDERS)
+        rules.validate_deal(deal, POLICY, LENDERS, TODAY)
     msg = e.value.message
     assert "appears twice" in msg and "unknown lender 'nobody'" in msg and "used_car" in msg
 
@@ -135,14 +136,83 @@ def test_deal_rules_name_every_problem_at_once() -> None:
 # --------------------------------------------------------------------------- identity
 
 
-@given(st.integers(min_value=0, max_value=10**16 - 1))
-def test_only_id_numbers_with_the_right_check_digit_pass(n: int) -> None:
-    body = f"110105{1950 + n % 50:04d}{1 + n % 12:02d}{1 + n % 28:02d}{n % 1000:03d}"
-    good = body + ric.calc_check_digit(body + "0")
-    assert rules.validate_id_number(good, "applicant") == good
-    bad_digit = next(c for c in "0123456789X" if c != good[-1])
-    with pytest.raises(rules.RuleError, match="applicant ID number is not valid"):
-        rules.validate_id_number(body + bad_digit, "applicant")
+def id_number(birth: date, sequence: int = 1, region: str = "110105") -> str:
+    body = f"{region}{birth:%Y%m%d}{sequence:03d}"
+    return body + rules.id_check_character(body)
+
+
+@given(
+    birth=st.dates(min_value=date(1900, 1, 1), max_value=date(2099, 12, 31)),
+    sequence=st.integers(min_value=0, max_value=999),
+    region=st.from_regex(r"\A[0-9]{6}\Z"),
+    spoil=st.sampled_from(["none", "check", "lowercase x"]),
+)
+def test_an_id_passes_exactly_when_its_check_is_right_its_birth_past_and_its_age_in_range(
+    birth: date, sequence: int, region: str, spoil: str
+) -> None:
+    number = id_number(birth, sequence, region)
+    if spoil == "check":
+        number = number[:17] + next(c for c in "0123456789X" if c != number[17])
+    if spoil == "lowercase x":
+        number = number.lower()  # only an X changes: the same number, as typed
+    ages = (POLICY.min_applicant_age, POLICY.max_applicant_age)
+    valid = spoil != "check" and birth < TODAY and 18 <= rules.age_on(birth, TODAY) <= 70
+    try:
+        printed = rules.validate_id_number(number, "applicant", today=TODAY, ages=ages)
+    except rules.RuleError as e:
+        assert not valid, e.message
+        assert number not in e.message, "the message never repeats the number"
+        return
+    assert valid and printed == number.upper()
+
+
+def test_real_resident_ids_pass_whatever_became_of_their_region_code() -> None:
+    """310115 (Pudong New Area) dates from 1993; people born there in 1980
+    were issued IDs under it. The region code is not looked up."""
+    assert rules.validate_id_number("310115198001010016", "applicant", today=TODAY) == (
+        "310115198001010016"
+    )
+
+
+@pytest.mark.parametrize(
+    ("number", "message"),
+    [
+        ("110105209001010017", "birth date is not in the past"),
+        ("110105202612010014", "birth date is not in the past"),  # born today
+        ("110105198002300010", "not a birth date"),
+        ("11010519800101001", "17 digits and a check character"),
+        ("11010519800101001Y", "17 digits and a check character"),
+        ("110105198001010010", "check character does not match the other 17 digits"),
+    ],
+)
+def test_an_id_with_a_future_or_impossible_birth_date_or_a_bad_shape_is_refused(
+    number: str, message: str
+) -> None:
+    with pytest.raises(rules.RuleError, match=message):
+        rules.validate_id_number(number, "applicant", today=TODAY)
+
+
+@pytest.mark.parametrize(
+    ("birth", "age"),
+    [(date(2008, 12, 2), 17), (date(1955, 12, 1), 71)],
+)
+def test_an_applicant_outside_the_policy_age_range_is_refused(birth: date, age: int) -> None:
+    deal = example_deal()
+    applicant = deal.customer.applicant.model_copy(update={"id_number": id_number(birth)})
+    customer = deal.customer.model_copy(update={"applicant": applicant})
+    with pytest.raises(rules.RuleError, match=f"applicant is {age} years old; .* 18 to 70"):
+        rules.validate_deal(deal_with(customer=customer), POLICY, LENDERS, TODAY)
+    older = DealPolicy(max_applicant_age=75, min_applicant_age=17)
+    rules.validate_deal(deal_with(customer=customer), older, LENDERS, TODAY)
+
+
+def test_the_dealers_date_is_the_policys_time_zone_not_utc() -> None:
+    """07:30 in Beijing on 1 December is still 30 November in UTC."""
+    moment = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+    assert rules.dealer_date(POLICY, moment) == date(2026, 12, 1)
+    assert rules.dealer_date(DealPolicy(time_zone="UTC"), moment) == date(2026, 11, 30)
+    with pytest.raises(rules.RuleError, match="not a known IANA time zone"):
+        rules.dealer_date(DealPolicy(time_zone="Mars/Olympus"), moment)
 
 
 def test_vin_check_digit() -> None:

@@ -316,9 +316,20 @@ def test_underwriting_affordability(income: str, decision: Decision, amount: str
     assert (d.apr, d.term_months, d.stipulations) == (Decimal("6.50"), 36, [])
     if decision == Decision.DECLINED:
         assert [r["code"] for r in d.reasons] == ["DTI_TOO_HIGH"]
-        assert "3,218.15" in d.reasons[0]["text"]
+        assert d.reasons[0]["text"] == (
+            "The monthly payment is more than 50.0% of the applicant's monthly income."
+        )
     else:
         assert d.reasons == []
+
+
+def test_a_decline_reason_names_the_rule_not_the_applicants_income() -> None:
+    """The reason text reaches the customer's adverse-action notice and the
+    dealer's notifications: no income, no payment, no figure of the applicant."""
+    d = decide(_pkg(income="4597.00"), Decimal("6.50"))
+    text = " ".join(reason["text"] for reason in d.reasons)
+    for figure in ("4597", "4,597", "3218", "3,218", "70.01"):
+        assert figure not in text
 
 
 @pytest.mark.parametrize(

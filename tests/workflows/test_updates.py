@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from dealflow.models import Action, Actor, DocumentKind, Party, Role, Stage
+from dealflow.models import Action, Actor, DealInput, DocumentKind, Party, Role, Stage
 from dealflow.rules import RuleError, statement_window
-from dealflow.samples import example_action, sample_documents
+from dealflow.samples import example_action, example_deal, sample_documents
 from tests.support.back_office import Desk, desk_on
 from tests.support.stack import Stack
 
@@ -212,7 +212,8 @@ async def test_documents_are_checked_before_they_are_accepted(desk: Desk) -> Non
         desk,
         doc,
         "invalid",
-        "applicant ID number is not valid: the number's checksum or check digit is invalid.",
+        "applicant ID number is not valid: its check character does not match the other 17 "
+        "digits (one of them is mistyped)",
         id_number="110105198803120015",
     )
     await refused(
@@ -337,6 +338,27 @@ async def test_application_form_must_agree_with_the_documents(desk: Desk) -> Non
         "declared monthly income 25,000.00 does not match 18,000.00",
         monthly_income="25000.00",
     )
+
+
+async def test_a_lowercase_x_id_number_is_one_number_from_start_to_application(
+    desk: Desk,
+) -> None:
+    """Typed with a lowercase check character at the start, on the ID card's
+    record and on the application form: the same number everywhere, so the ID
+    card is accepted and the application goes to the lender."""
+    typed = "11010519880312009x"
+    body = example_deal().model_dump(mode="json")
+    body["customer"]["applicant"]["id_number"] = typed
+    deal = DealInput.model_validate(body)
+    assert deal.customer.applicant.id_number == typed.upper()
+    await desk.start(deal)
+    await desk.do("sign-sales-contract")
+    for doc in sample_documents(desk.deal_id, deal, desk.today):
+        if doc["kind"] is DocumentKind.ID_CARD and doc["party"] is Party.APPLICANT:
+            doc["id_number"] = typed
+        await desk.upload(doc)
+    await desk.do("submit-application", applicant_id_number=f" {typed} ")
+    await desk.wait_stage(Stage.UNDERWRITING)
 
 
 # --------------------------------------------------------------------------- lender answers

@@ -25,6 +25,7 @@ bytes reuses them.
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -96,9 +97,12 @@ async def _read_form(
         fields[name] = await reader.read_value(name)
 
 
-def _check_form_fields(fields: dict[str, str], file_name: str, actor: Actor) -> dict[str, Any]:
+def _check_form_fields(
+    fields: dict[str, str], file_name: str, actor: Actor, today: date
+) -> dict[str, Any]:
     """The form fields, checked by the record-document input model and the field
-    rules before any byte is stored. The deal's own rules run in the workflow."""
+    rules (on the dealer's date `today`) before any byte is stored. The deal's
+    own rules run in the workflow."""
     values: dict[str, Any] = {name: (value or None) for name, value in fields.items()}
     order = " (form fields go before the file part)"
     if values.get("kind") is None:
@@ -119,7 +123,7 @@ def _check_form_fields(fields: dict[str, str], file_name: str, actor: Actor) -> 
     record = inp
     assert isinstance(record, RecordDocumentInput)
     if record.id_number is not None:
-        rules.validate_id_number(record.id_number, record.party.value)
+        rules.validate_id_number(record.id_number, record.party.value, today=today)
     if record.kind is DocumentKind.ID_CARD and not record.id_number:
         raise rules.invalid("an ID card needs the id_number printed on it")
     if record.kind is DocumentKind.BANK_STATEMENT:
@@ -224,7 +228,8 @@ async def receive_upload(
         if check_fields is not None:
             check_fields(fields)
         fields = {name: value for name, value in fields.items() if name in FIELDS}
-        form = _check_form_fields(fields, file_name, actor)
+        today = rules.dealer_date(svc.deal_policy, datetime.now(UTC))
+        form = _check_form_fields(fields, file_name, actor, today)
         stream = await _open_file(reader, file_name, svc.deal_policy.max_document_bytes)
         result = await _store_and_record(svc, deal_id, actor, form, file_name, stream)
     except Exception as e:
