@@ -131,6 +131,10 @@ ONE_PROJECTION_IN_FLIGHT = "one-projection-in-flight"
 # nondeterminism error that wedged deals: tests/histories/test_replay.py).
 PROJECTION_PER_ACTIVATION = "projection-per-activation"
 
+# Deals started before a lender's amount was bounded: any approved amount was
+# applied, and one below the request silently raised the down payment.
+BOUNDED_LENDER_AMOUNTS = "bounded-lender-amounts"
+
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
 
 
@@ -894,12 +898,14 @@ class DealWorkflow:
                 f"moved on ({self.state.stage.value})",
                 [Role.CREDIT, Role.ADMIN],
             )
+        elif workflow.patched(BOUNDED_LENDER_AMOUNTS):
+            self._bound_lender_amount(sub, rec)
         sub.decisions.append(rec)
         if not rec.applied:
             return
         sub.current = rec
         sub.status = "decided"
-        match d.decision:
+        match rec.decision:
             case Decision.APPROVED:
                 amount = d.approved_amount or self.deal.amount_financed
                 self._set_stage(
@@ -929,6 +935,27 @@ class DealWorkflow:
                 )
                 codes = ", ".join(r.code for r in d.reasons) or "no reason given"
                 self._route_to_next_lender(f"declined by {sub.lender_id} ({codes})")
+
+    def _bound_lender_amount(self, sub: Submission, rec: DecisionRecord) -> None:
+        """A decision whose amount is out of bounds is recorded as refused and
+        escalated (the lender may send a corrected one); an approval of less
+        than requested becomes a counter-offer the customer must accept."""
+        requested = self.deal.amount_financed
+        cap = rules.max_amount_financed(self.deal, self.policy)
+        problem = rules.lender_amount_problem(rec.decision, rec.approved_amount, requested, cap)
+        if problem is not None:
+            rec.applied, rec.note = False, f"refused: {problem}"
+            self._notify(
+                "escalation",
+                f"{sub.lender_id} decision {rec.decision_seq} refused: {problem}",
+                [Role.CREDIT, Role.ADMIN],
+            )
+        elif rules.is_partial_approval(rec.decision, rec.approved_amount, requested):
+            rec.note = (
+                f"approved {fmt_money(rec.approved_amount or 0)} of {fmt_money(requested)} "
+                "requested: a counter-offer for the customer to accept"
+            )
+            rec.decision = Decision.COUNTER_OFFER
 
     def _apply_disbursed(self, sub: Submission, ev: LenderEventInput) -> None:
         d = ev.disbursed

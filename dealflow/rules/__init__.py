@@ -22,6 +22,8 @@ from dealflow.rules.identity import age_on, id_check_character, validate_id_numb
 from dealflow.rules.money import (
     Instalment,
     financing_limit,
+    is_partial_approval,
+    lender_amount_problem,
     loan_to_value,
     max_amount_financed,
     max_loan_ratio,
@@ -54,6 +56,8 @@ from dealflow.rules.uploads import sniff_content_type
 from dealflow.rules.view import DealView, approved_submission
 
 __all__ = [
+    "is_partial_approval",
+    "lender_amount_problem",
     "age_on",
     "dealer_date",
     "id_check_character",

@@ -139,6 +139,30 @@ async def declined_counter_offer_cancelled(d: Desk) -> None:
     await d.do("cancel", reason="customer changed their mind")
 
 
+async def partial_approval_accepted(d: Desk) -> None:
+    """An approval of less than requested, taken as a counter-offer and
+    accepted (patch "bounded-lender-amounts"), then the deal cancelled."""
+    await d.start(
+        script={
+            "lenders": {
+                "acme-auto-finance": [{"decision": "approved", "approved_amount": "100000.00"}]
+            }
+        }
+    )
+    await d.through_documents()
+    await d.do("submit-application")
+    st = await d.wait_until(lambda s: any(p.action == "accept-counter-offer" for p in s.pending))
+    sub = st.submissions[-1]
+    assert sub.current is not None
+    await d.do(
+        "accept-counter-offer",
+        application_ref=sub.application_ref,
+        decision_seq=sub.current.decision_seq,
+    )
+    await d.do("confirm-down-payment", amount="50000.00")
+    await d.do("cancel", reason="customer changed their mind")
+
+
 async def contract_expired(d: Desk) -> None:
     await d.start()
 
@@ -171,6 +195,7 @@ SCENARIOS: dict[str, Callable[[Desk], Awaitable[None]]] = {
     "conditional_then_cancelled": conditional,
     "counter_offer_accepted_then_cancelled": counter_offer_accepted,
     "declined_counter_offer_cancelled": declined_counter_offer_cancelled,
+    "partial_approval_accepted_then_cancelled": partial_approval_accepted,
     "contract_expired": contract_expired,
     "all_declined": all_declined,
     "continued_as_new": continued_as_new,

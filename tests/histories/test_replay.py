@@ -12,7 +12,8 @@ before payload encryption (the codec passes unencrypted payloads through),
 instead of the whole status and before one projection in flight per deal
 (patch "one-projection-in-flight"), `v3/` before a projection was owed per
 activation (patch "projection-per-activation"; those deals wedge when a
-workflow task before a staff update timed out, see the last tests).
+workflow task before a staff update timed out, see the last tests), `v4/`
+before a lender's amount was bounded (patch "bounded-lender-amounts").
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ SCENARIOS = {
     "conditional_then_cancelled",
     "counter_offer_accepted_then_cancelled",
     "declined_counter_offer_cancelled",
+    "partial_approval_accepted_then_cancelled",
     "contract_expired",
     "all_declined",
     "continued_as_new",

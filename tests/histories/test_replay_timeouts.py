@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowHistory
 
-from tests.support.replay import CURRENT, HISTORIES_DIR, replayer
+from dealflow.audit.payloads import decode_events, value_of
+from dealflow.models import DealPolicy
+from tests.support.replay import CURRENT, HISTORIES_DIR, HISTORY_KEYS, replayer
 
 
 def _with_timed_out_task(history: dict[str, Any], index: int) -> dict[str, Any]:
@@ -37,13 +39,31 @@ def _with_timed_out_task(history: dict[str, Any], index: int) -> dict[str, Any]:
     return edited
 
 
-def _empty_tasks(history: dict[str, Any]) -> list[int]:
+def _history_limit(path: Path) -> int:
+    """The history length at which the deal continues as new: its policy's
+    `max_history_events`, read from the (encrypted) start input."""
+    history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text("utf-8")))
+    (started,), errors = decode_events(history.events[:1], HISTORY_KEYS)
+    assert not errors, errors
+    payload = started.workflow_execution_started_event_attributes.input.payloads[0]
+    policy = value_of(payload).get("policy") or {}
+    return int(policy.get("max_history_events", DealPolicy().max_history_events))
+
+
+def _empty_tasks(history: dict[str, Any], limit: int) -> list[int]:
+    """The command-less tasks to turn into timeouts: all but one whose retry
+    would start past the history limit when the task itself started below it.
+    The deal continues as new once its history is that long, a length each
+    task reads from its own started event, the same live and on replay; the
+    edit moves the task's events into a task that reads a greater length, an
+    order no real history has, so there the check would only test the edit."""
     events = history["events"]
     return [
         i
-        for i, e in enumerate(events[:-1])
+        for i, e in enumerate(events[:-2])
         if e["eventType"] == "EVENT_TYPE_WORKFLOW_TASK_COMPLETED"
         and events[i + 1]["eventType"] == "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED"
+        and not int(events[i - 1]["eventId"]) < limit <= int(events[i + 2]["eventId"])
     ]
 
 
@@ -51,7 +71,7 @@ async def _failures_with_a_timed_out_task(path: Path) -> list[str]:
     history = json.loads(path.read_text("utf-8"))
     history_replayer = replayer()
     failures = []
-    for index in _empty_tasks(history):
+    for index in _empty_tasks(history, _history_limit(path)):
         edited = WorkflowHistory.from_json(path.stem, _with_timed_out_task(history, index))
         result = await history_replayer.replay_workflow(edited, raise_on_replay_failure=False)
         if result.replay_failure is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +17,7 @@ from dealflow.models import (
     DealInput,
     DealPolicy,
     DealState,
+    Decision,
     DocumentKind,
     DocumentRecord,
     Party,
@@ -114,7 +115,8 @@ def test_ratio_rule_accepts_exactly_the_deals_within_the_limit(
         }
     )
     deal = deal_with(vehicle=vehicle, product=product, down_payment=down)
-    within = down < price and deal.amount_financed <= money(price * POLICY.max_loan_ratio[product])
+    cap = (price * POLICY.max_loan_ratio[product]).quantize(Decimal("0.01"), ROUND_DOWN)
+    within = down < price and deal.amount_financed <= cap
     try:
         rules.validate_deal(deal, POLICY, LENDERS, TODAY)
         accepted = True
@@ -131,6 +133,56 @@ def test_deal_rules_name_every_problem_at_once() -> None:
         rules.validate_deal(deal, POLICY, LENDERS, TODAY)
     msg = e.value.message
     assert "appears twice" in msg and "unknown lender 'nobody'" in msg and "used_car" in msg
+
+
+def test_loan_ratio_caps_round_down_to_the_fen() -> None:
+    """80 % of 100,000.01 is 80,000.008: the cap is 80,000.00, never a fen over."""
+    assert rules.financing_limit(Decimal("100000.01"), Product.NEW_CAR, POLICY) == Decimal(
+        "80000.00"
+    )
+    assert rules.financing_limit(Decimal("100000.09"), Product.NEW_CAR, POLICY) == Decimal(
+        "80000.07"
+    )
+
+
+@pytest.mark.parametrize(
+    ("decision", "amount", "problem"),
+    [
+        (Decision.APPROVED, None, None),
+        (Decision.APPROVED, "105000.00", None),
+        (Decision.APPROVED, "1.00", None),
+        (Decision.DECLINED, "-1.00", None),
+        (Decision.APPROVED, "0.00", "the approved names 0.00, not a positive amount"),
+        (Decision.CONDITIONAL, "-0.01", "the conditional names -0.01, not a positive amount"),
+        (
+            Decision.COUNTER_OFFER,
+            "105000.01",
+            "the counter-offer names 105,000.01, more than the 105,000.00 requested",
+        ),
+        (Decision.COUNTER_OFFER, None, "a counter-offer must name the amount offered"),
+    ],
+)
+def test_a_lender_amount_must_be_positive_and_within_the_request(
+    decision: Decision, amount: str | None, problem: str | None
+) -> None:
+    named = None if amount is None else Decimal(amount)
+    cap = Decimal("120000.00")
+    assert rules.lender_amount_problem(decision, named, Decimal("105000.00"), cap) == problem
+
+
+def test_a_lender_amount_must_be_within_the_loan_ratio_cap() -> None:
+    """The cap is checked on its own, not only through the request."""
+    assert rules.lender_amount_problem(
+        Decision.APPROVED, Decimal("105000.00"), Decimal("105000.00"), Decimal("100000.00")
+    ) == ("the approved names 105,000.00, more than the loan-ratio cap of 100,000.00 allows")
+
+
+def test_only_an_approval_of_less_than_requested_is_partial() -> None:
+    requested = Decimal("105000.00")
+    assert rules.is_partial_approval(Decision.APPROVED, Decimal("104999.99"), requested)
+    assert not rules.is_partial_approval(Decision.APPROVED, requested, requested)
+    assert not rules.is_partial_approval(Decision.APPROVED, None, requested)
+    assert not rules.is_partial_approval(Decision.COUNTER_OFFER, Decimal("1.00"), requested)
 
 
 # --------------------------------------------------------------------------- identity

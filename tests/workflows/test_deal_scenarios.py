@@ -571,6 +571,66 @@ async def test_stale_decision_signal_with_lower_seq_is_ignored(desk: Desk) -> No
     assert [p.action for p in st.pending] == ["accept-counter-offer"]
 
 
+@pytest.mark.parametrize(
+    ("amount", "problem"),
+    [
+        ("0.00", "the approved names 0.00, not a positive amount"),
+        ("-5000.00", "the approved names -5,000.00, not a positive amount"),
+        ("105000.01", "the approved names 105,000.01, more than the 105,000.00 requested"),
+    ],
+)
+async def test_lender_amounts_outside_the_request_are_refused_recorded_and_escalated(
+    desk: Desk, amount: str, problem: str
+) -> None:
+    """An approval of nothing, of a negative amount or of more than was
+    requested is recorded as refused with its reason, escalated to credit, and
+    changes nothing; the lender's corrected decision then applies."""
+    await desk.start(
+        script=script(acme_auto_finance=[{"decision": "approved", "approved_amount": amount}])
+    )
+    await desk.through_documents()
+    await desk.do("submit-application")
+    st = await desk.wait_until(
+        lambda s: bool(s.submissions) and len(s.submissions[0].decisions) == 1, "the decision"
+    )
+    (refused,) = st.submissions[0].decisions
+    assert (refused.applied, refused.note) == (False, f"refused: {problem}")
+    assert st.stage is Stage.UNDERWRITING and st.submissions[0].current is None
+    assert [n.message for n in notices(st, "escalation")] == [
+        f"acme-auto-finance decision 1 refused: {problem}"
+    ]
+    await desk.decide("approved", seq=2)
+    st = await desk.wait_stage(Stage.DOWN_PAYMENT)
+    assert st.money.down_payment == CONTRACT_DOWN_PAYMENT
+
+
+async def test_an_approval_of_less_than_requested_is_a_counter_offer_the_customer_accepts(
+    desk: Desk,
+) -> None:
+    """Never a silent increase of the down payment: an approval of 100,000.00
+    of the 105,000.00 requested waits for the customer's acceptance."""
+    await desk.start(script=script(acme_auto_finance=[SILENT]))
+    await desk.through_documents()
+    await desk.do("submit-application")
+    await desk.decide("approved", seq=1, approved_amount="100000.00")
+    st = await desk.wait_until(lambda s: s.submissions[0].current is not None, "the decision")
+    current = st.submissions[0].current
+    assert current is not None and current.decision is Decision.COUNTER_OFFER
+    assert current.note == (
+        "approved 100,000.00 of 105,000.00 requested: a counter-offer for the customer to accept"
+    )
+    assert st.stage is Stage.UNDERWRITING
+    assert [p.action for p in st.pending] == ["accept-counter-offer"]
+    assert st.money.down_payment == CONTRACT_DOWN_PAYMENT
+    await desk.do(
+        "accept-counter-offer",
+        application_ref=st.submissions[0].application_ref,
+        decision_seq=1,
+    )
+    st = await desk.wait_stage(Stage.DOWN_PAYMENT)
+    assert st.money.down_payment == PRICE - Decimal("100000.00")
+
+
 async def test_duplicate_webhook_from_lender_is_applied_once(desk: Desk) -> None:
     await desk.start(script=script(acme_auto_finance=[{**APPROVED, "duplicate": True}]))
     await desk.through_underwriting()
