@@ -135,6 +135,10 @@ PROJECTION_PER_ACTIVATION = "projection-per-activation"
 # applied, and one below the request silently raised the down payment.
 BOUNDED_LENDER_AMOUNTS = "bounded-lender-amounts"
 
+# Deals started before a webhook id was one lender's: any lender could mark
+# another's id as applied and so have its genuine event dropped.
+LENDER_SCOPED_WEBHOOKS = "lender-scoped-webhook-ids"
+
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
 
 
@@ -677,6 +681,7 @@ class DealWorkflow:
             pending_roles=sorted({action.role.value for action in pending}),
             pending_actions=pending,
             customer_name=self.deal.customer.applicant.full_name,
+            lender_ids=[lender.id for lender in self.inp.lenders],
             transitions=stage_changes(self.state.transitions, self.state.projected_transitions),
             lender_decisions=lender_decision_facts(self.state.submissions),
             closed=deal_closed(self.state),
@@ -832,10 +837,27 @@ class DealWorkflow:
 
     @workflow.signal(name=names.LENDER_EVENT)
     def lender_event(self, ev: LenderEventInput) -> None:
-        # Webhooks are at-least-once; the webhook id makes them exactly-once here.
+        # Webhooks are at-least-once; the lender's webhook id makes them
+        # exactly-once here. The ids applied before ids were scoped by lender
+        # stay in `applied_webhooks`, which no longer grows, so a retry of one
+        # of them is still recognised and nobody can add to it.
         if ev.webhook_id in self.state.applied_webhooks:
             return
-        self.state.applied_webhooks.append(ev.webhook_id)
+        if not workflow.patched(LENDER_SCOPED_WEBHOOKS):
+            self.state.applied_webhooks.append(ev.webhook_id)
+        else:
+            key = rules.lender_webhook_key(ev.lender_id, ev.webhook_id)
+            if key in self.state.applied_lender_webhooks:
+                return
+            self.state.applied_lender_webhooks.append(key)
+            if ev.lender_id not in {lender.id for lender in self.inp.lenders}:
+                self._notify(
+                    "escalation",
+                    f"ignored {ev.type} {ev.webhook_id}: {ev.lender_id} is not a lender "
+                    "of this deal",
+                    [Role.CREDIT, Role.ADMIN],
+                )
+                return
         self._apply_lender_event(ev)
 
     def _apply_lender_event(self, ev: LenderEventInput) -> None:
@@ -1322,6 +1344,7 @@ class DealWorkflow:
             adverse_action_reasons=self.state.adverse_action_reasons,
             follow_ups_missed=self.state.follow_ups_missed,
             applied_webhooks=self.state.applied_webhooks,
+            applied_lender_webhooks=self.state.applied_lender_webhooks,
             version=self.state.version,
         )
 

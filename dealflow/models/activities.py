@@ -176,6 +176,8 @@ class ProjectionInput(BaseModel):
     # (searched by staff who may see names). Older workers sent neither.
     pending_actions: list[PendingAction] = Field(default_factory=list)
     customer_name: str | None = None
+    # The deal's routing list, for the webhook receiver. Older workers sent none.
+    lender_ids: list[str] = Field(default_factory=list)
     # For the reports: the stage changes the read model may not hold yet
     # (DealState.projected_transitions), every lender application with its
     # answer, and how the deal ended. Older workers sent none of them.

@@ -202,6 +202,9 @@ class DealState(BaseModel):
     follow_ups_reminded: list[str] = Field(default_factory=list)
     compensations: list[Compensation] = Field(default_factory=list)
     applied_webhooks: list[str] = Field(default_factory=list)
+    # "lender_id webhook_id" of each event applied since ids were scoped by
+    # lender (rules.lender_webhook_key); `applied_webhooks` holds the earlier ones.
+    applied_lender_webhooks: list[str] = Field(default_factory=list)
     # Lender events that name an application we have not yet heard back
     # about from our own submit call (the webhook raced the 202).
     unmatched_events: list[LenderEventInput] = Field(default_factory=list)

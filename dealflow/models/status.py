@@ -84,6 +84,7 @@ class DealStatus(BaseModel):
     # Lender webhook ids the deal applied (each once): a lender's retry of one
     # of them after the deal closed is answered as delivered, not refused.
     applied_webhooks: list[str] = Field(default_factory=list)
+    applied_lender_webhooks: list[str] = Field(default_factory=list)
     version: int
     # Only on a stuck deal: the rest of the status is then the read model's
     # last projection, as the deal itself cannot answer.

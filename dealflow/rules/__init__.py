@@ -54,8 +54,11 @@ from dealflow.rules.permissions import (
 )
 from dealflow.rules.uploads import sniff_content_type
 from dealflow.rules.view import DealView, approved_submission
+from dealflow.rules.webhooks import check_event_lender, lender_webhook_key
 
 __all__ = [
+    "check_event_lender",
+    "lender_webhook_key",
     "is_partial_approval",
     "lender_amount_problem",
     "age_on",

@@ -57,8 +57,7 @@ def lender_amount_problem(
         return f"the {what} names {fmt_money(amount)}, not a positive amount"
     if amount > requested:
         return (
-            f"the {what} names {fmt_money(amount)}, more than the "
-            f"{fmt_money(requested)} requested"
+            f"the {what} names {fmt_money(amount)}, more than the {fmt_money(requested)} requested"
         )
     if amount > cap:
         return (

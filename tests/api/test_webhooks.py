@@ -28,7 +28,7 @@ from dealflow.storage import db
 from tests.support.back_office import Desk
 from tests.support.stack import Stack, deal_worker
 
-ACME, BETA = "acme-auto-finance", "beta-motor-credit"
+ACME, BETA, CATHAY = "acme-auto-finance", "beta-motor-credit", "cathay-car-loans"
 SILENT = {"lenders": {ACME: [{"decision": "silent"}], BETA: [{"decision": "silent"}]}}
 FINANCED = "105000.00"
 
@@ -406,6 +406,41 @@ async def test_oversized_body_is_413_and_not_stored(
 # --------------------------------------------------------------------------- 422, 409
 
 
+async def test_an_event_from_a_lender_not_on_the_deal_is_422_and_never_signalled(
+    dev_stack: Stack, untouched: tuple[Desk, Submission]
+) -> None:
+    """Cathay is a configured lender with a valid signature, but the deal was
+    never sent to it: refused, kept as rejected for audit, nothing signalled."""
+    desk, sub = untouched
+    wid = new_id()
+    body = decided(desk.deal_id, sub.application_ref or "")
+    r = await post(dev_stack, CATHAY, body, signed(secret(dev_stack, CATHAY), body, wid))
+    assert_problem(r, 422, f"lender {CATHAY} was never sent an application of deal")
+    [row] = await inbox(dev_stack, CATHAY, wid)
+    assert row.status == "rejected" and "never sent an application" in (row.error or "")
+
+
+async def test_one_lenders_webhook_id_cannot_squat_anothers(
+    dev_stack: Stack, new_deal: NewDeal
+) -> None:
+    """Webhook ids are unique per lender only. Beta (on the routing list, but
+    never sent this application) uses the id Acme will use: Beta's event is
+    ignored by the deal, and Acme's genuine decision under that id still applies."""
+    desk, sub = await new_deal()
+    wid = new_id()
+    body = decided(desk.deal_id, sub.application_ref or "")
+    r = await post(dev_stack, BETA, body, signed(secret(dev_stack, BETA), body, wid))
+    assert r.status_code == 204, r.text
+    st = await desk.wait_until(
+        lambda s: f"{BETA} {wid}" in s.applied_lender_webhooks, "Beta's event recorded"
+    )
+    assert st.stage is Stage.UNDERWRITING and decisions(st) == []
+    r = await post(dev_stack, ACME, body, signed(secret(dev_stack, ACME), body, wid))
+    assert r.status_code == 204, r.text
+    st = await desk.wait_stage(Stage.DOWN_PAYMENT)
+    assert decisions(st) == [wid]
+
+
 async def test_unknown_deal_is_422_and_kept_as_rejected(dev_stack: Stack) -> None:
     body = decided("20990101-deadbeef", "APP-NONE")
     headers = signed(secret(dev_stack, ACME), body)
@@ -580,7 +615,7 @@ async def test_an_applied_event_whose_mark_was_lost_is_delivered_after_the_deal_
     await desk.wait_stage(Stage.DOWN_PAYMENT)
     await desk.do("cancel", reason="the customer bought elsewhere")
     final = await desk.result()
-    assert wid in final.applied_webhooks
+    assert f"{ACME} {wid}" in final.applied_lender_webhooks
 
     await redeliver_pending(dev_stack.api_services, older_than=-timedelta(hours=2))
     assert [x.status for x in await inbox(dev_stack, ACME, wid)] == ["delivered"]

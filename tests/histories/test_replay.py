@@ -13,7 +13,8 @@ instead of the whole status and before one projection in flight per deal
 (patch "one-projection-in-flight"), `v3/` before a projection was owed per
 activation (patch "projection-per-activation"; those deals wedge when a
 workflow task before a staff update timed out, see the last tests), `v4/`
-before a lender's amount was bounded (patch "bounded-lender-amounts").
+before a lender's amount was bounded (patch "bounded-lender-amounts"), `v5/`
+before webhook ids were scoped by lender (patch "lender-scoped-webhook-ids").
 """
 
 from __future__ import annotations

@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 
 from dealflow.models import (
+    ApplicationDecided,
     DealPolicy,
     DealStatus,
     Decision,
     DocumentKind,
+    LenderEventInput,
     Notice,
     Party,
     Reason,
@@ -629,6 +631,37 @@ async def test_an_approval_of_less_than_requested_is_a_counter_offer_the_custome
     )
     st = await desk.wait_stage(Stage.DOWN_PAYMENT)
     assert st.money.down_payment == PRICE - Decimal("100000.00")
+
+
+async def test_an_event_of_a_lender_not_on_the_deal_is_ignored_and_escalated(
+    desk: Desk,
+) -> None:
+    """Signalled straight to the deal (past the webhook receiver's own check):
+    an approval naming the deal's application, from a lender the deal was
+    never routed to, changes nothing and is escalated."""
+    await desk.start(script=script(acme_auto_finance=[SILENT]))
+    await desk.through_documents()
+    await desk.do("submit-application")
+    sub = await desk.submitted()
+    stranger = LenderEventInput(
+        webhook_id="msg_stranger",
+        lender_id="cathay-car-loans",
+        type="application.decided",
+        received_at=datetime.now(UTC),
+        decided=ApplicationDecided(
+            deal_id=desk.deal_id,
+            application_ref=sub.application_ref or "",
+            decision_seq=1,
+            decision=Decision.APPROVED,
+            approved_amount=FINANCED,
+        ),
+    )
+    await desk.lender_event(stranger)
+    st = await desk.wait_until(lambda s: bool(notices(s, "escalation")), "the escalation")
+    assert [n.message for n in notices(st, "escalation")] == [
+        "ignored application.decided msg_stranger: cathay-car-loans is not a lender of this deal"
+    ]
+    assert st.stage is Stage.UNDERWRITING and st.submissions[0].decisions == []
 
 
 async def test_duplicate_webhook_from_lender_is_applied_once(desk: Desk) -> None:

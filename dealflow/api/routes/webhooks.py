@@ -14,10 +14,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from temporalio.service import RPCError
 
 from dealflow import client as deals
+from dealflow import rules
 from dealflow.api.deps import Services
 from dealflow.api.errors import Problem
 from dealflow.models import (
@@ -115,7 +117,27 @@ async def _not_found_reason(svc: Services, deal_id: str) -> str:
     return f"deal {deal_id} has ended (workflow {status}); the event was not applied"
 
 
-async def _applied_before_close(svc: Services, deal_id: str, webhook_id: str) -> bool:
+async def _not_this_deals_lender(svc: Services, lender_id: str, deal_id: str) -> str | None:
+    """Why an event of `lender_id` must not reach the deal, or None: a lender
+    not on the deal's routing list was never sent its application. The read
+    model knows the list from the deal's first projection on; where it does
+    not (a row an older worker wrote, or none yet), the deal decides itself."""
+    try:
+        row = await asyncio.to_thread(db.get_deal, svc.engine, deal_id)
+    except SQLAlchemyError:
+        return None  # the read model is unreachable: the deal itself ignores such events
+    if row is None or not row.lender_id_list:
+        return None
+    try:
+        rules.check_event_lender(lender_id, deal_id, row.lender_id_list)
+    except rules.RuleError as e:
+        return e.message
+    return None
+
+
+async def _applied_before_close(
+    svc: Services, deal_id: str, lender_id: str, webhook_id: str
+) -> bool:
     """Whether a deal that has ended applied this webhook while it ran: a stored
     event whose "delivered" mark was lost (the API stopped between the signal
     and the mark) comes back after its deal closed, and was not refused then."""
@@ -123,7 +145,10 @@ async def _applied_before_close(svc: Services, deal_id: str, webhook_id: str) ->
         final = await deals.closed_status(svc.client, deal_id)
     except RPCError:
         return False
-    return final is not None and webhook_id in final.applied_webhooks
+    if final is None:
+        return False
+    key = rules.lender_webhook_key(lender_id, webhook_id)
+    return key in final.applied_lender_webhooks or webhook_id in final.applied_webhooks
 
 
 @router.post(
@@ -135,7 +160,10 @@ async def _applied_before_close(svc: Services, deal_id: str, webhook_id: str) ->
         404: {"description": "unknown lender"},
         409: {"description": "webhook-id reused with a different body; the first one stays"},
         413: {"description": "body too large"},
-        422: {"description": "unknown deal or malformed body; stored as rejected for audit"},
+        422: {
+            "description": "unknown or ended deal, a lender not on the deal, or a malformed "
+            "body; stored as rejected for audit"
+        },
     },
 )
 async def receive(lender_id: str, request: Request) -> Response:
@@ -208,10 +236,22 @@ async def _mark(svc: Services, mark: db.WebhookMark) -> None:
 
 async def deliver(svc: Services, row_id: int, deal_id: str, event: LenderEventInput) -> str | None:
     """Signal a stored event to its deal and mark the inbox row; the reason if rejected."""
+    refusal = await _not_this_deals_lender(svc, event.lender_id, deal_id)
+    if refusal is not None:
+        await _mark(svc, db.WebhookMark(row_id, "rejected", refusal))
+        log.warning(
+            "webhook from a lender not on the deal",
+            extra={
+                "lender_id": event.lender_id,
+                "deal_id": deal_id,
+                "webhook_id": event.webhook_id,
+            },
+        )
+        return refusal
     try:
         await deals.signal_lender_event(svc.client, deal_id, event)
     except deals.DealNotFound:
-        if not await _applied_before_close(svc, deal_id, event.webhook_id):
+        if not await _applied_before_close(svc, deal_id, event.lender_id, event.webhook_id):
             msg = await _not_found_reason(svc, deal_id)
             await _mark(svc, db.WebhookMark(row_id, "rejected", msg))
             return msg

@@ -46,6 +46,7 @@ def upsert_deal(engine: Engine, projection: ProjectionInput) -> bool:
             [action.model_dump(mode="json") for action in projection.pending_actions]
         ),
         "customer_name": projection.customer_name,
+        "lender_ids": ",".join(projection.lender_ids),
     }
     with writing(engine) as conn:
         wrote = wrote_with(conn, _upsert_deal_statement(conn.dialect.name), values)

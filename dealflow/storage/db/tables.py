@@ -92,10 +92,17 @@ class DealRow(SQLModel, table=True):
     # JSON list of PendingAction: what each role is to do, by when.
     pending_actions: str = "[]"
     customer_name: str | None = None
+    # Comma-separated: the lenders the deal may be sent to; "" when unknown
+    # (a row an older worker wrote).
+    lender_ids: str = ""
 
     @property
     def pending_role_list(self) -> list[str]:
         return _split_csv(self.pending_roles)
+
+    @property
+    def lender_id_list(self) -> list[str]:
+        return _split_csv(self.lender_ids)
 
 
 class InboxRow(SQLModel, table=True):
