@@ -139,6 +139,11 @@ BOUNDED_LENDER_AMOUNTS = "bounded-lender-amounts"
 # another's id as applied and so have its genuine event dropped.
 LENDER_SCOPED_WEBHOOKS = "lender-scoped-webhook-ids"
 
+# Deals started before a refused compensation was recorded: a withdrawal the
+# lender refused failed its background task, which was started again at once,
+# for ever; at close it failed the whole workflow before the vehicle was released.
+REFUSED_COMPENSATIONS = "refused-compensations-recorded"
+
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
 
 
@@ -412,6 +417,14 @@ class DealWorkflow:
         async def runner() -> None:
             try:
                 await coro
+            except ActivityError as e:
+                # A background step that fails says so to a person; it never
+                # fails silently and is never started again by itself.
+                if not workflow.patched(REFUSED_COMPENSATIONS):
+                    raise
+                self._notify(
+                    "escalation", f"background step {key} failed: {_cause(e)}", [Role.ADMIN]
+                )
             finally:
                 self._tasks.pop(key, None)
 
@@ -551,24 +564,17 @@ class DealWorkflow:
         return lambda: self._compensate(comp)
 
     async def _compensate(self, comp: Compensation) -> None:
-        if comp.status in ("done", "void"):
+        if comp.status in ("done", "void", "refused"):
             return
         comp.status = "running"
         if comp.kind == "withdraw_application":
-            await workflow.execute_activity(
-                names.WITHDRAW_APPLICATION,
-                WithdrawInput(
-                    deal_id=self.inp.deal_id,
-                    lender_id=comp.detail["lender_id"],
-                    application_ref=comp.detail["application_ref"],
-                    submission_no=int(comp.detail["submission_no"]),
-                    reason=comp.detail.get("reason") or self.state.outcome_reason or "withdrawn",
-                ),
-                **LENDER_CALL,
-            )
-            for sub in self.state.submissions:
-                if sub.application_ref == comp.detail["application_ref"]:
-                    sub.status = "withdrawn"
+            try:
+                await self._withdraw_application(comp)
+            except ActivityError as e:
+                if not workflow.patched(REFUSED_COMPENSATIONS):
+                    raise
+                self._compensation_refused(comp, _cause(e))
+                return
         else:
             await workflow.execute_activity(
                 names.RECORD_COMPENSATION,
@@ -582,6 +588,36 @@ class DealWorkflow:
             )
         comp.status = "done"
         comp.done_at = workflow.now()
+
+    async def _withdraw_application(self, comp: Compensation) -> None:
+        await workflow.execute_activity(
+            names.WITHDRAW_APPLICATION,
+            WithdrawInput(
+                deal_id=self.inp.deal_id,
+                lender_id=comp.detail["lender_id"],
+                application_ref=comp.detail["application_ref"],
+                submission_no=int(comp.detail["submission_no"]),
+                reason=comp.detail.get("reason") or self.state.outcome_reason or "withdrawn",
+            ),
+            **LENDER_CALL,
+        )
+        for sub in self.state.submissions:
+            if sub.application_ref == comp.detail["application_ref"]:
+                sub.status = "withdrawn"
+
+    def _compensation_refused(self, comp: Compensation, reason: str) -> None:
+        """The other side refused to undo its step (a lender refusing a
+        withdrawal with a 4xx): recorded with its reason and put to a person,
+        who settles it outside the deal; the other compensations go on."""
+        comp.status = "refused"
+        comp.refusal = reason
+        comp.done_at = workflow.now()
+        lender = comp.detail.get("lender_id", "the lender")
+        self._notify(
+            "escalation",
+            f"{comp.kind} refused by {lender}: {reason}; settle it with the lender",
+            [Role.CREDIT, Role.ADMIN],
+        )
 
     def _withdraw(self, sub: Submission, reason: str) -> None:
         """Withdraw one application now (lender timeout, counter-offer declined)."""

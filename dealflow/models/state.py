@@ -147,9 +147,12 @@ class Compensation(BaseModel):
     ]
     key: str
     registered_at: datetime
-    status: Literal["pending", "running", "done", "void"] = "pending"
+    # "refused": the other side said no (a lender refusing a withdrawal); the
+    # reason is in `refusal`, a person was told, and the other steps went on.
+    status: Literal["pending", "running", "done", "void", "refused"] = "pending"
     done_at: datetime | None = None
     detail: dict[str, str] = Field(default_factory=dict)
+    refusal: str = ""
 
 
 class Notice(BaseModel):

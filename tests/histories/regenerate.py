@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
@@ -163,6 +164,19 @@ async def partial_approval_accepted(d: Desk) -> None:
     await d.do("cancel", reason="customer changed their mind")
 
 
+async def withdrawal_refused(d: Desk) -> None:
+    """Cancelled while the lender holds the application and refuses to
+    withdraw it (patch "refused-compensations-recorded")."""
+    await d.start(script={"lenders": {"acme-auto-finance": [{"decision": "silent"}]}})
+    async with httpx.AsyncClient() as http:
+        fault = {"mode": "4xx", "endpoints": ["withdrawal"], "deal_id": d.deal_id}
+        (await http.post(f"{d.sim_url}/_sim/faults", json=fault)).raise_for_status()
+    await d.through_documents()
+    await d.do("submit-application")
+    await d.submitted()
+    await d.do("cancel", reason="customer withdrew")
+
+
 async def contract_expired(d: Desk) -> None:
     await d.start()
 
@@ -196,6 +210,7 @@ SCENARIOS: dict[str, Callable[[Desk], Awaitable[None]]] = {
     "counter_offer_accepted_then_cancelled": counter_offer_accepted,
     "declined_counter_offer_cancelled": declined_counter_offer_cancelled,
     "partial_approval_accepted_then_cancelled": partial_approval_accepted,
+    "withdrawal_refused_then_cancelled": withdrawal_refused,
     "contract_expired": contract_expired,
     "all_declined": all_declined,
     "continued_as_new": continued_as_new,

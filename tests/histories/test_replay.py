@@ -55,6 +55,7 @@ SCENARIOS = {
     "counter_offer_accepted_then_cancelled",
     "declined_counter_offer_cancelled",
     "partial_approval_accepted_then_cancelled",
+    "withdrawal_refused_then_cancelled",
     "contract_expired",
     "all_declined",
     "continued_as_new",

@@ -14,7 +14,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
+from temporalio.api.enums.v1 import EventType
 
 from dealflow.models import (
     ApplicationDecided,
@@ -468,6 +470,65 @@ async def test_cancel_while_collecting_stipulations_withdraws_the_conditional_ap
     final = await desk.result()
     assert done_compensations(final) == ["withdraw_application", "release_vehicle"]
     assert await world_compensations(desk) == ["withdraw_application", "release_vehicle"]
+
+
+async def refuse_withdrawals(desk: Desk) -> None:
+    """The lender answers every withdrawal of this deal with a 422."""
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            f"{desk.sim_url}/_sim/faults",
+            json={"mode": "4xx", "endpoints": ["withdrawal"], "deal_id": desk.deal_id},
+        )
+        assert r.status_code == 201, r.text
+
+
+async def test_a_withdrawal_the_lender_refuses_is_recorded_escalated_and_blocks_nothing(
+    desk: Desk,
+) -> None:
+    """Cancelled while the lender holds the application, which refuses the
+    withdrawal: the refusal is recorded with the lender's reason and put to a
+    person, the vehicle is still released, and the deal closes."""
+    await desk.start(script=script(acme_auto_finance=[SILENT]))
+    await refuse_withdrawals(desk)
+    await desk.through_documents()
+    await desk.do("submit-application")
+    await desk.submitted()
+    await desk.do("cancel")
+    final = await desk.result()
+    assert final.stage is Stage.CANCELLED
+    refused = [c for c in final.compensations if c.status == "refused"]
+    assert [c.kind for c in refused] == ["withdraw_application"]
+    assert refused[0].refusal, "the lender's reason"
+    assert done_compensations(final) == ["release_vehicle"]
+    [escalation] = notices(final, "escalation")
+    assert escalation.message.startswith(
+        "withdraw_application refused by acme-auto-finance: "
+    ) and escalation.message.endswith("; settle it with the lender")
+
+
+async def test_a_refused_background_withdrawal_is_not_started_again(desk: Desk) -> None:
+    """A declined counter-offer withdraws the application in the background
+    while the deal goes on to the next lender; refused, it is recorded once and
+    never started again (no run of failing activities)."""
+    await _open_counter_offer(desk, beta_motor_credit=[APPROVED])
+    await refuse_withdrawals(desk)
+    sub = (await desk.status()).submissions[-1]
+    await desk.do("decline-counter-offer", application_ref=sub.application_ref, decision_seq=1)
+    st = await desk.wait_until(
+        lambda s: any(c.status == "refused" for c in s.compensations), "the refusal"
+    )
+    await desk.wait_stage(Stage.DOWN_PAYMENT)
+    history = await desk.quiet_history()
+    withdrawals = [
+        e
+        for e in history
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "withdraw_application"
+    ]
+    assert len(withdrawals) == 1
+    assert [n.message.split(":")[0] for n in notices(st, "escalation")] == [
+        "withdraw_application refused by acme-auto-finance"
+    ]
 
 
 async def _open_counter_offer(desk: Desk, amount: str = "90000.00", **more: Any) -> DealStatus:
