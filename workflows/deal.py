@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal
 
 from temporalio import workflow
@@ -54,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         NotificationInput,
         ProjectionInput,
         Reason,
+        ReconcileDisbursementInput,
         RecordCertificateInput,
         RecordDocumentInput,
         RecordFollowUpInput,
@@ -65,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
         RecordRepaymentAccountInput,
         RecordSettlementInput,
         RecordStockOutInput,
+        RetryDisbursementInput,
         Role,
         SendApplicationInput,
         SignLoanContractInput,
@@ -76,6 +79,7 @@ with workflow.unsafe.imports_passed_through():
         SubmitToLenderInput,
         SubmitToLenderResult,
         Transition,
+        UnwindInput,
         WithdrawInput,
         deal_closed,
         fmt_money,
@@ -343,7 +347,10 @@ class DealWorkflow:
             "escalation",
             f"escalated: {self.state.stage.value} open for {since.days} days; "
             + self._pending_text(),
-            extra_roles=[Role.ADMIN],
+            # The lender's money is finance's to chase, whoever waits for it.
+            extra_roles=[Role.FINANCE, Role.ADMIN]
+            if self.state.stage is Stage.DISBURSEMENT
+            else [Role.ADMIN],
         )
 
     def _follow_up_due(self, call: str) -> Callable[[], Awaitable[None]]:
@@ -1029,6 +1036,11 @@ class DealWorkflow:
             return
         want = self._view().financed_amount
         if money(d.amount) != want:
+            # Kept on the attempt: finance reconciles it, retries or unwinds.
+            pending.mismatch = (
+                f"paid {fmt_money(d.amount)}, not the approved {fmt_money(want)} "
+                f"(transaction {d.transaction_ref})"
+            )
             self._notify(
                 "escalation",
                 f"disbursed {fmt_money(d.amount)} does not match the approved "
@@ -1036,17 +1048,22 @@ class DealWorkflow:
                 [Role.FINANCE, Role.ADMIN],
             )
             return
-        pending.status = "completed"
-        pending.amount = money(d.amount)
-        pending.transaction_ref = d.transaction_ref
-        pending.disbursed_at = d.disbursed_at
+        self._disbursed(pending, money(d.amount), d.transaction_ref, d.disbursed_at)
+        self._set_stage(
+            Stage.REGISTRATION, f"disbursed {fmt_money(d.amount)} ({d.transaction_ref})"
+        )
+
+    def _disbursed(
+        self, attempt: Disbursement, amount: Decimal, transaction_ref: str, at: datetime
+    ) -> None:
+        attempt.status = "completed"
+        attempt.amount = amount
+        attempt.transaction_ref = transaction_ref
+        attempt.disbursed_at = at
         for comp in self.state.compensations:
             # Once funded, the loan is no longer something to withdraw.
             if comp.kind == "withdraw_application" and comp.status == "pending":
                 comp.status = "void"
-        self._set_stage(
-            Stage.REGISTRATION, f"disbursed {fmt_money(d.amount)} ({d.transaction_ref})"
-        )
 
     def _apply_disbursement_failed(self, sub: Submission, ev: LenderEventInput) -> None:
         f = ev.failed
@@ -1332,6 +1349,39 @@ class DealWorkflow:
     @cancel.validator
     def _v_cancel(self, inp: CancelInput) -> None:
         self._validate(Action.CANCEL, inp)
+
+    @workflow.update(name="retry-disbursement")
+    def retry_disbursement(self, inp: RetryDisbursementInput) -> ActionReceipt:
+        last = self.state.disbursements[-1]
+        self.state.disbursements.append(Disbursement(attempt=last.attempt + 1))
+        return self._accept(Action.RETRY_DISBURSEMENT, inp, inp.reason)
+
+    @retry_disbursement.validator
+    def _v_retry_disbursement(self, inp: RetryDisbursementInput) -> None:
+        self._validate(Action.RETRY_DISBURSEMENT, inp)
+
+    @workflow.update(name="reconcile-disbursement")
+    def reconcile_disbursement(self, inp: ReconcileDisbursementInput) -> ActionReceipt:
+        attempt = self.state.disbursements[-1]
+        attempt.reconciled = f"{inp.actor.staff_id}: {inp.reason}"
+        self._disbursed(attempt, money(inp.amount), inp.transaction_ref, workflow.now())
+        summary = f"{fmt_money(inp.amount)} ({inp.transaction_ref}) paid on {inp.paid_on}"
+        self._set_stage(Stage.REGISTRATION, f"disbursement reconciled: {summary}", inp.actor)
+        return self._accept(Action.RECONCILE_DISBURSEMENT, inp, summary)
+
+    @reconcile_disbursement.validator
+    def _v_reconcile_disbursement(self, inp: ReconcileDisbursementInput) -> None:
+        self._validate(Action.RECONCILE_DISBURSEMENT, inp)
+
+    @workflow.update(name="unwind")
+    def unwind(self, inp: UnwindInput) -> ActionReceipt:
+        self.state.outcome_reason = f"unwound by {inp.actor.staff_id}: {inp.reason}"
+        self._set_stage(Stage.CANCELLED, f"unwound: {inp.reason}", inp.actor)
+        return self._accept(Action.UNWIND, inp, inp.reason)
+
+    @unwind.validator
+    def _v_unwind(self, inp: UnwindInput) -> None:
+        self._validate(Action.UNWIND, inp)
 
     # ------------------------------------------------------------------ queries
 

@@ -95,6 +95,9 @@ ACTION_NAMES: dict[str, str] = {
     Action.DELIVER: N_("Deliver the car"),
     Action.RECORD_FOLLOW_UP: N_("Record the follow-up call"),
     Action.CANCEL: N_("Cancel the deal"),
+    Action.RETRY_DISBURSEMENT: N_("Request the disbursement again"),
+    Action.RECONCILE_DISBURSEMENT: N_("Reconcile the disbursement"),
+    Action.UNWIND: N_("Unwind the deal"),
 }
 
 _GROUPS = (

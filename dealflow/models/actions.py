@@ -34,6 +34,9 @@ class Action(StrEnum):
     DELIVER = "deliver"
     RECORD_FOLLOW_UP = "record-follow-up"
     CANCEL = "cancel"
+    RETRY_DISBURSEMENT = "retry-disbursement"
+    RECONCILE_DISBURSEMENT = "reconcile-disbursement"
+    UNWIND = "unwind"
 
     @property
     def update_name(self) -> str:
@@ -180,6 +183,30 @@ class CancelInput(ActionInput):
     reason: Text
 
 
+class RetryDisbursementInput(ActionInput):
+    """Ask the lender to pay out again after the last request failed, was
+    refused or was answered with another amount."""
+
+    reason: Text
+
+
+class ReconcileDisbursementInput(ActionInput):
+    """Record what the lender actually paid when its event never came or named
+    another amount: from the bank statement, with the reason."""
+
+    amount: PosMoney
+    transaction_ref: Ref
+    paid_on: date
+    reason: Text
+
+
+class UnwindInput(ActionInput):
+    """End a deal whose disbursement cannot be completed: every step done is
+    undone, newest first, as for a cancellation."""
+
+    reason: Text
+
+
 ACTION_INPUTS: dict[Action, type[ActionInput]] = {
     Action.SIGN_SALES_CONTRACT: SignSalesContractInput,
     Action.RECORD_DOCUMENT: RecordDocumentInput,
@@ -200,4 +227,7 @@ ACTION_INPUTS: dict[Action, type[ActionInput]] = {
     Action.DELIVER: DeliverInput,
     Action.RECORD_FOLLOW_UP: RecordFollowUpInput,
     Action.CANCEL: CancelInput,
+    Action.RETRY_DISBURSEMENT: RetryDisbursementInput,
+    Action.RECONCILE_DISBURSEMENT: ReconcileDisbursementInput,
+    Action.UNWIND: UnwindInput,
 }

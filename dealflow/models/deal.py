@@ -137,6 +137,11 @@ class DealPolicy(Strict):
     # and the deal closes with the call marked missed, so no deal stays open forever.
     follow_up_grace: timedelta = _days(7)
     max_disbursement_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    # How far a payout finance reconciles by hand may differ from the approved
+    # amount (bank charges deducted on the way); more is refused.
+    disbursement_tolerance: Annotated[
+        Decimal, Field(ge=0, le=10000, max_digits=7, decimal_places=2)
+    ] = Decimal("50.00")
     max_loan_ratio: dict[Product, Decimal] = Field(
         default_factory=lambda: {
             Product.NEW_CAR: Decimal("0.80"),

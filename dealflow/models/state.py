@@ -137,6 +137,11 @@ class Disbursement(BaseModel):
     transaction_ref: str | None = None
     disbursed_at: datetime | None = None
     failure_reason: str | None = None
+    # The lender paid another amount than the approved one: the event, kept
+    # for finance to reconcile or retry.
+    mismatch: str | None = None
+    # Recorded by finance from the bank statement (reconcile-disbursement).
+    reconciled: str | None = None
 
 
 class Compensation(BaseModel):

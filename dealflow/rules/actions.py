@@ -17,6 +17,7 @@ from dealflow.models import (
     ConfirmDownPaymentInput,
     DeclineCounterOfferInput,
     DeliverInput,
+    ReconcileDisbursementInput,
     RecordCertificateInput,
     RecordDocumentInput,
     RecordFollowUpInput,
@@ -28,9 +29,11 @@ from dealflow.models import (
     RecordRepaymentAccountInput,
     RecordSettlementInput,
     RecordStockOutInput,
+    RetryDisbursementInput,
     SignLoanContractInput,
     SignSalesContractInput,
     SubmitApplicationInput,
+    UnwindInput,
     fmt_money,
     money,
 )
@@ -38,7 +41,7 @@ from dealflow.rules.documents import checklist_complete, describe_missing, valid
 from dealflow.rules.errors import conflict, invalid
 from dealflow.rules.money import required_down_payment
 from dealflow.rules.permissions import check_role, check_stage
-from dealflow.rules.view import DealView
+from dealflow.rules.view import DealView, stalled_disbursement
 
 
 def check_action(action: Action, inp: ActionInput, view: DealView) -> None:
@@ -198,6 +201,30 @@ def _follow_up_calls_in_order_once(inp: RecordFollowUpInput, view: DealView) -> 
         raise conflict("record the day-3 follow-up call first")
 
 
+def _disbursement_stalled(inp: RetryDisbursementInput | UnwindInput, view: DealView) -> None:
+    if stalled_disbursement(view.state) is None:
+        last = view.state.disbursements[-1] if view.state.disbursements else None
+        state = f"attempt {last.attempt} is {last.status}" if last else "nothing was requested"
+        raise conflict(f"the disbursement is not stalled ({state}); wait for the lender's answer")
+
+
+def _reconciled_within_tolerance(inp: ReconcileDisbursementInput, view: DealView) -> None:
+    last = view.state.disbursements[-1] if view.state.disbursements else None
+    if last is None or last.status == "completed":
+        raise conflict("there is no open disbursement to reconcile")
+    if inp.paid_on > view.now.date():
+        raise invalid(f"paid_on {inp.paid_on.isoformat()} is in the future")
+    approved = view.financed_amount
+    difference = abs(money(inp.amount) - approved)
+    tolerance = view.policy.disbursement_tolerance
+    if difference > tolerance:
+        raise invalid(
+            f"paid {fmt_money(inp.amount)} differs from the approved {fmt_money(approved)} "
+            f"by {fmt_money(difference)}, more than the policy's tolerance of "
+            f"{fmt_money(tolerance)}; retry the disbursement or unwind the deal"
+        )
+
+
 # Keyed by payload type: each action has its own payload model.
 _CHECKS: dict[type, Callable[[Any, DealView], None]] = {
     SignSalesContractInput: _sales_contract_routed_with_agreed_down_payment,
@@ -218,4 +245,7 @@ _CHECKS: dict[type, Callable[[Any, DealView], None]] = {
     RecordSettlementInput: _settlement_once,
     DeliverInput: _delivery_after_stock_out_and_settlement,
     RecordFollowUpInput: _follow_up_calls_in_order_once,
+    RetryDisbursementInput: _disbursement_stalled,
+    ReconcileDisbursementInput: _reconciled_within_tolerance,
+    UnwindInput: _disbursement_stalled,
 }

@@ -9,11 +9,15 @@ from dealflow.models import Action, PendingAction, Role, Stage, fmt_money
 from dealflow.rules.documents import describe_missing
 from dealflow.rules.money import required_down_payment
 from dealflow.rules.permissions import ACTION_ROLES
-from dealflow.rules.view import DealView
+from dealflow.rules.view import DealView, stalled_disbursement
 
 # Whose desk an action lands on when several roles may take it (docs/architecture.md §1,
 # "who acts"): the customer's documents are collected by sales.
-_OWNER: dict[Action, Role] = {Action.RECORD_DOCUMENT: Role.SALES, Action.CANCEL: Role.SALES}
+_OWNER: dict[Action, Role] = {
+    Action.RECORD_DOCUMENT: Role.SALES,
+    Action.CANCEL: Role.SALES,
+    Action.UNWIND: Role.FINANCE,
+}
 
 
 def owner_role(action: Action) -> Role:
@@ -85,7 +89,15 @@ def _loan_contract(view: DealView, due: datetime | None) -> list[PendingAction]:
 
 
 def _disbursement(view: DealView, due: datetime | None) -> list[PendingAction]:
-    return [_lender("lender-disbursement", "waiting for the lender's disbursement", due)]
+    stalled = stalled_disbursement(view.state)
+    if stalled is None:
+        return [_lender("lender-disbursement", "waiting for the lender's disbursement", due)]
+    why = stalled.mismatch or stalled.failure_reason or stalled.status
+    return [
+        _staff(Action.RETRY_DISBURSEMENT, f"disbursement stalled ({why}): request it again", due),
+        _staff(Action.RECONCILE_DISBURSEMENT, "or record what the lender actually paid", due),
+        _staff(Action.UNWIND, "or unwind the deal", due),
+    ]
 
 
 def _registration(view: DealView, due: datetime | None) -> list[PendingAction]:

@@ -33,6 +33,9 @@ ACTION_ROLES: dict[Action, frozenset[Role]] = {
     Action.DELIVER: frozenset({Role.DELIVERY}),
     Action.RECORD_FOLLOW_UP: frozenset({Role.SALES}),
     Action.CANCEL: frozenset({Role.SALES, Role.CREDIT}),
+    Action.RETRY_DISBURSEMENT: frozenset({Role.FINANCE}),
+    Action.RECONCILE_DISBURSEMENT: frozenset({Role.FINANCE}),
+    Action.UNWIND: frozenset({Role.FINANCE, Role.CREDIT}),
 }
 
 START_DEAL_ROLES = frozenset({Role.SALES, Role.ADMIN})
@@ -81,6 +84,9 @@ ACTION_STAGES: dict[Action, frozenset[Stage]] = {
     Action.DELIVER: frozenset({Stage.DELIVERY}),
     Action.RECORD_FOLLOW_UP: frozenset({Stage.FOLLOW_UP}),
     Action.CANCEL: _PRE_DISBURSEMENT,
+    Action.RETRY_DISBURSEMENT: frozenset({Stage.DISBURSEMENT}),
+    Action.RECONCILE_DISBURSEMENT: frozenset({Stage.DISBURSEMENT}),
+    Action.UNWIND: frozenset({Stage.DISBURSEMENT}),
 }
 
 

@@ -13,11 +13,24 @@ from dealflow.models import (
     DealPolicy,
     DealState,
     Decision,
+    Disbursement,
     LenderRef,
     Submission,
     money,
 )
 from dealflow.rules.documents import checklist
+
+
+def stalled_disbursement(state: DealState) -> Disbursement | None:
+    """The last disbursement attempt when nothing is open at the lender any
+    more and the deal cannot go on by itself: it failed for the last time, the
+    request was refused, or the lender paid another amount than approved."""
+    if not state.disbursements:
+        return None
+    last = state.disbursements[-1]
+    if last.status in ("failed", "error") or (last.status == "requested" and last.mismatch):
+        return last
+    return None
 
 
 def approved_submission(submissions: list[Submission]) -> Submission | None:

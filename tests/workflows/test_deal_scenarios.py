@@ -19,6 +19,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 
 from dealflow.models import (
+    Actor,
     ApplicationDecided,
     DealPolicy,
     DealStatus,
@@ -28,6 +29,7 @@ from dealflow.models import (
     Notice,
     Party,
     Reason,
+    Role,
     Stage,
 )
 from dealflow.rules import RuleError
@@ -878,6 +880,96 @@ async def test_disbursement_failing_max_attempts_is_escalated(desk: Desk) -> Non
     assert st.stage is Stage.DISBURSEMENT
     (row,) = await desk.outbox("escalation")
     assert set(row.roles.split(",")) == {"admin", "credit", "finance"}
+
+
+async def _stalled(desk: Desk, *disbursements: dict[str, Any]) -> DealStatus:
+    await desk.start(script={"disbursements": list(disbursements)})
+    await desk.through_loan_contract()
+    st = await desk.wait_until(
+        lambda s: (
+            [p.action for p in s.pending]
+            == ["retry-disbursement", "reconcile-disbursement", "unwind"]
+        ),
+        "the stalled disbursement's steps",
+    )
+    assert {p.role for p in st.pending} == {Role.FINANCE}
+    return st
+
+
+FROZEN = {"result": "failed", "reason": "account frozen"}
+
+
+async def test_a_stalled_disbursement_is_requested_again_by_finance(desk: Desk) -> None:
+    """After the last automatic attempt, finance asks again (the lender fixed
+    the account); the fourth request is paid and the deal moves on."""
+    st = await _stalled(desk, FROZEN, FROZEN, FROZEN)
+    assert st.pending[0].what == "disbursement stalled (account frozen): request it again"
+    await desk.do("retry-disbursement", actor=Actor(staff_id="fin-01", role=Role.FINANCE))
+    st = await desk.wait_stage(Stage.REGISTRATION)
+    assert [(d.attempt, d.status) for d in st.disbursements] == [
+        (1, "failed"),
+        (2, "failed"),
+        (3, "failed"),
+        (4, "completed"),
+    ]
+    assert len((await desk.ledger())["disbursement_requests"]) == 4
+
+
+async def test_a_disbursement_is_retried_only_once_it_has_stalled(desk: Desk) -> None:
+    await desk.start(script={"disbursements": [{"result": "silent"}]})
+    await desk.through_loan_contract()
+    await desk.wait_until(
+        lambda s: s.disbursements[-1].status == "requested", "the disbursement request"
+    )
+    for action in ("retry-disbursement", "unwind"):
+        with pytest.raises(RuleError) as refused:
+            await desk.do(action)
+        assert (refused.value.kind, refused.value.message) == (
+            "conflict",
+            "the disbursement is not stalled (attempt 1 is requested); "
+            "wait for the lender's answer",
+        )
+
+
+async def test_a_payout_of_another_amount_is_reconciled_only_within_the_tolerance(
+    desk: Desk,
+) -> None:
+    """The lender pays 104,980.00 of 105,000.00 (a transfer fee taken on the
+    way): finance records it from the bank statement, within the policy's
+    50.00; a figure 1,000.00 off is refused and changes nothing."""
+    st = await _stalled(desk, {"result": "completed", "amount": "104980.00"})
+    assert st.disbursements[-1].mismatch is not None
+    assert st.disbursements[-1].mismatch.startswith("paid 104,980.00, not the approved 105,000.00")
+    with pytest.raises(RuleError) as refused:
+        await desk.do("reconcile-disbursement", amount="104000.00", paid_on=desk.today.isoformat())
+    assert (refused.value.kind, refused.value.message) == (
+        "invalid",
+        "paid 104,000.00 differs from the approved 105,000.00 by 1,000.00, more than the "
+        "policy's tolerance of 50.00; retry the disbursement or unwind the deal",
+    )
+    await desk.do("reconcile-disbursement", paid_on=desk.today.isoformat())
+    st = await desk.wait_stage(Stage.REGISTRATION)
+    paid = st.disbursements[-1]
+    assert (paid.status, paid.amount, paid.transaction_ref) == (
+        "completed",
+        Decimal("104980.00"),
+        "TXN-2026-000123",
+    )
+    assert paid.reconciled is not None and paid.reconciled.startswith("finance-01: bank statement")
+
+
+async def test_a_stalled_disbursement_is_unwound_and_every_step_undone(desk: Desk) -> None:
+    await _stalled(desk, FROZEN, FROZEN, FROZEN)
+    await desk.do("unwind")
+    final = await desk.result()
+    assert final.stage is Stage.CANCELLED
+    assert final.outcome_reason is not None and final.outcome_reason.startswith("unwound by ")
+    assert done_compensations(final) == [
+        "cancel_insurance",
+        "refund_down_payment",
+        "withdraw_application",
+        "release_vehicle",
+    ]
 
 
 # --------------------------------------------------------------------------- documents over time

@@ -76,6 +76,9 @@ ROLES = [
     ("deliver", Role.SALES, "admin, delivery"),
     ("record-follow-up", Role.AUDITOR, "admin, sales"),
     ("cancel", Role.FINANCE, "admin, credit, sales"),
+    ("retry-disbursement", Role.CREDIT, "admin, finance"),
+    ("reconcile-disbursement", Role.SALES, "admin, finance"),
+    ("unwind", Role.SALES, "admin, credit, finance"),
 ]
 
 # action, the stages it is allowed in (all of these refused in CONTRACT).
@@ -96,6 +99,9 @@ STAGES = [
     ("record-settlement", "DELIVERY"),
     ("deliver", "DELIVERY"),
     ("record-follow-up", "FOLLOW_UP"),
+    ("retry-disbursement", "DISBURSEMENT"),
+    ("reconcile-disbursement", "DISBURSEMENT"),
+    ("unwind", "DISBURSEMENT"),
 ]
 
 
