@@ -148,6 +148,11 @@ LENDER_SCOPED_WEBHOOKS = "lender-scoped-webhook-ids"
 # for ever; at close it failed the whole workflow before the vehicle was released.
 REFUSED_COMPENSATIONS = "refused-compensations-recorded"
 
+# Runs started before dates were the dealer's: "today" in the date rules
+# (statement coverage, insurance dates) was the UTC date, a day behind Beijing
+# between 00:00 and 08:00.
+DEALER_DATES = "dealer-dates"
+
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
 
 
@@ -173,6 +178,8 @@ class DealWorkflow:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._projection_owed = False
         self._projection_queued = False
+        # Decided once per run: a query may not ask `patched`.
+        self._dealer_dates = workflow.patched(DEALER_DATES)
         if inp.state is None:
             # Recorded here, not in run(): an update that arrives with the start
             # runs its handler before run() begins and must find the deal started.
@@ -1443,6 +1450,7 @@ class DealWorkflow:
             lenders=self.inp.lenders,
             state=self.state,
             now=workflow.now(),
+            dealer_dates=self._dealer_dates,
         )
 
     def _current_submission(self) -> Submission | None:

@@ -138,6 +138,7 @@ def _state_view(instance: Any, at: datetime) -> dict[str, Any]:
         lenders=instance.inp.lenders,
         state=state,
         now=at,
+        dealer_dates=getattr(instance, "_dealer_dates", False),
     )
     checklist = view.checklist()
     return {

@@ -189,8 +189,9 @@ async def _read(
     return answer, START_INPUTS.put(deal_id, answer, first)
 
 
-def _today() -> date:
-    return datetime.now(UTC).date()
+def _today(svc: Services) -> date:
+    """The dealer's date, for the forms' date fields."""
+    return rules.dealer_date(svc.deal_policy, datetime.now(UTC))
 
 
 def _shown(raw: str) -> list[str]:
@@ -306,7 +307,7 @@ async def render_deal(
     if loaded.start is not None:
         context["customer"] = deal_view.customer_view(loaded.start.deal, user.may(rules.NAME_ROLES))
     if status is not None:
-        panels = deal_view.action_panels(status, user.may, _today(), posted)
+        panels = deal_view.action_panels(status, user.may, _today(svc), posted)
         context.update(status_context(svc, user, deal_id, status, panels))
     elif posted is not None:
         # The deal cannot be read: the form that was sent stays, as typed.
@@ -393,7 +394,7 @@ async def live(
             live_url=live_url(deal_id, ",".join(was)),
             live_every=LIVE_EVERY,
         )
-    panels = deal_view.action_panels(loaded.status, user.may, _today(), shown=was)
+    panels = deal_view.action_panels(loaded.status, user.may, _today(svc), shown=was)
     changed = deal_view.signature(panels) != ",".join(sorted(was))
     if loaded.status.version == v and not changed:
         return Response(status_code=204)
@@ -418,7 +419,9 @@ async def take_action(request: Request, deal_id: str, action: str, user: SignedI
         for name in form
         if name != "csrf"
     }
-    posted = ActionForm(act.value, deal_view.new_form(act, _today()).fields, values, posted=True)
+    posted = ActionForm(
+        act.value, deal_view.new_form(act, _today(services(request))).fields, values, posted=True
+    )
     try:
         await _apply(services(request), deal_id, act, posted, user)
     except Problem as problem:

@@ -76,7 +76,7 @@ def _sales_contract_routed_with_agreed_down_payment(
 
 
 def _document_valid(inp: RecordDocumentInput, view: DealView) -> None:
-    validate_document(view.deal, view.state, view.policy, inp, view.now.date())
+    validate_document(view.deal, view.state, view.policy, inp, view.today)
 
 
 def _application_complete_and_matching(inp: SubmitApplicationInput, view: DealView) -> None:
@@ -129,7 +129,7 @@ def _policy_protects_the_lender(inp: RecordInsuranceInput, view: DealView) -> No
         )
     if inp.ends_on <= inp.starts_on:
         raise invalid("the policy must end after it starts")
-    if inp.ends_on < view.now.date():
+    if inp.ends_on < view.today:
         raise invalid(f"the policy ended on {inp.ends_on}")
 
 
@@ -212,7 +212,7 @@ def _reconciled_within_tolerance(inp: ReconcileDisbursementInput, view: DealView
     last = view.state.disbursements[-1] if view.state.disbursements else None
     if last is None or last.status == "completed":
         raise conflict("there is no open disbursement to reconcile")
-    if inp.paid_on > view.now.date():
+    if inp.paid_on > view.today:
         raise invalid(f"paid_on {inp.paid_on.isoformat()} is in the future")
     approved = view.financed_amount
     difference = abs(money(inp.amount) - approved)

@@ -18,6 +18,7 @@ from dealflow.models import (
     Submission,
     money,
 )
+from dealflow.rules.dates import dealer_date
 from dealflow.rules.documents import checklist
 
 
@@ -56,6 +57,16 @@ class DealView:
     lenders: list[LenderRef]
     state: DealState
     now: datetime
+    # Whether dates are the dealer's (the policy's time zone) or UTC's: deals
+    # started before the dealer's date was used keep UTC (patch "dealer-dates").
+    dealer_dates: bool = False
+
+    @property
+    def today(self) -> date:
+        return self.date_of(self.now)
+
+    def date_of(self, moment: datetime) -> date:
+        return dealer_date(self.policy, moment) if self.dealer_dates else moment.date()
 
     def lender(self, lender_id: str) -> LenderRef:
         return next(lender for lender in self.lenders if lender.id == lender_id)
@@ -91,8 +102,8 @@ class DealView:
                 None,
             )
             if submitted is not None:
-                return submitted.date()
-        return self.now.date()
+                return self.date_of(submitted)
+        return self.today
 
     def checklist(self) -> list[ChecklistItem]:
         return checklist(self.deal, self.state, self.policy, self.checklist_as_of())

@@ -1017,6 +1017,34 @@ async def test_bank_statements_are_judged_when_the_application_is_submitted(
     await desk.wait_stage(Stage.DOWN_PAYMENT)
 
 
+async def test_dates_are_the_dealers_so_a_statement_ending_today_in_beijing_is_taken_at_0400(
+    desk: Desk,
+) -> None:
+    """At 04:00 in Beijing it is still yesterday in UTC: a statement that ends
+    today (Beijing) is not "in the future"."""
+    await desk.start()
+    now = await desk.env.get_current_time()
+    at_0400_beijing = datetime(now.year, now.month, now.day, 20, tzinfo=UTC)
+    if at_0400_beijing <= now:
+        at_0400_beijing += timedelta(days=1)
+    await desk.sleep((at_0400_beijing - now) / timedelta(days=1))
+    beijing_today = (at_0400_beijing + timedelta(hours=8)).date()
+    assert beijing_today == at_0400_beijing.date() + timedelta(days=1)
+    await desk.do("sign-sales-contract")
+    await desk.upload(
+        {
+            "kind": DocumentKind.BANK_STATEMENT,
+            "party": Party.APPLICANT,
+            "file_name": "statement-this-month.pdf",
+            "data": b"%PDF-1.4 this month " + desk.deal_id.encode(),
+            "period_start": beijing_today.replace(day=1),
+            "period_end": beijing_today,
+        }
+    )
+    st = await desk.status()
+    assert [d.period_end for d in st.documents] == [beijing_today]
+
+
 def _last_day(d: date) -> date:
     first_next = (d.replace(day=1) + timedelta(days=32)).replace(day=1)
     return first_next - timedelta(days=1)
