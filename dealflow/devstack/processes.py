@@ -21,13 +21,23 @@ STOP_GRACE = 15.0  # > worker graceful_shutdown_seconds (10 s) so in-flight task
 POLL_INTERVAL = 0.25
 
 
+def _argv(pid: int, wait: float = 1.0) -> list[str]:
+    """The process's argv; a process caught in the middle of exec (Linux
+    shows no arguments until the new program's are set up, just after the
+    parent has seen the exec succeed) is asked again for up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while not (argv := process_cmdline(pid)) and pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return argv
+
+
 def running_pid(cfg: StackConfig, comp: Component) -> int | None:
     """The pid of the component's live process, or None; removes a stale pid file."""
     path = cfg.pid_file(comp.name)
     if not path.exists():
         return None
     pid = read_pid(path)
-    if pid is not None and pid_alive(pid) and argv_contains(process_cmdline(pid), comp.signature):
+    if pid is not None and pid_alive(pid) and argv_contains(_argv(pid), comp.signature):
         return pid
     # Dead, garbage, or the pid was reused by an unrelated process: never signal it.
     path.unlink(missing_ok=True)
