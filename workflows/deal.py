@@ -153,6 +153,10 @@ REFUSED_COMPENSATIONS = "refused-compensations-recorded"
 # between 00:00 and 08:00.
 DEALER_DATES = "dealer-dates"
 
+# Deals started before a stipulation named again needed a new document: the
+# old one answered it at once and the same package went back, without end.
+STIPULATION_ROUNDS = "stipulation-named-again-needs-new-document"
+
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
 
 
@@ -986,6 +990,9 @@ class DealWorkflow:
             case Decision.CONDITIONAL:
                 known = {st.code for st in self.state.stipulations}
                 self.state.stipulations.extend(st for st in d.stipulations if st.code not in known)
+                if workflow.patched(STIPULATION_ROUNDS):
+                    for st in d.stipulations:
+                        self.state.stipulation_asked_at[st.code] = workflow.now()
                 self.state.resubmit_pending = True
                 # The conditional application stays open at the lender until the
                 # resubmission supersedes it: a deal ended meanwhile withdraws it.

@@ -190,6 +190,9 @@ class DealState(BaseModel):
     lender_index: int = 0
     submissions: list[Submission] = Field(default_factory=list)
     stipulations: list[Stipulation] = Field(default_factory=list)
+    # When the lender last named each stipulation: only a document uploaded
+    # since then answers it, so a condition named again waits for a new one.
+    stipulation_asked_at: dict[str, datetime] = Field(default_factory=dict)
     resubmit_pending: bool = False
     down_payment: ConfirmDownPaymentInput | None = None
     invoice: RecordInvoiceInput | None = None

@@ -136,7 +136,9 @@ def checklist(
                 label=f"{stip.code}: {stip.description}",
                 stipulation_code=stip.code,
                 satisfied=any(
-                    d.kind is DocumentKind.STIPULATION and d.stipulation_code == stip.code
+                    d.kind is DocumentKind.STIPULATION
+                    and d.stipulation_code == stip.code
+                    and d.uploaded_at >= state.stipulation_asked_at.get(stip.code, d.uploaded_at)
                     for d in docs
                 ),
             )

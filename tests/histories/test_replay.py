@@ -17,7 +17,9 @@ before a lender's amount was bounded (patch "bounded-lender-amounts"), `v5/`
 before webhook ids were scoped by lender (patch "lender-scoped-webhook-ids"),
 `v6/` before dates were the dealer's (patch "dealer-dates"; refused
 compensations, patch "refused-compensations-recorded", are recorded from
-`withdrawal_refused_then_cancelled` on).
+`withdrawal_refused_then_cancelled` on), `v7/` the one scenario that
+names a stipulation from before one named again needed a new document (patch
+"stipulation-named-again-needs-new-document").
 """
 
 from __future__ import annotations

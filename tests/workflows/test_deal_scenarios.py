@@ -33,6 +33,7 @@ from dealflow.models import (
     Stage,
 )
 from dealflow.rules import RuleError
+from dealflow.samples import stipulation_document
 from dealflow.storage import db
 from tests.support.back_office import Desk, desk_on
 from tests.support.stack import Stack
@@ -457,6 +458,34 @@ async def test_conditional_approval_collects_stipulation_and_resubmits_to_same_l
         (first["ref"], "superseded by submission 2 with the stipulations met")
     ]
     assert st.submissions[0].status == "withdrawn"
+
+
+async def test_a_stipulation_named_again_waits_for_a_new_document(desk: Desk) -> None:
+    """The lender names the same condition again (the guarantor's letter did
+    not do): the letter already on file no longer answers it, so the deal
+    waits in DOCUMENTS for a new one instead of sending the same package
+    back at once; the new letter goes to the lender, who approves."""
+    stip = {"code": "STIP-GUARANTOR", "description": "a guarantor's letter"}
+    conditional = {"decision": "conditional", "stipulations": [stip]}
+    await desk.start(script=script(acme_auto_finance=[conditional, conditional, APPROVED]))
+    await desk.through_documents()
+    await desk.do("submit-application")
+    await desk.wait_until(lambda s: s.stage is Stage.DOCUMENTS and bool(s.submissions))
+    await desk.upload_stipulation("STIP-GUARANTOR")
+    st = await desk.wait_until(
+        lambda s: s.stage is Stage.DOCUMENTS and len(s.submissions) == 2, "named again"
+    )
+    await desk.sleep(1)
+    st = await desk.status()
+    assert st.stage is Stage.DOCUMENTS and len(st.submissions) == 2, "not resubmitted"
+    (open_item,) = [i for i in st.checklist if not i.satisfied]
+    assert open_item.stipulation_code == "STIP-GUARANTOR"
+    letter = stipulation_document(desk.deal_id, "STIP-GUARANTOR")
+    letter["data"] += b" signed by a second guarantor"
+    result = await desk.upload(letter)
+    assert result.status.stage is Stage.UNDERWRITING
+    st = await desk.wait_stage(Stage.DOWN_PAYMENT)
+    assert [s.submission_no for s in st.submissions] == [1, 2, 3]
 
 
 async def test_cancel_while_collecting_stipulations_withdraws_the_conditional_application(
