@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dealflow import names
+from dealflow import names, rules
 from dealflow.config import LenderConfig
 from dealflow.models import (
     ApplicationPackage,
@@ -175,7 +175,7 @@ class DealActivities:
         lender = self._lender(inp.lender_id)
         await self._post(
             f"{lender.api_base_url}/applications/{inp.application_ref}/disbursement-requests",
-            f"{inp.deal_id}:disbursement:{inp.attempt}",
+            inp.request_id or rules.disbursement_request_id(inp.deal_id, inp.attempt),
             inp.model_dump(mode="json"),
         )
         log.info(

@@ -157,6 +157,11 @@ DEALER_DATES = "dealer-dates"
 # old one answered it at once and the same package went back, without end.
 STIPULATION_ROUNDS = "stipulation-named-again-needs-new-document"
 
+# Deals started before a lender's disbursement answer was matched to its
+# request: a late answer to an earlier attempt was applied to the newest one
+# (a late "failed" sent another request: a second payout).
+DISBURSEMENT_REQUEST_IDS = "disbursement-request-ids"
+
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
 
 
@@ -555,6 +560,7 @@ class DealWorkflow:
                         lender_id=sub.lender_id,
                         application_ref=sub.application_ref,
                         attempt=d.attempt,
+                        request_id=rules.disbursement_request_id(self.inp.deal_id, d.attempt),
                         amount=view.financed_amount,
                         loan_contract_no=self.state.loan_contract.contract_no,
                         insurance_policy_no=self.state.insurance.policy_no,
@@ -1036,10 +1042,43 @@ class DealWorkflow:
             )
             rec.decision = Decision.COUNTER_OFFER
 
+    def _answers_another_request(
+        self, ev: LenderEventInput, request_id: str | None, pending: Disbursement | None
+    ) -> bool:
+        """Whether a disbursement answer names a request other than the open
+        one (a late or repeated answer to an earlier attempt): recorded, and
+        not applied to the newest attempt."""
+        if request_id is None or pending is None:
+            return False
+        if not workflow.patched(DISBURSEMENT_REQUEST_IDS):
+            return False
+        open_id = rules.disbursement_request_id(self.inp.deal_id, pending.attempt)
+        if request_id == open_id:
+            return False
+        if ev.disbursed is not None:
+            # Money the lender says it paid on an earlier request: a person
+            # must look (reconcile it, or have the open request withdrawn).
+            self._notify(
+                "escalation",
+                f"{ev.type} {ev.webhook_id} reports a payout on request {request_id} while "
+                f"{open_id} is open: reconcile it with the lender",
+                [Role.FINANCE, Role.ADMIN],
+            )
+        else:
+            self._notify(
+                "info",
+                f"ignored {ev.type} {ev.webhook_id}: it answers request {request_id}, "
+                f"not the open {open_id}",
+                [Role.FINANCE],
+            )
+        return True
+
     def _apply_disbursed(self, sub: Submission, ev: LenderEventInput) -> None:
         d = ev.disbursed
         assert d is not None
         pending = self._open_disbursement()
+        if self._answers_another_request(ev, d.request_id, pending):
+            return
         if sub is not self._approved_submission() or pending is None:
             self._notify(
                 "escalation",
@@ -1083,6 +1122,8 @@ class DealWorkflow:
         f = ev.failed
         assert f is not None
         pending = self._open_disbursement()
+        if self._answers_another_request(ev, f.request_id, pending):
+            return
         if sub is not self._approved_submission() or pending is None:
             return
         pending.status = "failed"

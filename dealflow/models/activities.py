@@ -66,6 +66,9 @@ class DisbursementRequestInput(BaseModel):
     lender_id: str
     application_ref: str
     attempt: int
+    # The id the lender echoes in its answer, so an answer to an earlier
+    # attempt is known as one ("" from workers before it was sent).
+    request_id: str = ""
     amount: Decimal
     loan_contract_no: str
     insurance_policy_no: str

@@ -44,6 +44,8 @@ class ApplicationDecided(BaseModel):
 class DisbursementCompleted(BaseModel):
     deal_id: str
     application_ref: str
+    # The disbursement request this answers (DealFlow's request_id, echoed).
+    request_id: str | None = None
     amount: Money
     transaction_ref: str
     disbursed_at: datetime
@@ -52,6 +54,7 @@ class DisbursementCompleted(BaseModel):
 class DisbursementFailed(BaseModel):
     deal_id: str
     application_ref: str
+    request_id: str | None = None
     reason: str
 
 

@@ -54,9 +54,14 @@ from dealflow.rules.permissions import (
 )
 from dealflow.rules.uploads import sniff_content_type
 from dealflow.rules.view import DealView, approved_submission
-from dealflow.rules.webhooks import check_event_lender, lender_webhook_key
+from dealflow.rules.webhooks import (
+    check_event_lender,
+    disbursement_request_id,
+    lender_webhook_key,
+)
 
 __all__ = [
+    "disbursement_request_id",
     "check_event_lender",
     "lender_webhook_key",
     "is_partial_approval",

@@ -23,3 +23,9 @@ def check_event_lender(lender_id: str, deal_id: str, deal_lenders: Iterable[str]
             f"lender {lender_id} was never sent an application of deal {deal_id}; "
             "the event was not applied"
         )
+
+
+def disbursement_request_id(deal_id: str, attempt: int) -> str:
+    """The id of a deal's disbursement request: also its Idempotency-Key at the
+    lender, and echoed in the lender's answer."""
+    return f"{deal_id}:disbursement:{attempt}"

@@ -229,6 +229,15 @@ class Ledger:
 
     # ------------------------------------------------------------------ disbursements
 
+    def paid_out(self, lender_id: str, ref: str) -> bool:
+        """Whether a disbursement request of this application was paid."""
+        row = self._one(
+            "SELECT request_id FROM disbursement_requests WHERE lender_id = ? "
+            "AND application_ref = ? AND result = 'completed' LIMIT 1",
+            (lender_id, ref),
+        )
+        return row is not None
+
     def find_disbursement(self, lender_id: str, key: str) -> dict[str, Any] | None:
         return self._one(
             "SELECT * FROM disbursement_requests WHERE lender_id = ? AND idempotency_key = ?",

@@ -67,6 +67,7 @@ def _disbursement_event(
     at: datetime,
 ) -> tuple[str, dict[str, Any]] | None:
     """The webhook answering a disbursement request: (type, data), or None when silent."""
+    echo = {"request_id": req.request_id} if req.request_id else {}
     if result == "completed":
         amount = step.amount if step is not None and step.amount is not None else req.amount
         return (
@@ -74,6 +75,7 @@ def _disbursement_event(
             {
                 "deal_id": app["deal_id"],
                 "application_ref": ref,
+                **echo,
                 "amount": str(money(amount)),
                 "transaction_ref": new_id("txn"),
                 "disbursed_at": at.isoformat(),
@@ -85,6 +87,7 @@ def _disbursement_event(
             {
                 "deal_id": app["deal_id"],
                 "application_ref": ref,
+                **echo,
                 "reason": step.reason,
             },
         )
@@ -420,6 +423,15 @@ class LenderSim:
                 422,
                 f"disbursement request does not match application {ref!r}: " + ", ".join(mismatch),
             )
+        approved = app["approved_amount"]
+        if approved is not None and money(req.amount) != money(approved):
+            raise Problem(
+                422,
+                f"disbursement of {money(req.amount)} requested, but application {ref!r} "
+                f"was approved for {money(approved)}",
+            )
+        if self.ledger.paid_out(lender_id, ref):
+            raise Problem(409, f"application {ref!r} was already paid out")
         return app
 
     # ------------------------------------------------------------------ withdrawals

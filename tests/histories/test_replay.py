@@ -19,7 +19,9 @@ before webhook ids were scoped by lender (patch "lender-scoped-webhook-ids"),
 compensations, patch "refused-compensations-recorded", are recorded from
 `withdrawal_refused_then_cancelled` on), `v7/` the one scenario that
 names a stipulation from before one named again needed a new document (patch
-"stipulation-named-again-needs-new-document").
+"stipulation-named-again-needs-new-document"), `v8/` the scenarios with a
+disbursement from before a lender's answer was matched to its request (patch
+"disbursement-request-ids").
 """
 
 from __future__ import annotations

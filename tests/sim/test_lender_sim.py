@@ -629,6 +629,39 @@ def test_disbursement_failed_then_completed(sim: Sim) -> None:
     assert no_key.status_code == 400
 
 
+def test_a_request_id_is_echoed_and_one_application_is_paid_out_once(sim: Sim) -> None:
+    """The lender echoes DealFlow's request id in its answer, pays an
+    application out once, and only the approved amount."""
+    deal = new_deal()
+    ref = sim.submit(ACME, package(deal)).json()["application_ref"]
+    sim.decisions(deal, 1)
+    url = f"/lenders/{ACME}/applications/{ref}/disbursement-requests"
+    wrong = sim.client.post(
+        url,
+        json={**disbursement(deal, ref, 1, amount="105000.01"), "request_id": f"{deal}:d:1"},
+        headers={"Idempotency-Key": f"{deal}:d:1"},
+    )
+    assert wrong.status_code == 422
+    assert "was approved for 105000.00" in wrong.json()["detail"]
+    paid = sim.client.post(
+        url,
+        json={**disbursement(deal, ref, 2), "request_id": f"{deal}:d:2"},
+        headers={"Idempotency-Key": f"{deal}:d:2"},
+    )
+    assert paid.status_code == 202
+    done = sim.decisions(deal, 2)[-1]
+    assert done["type"] == "disbursement.completed"
+    assert done["data"]["request_id"] == f"{deal}:d:2"
+    second = sim.client.post(
+        url,
+        json={**disbursement(deal, ref, 3), "request_id": f"{deal}:d:3"},
+        headers={"Idempotency-Key": f"{deal}:d:3"},
+    )
+    assert second.status_code == 409
+    assert "already paid out" in second.json()["detail"]
+    assert len(sim.ledger(deal)["disbursement_requests"]) == 1
+
+
 def test_withdrawal_stops_decisions(sim: Sim) -> None:
     deal = new_deal()
     sim.client.put(f"/_sim/scripts/{deal}", json={"decision_delay": 0.5})

@@ -18,12 +18,14 @@ import httpx
 import pytest
 from temporalio.api.enums.v1 import EventType
 
+from dealflow import rules
 from dealflow.models import (
     Actor,
     ApplicationDecided,
     DealPolicy,
     DealStatus,
     Decision,
+    DisbursementFailed,
     DocumentKind,
     LenderEventInput,
     Notice,
@@ -909,6 +911,45 @@ async def test_disbursement_failing_max_attempts_is_escalated(desk: Desk) -> Non
     assert st.stage is Stage.DISBURSEMENT
     (row,) = await desk.outbox("escalation")
     assert set(row.roles.split(",")) == {"admin", "credit", "finance"}
+
+
+async def test_a_late_answer_to_an_earlier_disbursement_request_is_not_applied(
+    desk: Desk,
+) -> None:
+    """Attempt 1 failed and attempt 2 is at the lender; a late repeat of the
+    answer to attempt 1 (another webhook id, naming request 1) must not fail
+    attempt 2 and send a third request: a second payout."""
+    await desk.start(
+        script={"disbursements": [{"result": "failed", "reason": "bank rejected"}, SILENT_PAY]}
+    )
+    await desk.through_loan_contract()
+    st = await desk.wait_until(
+        lambda s: [d.status for d in s.disbursements] == ["failed", "requested"],
+        "attempt 2 at the lender",
+    )
+    sub = st.submissions[-1]
+    late = LenderEventInput(
+        webhook_id="msg_late_repeat",
+        lender_id=sub.lender_id,
+        type="disbursement.failed",
+        received_at=datetime.now(UTC),
+        failed=DisbursementFailed(
+            deal_id=desk.deal_id,
+            application_ref=sub.application_ref or "",
+            request_id=rules.disbursement_request_id(desk.deal_id, 1),
+            reason="bank rejected",
+        ),
+    )
+    await desk.lender_event(late)
+    st = await desk.wait_until(
+        lambda s: any(n.message.startswith("ignored disbursement.failed") for n in s.notices),
+        "the late answer recorded",
+    )
+    assert [d.status for d in st.disbursements] == ["failed", "requested"]
+    assert len((await desk.ledger())["disbursement_requests"]) == 2
+
+
+SILENT_PAY = {"result": "silent"}
 
 
 async def _stalled(desk: Desk, *disbursements: dict[str, Any]) -> DealStatus:
