@@ -1,6 +1,7 @@
 """6. Test-suite time: the whole `make test` suite, timed.
 
-Runs `pytest -q` once (as `make test` does) and reports its wall time and
+Runs `pytest -q -n auto --dist worksteal` once (as `make test` does: one
+process per core) and reports its wall time and
 outcome; or, with `--test-log FILE`, reads the time from a saved `make test`
 output ("test suite wall time: N s"). Not run under --quick: that mode itself
 runs inside the suite (tests/e2e/test_bench.py).
@@ -35,7 +36,10 @@ def run_suite(log: Path) -> tuple[float, str, int]:
     t0 = time.monotonic()
     with log.open("w", encoding="utf-8") as out:
         rc = subprocess.run(
-            [str(Path(sys.executable).parent / "pytest"), "-q", "-p", "no:cacheprovider"],
+            [
+                str(Path(sys.executable).parent / "pytest"),
+                *("-q", "-p", "no:cacheprovider", "-n", "auto", "--dist", "worksteal"),
+            ],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -68,11 +72,11 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             "detail": {"skipped": "quick"},
         }
     log = ctx.results_dir / "pytest.log"
-    say(f"[6] running the test suite (pytest -q), output in {log}")
+    say(f"[6] running the test suite (pytest -q -n auto), output in {log}")
     wall, summary, rc = await asyncio.to_thread(run_suite, log)
     return {
         # A time, not a target: the outcome is reported beside it (the suite is judged by
         # `make test`, not here).
-        "rows": [row("test suite wall time", wall, "s", note=f"pytest -q: {summary}")],
+        "rows": [row("test suite wall time", wall, "s", note=f"pytest -q -n auto: {summary}")],
         "detail": {"summary": summary, "exit_status": rc, "log": str(log)},
     }
