@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +119,9 @@ class Services:
     auth: Authenticator | None = None
     # The webhook inbox's writes, group-committed (dealflow/storage/groupcommit.py).
     inbox: GroupCommit[InboxOp, InboxResult] = field(init=False)
+    # Each deal's routing list, as the read model holds it: fixed when the deal
+    # starts, so kept once read (the webhook receiver asks for every event).
+    deal_lenders: DealLenders = field(default_factory=lambda: DealLenders(10_000))
 
     def __post_init__(self) -> None:
         self.inbox = GroupCommit(lambda ops: db.write_inbox(self.engine, ops))
@@ -130,6 +134,23 @@ class Services:
     def deal_policy(self) -> DealPolicy:
         assert self.policy is not None
         return self.policy
+
+
+class DealLenders:
+    """A bounded memo of deal id -> the lenders the deal may be sent to; the
+    oldest entry goes when it is full. Only known lists are kept."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lists: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+
+    def get(self, deal_id: str) -> tuple[str, ...] | None:
+        return self._lists.get(deal_id)
+
+    def put(self, deal_id: str, lenders: tuple[str, ...]) -> None:
+        self._lists[deal_id] = lenders
+        if len(self._lists) > self.capacity:
+            self._lists.popitem(last=False)
 
 
 def services(request: Request) -> Services:

@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select
 from standardwebhooks.webhooks import Webhook
 from temporalio.api.enums.v1 import EventType
 
+from dealflow.api.deps import DealLenders
 from dealflow.api.routes.webhooks import MAX_WEBHOOK_BYTES
 from dealflow.models import DealStatus, Stage, Submission
 from dealflow.storage import db
@@ -625,3 +626,11 @@ async def test_an_applied_event_whose_mark_was_lost_is_delivered_after_the_deal_
     unseen = decided(desk.deal_id, sub.application_ref, seq=2)
     headers = signed(secret(dev_stack, ACME), unseen)
     assert_problem(await post(dev_stack, ACME, unseen, headers), 422, "has ended")
+
+
+def test_the_memo_of_deal_lenders_keeps_the_newest_within_its_bound() -> None:
+    memo = DealLenders(2)
+    memo.put("d1", (ACME,))
+    memo.put("d2", (BETA,))
+    memo.put("d3", (ACME, BETA))
+    assert (memo.get("d1"), memo.get("d2"), memo.get("d3")) == (None, (BETA,), (ACME, BETA))

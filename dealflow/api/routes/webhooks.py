@@ -122,14 +122,18 @@ async def _not_this_deals_lender(svc: Services, lender_id: str, deal_id: str) ->
     not on the deal's routing list was never sent its application. The read
     model knows the list from the deal's first projection on; where it does
     not (a row an older worker wrote, or none yet), the deal decides itself."""
+    lenders = svc.deal_lenders.get(deal_id)
+    if lenders is None:
+        try:
+            row = await asyncio.to_thread(db.get_deal, svc.engine, deal_id)
+        except SQLAlchemyError:
+            return None  # the read model is unreachable: the deal itself ignores such events
+        if row is None or not row.lender_id_list:
+            return None
+        lenders = tuple(row.lender_id_list)
+        svc.deal_lenders.put(deal_id, lenders)
     try:
-        row = await asyncio.to_thread(db.get_deal, svc.engine, deal_id)
-    except SQLAlchemyError:
-        return None  # the read model is unreachable: the deal itself ignores such events
-    if row is None or not row.lender_id_list:
-        return None
-    try:
-        rules.check_event_lender(lender_id, deal_id, row.lender_id_list)
+        rules.check_event_lender(lender_id, deal_id, lenders)
     except rules.RuleError as e:
         return e.message
     return None
