@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from dealflow.config import DEV_JWT_SECRET
 from dealflow.models import Role
+from dealflow.samples import example_deal
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack
 from tests.support.desk import browser, csrf_token, form_token
 
@@ -125,7 +127,12 @@ async def test_my_work_lists_the_roles_pending_actions_and_the_deals_table_its_n
     stack: ApiStack,
 ) -> None:
     desk = HttpDesk(stack)
-    deal_id = await desk.start()
+    # A name of its own: the suite's other deals are all Wang Fang's, and a
+    # search for that name fills more than the first page.
+    customer = example_deal().customer.model_dump(mode="json")
+    surname = f"Wang{uuid.uuid4().hex[:8]}"
+    customer["applicant"]["full_name"] = f"{surname} Fang"
+    deal_id = await desk.start(customer=customer)
     await desk.wait_until(lambda status: status["stage"] == "CONTRACT", "the deal started")
     sales = browser(stack)
     await sign_in(sales, "li.sales", "sales")
@@ -140,7 +147,7 @@ async def test_my_work_lists_the_roles_pending_actions_and_the_deals_table_its_n
     await sign_in(credit, "wang.credit", "credit")
     assert deal_id not in (await credit.get("/desk/")).text
 
-    named = await sales.get("/desk/deals", params={"q": "wang"})
+    named = await sales.get("/desk/deals", params={"q": surname.lower()})
     assert deal_id in named.text and "Customer" in named.text
     auditor = browser(stack)
     await sign_in(auditor, "audit.01", "auditor")
