@@ -98,6 +98,22 @@ SCENARIOS = [
             }
         },
     ),
+    Scenario(
+        "approved for less than requested: a counter-offer the customer accepts",
+        script={
+            "lenders": {
+                "acme-auto-finance": [{"decision": "approved", "approved_amount": "100000.00"}]
+            }
+        },
+    ),
+    Scenario(
+        "first disbursement fails, requested again",
+        script={
+            "disbursements": [
+                {"result": "failed", "reason": "receiving bank rejected the transfer"}
+            ]
+        },
+    ),
     Scenario("cancelled after the down payment", cancel_at=Stage.INVOICING, expect=Stage.CANCELLED),
     Scenario(
         "declined by every lender",

@@ -279,10 +279,10 @@ async def test_deals_run_to_their_end_over_real_processes(e2e: E2E, client: Clie
         drive(robot, client, cli_deal, deal, lambda s: s.stage.terminal, within=120),
     )
     check_exit(demo, "python -m dealflow.demo", e2e)
-    assert "6 of 6 deals finished" in demo.stdout, demo.stdout
+    assert "8 of 8 deals finished" in demo.stdout, demo.stdout
     outcomes = demo_outcomes(demo.stdout)
     assert Counter(outcomes.values()) == {
-        "COMPLETED": 4,
+        "COMPLETED": 6,
         "CANCELLED": 1,
         "DECLINED": 1,
         "INSURANCE": 1,
