@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -31,7 +30,7 @@ from dealflow.models import (
     Role,
     Stage,
 )
-from dealflow.samples import example_action, example_deal, sample_documents
+from dealflow.samples import dealer_today, example_action, example_deal, sample_documents
 from dealflow.storage.documents import DocumentStore
 from dealflow.uploads import store_and_record
 
@@ -71,7 +70,7 @@ class Driver:
         self.queries = 0
         self.updates = 0
         self.latencies: list[float] = []  # seconds per staff Update (uploads included)
-        self.today = datetime.now(UTC).date()
+        self.today = dealer_today()
         self.deal: DealInput = example_deal()
         self._http: httpx.AsyncClient | None = None
 

@@ -38,7 +38,13 @@ from dealflow import client as deals
 from dealflow import rules
 from dealflow.config import LenderConfig
 from dealflow.models import Action, Actor, DealInput, DealPolicy, DealStatus, Role, Stage
-from dealflow.samples import example_action, example_deal, sample_documents, stipulation_document
+from dealflow.samples import (
+    dealer_today,
+    example_action,
+    example_deal,
+    sample_documents,
+    stipulation_document,
+)
 from dealflow.storage.documents import DocumentStore, DocumentStoreError, DocumentStoreUnavailable
 from dealflow.uploads import upload_document
 
@@ -274,7 +280,7 @@ class Robot:
 
     async def act(self, run: DealRun, st: DealStatus, action: str, **changes: Any) -> DealStatus:
         act = Action(action)
-        payload = {**example_action(action, datetime.now(UTC).date()), **changes}
+        payload = {**example_action(action, dealer_today()), **changes}
         a, inp = deals.parse_action(action, payload, self.actor(act))
         update_id = deals.decision_update_id("chaos", st, action)
         self.in_flight += 1
@@ -341,7 +347,7 @@ class Robot:
         ]
         if not missing:
             return None
-        docs = sample_documents(run.deal_id, run.deal, datetime.now(UTC).date())
+        docs = sample_documents(run.deal_id, run.deal, dealer_today())
         docs += [stipulation_document(run.deal_id, code) for (_, _, code) in missing if code]
         doc = next(
             (

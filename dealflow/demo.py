@@ -30,7 +30,13 @@ from dealflow import client as deals
 from dealflow import rules
 from dealflow.config import Settings, get_settings, load_lenders
 from dealflow.models import Action, Actor, DealInput, DealPolicy, DealStatus, Stage
-from dealflow.samples import example_action, example_deal, sample_documents, stipulation_document
+from dealflow.samples import (
+    dealer_today,
+    example_action,
+    example_deal,
+    sample_documents,
+    stipulation_document,
+)
 from dealflow.storage.documents import DocumentStore, store_from_settings
 from dealflow.uploads import upload_document
 
@@ -179,7 +185,7 @@ class Robot:
 
     async def act(self, deal_id: str, st: DealStatus, action: str, **changes: Any) -> None:
         act = Action(action)
-        payload = {**example_action(action, datetime.now(UTC).date()), **changes}
+        payload = {**example_action(action, dealer_today()), **changes}
         a, inp = deals.parse_action(action, payload, actor_for(act))
         try:
             await retrying(
@@ -201,7 +207,7 @@ class Robot:
             for c in st.checklist
             if not c.satisfied
         }
-        docs = sample_documents(deal_id, deal, datetime.now(UTC).date())
+        docs = sample_documents(deal_id, deal, dealer_today())
         docs += [stipulation_document(deal_id, code) for (_, _, code) in missing if code]
         for doc in docs:
             key = (doc["kind"].value, doc["party"].value, doc.get("stipulation_code"))

@@ -7,18 +7,24 @@ upload path sniffs, hashes and stores them exactly as it does a scan.
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from dealflow.models import DealInput, DocumentKind, Party
-from dealflow.rules import statement_window
+from dealflow.models import DealInput, DealPolicy, DocumentKind, Party
+from dealflow.rules import dealer_date, statement_window
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def example_deal() -> DealInput:
     return DealInput.model_validate_json((EXAMPLES / "deal.json").read_text(encoding="utf-8"))
+
+
+def dealer_today(policy: DealPolicy | None = None) -> date:
+    """Today at the dealer (the policy's time zone): the date the deal's own
+    rules read, so sample documents and dates agree with them at any hour."""
+    return dealer_date(policy or DealPolicy(), datetime.now(UTC))
 
 
 def example_action(action: str, today: date | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.config import Settings
 from dealflow.models import Role
-from dealflow.samples import sample_documents
+from dealflow.samples import dealer_today, sample_documents
 from dealflow.storage.documents import LocalDirectoryStore, S3Store, make_s3_client, sign_local_url
 from tests.support.api_stack import (
     S3_CREDS,
@@ -251,7 +251,7 @@ def _doc(kind: str, party: str = "applicant", **fields: str) -> dict[str, str]:
     return {"kind": kind, "party": party, **fields}
 
 
-TODAY = date.today()
+TODAY = dealer_today()
 START = (TODAY.replace(day=1) - timedelta(days=200)).isoformat()
 SPOUSE_ID = "110105199007050021"
 APPLICANT_ID = "110105198803120014"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from temporalio.testing import WorkflowEnvironment
 from dealflow.config import DEV_JWT_SECRET
 from dealflow.desk.labels import STAGE_NAMES
 from dealflow.models import Role, Stage
-from dealflow.samples import example_action, example_deal, sample_documents
+from dealflow.samples import dealer_today, example_action, example_deal, sample_documents
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack, multipart_fields, policy_file
 from tests.support.browser import NARROW, WIDE, headless_chrome, screenshot
 from tests.support.desk_clerk import Desk, in_browser
@@ -74,7 +74,7 @@ async def stack(
 
 def action(name: str, **changes: Any) -> dict[str, Any]:
     """What a clerk types into `name`'s form: the example paperwork."""
-    return {**example_action(name, date.today()), **changes}
+    return {**example_action(name, dealer_today()), **changes}
 
 
 def shoot(desk: Desk, name: str, start_at: str | None = None) -> None:
@@ -127,7 +127,7 @@ def contract_and_documents(desk: Desk, deal_id: str, folder: Path) -> None:
     desk.act("sign-sales-contract", action("sign-sales-contract"))
     assert desk.text(STAGE) == STAGE_NAMES[Stage.DOCUMENTS]
     missing = desk.driver.find_elements(By.CSS_SELECTOR, "[data-testid^=checklist-] li.missing")
-    documents = sample_documents(deal_id, example_deal(), date.today())
+    documents = sample_documents(deal_id, example_deal(), dealer_today())
     assert len(missing) == len(documents) == 8, "seven of the applicant's, the spouse's ID"
     for document in documents:
         file = folder / str(document["file_name"])

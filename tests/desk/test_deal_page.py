@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from datetime import date
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.config import DEV_JWT_SECRET
 from dealflow.models import Actor, DealInput, DealPolicy, Role
-from dealflow.samples import example_deal, sample_documents
+from dealflow.samples import dealer_today, example_deal, sample_documents
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack, multipart_fields
 from tests.support.desk import browser, sign_in
 from tests.support.servers import serve_async
@@ -216,7 +215,7 @@ async def test_a_post_without_the_csrf_token_is_refused(stack: ApiStack) -> None
         data={"csrf": "forged", **CONTRACT_FORM},
     )
     assert refused.status_code == 403 and "Nothing was changed" in refused.text
-    doc = sample_documents(desk.deal_id, desk.deal, date.today())[0]
+    doc = sample_documents(desk.deal_id, desk.deal, dealer_today())[0]
     upload = await sales.post(
         f"/desk/deals/{desk.deal_id}/documents",
         data=multipart_fields(doc),
@@ -240,7 +239,7 @@ async def test_sales_uploads_through_the_desk_form_and_downloads_it(stack: ApiSt
         "the item's link fills it"
     )
     assert '<script src="/desk/static/desk.js"' in page
-    doc = sample_documents(desk.deal_id, desk.deal, date.today())[0]
+    doc = sample_documents(desk.deal_id, desk.deal, dealer_today())[0]
     response = await sales.post(
         f"/desk/deals/{desk.deal_id}/documents",
         data={"csrf": csrf, **multipart_fields(doc)},

@@ -29,7 +29,7 @@ from dealflow.api.deps import Services
 from dealflow.api.security import mint_token
 from dealflow.config import LenderConfig, Settings, load_lenders
 from dealflow.models import DealPolicy, Role
-from dealflow.samples import example_action, example_deal, sample_documents
+from dealflow.samples import dealer_today, example_action, example_deal, sample_documents
 from dealflow.storage import db
 from dealflow.storage.documents import DocumentStore, LocalDirectoryStore
 from sim.lender.app import create_app as create_sim
@@ -198,7 +198,7 @@ def deal_body(**changes: Any) -> dict[str, Any]:
 
 
 def action_body(action: str, today: date | None = None, **changes: Any) -> dict[str, Any]:
-    return {**example_action(action, today or date.today()), **changes}
+    return {**example_action(action, today or dealer_today()), **changes}
 
 
 def multipart_fields(doc: dict[str, Any]) -> dict[str, str]:
@@ -220,7 +220,7 @@ class HttpDesk:
         self.stack = stack
         self.deal_id = ""
         self.deal = example_deal()
-        self.today = date.today()
+        self.today = dealer_today()
 
     def as_(self, role: Role | str) -> httpx.AsyncClient:
         return self.stack.http(role)

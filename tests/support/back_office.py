@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -67,7 +67,7 @@ class Desk:
         self.started: list[str] = []
         self.deal: DealInput = example_deal()
         self.policy = DealPolicy()
-        self.today = datetime.now(UTC).date()
+        self.today = rules.dealer_date(self.policy, datetime.now(UTC))
 
     @property
     def handle(self) -> WorkflowHandle[Any, Any]:
@@ -86,7 +86,8 @@ class Desk:
         self.deal_id = deals.new_deal_id()
         # The time-skipping clock runs ahead of the wall clock across tests:
         # documents and policy dates follow the deal's own clock.
-        self.today = (await self.env.get_current_time()).date()
+        # The dealer's date (the policy's time zone), as the deal's rules read it.
+        self.today = rules.dealer_date(self.policy, await self.env.get_current_time())
         if script is not None:
             await self.script(script)
         inp = deals.start_input(
@@ -413,10 +414,6 @@ async def result_skipping_time(env: WorkflowEnvironment, handle: Any) -> Any:
             if "No completion event found" not in str(e):
                 raise
     return await handle.result()
-
-
-def today() -> date:
-    return datetime.now(UTC).date()
 
 
 @contextlib.asynccontextmanager
