@@ -89,14 +89,9 @@ async def conditional(d: Desk) -> None:
     await d.do("cancel", reason="customer withdrew")
 
 
-async def counter_offer_accepted(d: Desk) -> None:
-    await d.start(
-        script={
-            "lenders": {
-                "acme-auto-finance": [{"decision": "counter_offer", "approved_amount": "95000.00"}]
-            }
-        }
-    )
+async def _offer_accepted_then_cancelled(d: Desk, down_payment: str, reason: str) -> None:
+    """Submit, accept the counter-offer the lender answers with, take the down
+    payment it leaves, then cancel."""
     await d.through_documents()
     await d.do("submit-application")
     st = await d.wait_until(lambda s: any(p.action == "accept-counter-offer" for p in s.pending))
@@ -107,8 +102,21 @@ async def counter_offer_accepted(d: Desk) -> None:
         application_ref=sub.application_ref,
         decision_seq=sub.current.decision_seq,
     )
-    await d.do("confirm-down-payment", amount="55000.00")
-    await d.do("cancel", reason="customer found a cheaper car")
+    await d.do("confirm-down-payment", amount=down_payment)
+    await d.do("cancel", reason=reason)
+
+
+async def counter_offer_accepted(d: Desk) -> None:
+    await d.start(
+        script={
+            "lenders": {
+                "acme-auto-finance": [{"decision": "counter_offer", "approved_amount": "95000.00"}]
+            }
+        }
+    )
+    await _offer_accepted_then_cancelled(
+        d, down_payment="55000.00", reason="customer found a cheaper car"
+    )
 
 
 async def declined_counter_offer_cancelled(d: Desk) -> None:
@@ -126,18 +134,9 @@ async def declined_counter_offer_cancelled(d: Desk) -> None:
             }
         }
     )
-    await d.through_documents()
-    await d.do("submit-application")
-    st = await d.wait_until(lambda s: any(p.action == "accept-counter-offer" for p in s.pending))
-    sub = st.submissions[-1]
-    assert sub.current is not None
-    await d.do(
-        "accept-counter-offer",
-        application_ref=sub.application_ref,
-        decision_seq=sub.current.decision_seq,
+    await _offer_accepted_then_cancelled(
+        d, down_payment="55000.00", reason="customer changed their mind"
     )
-    await d.do("confirm-down-payment", amount="55000.00")
-    await d.do("cancel", reason="customer changed their mind")
 
 
 async def partial_approval_accepted(d: Desk) -> None:
@@ -150,18 +149,9 @@ async def partial_approval_accepted(d: Desk) -> None:
             }
         }
     )
-    await d.through_documents()
-    await d.do("submit-application")
-    st = await d.wait_until(lambda s: any(p.action == "accept-counter-offer" for p in s.pending))
-    sub = st.submissions[-1]
-    assert sub.current is not None
-    await d.do(
-        "accept-counter-offer",
-        application_ref=sub.application_ref,
-        decision_seq=sub.current.decision_seq,
+    await _offer_accepted_then_cancelled(
+        d, down_payment="50000.00", reason="customer changed their mind"
     )
-    await d.do("confirm-down-payment", amount="50000.00")
-    await d.do("cancel", reason="customer changed their mind")
 
 
 async def withdrawal_refused(d: Desk) -> None:

@@ -1073,16 +1073,7 @@ async def test_bank_statements_are_judged_when_the_application_is_submitted(
         f"(missing {month_end.isoformat()}..{month_end.isoformat()})",
     )
     desk.today = month_end + timedelta(days=2)
-    await desk.upload(
-        {
-            "kind": DocumentKind.BANK_STATEMENT,
-            "party": Party.APPLICANT,
-            "file_name": "statement-last-month.pdf",
-            "data": b"%PDF-1.4 last month " + desk.deal_id.encode(),
-            "period_start": month_end.replace(day=1),
-            "period_end": month_end,
-        }
-    )
+    await _upload_statement(desk, "last-month", month_end)
     await desk.do("submit-application")
     await desk.wait_stage(Stage.DOWN_PAYMENT)
 
@@ -1101,18 +1092,23 @@ async def test_dates_are_the_dealers_so_a_statement_ending_today_in_beijing_is_t
     beijing_today = (at_0400_beijing + timedelta(hours=8)).date()
     assert beijing_today == at_0400_beijing.date() + timedelta(days=1)
     await desk.do("sign-sales-contract")
+    await _upload_statement(desk, "this-month", beijing_today)
+    st = await desk.status()
+    assert [d.period_end for d in st.documents] == [beijing_today]
+
+
+async def _upload_statement(desk: Desk, name: str, period_end: date) -> None:
+    """A bank statement from the first of `period_end`'s month to that day."""
     await desk.upload(
         {
             "kind": DocumentKind.BANK_STATEMENT,
             "party": Party.APPLICANT,
-            "file_name": "statement-this-month.pdf",
-            "data": b"%PDF-1.4 this month " + desk.deal_id.encode(),
-            "period_start": beijing_today.replace(day=1),
-            "period_end": beijing_today,
+            "file_name": f"statement-{name}.pdf",
+            "data": f"%PDF-1.4 {name} {desk.deal_id}".encode(),
+            "period_start": period_end.replace(day=1),
+            "period_end": period_end,
         }
     )
-    st = await desk.status()
-    assert [d.period_end for d in st.documents] == [beijing_today]
 
 
 def _last_day(d: date) -> date:
