@@ -30,7 +30,13 @@ from dealflow.models import (
     Role,
     Stage,
 )
-from dealflow.samples import dealer_today, example_action, example_deal, sample_documents
+from dealflow.samples import (
+    dealer_today,
+    example_action,
+    example_deal,
+    loan_terms_confirmation,
+    sample_documents,
+)
 from dealflow.storage.documents import DocumentStore
 from dealflow.uploads import store_and_record
 
@@ -196,6 +202,7 @@ class Driver:
             cover_amount=str(self.deal.vehicle.price),
         )
         await self.act(deal_id, "record-repayment-account")
+        await self.act(deal_id, "confirm-loan-terms", **loan_terms_confirmation(st))
         await self.act(deal_id, "sign-loan-contract")
         await self.wait(deal_id, lambda s: s.stage is not Stage.DISBURSEMENT, "disbursement")
         for action in AFTER_FUNDING:

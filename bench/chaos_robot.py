@@ -42,6 +42,7 @@ from dealflow.samples import (
     dealer_today,
     example_action,
     example_deal,
+    loan_terms_confirmation,
     sample_documents,
     stipulation_document,
 )
@@ -318,6 +319,8 @@ class Robot:
                 )
             case "confirm-down-payment":
                 return await self.act(run, st, p.action, amount=str(st.money.down_payment))
+            case "confirm-loan-terms":
+                return await self.act(run, st, p.action, **loan_terms_confirmation(st))
             case "record-insurance":
                 return await self.act(
                     run,

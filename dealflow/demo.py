@@ -34,6 +34,7 @@ from dealflow.samples import (
     dealer_today,
     example_action,
     example_deal,
+    loan_terms_confirmation,
     sample_documents,
     stipulation_document,
 )
@@ -263,6 +264,8 @@ class Robot:
                     )
                 case "confirm-down-payment":
                     await self.act(deal_id, st, p.action, amount=str(st.money.down_payment))
+                case "confirm-loan-terms":
+                    await self.act(deal_id, st, p.action, **loan_terms_confirmation(st))
                 case "record-insurance":
                     await self.act(
                         deal_id,

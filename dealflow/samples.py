@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from dealflow.models import DealInput, DealPolicy, DocumentKind, Party
+from dealflow.models import DealInput, DealPolicy, DealStatus, DocumentKind, Party
 from dealflow.rules import dealer_date, statement_window
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -36,6 +36,21 @@ def example_action(action: str, today: date | None = None) -> dict[str, Any]:
         payload["starts_on"] = today.isoformat()
         payload["ends_on"] = (today + timedelta(days=364)).isoformat()
     return payload
+
+
+def loan_terms_confirmation(status: DealStatus) -> dict[str, Any]:
+    """The confirm-loan-terms payload for the terms a deal shows: what the
+    customer is read out and agrees to."""
+    if status.loan is None:
+        raise ValueError(f"deal {status.deal_id} has no approved terms to confirm")
+    terms = status.loan.terms
+    return {
+        "amount": str(terms.amount),
+        "apr": str(terms.apr),
+        "term_months": terms.term_months,
+        "method": terms.method.value,
+        "total_repayable": str(status.loan.total_repayable),
+    }
 
 
 def _pdf(text: str) -> bytes:

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         Compensation,
         CompensationInput,
         ConfirmDownPaymentInput,
+        ConfirmLoanTermsInput,
         DealState,
         DealStatus,
         Decision,
@@ -50,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         DocumentMetadataInput,
         DocumentRecord,
         LenderEventInput,
+        LoanSchedule,
         MoneySummary,
         Notice,
         NotificationInput,
@@ -162,6 +164,11 @@ STIPULATION_ROUNDS = "stipulation-named-again-needs-new-document"
 # (a late "failed" sent another request: a second payout).
 DISBURSEMENT_REQUEST_IDS = "disbursement-request-ids"
 
+# Deals started before the approved terms reached the loan contract: an
+# approval without a rate (or with any rate) was applied, and the contract was
+# signed without the customer confirming the rate and repayment schedule.
+APPROVED_TERMS = "approved-terms-in-loan-contract"
+
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
 
 
@@ -189,6 +196,7 @@ class DealWorkflow:
         self._projection_queued = False
         # Decided once per run: a query may not ask `patched`.
         self._dealer_dates = workflow.patched(DEALER_DATES)
+        self._approved_terms = workflow.patched(APPROVED_TERMS)
         if inp.state is None:
             # Recorded here, not in run(): an update that arrives with the start
             # runs its handler before run() begins and must find the deal started.
@@ -1028,6 +1036,10 @@ class DealWorkflow:
         requested = self.deal.amount_financed
         cap = rules.max_amount_financed(self.deal, self.policy)
         problem = rules.lender_amount_problem(rec.decision, rec.approved_amount, requested, cap)
+        if problem is None and self._approved_terms:
+            problem = rules.lender_terms_problem(
+                rec.decision, rec.apr, rec.term_months, self.policy
+            )
         if problem is not None:
             rec.applied, rec.note = False, f"refused: {problem}"
             self._notify(
@@ -1314,6 +1326,20 @@ class DealWorkflow:
     def _v_record_repayment_account(self, inp: RecordRepaymentAccountInput) -> None:
         self._validate(Action.RECORD_REPAYMENT_ACCOUNT, inp)
 
+    @workflow.update(name="confirm-loan-terms")
+    def confirm_loan_terms(self, inp: ConfirmLoanTermsInput) -> ActionReceipt:
+        self.state.loan_terms_confirmed = inp
+        self.state.loan_terms_confirmed_at = workflow.now()
+        summary = (
+            f"{fmt_money(inp.amount)} at {inp.apr}% over {inp.term_months} months "
+            f"({inp.method.value}): {fmt_money(inp.total_repayable)} in all"
+        )
+        return self._accept(Action.CONFIRM_LOAN_TERMS, inp, summary)
+
+    @confirm_loan_terms.validator
+    def _v_confirm_loan_terms(self, inp: ConfirmLoanTermsInput) -> None:
+        self._validate(Action.CONFIRM_LOAN_TERMS, inp)
+
     @workflow.update(name="sign-loan-contract")
     def sign_loan_contract(self, inp: SignLoanContractInput) -> ActionReceipt:
         self.state.loan_contract = inp
@@ -1478,6 +1504,7 @@ class DealWorkflow:
                 disbursed=last_disb.amount if last_disb else None,
                 fees=money(fees),
             ),
+            loan=self._loan_schedule(view),
             transitions=self.state.transitions,
             notices=self.state.notices,
             compensations=self.state.compensations,
@@ -1489,6 +1516,17 @@ class DealWorkflow:
             version=self.state.version,
         )
 
+    def _loan_schedule(self, view: rules.DealView) -> LoanSchedule | None:
+        terms = view.approved_terms
+        if terms is None:
+            return None
+        schedule = rules.loan_schedule(terms)
+        confirmed = self.state.loan_terms_confirmed
+        if confirmed is not None:
+            schedule.confirmed_at = self.state.loan_terms_confirmed_at
+            schedule.confirmed_by = f"{confirmed.actor.staff_id}/{confirmed.actor.role.value}"
+        return schedule
+
     # ------------------------------------------------------------------ helpers
 
     def _view(self) -> rules.DealView:
@@ -1499,6 +1537,7 @@ class DealWorkflow:
             state=self.state,
             now=workflow.now(),
             dealer_dates=self._dealer_dates,
+            terms_confirmation=self._approved_terms,
         )
 
     def _current_submission(self) -> Submission | None:

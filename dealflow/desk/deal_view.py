@@ -26,6 +26,8 @@ from dealflow.models import (
     DealInput,
     DealStatus,
     DocumentRecord,
+    Instalment,
+    LoanSchedule,
     MoneySummary,
     Party,
     PendingAction,
@@ -103,7 +105,9 @@ class MoneyView:
     # Amount financed ÷ vehicle price, in percent (rules.loan_to_value).
     loan_to_value: Decimal | None
     terms: Terms | None
-    schedule: list[rules.Instalment]
+    schedule: list[Instalment]
+    # The approved terms' schedule with its totals and the customer's confirmation.
+    loan: LoanSchedule | None = None
 
     @property
     def schedule_rows(self) -> list[tuple[int, str, str, str, str]]:
@@ -140,15 +144,8 @@ def money_view(status: DealStatus) -> MoneyView:
             decision.apr,
             decision.term_months,
         )
-    schedule: list[rules.Instalment] = []
-    if (
-        terms is not None
-        and terms.apr is not None
-        and terms.term_months
-        and summary.amount_financed > 0
-    ):
-        schedule = rules.repayment_schedule(summary.amount_financed, terms.apr, terms.term_months)
-    return MoneyView(summary, ratio, terms, schedule)
+    schedule = status.loan.instalments if status.loan is not None else []
+    return MoneyView(summary, ratio, terms, schedule, status.loan)
 
 
 # --------------------------------------------------------------------------- customer

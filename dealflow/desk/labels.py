@@ -1,5 +1,6 @@
 """What the desk calls the codes the engine speaks: stages, roles, notice
-kinds, document kinds, parties, products, lender decisions and staff actions.
+kinds, document kinds, parties, products, repayment methods, lender decisions
+and staff actions.
 The codes stay in URLs, forms and the API; people read these names, translated
 through the catalogue like every other desk string."""
 
@@ -9,7 +10,16 @@ from enum import Enum
 
 from dealflow import i18n
 from dealflow.i18n import N_
-from dealflow.models import Action, Decision, DocumentKind, Party, Product, Role, Stage
+from dealflow.models import (
+    Action,
+    Decision,
+    DocumentKind,
+    Party,
+    Product,
+    RepaymentMethod,
+    Role,
+    Stage,
+)
 
 STAGE_NAMES: dict[str, str] = {
     Stage.CONTRACT: N_("Sales contract"),
@@ -68,6 +78,11 @@ PRODUCT_NAMES: dict[str, str] = {
     Product.USED_CAR: N_("Used car"),
 }
 
+REPAYMENT_METHOD_NAMES: dict[str, str] = {
+    RepaymentMethod.EQUAL_INSTALMENTS: N_("Equal instalments"),
+    RepaymentMethod.EQUAL_PRINCIPAL: N_("Equal principal"),
+}
+
 DECISION_NAMES: dict[str, str] = {
     Decision.APPROVED: N_("Approved"),
     Decision.CONDITIONAL: N_("Conditional"),
@@ -85,6 +100,7 @@ ACTION_NAMES: dict[str, str] = {
     Action.RECORD_INVOICE: N_("Record the invoice"),
     Action.RECORD_INSURANCE: N_("Record the insurance policy"),
     Action.RECORD_REPAYMENT_ACCOUNT: N_("Record the repayment account"),
+    Action.CONFIRM_LOAN_TERMS: N_("Confirm the loan terms with the customer"),
     Action.SIGN_LOAN_CONTRACT: N_("Sign the loan contract"),
     Action.RECORD_CERTIFICATE: N_("Record the vehicle certificate"),
     Action.RECORD_PURCHASE_TAX: N_("Record the purchase tax"),
@@ -107,6 +123,7 @@ _GROUPS = (
     DOCUMENT_NAMES,
     PARTY_NAMES,
     PRODUCT_NAMES,
+    REPAYMENT_METHOD_NAMES,
     DECISION_NAMES,
     ACTION_NAMES,
 )

@@ -6,6 +6,7 @@
 * `actions`: the staff actions and the payload of each.
 * `lender_events`: the lender webhooks as signalled to a deal.
 * `state`: the workflow's state (stage, records, submissions) and its input.
+* `loan`: the approved loan's terms and repayment schedule.
 * `status`: the deal's status as staff see it.
 * `responses`: what DealFlow answers callers (receipts, results, API summaries).
 * `activities`: the inputs and results of the deal's activities.
@@ -27,6 +28,7 @@ from dealflow.models.actions import (
     ActionInput,
     CancelInput,
     ConfirmDownPaymentInput,
+    ConfirmLoanTermsInput,
     DeclineCounterOfferInput,
     DeliverInput,
     EvidenceInput,
@@ -93,6 +95,7 @@ from dealflow.models.deal import (
     Party,
     Person,
     Product,
+    RepaymentMethod,
     Role,
     Vehicle,
 )
@@ -106,6 +109,7 @@ from dealflow.models.lender_events import (
     Reason,
     Stipulation,
 )
+from dealflow.models.loan import Instalment, LoanSchedule, LoanTerms
 from dealflow.models.responses import (
     ActionReceipt,
     ActionResult,
@@ -159,6 +163,7 @@ __all__ = [
     "Compensation",
     "CompensationInput",
     "ConfirmDownPaymentInput",
+    "ConfirmLoanTermsInput",
     "Customer",
     "DealClosed",
     "DealCreated",
@@ -183,11 +188,14 @@ __all__ = [
     "DocumentUploaded",
     "EvidenceInput",
     "FeeItem",
+    "Instalment",
     "LenderDecisionFact",
     "LenderDocument",
     "LenderEventInput",
     "LenderEventType",
     "LenderRef",
+    "LoanSchedule",
+    "LoanTerms",
     "Money",
     "MoneySummary",
     "NonNegMoney",
@@ -200,6 +208,7 @@ __all__ = [
     "Product",
     "ProjectionInput",
     "Reason",
+    "RepaymentMethod",
     "RecordCertificateInput",
     "RecordDocumentInput",
     "RecordFollowUpInput",

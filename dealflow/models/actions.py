@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import Field
 
 from dealflow.models.base import IdNumber, NonNegMoney, PosMoney, Ref, Strict, Text
-from dealflow.models.deal import Actor, DocumentKind, Party
+from dealflow.models.deal import Actor, DocumentKind, Party, RepaymentMethod
 
 
 class Action(StrEnum):
@@ -24,6 +25,7 @@ class Action(StrEnum):
     RECORD_INVOICE = "record-invoice"
     RECORD_INSURANCE = "record-insurance"
     RECORD_REPAYMENT_ACCOUNT = "record-repayment-account"
+    CONFIRM_LOAN_TERMS = "confirm-loan-terms"
     SIGN_LOAN_CONTRACT = "sign-loan-contract"
     RECORD_CERTIFICATE = "record-certificate"
     RECORD_PURCHASE_TAX = "record-purchase-tax"
@@ -128,9 +130,29 @@ class RecordRepaymentAccountInput(ActionInput):
     account_no: Annotated[str, Field(pattern=r"^[0-9]{12,19}$")]
 
 
+# An annual rate in percent (6.5 % is 6.50), as lenders quote it.
+AprPercent = Annotated[Decimal, Field(ge=0, le=100, max_digits=7, decimal_places=4)]
+LoanTermMonths = Annotated[int, Field(ge=1, le=120)]
+
+
+class ConfirmLoanTermsInput(ActionInput):
+    """The customer confirms the rate and repayment before the loan contract is
+    printed: the terms as approved, and what they repay in all."""
+
+    amount: PosMoney
+    apr: AprPercent
+    term_months: LoanTermMonths
+    method: RepaymentMethod
+    total_repayable: PosMoney
+
+
 class SignLoanContractInput(ActionInput):
     contract_no: Ref
     copies_signed: int
+    # The terms printed on the contract; when given, they must be the approved ones.
+    amount: PosMoney | None = None
+    apr: AprPercent | None = None
+    term_months: LoanTermMonths | None = None
 
 
 class EvidenceInput(ActionInput):
@@ -217,6 +239,7 @@ ACTION_INPUTS: dict[Action, type[ActionInput]] = {
     Action.RECORD_INVOICE: RecordInvoiceInput,
     Action.RECORD_INSURANCE: RecordInsuranceInput,
     Action.RECORD_REPAYMENT_ACCOUNT: RecordRepaymentAccountInput,
+    Action.CONFIRM_LOAN_TERMS: ConfirmLoanTermsInput,
     Action.SIGN_LOAN_CONTRACT: SignLoanContractInput,
     Action.RECORD_CERTIFICATE: RecordCertificateInput,
     Action.RECORD_PURCHASE_TAX: RecordPurchaseTaxInput,

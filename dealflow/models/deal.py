@@ -30,6 +30,14 @@ class Product(StrEnum):
     USED_CAR = "used_car"
 
 
+class RepaymentMethod(StrEnum):
+    # 等额本息: the same payment every month, interest on the falling balance.
+    EQUAL_INSTALMENTS = "equal_instalments"
+    # 等额本金: the same principal every month plus interest on the balance,
+    # so payments fall month by month.
+    EQUAL_PRINCIPAL = "equal_principal"
+
+
 class Party(StrEnum):
     APPLICANT = "applicant"
     SPOUSE = "spouse"
@@ -148,6 +156,20 @@ class DealPolicy(Strict):
             Product.NEW_ENERGY_CAR: Decimal("0.85"),
             Product.USED_CAR: Decimal("0.70"),
         }
+    )
+    # How each product's loan is repaid: the loan contract's schedule follows it.
+    repayment_method: dict[Product, RepaymentMethod] = Field(
+        default_factory=lambda: {
+            Product.NEW_CAR: RepaymentMethod.EQUAL_INSTALMENTS,
+            Product.NEW_ENERGY_CAR: RepaymentMethod.EQUAL_INSTALMENTS,
+            Product.USED_CAR: RepaymentMethod.EQUAL_PRINCIPAL,
+        }
+    )
+    # The highest annual rate (percent) a lender's approval may name; above it
+    # the approval is refused. 24 % is the line above which PRC courts do not
+    # protect interest on a private loan.
+    max_apr: Annotated[Decimal, Field(ge=0, le=100, max_digits=6, decimal_places=4)] = Decimal(
+        "24.00"
     )
     bank_statement_months: Annotated[int, Field(ge=1, le=24)] = 6
     # The applicant's age on the day the deal starts, in full years.

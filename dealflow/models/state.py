@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from dealflow.models.actions import (
     ConfirmDownPaymentInput,
+    ConfirmLoanTermsInput,
     DeliverInput,
     RecordCertificateInput,
     RecordFollowUpInput,
@@ -198,6 +199,8 @@ class DealState(BaseModel):
     invoice: RecordInvoiceInput | None = None
     insurance: RecordInsuranceInput | None = None
     repayment_account: RecordRepaymentAccountInput | None = None
+    loan_terms_confirmed: ConfirmLoanTermsInput | None = None
+    loan_terms_confirmed_at: datetime | None = None
     loan_contract: SignLoanContractInput | None = None
     disbursements: list[Disbursement] = Field(default_factory=list)
     certificate: RecordCertificateInput | None = None

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from dealflow.models.deal import DocumentKind, Party, Role
 from dealflow.models.lender_events import Reason
+from dealflow.models.loan import LoanSchedule
 from dealflow.models.state import (
     Compensation,
     Disbursement,
@@ -75,6 +76,8 @@ class DealStatus(BaseModel):
     submissions: list[Submission]
     disbursements: list[Disbursement]
     money: MoneySummary
+    # The approved terms' repayment schedule, once a lender approved with a rate.
+    loan: LoanSchedule | None = None
     transitions: list[Transition]
     notices: list[Notice]
     compensations: list[Compensation]

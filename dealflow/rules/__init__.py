@@ -20,14 +20,12 @@ from dealflow.rules.documents import (
 from dealflow.rules.errors import RuleError, RuleKind, conflict, invalid
 from dealflow.rules.identity import age_on, id_check_character, validate_id_number, validate_vin
 from dealflow.rules.money import (
-    Instalment,
     financing_limit,
     is_partial_approval,
     lender_amount_problem,
     loan_to_value,
     max_amount_financed,
     max_loan_ratio,
-    repayment_schedule,
     required_down_payment,
 )
 from dealflow.rules.new_deal import (
@@ -52,6 +50,7 @@ from dealflow.rules.permissions import (
     check_role,
     check_stage,
 )
+from dealflow.rules.schedule import lender_terms_problem, loan_schedule, repayment_schedule
 from dealflow.rules.uploads import sniff_content_type
 from dealflow.rules.view import DealView, approved_submission
 from dealflow.rules.webhooks import (
@@ -66,6 +65,8 @@ __all__ = [
     "lender_webhook_key",
     "is_partial_approval",
     "lender_amount_problem",
+    "lender_terms_problem",
+    "loan_schedule",
     "age_on",
     "dealer_date",
     "id_check_character",
@@ -77,7 +78,6 @@ __all__ = [
     "START_DEAL_ROLES",
     "DealView",
     "FieldProblem",
-    "Instalment",
     "RuleError",
     "RuleKind",
     "approved_submission",

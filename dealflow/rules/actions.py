@@ -15,6 +15,7 @@ from dealflow.models import (
     Action,
     ActionInput,
     ConfirmDownPaymentInput,
+    ConfirmLoanTermsInput,
     DeclineCounterOfferInput,
     DeliverInput,
     ReconcileDisbursementInput,
@@ -41,6 +42,7 @@ from dealflow.rules.documents import checklist_complete, describe_missing, valid
 from dealflow.rules.errors import conflict, invalid
 from dealflow.rules.money import required_down_payment
 from dealflow.rules.permissions import check_role, check_stage
+from dealflow.rules.schedule import loan_schedule
 from dealflow.rules.view import DealView, stalled_disbursement
 
 
@@ -138,11 +140,54 @@ def _repayment_account_once(inp: RecordRepaymentAccountInput, view: DealView) ->
         raise conflict("the repayment account is already recorded")
 
 
-def _loan_contract_in_three_copies_once(inp: SignLoanContractInput, view: DealView) -> None:
+def _terms_as_approved_once(inp: ConfirmLoanTermsInput, view: DealView) -> None:
+    if view.state.loan_terms_confirmed is not None:
+        raise conflict("the customer has already confirmed the loan terms")
+    terms = view.approved_terms
+    if terms is None:
+        raise conflict("the lender's approval names no rate: there are no terms to confirm")
+    _eq_money("the amount", inp.amount, terms.amount)
+    if inp.apr != terms.apr:
+        raise invalid(f"the APR {inp.apr}% is not the approved {terms.apr}%")
+    if inp.term_months != terms.term_months:
+        raise invalid(
+            f"the term of {inp.term_months} months is not the approved {terms.term_months}"
+        )
+    if inp.method is not terms.method:
+        raise invalid(
+            f"the repayment method {inp.method.value} is not this product's {terms.method.value}"
+        )
+    total = loan_schedule(terms).total_repayable
+    if money(inp.total_repayable) != total:
+        raise invalid(
+            f"the total repayable {fmt_money(inp.total_repayable)} is not the schedule's "
+            f"{fmt_money(total)}"
+        )
+
+
+def _loan_contract_as_confirmed_in_three_copies_once(
+    inp: SignLoanContractInput, view: DealView
+) -> None:
     if inp.copies_signed != 3:
         raise invalid(f"the loan contract is signed in three copies; got {inp.copies_signed}")
     if view.state.loan_contract is not None:
         raise conflict("the loan contract is already signed")
+    terms = view.approved_terms
+    if terms is None:
+        return
+    if inp.amount is not None:
+        _eq_money("the contract's amount", inp.amount, terms.amount)
+    if inp.apr is not None and inp.apr != terms.apr:
+        raise invalid(f"the contract's APR {inp.apr}% is not the approved {terms.apr}%")
+    if inp.term_months is not None and inp.term_months != terms.term_months:
+        raise invalid(
+            f"the contract's term of {inp.term_months} months is not the approved "
+            f"{terms.term_months}"
+        )
+    if view.terms_confirmation and view.state.loan_terms_confirmed is None:
+        raise conflict(
+            "the customer has not confirmed the rate and repayment yet: confirm-loan-terms first"
+        )
 
 
 def _certificate_once(inp: RecordCertificateInput, view: DealView) -> None:
@@ -236,7 +281,8 @@ _CHECKS: dict[type, Callable[[Any, DealView], None]] = {
     RecordInvoiceInput: _invoice_for_the_price,
     RecordInsuranceInput: _policy_protects_the_lender,
     RecordRepaymentAccountInput: _repayment_account_once,
-    SignLoanContractInput: _loan_contract_in_three_copies_once,
+    ConfirmLoanTermsInput: _terms_as_approved_once,
+    SignLoanContractInput: _loan_contract_as_confirmed_in_three_copies_once,
     RecordCertificateInput: _certificate_once,
     RecordPurchaseTaxInput: _purchase_tax_once,
     RecordPlateInput: _plate_once_after_certificate_and_tax,

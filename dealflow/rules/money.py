@@ -1,10 +1,9 @@
-"""The amounts a deal's policy allows and the contract requires; the loan's
-ratio to the price and its repayment schedule."""
+"""The amounts a deal's policy allows and the contract requires, and the
+loan's ratio to the price."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, localcontext
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
 from dealflow.models import (
     CENT,
@@ -82,50 +81,3 @@ def loan_to_value(financed: Decimal, price: Decimal) -> Decimal:
     if price <= 0:
         raise ValueError(f"the vehicle price must be positive, not {price}")
     return (Decimal(100) * financed / price).quantize(PERCENT_PLACES, ROUND_HALF_UP)
-
-
-@dataclass(frozen=True)
-class Instalment:
-    number: int
-    payment: Decimal
-    interest: Decimal
-    principal: Decimal
-    balance: Decimal  # left to repay after this instalment
-
-
-def _fen(value: Decimal) -> Decimal:
-    return value.quantize(CENT, ROUND_HALF_UP)
-
-
-def repayment_schedule(
-    principal: Decimal, apr_percent: Decimal, term_months: int
-) -> list[Instalment]:
-    """Equal monthly instalments (an annuity) repaying `principal` over
-    `term_months` at `apr_percent` a year (monthly rate = APR ÷ 12).
-
-    Every amount is rounded half up to the fen. The instalment is the annuity
-    rounded once; each month's interest is the balance times the monthly rate,
-    rounded; the last instalment repays exactly the balance left, so the
-    principal parts add up to `principal` and rounding never leaves a fen owed.
-    """
-    if principal <= 0:
-        raise ValueError(f"the principal must be positive, not {principal}")
-    if apr_percent < 0:
-        raise ValueError(f"the rate must not be negative, not {apr_percent}")
-    if not 1 <= term_months <= 600:
-        raise ValueError(f"the term must be 1 to 600 months, not {term_months}")
-    with localcontext() as context:
-        context.prec = 34
-        rate = apr_percent / Decimal(1200)
-        if rate == 0:
-            payment = _fen(principal / term_months)
-        else:
-            payment = _fen(principal * rate / (1 - (1 + rate) ** -term_months))
-        schedule = []
-        balance = money(principal)
-        for number in range(1, term_months + 1):
-            interest = _fen(balance * rate)
-            repaid = balance if number == term_months else min(payment - interest, balance)
-            balance -= repaid
-            schedule.append(Instalment(number, repaid + interest, interest, repaid, balance))
-    return schedule

@@ -9,6 +9,7 @@ from dealflow.models import Action, PendingAction, Role, Stage, fmt_money
 from dealflow.rules.documents import describe_missing
 from dealflow.rules.money import required_down_payment
 from dealflow.rules.permissions import ACTION_ROLES
+from dealflow.rules.schedule import loan_schedule
 from dealflow.rules.view import DealView, stalled_disbursement
 
 # Whose desk an action lands on when several roles may take it (docs/architecture.md §1,
@@ -77,7 +78,7 @@ def _insurance(view: DealView, due: datetime | None) -> list[PendingAction]:
 
 def _loan_contract(view: DealView, due: datetime | None) -> list[PendingAction]:
     state = view.state
-    steps = [
+    steps: list[tuple[object | None, Action, str]] = [
         (
             state.repayment_account,
             Action.RECORD_REPAYMENT_ACCOUNT,
@@ -85,6 +86,15 @@ def _loan_contract(view: DealView, due: datetime | None) -> list[PendingAction]:
         ),
         (state.loan_contract, Action.SIGN_LOAN_CONTRACT, "sign the loan contract in three copies"),
     ]
+    terms = view.approved_terms
+    if view.terms_confirmation and terms is not None:
+        schedule = loan_schedule(terms)
+        what = (
+            f"have the customer confirm {terms.apr}% a year over {terms.term_months} months "
+            f"({terms.method.value}): {fmt_money(schedule.first_payment)} first, "
+            f"{fmt_money(schedule.total_repayable)} in all"
+        )
+        steps.insert(1, (state.loan_terms_confirmed, Action.CONFIRM_LOAN_TERMS, what))
     return [_staff(action, what, due) for done, action, what in steps if done is None]
 
 

@@ -15,6 +15,8 @@ from dealflow.models import (
     Decision,
     Disbursement,
     LenderRef,
+    LoanTerms,
+    RepaymentMethod,
     Submission,
     money,
 )
@@ -60,6 +62,10 @@ class DealView:
     # Whether dates are the dealer's (the policy's time zone) or UTC's: deals
     # started before the dealer's date was used keep UTC (patch "dealer-dates").
     dealer_dates: bool = False
+    # Whether the customer confirms the approved terms before the loan
+    # contract is signed: deals started before keep signing without (patch
+    # "approved-terms-in-loan-contract").
+    terms_confirmation: bool = False
 
     @property
     def today(self) -> date:
@@ -87,6 +93,24 @@ class DealView:
     @property
     def financed_amount(self) -> Decimal:
         return money(self.approved_amount or self.deal.amount_financed)
+
+    @property
+    def approved_terms(self) -> LoanTerms | None:
+        """The terms the loan contract must carry: the approved (or accepted)
+        amount, the lender's rate and term (the requested term when it names
+        none), repaid by the product's method. None while no lender approved
+        with a rate."""
+        s = self.approved_submission
+        if s is None or s.current is None or s.current.apr is None:
+            return None
+        return LoanTerms(
+            amount=self.financed_amount,
+            apr=s.current.apr,
+            term_months=s.current.term_months or self.deal.term_months,
+            method=self.policy.repayment_method.get(
+                self.deal.product, RepaymentMethod.EQUAL_INSTALMENTS
+            ),
+        )
 
     @property
     def lender_legal_name(self) -> str | None:

@@ -154,6 +154,20 @@ async def test_a_deal_from_creation_to_completion_over_http(stack: ApiStack) -> 
         "record-repayment-account", Role.CREDIT, 422, "account_no", account_no="12-34"
     )
     await clerk.step("record-repayment-account", Role.CREDIT)
+    await clerk.refused(
+        "sign-loan-contract",
+        Role.CREDIT,
+        409,
+        "the customer has not confirmed the rate and repayment yet",
+    )
+    await clerk.refused(
+        "confirm-loan-terms",
+        Role.CREDIT,
+        422,
+        "the total repayable 115,000.00 is not the schedule's 115,853.20",
+        total_repayable="115000.00",
+    )
+    await clerk.step("confirm-loan-terms", Role.CREDIT)
     st = await clerk.step("sign-loan-contract", Role.CREDIT)
     assert st["stage"] == "DISBURSEMENT"
 

@@ -14,7 +14,16 @@ from markupsafe import escape
 
 from dealflow import i18n, templating
 from dealflow.desk import labels
-from dealflow.models import Action, Decision, DocumentKind, Party, Product, Role, Stage
+from dealflow.models import (
+    Action,
+    Decision,
+    DocumentKind,
+    Party,
+    Product,
+    RepaymentMethod,
+    Role,
+    Stage,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +77,7 @@ def test_every_code_a_page_shows_has_a_name_in_both_languages() -> None:
     different kinds never share a value, so one table names them all."""
     codes = [str(code) for group in labels._GROUPS for code in group]
     assert len(codes) == len(set(codes))
-    for kind in (Stage, Role, DocumentKind, Party, Product, Decision, Action):
+    for kind in (Stage, Role, DocumentKind, Party, Product, RepaymentMethod, Decision, Action):
         for code in kind:
             assert labels.label(code) != code.value, code
     token = i18n.current_language.set("zh")

@@ -39,7 +39,13 @@ from dealflow.models import (
     Stage,
     Submission,
 )
-from dealflow.samples import example_action, example_deal, sample_documents, stipulation_document
+from dealflow.samples import (
+    example_action,
+    example_deal,
+    loan_terms_confirmation,
+    sample_documents,
+    stipulation_document,
+)
 from dealflow.storage import db
 from dealflow.storage.documents import DocumentStore
 from dealflow.uploads import upload_document
@@ -285,6 +291,8 @@ class Desk:
         stipulations: list[dict[str, str]] | None = None,
         reasons: list[dict[str, str]] | None = None,
         webhook_id: str | None = None,
+        apr: str | None = "6.50",
+        term_months: int | None = None,
     ) -> LenderEventInput:
         sub = await self.submitted()
         decision = Decision(decision)
@@ -297,8 +305,8 @@ class Desk:
                 "decision_seq": seq,
                 "decision": decision.value,
                 "approved_amount": str(approved_amount) if approved_amount is not None else None,
-                "apr": "6.50",
-                "term_months": self.deal.term_months,
+                "apr": apr,
+                "term_months": term_months or self.deal.term_months,
                 "stipulations": stipulations or [],
                 "reasons": reasons or [],
             }
@@ -340,6 +348,11 @@ class Desk:
         )
         await self.lender_event(self._event(sub, type="disbursement.failed", failed=data))
 
+    async def confirm_loan_terms(self, **changes: Any) -> ActionResult:
+        """The customer confirms the terms the deal shows (changes: what they misread)."""
+        payload = {**loan_terms_confirmation(await self.status()), **changes}
+        return await self.do("confirm-loan-terms", **payload)
+
     # -- whole stretches of the process
 
     async def through_documents(self) -> None:
@@ -357,6 +370,7 @@ class Desk:
         await self.do("record-invoice")
         await self.do("record-insurance", first_beneficiary=await self.lender_legal_name())
         await self.do("record-repayment-account")
+        await self.confirm_loan_terms()
         await self.do("sign-loan-contract")
 
     async def through_disbursement(self) -> None:

@@ -31,6 +31,7 @@ from dealflow.models import (
     Notice,
     Party,
     Reason,
+    RepaymentMethod,
     Role,
     Stage,
 )
@@ -598,13 +599,10 @@ async def test_counter_offer_accepted_raises_down_payment_to_price_minus_approve
         "down payment 45,000.00 does not match the contract's 60,000.00",
     )
     await desk.do("confirm-down-payment", amount="60000.00")
-    for action in (
-        "record-invoice",
-        "record-insurance",
-        "record-repayment-account",
-        "sign-loan-contract",
-    ):
+    for action in ("record-invoice", "record-insurance", "record-repayment-account"):
         await desk.do(action)
+    await desk.confirm_loan_terms(amount="90000.00")
+    await desk.do("sign-loan-contract")
     st = await desk.wait_stage(Stage.REGISTRATION)
     assert st.money.disbursed == st.money.approved_amount == Decimal("90000.00")
     (request,) = (await desk.ledger())["disbursement_requests"]
@@ -725,6 +723,110 @@ async def test_an_approval_of_less_than_requested_is_a_counter_offer_the_custome
     )
     st = await desk.wait_stage(Stage.DOWN_PAYMENT)
     assert st.money.down_payment == PRICE - Decimal("100000.00")
+
+
+@pytest.mark.parametrize(
+    ("apr", "problem"),
+    [
+        (None, "the approved names no APR, so no loan contract can be drawn up"),
+        ("30.00", "the approved names an APR of 30.00%, outside 0 to the policy's 24.00%"),
+    ],
+)
+async def test_an_approval_without_a_rate_or_above_the_policys_maximum_is_refused(
+    desk: Desk, apr: str | None, problem: str
+) -> None:
+    """No loan contract can be drawn up without a rate, nor at a rate above
+    the policy's maximum: such an approval is recorded as refused and
+    escalated; the lender's corrected decision then applies."""
+    await desk.start(script=script(acme_auto_finance=[SILENT]))
+    await desk.through_documents()
+    await desk.do("submit-application")
+    await desk.decide("approved", seq=1, apr=apr)
+    st = await desk.wait_until(lambda s: len(s.submissions[0].decisions) == 1, "the decision")
+    (refused,) = st.submissions[0].decisions
+    assert (refused.applied, refused.note) == (False, f"refused: {problem}")
+    assert st.stage is Stage.UNDERWRITING and st.loan is None
+    assert [n.message for n in notices(st, "escalation")] == [
+        f"acme-auto-finance decision 1 refused: {problem}"
+    ]
+    await desk.decide("approved", seq=2, apr="7.20")
+    st = await desk.wait_stage(Stage.DOWN_PAYMENT)
+    assert st.loan is not None and st.loan.terms.apr == Decimal("7.20")
+
+
+async def test_the_loan_contract_carries_the_approved_terms_once_the_customer_confirms_them(
+    desk: Desk,
+) -> None:
+    """The lender approves 7.20 % over 24 months (not the 36 asked for): the
+    status shows that schedule; the contract cannot be signed before the
+    customer confirms those terms, nor confirmed or signed on other terms."""
+    await desk.start(
+        script=script(
+            acme_auto_finance=[{"decision": "approved", "apr": "7.20", "term_months": 24}]
+        )
+    )
+    await desk.through_underwriting()
+    await desk.do("confirm-down-payment")
+    await desk.do("record-invoice")
+    await desk.do("record-insurance", first_beneficiary=await desk.lender_legal_name())
+    await desk.do("record-repayment-account")
+    st = await desk.status()
+    assert st.loan is not None
+    assert (st.loan.terms.amount, st.loan.terms.apr, st.loan.terms.term_months) == (
+        FINANCED,
+        Decimal("7.20"),
+        24,
+    )
+    assert st.loan.terms.method is RepaymentMethod.EQUAL_INSTALMENTS
+    assert len(st.loan.instalments) == 24 and st.loan.confirmed_at is None
+    assert st.loan.total_repayable == FINANCED + st.loan.total_interest
+    assert [p.action for p in st.pending] == ["confirm-loan-terms", "sign-loan-contract"]
+    with pytest.raises(RuleError) as refused:
+        await desk.do("sign-loan-contract")
+    assert refused.value.message == (
+        "the customer has not confirmed the rate and repayment yet: confirm-loan-terms first"
+    )
+    with pytest.raises(RuleError) as refused:
+        await desk.confirm_loan_terms(term_months=36)
+    assert refused.value.message == "the term of 36 months is not the approved 24"
+    with pytest.raises(RuleError) as refused:
+        await desk.confirm_loan_terms(total_repayable="105000.00")
+    assert refused.value.message.startswith("the total repayable 105,000.00 is not the schedule's")
+    await desk.confirm_loan_terms()
+    with pytest.raises(RuleError) as refused:
+        await desk.do("sign-loan-contract", apr="6.50")
+    assert refused.value.message == "the contract's APR 6.50% is not the approved 7.20%"
+    await desk.do("sign-loan-contract", amount=str(FINANCED), apr="7.20", term_months=24)
+    st = await desk.wait_stage(Stage.REGISTRATION)
+    assert st.loan is not None and st.loan.confirmed_at is not None
+    assert st.loan.confirmed_by is not None and st.loan.confirmed_by.endswith("/credit")
+
+
+async def test_a_counter_offers_amount_rate_and_term_are_the_loan_contracts_once_accepted(
+    desk: Desk,
+) -> None:
+    """A counter-offer of 90,000.00 at 8.80 % over 24 months: accepting it
+    raises the down payment to the rest of the price, and the schedule the
+    customer confirms is the counter-offer's."""
+    await desk.start(script=script(acme_auto_finance=[SILENT]))
+    await desk.through_documents()
+    await desk.do("submit-application")
+    await desk.decide(
+        "counter_offer", seq=1, approved_amount="90000.00", apr="8.80", term_months=24
+    )
+    st = await desk.wait_until(lambda s: s.submissions[0].current is not None, "the decision")
+    assert st.loan is None, "no schedule before the customer accepts"
+    await desk.do(
+        "accept-counter-offer", application_ref=st.submissions[0].application_ref, decision_seq=1
+    )
+    st = await desk.wait_stage(Stage.DOWN_PAYMENT)
+    assert st.money.down_payment == PRICE - Decimal("90000.00")
+    assert st.loan is not None
+    assert (st.loan.terms.amount, st.loan.terms.apr, st.loan.terms.term_months) == (
+        Decimal("90000.00"),
+        Decimal("8.80"),
+        24,
+    )
 
 
 async def test_an_event_of_a_lender_not_on_the_deal_is_ignored_and_escalated(

@@ -15,7 +15,12 @@ import pytest
 
 from dealflow.models import Action, Actor, DealInput, DocumentKind, Party, Role, Stage
 from dealflow.rules import RuleError, statement_window
-from dealflow.samples import example_action, example_deal, sample_documents
+from dealflow.samples import (
+    example_action,
+    example_deal,
+    loan_terms_confirmation,
+    sample_documents,
+)
 from tests.support.back_office import Desk, desk_on
 from tests.support.stack import Stack
 
@@ -66,6 +71,7 @@ ROLES = [
     ("record-invoice", Role.SALES, "admin, finance"),
     ("record-insurance", Role.FINANCE, "admin, insurance"),
     ("record-repayment-account", Role.FINANCE, "admin, credit"),
+    ("confirm-loan-terms", Role.FINANCE, "admin, credit"),
     ("sign-loan-contract", Role.SALES, "admin, credit"),
     ("record-certificate", Role.SALES, "admin, registration"),
     ("record-purchase-tax", Role.FINANCE, "admin, registration"),
@@ -90,6 +96,7 @@ STAGES = [
     ("record-invoice", "INVOICING"),
     ("record-insurance", "INSURANCE"),
     ("record-repayment-account", "LOAN_CONTRACT"),
+    ("confirm-loan-terms", "LOAN_CONTRACT"),
     ("sign-loan-contract", "LOAN_CONTRACT"),
     ("record-certificate", "REGISTRATION"),
     ("record-purchase-tax", "REGISTRATION"),
@@ -473,6 +480,14 @@ async def test_loan_contract_is_signed_in_three_copies(desk: Desk) -> None:
         "record-repayment-account",
         "conflict",
         "the repayment account is already recorded",
+    )
+    await desk.confirm_loan_terms()
+    await refused(
+        desk,
+        "confirm-loan-terms",
+        "conflict",
+        "the customer has already confirmed the loan terms",
+        **loan_terms_confirmation(await desk.status()),
     )
 
 
