@@ -169,6 +169,10 @@ DISBURSEMENT_REQUEST_IDS = "disbursement-request-ids"
 # signed without the customer confirming the rate and repayment schedule.
 APPROVED_TERMS = "approved-terms-in-loan-contract"
 
+# Deals started before a follow-up call was taken only from its due date: the
+# day-30 call could be logged on day 4 and close the deal.
+FOLLOW_UP_FROM_DUE_DATE = "follow-up-from-due-date"
+
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
 
 
@@ -197,6 +201,7 @@ class DealWorkflow:
         # Decided once per run: a query may not ask `patched`.
         self._dealer_dates = workflow.patched(DEALER_DATES)
         self._approved_terms = workflow.patched(APPROVED_TERMS)
+        self._follow_ups_from_due_date = workflow.patched(FOLLOW_UP_FROM_DUE_DATE)
         if inp.state is None:
             # Recorded here, not in run(): an update that arrives with the start
             # runs its handler before run() begins and must find the deal started.
@@ -1538,6 +1543,7 @@ class DealWorkflow:
             now=workflow.now(),
             dealer_dates=self._dealer_dates,
             terms_confirmation=self._approved_terms,
+            follow_ups_from_due_date=self._follow_ups_from_due_date,
         )
 
     def _current_submission(self) -> Submission | None:

@@ -43,7 +43,7 @@ from dealflow.rules.errors import conflict, invalid
 from dealflow.rules.money import required_down_payment
 from dealflow.rules.permissions import check_role, check_stage
 from dealflow.rules.schedule import loan_schedule
-from dealflow.rules.view import DealView, stalled_disbursement
+from dealflow.rules.view import DealView, follow_up_due, stalled_disbursement
 
 
 def check_action(action: Action, inp: ActionInput, view: DealView) -> None:
@@ -239,11 +239,17 @@ def _delivery_after_stock_out_and_settlement(inp: DeliverInput, view: DealView) 
         raise invalid("delivery needs the customer-service card and the safe-driving briefing")
 
 
-def _follow_up_calls_in_order_once(inp: RecordFollowUpInput, view: DealView) -> None:
+def _follow_up_calls_in_order_once_when_due(inp: RecordFollowUpInput, view: DealView) -> None:
     if inp.call in view.state.follow_ups:
         raise conflict(f"the {inp.call} follow-up call is already recorded")
     if inp.call == "day30" and "day3" not in view.state.follow_ups:
         raise conflict("record the day-3 follow-up call first")
+    due = follow_up_due(view, inp.call)
+    if view.follow_ups_from_due_date and due is not None and view.today < view.date_of(due):
+        raise conflict(
+            f"the {inp.call} follow-up call falls due on {view.date_of(due).isoformat()}; "
+            "it can be recorded from that day on"
+        )
 
 
 def _disbursement_stalled(inp: RetryDisbursementInput | UnwindInput, view: DealView) -> None:
@@ -290,7 +296,7 @@ _CHECKS: dict[type, Callable[[Any, DealView], None]] = {
     RecordStockOutInput: _stock_out_routed_once,
     RecordSettlementInput: _settlement_once,
     DeliverInput: _delivery_after_stock_out_and_settlement,
-    RecordFollowUpInput: _follow_up_calls_in_order_once,
+    RecordFollowUpInput: _follow_up_calls_in_order_once_when_due,
     RetryDisbursementInput: _disbursement_stalled,
     ReconcileDisbursementInput: _reconciled_within_tolerance,
     UnwindInput: _disbursement_stalled,

@@ -10,7 +10,7 @@ from dealflow.rules.documents import describe_missing
 from dealflow.rules.money import required_down_payment
 from dealflow.rules.permissions import ACTION_ROLES
 from dealflow.rules.schedule import loan_schedule
-from dealflow.rules.view import DealView, stalled_disbursement
+from dealflow.rules.view import DealView, follow_up_due, stalled_disbursement
 
 # Whose desk an action lands on when several roles may take it (docs/architecture.md §1,
 # "who acts"): the customer's documents are collected by sales.
@@ -135,10 +135,9 @@ def _follow_up(view: DealView, due: datetime | None) -> list[PendingAction]:
     state = view.state
     if state.delivered_at is None:
         return []
-    calls = (("day3", view.policy.follow_up_first), ("day30", view.policy.follow_up_second))
     return [
-        _staff(Action.RECORD_FOLLOW_UP, f"{call} follow-up call", state.delivered_at + offset)
-        for call, offset in calls
+        _staff(Action.RECORD_FOLLOW_UP, f"{call} follow-up call", follow_up_due(view, call))
+        for call in ("day3", "day30")
         if call not in state.follow_ups
     ]
 

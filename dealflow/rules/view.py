@@ -36,6 +36,15 @@ def stalled_disbursement(state: DealState) -> Disbursement | None:
     return None
 
 
+def follow_up_due(view: DealView, call: str) -> datetime | None:
+    """When a follow-up call falls due: the policy's days after delivery."""
+    delivered = view.state.delivered_at
+    if delivered is None:
+        return None
+    offset = view.policy.follow_up_first if call == "day3" else view.policy.follow_up_second
+    return delivered + offset
+
+
 def approved_submission(submissions: list[Submission]) -> Submission | None:
     """The submission whose terms the deal goes ahead on: the latest approved
     one, or one whose counter-offer was accepted."""
@@ -66,6 +75,9 @@ class DealView:
     # contract is signed: deals started before keep signing without (patch
     # "approved-terms-in-loan-contract").
     terms_confirmation: bool = False
+    # Whether a follow-up call is taken only from its due date: deals started
+    # before took it at any time (patch "follow-up-from-due-date").
+    follow_ups_from_due_date: bool = False
 
     @property
     def today(self) -> date:

@@ -189,8 +189,8 @@ async def continued_as_new(d: Desk) -> None:
     await d.start(policy=DealPolicy(max_history_events=60))
     await d.through_delivery()
     await d.wait_stage(Stage.FOLLOW_UP)
-    await d.do("record-follow-up", call="day3")
-    await d.do("record-follow-up", call="day30")
+    await d.follow_up("day3")
+    await d.follow_up("day30")
 
 
 SCENARIOS: dict[str, Callable[[Desk], Awaitable[None]]] = {

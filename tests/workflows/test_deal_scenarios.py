@@ -9,7 +9,7 @@ database and the simulator's ledger, and the tests look there too.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -346,15 +346,34 @@ async def test_follow_up_calls_due_at_3_and_30_days_and_missed_calls_close_after
     assert not done_compensations(final), "a delivered deal undoes nothing"
 
 
-async def test_follow_up_recorded_before_it_falls_due_is_not_chased(desk: Desk) -> None:
+async def test_a_follow_up_call_is_taken_from_its_due_date_on_in_order_once(desk: Desk) -> None:
+    """The day-3 call cannot be logged on the day of delivery, nor the day-30
+    call on day 3 (it would close the deal): each from its due date on, the
+    day-3 call first, each once."""
     await desk.start()
     await desk.through_delivery()
-    await desk.do("record-follow-up", call="day3")
+    st = await desk.wait_stage(Stage.FOLLOW_UP)
+    delivered = entered(st, Stage.FOLLOW_UP)
+    with pytest.raises(RuleError) as refused:
+        await desk.do("record-follow-up", call="day30")
+    assert refused.value.message == "record the day-3 follow-up call first"
+    for call, days, logged_on in (("day3", 3, "delivery day"), ("day30", 30, "day 3")):
+        due = rules.dealer_date(desk.policy, delivered + timedelta(days=days))
+        with pytest.raises(RuleError) as refused:
+            await desk.do("record-follow-up", call=call)
+        assert (refused.value.kind, refused.value.message) == (
+            "conflict",
+            f"the {call} follow-up call falls due on {due.isoformat()}; "
+            "it can be recorded from that day on",
+        ), logged_on
+        await desk.follow_up(call)
+        if call == "day3":
+            with pytest.raises(RuleError) as refused:
+                await desk.do("record-follow-up", call="day3")
+            assert refused.value.message == "the day3 follow-up call is already recorded"
     final = await desk.result()
-    assert [n.message for n in notices(final, "follow_up_due")] == [
-        "the day30 follow-up call is due"
-    ]
-    assert final.follow_ups_missed == ["day30"]
+    assert final.stage is Stage.COMPLETED and final.follow_ups_missed == []
+    assert entered(final, Stage.COMPLETED) - delivered >= timedelta(days=30)
 
 
 # --------------------------------------------------------------------------- lender decisions
@@ -1220,13 +1239,25 @@ def _last_day(d: date) -> date:
 
 # --------------------------------------------------------------------------- continue-as-new
 
+SECONDS_TO_FOLLOW_UPS = {
+    "follow_up_first": timedelta(seconds=1),
+    "follow_up_second": timedelta(seconds=2),
+}
 
-async def _whole_deal(desk: Desk, policy: DealPolicy | None = None) -> DealStatus:
-    await desk.start(policy=policy)
+
+def _chased(call: str) -> Callable[[DealStatus], bool]:
+    return lambda st: f"the {call} follow-up call is due" in [n.message for n in st.notices]
+
+
+async def _whole_deal(desk: Desk, **policy: Any) -> DealStatus:
+    # The calls fall due 1 and 2 s after delivery (real time on the dev
+    # server); each is recorded once the deal has chased it, so the twins'
+    # notices agree.
+    await desk.start(policy=DealPolicy(**SECONDS_TO_FOLLOW_UPS, **policy))
     await desk.through_delivery()
-    await desk.wait_stage(Stage.FOLLOW_UP)
-    await desk.do("record-follow-up", call="day3")
-    await desk.do("record-follow-up", call="day30")
+    for call in ("day3", "day30"):
+        await desk.wait_until(_chased(call), f"the {call} call chased")
+        await desk.do("record-follow-up", call=call)
     return await desk.result()
 
 
@@ -1240,7 +1271,7 @@ async def test_continue_as_new_mid_deal_keeps_state_intact(dev_desk: Desk) -> No
     twin = Desk(desk.stack, desk.task_queue)
     try:
         normal, continued = await asyncio.gather(
-            _whole_deal(twin), _whole_deal(desk, DealPolicy(max_history_events=60))
+            _whole_deal(twin), _whole_deal(desk, max_history_events=60)
         )
         runs = await desk.runs()
         assert len(runs) > 2, runs

@@ -557,17 +557,6 @@ async def test_delivery_needs_stock_out_and_settlement_first(desk: Desk) -> None
         safety_briefing_given=False,
     )
     await desk.do("deliver")
-    await refused(
-        desk, "record-follow-up", "conflict", "record the day-3 follow-up call first", call="day30"
-    )
-    await desk.do("record-follow-up", call="day3")
-    await refused(
-        desk,
-        "record-follow-up",
-        "conflict",
-        "the day3 follow-up call is already recorded",
-        call="day3",
-    )
 
 
 async def test_cancel_is_refused_once_disbursement_is_requested(desk: Desk) -> None:
