@@ -36,7 +36,12 @@ from dealflow.models import ApplicationPackage, DisbursementRequestInput
 from sim.lender.config import SimConfig
 from sim.lender.delivery import Dispatcher
 from sim.lender.faults import Endpoint, FaultRule, Faults, FaultsBody, hold
-from sim.lender.inbound import WithdrawalBody, idempotency_key, parse_body
+from sim.lender.inbound import (
+    WithdrawalBody,
+    application_fingerprint,
+    idempotency_key,
+    parse_body,
+)
 from sim.lender.ledger import Ledger
 from sim.lender.problems import Problem, problem_response
 from sim.lender.scripts import Script
@@ -146,10 +151,11 @@ def _lender_api(
         sim.lender(lender_id)
         key = idempotency_key(request)
         package, digest = parse_body(ApplicationPackage, await request.body())
+        fingerprint = application_fingerprint(package)
 
         async def handle() -> JSONResponse:
             ref, _ = await _run_and_wake(
-                dispatcher, sim.submit_application, lender_id, key, package, digest
+                dispatcher, sim.submit_application, lender_id, key, package, fingerprint, digest
             )
             return JSONResponse({"application_ref": ref}, status_code=202)
 
