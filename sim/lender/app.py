@@ -7,10 +7,16 @@ Lender side of docs/architecture.md §3.5, one process for every lender of the l
     POST /lenders/{lender_id}/applications/{ref}/disbursement-requests   -> 202 {request_id}
     POST /lenders/{lender_id}/applications/{ref}/withdrawal              -> 202
 
+A request under an Idempotency-Key already used is the same one, answered as the
+first was, when its body matches; for an application "matches" leaves out the
+documents' `url`s (`inbound.application_fingerprint`), because DealFlow signs
+the links afresh at every attempt. Another body under a used key is 422.
+
 Test/demo controls:
 
     PUT|GET|DELETE /_sim/scripts/{deal_id}   per-deal scripted answers
-    GET /_sim/ledger?deal_id=                 what was received and sent
+    GET /_sim/ledger?deal_id=                 what was received (each application request
+                                              with its links) and sent
     PUT|POST|GET|DELETE /_sim/faults          lender-API fault injection (faults.py)
     GET /_sim/outbox                          webhook outbox counts by status
     GET /healthz
