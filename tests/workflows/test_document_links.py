@@ -23,7 +23,9 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 
 from dealflow import names
+from dealflow.audit.histories import RunHistory
 from dealflow.audit.payloads import decode_events, first_value, walk_payloads
+from dealflow.audit.timeline import build_timeline
 from dealflow.models import DealPolicy
 from dealflow.storage.documents import S3Store, make_s3_client
 from tests.support.api_stack import moto_server
@@ -190,3 +192,15 @@ async def test_link_lifetime_is_the_underwriting_deadline_plus_a_margin(desk: De
     assert sent["documents"]
     for document in sent["documents"]:
         assert abs(link_expiry(document["url"]) - expire_at) <= timedelta(seconds=2)
+
+
+async def test_the_audit_timeline_shows_the_signed_send_as_the_application_submitted(
+    desk: Desk,
+) -> None:
+    await desk.start()
+    await desk.through_underwriting()
+    events = await desk.quiet_history()
+    timeline = build_timeline([RunHistory(f"deal-{desk.deal_id}", events)], TEST_CODEC_KEYS)
+    assert not [e.action for e in timeline.entries if e.action.startswith("activity ")]
+    [submitted] = [e for e in timeline.entries if e.action == "application submitted"]
+    assert submitted.details.startswith("to acme-auto-finance (submission 1, 8 documents)")
