@@ -22,12 +22,13 @@ from dealflow.models import (
     CompensationInput,
     DisbursementRequestInput,
     DocumentMetadataInput,
-    LenderDocument,
     NotificationInput,
     ProjectionInput,
     SendApplicationInput,
+    SignAndSendApplicationInput,
     SubmitToLenderInput,
     SubmitToLenderResult,
+    UnsignedApplicationPackage,
     WithdrawInput,
 )
 from dealflow.storage import db
@@ -35,7 +36,9 @@ from dealflow.storage.documents import DocumentStore
 
 log = logging.getLogger("dealflow.activities")
 
-# How long a lender may look at a document link in a package.
+# How long a lender may look at a document link in a package signed by the
+# old activities (deals started before `fresh-document-links`); new deals' links
+# last until the workflow's `links_expire_at`, capped by the store.
 PACKAGE_LINK_SECONDS = 7 * 24 * 3600
 _RETRYABLE_4XX = {408, 425, 429}
 
@@ -96,31 +99,21 @@ class DealActivities:
         return resp.json() if resp.content else {}
 
     def _package(self, inp: SubmitToLenderInput) -> ApplicationPackage:
-        deal = inp.deal
-        return ApplicationPackage(
-            deal_id=inp.deal_id,
-            submission_no=inp.submission_no,
-            dealer_id=deal.dealer_id,
-            product=deal.product,
-            term_months=deal.term_months,
-            vehicle_price=deal.vehicle.price,
-            down_payment=deal.down_payment,
-            amount_requested=deal.amount_financed,
-            vehicle=deal.vehicle.model_dump(mode="json"),
-            applicant=deal.customer.applicant.model_dump(mode="json"),
-            spouse=deal.customer.spouse.model_dump(mode="json") if deal.customer.spouse else None,
-            stipulations_met=inp.stipulations_met,
-            documents=[
-                LenderDocument(
-                    kind=d.kind.value,
-                    party=d.party.value,
-                    sha256=d.sha256,
-                    content_type=d.content_type,
-                    url=self.store.presign_get(d.storage_key, expires_in=PACKAGE_LINK_SECONDS),
-                )
-                for d in inp.documents
-            ],
+        return UnsignedApplicationPackage.for_submission(inp).signed(
+            lambda key: self.store.presign_get(key, expires_in=PACKAGE_LINK_SECONDS)
         )
+
+    def _link_seconds(self, expire_at: datetime) -> int:
+        """Seconds from now to `expire_at`, within what the store's links can last.
+
+        Past `expire_at` the links go out already expired rather than outliving
+        it: a send still retrying then (the lender unreachable past its deadline)
+        is for an application the deal has given up on, and goes on only to learn
+        the reference to withdraw.
+        """
+        seconds = int((expire_at - datetime.now(UTC)).total_seconds())
+        cap = self.store.max_link_seconds
+        return max(0, seconds if cap is None else min(seconds, cap))
 
     async def _send(
         self, lender_id: str, deal_id: str, submission_no: int, package: ApplicationPackage
@@ -149,23 +142,40 @@ class DealActivities:
         )
         return SubmitToLenderResult(application_ref=ref)
 
+    @activity.defn(name=names.SIGN_AND_SEND_APPLICATION)
+    async def sign_and_send_application(
+        self, inp: SignAndSendApplicationInput
+    ) -> SubmitToLenderResult:
+        """POST the recorded package with its document links signed now, at every
+        attempt: a retry days later carries links that still work. Only the
+        links differ between attempts, and the lender's fingerprint of an
+        application leaves them out (docs/architecture.md §3.5)."""
+        self._lender(inp.lender_id)
+        seconds = self._link_seconds(inp.links_expire_at)
+        # Off the event loop: S3 signing may first fetch credentials.
+        package = await asyncio.to_thread(
+            inp.package.signed, lambda key: self.store.presign_get(key, expires_in=seconds)
+        )
+        return await self._send(inp.lender_id, inp.deal_id, inp.submission_no, package)
+
     @activity.defn(name=names.PREPARE_APPLICATION)
     def prepare_application(self, inp: SubmitToLenderInput) -> ApplicationPackage:
-        """The package for one submission: figures and presigned document links."""
+        """Deals started before `fresh-document-links`: the package with its links,
+        recorded in history by the workflow and sent as is by every retry."""
         self._lender(inp.lender_id)
         return self._package(inp)
 
     @activity.defn(name=names.SEND_APPLICATION)
     async def send_application(self, inp: SendApplicationInput) -> SubmitToLenderResult:
-        """POST a recorded package; retries send the same bytes under the same key."""
+        """Deals started before `fresh-document-links`: POST a recorded package,
+        links and all; retries send the same bytes under the same key."""
         return await self._send(inp.lender_id, inp.deal_id, inp.submission_no, inp.package)
 
     @activity.defn(name=names.SUBMIT_APPLICATION)
     async def submit_application(self, inp: SubmitToLenderInput) -> SubmitToLenderResult:
         """Deals started before `prepare_application` existed still call this.
 
-        It signs the links afresh on each attempt, so a retry after a lost reply
-        may differ from the first body; new deals use prepare + send instead.
+        It signs the links afresh on each attempt, 7 days from then.
         """
         self._lender(inp.lender_id)
         return await self._send(inp.lender_id, inp.deal_id, inp.submission_no, self._package(inp))
@@ -238,6 +248,7 @@ class DealActivities:
 
     def all(self) -> list[Any]:
         return [
+            self.sign_and_send_application,
             self.prepare_application,
             self.send_application,
             self.submit_application,

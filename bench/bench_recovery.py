@@ -1,7 +1,7 @@
 """5. Recovery after a crash: a worker killed with `kill -9` while lender calls are in flight.
 
 The lenders file points at a proxy in this process that holds every lender
-request, so N deals each have their lender call (`send_application`) running
+request, so N deals each have their lender call (`sign_and_send_application`) running
 when the worker is killed (SIGKILL to its process group). The proxy then lets
 requests through and a new worker is started at once. A deal has recorded
 progress when its history shows the lender call completed *and* a workflow
@@ -45,7 +45,13 @@ from dealflow import client as deals
 
 # Activities that call a lender (the ones held in flight here, and heartbeating when tuned).
 LENDER_CALLS = frozenset(
-    {"send_application", "submit_application", "request_disbursement", "withdraw_application"}
+    {
+        "sign_and_send_application",
+        "send_application",
+        "submit_application",
+        "request_disbursement",
+        "withdraw_application",
+    }
 )
 # The proposed values (README "Reliability and performance"); workflows/deal.py,
 # worker.py and dealflow/config.py adopted them (they had 3 s, 1 s, 5 s, 3 s).

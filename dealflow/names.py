@@ -9,6 +9,9 @@ tools that read them back.
 from __future__ import annotations
 
 # Lender calls: regular activities that wait on a remote party.
+SIGN_AND_SEND_APPLICATION = "sign_and_send_application"
+# Deals started before the links were signed at each send prepared the package
+# (links included) in one call and sent that recorded package in another.
 PREPARE_APPLICATION = "prepare_application"
 SEND_APPLICATION = "send_application"
 # Deals started before the package was prepared apart submitted in one call.

@@ -72,6 +72,7 @@ with workflow.unsafe.imports_passed_through():
         RetryDisbursementInput,
         Role,
         SendApplicationInput,
+        SignAndSendApplicationInput,
         SignLoanContractInput,
         SignSalesContractInput,
         Stage,
@@ -81,6 +82,7 @@ with workflow.unsafe.imports_passed_through():
         SubmitToLenderInput,
         SubmitToLenderResult,
         Transition,
+        UnsignedApplicationPackage,
         UnwindInput,
         WithdrawInput,
         deal_closed,
@@ -126,6 +128,15 @@ WITHDRAW_CONDITIONAL = "withdraw-superseded-conditional-application"
 # Deals started before the application package was recorded in history
 # signed it inside the lender call (see _submit_fn).
 PACKAGE_IN_HISTORY = "application-package-in-history"
+
+# Deals started before links were signed at each send recorded the package
+# with its links, valid 7 days from preparing, and every retry sent those
+# same links again: a retry days later, or a lender taking its full 15 days,
+# found them expired.
+FRESH_DOCUMENT_LINKS = "fresh-document-links"
+# Links outlive the underwriting deadline by this much: a lender deciding at
+# the last hour still opens the documents, and its webhook may come late.
+DOCUMENT_LINK_MARGIN = timedelta(days=2)
 
 # Deals started before it sent one read-model projection per change.
 ONE_PROJECTION_IN_FLIGHT = "one-projection-in-flight"
@@ -486,6 +497,23 @@ class DealWorkflow:
             documents=self.state.documents,
             stipulations_met=[st.code for st in self.state.stipulations],
         )
+        if workflow.patched(FRESH_DOCUMENT_LINKS):
+            # History keeps storage keys and hashes, never a link: the activity
+            # signs the links at every attempt, to the same absolute end.
+            return await workflow.execute_activity(
+                names.SIGN_AND_SEND_APPLICATION,
+                SignAndSendApplicationInput(
+                    deal_id=self.inp.deal_id,
+                    lender_id=sub.lender_id,
+                    submission_no=sub.submission_no,
+                    package=UnsignedApplicationPackage.for_submission(request),
+                    links_expire_at=workflow.now()
+                    + self.policy.underwriting_timeout
+                    + DOCUMENT_LINK_MARGIN,
+                ),
+                result_type=SubmitToLenderResult,
+                **LENDER_CALL,
+            )
         if not workflow.patched(PACKAGE_IN_HISTORY):
             return await workflow.execute_activity(
                 names.SUBMIT_APPLICATION,

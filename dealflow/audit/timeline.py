@@ -436,8 +436,9 @@ def _notice_row(
 def _submission_row(
     builder: _TimelineBuilder, event: HistoryEvent, name: str, request: dict[str, Any]
 ) -> Entry:
-    # send_application carries the package prepared once; deals from before it
-    # used submit_application, whose input was the package itself.
+    # sign_and_send_application and send_application carry the package (the
+    # first without links); deals from before them used submit_application,
+    # whose input was the package itself.
     sent = request.get("package")
     package: dict[str, Any] = sent if isinstance(sent, dict) else request
     docs = package.get("documents") or []
@@ -506,6 +507,7 @@ def _generic_activity_row(
 
 _ACTIVITY_ROWS = {
     names.NOTIFY: _notice_row,
+    names.SIGN_AND_SEND_APPLICATION: _submission_row,
     names.SEND_APPLICATION: _submission_row,
     names.SUBMIT_APPLICATION: _submission_row,
     names.REQUEST_DISBURSEMENT: _disbursement_row,

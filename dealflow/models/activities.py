@@ -3,6 +3,7 @@ notifications, compensations, document metadata)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -23,9 +24,17 @@ class LenderDocument(BaseModel):
     url: str
 
 
-class ApplicationPackage(BaseModel):
-    """What goes to the lender: figures and document links, never bytes."""
+class PackageDocument(BaseModel):
+    """A document of a package as history keeps it: where it is, not a link to it."""
 
+    kind: str
+    party: str
+    sha256: str
+    content_type: str
+    storage_key: str
+
+
+class _PackageFigures(BaseModel):
     deal_id: str
     submission_no: int
     dealer_id: str
@@ -38,6 +47,11 @@ class ApplicationPackage(BaseModel):
     applicant: dict[str, Any]
     spouse: dict[str, Any] | None = None
     stipulations_met: list[str] = Field(default_factory=list)
+
+
+class ApplicationPackage(_PackageFigures):
+    """What goes to the lender: figures and document links, never bytes."""
+
     documents: list[LenderDocument] = Field(default_factory=list)
 
 
@@ -50,11 +64,76 @@ class SubmitToLenderInput(BaseModel):
     stipulations_met: list[str] = Field(default_factory=list)
 
 
+class UnsignedApplicationPackage(_PackageFigures):
+    """The package as recorded in history: documents by storage key, no links.
+
+    A link is a bearer credential with an expiry; one written into history would
+    be sent again by every retry, however stale (patch `fresh-document-links`).
+    The sending activity signs the links at each attempt instead.
+    """
+
+    documents: list[PackageDocument] = Field(default_factory=list)
+
+    @classmethod
+    def for_submission(cls, inp: SubmitToLenderInput) -> UnsignedApplicationPackage:
+        deal = inp.deal
+        return cls(
+            deal_id=inp.deal_id,
+            submission_no=inp.submission_no,
+            dealer_id=deal.dealer_id,
+            product=deal.product,
+            term_months=deal.term_months,
+            vehicle_price=deal.vehicle.price,
+            down_payment=deal.down_payment,
+            amount_requested=deal.amount_financed,
+            vehicle=deal.vehicle.model_dump(mode="json"),
+            applicant=deal.customer.applicant.model_dump(mode="json"),
+            spouse=deal.customer.spouse.model_dump(mode="json") if deal.customer.spouse else None,
+            stipulations_met=inp.stipulations_met,
+            documents=[
+                PackageDocument(
+                    kind=d.kind.value,
+                    party=d.party.value,
+                    sha256=d.sha256,
+                    content_type=d.content_type,
+                    storage_key=d.storage_key,
+                )
+                for d in inp.documents
+            ],
+        )
+
+    def signed(self, link: Callable[[str], str]) -> ApplicationPackage:
+        """The package as the lender gets it, `link(storage_key)` giving each URL."""
+        return ApplicationPackage(
+            **self.model_dump(exclude={"documents"}),
+            documents=[
+                LenderDocument(
+                    kind=d.kind,
+                    party=d.party,
+                    sha256=d.sha256,
+                    content_type=d.content_type,
+                    url=link(d.storage_key),
+                )
+                for d in self.documents
+            ],
+        )
+
+
 class SendApplicationInput(BaseModel):
     deal_id: str
     lender_id: str
     submission_no: int
     package: ApplicationPackage
+
+
+class SignAndSendApplicationInput(BaseModel):
+    deal_id: str
+    lender_id: str
+    submission_no: int
+    package: UnsignedApplicationPackage
+    # Absolute, set by the workflow: a retry signs its links to the same end,
+    # not to "now + lifetime" from wherever the retry happens to be.
+    links_expire_at: datetime
 
 
 class SubmitToLenderResult(BaseModel):

@@ -7,10 +7,16 @@ Lender side of docs/architecture.md §3.5, one process for every lender of the l
     POST /lenders/{lender_id}/applications/{ref}/disbursement-requests   -> 202 {request_id}
     POST /lenders/{lender_id}/applications/{ref}/withdrawal              -> 202
 
+A request under an Idempotency-Key already used is the same one, answered as the
+first was, when its body matches; for an application "matches" leaves out the
+documents' `url`s (`inbound.application_fingerprint`), because DealFlow signs
+the links afresh at every attempt. Another body under a used key is 422.
+
 Test/demo controls:
 
     PUT|GET|DELETE /_sim/scripts/{deal_id}   per-deal scripted answers
-    GET /_sim/ledger?deal_id=                 what was received and sent
+    GET /_sim/ledger?deal_id=                 what was received (each application request
+                                              with its links) and sent
     PUT|POST|GET|DELETE /_sim/faults          lender-API fault injection (faults.py)
     GET /_sim/outbox                          webhook outbox counts by status
     GET /healthz
@@ -36,7 +42,12 @@ from dealflow.models import ApplicationPackage, DisbursementRequestInput
 from sim.lender.config import SimConfig
 from sim.lender.delivery import Dispatcher
 from sim.lender.faults import Endpoint, FaultRule, Faults, FaultsBody, hold
-from sim.lender.inbound import WithdrawalBody, idempotency_key, parse_body
+from sim.lender.inbound import (
+    WithdrawalBody,
+    application_fingerprint,
+    idempotency_key,
+    parse_body,
+)
 from sim.lender.ledger import Ledger
 from sim.lender.problems import Problem, problem_response
 from sim.lender.scripts import Script
@@ -146,10 +157,11 @@ def _lender_api(
         sim.lender(lender_id)
         key = idempotency_key(request)
         package, digest = parse_body(ApplicationPackage, await request.body())
+        fingerprint = application_fingerprint(package)
 
         async def handle() -> JSONResponse:
             ref, _ = await _run_and_wake(
-                dispatcher, sim.submit_application, lender_id, key, package, digest
+                dispatcher, sim.submit_application, lender_id, key, package, fingerprint, digest
             )
             return JSONResponse({"application_ref": ref}, status_code=202)
 

@@ -1,16 +1,17 @@
-"""Reading a lender-API request: its JSON body (with a canonical hash for idempotency)
-and its Idempotency-Key header."""
+"""Reading a lender-API request: its JSON body (with a canonical hash for idempotency),
+an application's fingerprint, and its Idempotency-Key header."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from decimal import Decimal
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dealflow.models import ApplicationPackage
 from sim.lender.problems import Problem, validation_errors
 
 M = TypeVar("M", bound=BaseModel)
@@ -32,8 +33,23 @@ def parse_body(model: type[M], raw: bytes) -> tuple[M, str]:
         obj = model.model_validate(data)
     except ValidationError as e:
         raise Problem(422, f"invalid {model.__name__}", validation_errors(e)) from e
-    canonical = json.dumps(obj.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return obj, hashlib.sha256(canonical.encode()).hexdigest()
+    return obj, _canonical_hash(obj.model_dump(mode="json"))
+
+
+def _canonical_hash(data: Any) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def application_fingerprint(package: ApplicationPackage) -> str:
+    """What makes two requests under one Idempotency-Key the same application:
+    the whole package except the documents' links. DealFlow signs the links at
+    every attempt, so a retry carries fresher URLs for the same documents (kind,
+    party, sha256, content type); another document or figure is another package."""
+    data = package.model_dump(mode="json")
+    for document in data["documents"]:
+        del document["url"]
+    return _canonical_hash(data)
 
 
 def idempotency_key(request: Request) -> str:

@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS applications (
     deal_id           TEXT NOT NULL,
     submission_no     INTEGER NOT NULL,
     idempotency_key   TEXT NOT NULL,
+    -- the fingerprint (inbound.application_fingerprint; the whole body's hash
+    -- in rows recorded before it), which a request under the same key must match
     body_hash         TEXT NOT NULL,
     body              TEXT NOT NULL,
     amount_requested  TEXT NOT NULL,
@@ -45,6 +47,20 @@ CREATE TABLE IF NOT EXISTS applications (
     UNIQUE (lender_id, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS ix_applications_deal ON applications (deal_id);
+
+-- Every application request handled, the first and each accepted repeat, with
+-- the documents as that request listed them: a repeat may carry fresher links.
+CREATE TABLE IF NOT EXISTS application_requests (
+    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    lender_id         TEXT NOT NULL,
+    deal_id           TEXT NOT NULL,
+    application_ref   TEXT NOT NULL,
+    idempotency_key   TEXT NOT NULL,
+    outcome           TEXT NOT NULL,
+    documents         TEXT NOT NULL,
+    received_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_application_requests_deal ON application_requests (deal_id);
 
 CREATE TABLE IF NOT EXISTS disbursement_requests (
     request_id        TEXT PRIMARY KEY,
@@ -219,6 +235,29 @@ class Ledger:
 
     def insert_application(self, row: dict[str, Any]) -> None:
         self._insert("applications", row)
+
+    def record_application_request(
+        self,
+        *,
+        lender_id: str,
+        deal_id: str,
+        ref: str,
+        key: str,
+        outcome: str,
+        documents: list[dict[str, Any]],
+    ) -> None:
+        self._insert(
+            "application_requests",
+            {
+                "lender_id": lender_id,
+                "deal_id": deal_id,
+                "application_ref": ref,
+                "idempotency_key": key,
+                "outcome": outcome,
+                "documents": json.dumps(documents),
+                "received_at": iso(utcnow()),
+            },
+        )
 
     def update_application(self, ref: str, **fields: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)
@@ -409,6 +448,7 @@ class Ledger:
     def snapshot(self, deal_id: str | None = None) -> dict[str, Any]:
         where, params = ("WHERE deal_id = ?", (deal_id,)) if deal_id else ("", ())
         apps = self._all(f"SELECT * FROM applications {where} ORDER BY created_at, ref", params)
+        requests = self._all(f"SELECT * FROM application_requests {where} ORDER BY seq", params)
         dsb = self._all(
             f"SELECT * FROM disbursement_requests {where} ORDER BY created_at, request_id", params
         )
@@ -420,6 +460,8 @@ class Ledger:
             a["withdrawn"] = bool(a["withdrawn"])
             a.pop("body_hash")
             a["body"] = json.loads(a["body"])
+        for r in requests:
+            r["documents"] = json.loads(r["documents"])
         for d in dsb:
             d.pop("body_hash")
             d["body"] = json.loads(d["body"])
@@ -434,6 +476,7 @@ class Ledger:
                 h["body"] = json.loads(h["body"])
         return {
             "applications": apps,
+            "application_requests": requests,
             "disbursement_requests": dsb,
             "withdrawals": wdr,
             "webhooks": hooks,

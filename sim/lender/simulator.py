@@ -203,19 +203,38 @@ class LenderSim:
     # ------------------------------------------------------------------ applications
 
     def submit_application(
-        self, lender_id: str, key: str, package: ApplicationPackage, body_hash: str
+        self,
+        lender_id: str,
+        key: str,
+        package: ApplicationPackage,
+        fingerprint: str,
+        body_hash: str,
     ) -> tuple[str, bool]:
-        """Record an application and schedule its decision: (ref, newly created)."""
+        """Record an application and schedule its decision: (ref, newly created).
+
+        A request under a key already used is the same application when its
+        fingerprint matches (`inbound.application_fingerprint`: everything but
+        the documents' links); else it is refused with 422. `body_hash`, the
+        whole body's, matches rows recorded before the fingerprint existed."""
         self.lender(lender_id)
+        documents = [d.model_dump(mode="json") for d in package.documents]
         with self.ledger.tx():
             existing = self.ledger.find_application(lender_id, key)
             if existing is not None:
-                if existing["body_hash"] != body_hash:
+                if existing["body_hash"] not in (fingerprint, body_hash):
                     raise Problem(
                         422,
                         f"Idempotency-Key {key!r} was already used with a different "
                         "application package",
                     )
+                self.ledger.record_application_request(
+                    lender_id=lender_id,
+                    deal_id=package.deal_id,
+                    ref=str(existing["ref"]),
+                    key=key,
+                    outcome="repeat",
+                    documents=documents,
+                )
                 return str(existing["ref"]), False
 
             script, state = self._script(package.deal_id)
@@ -237,7 +256,7 @@ class LenderSim:
                     "deal_id": package.deal_id,
                     "submission_no": package.submission_no,
                     "idempotency_key": key,
-                    "body_hash": body_hash,
+                    "body_hash": fingerprint,
                     "body": package.model_dump_json(),
                     "amount_requested": str(money(package.amount_requested)),
                     "decision": outcome.decision.value if outcome is not None else "silent",
@@ -251,6 +270,14 @@ class LenderSim:
                     "last_decision_seq": seq,
                     "created_at": iso(now),
                 }
+            )
+            self.ledger.record_application_request(
+                lender_id=lender_id,
+                deal_id=package.deal_id,
+                ref=ref,
+                key=key,
+                outcome="created",
+                documents=documents,
             )
             self._fire_extra(
                 script,

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from dealflow import names
 from dealflow.audit.archive import (
     GENESIS,
     _check_chain,
@@ -44,6 +45,9 @@ from dealflow.models import DealPolicy, Stage
 from dealflow.storage.documents import LocalDirectoryStore
 from tests.support.back_office import Desk
 from tests.support.stack import BIN, ROOT, TEST_CODEC_KEYS, Stack, deal_worker
+
+# The activities that send an application, each deal using the one of its patches.
+SENDS = (names.SIGN_AND_SEND_APPLICATION, names.SEND_APPLICATION, names.SUBMIT_APPLICATION)
 
 HISTORIES = ROOT / "tests" / "histories"
 TIMELINE_CASE = HISTORIES / "declined_counter_offer_cancelled.json"
@@ -233,7 +237,7 @@ async def test_nondeterminism_exits_1_naming_the_deal_and_the_event(tmp_path: Pa
         e
         for e in doc["events"]
         if e["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"
-        and e["activityTaskScheduledEventAttributes"]["activityType"]["name"] == "send_application"
+        and e["activityTaskScheduledEventAttributes"]["activityType"]["name"] in SENDS
     ]
     target = scheduled[-1]
     target["activityTaskScheduledEventAttributes"]["activityType"]["name"] = "fax_application"
@@ -583,8 +587,7 @@ def test_timeline_of_every_committed_history_names_what_each_event_is(path: Path
         e
         for e in history["events"]
         if e["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"
-        and e["activityTaskScheduledEventAttributes"]["activityType"]["name"]
-        in ("send_application", "submit_application")
+        and e["activityTaskScheduledEventAttributes"]["activityType"]["name"] in SENDS
     ]
     submitted = [e for e in timeline.entries if e.action == "application submitted"]
     assert len(submitted) == len(sends), path.name

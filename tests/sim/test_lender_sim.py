@@ -5,6 +5,7 @@ verifies them with `standardwebhooks`."""
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import socket
@@ -423,6 +424,39 @@ def test_application_submission_is_idempotent(sim: Sim) -> None:
     wait_for(lambda: all(w["status"] == "delivered" for w in sim.ledger(deal)["webhooks"]))
     assert len(decided) == 2
     assert len(sim.ledger(deal)["webhooks"]) == 2
+
+
+def test_the_fingerprint_leaves_out_document_links_but_not_the_documents(sim: Sim) -> None:
+    """A retry under the same Idempotency-Key may carry freshly signed links:
+    the same application. Another kind, party, sha256 or content type is
+    another package under a used key: refused, as any other difference."""
+    deal = new_deal()
+    body = package(deal)
+    first = sim.submit(ACME, body)
+    fresh = copy.deepcopy(body)
+    fresh["documents"][0]["url"] = "http://docs.invalid/1?expires=99&sig=later"
+    again = sim.submit(ACME, fresh)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["application_ref"] == again.json()["application_ref"]
+
+    for name, other in [
+        ("kind", "drivers_licence"),
+        ("party", "spouse"),
+        ("sha256", "b" * 64),
+        ("content_type", "application/pdf"),
+    ]:
+        changed = copy.deepcopy(fresh)
+        changed["documents"][0][name] = other
+        refused = sim.submit(ACME, changed)
+        assert refused.status_code == 422, name
+        assert "Idempotency-Key" in refused.json()["detail"]
+
+    ledger = sim.ledger(deal)
+    assert len(ledger["applications"]) == 1
+    assert [(r["outcome"], r["documents"][0]["url"]) for r in ledger["application_requests"]] == [
+        ("created", "http://docs.invalid/1"),
+        ("repeat", "http://docs.invalid/1?expires=99&sig=later"),
+    ]
 
 
 def test_rule_decision_webhook_is_signed_and_complete(sim: Sim) -> None:

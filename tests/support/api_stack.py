@@ -138,7 +138,7 @@ async def api_stack(
     async with (
         serve_async(create_app(services), api_port),
         serve_async(create_sim(sim_config), sim_port),
-        deal_worker(client, database_url, lenders, store, task_queue=task_queue),  # type: ignore[arg-type]
+        deal_worker(client, database_url, lenders, store, task_queue=task_queue),
     ):
         try:
             yield stack

@@ -33,7 +33,7 @@ from dealflow.config import (
     load_lenders,
 )
 from dealflow.storage import db
-from dealflow.storage.documents import LocalDirectoryStore
+from dealflow.storage.documents import DocumentStore, LocalDirectoryStore
 from sim.lender.app import create_app as create_sim
 from sim.lender.config import SimConfig
 from tests.support.servers import free_port, serve_async
@@ -108,7 +108,7 @@ async def deal_worker(
     client: Client,
     database_url: str,
     lenders: dict[str, LenderConfig],
-    store: LocalDirectoryStore,
+    store: DocumentStore,
     task_queue: str | None = None,
     workflows: Sequence[type] = (DealWorkflow,),
 ) -> AsyncIterator[str]:

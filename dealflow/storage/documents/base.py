@@ -74,6 +74,9 @@ class StoredObject:
 class DocumentStore(Protocol):
     """What activities and the API use; `open_store` picks the backend from a URL."""
 
+    # The longest `expires_in` whose link still works (None: no limit).
+    max_link_seconds: int | None
+
     def put_stream(
         self,
         chunks: Iterable[bytes],

@@ -122,6 +122,9 @@ class LocalDirectoryStore:
         self._sweep_stale_uploads()
 
     STALE_UPLOAD_SECONDS = 24 * 3600
+    # The link is an HMAC over key and expiry, checked by the API's file route:
+    # any expiry verifies, for as long as the API's signing secret stays the same.
+    max_link_seconds: int | None = None
 
     def _sweep_stale_uploads(self) -> None:
         """Remove upload temp files a killed process left behind (only old ones: other

@@ -99,6 +99,10 @@ class S3Store:
     part_size = PART_SIZE
     max_copy_object_size = MAX_COPY_OBJECT_SIZE
     copy_part_size = 512 * 1024 * 1024
+    # SigV4 presigned URLs live at most 7 days: boto3 signs a longer X-Amz-Expires
+    # without complaint and S3 then refuses every GET of the link. (A link signed
+    # with temporary credentials also dies with them, sooner.)
+    max_link_seconds: int | None = 7 * 24 * 3600
 
     def __init__(
         self,
