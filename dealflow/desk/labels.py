@@ -98,6 +98,10 @@ ACTION_NAMES: dict[str, str] = {
     Action.RETRY_DISBURSEMENT: N_("Request the disbursement again"),
     Action.RECONCILE_DISBURSEMENT: N_("Reconcile the disbursement"),
     Action.UNWIND: N_("Unwind the deal"),
+    Action.ANSWER_STIPULATION: N_("Answer a lender condition"),
+    Action.CLEAR_STIPULATION: N_("Clear a lender condition"),
+    Action.WAIVE_STIPULATION: N_("Waive a lender condition"),
+    Action.REJECT_STIPULATION_DOCUMENT: N_("Reject a condition's document"),
 }
 
 _GROUPS = (

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from dealflow.models.deal import DealInput, Product, Role
-from dealflow.models.lender_events import Decision
+from dealflow.models.lender_events import Decision, StipulationKind
 from dealflow.models.state import DealState, DocumentRecord, Stage, Submission, Transition
 from dealflow.models.status import PendingAction
 
@@ -21,6 +21,25 @@ class LenderDocument(BaseModel):
     sha256: str
     content_type: str
     url: str
+    # The deal's id for the document, as `StipulationAnswer.doc_id` names it.
+    doc_id: str | None = None
+
+
+class StipulationAnswer(BaseModel):
+    """How one condition of the lender's conditional decision is answered in a
+    resubmission: by which document or staff note, or waived and why."""
+
+    code: str
+    description: str
+    kind: StipulationKind = "document"
+    status: Literal["received", "cleared", "waived"]
+    # The document that answers it (one of the package's documents).
+    doc_id: str | None = None
+    sha256: str | None = None
+    # The staff note that answers a condition that is no document.
+    note: str | None = None
+    # Why it was waived.
+    reason: str | None = None
 
 
 class ApplicationPackage(BaseModel):
@@ -39,6 +58,10 @@ class ApplicationPackage(BaseModel):
     spouse: dict[str, Any] | None = None
     stipulations_met: list[str] = Field(default_factory=list)
     documents: list[LenderDocument] = Field(default_factory=list)
+    # Which document or note answers which condition, and which were waived
+    # (resubmissions of deals with the stipulation lifecycle; else empty).
+    stipulation_answers: list[StipulationAnswer] = Field(default_factory=list)
+    stipulations_waived: list[str] = Field(default_factory=list)
 
 
 class SubmitToLenderInput(BaseModel):
@@ -48,6 +71,8 @@ class SubmitToLenderInput(BaseModel):
     deal: DealInput
     documents: list[DocumentRecord]
     stipulations_met: list[str] = Field(default_factory=list)
+    stipulation_answers: list[StipulationAnswer] = Field(default_factory=list)
+    stipulations_waived: list[str] = Field(default_factory=list)
 
 
 class SendApplicationInput(BaseModel):

@@ -52,6 +52,18 @@ from dealflow.rules.permissions import (
     check_role,
     check_stage,
 )
+from dealflow.rules.stipulations import (
+    STIPULATION_ACTIONS,
+    answered_by,
+    candidates,
+    collecting,
+    current_round,
+    find_condition,
+    latest_round,
+    stipulation_problem,
+    stipulations_answered,
+    unsent,
+)
 from dealflow.rules.uploads import sniff_content_type
 from dealflow.rules.view import DealView, approved_submission
 from dealflow.rules.webhooks import (
@@ -61,6 +73,16 @@ from dealflow.rules.webhooks import (
 )
 
 __all__ = [
+    "STIPULATION_ACTIONS",
+    "answered_by",
+    "candidates",
+    "collecting",
+    "current_round",
+    "find_condition",
+    "latest_round",
+    "unsent",
+    "stipulation_problem",
+    "stipulations_answered",
     "disbursement_request_id",
     "check_event_lender",
     "lender_webhook_key",
