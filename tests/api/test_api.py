@@ -672,7 +672,15 @@ async def test_steps_on_the_lenders_conditions_over_http(stack: ApiStack) -> Non
     problem(r, 422, "reason: Field required")
     assert (await desk.status())["version"] == before["version"], "nothing applied"
 
-    answered = await desk.ok("answer-stipulation", Role.CREDIT, code="GUARANTOR")
+    # The CLI, through the API, with the example payload: the status it prints
+    # lists the conditions.
+    credit = ("--api", stack.api_url, "--token", stack.token(Role.CREDIT))
+    payload = str(EXAMPLES / "actions" / "answer-stipulation.json")
+    code, out, err = await _cli(*credit, "act", desk.deal_id, "answer-stipulation", payload)
+    assert code == 0, err
+    assert "answer-stipulation: done" in out and "Conditions" in out
+    assert "GUARANTOR" in out and "received" in out
+    answered = await desk.status()
     guarantor = answered["stipulations"][1]
     assert (guarantor["status"], guarantor["note"]) == (
         "received",

@@ -457,6 +457,19 @@ async def test_credit_clears_and_waives_the_lenders_conditions_through_the_desk(
     assert "sent with submission 2" in row
     row = lenders[lenders.index('data-testid="condition-EMPLOYMENT_LETTER"') :]
     assert "Cleared" in row[: row.index("</tr>")]
+    # The audit timeline: the lender's conditions, credit's steps, and what the
+    # resubmission told the lender.
+    for _ in range(100):
+        timeline = (
+            await credit.get(f"/desk/deals/{desk.deal_id}/timeline", headers={"HX-Request": "true"})
+        ).text
+        if "(submission 2" in timeline:
+            break
+        await asyncio.sleep(0.1)
+    assert "stipulation GUARANTOR (condition): add a guarantor" in timeline
+    assert "waive-stipulation" in timeline and "clear-stipulation" in timeline
+    assert "conditions: EMPLOYMENT_LETTER cleared: document" in timeline
+    assert "GUARANTOR waived (the lender waived it)" in timeline
 
 
 async def test_an_unknown_deal_or_action_is_a_404_page(stack: ApiStack) -> None:
