@@ -117,7 +117,6 @@ class DealActivities:
                     sha256=d.sha256,
                     content_type=d.content_type,
                     url=self.store.presign_get(d.storage_key, expires_in=PACKAGE_LINK_SECONDS),
-                    doc_id=d.doc_id,
                 )
                 for d in inp.documents
             ],

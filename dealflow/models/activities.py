@@ -21,8 +21,6 @@ class LenderDocument(BaseModel):
     sha256: str
     content_type: str
     url: str
-    # The deal's id for the document, as `StipulationAnswer.doc_id` names it.
-    doc_id: str | None = None
 
 
 class StipulationAnswer(BaseModel):
@@ -33,7 +31,8 @@ class StipulationAnswer(BaseModel):
     description: str
     kind: StipulationKind = "document"
     status: Literal["received", "cleared", "waived"]
-    # The document that answers it (one of the package's documents).
+    # The document that answers it: the package's document with this sha256
+    # (the deal's own id for it beside).
     doc_id: str | None = None
     sha256: str | None = None
     # The staff note that answers a condition that is no document.

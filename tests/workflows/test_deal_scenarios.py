@@ -572,8 +572,8 @@ async def test_each_condition_is_received_by_its_document_and_the_resubmission_s
         (code, "received", docs[code].doc_id, docs[code].sha256)
         for code in ("EMPLOYMENT_LETTER", "PAYSLIPS")
     ]
-    sent = {d["doc_id"]: d["sha256"] for d in body["documents"]}
-    assert all(sent[docs[code].doc_id] == docs[code].sha256 for code in docs)
+    sent = {d["sha256"] for d in body["documents"]}
+    assert {docs[code].sha256 for code in docs} <= sent, "each answer is in the package"
     st = await desk.status()
     assert {i.answered_in for i in st.stipulations} == {2}
 
@@ -644,10 +644,12 @@ async def test_a_rejected_document_reopens_its_condition_and_holds_the_resubmiss
     assert result.status.stage is Stage.UNDERWRITING
     replacement = condition(result.status, "EMPLOYMENT_LETTER").doc_id
     assert replacement not in (None, refused_doc)
+    sha = {d.doc_id: d.sha256 for d in result.status.documents}
     body = await resubmitted_package(desk)
-    answers = {a["code"]: a["doc_id"] for a in body["stipulation_answers"]}
-    assert answers["EMPLOYMENT_LETTER"] == replacement
-    assert refused_doc not in {d["doc_id"] for d in body["documents"]}, "refused: not sent"
+    answers = {a["code"]: (a["doc_id"], a["sha256"]) for a in body["stipulation_answers"]}
+    assert answers["EMPLOYMENT_LETTER"] == (replacement, sha[replacement])
+    sent = {d["sha256"] for d in body["documents"]}
+    assert sha[replacement] in sent and sha[refused_doc] not in sent, "the refused one: not sent"
 
 
 async def test_a_condition_that_is_no_document_is_answered_by_a_staff_note(desk: Desk) -> None:
