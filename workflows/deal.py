@@ -525,13 +525,10 @@ class DealWorkflow:
     def _answer_conditions(self, request: SubmitToLenderInput) -> None:
         """What a submission tells the lender of its conditions: which
         document or note answers which, which were waived and why. A document
-        credit rejected does not go to the lender."""
-        answered = [
-            item
-            for item in self.state.stipulation_items
-            if item.answered_in == request.submission_no
-        ]
-        rejected = {doc_id for item in answered for doc_id in item.rejected_doc_ids}
+        credit rejected goes to no lender."""
+        items = self.state.stipulation_items
+        answered = [item for item in items if item.answered_in == request.submission_no]
+        rejected = {doc_id for item in items for doc_id in item.rejected_doc_ids}
         documents = {d.doc_id: d for d in self.state.documents}
         request.documents = [d for d in self.state.documents if d.doc_id not in rejected]
         request.stipulations_met = [i.code for i in answered if i.status != "waived"]
