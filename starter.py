@@ -136,6 +136,19 @@ def show_status(st: DealStatus) -> None:
             dec = s.current.decision.value if s.current else ""
             t.add_row(str(s.submission_no), s.lender_id, s.status, s.application_ref or "", dec)
         out.print(t)
+    if st.stipulations:
+        t = Table("#", "condition", "kind", "state", "answered by", "reason", title="Conditions")
+        for item in st.stipulations:
+            answer = rules.answered_by(item, st.documents) if item.doc_id or item.note else ""
+            t.add_row(
+                str(item.submission_no),
+                escape(f"{item.code}: {item.description}"),
+                item.kind,
+                item.status + (f" (sent in {item.answered_in})" if item.answered_in else ""),
+                escape(answer),
+                escape(item.reason or ""),
+            )
+        out.print(t)
     if st.outcome_reason:
         out.print(f"outcome: {escape(st.outcome_reason)}")
     done = [c for c in st.compensations if c.status == "done"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from temporalio.client import Client
 from temporalio.service import RPCError
 
@@ -61,6 +61,10 @@ class Scenario:
     expect: Stage = Stage.COMPLETED
     # The robot stops here and leaves the rest to whoever opens the desk.
     leave_at: Stage | None = None
+    # What credit does with each of the lender's conditions once it is
+    # answered (or at once, to waive): "clear" or "waive"; a condition not
+    # named here is answered (its document uploaded, or a note) and left.
+    conditions: dict[str, str] = field(default_factory=dict)
 
 
 SCENARIOS = [
@@ -96,6 +100,31 @@ SCENARIOS = [
                 ]
             }
         },
+    ),
+    Scenario(
+        "conditional: two conditions, one cleared by a document, one waived",
+        script={
+            "lenders": {
+                "acme-auto-finance": [
+                    {
+                        "decision": "conditional",
+                        "stipulations": [
+                            {
+                                "code": "EMPLOYMENT_LETTER",
+                                "description": "letter from the employer confirming tenure",
+                            },
+                            {
+                                "code": "GUARANTOR",
+                                "description": "add a guarantor",
+                                "kind": "condition",
+                            },
+                        ],
+                    },
+                    {"decision": "approved"},
+                ]
+            }
+        },
+        conditions={"EMPLOYMENT_LETTER": "clear", "GUARANTOR": "waive"},
     ),
     Scenario(
         "counter-offer accepted",
@@ -143,6 +172,9 @@ SCENARIOS = [
         expect=Stage.INSURANCE,
     ),
 ]
+
+
+STIPULATION_STEPS = {action.value for action in rules.STIPULATION_ACTIONS}
 
 
 def actor_for(action: Action) -> Actor:
@@ -230,10 +262,39 @@ class Robot:
                 **d,
             )
 
+    async def settle_conditions(self, deal_id: str, sc: Scenario, st: DealStatus) -> bool:
+        """Credit's step on the lender's conditions, if one is due (whether it
+        took one): clear what the scenario clears once its document is in,
+        waive what it waives, answer a condition that is no document."""
+        if st.stage is not Stage.DOCUMENTS:
+            return False
+        answering = rules.unsent(st.stipulations)
+        if any(i.kind == "document" and i.status in ("open", "rejected") for i in answering):
+            return False  # the documents first (record-document)
+        for item in answering:
+            plan = sc.conditions.get(item.code)
+            if plan == "clear" and item.status == "received":
+                note = "checked with the employer by phone (demo)"
+                await self.act(deal_id, st, "clear-stipulation", code=item.code, note=note)
+                return True
+        for item in answering:
+            plan = sc.conditions.get(item.code)
+            if plan == "waive" and item.status in ("open", "received", "rejected"):
+                reason = "the lender's credit desk waived it by phone (demo)"
+                await self.act(deal_id, st, "waive-stipulation", code=item.code, reason=reason)
+                return True
+            if plan is None and item.kind == "condition" and item.status == "open":
+                note = "met as the lender asked (demo)"
+                await self.act(deal_id, st, "answer-stipulation", code=item.code, note=note)
+                return True
+        return False
+
     async def step(self, deal_id: str, deal: DealInput, sc: Scenario, st: DealStatus) -> None:
         """Do whatever the deal is waiting for from the back office."""
         if sc.cancel_at is not None and st.stage is sc.cancel_at:
             await self.act(deal_id, st, "cancel", reason="customer changed their mind (demo)")
+            return
+        if await self.settle_conditions(deal_id, sc, st):
             return
         legal = next(
             (
@@ -288,8 +349,8 @@ class Robot:
                     if p.due is None or p.due <= now:
                         await self.act(deal_id, st, p.action, call=call)
                     break
-                case a if a.startswith("lender-"):
-                    pass
+                case a if a.startswith("lender-") or a in STIPULATION_STEPS:
+                    pass  # the lender's move; credit's steps on conditions: above
                 case _:
                     await self.act(deal_id, st, p.action)
             # One action per look: the next one depends on the new status.
@@ -390,13 +451,14 @@ def _print_summary(
         "financed",
         "disbursed",
         "compensations run",
+        Column("lender conditions", overflow="fold"),
         title="DealFlow demo",
     )
     all_as_expected = True
     for deal_id, (scenario, _) in running.items():
         final = finals.get(deal_id)
         if final is None:
-            table.add_row(deal_id, scenario.name, "[red]unfinished[/]", "", "", "", "")
+            table.add_row(deal_id, scenario.name, "[red]unfinished[/]", "", "", "", "", "")
             all_as_expected = False
             continue
         as_expected = final.stage is scenario.expect
@@ -412,9 +474,15 @@ def _print_summary(
             f"{final.money.amount_financed:,.2f}",
             f"{final.money.disbursed or Decimal(0):,.2f}",
             compensations or "-",
+            _conditions(final),
         )
     console.print(table)
     return all_as_expected
+
+
+def _conditions(final: DealStatus) -> str:
+    """The lender's conditions and how each ended: `EMPLOYMENT_LETTER cleared, ...`."""
+    return "\n".join(f"{item.code} {item.status}" for item in final.stipulations) or "-"
 
 
 def _print_links(settings: Settings) -> None:

@@ -34,8 +34,10 @@ with workflow.unsafe.imports_passed_through():
         ActionInput,
         ActionReceipt,
         ActionRecord,
+        AnswerStipulationInput,
         ApplicationPackage,
         CancelInput,
+        ClearStipulationInput,
         Compensation,
         CompensationInput,
         ConfirmDownPaymentInput,
@@ -48,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         DeliverInput,
         Disbursement,
         DisbursementRequestInput,
+        DocumentKind,
         DocumentMetadataInput,
         DocumentRecord,
         LenderEventInput,
@@ -69,6 +72,7 @@ with workflow.unsafe.imports_passed_through():
         RecordRepaymentAccountInput,
         RecordSettlementInput,
         RecordStockOutInput,
+        RejectStipulationDocumentInput,
         RetryDisbursementInput,
         Role,
         SendApplicationInput,
@@ -77,6 +81,10 @@ with workflow.unsafe.imports_passed_through():
         SignSalesContractInput,
         Stage,
         StartDealInput,
+        StipulationAnswer,
+        StipulationChange,
+        StipulationItem,
+        StipulationStatus,
         Submission,
         SubmitApplicationInput,
         SubmitToLenderInput,
@@ -84,6 +92,7 @@ with workflow.unsafe.imports_passed_through():
         Transition,
         UnsignedApplicationPackage,
         UnwindInput,
+        WaiveStipulationInput,
         WithdrawInput,
         deal_closed,
         fmt_money,
@@ -183,6 +192,16 @@ APPROVED_TERMS = "approved-terms-in-loan-contract"
 # Deals started before a follow-up call was taken only from its due date: the
 # day-30 call could be logged on day 4 and close the deal.
 FOLLOW_UP_FROM_DUE_DATE = "follow-up-from-due-date"
+
+# Deals whose conditional decision was applied before conditions had a
+# lifecycle keep the legacy list (`DealState.stipulations`): a document
+# answers each, nothing else does, and the resubmission lists the codes only.
+# Their histories have no staff steps on conditions to replay, and the
+# decision's handler wrote no items, so they must not start now. From the
+# first conditional decision after it, each condition is an item of its
+# submission (open -> received -> cleared / waived, or rejected), credit
+# answers, clears, waives or rejects, and the package maps the answers.
+STIPULATION_LIFECYCLE = "stipulation-lifecycle"
 
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
 
@@ -497,6 +516,8 @@ class DealWorkflow:
             documents=self.state.documents,
             stipulations_met=[st.code for st in self.state.stipulations],
         )
+        if self.state.stipulation_items:
+            self._answer_conditions(request)
         if workflow.patched(FRESH_DOCUMENT_LINKS):
             # History keeps storage keys and hashes, never a link: the activity
             # signs the links at every attempt, to the same absolute end.
@@ -541,6 +562,35 @@ class DealWorkflow:
             result_type=SubmitToLenderResult,
             **LENDER_CALL,
         )
+
+    def _answer_conditions(self, request: SubmitToLenderInput) -> None:
+        """What a submission tells the lender of its conditions: which
+        document or note answers which, which were waived and why. A document
+        credit rejected goes to no lender."""
+        items = self.state.stipulation_items
+        answered = [item for item in items if item.answered_in == request.submission_no]
+        rejected = {doc_id for item in items for doc_id in item.rejected_doc_ids}
+        documents = {d.doc_id: d for d in self.state.documents}
+        request.documents = [d for d in self.state.documents if d.doc_id not in rejected]
+        request.stipulations_met = [i.code for i in answered if i.status != "waived"]
+        request.stipulations_waived = [i.code for i in answered if i.status == "waived"]
+        request.stipulation_answers = [
+            StipulationAnswer(
+                code=item.code,
+                description=item.description,
+                kind=item.kind,
+                status="waived"
+                if item.status == "waived"
+                else "cleared"
+                if item.status == "cleared"
+                else "received",
+                doc_id=item.doc_id,
+                sha256=documents[item.doc_id].sha256 if item.doc_id in documents else None,
+                note=item.note,
+                reason=item.reason if item.status == "waived" else None,
+            )
+            for item in answered
+        ]
 
     def _submission_refused(self, sub: Submission, error: str) -> None:
         sub.status = "rejected"
@@ -869,8 +919,13 @@ class DealWorkflow:
             match state.stage:
                 case Stage.CONTRACT if state.sales_contract:
                     self._set_stage(Stage.DOCUMENTS, "sales contract signed", actor)
-                case Stage.DOCUMENTS if rules.checklist_complete(self._view().checklist()):
+                case Stage.DOCUMENTS if rules.checklist_complete(
+                    self._view().checklist()
+                ) and rules.stipulations_answered(state):
                     if state.resubmit_pending:
+                        # The new submission carries the answers to the conditions.
+                        for item in rules.collecting(state):
+                            item.answered_in = len(state.submissions) + 1
                         state.resubmit_pending = False
                         sub = self._current_submission()
                         lender = sub.lender_id if sub else self.deal.lender_ids[state.lender_index]
@@ -1035,11 +1090,16 @@ class DealWorkflow:
                     Stage.DOWN_PAYMENT, f"approved by {sub.lender_id}: {fmt_money(amount)}"
                 )
             case Decision.CONDITIONAL:
-                known = {st.code for st in self.state.stipulations}
-                self.state.stipulations.extend(st for st in d.stipulations if st.code not in known)
-                if workflow.patched(STIPULATION_ROUNDS):
-                    for st in d.stipulations:
-                        self.state.stipulation_asked_at[st.code] = workflow.now()
+                if workflow.patched(STIPULATION_LIFECYCLE):
+                    self._name_conditions(sub, rec)
+                else:
+                    known = {st.code for st in self.state.stipulations}
+                    self.state.stipulations.extend(
+                        st for st in d.stipulations if st.code not in known
+                    )
+                    if workflow.patched(STIPULATION_ROUNDS):
+                        for st in d.stipulations:
+                            self.state.stipulation_asked_at[st.code] = workflow.now()
                 self.state.resubmit_pending = True
                 # The conditional application stays open at the lender until the
                 # resubmission supersedes it: a deal ended meanwhile withdraws it.
@@ -1061,6 +1121,38 @@ class DealWorkflow:
                 )
                 codes = ", ".join(r.code for r in d.reasons) or "no reason given"
                 self._route_to_next_lender(f"declined by {sub.lender_id} ({codes})")
+
+    def _name_conditions(self, sub: Submission, rec: DecisionRecord) -> None:
+        """Each condition of a conditional decision, open, for this submission
+        (a code named twice in one decision is one condition)."""
+        seen: set[str] = set()
+        for st in rec.stipulations:
+            if st.code in seen:
+                continue
+            seen.add(st.code)
+            item = StipulationItem(
+                submission_no=sub.submission_no,
+                lender_id=sub.lender_id,
+                code=st.code,
+                description=st.description,
+                kind=st.kind,
+                named_at=workflow.now(),
+            )
+            self._stipulation_step(item, "open", f"{sub.lender_id}/lender", "named by the lender")
+            self.state.stipulation_items.append(item)
+
+    def _stipulation_step(
+        self,
+        item: StipulationItem,
+        status: StipulationStatus,
+        by: str,
+        reason: str = "",
+        doc_id: str | None = None,
+    ) -> None:
+        item.status = status
+        item.changes.append(
+            StipulationChange(at=workflow.now(), status=status, by=by, reason=reason, doc_id=doc_id)
+        )
 
     def _bound_lender_amount(self, sub: Submission, rec: DecisionRecord) -> None:
         """A decision whose amount is out of bounds is recorded as refused and
@@ -1253,6 +1345,7 @@ class DealWorkflow:
                 stipulation_code=inp.stipulation_code,
             )
             self.state.documents.append(doc)
+            self._document_answers_condition(doc)
             self._spawn(
                 f"document:{doc.doc_id}",
                 workflow.execute_activity(
@@ -1262,6 +1355,18 @@ class DealWorkflow:
                 ),
             )
         return self._accept(Action.RECORD_DOCUMENT, inp, f"{inp.party.value} {inp.kind.value}")
+
+    def _document_answers_condition(self, doc: DocumentRecord) -> None:
+        """A new stipulation document answers its condition while the deal
+        collects them: an open or rejected one is received, and a received
+        one takes the newer document; cleared and waived ones stay."""
+        if doc.kind is not DocumentKind.STIPULATION or doc.stipulation_code is None:
+            return
+        item = rules.find_condition(self.state, doc.stipulation_code)
+        if item is None or item.kind != "document" or item.status in ("cleared", "waived"):
+            return
+        item.doc_id = doc.doc_id
+        self._stipulation_step(item, "received", doc.uploaded_by, doc.file_name, doc.doc_id)
 
     @record_document.validator
     def _v_record_document(self, inp: RecordDocumentInput) -> None:
@@ -1497,6 +1602,65 @@ class DealWorkflow:
     def _v_unwind(self, inp: UnwindInput) -> None:
         self._validate(Action.UNWIND, inp)
 
+    def _condition(self, code: str) -> StipulationItem:
+        item = rules.find_condition(self.state, code)
+        assert item is not None, "the validator found it"
+        return item
+
+    @workflow.update(name="answer-stipulation")
+    def answer_stipulation(self, inp: AnswerStipulationInput) -> ActionReceipt:
+        item = self._condition(inp.code)
+        item.note = inp.note
+        self._stipulation_step(item, "received", _by(inp), inp.note)
+        return self._accept(Action.ANSWER_STIPULATION, inp, f"{inp.code}: {inp.note}")
+
+    @answer_stipulation.validator
+    def _v_answer_stipulation(self, inp: AnswerStipulationInput) -> None:
+        self._validate(Action.ANSWER_STIPULATION, inp)
+
+    @workflow.update(name="clear-stipulation")
+    def clear_stipulation(self, inp: ClearStipulationInput) -> ActionReceipt:
+        item = self._condition(inp.code)
+        self._stipulation_step(item, "cleared", _by(inp), inp.note or "", item.doc_id)
+        answer = rules.answered_by(item, self.state.documents)
+        return self._accept(Action.CLEAR_STIPULATION, inp, f"{inp.code} cleared ({answer})")
+
+    @clear_stipulation.validator
+    def _v_clear_stipulation(self, inp: ClearStipulationInput) -> None:
+        self._validate(Action.CLEAR_STIPULATION, inp)
+
+    @workflow.update(name="waive-stipulation")
+    def waive_stipulation(self, inp: WaiveStipulationInput) -> ActionReceipt:
+        item = self._condition(inp.code)
+        item.reason = inp.reason
+        self._stipulation_step(item, "waived", _by(inp), inp.reason)
+        return self._accept(Action.WAIVE_STIPULATION, inp, f"{inp.code} waived: {inp.reason}")
+
+    @waive_stipulation.validator
+    def _v_waive_stipulation(self, inp: WaiveStipulationInput) -> None:
+        self._validate(Action.WAIVE_STIPULATION, inp)
+
+    @workflow.update(name="reject-stipulation-document")
+    def reject_stipulation_document(self, inp: RejectStipulationDocumentInput) -> ActionReceipt:
+        item = self._condition(inp.code)
+        refused, item.doc_id, item.reason = item.doc_id, None, inp.reason
+        self._stipulation_step(item, "rejected", _by(inp), inp.reason, refused)
+        # The replacement is the customer's to bring: sales collects it.
+        self._notify(
+            "info",
+            f"document {refused} for {inp.code} rejected: {inp.reason}; upload a replacement",
+            [Role.SALES, Role.CREDIT],
+        )
+        return self._accept(
+            Action.REJECT_STIPULATION_DOCUMENT,
+            inp,
+            f"{inp.code}: document {refused} rejected: {inp.reason}",
+        )
+
+    @reject_stipulation_document.validator
+    def _v_reject_stipulation_document(self, inp: RejectStipulationDocumentInput) -> None:
+        self._validate(Action.REJECT_STIPULATION_DOCUMENT, inp)
+
     # ------------------------------------------------------------------ queries
 
     @workflow.query
@@ -1525,6 +1689,7 @@ class DealWorkflow:
             documents=self.state.documents,
             pending=[] if self.state.stage.terminal else rules.pending_actions(view, due),
             submissions=self.state.submissions,
+            stipulations=self.state.stipulation_items,
             disbursements=self.state.disbursements,
             money=MoneySummary(
                 vehicle_price=self.deal.vehicle.price,
@@ -1591,6 +1756,10 @@ class DealWorkflow:
         due, _ = self._next_timer()
         items = rules.pending_actions(self._view(), due)
         return "; ".join(f"{p.role.value}: {p.what}" for p in items) or "nothing pending"
+
+
+def _by(inp: ActionInput) -> str:
+    return f"{inp.actor.staff_id}/{inp.actor.role.value}"
 
 
 def _cause(e: ActivityError) -> str:

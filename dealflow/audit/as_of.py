@@ -159,7 +159,10 @@ def _state_view(instance: Any, at: datetime) -> dict[str, Any]:
             {"action": action.action, "role": action.role.value, "what": action.what}
             for action in ([] if state.stage.terminal else rules.pending_actions(view, None))
         ],
-        "submissions": [_submission_view(sub) for sub in state.submissions],
+        "submissions": [
+            _submission_view(sub, getattr(state, "stipulation_items", []))
+            for sub in state.submissions
+        ],
         "compensations": [
             {"kind": compensation.kind, "status": compensation.status}
             for compensation in state.compensations
@@ -171,7 +174,7 @@ def _state_view(instance: Any, at: datetime) -> dict[str, Any]:
     }
 
 
-def _submission_view(submission: Any) -> dict[str, Any]:
+def _submission_view(submission: Any, conditions: list[Any]) -> dict[str, Any]:
     return {
         "submission_no": submission.submission_no,
         "lender": submission.lender_id,
@@ -191,4 +194,18 @@ def _submission_view(submission: Any) -> dict[str, Any]:
             for decision in submission.decisions
         ],
         "counter_offer_response": submission.counter_offer_response,
+        # The lender's conditions on this submission, each where it stood.
+        "conditions": [
+            {
+                "code": item.code,
+                "kind": item.kind,
+                "status": item.status,
+                "doc_id": item.doc_id,
+                "note": item.note,
+                "reason": item.reason,
+                "answered_in": item.answered_in,
+            }
+            for item in conditions
+            if item.submission_no == submission.submission_no
+        ],
     }

@@ -86,8 +86,13 @@ def describe_lender_event(event: dict[str, Any]) -> tuple[str, str, dict[str, An
         for reason in payload.get("reasons") or []:
             detail.append(f"reason {reason.get('code')}: {reason.get('text')}")
         for stipulation in payload.get("stipulations") or []:
+            # A condition that is no document says so; a document one (or one
+            # from before the field) reads as it always did.
+            kind = stipulation.get("kind") or "document"
             detail.append(
-                f"stipulation {stipulation.get('code')}: {stipulation.get('description')}"
+                f"stipulation {stipulation.get('code')}"
+                + (f" ({kind})" if kind != "document" else "")
+                + f": {stipulation.get('description')}"
             )
     elif event.get("disbursed"):
         payload = event["disbursed"]

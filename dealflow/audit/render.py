@@ -20,6 +20,20 @@ def _cells(entry: Entry) -> list[str]:
     return [at, entry.stage, entry.actor, entry.kind, entry.action, entry.details]
 
 
+def _condition_text(condition: dict[str, Any]) -> str:
+    """A lender's condition as of a time: code, kind, state, what answers it."""
+    text = f"{condition['code']} ({condition['kind']}): {condition['status']}"
+    if condition.get("doc_id"):
+        text += f", document {condition['doc_id']}"
+    if condition.get("note"):
+        text += f", note: {condition['note']}"
+    if condition.get("reason"):
+        text += f", reason: {condition['reason']}"
+    if condition.get("answered_in"):
+        text += f"; sent with submission {condition['answered_in']}"
+    return text
+
+
 def _state_lines(state: dict[str, Any]) -> list[str]:
     """The state as of a time (`as_of.state_as_of`) as indented lines of text."""
     lines = [f"State as of {state['as_of']}"]
@@ -49,6 +63,8 @@ def _state_lines(state: dict[str, Any]) -> list[str]:
             )
             applied = "" if decision["applied"] else f" (not applied: {decision['note']})"
             lines.append(f"      seq {decision['seq']} {decision['decision']}{amount}{applied}")
+        for condition in submission.get("conditions") or []:
+            lines.append(f"      condition {_condition_text(condition)}")
     if state["compensations"]:
         lines.append(
             "  compensations: "

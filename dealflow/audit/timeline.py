@@ -446,9 +446,23 @@ def _submission_row(
         f"to {request.get('lender_id')} (submission {request.get('submission_no')}, "
         f"{len(docs)} documents)"
     )
+    answers = [_stipulation_answer(answer) for answer in package.get("stipulation_answers") or []]
+    if answers:
+        details += "; conditions: " + "; ".join(answers)
     return builder.add(
         event, "lender", "dealflow (system)", "application submitted", details, {"activity": name}
     )
+
+
+def _stipulation_answer(answer: dict[str, Any]) -> str:
+    """How a resubmission answers one condition: its document, its note, or waived."""
+    code = answer.get("code")
+    if answer.get("status") == "waived":
+        return f"{code} waived ({answer.get('reason')})"
+    if answer.get("doc_id"):
+        sha = str(answer.get("sha256") or "")[:12]
+        return f"{code} {answer.get('status')}: document {answer['doc_id']} (sha256 {sha}…)"
+    return f"{code} {answer.get('status')}: note {answer.get('note')}"
 
 
 def _disbursement_row(

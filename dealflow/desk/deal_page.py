@@ -248,6 +248,7 @@ def status_context(
         "checklist": checklist,
         "other_documents": other_documents,
         "stipulations_met": deal_view.stipulations_met(status),
+        "conditions": deal_view.conditions(status),
         "may_read_documents": user.may(DOCUMENT_READ_ROLES),
         "may_upload": user.may(UPLOAD_ROLES),
         "accepting_documents": status.stage in rules.ACTION_STAGES[Action.RECORD_DOCUMENT],

@@ -33,6 +33,8 @@ from dealflow.models import (
     PendingAction,
     Role,
     Stage,
+    StipulationChange,
+    StipulationItem,
     fmt_money,
 )
 from dealflow.samples import EXAMPLES, example_action
@@ -234,12 +236,40 @@ def checklist_by_party(status: DealStatus) -> tuple[list[PartyChecklist], list[D
 
 
 def stipulations_met(status: DealStatus) -> dict[str, bool]:
-    """Stipulation code → whether a document satisfying it is on file."""
+    """Stipulation code → whether a document satisfying it is on file (deals
+    whose conditions came before their lifecycle; see `conditions`)."""
     return {
         item.stipulation_code: item.satisfied
         for item in status.checklist
         if item.stipulation_code is not None
     }
+
+
+@dataclass(frozen=True)
+class ConditionRow:
+    """One lender condition as the lenders region shows it."""
+
+    item: StipulationItem
+    # What answers it: the document (file name) or the staff note.
+    answer: str
+    last: StipulationChange | None
+
+
+def conditions(status: DealStatus) -> dict[int, list[ConditionRow]]:
+    """Submission number → its conditions, with what answers each and the last
+    change (who, when, why)."""
+    rows: dict[int, list[ConditionRow]] = {}
+    for item in status.stipulations:
+        answer = rules.answered_by(item, status.documents) if item.doc_id or item.note else ""
+        last = item.changes[-1] if item.changes else None
+        rows.setdefault(item.submission_no, []).append(ConditionRow(item, answer, last))
+    return rows
+
+
+def answering(status: DealStatus) -> list[StipulationItem]:
+    """The conditions the deal is answering now (in DOCUMENTS, before the
+    resubmission carries them)."""
+    return rules.unsent(status.stipulations) if status.stage is Stage.DOCUMENTS else []
 
 
 # --------------------------------------------------------------------------- actions
@@ -299,11 +329,43 @@ def offered(status: DealStatus) -> list[tuple[PendingAction, bool]]:
             owner = rules.owner_role(other)
             companion = PendingAction(action=other, role=owner, what=what, due=pending.due)
             found.setdefault(other.value, (companion, False))
+    for action, what in condition_steps(status):
+        if action.value not in found:
+            owner = rules.owner_role(action)
+            found[action.value] = (PendingAction(action=action, role=owner, what=what), True)
     for action, what in ALWAYS_OFFERED:
         if status.stage in rules.ACTION_STAGES[action] and action.value not in found:
             owner = rules.owner_role(action)
             found[action.value] = (PendingAction(action=action, role=owner, what=what), True)
     return list(found.values())
+
+
+_CONDITION_STEPS: dict[Action, str] = {
+    Action.ANSWER_STIPULATION: "answer with a note",
+    Action.CLEAR_STIPULATION: "clear what answers it",
+    Action.WAIVE_STIPULATION: "waive, with the reason",
+    Action.REJECT_STIPULATION_DOCUMENT: "reject its document, with the reason",
+}
+
+
+def condition_steps(status: DealStatus) -> list[tuple[Action, str]]:
+    """The steps credit may take on the conditions the deal is answering, each
+    with the conditions it fits (the rules' own test)."""
+    items = answering(status)
+    steps = []
+    for action, what in _CONDITION_STEPS.items():
+        fits = rules.candidates(action, items)
+        if fits:
+            steps.append((action, f"{what}: " + ", ".join(item.code for item in fits)))
+    return steps
+
+
+def condition_code(status: DealStatus, action: Action) -> str | None:
+    """The one condition a step fits, to fill in its form (None: several or none)."""
+    if action not in rules.STIPULATION_ACTIONS:
+        return None
+    fits = rules.candidates(action, answering(status))
+    return fits[0].code if len(fits) == 1 else None
 
 
 @cache
@@ -336,6 +398,14 @@ def known_values(status: DealStatus) -> dict[str, str]:
     if submission.current is not None:
         known["decision_seq"] = str(submission.current.decision_seq)
     return known
+
+
+def _known_for(status: DealStatus, action: str, known: dict[str, str]) -> dict[str, str]:
+    """The deal's known values, and the condition a step on conditions fits
+    when it fits one only."""
+    step = _known_action(action)
+    code = condition_code(status, step) if step is not None else None
+    return {**known, "code": code} if code is not None else known
 
 
 def _panel(
@@ -372,7 +442,10 @@ def action_panels(
     typed; an action in `shown` (the page's) that is no longer on offer, or
     the refused one, says so."""
     known = known_values(status)
-    panels = [_panel(pending, optional, may, today, known) for pending, optional in offered(status)]
+    panels = [
+        _panel(pending, optional, may, today, _known_for(status, pending.action, known))
+        for pending, optional in offered(status)
+    ]
     names = {panel.action for panel in panels}
     gone = [name for name in shown if name not in names and _known_action(name) is not None]
     if posted is not None and posted.action not in names and posted.action not in gone:

@@ -1,6 +1,6 @@
 """What the desk calls the codes the engine speaks: stages, roles, notice
-kinds, document kinds, parties, products, repayment methods, lender decisions
-and staff actions.
+kinds, document kinds, parties, products, repayment methods, lender decisions,
+staff actions, and the states and kinds of the lender's conditions.
 The codes stay in URLs, forms and the API; people read these names, translated
 through the catalogue like every other desk string."""
 
@@ -114,6 +114,24 @@ ACTION_NAMES: dict[str, str] = {
     Action.RETRY_DISBURSEMENT: N_("Request the disbursement again"),
     Action.RECONCILE_DISBURSEMENT: N_("Reconcile the disbursement"),
     Action.UNWIND: N_("Unwind the deal"),
+    Action.ANSWER_STIPULATION: N_("Answer a lender condition"),
+    Action.CLEAR_STIPULATION: N_("Clear a lender condition"),
+    Action.WAIVE_STIPULATION: N_("Waive a lender condition"),
+    Action.REJECT_STIPULATION_DOCUMENT: N_("Reject a condition's document"),
+}
+
+# Where a lender's condition is in its lifecycle, and what answers it.
+STIPULATION_STATUS_NAMES: dict[str, str] = {
+    "open": N_("Not answered yet"),
+    "received": N_("Answered, to clear"),
+    "cleared": N_("Cleared"),
+    "waived": N_("Waived"),
+    "rejected": N_("Document rejected"),
+}
+
+STIPULATION_KIND_NAMES: dict[str, str] = {
+    "document": N_("Document"),
+    "condition": N_("Other condition"),
 }
 
 _GROUPS = (
@@ -126,6 +144,8 @@ _GROUPS = (
     REPAYMENT_METHOD_NAMES,
     DECISION_NAMES,
     ACTION_NAMES,
+    STIPULATION_STATUS_NAMES,
+    STIPULATION_KIND_NAMES,
 )
 # One flat table: the codes of different kinds never share a value (a test holds it).
 _NAMES: dict[str, str] = {code: name for group in _GROUPS for code, name in group.items()}

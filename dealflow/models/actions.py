@@ -39,6 +39,10 @@ class Action(StrEnum):
     RETRY_DISBURSEMENT = "retry-disbursement"
     RECONCILE_DISBURSEMENT = "reconcile-disbursement"
     UNWIND = "unwind"
+    ANSWER_STIPULATION = "answer-stipulation"
+    CLEAR_STIPULATION = "clear-stipulation"
+    WAIVE_STIPULATION = "waive-stipulation"
+    REJECT_STIPULATION_DOCUMENT = "reject-stipulation-document"
 
     @property
     def update_name(self) -> str:
@@ -229,6 +233,38 @@ class UnwindInput(ActionInput):
     reason: Text
 
 
+class StipulationActionInput(ActionInput):
+    """A step on one of the lender's conditions, named by its code."""
+
+    code: Ref
+
+
+class AnswerStipulationInput(StipulationActionInput):
+    """Answer a condition that is not a document (add a guarantor, a larger
+    down payment) with a note saying how it is met."""
+
+    note: Text
+
+
+class ClearStipulationInput(StipulationActionInput):
+    """Credit accepts what answers a condition (its document or note)."""
+
+    note: Text | None = None
+
+
+class WaiveStipulationInput(StipulationActionInput):
+    """Credit drops a condition, with the reason (e.g. the lender agreed)."""
+
+    reason: Text
+
+
+class RejectStipulationDocumentInput(StipulationActionInput):
+    """Credit refuses the document that answers a condition, with the reason:
+    the condition reopens and needs a new document."""
+
+    reason: Text
+
+
 ACTION_INPUTS: dict[Action, type[ActionInput]] = {
     Action.SIGN_SALES_CONTRACT: SignSalesContractInput,
     Action.RECORD_DOCUMENT: RecordDocumentInput,
@@ -253,4 +289,8 @@ ACTION_INPUTS: dict[Action, type[ActionInput]] = {
     Action.RETRY_DISBURSEMENT: RetryDisbursementInput,
     Action.RECONCILE_DISBURSEMENT: ReconcileDisbursementInput,
     Action.UNWIND: UnwindInput,
+    Action.ANSWER_STIPULATION: AnswerStipulationInput,
+    Action.CLEAR_STIPULATION: ClearStipulationInput,
+    Action.WAIVE_STIPULATION: WaiveStipulationInput,
+    Action.REJECT_STIPULATION_DOCUMENT: RejectStipulationDocumentInput,
 }

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from dealflow.models.deal import DealInput, Product, Role
-from dealflow.models.lender_events import Decision
+from dealflow.models.lender_events import Decision, StipulationKind
 from dealflow.models.state import DealState, DocumentRecord, Stage, Submission, Transition
 from dealflow.models.status import PendingAction
 
@@ -22,6 +22,24 @@ class LenderDocument(BaseModel):
     sha256: str
     content_type: str
     url: str
+
+
+class StipulationAnswer(BaseModel):
+    """How one condition of the lender's conditional decision is answered in a
+    resubmission: by which document or staff note, or waived and why."""
+
+    code: str
+    description: str
+    kind: StipulationKind = "document"
+    status: Literal["received", "cleared", "waived"]
+    # The document that answers it: the package's document with this sha256
+    # (the deal's own id for it beside).
+    doc_id: str | None = None
+    sha256: str | None = None
+    # The staff note that answers a condition that is no document.
+    note: str | None = None
+    # Why it was waived.
+    reason: str | None = None
 
 
 class PackageDocument(BaseModel):
@@ -47,6 +65,10 @@ class _PackageFigures(BaseModel):
     applicant: dict[str, Any]
     spouse: dict[str, Any] | None = None
     stipulations_met: list[str] = Field(default_factory=list)
+    # Which document or note answers which condition, and which were waived
+    # (resubmissions of deals with the stipulation lifecycle; else empty).
+    stipulation_answers: list[StipulationAnswer] = Field(default_factory=list)
+    stipulations_waived: list[str] = Field(default_factory=list)
 
 
 class ApplicationPackage(_PackageFigures):
@@ -62,6 +84,8 @@ class SubmitToLenderInput(BaseModel):
     deal: DealInput
     documents: list[DocumentRecord]
     stipulations_met: list[str] = Field(default_factory=list)
+    stipulation_answers: list[StipulationAnswer] = Field(default_factory=list)
+    stipulations_waived: list[str] = Field(default_factory=list)
 
 
 class UnsignedApplicationPackage(_PackageFigures):
@@ -90,6 +114,8 @@ class UnsignedApplicationPackage(_PackageFigures):
             applicant=deal.customer.applicant.model_dump(mode="json"),
             spouse=deal.customer.spouse.model_dump(mode="json") if deal.customer.spouse else None,
             stipulations_met=inp.stipulations_met,
+            stipulation_answers=inp.stipulation_answers,
+            stipulations_waived=inp.stipulations_waived,
             documents=[
                 PackageDocument(
                     kind=d.kind.value,

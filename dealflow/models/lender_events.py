@@ -19,9 +19,18 @@ class Decision(StrEnum):
     DECLINED = "declined"
 
 
+# What answers a lender's condition: a document (of kind `stipulation`, the
+# default, and all a lender could name before the field existed), or, for a
+# condition that is no document ("add a guarantor", "a larger down payment"),
+# a staff note recorded by credit (`answer-stipulation`).
+StipulationKind = Literal["document", "condition"]
+
+
 class Stipulation(Strict):
     code: Ref
     description: Text
+    # Optional on the wire: a lender that leaves it out names a document.
+    kind: StipulationKind = "document"
 
 
 class Reason(Strict):

@@ -29,7 +29,13 @@ from dealflow.models.actions import (
     SubmitApplicationInput,
 )
 from dealflow.models.deal import Actor, DealInput, DealPolicy, DocumentKind, LenderRef, Party
-from dealflow.models.lender_events import Decision, LenderEventInput, Reason, Stipulation
+from dealflow.models.lender_events import (
+    Decision,
+    LenderEventInput,
+    Reason,
+    Stipulation,
+    StipulationKind,
+)
 
 
 class Stage(StrEnum):
@@ -130,6 +136,52 @@ class Submission(BaseModel):
         return max((d.decision_seq for d in self.decisions if d.applied), default=-1)
 
 
+# A lender condition's lifecycle (docs/architecture.md §1, "Stipulations"):
+# open -> received (a document or a staff note answers it) -> cleared or waived
+# by credit; a received document may be rejected (the condition reopens and
+# needs a new document). Received, cleared and waived count as answered.
+StipulationStatus = Literal["open", "received", "cleared", "waived", "rejected"]
+
+
+class StipulationChange(BaseModel):
+    """One step of a condition's lifecycle: when, to what, by whom, why."""
+
+    at: datetime
+    status: StipulationStatus
+    # "staff_id/role" of who acted; "lender_id/lender" when the lender named it.
+    by: str
+    # The note that answers or clears it, or why it was waived or rejected.
+    reason: str = ""
+    # The document received, or the one rejected.
+    doc_id: str | None = None
+
+
+class StipulationItem(BaseModel):
+    """One condition of one conditional decision: a lender names it for a
+    submission, and the deal answers it before it resubmits."""
+
+    submission_no: int
+    lender_id: str
+    code: str
+    description: str
+    kind: StipulationKind = "document"
+    status: StipulationStatus = "open"
+    named_at: datetime
+    # What answers it now: the document (a document condition) or the staff
+    # note (any other condition).
+    doc_id: str | None = None
+    note: str | None = None
+    # Why it was waived, or why its last document was rejected.
+    reason: str | None = None
+    # The submission that carried its answer to the lender (set on resubmission).
+    answered_in: int | None = None
+    changes: list[StipulationChange] = Field(default_factory=list)
+
+    @property
+    def rejected_doc_ids(self) -> list[str]:
+        return [c.doc_id for c in self.changes if c.status == "rejected" and c.doc_id]
+
+
 class Disbursement(BaseModel):
     attempt: int
     requested_at: datetime | None = None
@@ -194,6 +246,10 @@ class DealState(BaseModel):
     # When the lender last named each stipulation: only a document uploaded
     # since then answers it, so a condition named again waits for a new one.
     stipulation_asked_at: dict[str, datetime] = Field(default_factory=dict)
+    # Each condition of each conditional decision with its lifecycle (patch
+    # "stipulation-lifecycle"); deals whose conditions came before it keep
+    # `stipulations` and `stipulation_asked_at` above, and this stays empty.
+    stipulation_items: list[StipulationItem] = Field(default_factory=list)
     resubmit_pending: bool = False
     down_payment: ConfirmDownPaymentInput | None = None
     invoice: RecordInvoiceInput | None = None

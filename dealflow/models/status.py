@@ -16,6 +16,7 @@ from dealflow.models.state import (
     DocumentRecord,
     Notice,
     Stage,
+    StipulationItem,
     Submission,
     Transition,
 )
@@ -74,6 +75,9 @@ class DealStatus(BaseModel):
     documents: list[DocumentRecord] = Field(default_factory=list)
     pending: list[PendingAction]
     submissions: list[Submission]
+    # The lender's conditions, per submission, each with its lifecycle
+    # (deals whose conditions came before the lifecycle show none here).
+    stipulations: list[StipulationItem] = Field(default_factory=list)
     disbursements: list[Disbursement]
     money: MoneySummary
     # The approved terms' repayment schedule, once a lender approved with a rate.

@@ -51,6 +51,18 @@ from dealflow.rules.permissions import (
     check_stage,
 )
 from dealflow.rules.schedule import lender_terms_problem, loan_schedule, repayment_schedule
+from dealflow.rules.stipulations import (
+    STIPULATION_ACTIONS,
+    answered_by,
+    candidates,
+    collecting,
+    current_round,
+    find_condition,
+    latest_round,
+    stipulation_problem,
+    stipulations_answered,
+    unsent,
+)
 from dealflow.rules.uploads import sniff_content_type
 from dealflow.rules.view import DealView, approved_submission
 from dealflow.rules.webhooks import (
@@ -60,6 +72,16 @@ from dealflow.rules.webhooks import (
 )
 
 __all__ = [
+    "STIPULATION_ACTIONS",
+    "answered_by",
+    "candidates",
+    "collecting",
+    "current_round",
+    "find_condition",
+    "latest_round",
+    "unsent",
+    "stipulation_problem",
+    "stipulations_answered",
     "disbursement_request_id",
     "check_event_lender",
     "lender_webhook_key",

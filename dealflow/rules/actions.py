@@ -14,6 +14,8 @@ from dealflow.models import (
     AcceptCounterOfferInput,
     Action,
     ActionInput,
+    AnswerStipulationInput,
+    ClearStipulationInput,
     ConfirmDownPaymentInput,
     ConfirmLoanTermsInput,
     DeclineCounterOfferInput,
@@ -30,11 +32,14 @@ from dealflow.models import (
     RecordRepaymentAccountInput,
     RecordSettlementInput,
     RecordStockOutInput,
+    RejectStipulationDocumentInput,
     RetryDisbursementInput,
     SignLoanContractInput,
     SignSalesContractInput,
+    StipulationActionInput,
     SubmitApplicationInput,
     UnwindInput,
+    WaiveStipulationInput,
     fmt_money,
     money,
 )
@@ -43,6 +48,7 @@ from dealflow.rules.errors import conflict, invalid
 from dealflow.rules.money import required_down_payment
 from dealflow.rules.permissions import check_role, check_stage
 from dealflow.rules.schedule import loan_schedule
+from dealflow.rules.stipulations import collecting, find_condition, stipulation_problem
 from dealflow.rules.view import DealView, follow_up_due, stalled_disbursement
 
 
@@ -276,6 +282,51 @@ def _reconciled_within_tolerance(inp: ReconcileDisbursementInput, view: DealView
         )
 
 
+def _condition_step(action: Action, inp: StipulationActionInput, view: DealView) -> None:
+    """A step on one of the lender's conditions: the condition is one the
+    deal is answering now, and the step fits where it is in its lifecycle."""
+    state = view.state
+    if not collecting(state):
+        raise conflict("the deal is not answering any lender conditions now")
+    item = find_condition(state, inp.code)
+    if item is None:
+        answering = collecting(state)
+        codes = ", ".join(i.code for i in answering)
+        raise invalid(
+            f"{inp.code} is not a condition of the lender's decision on submission "
+            f"{answering[0].submission_no} (conditions: {codes})"
+        )
+    problem = stipulation_problem(action, item)
+    if problem is not None:
+        raise problem
+
+
+def _blank(text: str | None) -> bool:
+    return text is not None and not text.strip()
+
+
+def _condition_answered_by_a_note(inp: AnswerStipulationInput, view: DealView) -> None:
+    if _blank(inp.note):
+        raise invalid(f"the note answering {inp.code} is empty; say how it is met")
+    _condition_step(Action.ANSWER_STIPULATION, inp, view)
+
+
+def _condition_cleared_once_answered(inp: ClearStipulationInput, view: DealView) -> None:
+    _condition_step(Action.CLEAR_STIPULATION, inp, view)
+
+
+def _condition_waived_with_a_reason(inp: WaiveStipulationInput, view: DealView) -> None:
+    if _blank(inp.reason):
+        raise invalid(f"a reason is required to waive {inp.code}")
+    _condition_step(Action.WAIVE_STIPULATION, inp, view)
+
+
+def _document_rejected_with_a_reason(inp: RejectStipulationDocumentInput, view: DealView) -> None:
+    if _blank(inp.reason):
+        raise invalid(f"a reason is required to reject the document answering {inp.code}")
+    _condition_step(Action.REJECT_STIPULATION_DOCUMENT, inp, view)
+
+
 # Keyed by payload type: each action has its own payload model.
 _CHECKS: dict[type, Callable[[Any, DealView], None]] = {
     SignSalesContractInput: _sales_contract_routed_with_agreed_down_payment,
@@ -300,4 +351,8 @@ _CHECKS: dict[type, Callable[[Any, DealView], None]] = {
     RetryDisbursementInput: _disbursement_stalled,
     ReconcileDisbursementInput: _reconciled_within_tolerance,
     UnwindInput: _disbursement_stalled,
+    AnswerStipulationInput: _condition_answered_by_a_note,
+    ClearStipulationInput: _condition_cleared_once_answered,
+    WaiveStipulationInput: _condition_waived_with_a_reason,
+    RejectStipulationDocumentInput: _document_rejected_with_a_reason,
 }

@@ -17,6 +17,7 @@ from dealflow.models import (
 )
 from dealflow.rules.errors import invalid
 from dealflow.rules.identity import validate_id_number
+from dealflow.rules.stipulations import ANSWERED, current_round, document_condition_problem
 
 _LABELS = {
     DocumentKind.ID_CARD: "resident ID card",
@@ -128,6 +129,9 @@ def checklist(
                 satisfied=have(DocumentKind.ID_CARD, Party.SPOUSE),
             )
         )
+    if state.stipulation_items:
+        items.extend(_document_conditions(state))
+        return items
     for stip in state.stipulations:
         items.append(
             ChecklistItem(
@@ -141,6 +145,34 @@ def checklist(
                     and d.uploaded_at >= state.stipulation_asked_at.get(stip.code, d.uploaded_at)
                     for d in docs
                 ),
+            )
+        )
+    return items
+
+
+def _document_conditions(state: DealState) -> list[ChecklistItem]:
+    """The latest conditional decision's document conditions, each satisfied
+    once answered (received, cleared or waived); the others are no documents."""
+    items = []
+    for stip in current_round(state):
+        if stip.kind != "document":
+            continue
+        if stip.status == "rejected":
+            detail = f"rejected: {stip.reason}; upload a replacement"
+        elif stip.status == "waived":
+            detail = f"waived: {stip.reason}"
+        elif stip.status in ("received", "cleared"):
+            detail = f"{stip.status}: document {stip.doc_id}"
+        else:
+            detail = ""
+        items.append(
+            ChecklistItem(
+                kind=DocumentKind.STIPULATION,
+                party=Party.APPLICANT,
+                label=f"{stip.code}: {stip.description}",
+                stipulation_code=stip.code,
+                satisfied=stip.status in ANSWERED,
+                detail=detail,
             )
         )
     return items
@@ -202,7 +234,11 @@ def validate_document(
             raise invalid("bank statement period_start is after period_end")
         if inp.period_end > today:
             raise invalid(f"bank statement period_end {inp.period_end} is in the future")
-    if inp.kind is DocumentKind.STIPULATION:
+    if inp.kind is DocumentKind.STIPULATION and state.stipulation_items:
+        problem = document_condition_problem(state, inp.stipulation_code, dup)
+        if problem is not None:
+            raise problem
+    elif inp.kind is DocumentKind.STIPULATION:
         codes = {s.code for s in state.stipulations}
         if inp.stipulation_code not in codes:
             open_codes = ", ".join(sorted(codes)) or "none"

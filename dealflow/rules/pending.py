@@ -6,10 +6,11 @@ from collections.abc import Callable
 from datetime import datetime
 
 from dealflow.models import Action, PendingAction, Role, Stage, fmt_money
-from dealflow.rules.documents import describe_missing
+from dealflow.rules.documents import checklist_complete, describe_missing
 from dealflow.rules.money import required_down_payment
 from dealflow.rules.permissions import ACTION_ROLES
 from dealflow.rules.schedule import loan_schedule
+from dealflow.rules.stipulations import candidates, collecting
 from dealflow.rules.view import DealView, follow_up_due, stalled_disbursement
 
 # Whose desk an action lands on when several roles may take it (docs/architecture.md §1,
@@ -46,8 +47,19 @@ def _contract(view: DealView, due: datetime | None) -> list[PendingAction]:
 
 
 def _documents(view: DealView, due: datetime | None) -> list[PendingAction]:
-    what = "collect: " + describe_missing(view.checklist())
-    return [_staff(Action.RECORD_DOCUMENT, what, due)]
+    items = view.checklist()
+    # The lender's conditions that are no documents wait for credit's note.
+    conditions = [
+        _staff(
+            Action.ANSWER_STIPULATION,
+            f"answer the lender's condition {item.code}: {item.description}",
+            due,
+        )
+        for item in candidates(Action.ANSWER_STIPULATION, collecting(view.state))
+    ]
+    if conditions and checklist_complete(items):
+        return conditions
+    return [_staff(Action.RECORD_DOCUMENT, "collect: " + describe_missing(items), due), *conditions]
 
 
 def _application(view: DealView, due: datetime | None) -> list[PendingAction]:

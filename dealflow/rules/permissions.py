@@ -37,6 +37,10 @@ ACTION_ROLES: dict[Action, frozenset[Role]] = {
     Action.RETRY_DISBURSEMENT: frozenset({Role.FINANCE}),
     Action.RECONCILE_DISBURSEMENT: frozenset({Role.FINANCE}),
     Action.UNWIND: frozenset({Role.FINANCE, Role.CREDIT}),
+    Action.ANSWER_STIPULATION: frozenset({Role.CREDIT}),
+    Action.CLEAR_STIPULATION: frozenset({Role.CREDIT}),
+    Action.WAIVE_STIPULATION: frozenset({Role.CREDIT}),
+    Action.REJECT_STIPULATION_DOCUMENT: frozenset({Role.CREDIT}),
 }
 
 START_DEAL_ROLES = frozenset({Role.SALES, Role.ADMIN})
@@ -89,6 +93,11 @@ ACTION_STAGES: dict[Action, frozenset[Stage]] = {
     Action.RETRY_DISBURSEMENT: frozenset({Stage.DISBURSEMENT}),
     Action.RECONCILE_DISBURSEMENT: frozenset({Stage.DISBURSEMENT}),
     Action.UNWIND: frozenset({Stage.DISBURSEMENT}),
+    # The lender's conditions are answered while the deal collects them.
+    Action.ANSWER_STIPULATION: frozenset({Stage.DOCUMENTS}),
+    Action.CLEAR_STIPULATION: frozenset({Stage.DOCUMENTS}),
+    Action.WAIVE_STIPULATION: frozenset({Stage.DOCUMENTS}),
+    Action.REJECT_STIPULATION_DOCUMENT: frozenset({Stage.DOCUMENTS}),
 }
 
 

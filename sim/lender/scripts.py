@@ -20,7 +20,9 @@ class _Strict(BaseModel):
 
 
 class DecisionStep(_Strict):
-    """How the lender answers one submission of the deal."""
+    """How the lender answers one submission of the deal. A conditional one
+    may name several stipulations, each a document (the default) or, with
+    `"kind": "condition"`, a condition that is no document."""
 
     decision: Literal["approved", "conditional", "counter_offer", "declined", "silent"]
     approved_amount: Money | None = None
@@ -87,7 +89,10 @@ def scripted_outcome(
     apr = step.apr if step.apr is not None else apr
     term = step.term_months or package.term_months
     requested = money(package.amount_requested)
-    stips = [s.model_dump() for s in step.stipulations]
+    # A document stipulation goes out without a `kind`, as lenders sent them
+    # before the field existed (DealFlow reads it as a document); one that is
+    # no document says "kind": "condition".
+    stips = [s.model_dump(exclude_defaults=True) for s in step.stipulations]
     reasons = [r.model_dump() for r in step.reasons]
     amount: Decimal | None = step.approved_amount if step.approved_amount is not None else requested
     if step.decision == "conditional":

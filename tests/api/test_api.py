@@ -625,6 +625,77 @@ async def test_wrong_stage_409_and_invalid_422_change_nothing(stack: ApiStack) -
     assert after["transitions"] == before["transitions"]
 
 
+async def test_steps_on_the_lenders_conditions_over_http(stack: ApiStack) -> None:
+    """answer-, clear-, waive-stipulation and reject-stipulation-document: 200
+    with the new status (the conditions in it), 403 for a role other than
+    credit, 409 for a step that does not fit where the condition is, 422 for
+    an unknown condition or a missing reason; a refusal changes nothing."""
+    desk = HttpDesk(stack)
+    await desk.start()
+    conditional = {
+        "decision": "conditional",
+        "stipulations": [
+            {"code": "EMPLOYMENT_LETTER", "description": "employer's letter"},
+            {"code": "GUARANTOR", "description": "add a guarantor", "kind": "condition"},
+        ],
+    }
+    await stack.script(desk.deal_id, {"lenders": {"acme-auto-finance": [conditional]}})
+    await desk.ok("sign-sales-contract", Role.SALES)
+    await desk.upload_all()
+    await desk.ok("submit-application", Role.CREDIT)
+    before = await desk.wait_until(
+        lambda st: st["stage"] == "DOCUMENTS" and bool(st["stipulations"]), "the conditions"
+    )
+    assert [(i["code"], i["kind"], i["status"]) for i in before["stipulations"]] == [
+        ("EMPLOYMENT_LETTER", "document", "open"),
+        ("GUARANTOR", "condition", "open"),
+    ]
+    problem(
+        await desk.do("waive-stipulation", Role.SALES, code="GUARANTOR"),
+        403,
+        "role 'sales' may not waive-stipulation; allowed: admin, credit",
+    )
+    problem(
+        await desk.do("clear-stipulation", Role.CREDIT, code="GUARANTOR"),
+        409,
+        "GUARANTOR is open: nothing answers it yet",
+    )
+    problem(
+        await desk.do("reject-stipulation-document", Role.CREDIT, code="PAYSLIPS"),
+        422,
+        "PAYSLIPS is not a condition of the lender's decision on submission 1 "
+        "(conditions: EMPLOYMENT_LETTER, GUARANTOR)",
+    )
+    r = await stack.http(Role.CREDIT).post(
+        f"/api/deals/{desk.deal_id}/actions/waive-stipulation", json={"code": "GUARANTOR"}
+    )
+    problem(r, 422, "reason: Field required")
+    assert (await desk.status())["version"] == before["version"], "nothing applied"
+
+    # The CLI, through the API, with the example payload: the status it prints
+    # lists the conditions.
+    credit = ("--api", stack.api_url, "--token", stack.token(Role.CREDIT))
+    payload = str(EXAMPLES / "actions" / "answer-stipulation.json")
+    code, out, err = await _cli(*credit, "act", desk.deal_id, "answer-stipulation", payload)
+    assert code == 0, err
+    assert "answer-stipulation: done" in out and "Conditions" in out
+    assert "GUARANTOR" in out and "received" in out
+    answered = await desk.status()
+    guarantor = answered["stipulations"][1]
+    assert (guarantor["status"], guarantor["note"]) == (
+        "received",
+        action_body("answer-stipulation")["note"],
+    )
+    assert [c["by"] for c in guarantor["changes"]] == [
+        "acme-auto-finance/lender",
+        "credit-01/credit",
+    ]
+    waived = await desk.ok("waive-stipulation", Role.CREDIT, code="EMPLOYMENT_LETTER")
+    assert waived["stage"] == "UNDERWRITING", "nothing open: resubmitted"
+    assert waived["stipulations"][0]["status"] == "waived"
+    assert {i["answered_in"] for i in waived["stipulations"]} == {2}
+
+
 async def test_money_rules_speak_the_clerks_language(stack: ApiStack) -> None:
     desk = HttpDesk(stack)
     await desk.start()

@@ -390,6 +390,88 @@ async def test_a_counter_offer_is_answered_through_the_forms_the_deal_fills_in(
     await desk.wait_stage("DOWN_PAYMENT")
 
 
+async def test_credit_clears_and_waives_the_lenders_conditions_through_the_desk(
+    stack: ApiStack,
+) -> None:
+    """The lender's conditions on the deal page: what each is, where it is in
+    its lifecycle, what answers it and who changed it; credit's steps on them
+    as forms, the condition filled in when a step fits only one; a refusal
+    shown beside its form."""
+    desk = await new_deal(stack)
+    conditional = {
+        "decision": "conditional",
+        "stipulations": [
+            {"code": "EMPLOYMENT_LETTER", "description": "employer's letter"},
+            {"code": "GUARANTOR", "description": "add a guarantor", "kind": "condition"},
+        ],
+    }
+    await stack.script(desk.deal_id, {"lenders": {"acme-auto-finance": [conditional]}})
+    await desk.ok("sign-sales-contract", Role.SALES)
+    await desk.upload_all()
+    await desk.ok("submit-application", Role.CREDIT)
+    await desk.wait_until(
+        lambda st: st["stage"] == "DOCUMENTS" and bool(st["stipulations"]), "the conditions"
+    )
+    letter = {"kind": "stipulation", "party": "applicant", "stipulation_code": "EMPLOYMENT_LETTER"}
+    uploaded = await desk.upload(letter, b"%PDF-1.4\n% the employer's letter\n%%EOF\n")
+    assert uploaded.status_code == 201, uploaded.text
+    credit, csrf = await signed_in(stack, "credit", "credit.desk")
+    page = (await credit.get(f"/desk/deals/{desk.deal_id}")).text
+    lenders = section(page, "deal-lenders")
+    assert 'data-testid="conditions"' in lenders
+    row = lenders[lenders.index('data-testid="condition-EMPLOYMENT_LETTER"') :]
+    assert "Answered, to clear" in row[: row.index("</tr>")]
+    assert "scan.pdf" in row[: row.index("</tr>")], "what answers it"
+    row = lenders[lenders.index('data-testid="condition-GUARANTOR"') :]
+    assert "Other condition" in row and "Not answered yet" in row[: row.index("</tr>")]
+    actions = section(page, "deal-actions")
+    assert 'id="form-answer-stipulation"' in actions, "waited for: the guarantor"
+    for step in ("clear-stipulation", "waive-stipulation", "reject-stipulation-document"):
+        assert f'id="form-{step}"' in actions, step
+    assert "clear what answers it: EMPLOYMENT_LETTER" in actions
+    assert "waive, with the reason: EMPLOYMENT_LETTER, GUARANTOR" in actions
+    form = actions[actions.index('id="form-clear-stipulation"') :]
+    assert 'name="code" type="text" value="EMPLOYMENT_LETTER"' in form[: form.index("</form>")]
+
+    refused = await credit.post(
+        f"/desk/deals/{desk.deal_id}/actions/clear-stipulation",
+        data={"csrf": csrf, "code": "GUARANTOR", "note": ""},
+    )
+    assert refused.status_code == 409, refused.text
+    assert "GUARANTOR is open: nothing answers it yet" in section(refused.text, "deal-actions")
+    cleared = await credit.post(
+        f"/desk/deals/{desk.deal_id}/actions/clear-stipulation",
+        data={"csrf": csrf, "code": "EMPLOYMENT_LETTER", "note": "checked by phone"},
+    )
+    assert cleared.status_code == 303, cleared.text
+    waived = await credit.post(
+        f"/desk/deals/{desk.deal_id}/actions/waive-stipulation",
+        data={"csrf": csrf, "code": "GUARANTOR", "reason": "the lender waived it"},
+    )
+    assert waived.status_code == 303, waived.text
+    await desk.wait_until(lambda st: st["stage"] != "DOCUMENTS", "the resubmission")
+    lenders = section((await credit.get(f"/desk/deals/{desk.deal_id}")).text, "deal-lenders")
+    row = lenders[lenders.index('data-testid="condition-GUARANTOR"') :]
+    row = row[: row.index("</tr>")]
+    assert "Waived" in row and "the lender waived it" in row and "credit.desk/credit" in row
+    assert "sent with submission 2" in row
+    row = lenders[lenders.index('data-testid="condition-EMPLOYMENT_LETTER"') :]
+    assert "Cleared" in row[: row.index("</tr>")]
+    # The audit timeline: the lender's conditions, credit's steps, and what the
+    # resubmission told the lender.
+    for _ in range(100):
+        timeline = (
+            await credit.get(f"/desk/deals/{desk.deal_id}/timeline", headers={"HX-Request": "true"})
+        ).text
+        if "(submission 2" in timeline:
+            break
+        await asyncio.sleep(0.1)
+    assert "stipulation GUARANTOR (condition): add a guarantor" in timeline
+    assert "waive-stipulation" in timeline and "clear-stipulation" in timeline
+    assert "conditions: EMPLOYMENT_LETTER cleared: document" in timeline
+    assert "GUARANTOR waived (the lender waived it)" in timeline
+
+
 async def test_an_unknown_deal_or_action_is_a_404_page(stack: ApiStack) -> None:
     sales, csrf = await signed_in(stack, "sales")
     missing = await sales.get("/desk/deals/20990101-00000000")

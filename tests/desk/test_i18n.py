@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from babel.messages.extract import extract_from_dir
@@ -23,6 +24,8 @@ from dealflow.models import (
     RepaymentMethod,
     Role,
     Stage,
+    StipulationKind,
+    StipulationStatus,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,6 +83,9 @@ def test_every_code_a_page_shows_has_a_name_in_both_languages() -> None:
     for kind in (Stage, Role, DocumentKind, Party, Product, RepaymentMethod, Decision, Action):
         for code in kind:
             assert labels.label(code) != code.value, code
+    for literal in (StipulationStatus, StipulationKind):
+        for value in get_args(literal):
+            assert labels.label(value) != value, value
     token = i18n.current_language.set("zh")
     try:
         assert labels.label(Stage.DOWN_PAYMENT) == "首付款"

@@ -29,6 +29,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from dealflow import client as deals
 from dealflow.models import DealPolicy, Stage
+from dealflow.samples import stipulation_document
 from dealflow.storage import db
 from dealflow.storage.documents import LocalDirectoryStore
 from tests.support.back_office import Desk
@@ -85,6 +86,46 @@ async def conditional(d: Desk) -> None:
     await d.wait_stage(Stage.DOCUMENTS)
     await d.wait_until(lambda s: any(c.stipulation_code for c in s.checklist), "stipulation")
     await d.upload_stipulation("EMPLOYMENT_LETTER")
+    await d.wait_stage(Stage.DOWN_PAYMENT)
+    await d.do("cancel", reason="customer withdrew")
+
+
+async def stipulations_answered(d: Desk) -> None:
+    """Every step on the lender's conditions (patch "stipulation-lifecycle"):
+    a letter received, rejected, received again and cleared; payslips waived;
+    a guarantor (no document) answered by a note; resubmitted, approved, then
+    cancelled."""
+    await d.start(
+        script={
+            "lenders": {
+                "acme-auto-finance": [
+                    {
+                        "decision": "conditional",
+                        "stipulations": [
+                            {"code": "EMPLOYMENT_LETTER", "description": "employer letter"},
+                            {"code": "PAYSLIPS", "description": "three payslips"},
+                            {
+                                "code": "GUARANTOR",
+                                "description": "a guarantor",
+                                "kind": "condition",
+                            },
+                        ],
+                    },
+                    {"decision": "approved"},
+                ]
+            }
+        }
+    )
+    await d.through_documents()
+    await d.do("submit-application")
+    await d.wait_until(lambda s: s.stage is Stage.DOCUMENTS and bool(s.stipulations))
+    await d.upload_stipulation("EMPLOYMENT_LETTER")
+    await d.do("reject-stipulation-document", code="EMPLOYMENT_LETTER", reason="unsigned")
+    letter = stipulation_document(d.deal_id, "EMPLOYMENT_LETTER")
+    await d.upload({**letter, "data": letter["data"] + b" signed"})
+    await d.do("clear-stipulation", code="EMPLOYMENT_LETTER")
+    await d.do("waive-stipulation", code="PAYSLIPS", reason="the lender dropped it")
+    await d.do("answer-stipulation", code="GUARANTOR", note="the father guarantees")
     await d.wait_stage(Stage.DOWN_PAYMENT)
     await d.do("cancel", reason="customer withdrew")
 
@@ -197,6 +238,7 @@ SCENARIOS: dict[str, Callable[[Desk], Awaitable[None]]] = {
     "happy_path": happy_path,
     "declined_then_approved": declined_then_approved,
     "conditional_then_cancelled": conditional,
+    "stipulations_answered_then_cancelled": stipulations_answered,
     "counter_offer_accepted_then_cancelled": counter_offer_accepted,
     "declined_counter_offer_cancelled": declined_counter_offer_cancelled,
     "partial_approval_accepted_then_cancelled": partial_approval_accepted,

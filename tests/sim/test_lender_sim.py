@@ -504,7 +504,10 @@ def test_scripted_sequence_per_lender(sim: Sim) -> None:
                 {"decision": "declined", "reasons": [{"code": "R1", "text": "Thin file"}]},
                 {
                     "decision": "conditional",
-                    "stipulations": [{"code": "GUARANTOR", "description": "Add a guarantor"}],
+                    "stipulations": [
+                        {"code": "EMPLOYMENT_LETTER", "description": "Employer's letter"},
+                        {"code": "GUARANTOR", "description": "A guarantor", "kind": "condition"},
+                    ],
                 },
                 {"decision": "counter_offer", "approved_amount": "90000.00"},
                 {"decision": "approved"},
@@ -526,7 +529,12 @@ def test_scripted_sequence_per_lender(sim: Sim) -> None:
     assert d[0]["decision"] == "declined"
     assert d[0]["reasons"] == [{"code": "R1", "text": "Thin file"}]
     assert d[1]["decision"] == "conditional"
-    assert d[1]["stipulations"] == [{"code": "GUARANTOR", "description": "Add a guarantor"}]
+    # Several stipulations of either kind; one without a kind goes out without
+    # it, as lenders sent them before the field (DealFlow reads a document).
+    assert d[1]["stipulations"] == [
+        {"code": "EMPLOYMENT_LETTER", "description": "Employer's letter"},
+        {"code": "GUARANTOR", "description": "A guarantor", "kind": "condition"},
+    ]
     assert d[1]["approved_amount"] == "105000.00"
     assert (d[2]["decision"], d[2]["approved_amount"]) == ("counter_offer", "90000.00")
     assert (d[3]["decision"], d[3]["approved_amount"]) == ("approved", "105000.00")

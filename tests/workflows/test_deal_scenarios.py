@@ -525,6 +525,182 @@ async def test_cancel_while_collecting_stipulations_withdraws_the_conditional_ap
     assert await world_compensations(desk) == ["withdraw_application", "release_vehicle"]
 
 
+# --------------------------------------------------------------------------- stipulations
+
+
+LETTER = {"code": "EMPLOYMENT_LETTER", "description": "employer's letter confirming tenure"}
+PAYSLIPS = {"code": "PAYSLIPS", "description": "the last three payslips"}
+GUARANTOR = {"code": "GUARANTOR", "description": "add a guarantor", "kind": "condition"}
+CREDIT = Actor(staff_id="credit-02", role=Role.CREDIT)
+
+
+async def conditional_on(desk: Desk, *stipulations: dict[str, str]) -> DealStatus:
+    """A deal the lender approves on conditions, back in DOCUMENTS to answer them."""
+    conditional = {"decision": "conditional", "stipulations": list(stipulations)}
+    await desk.start(script=script(acme_auto_finance=[conditional, APPROVED]))
+    await desk.through_documents()
+    await desk.do("submit-application")
+    return await desk.wait_until(
+        lambda s: s.stage is Stage.DOCUMENTS and bool(s.stipulations), "the lender's conditions"
+    )
+
+
+def condition(st: DealStatus, code: str) -> Any:
+    (item,) = [i for i in st.stipulations if i.code == code and i.submission_no == 1]
+    return item
+
+
+async def resubmitted_package(desk: Desk) -> dict[str, Any]:
+    await desk.wait_stage(Stage.DOWN_PAYMENT)
+    first, second = (await desk.ledger())["applications"]
+    assert (first["submission_no"], second["submission_no"]) == (1, 2)
+    body: dict[str, Any] = second["body"]
+    return body
+
+
+async def test_each_condition_is_received_by_its_document_and_the_resubmission_says_which(
+    desk: Desk,
+) -> None:
+    """open -> received by a document; the deal resubmits only once every
+    condition is received, and the package maps each condition to its document."""
+    st = await conditional_on(desk, LETTER, PAYSLIPS)
+    assert [(i.code, i.kind, i.status, i.submission_no) for i in st.stipulations] == [
+        ("EMPLOYMENT_LETTER", "document", "open", 1),
+        ("PAYSLIPS", "document", "open", 1),
+    ]
+    assert [(c.status, c.by) for c in condition(st, "PAYSLIPS").changes] == [
+        ("open", f"{ACME}/lender")
+    ]
+    result = await desk.upload_stipulation("EMPLOYMENT_LETTER")
+    st = result.status
+    assert st.stage is Stage.DOCUMENTS, "PAYSLIPS is still open"
+    letter = condition(st, "EMPLOYMENT_LETTER")
+    (letter_doc,) = [d for d in st.documents if d.stipulation_code == "EMPLOYMENT_LETTER"]
+    assert (letter.status, letter.doc_id) == ("received", letter_doc.doc_id)
+    assert (letter.changes[-1].status, letter.changes[-1].by) == ("received", "sales-01/sales")
+    assert st.pending[0].what == "collect: PAYSLIPS: the last three payslips"
+
+    result = await desk.upload_stipulation("PAYSLIPS")
+    assert result.status.transitions[-1].reason == f"stipulations met; resubmitted to {ACME}"
+    body = await resubmitted_package(desk)
+    docs = {d.stipulation_code: d for d in result.status.documents if d.stipulation_code}
+    assert body["stipulations_met"] == ["EMPLOYMENT_LETTER", "PAYSLIPS"]
+    assert body["stipulations_waived"] == []
+    assert [
+        (a["code"], a["status"], a["doc_id"], a["sha256"]) for a in body["stipulation_answers"]
+    ] == [
+        (code, "received", docs[code].doc_id, docs[code].sha256)
+        for code in ("EMPLOYMENT_LETTER", "PAYSLIPS")
+    ]
+    sent = {d["sha256"] for d in body["documents"]}
+    assert {docs[code].sha256 for code in docs} <= sent, "each answer is in the package"
+    st = await desk.status()
+    assert {i.answered_in for i in st.stipulations} == {2}
+
+
+async def test_a_condition_credit_waives_counts_as_answered_and_the_lender_is_told_why(
+    desk: Desk,
+) -> None:
+    """One condition cleared by a document, the other waived by credit with a
+    reason: the deal resubmits, and the package says which was waived and why."""
+    await conditional_on(desk, LETTER, GUARANTOR)
+    await desk.upload_stipulation("EMPLOYMENT_LETTER")
+    result = await desk.do("clear-stipulation", actor=CREDIT, code="EMPLOYMENT_LETTER")
+    assert result.status.stage is Stage.DOCUMENTS, "GUARANTOR is still open"
+    cleared = condition(result.status, "EMPLOYMENT_LETTER")
+    assert (cleared.status, cleared.changes[-1].by) == ("cleared", "credit-02/credit")
+    why = "the lender's credit desk waived it by phone"
+    result = await desk.do("waive-stipulation", actor=CREDIT, code="GUARANTOR", reason=why)
+    assert result.status.stage is Stage.UNDERWRITING
+    waived = condition(result.status, "GUARANTOR")
+    assert (waived.status, waived.reason, waived.changes[-1].by) == (
+        "waived",
+        why,
+        "credit-02/credit",
+    )
+    body = await resubmitted_package(desk)
+    assert body["stipulations_met"] == ["EMPLOYMENT_LETTER"]
+    assert body["stipulations_waived"] == ["GUARANTOR"]
+    assert [(a["code"], a["status"], a["reason"]) for a in body["stipulation_answers"]] == [
+        ("EMPLOYMENT_LETTER", "cleared", None),
+        ("GUARANTOR", "waived", why),
+    ]
+
+
+async def test_a_rejected_document_reopens_its_condition_and_holds_the_resubmission(
+    desk: Desk,
+) -> None:
+    """Credit refuses the letter with the reason: the condition reopens, sales
+    is asked for a replacement, the deal waits (days pass) although the other
+    condition is received, the refused file cannot answer again, and the new
+    letter goes to the lender without the refused one."""
+    await conditional_on(desk, LETTER, PAYSLIPS)
+    first = await desk.upload_stipulation("EMPLOYMENT_LETTER")
+    refused_doc = condition(first.status, "EMPLOYMENT_LETTER").doc_id
+    why = "unsigned and without the employer's stamp"
+    result = await desk.do(
+        "reject-stipulation-document", actor=CREDIT, code="EMPLOYMENT_LETTER", reason=why
+    )
+    letter = condition(result.status, "EMPLOYMENT_LETTER")
+    assert (letter.status, letter.doc_id, letter.reason) == ("rejected", None, why)
+    assert (letter.changes[-1].doc_id, letter.changes[-1].by) == (refused_doc, "credit-02/credit")
+    (item,) = [i for i in result.status.checklist if i.stipulation_code == "EMPLOYMENT_LETTER"]
+    assert not item.satisfied and item.detail == f"rejected: {why}; upload a replacement"
+    assert notices(result.status, "info")[-1].message == (
+        f"document {refused_doc} for EMPLOYMENT_LETTER rejected: {why}; upload a replacement"
+    )
+    await desk.upload_stipulation("PAYSLIPS")
+    await desk.sleep(3)
+    st = await desk.status()
+    assert st.stage is Stage.DOCUMENTS and len(st.submissions) == 1, "not resubmitted"
+    with pytest.raises(RuleError) as again:
+        await desk.upload_stipulation("EMPLOYMENT_LETTER")
+    assert again.value.kind == "conflict"
+    assert "is the document rejected for EMPLOYMENT_LETTER" in again.value.message
+
+    letter_doc = stipulation_document(desk.deal_id, "EMPLOYMENT_LETTER")
+    letter_doc["data"] += b" signed and stamped"
+    result = await desk.upload(letter_doc)
+    assert result.status.stage is Stage.UNDERWRITING
+    replacement = condition(result.status, "EMPLOYMENT_LETTER").doc_id
+    assert replacement not in (None, refused_doc)
+    sha = {d.doc_id: d.sha256 for d in result.status.documents}
+    body = await resubmitted_package(desk)
+    answers = {a["code"]: (a["doc_id"], a["sha256"]) for a in body["stipulation_answers"]}
+    assert answers["EMPLOYMENT_LETTER"] == (replacement, sha[replacement])
+    sent = {d["sha256"] for d in body["documents"]}
+    assert sha[replacement] in sent and sha[refused_doc] not in sent, "the refused one: not sent"
+
+
+async def test_a_condition_that_is_no_document_is_answered_by_a_staff_note(desk: Desk) -> None:
+    st = await conditional_on(desk, GUARANTOR)
+    assert condition(st, "GUARANTOR").kind == "condition"
+    assert [(p.action, p.role, p.what) for p in st.pending] == [
+        (
+            "answer-stipulation",
+            Role.CREDIT,
+            "answer the lender's condition GUARANTOR: add a guarantor",
+        )
+    ]
+    assert not [i for i in st.checklist if i.stipulation_code], "no document to collect"
+    with pytest.raises(RuleError) as upload:
+        await desk.upload_stipulation("GUARANTOR")
+    assert (upload.value.kind, upload.value.message) == (
+        "conflict",
+        "GUARANTOR is not a document condition: answer it with answer-stipulation",
+    )
+    note = "guarantee signed by the applicant's father; original filed"
+    result = await desk.do("answer-stipulation", actor=CREDIT, code="GUARANTOR", note=note)
+    assert result.status.stage is Stage.UNDERWRITING
+    item = condition(result.status, "GUARANTOR")
+    assert (item.status, item.note, item.doc_id) == ("received", note, None)
+    body = await resubmitted_package(desk)
+    assert body["stipulations_met"] == ["GUARANTOR"]
+    assert [(a["code"], a["kind"], a["note"]) for a in body["stipulation_answers"]] == [
+        ("GUARANTOR", "condition", note)
+    ]
+
+
 async def refuse_withdrawals(desk: Desk) -> None:
     """The lender answers every withdrawal of this deal with a 422."""
     async with httpx.AsyncClient() as http:

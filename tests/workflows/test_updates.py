@@ -85,6 +85,10 @@ ROLES = [
     ("retry-disbursement", Role.CREDIT, "admin, finance"),
     ("reconcile-disbursement", Role.SALES, "admin, finance"),
     ("unwind", Role.SALES, "admin, credit, finance"),
+    ("answer-stipulation", Role.SALES, "admin, credit"),
+    ("clear-stipulation", Role.FINANCE, "admin, credit"),
+    ("waive-stipulation", Role.SALES, "admin, credit"),
+    ("reject-stipulation-document", Role.SALES, "admin, credit"),
 ]
 
 # action, the stages it is allowed in (all of these refused in CONTRACT).
@@ -109,6 +113,10 @@ STAGES = [
     ("retry-disbursement", "DISBURSEMENT"),
     ("reconcile-disbursement", "DISBURSEMENT"),
     ("unwind", "DISBURSEMENT"),
+    ("answer-stipulation", "DOCUMENTS"),
+    ("clear-stipulation", "DOCUMENTS"),
+    ("waive-stipulation", "DOCUMENTS"),
+    ("reject-stipulation-document", "DOCUMENTS"),
 ]
 
 
@@ -403,6 +411,181 @@ async def test_counter_offer_answers_need_the_open_counter_offer(desk: Desk) -> 
 
 
 # --------------------------------------------------------------------------- after approval
+
+
+async def test_steps_on_the_lenders_conditions_are_refused_with_the_rule_they_break(
+    desk: Desk,
+) -> None:
+    """Each step on a condition names the condition and where it is in its
+    lifecycle when it does not fit: unknown code, wrong kind, wrong state,
+    a blank reason; and nothing is written."""
+    await desk.start(
+        script={
+            "lenders": {
+                "acme-auto-finance": [
+                    {
+                        "decision": "conditional",
+                        "stipulations": [
+                            {"code": "EMPLOYMENT_LETTER", "description": "employer's letter"},
+                            {"code": "PAYSLIPS", "description": "three payslips"},
+                            {
+                                "code": "GUARANTOR",
+                                "description": "add a guarantor",
+                                "kind": "condition",
+                            },
+                        ],
+                    },
+                    {"decision": "approved"},
+                ]
+            }
+        }
+    )
+    await desk.do("sign-sales-contract")
+    await refused(
+        desk,
+        "waive-stipulation",
+        "conflict",
+        "the deal is not answering any lender conditions now",
+        code="GUARANTOR",
+    )
+    await desk.upload_documents()
+    await desk.do("submit-application")
+    await desk.wait_until(lambda s: s.stage is Stage.DOCUMENTS and bool(s.stipulations))
+    conditions = "conditions: EMPLOYMENT_LETTER, PAYSLIPS, GUARANTOR"
+    await refused(
+        desk,
+        "clear-stipulation",
+        "invalid",
+        f"STIP-INCOME is not a condition of the lender's decision on submission 1 ({conditions})",
+        code="STIP-INCOME",
+    )
+    await refused(
+        desk,
+        "clear-stipulation",
+        "conflict",
+        "EMPLOYMENT_LETTER is open: nothing answers it yet; upload its document (kind "
+        "stipulation, stipulation_code EMPLOYMENT_LETTER) first, or waive it",
+        code="EMPLOYMENT_LETTER",
+    )
+    await refused(
+        desk,
+        "clear-stipulation",
+        "conflict",
+        "GUARANTOR is open: nothing answers it yet; answer it (answer-stipulation) first, "
+        "or waive it",
+        code="GUARANTOR",
+    )
+    await refused(
+        desk,
+        "answer-stipulation",
+        "conflict",
+        "EMPLOYMENT_LETTER asks for a document: upload it as a stipulation document with "
+        "stipulation_code EMPLOYMENT_LETTER",
+        code="EMPLOYMENT_LETTER",
+    )
+    await refused(
+        desk,
+        "reject-stipulation-document",
+        "conflict",
+        "EMPLOYMENT_LETTER has no document to reject: it is open",
+        code="EMPLOYMENT_LETTER",
+    )
+    await refused(
+        desk,
+        "reject-stipulation-document",
+        "conflict",
+        "GUARANTOR is not a document condition: a staff note answers it; clear it or waive it",
+        code="GUARANTOR",
+    )
+    await refused(
+        desk,
+        "waive-stipulation",
+        "invalid",
+        "a reason is required to waive GUARANTOR",
+        code="GUARANTOR",
+        reason="   ",
+    )
+    with pytest.raises(RuleError) as missing:
+        await desk.do("waive-stipulation", code="GUARANTOR", reason=None)
+    assert (missing.value.kind, missing.value.message) == (
+        "invalid",
+        "reason: Input should be a valid string",
+    )
+    await refused(
+        desk,
+        "reject-stipulation-document",
+        "invalid",
+        "a reason is required to reject the document answering EMPLOYMENT_LETTER",
+        code="EMPLOYMENT_LETTER",
+        reason="\n",
+    )
+    # Waived, received, rejected: each says where the condition is.
+    await desk.do("waive-stipulation", code="PAYSLIPS", reason="the lender dropped it")
+    for action in ("clear-stipulation", "waive-stipulation", "reject-stipulation-document"):
+        await refused(
+            desk,
+            action,
+            "conflict",
+            "PAYSLIPS is already waived: the lender dropped it",
+            code="PAYSLIPS",
+        )
+    await desk.do("answer-stipulation", code="GUARANTOR", note="the father signs")
+    await refused(
+        desk,
+        "answer-stipulation",
+        "conflict",
+        "GUARANTOR is already answered (the father signs)",
+        code="GUARANTOR",
+    )
+    await desk.do("clear-stipulation", code="GUARANTOR")
+    await refused(
+        desk, "waive-stipulation", "conflict", "GUARANTOR is already cleared", code="GUARANTOR"
+    )
+    await desk.upload_stipulation("EMPLOYMENT_LETTER")
+    # ...the last condition received: the deal went back to the lender, who approved.
+    await desk.wait_stage(Stage.DOWN_PAYMENT)
+    await refused(
+        desk,
+        "reject-stipulation-document",
+        "conflict",
+        "reject-stipulation-document is not allowed in stage DOWN_PAYMENT (only in DOCUMENTS)",
+        code="EMPLOYMENT_LETTER",
+    )
+
+
+async def test_a_rejected_document_waits_for_a_replacement(desk: Desk) -> None:
+    await desk.start(
+        script={
+            "lenders": {
+                "acme-auto-finance": [
+                    {
+                        "decision": "conditional",
+                        "stipulations": [
+                            {"code": "EMPLOYMENT_LETTER", "description": "employer's letter"},
+                            {"code": "PAYSLIPS", "description": "three payslips"},
+                        ],
+                    }
+                ]
+            }
+        }
+    )
+    await desk.through_documents()
+    await desk.do("submit-application")
+    await desk.wait_until(lambda s: s.stage is Stage.DOCUMENTS and bool(s.stipulations))
+    await desk.upload_stipulation("EMPLOYMENT_LETTER")
+    await desk.do("reject-stipulation-document", code="EMPLOYMENT_LETTER", reason="unsigned")
+    for action, message in (
+        (
+            "clear-stipulation",
+            "EMPLOYMENT_LETTER's document was rejected (unsigned): a new document must answer "
+            "it before it is cleared",
+        ),
+        (
+            "reject-stipulation-document",
+            "EMPLOYMENT_LETTER's document is already rejected; it waits for a replacement",
+        ),
+    ):
+        await refused(desk, action, "conflict", message, code="EMPLOYMENT_LETTER")
 
 
 async def test_down_payment_invoice_and_insurance_are_checked_against_the_deal(
