@@ -21,7 +21,11 @@ compensations, patch "refused-compensations-recorded", are recorded from
 names a stipulation from before one named again needed a new document (patch
 "stipulation-named-again-needs-new-document"), `v8/` the scenarios with a
 disbursement from before a lender's answer was matched to its request (patch
-"disbursement-request-ids").
+"disbursement-request-ids"), `v9/` every scenario from before document links
+were signed at each send (patch "fresh-document-links"), conditions had a
+lifecycle ("stipulation-lifecycle"), the approved terms reached the loan
+contract ("approved-terms-in-loan-contract") and a follow-up call was taken
+only from its due date ("follow-up-from-due-date").
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ SCENARIOS = {
     "happy_path",
     "declined_then_approved",
     "conditional_then_cancelled",
+    "stipulations_answered_then_cancelled",
     "counter_offer_accepted_then_cancelled",
     "declined_counter_offer_cancelled",
     "partial_approval_accepted_then_cancelled",

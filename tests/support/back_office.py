@@ -413,7 +413,8 @@ class Desk:
             # timer now and then breaks the time-skipping server ("invalid
             # history builder state"), and a sleep begun while a task is out
             # now and then never ends.
-            await self.quiet_history()
+            with contextlib.suppress(AssertionError):
+                await self.quiet_history(within=5)
             await self.env.sleep(due - now + timedelta(minutes=1))
             chased = f"the {call} follow-up call is due"
             await self.wait_until(lambda s: chased in [n.message for n in s.notices], chased)
