@@ -219,7 +219,7 @@ def finance_and_insurance(desk: Desk, deal_id: str) -> None:
     desk.sign_in("wang.credit", "credit")
     open_from_my_work(desk, deal_id, "record-repayment-account")
     desk.act("record-repayment-account", action("record-repayment-account"))
-    assert "115,853.20" in desk.text("[data-testid=money]")
+    assert "115,853.20" in desk.text("[data-testid=total-repayable]")
     desk.act("confirm-loan-terms", action("confirm-loan-terms"))
     desk.act("sign-loan-contract", action("sign-loan-contract"))
     assert desk.text(STAGE) == STAGE_NAMES[Stage.DISBURSEMENT]
