@@ -44,6 +44,9 @@ def format_duration(duration: timedelta) -> str:
 _SKIP_FIELDS = {"actor"}
 
 
+_MONEY_FIELDS = frozenset({"amount", "down_payment", "total_repayable"})
+
+
 def format_fields(value: Any, skip: set[str] | None = None) -> str:
     """A compact `key: value; ...` rendering of a JSON object."""
     if not isinstance(value, dict):
@@ -59,9 +62,7 @@ def format_fields(value: Any, skip: set[str] | None = None) -> str:
                 format_fields(item, set()) if isinstance(item, dict) else str(item)
                 for item in field_value
             )
-        elif key in ("amount", "approved_amount", "cover_amount", "down_payment") or key.endswith(
-            "_amount"
-        ):
+        elif key in _MONEY_FIELDS or key.endswith("_amount"):
             field_value = format_money(field_value)
         parts.append(f"{key}: {field_value}")
     return "; ".join(parts)

@@ -389,6 +389,12 @@ async def test_timeline_shows_timers_reminders_and_a_live_deal(deals: Deals) -> 
         "the day30 follow-up call is due (to sales)",
     ]
     assert any(e["kind"] == "lender" and e["action"] == "disbursement completed" for e in happy)
+    # The terms the customer confirmed before the loan contract was signed.
+    (confirmed,) = [e for e in happy if e["action"] == "confirm-loan-terms"]
+    assert confirmed["details"] == (
+        "amount: 105,000.00; apr: 6.50; term_months: 36; method: equal_instalments; "
+        "total_repayable: 115,853.20"
+    )
     # The same story, live from the server and across runs.
     live = _entries(
         (
