@@ -179,6 +179,9 @@ class DisbursementRequestInput(BaseModel):
     insurance_policy_no: str
     first_beneficiary: str
     repayment_bank: str
+    # The lender's mortgage registration, for a lender that funds only once it
+    # is registered (None for the others, who are funded before registration).
+    mortgage_registration_no: str | None = None
 
 
 class WithdrawInput(BaseModel):

@@ -79,6 +79,9 @@ class DealStatus(BaseModel):
     # (deals whose conditions came before the lifecycle show none here).
     stipulations: list[StipulationItem] = Field(default_factory=list)
     disbursements: list[Disbursement]
+    # The lender funds only once its mortgage is registered: REGISTRATION
+    # comes before DISBURSEMENT.
+    mortgage_before_funding: bool = False
     money: MoneySummary
     # The approved terms' repayment schedule, once a lender approved with a rate.
     loan: LoanSchedule | None = None
