@@ -54,7 +54,9 @@ from dealflow.deal_service import (
     TemporalDeals,
 )
 from dealflow.models import Actor, DealHealth, DealPolicy, DealStatus, Role
+from dealflow.startup import connect_problem
 from dealflow.storage.documents import DocumentStoreUnavailable
+from dealflow.temporal_connection import TemporalConfigError, temporal_connection
 
 EXIT = {"invalid": 2, "conflict": 3, "forbidden": 5}
 out = Console()
@@ -64,7 +66,7 @@ err = Console(stderr=True)
 def fail(message: str) -> None:
     # Plain text: a path or a lender's reason may contain [brackets], which rich
     # would take for markup (and raise MarkupError on a stray closing tag).
-    err.print(message, markup=False, highlight=False)
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 class CliError(Exception):
@@ -504,9 +506,13 @@ def main(argv: list[str] | None = None) -> int:
     except DocumentStoreUnavailable as e:
         fail(f"error: document store unavailable: {e}")
         return 1
+    except TemporalConfigError as e:
+        fail(f"configuration error: {e}")
+        return 2
     except RuntimeError as e:
         if "Failed client connect" in str(e) or "connection" in str(e).lower():
-            fail(f"error: cannot reach Temporal at {get_settings().temporal_address}: {e}")
+            where = temporal_connection(get_settings()).describe()
+            fail(f"error: cannot reach Temporal at {where}: {connect_problem(str(e))}")
             return 1
         raise
     return 0
