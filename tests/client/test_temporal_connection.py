@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from temporalio.service import TLSConfig
 from temporalio.testing import WorkflowEnvironment
 
 from dealflow.config import Settings
-from dealflow.models import DealPolicy, Stage
+from dealflow.models import DealPolicy, DealStatus, Stage
 from dealflow.storage.documents import LocalDirectoryStore
 from dealflow.temporal_connection import (
     TemporalConfigError,
@@ -218,6 +218,10 @@ def tls_settings_env(
     yield env
 
 
+def chased(call: str) -> Callable[[DealStatus], bool]:
+    return lambda st: f"the {call} follow-up call is due" in [n.message for n in st.notices]
+
+
 async def test_a_deal_completes_with_every_call_through_mutual_tls(
     tls_settings_env: dict[str, str],
     database_url: str,
@@ -236,8 +240,7 @@ async def test_a_deal_completes_with_every_call_through_mutual_tls(
         await desk.start(policy=policy)
         await desk.through_delivery()
         for call in ("day3", "day30"):
-            chased = f"the {call} follow-up call is due"
-            await desk.wait_until(lambda st: chased in [n.message for n in st.notices], chased)
+            await desk.wait_until(chased(call), f"the {call} call chased")
             await desk.do("record-follow-up", call=call)
         final = await desk.result()
     assert final.stage is Stage.COMPLETED
