@@ -137,3 +137,42 @@ def _read(name: str, source: Path | str | bytes | None) -> bytes | None:
     if b"-----BEGIN" not in data:
         raise TemporalConfigError(f"{_TLS_SOURCES[name]}: {source} is not a PEM file")
     return data
+
+
+async def probe(settings: Settings) -> str:
+    """Whether the configured Temporal serves our namespace: one line, or raise."""
+    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+
+    from dealflow.codec import data_converter_for
+
+    connection = temporal_connection(settings)
+    client = await connection.connect(data_converter_for(settings))
+    if not await client.service_client.check_health():
+        raise RuntimeError("gRPC health: not serving")
+    await client.workflow_service.describe_namespace(
+        DescribeNamespaceRequest(namespace=connection.namespace)
+    )
+    return f"SERVING {connection.describe()}"
+
+
+def main() -> None:
+    """`python -m dealflow.temporal_connection`: the dev stack's health probe,
+    through the same factory as every process. Exit 0 serving, 1 not."""
+    import asyncio
+    import os
+    import sys
+
+    code = 0
+    try:
+        print(asyncio.run(asyncio.wait_for(probe(Settings()), timeout=8)), flush=True)
+    except Exception as e:  # every failure is one line for the stack's status
+        lines = str(e).strip().splitlines()
+        print(f"{type(e).__name__}: {lines[0][:200] if lines else ''}", file=sys.stderr, flush=True)
+        code = 1
+    # Without interpreter finalisation: the client's native threads can abort
+    # it (temporalio/sdk-python#300) and turn an answer into a crash.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

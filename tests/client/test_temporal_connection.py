@@ -19,6 +19,8 @@ from temporalio.service import TLSConfig
 from temporalio.testing import WorkflowEnvironment
 
 from dealflow.config import Settings
+from dealflow.devstack.config import StackConfig
+from dealflow.devstack.health import temporal_health
 from dealflow.models import DealPolicy, DealStatus, Stage
 from dealflow.storage.documents import LocalDirectoryStore
 from dealflow.temporal_connection import (
@@ -244,3 +246,22 @@ async def test_a_deal_completes_with_every_call_through_mutual_tls(
             await desk.do("record-follow-up", call=call)
         final = await desk.result()
     assert final.stage is Stage.COMPLETED
+
+
+async def test_the_dev_stacks_health_probe_goes_through_the_same_factory(
+    dev_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    address = dev_env.client.service_client.config.target_host
+    # An operator's profile for a cloud namespace must not reach the probe of
+    # the stack's own loopback server.
+    environ = {"DEALFLOW_TEMPORAL_ADDRESS": address, "TEMPORAL_API_KEY": "for-the-cloud"}
+    serving = await asyncio.to_thread(
+        temporal_health, StackConfig.from_env(tmp_path, environ=environ)
+    )
+    assert serving.ok, serving.detail
+    closed = f"127.0.0.1:{free_port()}"
+    refused = await asyncio.to_thread(
+        temporal_health,
+        StackConfig.from_env(tmp_path, environ={"DEALFLOW_TEMPORAL_ADDRESS": closed}),
+    )
+    assert not refused.ok and "does not accept connections" in refused.detail
