@@ -1672,7 +1672,7 @@ class DealWorkflow:
     def _unwind_next(self) -> None:
         """Start the newest step not yet undone (DealFlow's own), or wait for
         a person to record it; with none left the deal is CANCELLED."""
-        step = rules.next_unwind_step(self.state)
+        step = rules.next_unwind_step(self.state.compensations)
         if step is None:
             reason = self.state.outcome_reason or "unwound after funding"
             self._set_stage(Stage.CANCELLED, reason)
@@ -1727,7 +1727,7 @@ class DealWorkflow:
 
     @workflow.update(name="record-unwind-step")
     def record_unwind_step(self, inp: RecordUnwindStepInput) -> ActionReceipt:
-        step = rules.next_unwind_step(self.state)
+        step = rules.next_unwind_step(self.state.compensations)
         assert step is not None and step.kind == inp.step, "the validator checked it"
         step.status = "done"
         step.done_at = workflow.now()

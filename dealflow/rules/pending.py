@@ -156,7 +156,7 @@ def _follow_up(view: DealView, due: datetime | None) -> list[PendingAction]:
 
 
 def _unwinding(view: DealView, due: datetime | None) -> list[PendingAction]:
-    step = next_unwind_step(view.state)
+    step = next_unwind_step(view.state.compensations)
     if step is None:
         return []
     what = describe_step(step)

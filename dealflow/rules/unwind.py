@@ -37,9 +37,9 @@ def funded_disbursement(state: DealState) -> Disbursement | None:
     return next((d for d in reversed(state.disbursements) if d.status == "completed"), None)
 
 
-def next_unwind_step(state: DealState) -> Compensation | None:
+def next_unwind_step(compensations: list[Compensation]) -> Compensation | None:
     """The step to undo now: the newest one not yet done, refused or void."""
-    return next((c for c in reversed(state.compensations) if c.status in _OPEN), None)
+    return next((c for c in reversed(compensations) if c.status in _OPEN), None)
 
 
 def is_staff_step(comp: Compensation) -> bool:
@@ -116,7 +116,7 @@ def unwind_step_problem(state: DealState, step: str, actor_role: Role) -> str | 
     owner = UNWIND_STEP_ROLES[step]
     if actor_role not in (owner, Role.ADMIN):
         return f"forbidden: {step} is recorded by {owner.value}, not {actor_role.value}"
-    nxt = next_unwind_step(state)
+    nxt = next_unwind_step(state.compensations)
     if nxt is not comp:
         who = UNWIND_STEP_ROLES.get(nxt.kind) if nxt else None
         by = who.value if who else "DealFlow"
