@@ -519,6 +519,15 @@ async def test_an_unwind_shows_its_steps_and_offers_each_to_its_role(stack: ApiS
     unwind = section(zh, "deal-unwind")
     assert "放款后撤销" in unwind and "退保" in unwind and "CXL-9" in unwind
     assert st["stage"] == "UNWINDING"
+    # The audit timeline: the rescission, the lender's repayment with its
+    # ref, and the step recorded with its evidence.
+    timeline = (
+        await finance.get(f"/desk/deals/{desk.deal_id}/timeline", headers={"HX-Request": "true"})
+    ).text
+    assert "REGISTRATION → UNWINDING" in timeline
+    assert "unwind</td><td>reason: customer rescinded" in timeline
+    assert "repay lender" in timeline and "repaid: the lender&#39;s ref rpy-" in timeline
+    assert "record-unwind-step" in timeline and "CXL-9" in timeline
 
 
 async def test_an_unknown_deal_or_action_is_a_404_page(stack: ApiStack) -> None:
