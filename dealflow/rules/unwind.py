@@ -51,12 +51,12 @@ def register_step(compensations: list[Compensation], comp: Compensation) -> None
     first). A mortgage release is undone after the repayment: the lender, as
     lienholder, consents to the release only once it has its money back."""
     insort(compensations, comp, key=lambda c: c.registered_at)
-    if comp.kind != "release_mortgage":
+    kinds = [c.kind for c in compensations]
+    if "release_mortgage" not in kinds or "repay_lender" not in kinds:
         return
-    at = compensations.index(comp)
-    repay = next((i for i, c in enumerate(compensations) if c.kind == "repay_lender"), None)
-    if repay is not None and repay < at:
-        compensations.insert(repay, compensations.pop(at))
+    release, repay = kinds.index("release_mortgage"), kinds.index("repay_lender")
+    if release > repay:
+        compensations.insert(repay, compensations.pop(release))
 
 
 def repayment_step(
