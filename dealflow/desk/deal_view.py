@@ -342,7 +342,10 @@ def offered(status: DealStatus) -> list[tuple[PendingAction, bool]]:
     if _unwindable(status) and Action.UNWIND.value not in found:
         what = "unwind the deal: the customer rescinded after funding, before delivery"
         owner = rules.owner_role(Action.UNWIND)
-        found[Action.UNWIND.value] = (PendingAction(action=Action.UNWIND, role=owner, what=what), True)
+        found[Action.UNWIND.value] = (
+            PendingAction(action=Action.UNWIND, role=owner, what=what),
+            True,
+        )
     for action, what in ALWAYS_OFFERED:
         if status.stage in rules.ACTION_STAGES[action] and action.value not in found:
             owner = rules.owner_role(action)

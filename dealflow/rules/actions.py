@@ -275,9 +275,7 @@ def _stalled_or_funded_and_not_delivered(inp: UnwindInput, view: DealView) -> No
     state = view.state
     if state.delivery is not None:
         delivered = view.date_of(state.delivered_at) if state.delivered_at else "already"
-        raise conflict(
-            f"the vehicle was delivered ({delivered}): a delivered deal is not unwound"
-        )
+        raise conflict(f"the vehicle was delivered ({delivered}): a delivered deal is not unwound")
     paid = funded_disbursement(state)
     if paid is None:
         if state.stage is Stage.DISBURSEMENT:

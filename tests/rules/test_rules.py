@@ -381,7 +381,7 @@ def test_cancellation_is_possible_only_before_disbursement() -> None:
 
 def _step(kind: str, minute: int) -> Compensation:
     at = datetime(2026, 12, 1, 9, minute, tzinfo=UTC)
-    return Compensation(kind=kind, key=f"d:{kind}", registered_at=at)  # type: ignore[arg-type]
+    return Compensation(kind=kind, key=f"d:{kind}", registered_at=at)
 
 
 def test_unwind_steps_are_undone_newest_first_the_mortgage_after_the_repayment() -> None:

@@ -293,7 +293,6 @@ class HttpDesk:
         await self.ok("submit-application", Role.CREDIT)
         return await self.wait_stage("DOWN_PAYMENT")
 
-
     async def to_registration(self, lender_legal_name: str) -> dict[str, Any]:
         """On from the approval to a funded loan: the simulator disburses by webhook."""
         await self.to_down_payment()

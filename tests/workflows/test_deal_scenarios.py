@@ -1380,8 +1380,10 @@ async def _record_unwind_step(desk: Desk, step: str) -> None:
 async def _next_step(desk: Desk) -> DealStatus:
     """The deal once DealFlow's own step is behind it: a person's step is next, or none."""
     return await desk.wait_until(
-        lambda s: s.stage is not Stage.UNWINDING
-        or (bool(s.pending) and s.pending[0].action == "record-unwind-step"),
+        lambda s: (
+            s.stage is not Stage.UNWINDING
+            or (bool(s.pending) and s.pending[0].action == "record-unwind-step")
+        ),
         "the next step of the unwind",
     )
 
@@ -1437,7 +1439,9 @@ async def test_a_funded_deal_rescinded_before_delivery_is_unwound_newest_first(
     assert stages(final)[-3:] == [stage.value, "UNWINDING", "CANCELLED"]
     assert final.outcome_reason == f"unwound after funding: {RESCINDED}"
     assert done_compensations(final) == undo
-    evidence = {c.kind: (c.evidence, c.done_by) for c in final.compensations if c.status == "done"}
+    evidence: dict[str, tuple[str, str]] = {
+        c.kind: (c.evidence, c.done_by) for c in final.compensations if c.status == "done"
+    }
     ledger = await desk.ledger()
     [repaid] = ledger["repayments"]
     assert (repaid["amount"], repaid["application_ref"]) == (
@@ -1465,9 +1469,7 @@ async def test_an_unwind_step_is_taken_only_when_next_by_its_role_and_once(desk:
         "cancel_insurance (cancel policy "
     ) and early.value.message.endswith("by insurance")
     with pytest.raises(RuleError) as wrong_role:
-        await desk.do(
-            "record-unwind-step", STEP_ACTORS["reverse_invoice"], step="cancel_insurance"
-        )
+        await desk.do("record-unwind-step", STEP_ACTORS["reverse_invoice"], step="cancel_insurance")
     assert (wrong_role.value.kind, wrong_role.value.message) == (
         "forbidden",
         "cancel_insurance is recorded by insurance, not finance",
