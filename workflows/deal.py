@@ -1656,12 +1656,16 @@ class DealWorkflow:
 
     @workflow.update(name="unwind")
     def unwind(self, inp: UnwindInput) -> ActionReceipt:
-        if rules.funded_disbursement(self.state) is not None:
+        if self._unwind_after_funding and rules.funded_disbursement(self.state) is not None:
             self._start_unwinding(inp)
             return self._accept(Action.UNWIND, inp, inp.reason)
         self.state.outcome_reason = f"unwound by {inp.actor.staff_id}: {inp.reason}"
         self._set_stage(Stage.CANCELLED, f"unwound: {inp.reason}", inp.actor)
         return self._accept(Action.UNWIND, inp, inp.reason)
+
+    @unwind.validator
+    def _v_unwind(self, inp: UnwindInput) -> None:
+        self._validate(Action.UNWIND, inp)
 
     def _start_unwinding(self, inp: UnwindInput) -> None:
         self._register_unwind_facts()
@@ -1740,10 +1744,6 @@ class DealWorkflow:
     @record_unwind_step.validator
     def _v_record_unwind_step(self, inp: RecordUnwindStepInput) -> None:
         self._validate(Action.RECORD_UNWIND_STEP, inp)
-
-    @unwind.validator
-    def _v_unwind(self, inp: UnwindInput) -> None:
-        self._validate(Action.UNWIND, inp)
 
     def _condition(self, code: str) -> StipulationItem:
         item = rules.find_condition(self.state, code)
