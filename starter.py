@@ -53,7 +53,7 @@ from dealflow.deal_service import (
     ServiceError,
     TemporalDeals,
 )
-from dealflow.models import Actor, DealHealth, DealPolicy, DealStatus, Role
+from dealflow.models import Actor, DealHealth, DealPolicy, DealStatus, Role, Stage
 from dealflow.startup import connect_problem
 from dealflow.storage.documents import DocumentStoreUnavailable
 from dealflow.temporal_connection import TemporalConfigError, temporal_connection
@@ -153,11 +153,31 @@ def show_status(st: DealStatus) -> None:
                 escape(item.reason or ""),
             )
         out.print(t)
+    if any(t.to_stage is Stage.UNWINDING for t in st.transitions):
+        show_unwind(st)
     if st.outcome_reason:
         out.print(f"outcome: {escape(st.outcome_reason)}")
     done = [c for c in st.compensations if c.status == "done"]
     if done:
         out.print("compensations run: " + ", ".join(c.kind for c in done))
+
+
+def show_unwind(st: DealStatus) -> None:
+    """The steps of an unwind after funding, newest first: state, evidence, who, when."""
+    t = Table("step", "state", "by role", "evidence", "recorded by", "when", title="Unwind")
+    for c in reversed(st.compensations):
+        if c.status == "void":
+            continue
+        role = rules.UNWIND_STEP_ROLES.get(c.kind)
+        t.add_row(
+            escape(f"{c.kind}: {rules.describe_step(c)}"),
+            c.status + (f" ({escape(c.refusal)})" if c.refusal else ""),
+            role.value if role else "dealflow",
+            escape(c.evidence),
+            escape(c.done_by),
+            f"{c.done_at:%Y-%m-%d %H:%M}" if c.done_at else "",
+        )
+    out.print(t)
 
 
 # --------------------------------------------------------------------------- commands

@@ -47,6 +47,7 @@ from dealflow.models.actions import (
     RecordRepaymentAccountInput,
     RecordSettlementInput,
     RecordStockOutInput,
+    RecordUnwindStepInput,
     RejectStipulationDocumentInput,
     RetryDisbursementInput,
     SignLoanContractInput,
@@ -67,6 +68,8 @@ from dealflow.models.activities import (
     NotificationInput,
     PackageDocument,
     ProjectionInput,
+    RepaymentInput,
+    RepaymentResult,
     SendApplicationInput,
     SignAndSendApplicationInput,
     StageChange,
@@ -129,8 +132,10 @@ from dealflow.models.responses import (
     DocumentUploaded,
 )
 from dealflow.models.state import (
+    HAPPY_PATH,
     STAGE_ORDER,
     TERMINAL_STAGES,
+    UNWIND_STAFF_STEPS,
     ActionRecord,
     Compensation,
     DealState,
@@ -146,6 +151,7 @@ from dealflow.models.state import (
     Submission,
     SubmissionStatus,
     Transition,
+    UnwindStepKind,
 )
 from dealflow.models.status import (
     ChecklistItem,
@@ -250,6 +256,12 @@ __all__ = [
     "Ref",
     "Role",
     "STAGE_ORDER",
+    "HAPPY_PATH",
+    "UNWIND_STAFF_STEPS",
+    "UnwindStepKind",
+    "RecordUnwindStepInput",
+    "RepaymentInput",
+    "RepaymentResult",
     "SYSTEM_ACTOR",
     "SendApplicationInput",
     "SignAndSendApplicationInput",

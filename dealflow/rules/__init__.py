@@ -63,6 +63,16 @@ from dealflow.rules.stipulations import (
     stipulations_answered,
     unsent,
 )
+from dealflow.rules.unwind import (
+    UNWIND_STEP_ROLES,
+    describe_step,
+    funded_disbursement,
+    is_staff_step,
+    next_unwind_step,
+    register_step,
+    repayment_step,
+    unwind_step_problem,
+)
 from dealflow.rules.uploads import sniff_content_type
 from dealflow.rules.view import DealView, approved_submission
 from dealflow.rules.webhooks import (
@@ -72,6 +82,14 @@ from dealflow.rules.webhooks import (
 )
 
 __all__ = [
+    "UNWIND_STEP_ROLES",
+    "describe_step",
+    "funded_disbursement",
+    "is_staff_step",
+    "next_unwind_step",
+    "register_step",
+    "repayment_step",
+    "unwind_step_problem",
     "STIPULATION_ACTIONS",
     "answered_by",
     "candidates",

@@ -78,6 +78,9 @@ class DealView:
     # Whether a follow-up call is taken only from its due date: deals started
     # before took it at any time (patch "follow-up-from-due-date").
     follow_ups_from_due_date: bool = False
+    # Whether a funded deal may be unwound before delivery: deals started
+    # before registered no lender repayment (patch "unwind-after-funding").
+    unwind_after_funding: bool = False
 
     @property
     def today(self) -> date:
