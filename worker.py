@@ -8,19 +8,23 @@ another dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import httpx
+from sqlalchemy.engine import Engine
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 import workflows
 from activities import DealActivities
 from dealflow import client as deals
-from dealflow import logs, startup
+from dealflow import logs, startup, worker_metrics
 from dealflow.bytecode import cache_bytecode
 from dealflow.config import Settings, load_lenders
 from dealflow.storage import db
@@ -54,20 +58,37 @@ def build_worker(
     )
 
 
+@contextlib.asynccontextmanager
+async def reporting(runtime: Runtime | None, engine: Engine) -> AsyncIterator[None]:
+    """While the worker polls: the metrics say so and count overdue deals."""
+    if runtime is None:
+        yield
+        return
+    polling = runtime.metric_meter.create_gauge(
+        worker_metrics.WORKER_POLLING, "1 while this worker polls its task queue"
+    )
+    polling.set(1)
+    overdue = asyncio.create_task(worker_metrics.report_overdue(runtime, engine))
+    try:
+        yield
+    finally:
+        polling.set(0)
+        overdue.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await overdue
+
+
 async def main() -> None:
     logs.setup()
     cache_bytecode(workflows)
     settings = startup.settings_from_env()
     lenders = load_lenders(settings.lenders_file)
-    client = await startup.connect_patiently(settings, deals.connect)
+    runtime = worker_metrics.metrics_runtime(settings)
+    client = await startup.connect_patiently(settings, lambda s: deals.connect(s, runtime=runtime))
     store = store_from_settings(settings)
     activities_http = httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0))
-    acts = DealActivities(
-        db.make_engine(settings.database_url),
-        lenders,
-        activities_http,
-        store,
-    )
+    engine = db.make_engine(settings.database_url)
+    acts = DealActivities(engine, lenders, activities_http, store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -75,7 +96,7 @@ async def main() -> None:
     ready = settings.data_dir / "worker.ready"
     with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
         worker = build_worker(settings, client, acts, executor)
-        async with worker:
+        async with worker, reporting(runtime, engine):
             ready.parent.mkdir(parents=True, exist_ok=True)
             ready.write_text(str(os.getpid()))
             log.info(

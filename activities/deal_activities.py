@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from sqlalchemy.engine import Engine
 from temporalio import activity
+from temporalio.common import MetricHistogramFloat
 from temporalio.exceptions import ApplicationError
 
-from dealflow import names, rules
+from dealflow import names, rules, worker_metrics
 from dealflow.config import LenderConfig
 from dealflow.models import (
     ApplicationPackage,
@@ -80,6 +82,37 @@ class DealActivities:
             ) from None
 
     async def _post(self, url: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            answer = await self._post_once(url, key, body)
+            outcome = "ok"
+            return answer
+        except ApplicationError:
+            outcome = "rejected"
+            raise
+        finally:
+            self._lender_call_seconds().record(
+                time.monotonic() - started,
+                {
+                    "lender_id": self._lender_of(url),
+                    "call": activity.info().activity_type,
+                    "outcome": outcome,
+                },
+            )
+
+    def _lender_call_seconds(self) -> MetricHistogramFloat:
+        return activity.metric_meter().create_histogram_float(
+            worker_metrics.LENDER_CALLS, "Lender API calls by lender, call and outcome", "s"
+        )
+
+    def _lender_of(self, url: str) -> str:
+        return next(
+            (lid for lid, cfg in self.lenders.items() if url.startswith(cfg.api_base_url)),
+            "unknown",
+        )
+
+    async def _post_once(self, url: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
         # Heartbeat while the lender thinks: the workflow's 2 s heartbeat
         # timeout then tells a dead worker from a slow lender.
         beat = asyncio.create_task(_heartbeat_every(0.5))

@@ -380,6 +380,8 @@ class BenchStack:
                 "DEALFLOW_LENDER_SIM_PORT": str(self.sim_port),
                 "DEALFLOW_LENDERS_FILE": str(self.lenders_file),
                 "DEALFLOW_TASK_QUEUE": "deals",
+                # Its own metrics port: a stack of `make up` may hold the default.
+                "DEALFLOW_WORKER_METRICS_PORT": str(free_port()),
             }
         )
         base.update(env or {})

@@ -104,7 +104,7 @@ class ChaosStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # The driver's own S3 client (uploads, checks) talks to moto only.
         os.environ.update(AWS_ENV)
-        for name in ("temporal", "ui", "api", "sim", "moto"):
+        for name in ("temporal", "ui", "api", "sim", "moto", "metrics"):
             self.ports[name] = free_port()
         lenders_file = self.work_dir / "lenders.toml"
         src = (ROOT / "examples" / "lenders.toml").read_text()
@@ -119,6 +119,8 @@ class ChaosStack:
                 "DEALFLOW_TEMPORAL_UI_PORT": str(self.ports["ui"]),
                 "DEALFLOW_API_PORT": str(self.ports["api"]),
                 "DEALFLOW_LENDER_SIM_PORT": str(self.ports["sim"]),
+                # Its own metrics port: a stack of `make up` may hold the default.
+                "DEALFLOW_WORKER_METRICS_PORT": str(self.ports["metrics"]),
                 "DEALFLOW_LENDERS_FILE": str(lenders_file),
                 "DEALFLOW_LENDER_SIM_DB": str(self.data_dir / "lender_sim.db"),
                 "PYTHONUNBUFFERED": "1",

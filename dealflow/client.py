@@ -34,6 +34,7 @@ from temporalio.client import (
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.converter import decode_search_attributes
 from temporalio.exceptions import ApplicationError
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import rules
@@ -65,14 +66,15 @@ class DealNotFound(LookupError):
         self.deal_id = deal_id
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     """The one place clients are built: to the Temporal the settings and the
     standard `TEMPORAL_*` variables describe (dealflow/temporal_connection.py,
     TLS and API keys included), with pydantic payloads AES-GCM encrypted with
     `DEALFLOW_CODEC_KEYS` (dealflow/codec.py), so no personal data reaches Temporal."""
     from dealflow.codec import data_converter_for
 
-    return await temporal_connection(settings).connect(data_converter_for(settings))
+    options = {"runtime": runtime} if runtime is not None else {}
+    return await temporal_connection(settings).connect(data_converter_for(settings), **options)
 
 
 def workflow_id(deal_id: str) -> str:

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     # sandbox; its cost is measured by `make bench`, parked deals, and given in
     # the README); evicted deals are rebuilt from history on their next event.
     max_cached_workflows: int = 500
+    # The worker's Prometheus endpoint (dealflow/worker_metrics.py); port 0: none.
+    # Loopback by default: metrics name stages and lenders, for the operator's
+    # scraper, not for the network.
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
     max_concurrent_activities: int = 100
     max_concurrent_workflow_tasks: int = 100
     graceful_shutdown_seconds: float = 10.0

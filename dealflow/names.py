@@ -30,3 +30,15 @@ RECORD_DOCUMENT_METADATA = "record_document_metadata"
 LENDER_EVENT = "lender-event"
 
 # Staff actions are Updates named by `dealflow.models.Action` values.
+
+# The metrics the worker exports beside the SDK's (dealflow/worker_metrics.py):
+# a dashboard and alerts query them by name.
+# Recorded by the workflow (silent during replay).
+STAGE_TRANSITIONS_METRIC = "dealflow_stage_transitions"
+TIME_IN_STAGE_METRIC = "dealflow_time_in_stage_seconds"
+COMPENSATIONS_METRIC = "dealflow_compensations"
+# Recorded by the lender-calling activities.
+LENDER_CALLS_METRIC = "dealflow_lender_call_seconds"
+# Recorded by the worker process.
+OVERDUE_DEALS_METRIC = "dealflow_overdue_deals"
+WORKER_POLLING_METRIC = "dealflow_worker_polling"

@@ -59,9 +59,10 @@ async def connect_patiently(
     timeout passes; a refused certificate or credential ends it at once, as
     waiting cannot mend it."""
     try:
-        where = temporal_connection(settings).describe()
+        connection = temporal_connection(settings)
     except TemporalConfigError as e:
         raise StartupError(f"configuration error: {e}") from None
+    where, address = connection.describe(), connection.address
     limit = settings.temporal_connect_timeout
     deadline = time.monotonic() + limit
     delay = 0.5
@@ -87,7 +88,7 @@ async def connect_patiently(
                 attempt,
                 reason,
                 left,
-                extra={"temporal_address": settings.temporal_address, "attempt": attempt},
+                extra={"temporal_address": address, "attempt": attempt},
             )
             await asyncio.sleep(min(delay, max(left, 0.0)))
             delay = min(delay * 2, 5.0)
@@ -116,6 +117,8 @@ _GISTS = (
     ("close_notify", _CLOSED),
     ("broken pipe", _CLOSED),
     ("connection closed", _CLOSED),
+    # Any other failure of the first call on an open connection: the same.
+    ("call error after connection", _CLOSED),
     ("connectionrefused", "connection refused"),
     ("connection refused", "connection refused"),
     ("dns error", "the address cannot be resolved"),

@@ -728,6 +728,12 @@ class DealWorkflow:
             )
         comp.status = "done"
         comp.done_at = workflow.now()
+        self._count_compensation(comp)
+
+    def _count_compensation(self, comp: Compensation) -> None:
+        workflow.metric_meter().create_counter(
+            names.COMPENSATIONS_METRIC, "Steps undone, by kind and outcome"
+        ).add(1, {"kind": comp.kind, "outcome": comp.status})
 
     async def _withdraw_application(self, comp: Compensation) -> None:
         await workflow.execute_activity(
@@ -770,6 +776,7 @@ class DealWorkflow:
         comp.done_at = workflow.now()
         comp.evidence = receipt.repayment_ref
         comp.done_by = f"{d['lender_id']}/lender"
+        self._count_compensation(comp)
 
     def _compensation_refused(
         self, comp: Compensation, reason: str, roles: list[Role] | None = None
@@ -780,6 +787,7 @@ class DealWorkflow:
         comp.status = "refused"
         comp.refusal = reason
         comp.done_at = workflow.now()
+        self._count_compensation(comp)
         lender = comp.detail.get("lender_id", "the lender")
         self._notify(
             "escalation",
@@ -926,6 +934,7 @@ class DealWorkflow:
     def _set_stage(self, to: Stage, reason: str, actor: Any = None) -> None:
         """The one writer of the stage: state, search attributes, transition, read model."""
         frm = self.state.stage
+        self._count_transition(frm, to)
         self.state.stage = to
         self.state.stage_entered_at = workflow.now()
         self.state.stage_entry += 1
@@ -942,6 +951,18 @@ class DealWorkflow:
             frm.value,
             to.value,
             extra={"deal_id": self.inp.deal_id, "stage": to.value},
+        )
+
+    def _count_transition(self, frm: Stage, to: Stage) -> None:
+        # The SDK's meter is silent during replay: a rebuilt deal is not counted twice.
+        meter = workflow.metric_meter()
+        meter.create_counter(
+            names.STAGE_TRANSITIONS_METRIC, "Deals moved from one stage to another"
+        ).add(1, {"from_stage": frm.value, "to_stage": to.value})
+        meter.create_histogram_float(
+            names.TIME_IN_STAGE_METRIC, "Time a deal spent in a stage it left", "s"
+        ).record(
+            (workflow.now() - self.state.stage_entered_at).total_seconds(), {"stage": frm.value}
         )
 
     def _record_transition(self, frm: Stage | None, to: Stage, reason: str, actor: Any) -> None:
@@ -1763,6 +1784,7 @@ class DealWorkflow:
         step.evidence = inp.reference
         step.done_by = _by(inp)
         step.note = inp.note or ""
+        self._count_compensation(step)
         self._unwind_next()
         return self._accept(Action.RECORD_UNWIND_STEP, inp, f"{inp.step}: {inp.reference}")
 

@@ -21,6 +21,7 @@ def _run(argv: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedPro
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DEALFLOW_", "TEMPORAL_"))}
     base["DEALFLOW_DATA_DIR"] = str(tmp_path)
     base["DEALFLOW_DATABASE_URL"] = f"sqlite:///{tmp_path / 'dealflow.db'}"
+    base["DEALFLOW_WORKER_METRICS_PORT"] = "0"
     return subprocess.run(
         argv, cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=120
     )

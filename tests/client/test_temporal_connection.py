@@ -6,6 +6,7 @@ a deal goes from start to COMPLETED with every call through the TLS proxy."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from temporalio.service import TLSConfig
 from temporalio.testing import WorkflowEnvironment
@@ -141,6 +143,7 @@ def run_process(argv: list[str], tmp_path: Path, env: dict[str, str]) -> subproc
         "DEALFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'dealflow.db'}",
         "DEALFLOW_API_PORT": str(free_port()),
         "DEALFLOW_TEMPORAL_CONNECT_TIMEOUT": "3",
+        "DEALFLOW_WORKER_METRICS_PORT": "0",
     }
     return subprocess.Popen(
         argv, cwd=ROOT, env=base | env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -188,22 +191,27 @@ async def test_a_stranger_certificate_is_refused_too(
     assert proc.returncode == 2 and "client certificate" in stderr.splitlines()[-1], stderr
 
 
-async def test_with_its_certificate_the_worker_starts_and_polls(
+async def test_with_its_certificate_the_worker_polls_and_its_metrics_say_so(
     mtls_address: str, certs: Certificates, tmp_path: Path
 ) -> None:
+    port = free_port()
     proc = run_process(
         [sys.executable, "worker.py"],
         tmp_path,
-        mtls_env(certs, mtls_address) | {"DEALFLOW_TASK_QUEUE": f"tls-{free_port()}"},
+        mtls_env(certs, mtls_address)
+        | {"DEALFLOW_TASK_QUEUE": f"tls-{port}", "DEALFLOW_WORKER_METRICS_PORT": str(port)},
     )
+    polling = 'dealflow_worker_polling{service_name="temporal-core-sdk"} 1'
     try:
-        ready = tmp_path / "worker.ready"
-        deadline = time.monotonic() + 60
-        for _ in iter(lambda: ready.exists() or proc.poll() is not None, True):
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-        assert ready.exists(), proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+        async with httpx.AsyncClient(trust_env=False) as http:
+            deadline = time.monotonic() + 60
+            scrape = ""
+            while polling not in scrape and proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.3)
+                with contextlib.suppress(httpx.HTTPError):
+                    scrape = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        assert polling in scrape, scrape[-2000:]
+        assert (tmp_path / "worker.ready").exists()
     finally:
         proc.terminate()
         await finished(proc)

@@ -52,6 +52,23 @@ DEAL_JSON = ROOT / "examples" / "deal.json"
 DEAL_ID = re.compile(r"\d{8}-[0-9a-f]{8}")
 
 
+# What an operator's dashboard reads off the worker (a sample of each family).
+WORKER_SERIES = (
+    "dealflow_worker_polling{",
+    'to_stage="COMPLETED"',
+    "dealflow_time_in_stage_seconds_bucket{",
+    'call="sign_and_send_application"',
+    'call="request_disbursement"',
+    'outcome="ok"',
+    'dealflow_overdue_deals{service_name="temporal-core-sdk",stage="CONTRACT"}',
+    "dealflow_compensations{",
+    'kind="release_vehicle"',
+    "temporal_sticky_cache_size",
+    "temporal_workflow_task_schedule_to_start_latency_bucket",
+    "temporal_worker_task_slots_available",
+)
+
+
 def free_ports(n: int) -> list[int]:
     """n distinct free ports (held open together, so no two are the same)."""
     with contextlib.ExitStack() as stack:
@@ -68,6 +85,7 @@ class E2E:
     settings: Settings
     temporal_address: str
     sim_url: str
+    worker_metrics_port: int
 
     def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -108,7 +126,7 @@ class E2E:
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
     tmp = tmp_path_factory.mktemp("e2e")
     data_dir = tmp / "data"
-    temporal_port, ui_port, api_port, sim_port = free_ports(4)
+    temporal_port, ui_port, api_port, sim_port, metrics_port = free_ports(5)
     sim_url = f"http://127.0.0.1:{sim_port}"
     lenders_file = tmp / "lenders.toml"
     lenders_file.write_text(
@@ -123,6 +141,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
         "DEALFLOW_DATABASE_URL": f"sqlite:///{data_dir / 'dealflow.db'}",
         "DEALFLOW_DOCUMENT_STORE": f"file://{data_dir / 'documents'}",
         "DEALFLOW_DATA_DIR": str(data_dir),
+        "DEALFLOW_WORKER_METRICS_PORT": str(metrics_port),
     }
     # Nothing of the developer's shell (another stack's DEALFLOW_*, a Temporal profile).
     env = {
@@ -140,7 +159,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
         document_store=config["DEALFLOW_DOCUMENT_STORE"],
         policy_file=None,
     )
-    e = E2E(data_dir, env, settings, config["DEALFLOW_TEMPORAL_ADDRESS"], sim_url)
+    e = E2E(data_dir, env, settings, config["DEALFLOW_TEMPORAL_ADDRESS"], sim_url, metrics_port)
     try:
         up = e.stack("up")
         assert up.returncode == 0, f"stack up failed:\n{up.stdout}\n{up.stderr}\n{e.logs()}"
@@ -334,6 +353,13 @@ async def test_deals_run_to_their_end_over_real_processes(e2e: E2E, client: Clie
             for prefix in ((), over_api)
         ]
         assert json.loads(as_json[0].stdout) == json.loads(as_json[1].stdout), command
+
+    # The worker's metrics: the SDK's and DealFlow's side by side, no deal id in a label.
+    async with httpx.AsyncClient(trust_env=False) as http:
+        scrape = (await http.get(f"http://127.0.0.1:{e2e.worker_metrics_port}/metrics")).text
+    for series in WORKER_SERIES:
+        assert series in scrape, (series, scrape[:2000])
+    assert not [deal_id for deal_id in outcomes if deal_id in scrape]
 
 
 async def test_worker_killed_mid_deal_resumes_after_stack_up(e2e: E2E, client: Client) -> None:

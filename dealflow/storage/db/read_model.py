@@ -262,3 +262,15 @@ def customer_names(engine: Engine, deal_ids: list[str]) -> dict[str, str]:
     )
     with Session(engine) as session:
         return {deal_id: name for deal_id, name in session.exec(query).all() if name}
+
+
+def overdue_by_stage(engine: Engine, now: datetime) -> dict[str, int]:
+    """How many open deals are past their next deadline, per stage."""
+    query = (
+        select(col(DealRow.stage), func.count())
+        .where(col(DealRow.next_due_at) < now)
+        .where(col(DealRow.stage).not_in([stage.value for stage in Stage if stage.terminal]))
+        .group_by(col(DealRow.stage))
+    )
+    with Session(engine) as session:
+        return {stage: count for stage, count in session.exec(query).all()}
