@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +24,7 @@ from temporalio.service import RPCError
 from dealflow import rules, stuck
 from dealflow.api import problems
 from dealflow.api.deps import Metrics, Services
+from dealflow.api.readiness import readiness
 from dealflow.api.routes import codec_server, deals, documents, files, reports, webhooks
 from dealflow.client import WorkflowStuck
 from dealflow.desk import router as desk
@@ -175,6 +176,20 @@ def create_app(services: Services) -> FastAPI:
     @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Readiness: Temporal, the database and the document store answer",
+        responses={503: {"description": "a dependency does not answer; the body names it"}},
+    )
+    async def readyz(request: Request) -> JSONResponse:
+        checks = await readiness(request.app.state.services)
+        ready = all(answer == "ok" for answer in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "unready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
 
     @app.get(
         "/metrics",

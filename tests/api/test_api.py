@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import time
@@ -39,7 +40,7 @@ from dealflow.models import Action, DealInput, ProjectionInput, Role, Stage
 from dealflow.samples import EXAMPLES
 from dealflow.storage import db
 from tests.support.api_stack import SECRET, ApiStack, HttpDesk, action_body, api_stack, deal_body
-from tests.support.servers import serve, serve_async
+from tests.support.servers import free_port, serve, serve_async
 
 NO_DEAL = "20990101-00000000"
 PROBLEM = "application/problem+json"
@@ -762,6 +763,34 @@ async def test_unknown_deal_and_unknown_action(stack: ApiStack) -> None:
 
 
 # --------------------------------------------------------------------------- operations, docs
+
+
+async def test_ready_only_while_temporal_the_database_and_the_store_answer(
+    stack: ApiStack, tmp_path: Path
+) -> None:
+    ready = await stack.http().get("/readyz")
+    assert (ready.status_code, ready.json()) == (
+        200,
+        {
+            "status": "ready",
+            "checks": {"temporal": "ok", "database": "ok", "document_store": "ok"},
+        },
+    )
+    # The database gone (a server nobody listens on): 503 naming it, and only it.
+    gone = db.make_engine(f"postgresql+psycopg://dealflow@127.0.0.1:{free_port()}/dealflow")
+    services = dataclasses.replace(stack.services, engine=gone)
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+        unready = await http.get("/readyz")
+        alive = await http.get("/healthz")
+    assert unready.status_code == 503
+    assert unready.json()["checks"] == {
+        "temporal": "ok",
+        "database": "unavailable",
+        "document_store": "ok",
+    }
+    assert "127.0.0.1" not in unready.text  # which, never why: the log has the reason
+    assert alive.status_code == 200
 
 
 async def test_health_metrics_and_openapi(stack: ApiStack) -> None:
