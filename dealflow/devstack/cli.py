@@ -24,7 +24,8 @@ def urls(cfg: StackConfig) -> list[str]:
         f"                  search deals with a query such as  {query}  (also LenderId, DealerId):",
         f"                  {ui}/namespaces/{cfg.namespace}/workflows?query={quote(query)}",
         f"Temporal gRPC     {cfg.temporal_address}",
-        f"API               http://127.0.0.1:{cfg.api_port}/docs",
+        f"API               http://127.0.0.1:{cfg.api_port}/docs   (ready: /readyz)",
+        f"Worker metrics    http://127.0.0.1:{cfg.worker_metrics_port}/metrics",
         f"Lender simulator  http://127.0.0.1:{cfg.lender_sim_port}",
         f"Logs              {cfg.log_dir}/<name>.log   (stop: make down)",
     ]

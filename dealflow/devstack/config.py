@@ -82,6 +82,7 @@ class StackConfig:
     task_queue: str
     api_port: int
     lender_sim_port: int
+    worker_metrics_port: int
     env: Mapping[str, str] = field(repr=False)
 
     @classmethod
@@ -118,6 +119,9 @@ class StackConfig:
             task_queue=src.get("DEALFLOW_TASK_QUEUE") or _default("task_queue"),
             api_port=_env_int(src, "DEALFLOW_API_PORT", _default("api_port")),
             lender_sim_port=_env_int(src, "DEALFLOW_LENDER_SIM_PORT", _default("lender_sim_port")),
+            worker_metrics_port=_env_int(
+                src, "DEALFLOW_WORKER_METRICS_PORT", _default("worker_metrics_port")
+            ),
             env=env,
         )
 
