@@ -135,3 +135,27 @@ def stipulation_document(deal_id: str, code: str) -> dict[str, Any]:
         "data": _pdf(f"{deal_id} {code}"),
         "stipulation_code": code,
     }
+
+
+_FUNDING_FILES = {
+    DocumentKind.VEHICLE_INVOICE: "vehicle-invoice.pdf",
+    DocumentKind.INSURANCE_POLICY_PAGE: "insurance-policy-page.pdf",
+    DocumentKind.SIGNED_LOAN_CONTRACT: "loan-contract-signed.pdf",
+}
+
+
+def funding_document(deal_id: str, kind: DocumentKind, version: int = 1) -> dict[str, Any]:
+    """A document of the funding package; another `version` is other bytes
+    (a replacement)."""
+    return {
+        "kind": kind,
+        "party": Party.APPLICANT,
+        "file_name": _FUNDING_FILES[kind],
+        "data": _pdf(f"{deal_id} {kind.value} v{version}"),
+    }
+
+
+def funding_documents(deal_id: str) -> list[dict[str, Any]]:
+    """The funding package, in the order the deal records the facts behind it
+    (invoice, insurance, loan contract)."""
+    return [funding_document(deal_id, kind) for kind in _FUNDING_FILES]

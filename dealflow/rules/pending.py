@@ -107,7 +107,22 @@ def _loan_contract(view: DealView, due: datetime | None) -> list[PendingAction]:
             f"{fmt_money(schedule.total_repayable)} in all"
         )
         steps.insert(1, (state.loan_terms_confirmed, Action.CONFIRM_LOAN_TERMS, what))
-    return [_staff(action, what, due) for done, action, what in steps if done is None]
+    pending = [_staff(action, what, due) for done, action, what in steps if done is None]
+    return pending + _funding_documents(view, due)
+
+
+def _funding_documents(view: DealView, due: datetime | None) -> list[PendingAction]:
+    """The funding package's missing documents, each on its uploader's desk."""
+    return [
+        PendingAction(
+            action=Action.RECORD_DOCUMENT.value,
+            role=item.role,
+            what=f"upload the {item.label} ({item.kind.value}) for the funding package",
+            due=due,
+        )
+        for item in view.funding()
+        if not item.satisfied
+    ]
 
 
 def _disbursement(view: DealView, due: datetime | None) -> list[PendingAction]:

@@ -29,6 +29,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
 from dealflow import client as deals
+from dealflow.config import Settings
 from dealflow.models import DealPolicy, Stage
 from dealflow.samples import stipulation_document
 from dealflow.storage import db
@@ -276,8 +277,11 @@ async def main() -> None:
         tmp_path = Path(tmp)
         url = f"sqlite:///{tmp_path / 'dealflow.db'}"
         db.migrate(url)
+        # The API's secret: the lender fetches the funding documents through it.
         store = LocalDirectoryStore(
-            tmp_path / "docs", signing_secret="s", api_base_url="http://127.0.0.1:1"
+            tmp_path / "docs",
+            signing_secret=Settings().jwt_secret,
+            api_base_url="http://127.0.0.1:1",
         )
         async with run_stack(env, url, store, tmp_path) as stack:
             for name, scenario in SCENARIOS.items():

@@ -797,6 +797,7 @@ async def test_counter_offer_accepted_raises_down_payment_to_price_minus_approve
     for action in ("record-invoice", "record-insurance", "record-repayment-account"):
         await desk.do(action)
     await desk.confirm_loan_terms(amount="90000.00")
+    await desk.upload_funding_package()
     await desk.do("sign-loan-contract")
     st = await desk.wait_stage(Stage.REGISTRATION)
     assert st.money.disbursed == st.money.approved_amount == Decimal("90000.00")
@@ -975,7 +976,12 @@ async def test_the_loan_contract_carries_the_approved_terms_once_the_customer_co
     assert st.loan.terms.method is RepaymentMethod.EQUAL_INSTALMENTS
     assert len(st.loan.instalments) == 24 and st.loan.confirmed_at is None
     assert st.loan.total_repayable == FINANCED + st.loan.total_interest
-    assert [p.action for p in st.pending] == ["confirm-loan-terms", "sign-loan-contract"]
+    assert [p.action for p in st.pending] == [
+        "confirm-loan-terms",
+        "sign-loan-contract",
+        *["record-document"] * 3,
+    ]
+    await desk.upload_funding_package()
     with pytest.raises(RuleError) as refused:
         await desk.do("sign-loan-contract")
     assert refused.value.message == (
