@@ -52,7 +52,7 @@ from dealflow.rules.new_deal import (
     validate_deal,
     vin_problems,
 )
-from dealflow.rules.pending import owner_role, pending_actions
+from dealflow.rules.pending import document_uploader, owner_role, pending_actions
 from dealflow.rules.permissions import (
     ACTION_ROLES,
     ACTION_STAGES,
@@ -118,6 +118,7 @@ __all__ = [
     "dealer_date",
     "DealView",
     "describe_missing",
+    "document_uploader",
     "disbursement_request_id",
     "document_stages",
     "FieldProblem",

@@ -88,17 +88,17 @@ def check_document_stage(kind: DocumentKind, stage: Stage) -> None:
     allowed = ", ".join(s.value for s in stages)
     if spec is None:
         raise conflict(
-            f"record-document of a {kind.value} is not allowed in stage {stage.value} "
+            f"record-document of {kind.value} is not allowed in stage {stage.value} "
             f"(only in {allowed})"
         )
     if STAGE_ORDER.index(stage) < STAGE_ORDER.index(spec.from_stage):
         raise conflict(
-            f"a {kind.value} evidences {spec.evidences}, recorded in "
-            f"{spec.from_stage.value}; the deal is in {stage.value} (accepted in {allowed})"
+            f"{kind.value} evidences {spec.evidences}, recorded in {spec.from_stage.value}; "
+            f"the deal is in {stage.value} (accepted in {allowed})"
         )
     raise conflict(
-        f"the funding package went to the lender, who paid out; a {kind.value} is accepted "
-        f"up to disbursement and the deal is in {stage.value}"
+        f"{kind.value} is accepted up to DISBURSEMENT: the lender has paid out and the deal "
+        f"is in {stage.value}"
     )
 
 
@@ -113,7 +113,7 @@ def funding_document_problem(
     if not enabled:
         return conflict(
             f"this deal started before the funding package: its disbursement request "
-            f"carries reference numbers only, and a {kind.value} is not recorded on it"
+            f"carries reference numbers only, and {kind.value} is not recorded on it"
         )
     try:
         check_document_stage(kind, stage)

@@ -124,7 +124,8 @@ def check_document_role(kind: DocumentKind, actor: Actor) -> None:
         names = ", ".join(sorted(r.value for r in allowed | {Role.ADMIN}))
         raise RuleError(
             "forbidden",
-            f"role '{actor.role.value}' may not record a {kind.value}; allowed: {names}",
+            f"role '{actor.role.value}' may not record-document of {kind.value}; "
+            f"allowed: {names}",
         )
 
 

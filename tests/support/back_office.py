@@ -63,11 +63,8 @@ def actor_for(action: Action) -> Actor:
 
 
 def uploader_of(kind: DocumentKind) -> Actor:
-    """Who uploads a document of `kind`: a funding document's own team, else sales."""
-    if rules.is_funding_document(kind):
-        role = rules.funding_uploader(kind)
-        return Actor(staff_id=f"{role.value}-01", role=role)
-    return actor_for(Action.RECORD_DOCUMENT)
+    role = rules.document_uploader(kind)
+    return Actor(staff_id=f"{role.value}-01", role=role)
 
 
 class Desk:

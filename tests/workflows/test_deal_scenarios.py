@@ -1477,5 +1477,5 @@ async def test_continue_as_new_mid_deal_keeps_state_intact(dev_desk: Desk) -> No
     assert content(continued) == content(normal)
     assert len(await desk.outbox()) == len(await twin.outbox())
     docs = await asyncio.to_thread(db.list_documents, desk.stack.engine, desk.deal_id)
-    assert len(docs) == 8
+    assert len(docs) == 8 + 3, "the customer's documents and the funding package"
     assert await desk.search_attribute(LENDER_ID) == ACME
