@@ -124,8 +124,7 @@ def check_document_role(kind: DocumentKind, actor: Actor) -> None:
         names = ", ".join(sorted(r.value for r in allowed | {Role.ADMIN}))
         raise RuleError(
             "forbidden",
-            f"role '{actor.role.value}' may not record-document of {kind.value}; "
-            f"allowed: {names}",
+            f"role '{actor.role.value}' may not record-document of {kind.value}; allowed: {names}",
         )
 
 
