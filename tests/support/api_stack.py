@@ -24,11 +24,11 @@ import httpx
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
+from dealflow import rules
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.api.security import mint_token
 from dealflow.config import LenderConfig, Settings, load_lenders
-from dealflow import rules
 from dealflow.models import DealPolicy, DocumentKind, Role
 from dealflow.samples import (
     dealer_today,
