@@ -11,10 +11,11 @@ goes past it is aborted with 413, the partial object removed by the store.
 
 Order of checks, cheapest first, so that most mistakes store nothing at all:
 token (401), role (403), deal (404), stage (409), the form fields (422: kind,
-party, dates, the ID number's checksum; 403/409: the kind's role and stages), the file's first bytes (422 unless
-PDF, JPEG or PNG), the size (413), then the deal's own rules in the
-workflow's `record-document` validator (422: duplicate of another kind, an ID
-number that is not the deal's, a stipulation that is not open). Send the form
+party, dates, the ID number's checksum; 403/409: the kind's role and stages),
+the file's first bytes (422 unless PDF, JPEG or PNG), the size (413), then the
+deal's own rules in the workflow's `record-document` validator (422: duplicate
+of another kind, an ID number that is not the deal's, a stipulation that is
+not open; 409: a funding document while a disbursement request is open). Send the form
 fields before the file part (curl -F, httpx and browsers do); a field after
 the file is refused. When the workflow refuses a file its bytes may remain in
 the content-addressed store, unreferenced: they are never listed or served
