@@ -121,6 +121,8 @@ def show_status(st: DealStatus) -> None:
         f"price {m.vehicle_price:,.2f}  down payment {m.down_payment:,.2f}  financed "
         f"{m.amount_financed:,.2f}  disbursed {m.disbursed or 0:,.2f}"
     )
+    if st.mortgage_before_funding:
+        out.print("the lender funds once its mortgage is registered: registration comes first")
     if st.pending:
         t = Table("pending action", "role", "what", "due", title="Pending")
         for p in st.pending:

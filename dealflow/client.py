@@ -149,7 +149,14 @@ def start_input(
         )
     today = rules.dealer_date(policy, now or datetime.now(UTC))
     rules.validate_deal(deal, policy, lenders, today)
-    refs = [LenderRef(id=lid, legal_name=lenders[lid].legal_name) for lid in deal.lender_ids]
+    refs = [
+        LenderRef(
+            id=lid,
+            legal_name=lenders[lid].legal_name,
+            mortgage_before_funding=lenders[lid].mortgage_before_funding,
+        )
+        for lid in deal.lender_ids
+    ]
     return StartDealInput(deal_id=deal_id, deal=deal, policy=policy, lenders=refs, created_by=actor)
 
 

@@ -37,6 +37,10 @@ class LenderConfig(BaseModel):
     legal_name: str = Field(min_length=2)
     api_base_url: str
     webhook_secret: str = Field(pattern=r"^whsec_[A-Za-z0-9+/=]+$")
+    # Some lenders fund only once their mortgage (lien) on the vehicle is
+    # registered: their deals go LOAN_CONTRACT -> REGISTRATION -> DISBURSEMENT
+    # -> DELIVERY, and the disbursement request names the registration.
+    mortgage_before_funding: bool = False
 
 
 class Settings(BaseSettings):

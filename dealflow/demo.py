@@ -149,6 +149,10 @@ SCENARIOS = [
             ]
         },
     ),
+    Scenario(
+        "a lender that funds once its mortgage is registered",
+        deal_changes={"lender_ids": ["cathay-car-loans"]},
+    ),
     Scenario("cancelled after the down payment", cancel_at=Stage.INVOICING, expect=Stage.CANCELLED),
     Scenario(
         "declined by every lender",

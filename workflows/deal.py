@@ -664,6 +664,9 @@ class DealWorkflow:
                 insurance_policy_no=self.state.insurance.policy_no,
                 first_beneficiary=self.state.insurance.first_beneficiary,
                 repayment_bank=self.state.repayment_account.bank_name,
+                mortgage_registration_no=self.state.mortgage.registration_no
+                if self.state.mortgage
+                else None,
             )
             if self._funding_package:
                 self._attach_funding_package(request, d)
@@ -982,9 +985,24 @@ class DealWorkflow:
                     and state.repayment_account
                     and rules.funding_complete(self._view().funding())
                 ):
+                    if self._view().mortgage_before_funding:
+                        self._set_stage(
+                            Stage.REGISTRATION,
+                            "loan contract signed; the lender funds once its mortgage is "
+                            "registered",
+                            actor,
+                        )
+                    else:
+                        state.disbursements.append(Disbursement(attempt=1))
+                        self._set_stage(
+                            Stage.DISBURSEMENT,
+                            "loan contract signed; disbursement requested",
+                            actor,
+                        )
+                case Stage.REGISTRATION if state.mortgage and not self._view().funded:
                     state.disbursements.append(Disbursement(attempt=1))
                     self._set_stage(
-                        Stage.DISBURSEMENT, "loan contract signed; disbursement requested", actor
+                        Stage.DISBURSEMENT, "mortgage registered; disbursement requested", actor
                     )
                 case Stage.REGISTRATION if state.mortgage:
                     self._set_stage(Stage.DELIVERY, "registration complete", actor)
@@ -1264,7 +1282,7 @@ class DealWorkflow:
             return
         self._disbursed(pending, money(d.amount), d.transaction_ref, d.disbursed_at)
         self._set_stage(
-            Stage.REGISTRATION, f"disbursed {fmt_money(d.amount)} ({d.transaction_ref})"
+            self._stage_after_funding(), f"disbursed {fmt_money(d.amount)} ({d.transaction_ref})"
         )
 
     def _disbursed(
@@ -1278,6 +1296,11 @@ class DealWorkflow:
             # Once funded, the loan is no longer something to withdraw.
             if comp.kind == "withdraw_application" and comp.status == "pending":
                 comp.status = "void"
+
+    def _stage_after_funding(self) -> Stage:
+        # A lender that funds after its mortgage is registered found the
+        # registration done already: the vehicle can be handed over.
+        return Stage.DELIVERY if self.state.mortgage is not None else Stage.REGISTRATION
 
     def _apply_disbursement_failed(self, sub: Submission, ev: LenderEventInput) -> None:
         f = ev.failed
@@ -1609,7 +1632,9 @@ class DealWorkflow:
         attempt.reconciled = f"{inp.actor.staff_id}: {inp.reason}"
         self._disbursed(attempt, money(inp.amount), inp.transaction_ref, workflow.now())
         summary = f"{fmt_money(inp.amount)} ({inp.transaction_ref}) paid on {inp.paid_on}"
-        self._set_stage(Stage.REGISTRATION, f"disbursement reconciled: {summary}", inp.actor)
+        self._set_stage(
+            self._stage_after_funding(), f"disbursement reconciled: {summary}", inp.actor
+        )
         return self._accept(Action.RECONCILE_DISBURSEMENT, inp, summary)
 
     @reconcile_disbursement.validator
@@ -1716,6 +1741,7 @@ class DealWorkflow:
             submissions=self.state.submissions,
             stipulations=self.state.stipulation_items,
             disbursements=self.state.disbursements,
+            mortgage_before_funding=view.mortgage_before_funding,
             money=MoneySummary(
                 vehicle_price=self.deal.vehicle.price,
                 down_payment=rules.required_down_payment(self.deal, view.approved_amount),

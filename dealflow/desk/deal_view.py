@@ -69,6 +69,16 @@ def time_in_stages(status: DealStatus, now: datetime) -> dict[Stage, timedelta]:
     return spent
 
 
+def process_order(status: DealStatus) -> list[Stage]:
+    """The stages in the order this deal goes through them: a lender that
+    funds once its mortgage is registered has registration first."""
+    order = list(STAGE_ORDER)
+    if status.mortgage_before_funding:
+        at = order.index(Stage.DISBURSEMENT)
+        order[at], order[at + 1] = Stage.REGISTRATION, Stage.DISBURSEMENT
+    return order
+
+
 def stage_bar(status: DealStatus, now: datetime) -> tuple[list[StageStep], list[StageStep]]:
     """The working stages in order, then the outcomes, each marked done,
     current or ahead, with the time spent in it."""
@@ -83,7 +93,7 @@ def stage_bar(status: DealStatus, now: datetime) -> tuple[list[StageStep], list[
         )
         return StageStep(stage, state, spent.get(stage), visits.get(stage, 0))
 
-    path = [step(stage) for stage in STAGE_ORDER if not stage.terminal]
+    path = [step(stage) for stage in process_order(status) if not stage.terminal]
     outcomes = [step(stage) for stage in STAGE_ORDER if stage.terminal]
     return path, outcomes
 

@@ -224,6 +224,9 @@ class DisbursementRequest(BaseModel):
     insurance_policy_no: str
     first_beneficiary: str
     repayment_bank: str
+    # The lender's mortgage registration, for a lender that funds only once it
+    # is registered (None for the others, who are funded before registration).
+    mortgage_registration_no: str | None = None
     # The documents behind those numbers, each with a link signed for this
     # call. Absent from requests of deals started before the funding package.
     funding_package: list[FundingDocument] | None = None
@@ -242,6 +245,7 @@ class DisbursementRequestInput(BaseModel):
     insurance_policy_no: str
     first_beneficiary: str
     repayment_bank: str
+    mortgage_registration_no: str | None = None
     # Deals with the funding package (patch `funding-package`): its documents
     # by storage key; the activity signs a link to each at every attempt, to
     # `links_expire_at` (absolute, so a retry signs to the same end).

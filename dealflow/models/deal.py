@@ -120,6 +120,8 @@ class DealInput(Strict):
 class LenderRef(Strict):
     id: str
     legal_name: str
+    # The lender funds only after its mortgage is registered (lenders file).
+    mortgage_before_funding: bool = False
 
 
 def _days(n: float) -> timedelta:

@@ -90,6 +90,9 @@ class DealStatus(BaseModel):
     # (deals whose conditions came before the lifecycle show none here).
     stipulations: list[StipulationItem] = Field(default_factory=list)
     disbursements: list[Disbursement]
+    # The lender funds only once its mortgage is registered: REGISTRATION
+    # comes before DISBURSEMENT.
+    mortgage_before_funding: bool = False
     money: MoneySummary
     # The funding package, for deals started with it (dealflow/rules/funding.py).
     funding: list[FundingItem] = Field(default_factory=list)

@@ -15,6 +15,7 @@ from dealflow.models import (
     Action,
     ActionInput,
     AnswerStipulationInput,
+    CancelInput,
     ClearStipulationInput,
     ConfirmDownPaymentInput,
     ConfirmLoanTermsInput,
@@ -36,6 +37,7 @@ from dealflow.models import (
     RetryDisbursementInput,
     SignLoanContractInput,
     SignSalesContractInput,
+    Stage,
     StipulationActionInput,
     SubmitApplicationInput,
     UnwindInput,
@@ -273,6 +275,14 @@ def _follow_up_calls_in_order_once_when_due(inp: RecordFollowUpInput, view: Deal
         )
 
 
+def _cancel_before_funding_requested(inp: CancelInput, view: DealView) -> None:
+    if view.state.stage is Stage.REGISTRATION and (view.funded or view.state.disbursements):
+        raise conflict(
+            "the lender has funded the loan: cancel is possible only until the disbursement "
+            "is requested"
+        )
+
+
 def _disbursement_stalled(inp: RetryDisbursementInput | UnwindInput, view: DealView) -> None:
     if stalled_disbursement(view.state) is None:
         last = view.state.disbursements[-1] if view.state.disbursements else None
@@ -363,6 +373,7 @@ _CHECKS: dict[type, Callable[[Any, DealView], None]] = {
     RecordSettlementInput: _settlement_once,
     DeliverInput: _delivery_after_stock_out_and_settlement,
     RecordFollowUpInput: _follow_up_calls_in_order_once_when_due,
+    CancelInput: _cancel_before_funding_requested,
     RetryDisbursementInput: _disbursement_stalled,
     ReconcileDisbursementInput: _reconciled_within_tolerance,
     UnwindInput: _disbursement_stalled,

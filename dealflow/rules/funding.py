@@ -97,8 +97,8 @@ def check_document_stage(kind: DocumentKind, stage: Stage) -> None:
             f"the deal is in {stage.value} (accepted in {allowed})"
         )
     raise conflict(
-        f"{kind.value} is accepted up to DISBURSEMENT: the lender has paid out and the deal "
-        f"is in {stage.value}"
+        f"{kind.value} is accepted up to the disbursement (in {allowed}); the deal is in "
+        f"{stage.value}"
     )
 
 

@@ -152,7 +152,13 @@ def _registration(view: DealView, due: datetime | None) -> list[PendingAction]:
         (state.certificate, Action.RECORD_CERTIFICATE, "receive the certificate of conformity"),
         (state.purchase_tax, Action.RECORD_PURCHASE_TAX, "pay the purchase tax"),
         (state.plate, Action.RECORD_PLATE, "register the plate"),
-        (state.mortgage, Action.RECORD_MORTGAGE, "register the mortgage for the lender"),
+        (
+            state.mortgage,
+            Action.RECORD_MORTGAGE,
+            "register the mortgage for the lender (it funds once registered)"
+            if view.mortgage_before_funding and not view.funded
+            else "register the mortgage for the lender",
+        ),
     ]
     return [_staff(action, what, due) for done, action, what in steps if done is None]
 

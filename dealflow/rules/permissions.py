@@ -79,7 +79,10 @@ def check_role(action: Action, actor: Actor) -> None:
 
 
 # Stages in which each action is accepted. Cancellation is possible until the
-# disbursement has been requested: after that the lender's money is moving.
+# disbursement has been requested: after that the lender's money is moving. A
+# lender that funds after the mortgage is registered is asked for the money
+# only after REGISTRATION, so there cancel is allowed too, before funding
+# (rules.actions checks that nothing was requested yet).
 _PRE_DISBURSEMENT = frozenset(STAGE_ORDER[: STAGE_ORDER.index(Stage.DISBURSEMENT)])
 ACTION_STAGES: dict[Action, frozenset[Stage]] = {
     Action.SIGN_SALES_CONTRACT: frozenset({Stage.CONTRACT}),
@@ -106,7 +109,7 @@ ACTION_STAGES: dict[Action, frozenset[Stage]] = {
     Action.RECORD_SETTLEMENT: frozenset({Stage.DELIVERY}),
     Action.DELIVER: frozenset({Stage.DELIVERY}),
     Action.RECORD_FOLLOW_UP: frozenset({Stage.FOLLOW_UP}),
-    Action.CANCEL: _PRE_DISBURSEMENT,
+    Action.CANCEL: _PRE_DISBURSEMENT | {Stage.REGISTRATION},
     Action.RETRY_DISBURSEMENT: frozenset({Stage.DISBURSEMENT}),
     Action.RECONCILE_DISBURSEMENT: frozenset({Stage.DISBURSEMENT}),
     Action.UNWIND: frozenset({Stage.DISBURSEMENT}),

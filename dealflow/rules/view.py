@@ -131,6 +131,17 @@ class DealView:
         )
 
     @property
+    def funded(self) -> bool:
+        return any(d.status == "completed" for d in self.state.disbursements)
+
+    @property
+    def mortgage_before_funding(self) -> bool:
+        """Whether the lender the deal goes ahead with funds only once its
+        mortgage is registered: registration then comes before disbursement."""
+        s = self.approved_submission
+        return s is not None and self.lender(s.lender_id).mortgage_before_funding
+
+    @property
     def lender_legal_name(self) -> str | None:
         s = self.approved_submission
         return self.lender(s.lender_id).legal_name if s else None

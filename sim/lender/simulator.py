@@ -460,6 +460,12 @@ class LenderSim:
                 422,
                 f"disbursement request does not match application {ref!r}: " + ", ".join(mismatch),
             )
+        if self.lender(lender_id).mortgage_before_funding and not req.mortgage_registration_no:
+            raise Problem(
+                422,
+                f"lender {lender_id!r} funds only once its mortgage is registered: the "
+                "request names no mortgage_registration_no",
+            )
         approved = app["approved_amount"]
         if approved is not None and money(req.amount) != money(approved):
             raise Problem(

@@ -31,7 +31,7 @@ from temporalio.testing import WorkflowEnvironment
 from dealflow import client as deals
 from dealflow.config import Settings
 from dealflow.models import DealPolicy, Stage
-from dealflow.samples import stipulation_document
+from dealflow.samples import example_deal, stipulation_document
 from dealflow.storage import db
 from dealflow.storage.documents import LocalDirectoryStore
 from tests.support.back_office import Desk
@@ -210,6 +210,18 @@ async def withdrawal_refused(d: Desk) -> None:
     await d.do("cancel", reason="customer withdrew")
 
 
+async def mortgage_before_funding(d: Desk) -> None:
+    """A lender that funds once its mortgage is registered: registration
+    comes before the disbursement, then the deal is delivered."""
+    await d.start(deal=example_deal().model_copy(update={"lender_ids": ["cathay-car-loans"]}))
+    await d.through_loan_contract()
+    await d.wait_stage(Stage.REGISTRATION)
+    for action in ("record-certificate", "record-purchase-tax", "record-plate"):
+        await d.do(action)
+    await d.do("record-mortgage", lienholder=await d.lender_legal_name())
+    await d.wait_stage(Stage.DELIVERY)
+
+
 async def contract_expired(d: Desk) -> None:
     await d.start()
 
@@ -254,6 +266,7 @@ SCENARIOS: dict[str, Callable[[Desk], Awaitable[None]]] = {
     "declined_counter_offer_cancelled": declined_counter_offer_cancelled,
     "partial_approval_accepted_then_cancelled": partial_approval_accepted,
     "withdrawal_refused_then_cancelled": withdrawal_refused,
+    "mortgage_before_funding_delivering": mortgage_before_funding,
     "contract_expired": contract_expired,
     "all_declined": all_declined,
     "continued_as_new": continued_as_new,

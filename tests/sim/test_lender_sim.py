@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LENDERS_FILE = ROOT / "examples" / "lenders.toml"
 ACME = "acme-auto-finance"
 BETA = "beta-motor-credit"
+CATHAY = "cathay-car-loans"
 
 DECIDED_FIELDS = {
     "deal_id",
@@ -703,6 +704,24 @@ def test_a_request_id_is_echoed_and_one_application_is_paid_out_once(sim: Sim) -
     assert second.status_code == 409
     assert "already paid out" in second.json()["detail"]
     assert len(sim.ledger(deal)["disbursement_requests"]) == 1
+
+
+def test_a_lender_that_funds_after_registration_wants_the_mortgage_named(sim: Sim) -> None:
+    deal = new_deal()
+    ref = sim.submit(CATHAY, package(deal)).json()["application_ref"]
+    sim.decisions(deal, 1)
+    url = f"/lenders/{CATHAY}/applications/{ref}/disbursement-requests"
+    body = {**disbursement(deal, ref, 1, lender_id=CATHAY), "request_id": f"{deal}:d:1"}
+    early = sim.client.post(url, json=body, headers={"Idempotency-Key": f"{deal}:d:1"})
+    assert early.status_code == 422
+    assert early.json()["detail"] == (
+        f"lender {CATHAY!r} funds only once its mortgage is registered: the request names "
+        "no mortgage_registration_no"
+    )
+    registered = {**body, "request_id": f"{deal}:d:2", "mortgage_registration_no": "MR-0001"}
+    paid = sim.client.post(url, json=registered, headers={"Idempotency-Key": f"{deal}:d:2"})
+    assert paid.status_code == 202
+    assert sim.decisions(deal, 2)[-1]["type"] == "disbursement.completed"
 
 
 def test_withdrawal_stops_decisions(sim: Sim) -> None:

@@ -36,7 +36,7 @@ from dealflow.models import (
     Stage,
 )
 from dealflow.rules import RuleError
-from dealflow.samples import stipulation_document
+from dealflow.samples import example_action, example_deal, stipulation_document
 from dealflow.storage import db
 from tests.support.back_office import Desk, desk_on
 from tests.support.stack import Stack
@@ -1170,11 +1170,73 @@ async def test_cancel_refused_once_disbursement_requested(desk: Desk) -> None:
     assert (refused.value.kind, refused.value.message) == (
         "conflict",
         "cancel is not allowed in stage DISBURSEMENT (only in CONTRACT, DOCUMENTS, "
-        "APPLICATION, UNDERWRITING, DOWN_PAYMENT, INVOICING, INSURANCE, LOAN_CONTRACT)",
+        "APPLICATION, UNDERWRITING, DOWN_PAYMENT, INVOICING, INSURANCE, LOAN_CONTRACT, "
+        "REGISTRATION)",
     )
     st = await desk.status()
     assert st.stage is Stage.DISBURSEMENT
     assert {c.status for c in st.compensations} == {"pending"}
+
+
+# --------------------------------------------------------------------------- registration order
+
+CATHAY = "cathay-car-loans"  # funds once its mortgage is registered (examples/lenders.toml)
+
+
+async def test_a_lender_that_funds_after_registration_is_asked_once_its_mortgage_is_registered(
+    desk: Desk,
+) -> None:
+    assert desk.lenders[CATHAY].mortgage_before_funding
+    await desk.start(deal=example_deal().model_copy(update={"lender_ids": [CATHAY]}))
+    await desk.through_loan_contract()
+    st = await desk.wait_stage(Stage.REGISTRATION)
+    assert st.mortgage_before_funding and st.disbursements == []
+    assert st.transitions[-1].reason == (
+        "loan contract signed; the lender funds once its mortgage is registered"
+    )
+    assert "it funds once registered" in st.pending[-1].what
+    assert (await desk.ledger())["disbursement_requests"] == []
+    for action in ("record-certificate", "record-purchase-tax", "record-plate"):
+        await desk.do(action)
+    await desk.do("record-mortgage", lienholder=await desk.lender_legal_name())
+    st = await desk.wait_stage(Stage.DELIVERY)
+    assert stages(st)[-4:] == ["LOAN_CONTRACT", "REGISTRATION", "DISBURSEMENT", "DELIVERY"]
+    assert st.money.disbursed == FINANCED
+    requests = (await desk.ledger())["disbursement_requests"]
+    assert len(requests) == 1
+    registration_no = example_action("record-mortgage")["registration_no"]
+    assert requests[0]["body"]["mortgage_registration_no"] == registration_no
+    funding = requests[0]["body"]["funding_package"]
+    assert {d["kind"] for d in funding} == {
+        "vehicle_invoice",
+        "insurance_policy_page",
+        "signed_loan_contract",
+    }, "the package went with the request made after registration"
+
+
+async def test_a_deal_waiting_on_the_mortgage_before_funding_can_still_be_cancelled(
+    desk: Desk,
+) -> None:
+    await desk.start(deal=example_deal().model_copy(update={"lender_ids": [CATHAY]}))
+    await desk.through_loan_contract()
+    await desk.wait_stage(Stage.REGISTRATION)
+    await desk.do("cancel", reason="customer withdrew before funding")
+    st = await desk.result()
+    assert st.stage is Stage.CANCELLED
+    assert (await desk.ledger())["disbursement_requests"] == []
+
+
+async def test_a_funded_deal_in_registration_cannot_be_cancelled(desk: Desk) -> None:
+    await desk.start()
+    await desk.through_disbursement()
+    with pytest.raises(RuleError) as refused:
+        await desk.do("cancel")
+    assert refused.value.kind == "conflict"
+    assert refused.value.message.startswith(
+        "the lender has funded the loan: cancel is possible only until the disbursement is "
+        "requested"
+    )
+    assert (await desk.status()).stage is Stage.REGISTRATION
 
 
 # --------------------------------------------------------------------------- disbursement

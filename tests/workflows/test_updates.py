@@ -753,7 +753,7 @@ async def test_cancel_is_refused_once_disbursement_is_requested(desk: Desk) -> N
         "cancel",
         "conflict",
         "cancel is not allowed in stage DISBURSEMENT (only in CONTRACT, DOCUMENTS, APPLICATION, "
-        "UNDERWRITING, DOWN_PAYMENT, INVOICING, INSURANCE, LOAN_CONTRACT)",
+        "UNDERWRITING, DOWN_PAYMENT, INVOICING, INSURANCE, LOAN_CONTRACT, REGISTRATION)",
     )
 
 
