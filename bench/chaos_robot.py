@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -431,12 +432,21 @@ class Robot:
             # the answer says, the clerk reads the deal before uploading again.
             self.unconfirmed += 1
             return
+        if resp.status_code == 409 and await self._on_file(run, data):
+            # The transport retried a post whose first answer was lost, and the
+            # deal moved on with the file it recorded (the last funding
+            # document sends it to DISBURSEMENT): the upload was applied.
+            return
         if resp.status_code in (502, 503, 504):
             raise _UploadRefused(resp.status_code, resp.text[:300])
         if resp.status_code >= 500:
             # A crash answer, not the clear "store unavailable" the contract wants.
             raise _UploadRefused(resp.status_code, resp.text[:300], clear=False)
         raise RuntimeError(f"upload answered {resp.status_code}: {resp.text[:300]}")
+
+    async def _on_file(self, run: DealRun, data: bytes) -> bool:
+        sha256 = hashlib.sha256(data).hexdigest()
+        return any(doc.sha256 == sha256 for doc in (await self.status(run)).documents)
 
     async def _check_failed_upload(
         self, run: DealRun, kind: str, party: str, err: Exception

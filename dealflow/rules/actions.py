@@ -45,7 +45,12 @@ from dealflow.models import (
     fmt_money,
     money,
 )
-from dealflow.rules.documents import checklist_complete, describe_missing, validate_document
+from dealflow.rules.documents import (
+    checklist_complete,
+    describe_missing,
+    find_duplicate,
+    validate_document,
+)
 from dealflow.rules.errors import conflict, invalid
 from dealflow.rules.funding import (
     check_document_stage,
@@ -93,7 +98,11 @@ def _sales_contract_routed_with_agreed_down_payment(
 def _document_valid(inp: RecordDocumentInput, view: DealView) -> None:
     check_document_role(inp.kind, inp.actor)
     if is_funding_document(inp.kind):
-        stalled = stalled_disbursement(view.state) is not None
+        # The same file again (a retry whose first answer was lost, the deal
+        # gone on to DISBURSEMENT with it) changes nothing: no need to wait.
+        already = find_duplicate(view.state, inp)
+        repeat = already is not None and already.kind is inp.kind
+        stalled = repeat or stalled_disbursement(view.state) is not None
         problem = funding_document_problem(
             inp.kind, view.state.stage, view.funding_package, stalled
         )

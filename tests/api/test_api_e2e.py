@@ -211,7 +211,7 @@ async def test_a_deal_from_creation_to_completion_over_http(stack: ApiStack) -> 
         "cancel",
         Role.SALES,
         409,
-        "cancel is not allowed in stage REGISTRATION",
+        "the lender has funded the loan: cancel is possible only until the disbursement",
         reason="the money has been paid out",
     )
     await clerk.refused(

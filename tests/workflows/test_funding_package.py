@@ -17,8 +17,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from rich.console import Console
 from temporalio.api.enums.v1 import EventType
 
+import starter
 from dealflow import names
 from dealflow.audit.histories import RunHistory
 from dealflow.audit.payloads import decode_events, first_value, walk_payloads
@@ -201,6 +203,11 @@ async def test_the_disbursement_request_carries_the_documents_with_fresh_links_n
         "a disbursement request is open at the lender; a replacement vehicle_invoice is "
         "accepted once it has stalled"
     )
+    # The same file again (a retry whose answer was lost) is taken and changes nothing.
+    again = await desk.upload_funding(DocumentKind.SIGNED_LOAN_CONTRACT)
+    assert again.status.stage is Stage.DISBURSEMENT
+    assert again.status.documents == (await desk.status()).documents
+    assert len(funding_docs(again.status.documents)) == 3 and len(again.status.documents) == 11
 
 
 async def test_a_tampered_document_is_refused_and_its_replacement_goes_with_the_retry(
@@ -251,3 +258,26 @@ async def test_the_audit_timeline_shows_the_disbursement_request_with_its_docume
     docs = funding_docs((await desk.status()).documents)
     for kind in ("vehicle_invoice", "insurance_policy_page", "signed_loan_contract"):
         assert f"{kind} {docs[kind].sha256[:12]}" in requested.details
+
+
+async def test_starter_status_prints_the_funding_package_and_what_each_request_carried(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await desk.start()
+    await desk.through_disbursement()
+    st = await desk.status()
+    console = Console(record=True, width=200)
+    monkeypatch.setattr(starter, "out", console)
+    starter.show_status(st)
+    shown = console.export_text()
+    assert "Funding package" in shown
+    docs = funding_docs(st.documents)
+    for kind, role in (
+        ("vehicle_invoice", "finance"),
+        ("insurance_policy_page", "insurance"),
+        ("signed_loan_contract", "credit"),
+    ):
+        [row] = [line for line in shown.splitlines() if f" {kind} " in f" {line} "]
+        assert role in row and docs[kind].doc_id in row and docs[kind].sha256[:12] in row
+    ids = ", ".join(st.disbursements[-1].funding_doc_ids)
+    assert f"disbursement request 1 (completed) carried {ids}" in shown
