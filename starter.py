@@ -53,8 +53,10 @@ from dealflow.deal_service import (
     ServiceError,
     TemporalDeals,
 )
-from dealflow.models import Actor, DealHealth, DealPolicy, DealStatus, Role
+from dealflow.models import Actor, DealHealth, DealPolicy, DealStatus, Role, Stage
+from dealflow.startup import connect_problem
 from dealflow.storage.documents import DocumentStoreUnavailable
+from dealflow.temporal_connection import TemporalConfigError, temporal_connection
 
 EXIT = {"invalid": 2, "conflict": 3, "forbidden": 5}
 out = Console()
@@ -64,7 +66,7 @@ err = Console(stderr=True)
 def fail(message: str) -> None:
     # Plain text: a path or a lender's reason may contain [brackets], which rich
     # would take for markup (and raise MarkupError on a stray closing tag).
-    err.print(message, markup=False, highlight=False)
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 class CliError(Exception):
@@ -153,6 +155,8 @@ def show_status(st: DealStatus) -> None:
         out.print(t)
     if st.funding:
         show_funding(st)
+    if any(t.to_stage is Stage.UNWINDING for t in st.transitions):
+        show_unwind(st)
     if st.outcome_reason:
         out.print(f"outcome: {escape(st.outcome_reason)}")
     done = [c for c in st.compensations if c.status == "done"]
@@ -183,6 +187,24 @@ def show_funding(st: DealStatus) -> None:
                 f"disbursement request {d.attempt} ({d.status}) carried "
                 + ", ".join(d.funding_doc_ids)
             )
+
+
+def show_unwind(st: DealStatus) -> None:
+    """The steps of an unwind after funding, newest first: state, evidence, who, when."""
+    t = Table("step", "state", "by role", "evidence", "recorded by", "when", title="Unwind")
+    for c in reversed(st.compensations):
+        if c.status == "void":
+            continue
+        role = rules.UNWIND_STEP_ROLES.get(c.kind)
+        t.add_row(
+            escape(f"{c.kind}: {rules.describe_step(c)}"),
+            c.status + (f" ({escape(c.refusal)})" if c.refusal else ""),
+            role.value if role else "dealflow",
+            escape(c.evidence),
+            escape(c.done_by),
+            f"{c.done_at:%Y-%m-%d %H:%M}" if c.done_at else "",
+        )
+    out.print(t)
 
 
 # --------------------------------------------------------------------------- commands
@@ -532,9 +554,13 @@ def main(argv: list[str] | None = None) -> int:
     except DocumentStoreUnavailable as e:
         fail(f"error: document store unavailable: {e}")
         return 1
+    except TemporalConfigError as e:
+        fail(f"configuration error: {e}")
+        return 2
     except RuntimeError as e:
         if "Failed client connect" in str(e) or "connection" in str(e).lower():
-            fail(f"error: cannot reach Temporal at {get_settings().temporal_address}: {e}")
+            where = temporal_connection(get_settings()).describe()
+            fail(f"error: cannot reach Temporal at {where}: {connect_problem(str(e))}")
             return 1
         raise
     return 0

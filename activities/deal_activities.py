@@ -24,6 +24,8 @@ from dealflow.models import (
     DocumentMetadataInput,
     NotificationInput,
     ProjectionInput,
+    RepaymentInput,
+    RepaymentResult,
     SendApplicationInput,
     SignAndSendApplicationInput,
     SubmitToLenderInput,
@@ -221,6 +223,27 @@ class DealActivities:
             },
         )
 
+    @activity.defn(name=names.REPAY_LENDER)
+    async def repay_lender(self, inp: RepaymentInput) -> RepaymentResult:
+        """Pay back what the lender disbursed (an unwind after funding). One
+        repayment per application, so the key names the application."""
+        lender = self._lender(inp.lender_id)
+        reply = await self._post(
+            f"{lender.api_base_url}/applications/{inp.application_ref}/repayment",
+            f"{inp.deal_id}:repayment:{inp.application_ref}",
+            {
+                "deal_id": inp.deal_id,
+                "amount": str(inp.amount),
+                "transaction_ref": inp.transaction_ref,
+                "reason": inp.reason,
+            },
+        )
+        log.info(
+            "lender repaid",
+            extra={"deal_id": inp.deal_id, "lender_id": inp.lender_id},
+        )
+        return RepaymentResult.model_validate(reply)
+
     # ------------------------------------------------------------------ bookkeeping
 
     @activity.defn(name=names.PROJECT_DEAL)
@@ -265,6 +288,7 @@ class DealActivities:
             self.submit_application,
             self.request_disbursement,
             self.withdraw_application,
+            self.repay_lender,
             self.project_deal,
             self.notify,
             self.record_compensation,

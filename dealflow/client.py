@@ -53,6 +53,7 @@ from dealflow.models import (
     Stage,
     StartDealInput,
 )
+from dealflow.temporal_connection import temporal_connection
 from workflows.deal import DEAL_STAGE, DEALER_ID, LENDER_ID, DealWorkflow
 
 T = TypeVar("T")
@@ -65,15 +66,13 @@ class DealNotFound(LookupError):
 
 
 async def connect(settings: Settings) -> Client:
-    """The one place clients are built: pydantic payloads, AES-GCM encrypted with
+    """The one place clients are built: to the Temporal the settings and the
+    standard `TEMPORAL_*` variables describe (dealflow/temporal_connection.py,
+    TLS and API keys included), with pydantic payloads AES-GCM encrypted with
     `DEALFLOW_CODEC_KEYS` (dealflow/codec.py), so no personal data reaches Temporal."""
     from dealflow.codec import data_converter_for
 
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.namespace,
-        data_converter=data_converter_for(settings),
-    )
+    return await temporal_connection(settings).connect(data_converter_for(settings))
 
 
 def workflow_id(deal_id: str) -> str:

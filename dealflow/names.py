@@ -18,6 +18,7 @@ SEND_APPLICATION = "send_application"
 SUBMIT_APPLICATION = "submit_application"
 REQUEST_DISBURSEMENT = "request_disbursement"
 WITHDRAW_APPLICATION = "withdraw_application"
+REPAY_LENDER = "repay_lender"
 
 # Bookkeeping in DealFlow's own database.
 PROJECT_DEAL = "project_deal"

@@ -23,6 +23,7 @@ from temporalio.client import Client
 
 from dealflow.codec import CodecKeyError
 from dealflow.config import LendersFileError, Settings
+from dealflow.temporal_connection import TemporalConfigError, temporal_connection
 
 log = logging.getLogger("dealflow.startup")
 
@@ -54,7 +55,13 @@ async def connect_patiently(
     settings: Settings,
     connect: Callable[[Settings], Awaitable[Client]],
 ) -> Client:
-    """`connect(settings)`, retried until Temporal answers or the connect timeout passes."""
+    """`connect(settings)`, retried until Temporal answers or the connect
+    timeout passes; a refused certificate or credential ends it at once, as
+    waiting cannot mend it."""
+    try:
+        where = temporal_connection(settings).describe()
+    except TemporalConfigError as e:
+        raise StartupError(f"configuration error: {e}") from None
     limit = settings.temporal_connect_timeout
     deadline = time.monotonic() + limit
     delay = 0.5
@@ -63,19 +70,20 @@ async def connect_patiently(
         attempt += 1
         try:
             return await connect(settings)
-        except CodecKeyError as e:
+        except (CodecKeyError, TemporalConfigError) as e:
             raise StartupError(f"configuration error: {e}") from None
         except RuntimeError as e:  # the SDK's "Failed client connect: ..."
-            reason = _first_line(str(e))
+            reason = connect_problem(str(e))
+            if reason in _FATAL_REASONS:
+                raise StartupError(f"Temporal at {where} refused us: {reason}") from None
             left = deadline - time.monotonic()
             if left <= 0:
                 raise StartupError(
-                    f"Temporal at {settings.temporal_address} (namespace {settings.namespace}) "
-                    f"is not reachable after {limit:g} s: {reason}"
+                    f"Temporal at {where} is not reachable after {limit:g} s: {reason}"
                 ) from None
             log.warning(
                 "Temporal at %s not reachable (attempt %d: %s); retrying for %.0f s more",
-                settings.temporal_address,
+                where,
                 attempt,
                 reason,
                 left,
@@ -85,18 +93,44 @@ async def connect_patiently(
             delay = min(delay * 2, 5.0)
 
 
-def _first_line(text: str) -> str:
+# What the SDK's connect errors mean, most specific first, with what to set.
+_UNTRUSTED = "the server's TLS certificate is not trusted: set TEMPORAL_TLS_SERVER_CA_CERT_PATH"
+_CERT_REQUIRED = (
+    "the server requires a client certificate: set TEMPORAL_TLS_CLIENT_CERT_PATH and "
+    "TEMPORAL_TLS_CLIENT_KEY_PATH"
+)
+_CERTIFICATE = "TLS certificate problem"
+_UNAUTHENTICATED = "not authenticated: check TEMPORAL_API_KEY or the client certificate"
+_CLOSED = (
+    "the server closed the connection once open: a TLS server wanting a client certificate "
+    "(TEMPORAL_TLS_CLIENT_CERT_PATH, TEMPORAL_TLS_CLIENT_KEY_PATH) or TLS (TEMPORAL_TLS=true) "
+    "does so"
+)
+_GISTS = (
+    ("invalidcertificate", _UNTRUSTED),
+    ("certificaterequired", _CERT_REQUIRED),
+    ("certificate required", _CERT_REQUIRED),
+    ("certificate", _CERTIFICATE),
+    ("unauthenticated", _UNAUTHENTICATED),
+    ("permissiondenied", _UNAUTHENTICATED),
+    ("close_notify", _CLOSED),
+    ("broken pipe", _CLOSED),
+    ("connection closed", _CLOSED),
+    ("connectionrefused", "connection refused"),
+    ("connection refused", "connection refused"),
+    ("dns error", "the address cannot be resolved"),
+    ("failed to lookup address", "the address cannot be resolved"),
+    ("timed out", "timed out"),
+)
+# Answers waiting cannot mend: the process stops at once. A closed connection
+# is not among them, as a server starting up closes connections too.
+_FATAL_REASONS = frozenset({_UNTRUSTED, _CERT_REQUIRED, _CERTIFICATE, _UNAUTHENTICATED})
+
+
+def connect_problem(text: str) -> str:
     """The gist of the SDK's connect error, whose text is a nested Rust debug dump."""
     lowered = text.lower()
-    for needle, gist in (
-        ("connectionrefused", "connection refused"),
-        ("connection refused", "connection refused"),
-        ("dns error", "the address cannot be resolved"),
-        ("failed to lookup address", "the address cannot be resolved"),
-        ("timed out", "timed out"),
-        ("certificate", "TLS certificate problem"),
-        ("unauthenticated", "not authenticated"),
-    ):
+    for needle, gist in _GISTS:
         if needle in lowered:
             return gist
     stripped = text.strip()

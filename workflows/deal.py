@@ -73,7 +73,10 @@ with workflow.unsafe.imports_passed_through():
         RecordRepaymentAccountInput,
         RecordSettlementInput,
         RecordStockOutInput,
+        RecordUnwindStepInput,
         RejectStipulationDocumentInput,
+        RepaymentInput,
+        RepaymentResult,
         RetryDisbursementInput,
         Role,
         SendApplicationInput,
@@ -211,6 +214,13 @@ STIPULATION_LIFECYCLE = "stipulation-lifecycle"
 # insurance policy page, vehicle invoice: dealflow/rules/funding.py) and the
 # request carries them, each by hash with a link signed at every attempt.
 FUNDING_PACKAGE = "funding-package"
+# Deals started before a funded deal could be unwound registered no step to
+# repay the lender, release the mortgage or reverse the invoice, and had no
+# UNWINDING stage: they keep unwinding only a stalled disbursement. From it,
+# those steps are registered as their facts are recorded (so a cancellation
+# before funding also reverses an issued invoice), and `unwind` after funding
+# undoes every step newest first in UNWINDING.
+UNWIND_AFTER_FUNDING = "unwind-after-funding"
 
 OnDeadline = Literal["expire", "cancel", "next_lender", "complete"]
 
@@ -241,6 +251,7 @@ class DealWorkflow:
         self._dealer_dates = workflow.patched(DEALER_DATES)
         self._approved_terms = workflow.patched(APPROVED_TERMS)
         self._follow_ups_from_due_date = workflow.patched(FOLLOW_UP_FROM_DUE_DATE)
+        self._unwind_after_funding = workflow.patched(UNWIND_AFTER_FUNDING)
         self._funding_package = workflow.patched(FUNDING_PACKAGE)
         if inp.state is None:
             # Recorded here, not in run(): an update that arrives with the start
@@ -373,6 +384,8 @@ class DealWorkflow:
                 )
             case Stage.DELIVERY:
                 return Clock(escalate_after=p.delivery_escalate_after)
+            case Stage.UNWINDING:
+                return Clock(escalate_after=p.unwinding_escalate_after)
             case Stage.FOLLOW_UP:
                 return Clock(
                     deadline=p.follow_up_second + p.follow_up_grace, on_deadline="complete"
@@ -418,7 +431,7 @@ class DealWorkflow:
             + self._pending_text(),
             # The lender's money is finance's to chase, whoever waits for it.
             extra_roles=[Role.FINANCE, Role.ADMIN]
-            if self.state.stage is Stage.DISBURSEMENT
+            if self.state.stage in (Stage.DISBURSEMENT, Stage.UNWINDING)
             else [Role.ADMIN],
         )
 
@@ -699,12 +712,20 @@ class DealWorkflow:
         d.funding_doc_ids = [doc.doc_id for doc in package.values()]
 
     def _compensate_fn(self, comp: Compensation) -> Callable[[], Awaitable[None]]:
-        return lambda: self._compensate(comp)
+        async def compensate() -> None:
+            await self._compensate(comp)
+            if self.state.stage is Stage.UNWINDING:
+                self._unwind_next()
+
+        return compensate
 
     async def _compensate(self, comp: Compensation) -> None:
         if comp.status in ("done", "void", "refused"):
             return
         comp.status = "running"
+        if comp.kind == "repay_lender":
+            await self._repay_lender(comp)
+            return
         if comp.kind == "withdraw_application":
             try:
                 await self._withdraw_application(comp)
@@ -743,10 +764,38 @@ class DealWorkflow:
             if sub.application_ref == comp.detail["application_ref"]:
                 sub.status = "withdrawn"
 
-    def _compensation_refused(self, comp: Compensation, reason: str) -> None:
+    async def _repay_lender(self, comp: Compensation) -> None:
+        """Pay the lender back; its receipt is the step's evidence. A refusal
+        (4xx) is recorded and put to finance; the other steps go on."""
+        d = comp.detail
+        try:
+            receipt: RepaymentResult = await workflow.execute_activity(
+                names.REPAY_LENDER,
+                RepaymentInput(
+                    deal_id=self.inp.deal_id,
+                    lender_id=d["lender_id"],
+                    application_ref=d["application_ref"],
+                    amount=money(d["amount"]),
+                    transaction_ref=d["transaction_ref"],
+                    reason=self.state.outcome_reason or "unwound after funding",
+                ),
+                result_type=RepaymentResult,
+                **LENDER_CALL,
+            )
+        except ActivityError as e:
+            self._compensation_refused(comp, _cause(e), [Role.FINANCE, Role.ADMIN])
+            return
+        comp.status = "done"
+        comp.done_at = workflow.now()
+        comp.evidence = receipt.repayment_ref
+        comp.done_by = f"{d['lender_id']}/lender"
+
+    def _compensation_refused(
+        self, comp: Compensation, reason: str, roles: list[Role] | None = None
+    ) -> None:
         """The other side refused to undo its step (a lender refusing a
-        withdrawal with a 4xx): recorded with its reason and put to a person,
-        who settles it outside the deal; the other compensations go on."""
+        withdrawal or a repayment with a 4xx): recorded with its reason and put
+        to a person, who settles it outside the deal; the other compensations go on."""
         comp.status = "refused"
         comp.refusal = reason
         comp.done_at = workflow.now()
@@ -754,7 +803,7 @@ class DealWorkflow:
         self._notify(
             "escalation",
             f"{comp.kind} refused by {lender}: {reason}; settle it with the lender",
-            [Role.CREDIT, Role.ADMIN],
+            roles or [Role.CREDIT, Role.ADMIN],
         )
 
     def _withdraw(self, sub: Submission, reason: str) -> None:
@@ -1292,6 +1341,14 @@ class DealWorkflow:
         attempt.amount = amount
         attempt.transaction_ref = transaction_ref
         attempt.disbursed_at = at
+        sub = self._approved_submission()
+        if self._unwind_after_funding and sub is not None and sub.application_ref:
+            rules.register_step(
+                self.state.compensations,
+                rules.repayment_step(
+                    self.inp.deal_id, sub.lender_id, sub.application_ref, attempt, workflow.now()
+                ),
+            )
         for comp in self.state.compensations:
             # Once funded, the loan is no longer something to withdraw.
             if comp.kind == "withdraw_application" and comp.status == "pending":
@@ -1479,6 +1536,8 @@ class DealWorkflow:
     @workflow.update(name="record-invoice")
     def record_invoice(self, inp: RecordInvoiceInput) -> ActionReceipt:
         self.state.invoice = inp
+        if self._unwind_after_funding:
+            rules.register_step(self.state.compensations, self._invoice_step(workflow.now()))
         return self._accept(Action.RECORD_INVOICE, inp, inp.invoice_no)
 
     @record_invoice.validator
@@ -1564,6 +1623,8 @@ class DealWorkflow:
     @workflow.update(name="record-mortgage")
     def record_mortgage(self, inp: RecordMortgageInput) -> ActionReceipt:
         self.state.mortgage = inp
+        if self._unwind_after_funding:
+            rules.register_step(self.state.compensations, self._mortgage_step(workflow.now()))
         return self._accept(Action.RECORD_MORTGAGE, inp, inp.registration_no)
 
     @record_mortgage.validator
@@ -1643,6 +1704,9 @@ class DealWorkflow:
 
     @workflow.update(name="unwind")
     def unwind(self, inp: UnwindInput) -> ActionReceipt:
+        if self._unwind_after_funding and rules.funded_disbursement(self.state) is not None:
+            self._start_unwinding(inp)
+            return self._accept(Action.UNWIND, inp, inp.reason)
         self.state.outcome_reason = f"unwound by {inp.actor.staff_id}: {inp.reason}"
         self._set_stage(Stage.CANCELLED, f"unwound: {inp.reason}", inp.actor)
         return self._accept(Action.UNWIND, inp, inp.reason)
@@ -1650,6 +1714,84 @@ class DealWorkflow:
     @unwind.validator
     def _v_unwind(self, inp: UnwindInput) -> None:
         self._validate(Action.UNWIND, inp)
+
+    def _start_unwinding(self, inp: UnwindInput) -> None:
+        self._register_unwind_facts()
+        self.state.outcome_reason = f"unwound after funding: {inp.reason}"
+        self._set_stage(Stage.UNWINDING, f"rescinded after funding: {inp.reason}", inp.actor)
+        self._unwind_next()
+
+    def _unwind_next(self) -> None:
+        """Start the newest step not yet undone (DealFlow's own), or wait for
+        a person to record it; with none left the deal is CANCELLED."""
+        step = rules.next_unwind_step(self.state.compensations)
+        if step is None:
+            reason = self.state.outcome_reason or "unwound after funding"
+            self._set_stage(Stage.CANCELLED, reason)
+            return
+        if not rules.is_staff_step(step) and step.status == "pending":
+            step.status = "running"
+        self._project()
+
+    def _register_unwind_facts(self) -> None:
+        """The steps to undo for facts recorded before this run registered
+        them (a deal continued from a run started before the patch)."""
+        kinds = {c.kind for c in self.state.compensations}
+        paid, sub = rules.funded_disbursement(self.state), self._approved_submission()
+        steps: list[Compensation] = []
+        if "repay_lender" not in kinds and paid and sub and sub.application_ref:
+            at = paid.disbursed_at or workflow.now()
+            steps.append(
+                rules.repayment_step(self.inp.deal_id, sub.lender_id, sub.application_ref, paid, at)
+            )
+        if "reverse_invoice" not in kinds and self.state.invoice:
+            steps.append(self._invoice_step(self._recorded_at(Action.RECORD_INVOICE)))
+        if "release_mortgage" not in kinds and self.state.mortgage:
+            steps.append(self._mortgage_step(self._recorded_at(Action.RECORD_MORTGAGE)))
+        for step in steps:
+            rules.register_step(self.state.compensations, step)
+
+    def _recorded_at(self, action: Action) -> datetime:
+        return next(
+            (a.at for a in reversed(self.state.actions) if a.action == action.value),
+            workflow.now(),
+        )
+
+    def _invoice_step(self, at: datetime) -> Compensation:
+        invoice = self.state.invoice
+        assert invoice is not None
+        return Compensation(
+            kind="reverse_invoice",
+            key=f"{self.inp.deal_id}:reverse_invoice",
+            registered_at=at,
+            detail={"invoice_no": invoice.invoice_no, "amount": str(money(invoice.amount))},
+        )
+
+    def _mortgage_step(self, at: datetime) -> Compensation:
+        mortgage = self.state.mortgage
+        assert mortgage is not None
+        return Compensation(
+            kind="release_mortgage",
+            key=f"{self.inp.deal_id}:release_mortgage",
+            registered_at=at,
+            detail={"registration_no": mortgage.registration_no, "lienholder": mortgage.lienholder},
+        )
+
+    @workflow.update(name="record-unwind-step")
+    def record_unwind_step(self, inp: RecordUnwindStepInput) -> ActionReceipt:
+        step = rules.next_unwind_step(self.state.compensations)
+        assert step is not None and step.kind == inp.step, "the validator checked it"
+        step.status = "done"
+        step.done_at = workflow.now()
+        step.evidence = inp.reference
+        step.done_by = _by(inp)
+        step.note = inp.note or ""
+        self._unwind_next()
+        return self._accept(Action.RECORD_UNWIND_STEP, inp, f"{inp.step}: {inp.reference}")
+
+    @record_unwind_step.validator
+    def _v_record_unwind_step(self, inp: RecordUnwindStepInput) -> None:
+        self._validate(Action.RECORD_UNWIND_STEP, inp)
 
     def _condition(self, code: str) -> StipulationItem:
         item = rules.find_condition(self.state, code)
@@ -1789,6 +1931,7 @@ class DealWorkflow:
             terms_confirmation=self._approved_terms,
             follow_ups_from_due_date=self._follow_ups_from_due_date,
             funding_package=self._funding_package,
+            unwind_after_funding=self._unwind_after_funding,
         )
 
     def _current_submission(self) -> Submission | None:

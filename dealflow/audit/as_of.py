@@ -164,7 +164,12 @@ def _state_view(instance: Any, at: datetime) -> dict[str, Any]:
             for sub in state.submissions
         ],
         "compensations": [
-            {"kind": compensation.kind, "status": compensation.status}
+            {
+                "kind": compensation.kind,
+                "status": compensation.status,
+                "evidence": compensation.evidence,
+                "done_by": compensation.done_by,
+            }
             for compensation in state.compensations
         ],
         "documents": len(state.documents),

@@ -68,7 +68,7 @@ def _state_lines(state: dict[str, Any]) -> list[str]:
     if state["compensations"]:
         lines.append(
             "  compensations: "
-            + ", ".join(f"{step['kind']} {step['status']}" for step in state["compensations"])
+            + ", ".join(_compensation_text(step) for step in state["compensations"])
         )
     if state["pending"]:
         lines.append(
@@ -171,3 +171,11 @@ def _render_text(timeline: Timeline) -> str:
     if timeline.state:
         lines += ["", *_state_lines(timeline.state)]
     return "\n".join(lines) + "\n"
+
+
+def _compensation_text(step: dict[str, Any]) -> str:
+    """A step to undo, with its evidence and who recorded it once done."""
+    text = f"{step['kind']} {step['status']}"
+    if step.get("evidence"):
+        text += f" ({step['evidence']} by {step.get('done_by') or '?'})"
+    return text

@@ -396,7 +396,9 @@ class _TimelineBuilder:
         if event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             entry.data["outcome"] = "done"
             result = first_value(event.activity_task_completed_event_attributes.result)
-            if isinstance(result, dict) and result.get("application_ref"):
+            if isinstance(result, dict) and result.get("repayment_ref"):
+                entry.details += f" — repaid: the lender's ref {result['repayment_ref']}"
+            elif isinstance(result, dict) and result.get("application_ref"):
                 entry.details += f"; acknowledged as {result['application_ref']}"
             elif entry.kind == "compensation":
                 entry.details += " — done"
@@ -498,6 +500,24 @@ def _withdrawal_row(
     )
 
 
+def _repayment_row(
+    builder: _TimelineBuilder, event: HistoryEvent, name: str, request: dict[str, Any]
+) -> Entry:
+    details = (
+        f"{format_money(request.get('amount'))} to {request.get('lender_id')} for application "
+        f"{request.get('application_ref')} (transaction {request.get('transaction_ref')}): "
+        f"{request.get('reason')}"
+    )
+    return builder.add(
+        event,
+        "compensation",
+        "dealflow (system)",
+        "repay lender",
+        details,
+        {"activity": name, "input": request},
+    )
+
+
 def _compensation_row(
     builder: _TimelineBuilder, event: HistoryEvent, name: str, compensation: dict[str, Any]
 ) -> Entry:
@@ -532,6 +552,7 @@ _ACTIVITY_ROWS = {
     names.SUBMIT_APPLICATION: _submission_row,
     names.REQUEST_DISBURSEMENT: _disbursement_row,
     names.WITHDRAW_APPLICATION: _withdrawal_row,
+    names.REPAY_LENDER: _repayment_row,
     names.RECORD_COMPENSATION: _compensation_row,
 }
 

@@ -262,6 +262,7 @@ def status_context(
         "funding_uploads": funding_uploads(user, status),
         "stipulations_met": deal_view.stipulations_met(status),
         "conditions": deal_view.conditions(status),
+        "unwind_steps": deal_view.unwind_steps(status),
         "may_read_documents": user.may(DOCUMENT_READ_ROLES),
         "may_upload": user.may(UPLOAD_ROLES),
         "accepting_documents": status.stage in rules.ACTION_STAGES[Action.RECORD_DOCUMENT],

@@ -23,6 +23,7 @@ from dealflow.models import (
     STAGE_ORDER,
     Action,
     ChecklistItem,
+    Compensation,
     DealInput,
     DealStatus,
     DocumentRecord,
@@ -93,7 +94,12 @@ def stage_bar(status: DealStatus, now: datetime) -> tuple[list[StageStep], list[
         )
         return StageStep(stage, state, spent.get(stage), visits.get(stage, 0))
 
-    path = [step(stage) for stage in process_order(status) if not stage.terminal]
+    # Unwinding is off the happy path: shown only for a deal that went there.
+    path = [
+        step(stage)
+        for stage in process_order(status)
+        if not stage.terminal and (stage is not Stage.UNWINDING or stage in visits)
+    ]
     outcomes = [step(stage) for stage in STAGE_ORDER if stage.terminal]
     return path, outcomes
 
@@ -372,11 +378,50 @@ def offered(status: DealStatus) -> list[tuple[PendingAction, bool]]:
         if action.value not in found:
             owner = rules.owner_role(action)
             found[action.value] = (PendingAction(action=action, role=owner, what=what), True)
+    if _unwindable(status) and Action.UNWIND.value not in found:
+        what = "unwind the deal: the customer rescinded after funding, before delivery"
+        owner = rules.owner_role(Action.UNWIND)
+        found[Action.UNWIND.value] = (
+            PendingAction(action=Action.UNWIND, role=owner, what=what),
+            True,
+        )
     for action, what in ALWAYS_OFFERED:
         if status.stage in rules.ACTION_STAGES[action] and action.value not in found:
             owner = rules.owner_role(action)
             found[action.value] = (PendingAction(action=action, role=owner, what=what), True)
     return list(found.values())
+
+
+def _unwindable(status: DealStatus) -> bool:
+    """Funded and not delivered: the facts the unwind rule reads."""
+    funded = any(d.status == "completed" for d in status.disbursements)
+    return funded and status.stage in (Stage.REGISTRATION, Stage.DELIVERY)
+
+
+@dataclass(frozen=True)
+class UnwindRow:
+    """One step of an unwind, in the order it is undone."""
+
+    step: Compensation
+    what: str
+    owner: Role | None
+
+
+def unwind_steps(status: DealStatus) -> list[UnwindRow]:
+    """The steps of an unwind after funding, newest first (none unless the
+    deal went into UNWINDING); who does each (None: DealFlow itself)."""
+    if not any(t.to_stage is Stage.UNWINDING for t in status.transitions):
+        return []
+    return [
+        UnwindRow(step, rules.describe_step(step), rules.UNWIND_STEP_ROLES.get(step.kind))
+        for step in reversed(status.compensations)
+        if step.status != "void"
+    ]
+
+
+def _unwind_step_known(status: DealStatus) -> dict[str, str]:
+    step = rules.next_unwind_step(status.compensations)
+    return {"step": step.kind} if step is not None and rules.is_staff_step(step) else {}
 
 
 _CONDITION_STEPS: dict[Action, str] = {
@@ -443,6 +488,8 @@ def _known_for(status: DealStatus, action: str, known: dict[str, str]) -> dict[s
     """The deal's known values, and the condition a step on conditions fits
     when it fits one only."""
     step = _known_action(action)
+    if step is Action.RECORD_UNWIND_STEP:
+        return {**known, **_unwind_step_known(status)}
     code = condition_code(status, step) if step is not None else None
     return {**known, "code": code} if code is not None else known
 
@@ -459,7 +506,13 @@ def _panel(
     action = _known_action(pending.action)
     if action is None:
         return panel  # the lender's move: nobody at the desk can make it
-    if not may(rules.ACTION_ROLES[action]):
+    # Each step of an unwind is its own role's (the pending action names it).
+    roles = (
+        frozenset({pending.role})
+        if action is Action.RECORD_UNWIND_STEP
+        else rules.ACTION_ROLES[action]
+    )
+    if not may(roles):
         panel.kind = "not-yours"
     elif action is Action.RECORD_DOCUMENT:
         panel.kind = "upload"

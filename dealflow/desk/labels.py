@@ -34,6 +34,7 @@ STAGE_NAMES: dict[str, str] = {
     Stage.REGISTRATION: N_("Registration and lien"),
     Stage.DELIVERY: N_("Delivery"),
     Stage.FOLLOW_UP: N_("Follow-up"),
+    Stage.UNWINDING: N_("Unwinding after funding"),
     Stage.COMPLETED: N_("Completed"),
     Stage.CANCELLED: N_("Cancelled"),
     Stage.DECLINED: N_("Declined"),
@@ -117,6 +118,7 @@ ACTION_NAMES: dict[str, str] = {
     Action.RETRY_DISBURSEMENT: N_("Request the disbursement again"),
     Action.RECONCILE_DISBURSEMENT: N_("Reconcile the disbursement"),
     Action.UNWIND: N_("Unwind the deal"),
+    Action.RECORD_UNWIND_STEP: N_("Record an unwind step"),
     Action.ANSWER_STIPULATION: N_("Answer a lender condition"),
     Action.CLEAR_STIPULATION: N_("Clear a lender condition"),
     Action.WAIVE_STIPULATION: N_("Waive a lender condition"),
@@ -137,6 +139,25 @@ STIPULATION_KIND_NAMES: dict[str, str] = {
     "condition": N_("Other condition"),
 }
 
+# The steps a deal undoes when it ends without delivery, and where each is.
+UNWIND_STEP_NAMES: dict[str, str] = {
+    "repay_lender": N_("Repay the lender"),
+    "release_mortgage": N_("Release the mortgage registration"),
+    "reverse_invoice": N_("Reverse the invoice (red-letter invoice)"),
+    "cancel_insurance": N_("Cancel the insurance policy"),
+    "refund_down_payment": N_("Refund the down payment"),
+    "release_vehicle": N_("Release the vehicle"),
+    "withdraw_application": N_("Withdraw the application"),
+}
+
+UNWIND_STATE_NAMES: dict[str, str] = {
+    "pending": N_("To do"),
+    "running": N_("In progress"),
+    "done": N_("Done"),
+    "void": N_("Not needed"),
+    "refused": N_("Refused, escalated"),
+}
+
 _GROUPS = (
     STAGE_NAMES,
     ROLE_NAMES,
@@ -149,6 +170,8 @@ _GROUPS = (
     ACTION_NAMES,
     STIPULATION_STATUS_NAMES,
     STIPULATION_KIND_NAMES,
+    UNWIND_STEP_NAMES,
+    UNWIND_STATE_NAMES,
 )
 # One flat table: the codes of different kinds never share a value (a test holds it).
 _NAMES: dict[str, str] = {code: name for group in _GROUPS for code, name in group.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -38,16 +39,34 @@ def http_health(url: str, timeout: float = 2.0) -> Health:
 
 
 def temporal_health(cfg: StackConfig) -> Health:
-    """gRPC health SERVING and the namespace exists (a worker fails without it)."""
+    """gRPC health SERVING and the namespace exists (a worker fails without it),
+    asked through the connection factory every process uses
+    (`python -m dealflow.temporal_connection`), in a process of its own."""
     host, port = cfg.temporal_address.rsplit(":", 1)
     if cfg.temporal_managed and not tcp_accepts(int(port), host):
         return Health(False, f"{cfg.temporal_address} does not accept connections")
+    env = dict(cfg.env)
+    if cfg.temporal_managed:
+        # Our loopback dev server: an operator's TEMPORAL_* profile (TLS, API key
+        # for a cloud namespace) must not reach the probe. For an external server
+        # it is exactly what the probe needs.
+        env = {k: v for k, v in env.items() if not k.startswith("TEMPORAL_")}
+    env |= {"DEALFLOW_TEMPORAL_ADDRESS": cfg.temporal_address, "DEALFLOW_NAMESPACE": cfg.namespace}
     try:
-        if "SERVING" not in temporal_cli(cfg, "operator", "cluster", "health", timeout=5):
-            return Health(False, "gRPC health: not serving")
-        temporal_cli(cfg, "operator", "namespace", "describe", "-o", "json", timeout=5)
-    except TemporalCliError as e:
-        return Health(False, str(e))
+        res = subprocess.run(
+            [cfg.python, "-m", "dealflow.temporal_connection"],
+            cwd=cfg.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=15,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Health(False, first_line(e))
+    if res.returncode != 0 or not res.stdout.startswith("SERVING"):
+        lines = (res.stderr or res.stdout).strip().splitlines()
+        return Health(False, lines[-1][:200] if lines else f"exit status {res.returncode}")
     return Health(True, f"serving {cfg.temporal_address}, namespace {cfg.namespace!r}")
 
 

@@ -47,6 +47,7 @@ from dealflow.models.actions import (
     RecordRepaymentAccountInput,
     RecordSettlementInput,
     RecordStockOutInput,
+    RecordUnwindStepInput,
     RejectStipulationDocumentInput,
     RetryDisbursementInput,
     SignLoanContractInput,
@@ -70,6 +71,8 @@ from dealflow.models.activities import (
     PackagedFundingDocument,
     PackageDocument,
     ProjectionInput,
+    RepaymentInput,
+    RepaymentResult,
     SendApplicationInput,
     SignAndSendApplicationInput,
     StageChange,
@@ -132,8 +135,10 @@ from dealflow.models.responses import (
     DocumentUploaded,
 )
 from dealflow.models.state import (
+    HAPPY_PATH,
     STAGE_ORDER,
     TERMINAL_STAGES,
+    UNWIND_STAFF_STEPS,
     ActionRecord,
     Compensation,
     DealState,
@@ -149,6 +154,7 @@ from dealflow.models.state import (
     Submission,
     SubmissionStatus,
     Transition,
+    UnwindStepKind,
 )
 from dealflow.models.status import (
     ChecklistItem,
@@ -258,6 +264,12 @@ __all__ = [
     "Ref",
     "Role",
     "STAGE_ORDER",
+    "HAPPY_PATH",
+    "UNWIND_STAFF_STEPS",
+    "UnwindStepKind",
+    "RecordUnwindStepInput",
+    "RepaymentInput",
+    "RepaymentResult",
     "SYSTEM_ACTOR",
     "SendApplicationInput",
     "SignAndSendApplicationInput",

@@ -39,6 +39,7 @@ class Action(StrEnum):
     RETRY_DISBURSEMENT = "retry-disbursement"
     RECONCILE_DISBURSEMENT = "reconcile-disbursement"
     UNWIND = "unwind"
+    RECORD_UNWIND_STEP = "record-unwind-step"
     ANSWER_STIPULATION = "answer-stipulation"
     CLEAR_STIPULATION = "clear-stipulation"
     WAIVE_STIPULATION = "waive-stipulation"
@@ -227,10 +228,20 @@ class ReconcileDisbursementInput(ActionInput):
 
 
 class UnwindInput(ActionInput):
-    """End a deal whose disbursement cannot be completed: every step done is
-    undone, newest first, as for a cancellation."""
+    """End a deal whose disbursement cannot be completed, or a funded deal the
+    customer rescinded before delivery: every step done is undone, newest first."""
 
     reason: Text
+
+
+class RecordUnwindStepInput(ActionInput):
+    """One step of an unwind after funding done outside DealFlow, with its
+    evidence: the mortgage release no, the red-letter invoice no, the insurer's
+    cancellation no or the bank's refund ref."""
+
+    step: Literal["release_mortgage", "reverse_invoice", "cancel_insurance", "refund_down_payment"]
+    reference: Ref
+    note: Text | None = None
 
 
 class StipulationActionInput(ActionInput):
@@ -289,6 +300,7 @@ ACTION_INPUTS: dict[Action, type[ActionInput]] = {
     Action.RETRY_DISBURSEMENT: RetryDisbursementInput,
     Action.RECONCILE_DISBURSEMENT: ReconcileDisbursementInput,
     Action.UNWIND: UnwindInput,
+    Action.RECORD_UNWIND_STEP: RecordUnwindStepInput,
     Action.ANSWER_STIPULATION: AnswerStipulationInput,
     Action.CLEAR_STIPULATION: ClearStipulationInput,
     Action.WAIVE_STIPULATION: WaiveStipulationInput,

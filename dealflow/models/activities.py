@@ -271,6 +271,27 @@ class WithdrawInput(BaseModel):
     reason: str
 
 
+class RepaymentInput(BaseModel):
+    """Pay the lender back what it disbursed (an unwind after funding)."""
+
+    deal_id: str
+    lender_id: str
+    application_ref: str
+    amount: Decimal
+    # The disbursement's transaction, which this repayment returns.
+    transaction_ref: str
+    reason: str
+
+
+class RepaymentResult(BaseModel):
+    """The lender's receipt of a repayment: its ref is the step's evidence."""
+
+    application_ref: str
+    repayment_ref: str
+    status: str = "repaid"
+    repaid_at: str | None = None
+
+
 class StageChange(BaseModel):
     """A move of the deal from one stage to the next; `seq` is its place among
     the deal's moves (0: the start), so a retried projection rewrites, never adds."""

@@ -146,6 +146,8 @@ class DealPolicy(Strict):
     registration_reminder_every: timedelta = _days(7)
     registration_escalate_after: timedelta = _days(60)
     delivery_escalate_after: timedelta = _days(14)
+    # An unwind after funding still open this long goes to finance and admin.
+    unwinding_escalate_after: timedelta = _days(7)
     follow_up_first: timedelta = _days(3)
     follow_up_second: timedelta = _days(30)
     # A follow-up call not recorded this long after it fell due is escalated

@@ -51,6 +51,9 @@ class Stage(StrEnum):
     REGISTRATION = "REGISTRATION"
     DELIVERY = "DELIVERY"
     FOLLOW_UP = "FOLLOW_UP"
+    # Off the happy path: a funded deal the customer rescinded before
+    # delivery, undoing its steps newest first until it is CANCELLED.
+    UNWINDING = "UNWINDING"
     COMPLETED = "COMPLETED"
     CANCELLED = "CANCELLED"
     DECLINED = "DECLINED"
@@ -63,6 +66,8 @@ class Stage(StrEnum):
 
 TERMINAL_STAGES = frozenset({Stage.COMPLETED, Stage.CANCELLED, Stage.DECLINED, Stage.EXPIRED})
 STAGE_ORDER = list(Stage)
+# The stages a deal goes through when nothing goes wrong, in order.
+HAPPY_PATH = [s for s in STAGE_ORDER if not s.terminal and s is not Stage.UNWINDING]
 
 
 class Transition(BaseModel):
@@ -200,12 +205,32 @@ class Disbursement(BaseModel):
     funding_doc_ids: list[str] = Field(default_factory=list)
 
 
+CompensationKind = Literal[
+    "release_vehicle",
+    "withdraw_application",
+    "refund_down_payment",
+    "cancel_insurance",
+    "reverse_invoice",
+    "repay_lender",
+    "release_mortgage",
+]
+# The steps of an unwind after funding that a person does outside DealFlow
+# and records with its evidence (record-unwind-step).
+UnwindStepKind = Literal[
+    "release_mortgage", "reverse_invoice", "cancel_insurance", "refund_down_payment"
+]
+UNWIND_STAFF_STEPS: tuple[UnwindStepKind, ...] = (
+    "release_mortgage",
+    "reverse_invoice",
+    "cancel_insurance",
+    "refund_down_payment",
+)
+
+
 class Compensation(BaseModel):
     """A step done that must be undone if the deal ends without delivery."""
 
-    kind: Literal[
-        "release_vehicle", "withdraw_application", "refund_down_payment", "cancel_insurance"
-    ]
+    kind: CompensationKind
     key: str
     registered_at: datetime
     # "refused": the other side said no (a lender refusing a withdrawal); the
@@ -214,6 +239,12 @@ class Compensation(BaseModel):
     done_at: datetime | None = None
     detail: dict[str, str] = Field(default_factory=dict)
     refusal: str = ""
+    # What proves the step undone: the lender's repayment ref, or the
+    # reference staff recorded (red-letter invoice no, insurer's cancellation
+    # no, bank refund ref, mortgage release no); who recorded it, and a note.
+    evidence: str = ""
+    done_by: str = ""
+    note: str = ""
 
 
 class Notice(BaseModel):

@@ -78,6 +78,16 @@ from dealflow.rules.stipulations import (
     stipulations_answered,
     unsent,
 )
+from dealflow.rules.unwind import (
+    UNWIND_STEP_ROLES,
+    describe_step,
+    funded_disbursement,
+    is_staff_step,
+    next_unwind_step,
+    register_step,
+    repayment_step,
+    unwind_step_problem,
+)
 from dealflow.rules.uploads import sniff_content_type
 from dealflow.rules.view import DealView, approved_submission
 from dealflow.rules.webhooks import (
@@ -87,6 +97,14 @@ from dealflow.rules.webhooks import (
 )
 
 __all__ = [
+    "UNWIND_STEP_ROLES",
+    "describe_step",
+    "funded_disbursement",
+    "is_staff_step",
+    "next_unwind_step",
+    "register_step",
+    "repayment_step",
+    "unwind_step_problem",
     "ACTION_ROLES",
     "ACTION_STAGES",
     "APPLICATION_DOCUMENT_STAGES",

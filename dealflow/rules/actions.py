@@ -33,6 +33,7 @@ from dealflow.models import (
     RecordRepaymentAccountInput,
     RecordSettlementInput,
     RecordStockOutInput,
+    RecordUnwindStepInput,
     RejectStipulationDocumentInput,
     RetryDisbursementInput,
     SignLoanContractInput,
@@ -51,7 +52,7 @@ from dealflow.rules.documents import (
     find_duplicate,
     validate_document,
 )
-from dealflow.rules.errors import conflict, invalid
+from dealflow.rules.errors import RuleError, conflict, invalid
 from dealflow.rules.funding import (
     check_document_stage,
     funding_document_problem,
@@ -61,6 +62,7 @@ from dealflow.rules.money import required_down_payment
 from dealflow.rules.permissions import check_document_role, check_role, check_stage
 from dealflow.rules.schedule import loan_schedule
 from dealflow.rules.stipulations import collecting, find_condition, stipulation_problem
+from dealflow.rules.unwind import funded_disbursement, unwind_step_problem
 from dealflow.rules.view import DealView, follow_up_due, stalled_disbursement
 
 
@@ -286,9 +288,10 @@ def _follow_up_calls_in_order_once_when_due(inp: RecordFollowUpInput, view: Deal
 
 def _cancel_before_funding_requested(inp: CancelInput, view: DealView) -> None:
     if view.state.stage is Stage.REGISTRATION and (view.funded or view.state.disbursements):
+        remedy = "; unwind the deal instead" if view.unwind_after_funding else ""
         raise conflict(
             "the lender has funded the loan: cancel is possible only until the disbursement "
-            "is requested"
+            "is requested" + remedy
         )
 
 
@@ -297,6 +300,35 @@ def _disbursement_stalled(inp: RetryDisbursementInput | UnwindInput, view: DealV
         last = view.state.disbursements[-1] if view.state.disbursements else None
         state = f"attempt {last.attempt} is {last.status}" if last else "nothing was requested"
         raise conflict(f"the disbursement is not stalled ({state}); wait for the lender's answer")
+
+
+def _stalled_or_funded_and_not_delivered(inp: UnwindInput, view: DealView) -> None:
+    """A stalled disbursement is unwound as a cancellation; a funded loan is
+    unwound step by step until the vehicle is delivered, from the facts
+    (paid out, not delivered), whatever order the lender's stages run in."""
+    state = view.state
+    if state.delivery is not None:
+        delivered = view.date_of(state.delivered_at) if state.delivered_at else "already"
+        raise conflict(f"the vehicle was delivered ({delivered}): a delivered deal is not unwound")
+    paid = funded_disbursement(state)
+    if paid is None:
+        if state.stage is Stage.DISBURSEMENT:
+            _disbursement_stalled(inp, view)
+            return
+        raise conflict("the loan is not funded: nothing was paid out to unwind; cancel instead")
+    if not view.unwind_after_funding:
+        raise conflict(
+            "this deal was funded before unwinding after funding existed: settle the "
+            "repayment with the lender outside DealFlow"
+        )
+
+
+def _unwind_step_next_and_by_its_role(inp: RecordUnwindStepInput, view: DealView) -> None:
+    problem = unwind_step_problem(view.state, inp.step, inp.actor.role)
+    if problem is None:
+        return
+    kind, _, message = problem.partition(": ")
+    raise RuleError("forbidden" if kind == "forbidden" else "conflict", message)
 
 
 def _reconciled_within_tolerance(inp: ReconcileDisbursementInput, view: DealView) -> None:
@@ -385,7 +417,8 @@ _CHECKS: dict[type, Callable[[Any, DealView], None]] = {
     CancelInput: _cancel_before_funding_requested,
     RetryDisbursementInput: _disbursement_stalled,
     ReconcileDisbursementInput: _reconciled_within_tolerance,
-    UnwindInput: _disbursement_stalled,
+    UnwindInput: _stalled_or_funded_and_not_delivered,
+    RecordUnwindStepInput: _unwind_step_next_and_by_its_role,
     AnswerStipulationInput: _condition_answered_by_a_note,
     ClearStipulationInput: _condition_cleared_once_answered,
     WaiveStipulationInput: _condition_waived_with_a_reason,

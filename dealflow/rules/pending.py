@@ -12,6 +12,7 @@ from dealflow.rules.money import required_down_payment
 from dealflow.rules.permissions import ACTION_ROLES
 from dealflow.rules.schedule import loan_schedule
 from dealflow.rules.stipulations import candidates, collecting
+from dealflow.rules.unwind import UNWIND_STEP_ROLES, describe_step, is_staff_step, next_unwind_step
 from dealflow.rules.view import DealView, follow_up_due, stalled_disbursement
 
 # Whose desk an action lands on when several roles may take it (docs/architecture.md §1,
@@ -184,6 +185,33 @@ def _follow_up(view: DealView, due: datetime | None) -> list[PendingAction]:
     ]
 
 
+def _unwinding(view: DealView, due: datetime | None) -> list[PendingAction]:
+    step = next_unwind_step(view.state.compensations)
+    if step is None:
+        return []
+    what = describe_step(step)
+    if is_staff_step(step):
+        return [
+            PendingAction(
+                action=Action.RECORD_UNWIND_STEP.value,
+                role=UNWIND_STEP_ROLES[step.kind],
+                what=f"unwind: {what}, and record the evidence ({step.kind})",
+                due=due,
+            )
+        ]
+    if step.kind == "repay_lender":
+        # DealFlow pays the lender back; finance answers for the money.
+        return [
+            PendingAction(
+                action="lender-repayment",
+                role=Role.FINANCE,
+                what=f"unwind: waiting for the lender to confirm: {what}",
+                due=due,
+            )
+        ]
+    return []
+
+
 _BY_STAGE: dict[Stage, Callable[[DealView, datetime | None], list[PendingAction]]] = {
     Stage.CONTRACT: _contract,
     Stage.DOCUMENTS: _documents,
@@ -197,4 +225,5 @@ _BY_STAGE: dict[Stage, Callable[[DealView, datetime | None], list[PendingAction]
     Stage.REGISTRATION: _registration,
     Stage.DELIVERY: _delivery,
     Stage.FOLLOW_UP: _follow_up,
+    Stage.UNWINDING: _unwinding,
 }

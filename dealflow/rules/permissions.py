@@ -51,6 +51,8 @@ ACTION_ROLES: dict[Action, frozenset[Role]] = {
     Action.RETRY_DISBURSEMENT: frozenset({Role.FINANCE}),
     Action.RECONCILE_DISBURSEMENT: frozenset({Role.FINANCE}),
     Action.UNWIND: frozenset({Role.FINANCE, Role.CREDIT}),
+    # Each step by its own role (rules/unwind.py UNWIND_STEP_ROLES).
+    Action.RECORD_UNWIND_STEP: frozenset({Role.REGISTRATION, Role.FINANCE, Role.INSURANCE}),
     Action.ANSWER_STIPULATION: frozenset({Role.CREDIT}),
     Action.CLEAR_STIPULATION: frozenset({Role.CREDIT}),
     Action.WAIVE_STIPULATION: frozenset({Role.CREDIT}),
@@ -112,7 +114,10 @@ ACTION_STAGES: dict[Action, frozenset[Stage]] = {
     Action.CANCEL: _PRE_DISBURSEMENT | {Stage.REGISTRATION},
     Action.RETRY_DISBURSEMENT: frozenset({Stage.DISBURSEMENT}),
     Action.RECONCILE_DISBURSEMENT: frozenset({Stage.DISBURSEMENT}),
-    Action.UNWIND: frozenset({Stage.DISBURSEMENT}),
+    # A stalled disbursement, or a funded loan before delivery (the facts
+    # decide: rules/actions.py).
+    Action.UNWIND: frozenset({Stage.DISBURSEMENT, Stage.REGISTRATION, Stage.DELIVERY}),
+    Action.RECORD_UNWIND_STEP: frozenset({Stage.UNWINDING}),
     # The lender's conditions are answered while the deal collects them.
     Action.ANSWER_STIPULATION: frozenset({Stage.DOCUMENTS}),
     Action.CLEAR_STIPULATION: frozenset({Stage.DOCUMENTS}),
@@ -131,9 +136,24 @@ def check_document_role(kind: DocumentKind, actor: Actor) -> None:
         )
 
 
+# Why an action is refused in a stage, where the stage alone says more than
+# the list of stages it is allowed in.
+_STAGE_REFUSALS: dict[tuple[Action, Stage], str] = {
+    (Action.UNWIND, Stage.FOLLOW_UP): "the vehicle was delivered: a delivered deal is not unwound",
+    (Action.UNWIND, Stage.UNWINDING): "the deal is already unwinding",
+    **{
+        (Action.UNWIND, stage): "the loan is not funded: nothing was paid out to unwind; "
+        "cancel instead"
+        for stage in _PRE_DISBURSEMENT
+    },
+}
+
+
 def check_stage(action: Action, stage: Stage) -> None:
     if stage not in ACTION_STAGES[action]:
         if stage.terminal:
             raise conflict(f"the deal is {stage.value}; no further actions are possible")
+        if (action, stage) in _STAGE_REFUSALS:
+            raise conflict(_STAGE_REFUSALS[(action, stage)])
         allowed = ", ".join(s.value for s in STAGE_ORDER if s in ACTION_STAGES[action])
         raise conflict(f"{action.value} is not allowed in stage {stage.value} (only in {allowed})")

@@ -84,6 +84,9 @@ class DealView:
     # disbursement request carries it: deals started before sent reference
     # numbers only (patch "funding-package").
     funding_package: bool = False
+    # Whether a funded deal may be unwound before delivery: deals started
+    # before registered no lender repayment (patch "unwind-after-funding").
+    unwind_after_funding: bool = False
 
     @property
     def today(self) -> date:

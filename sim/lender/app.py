@@ -6,6 +6,7 @@ Lender side of docs/architecture.md §3.5, one process for every lender of the l
     GET  /lenders/{lender_id}/applications/{ref}                         -> 200 status
     POST /lenders/{lender_id}/applications/{ref}/disbursement-requests   -> 202 {request_id}
     POST /lenders/{lender_id}/applications/{ref}/withdrawal              -> 202
+    POST /lenders/{lender_id}/applications/{ref}/repayment               -> 200 {repayment_ref}
 
 A request under an Idempotency-Key already used is the same one, answered as the
 first was, when its body matches; for an application or a disbursement request
@@ -51,6 +52,7 @@ from sim.lender.delivery import Dispatcher
 from sim.lender.faults import Endpoint, FaultRule, Faults, FaultsBody, hold
 from sim.lender.funding import check_funding_package
 from sim.lender.inbound import (
+    RepaymentBody,
     WithdrawalBody,
     application_fingerprint,
     disbursement_fingerprint,
@@ -220,6 +222,18 @@ def _lender_api(
 
         deal_id = str(app_row["deal_id"]) if app_row is not None else None
         return await _under_faults(faults, "withdrawal", lender_id, deal_id, handle)
+
+    @router.post("/lenders/{lender_id}/applications/{ref}/repayment")
+    async def repay(lender_id: str, ref: str, request: Request) -> JSONResponse:
+        sim.lender(lender_id)
+        key = idempotency_key(request)
+        body, digest = parse_body(RepaymentBody, await request.body())
+
+        async def handle() -> JSONResponse:
+            reply = await asyncio.to_thread(sim.repay, lender_id, ref, key, body, digest)
+            return JSONResponse(reply)
+
+        return await _under_faults(faults, "repayment", lender_id, body.deal_id, handle)
 
     return router
 

@@ -51,8 +51,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Endpoint = Literal["applications", "disbursement-requests", "withdrawal"]
-ENDPOINTS: tuple[Endpoint, ...] = ("applications", "disbursement-requests", "withdrawal")
+Endpoint = Literal["applications", "disbursement-requests", "withdrawal", "repayment"]
+ENDPOINTS: tuple[Endpoint, ...] = (
+    "applications",
+    "disbursement-requests",
+    "withdrawal",
+    "repayment",
+)
 Mode = Literal["500", "timeout", "slow", "4xx"]
 Phase = Literal["before", "after"]
 

@@ -22,6 +22,16 @@ class WithdrawalBody(BaseModel):
     reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
+class RepaymentBody(BaseModel):
+    """A borrower's dealer paying back a disbursement (an unwind after funding)."""
+
+    model_config = ConfigDict(extra="ignore")
+    deal_id: Annotated[str, Field(min_length=1, max_length=100)]
+    amount: Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=2)]
+    transaction_ref: Annotated[str, Field(min_length=1, max_length=100)]
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
 def parse_body(model: type[M], raw: bytes) -> tuple[M, str]:
     """Parse a JSON body into `model`; returns the model and a canonical hash for
     idempotency checks. JSON numbers become Decimal, never float."""

@@ -92,6 +92,23 @@ CREATE TABLE IF NOT EXISTS withdrawals (
 );
 CREATE INDEX IF NOT EXISTS ix_withdrawals_deal ON withdrawals (deal_id);
 
+-- Money paid back on an unwound loan: one per application.
+CREATE TABLE IF NOT EXISTS repayments (
+    repayment_ref     TEXT PRIMARY KEY,
+    lender_id         TEXT NOT NULL,
+    deal_id           TEXT NOT NULL,
+    application_ref   TEXT NOT NULL,
+    idempotency_key   TEXT NOT NULL,
+    body_hash         TEXT NOT NULL,
+    amount            TEXT NOT NULL,
+    transaction_ref   TEXT NOT NULL,
+    reason            TEXT NOT NULL,
+    created_at        TEXT NOT NULL,
+    UNIQUE (lender_id, idempotency_key),
+    UNIQUE (lender_id, application_ref)
+);
+CREATE INDEX IF NOT EXISTS ix_repayments_deal ON repayments (deal_id);
+
 -- The durable outbox. `seq` orders deliveries; `id` is the webhook-id, which a
 -- scripted duplicate delivery repeats, so it is not unique.
 CREATE TABLE IF NOT EXISTS webhooks (
@@ -286,6 +303,38 @@ class Ledger:
     def insert_disbursement(self, row: dict[str, Any]) -> None:
         self._insert("disbursement_requests", row)
 
+    def payout_of(self, lender_id: str, ref: str) -> dict[str, Any] | None:
+        """What the lender paid out on an application (amount, transaction_ref):
+        the data of its disbursement.completed webhook, if it sent one."""
+        row = self._one(
+            "SELECT body FROM webhooks WHERE lender_id = ? AND application_ref = ? "
+            "AND type = 'disbursement.completed' ORDER BY seq LIMIT 1",
+            (lender_id, ref),
+        )
+        if row is None:
+            return None
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            data: dict[str, Any] = json.loads(row["body"])["data"]
+            return data
+        return None
+
+    # ------------------------------------------------------------------ repayments
+
+    def find_repayment(self, lender_id: str, key: str) -> dict[str, Any] | None:
+        return self._one(
+            "SELECT * FROM repayments WHERE lender_id = ? AND idempotency_key = ?",
+            (lender_id, key),
+        )
+
+    def repayment_of(self, lender_id: str, ref: str) -> dict[str, Any] | None:
+        return self._one(
+            "SELECT * FROM repayments WHERE lender_id = ? AND application_ref = ?",
+            (lender_id, ref),
+        )
+
+    def insert_repayment(self, row: dict[str, Any]) -> None:
+        self._insert("repayments", row)
+
     # ------------------------------------------------------------------ withdrawals
 
     def find_withdrawal(self, lender_id: str, key: str) -> dict[str, Any] | None:
@@ -455,6 +504,9 @@ class Ledger:
         wdr = self._all(
             f"SELECT * FROM withdrawals {where} ORDER BY created_at, withdrawal_id", params
         )
+        repaid = self._all(
+            f"SELECT * FROM repayments {where} ORDER BY created_at, repayment_ref", params
+        )
         hooks = self._all(f"SELECT * FROM webhooks {where} ORDER BY seq", params)
         for a in apps:
             a["withdrawn"] = bool(a["withdrawn"])
@@ -465,7 +517,7 @@ class Ledger:
         for d in dsb:
             d.pop("body_hash")
             d["body"] = json.loads(d["body"])
-        for w in wdr:
+        for w in [*wdr, *repaid]:
             w.pop("body_hash")
         for h in hooks:
             h["sign_ok"] = bool(h["sign_ok"])
@@ -479,5 +531,6 @@ class Ledger:
             "application_requests": requests,
             "disbursement_requests": dsb,
             "withdrawals": wdr,
+            "repayments": repaid,
             "webhooks": hooks,
         }

@@ -75,6 +75,9 @@ class Script(_Strict):
     require_funding_package: bool | None = None
     decision_delay: Delay | None = None
     extra_events: list[ExtraEvent] = Field(default_factory=list)
+    # Refuse a repayment of this deal (409) with this reason: a lender
+    # disputing an unwind.
+    repayment_refusal: Annotated[str, Field(min_length=1, max_length=500)] | None = None
 
 
 def fresh_script_state() -> dict[str, Any]:

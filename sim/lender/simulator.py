@@ -14,6 +14,7 @@ from dealflow.models import ApplicationPackage, DisbursementRequest, money
 from sim.lender import underwriting
 from sim.lender.config import SimConfig
 from sim.lender.delivery import build_body
+from sim.lender.inbound import RepaymentBody
 from sim.lender.ledger import Ledger, iso, utcnow
 from sim.lender.problems import Problem
 from sim.lender.scripts import (
@@ -523,6 +524,73 @@ class LenderSim:
             "withdrawal_id": row["withdrawal_id"],
             "status": "withdrawn",
             "withdrawn_at": row["created_at"],
+        }
+
+    # ------------------------------------------------------------------ repayments
+
+    def repay(
+        self, lender_id: str, ref: str, key: str, body: RepaymentBody, body_hash: str
+    ) -> dict[str, Any]:
+        """Take back what was paid out on an application: exactly that amount,
+        once per application; the same request again gets the same receipt."""
+        self.lender(lender_id)
+        with self.ledger.tx():
+            existing = self.ledger.find_repayment(lender_id, key)
+            if existing is not None:
+                if existing["body_hash"] != body_hash or existing["application_ref"] != ref:
+                    raise Problem(
+                        422,
+                        f"Idempotency-Key {key!r} was already used with a different repayment",
+                    )
+                return self._repayment_reply(existing)
+            app = self.ledger.get_application(lender_id, ref)
+            if app is None or app["deal_id"] != body.deal_id:
+                raise Problem(404, f"unknown application {ref!r} at lender {lender_id!r}")
+            prior = self.ledger.repayment_of(lender_id, ref)
+            if prior is not None:
+                # Repaid already, under another key: no second repayment.
+                return self._repayment_reply(prior)
+            self._repayable(app, ref, body)
+            row = {
+                "repayment_ref": new_id("rpy"),
+                "lender_id": lender_id,
+                "deal_id": app["deal_id"],
+                "application_ref": ref,
+                "idempotency_key": key,
+                "body_hash": body_hash,
+                "amount": str(money(body.amount)),
+                "transaction_ref": body.transaction_ref,
+                "reason": body.reason,
+                "created_at": iso(utcnow()),
+            }
+            self.ledger.insert_repayment(row)
+            return self._repayment_reply(row)
+
+    def _repayable(self, app: dict[str, Any], ref: str, body: RepaymentBody) -> None:
+        """A repayment names an application this lender funded and the amount it paid."""
+        script, _ = self._script(app["deal_id"])
+        if script is not None and script.repayment_refusal is not None:
+            raise Problem(409, script.repayment_refusal)
+        payout = self.ledger.payout_of(app["lender_id"], ref)
+        if payout is None:
+            raise Problem(409, f"application {ref!r} was never funded: nothing to repay")
+        paid = money(payout["amount"])
+        if money(body.amount) != paid:
+            raise Problem(
+                422,
+                f"repayment of {money(body.amount)} does not match the {paid} paid out "
+                f"on application {ref!r} (transaction {payout['transaction_ref']})",
+            )
+
+    @staticmethod
+    def _repayment_reply(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "application_ref": row["application_ref"],
+            "repayment_ref": row["repayment_ref"],
+            "amount": row["amount"],
+            "transaction_ref": row["transaction_ref"],
+            "status": "repaid",
+            "repaid_at": row["created_at"],
         }
 
     # ------------------------------------------------------------------ scripts

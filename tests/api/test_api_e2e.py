@@ -312,3 +312,72 @@ async def test_a_deal_from_creation_to_completion_over_http(stack: ApiStack) -> 
     metrics = (await http.get("/metrics")).text
     assert 'dealflow_webhooks_total{lender_id="acme-auto-finance"' in metrics
     print(f"deal {clerk.deal_id} completed over HTTP in {time.monotonic() - started:.1f} s")
+
+
+async def test_a_funded_deal_rescinded_is_unwound_over_http_step_by_step(stack: ApiStack) -> None:
+    """unwind after funding and record-unwind-step through the generic action
+    route: each refusal its status and message, changing nothing; the
+    lender repaid by the simulator; each person's step by its role."""
+    clerk = Clerk(stack)
+    await clerk.start()
+    await clerk.wait_stage("CONTRACT")
+    await clerk.to_registration(ACME)
+    step = {"step": "cancel_insurance", "reference": "CXL-2026-0042", "note": None}
+    await clerk.refused(
+        "record-unwind-step",
+        Role.INSURANCE,
+        409,
+        "record-unwind-step is not allowed in stage REGISTRATION (only in UNWINDING)",
+        **step,
+    )
+    await clerk.refused("unwind", Role.SALES, 403, "role 'sales' may not unwind")
+    st = await clerk.step("unwind", Role.FINANCE, reason="customer rescinded")
+    assert st["stage"] == "UNWINDING"
+    st = await clerk.wait_until(
+        lambda s: s["pending"] and s["pending"][0]["action"] == "record-unwind-step",
+        "the lender's repayment",
+    )
+    assert st["pending"][0]["role"] == "insurance"
+    [repaid] = [c for c in st["compensations"] if c["kind"] == "repay_lender"]
+    assert repaid["status"] == "done" and repaid["evidence"].startswith("rpy-")
+    await clerk.refused(
+        "record-unwind-step",
+        Role.FINANCE,
+        409,
+        "reverse_invoice is not next: steps are undone newest first; next is cancel_insurance",
+        step="reverse_invoice",
+        reference="RED-1",
+    )
+    await clerk.refused(
+        "record-unwind-step",
+        Role.FINANCE,
+        403,
+        "cancel_insurance is recorded by insurance, not finance",
+        **step,
+    )
+    await clerk.refused(
+        "record-unwind-step", Role.INSURANCE, 422, "reference", **{**step, "reference": ""}
+    )
+    await clerk.step("record-unwind-step", Role.INSURANCE, **step)
+    await clerk.refused(
+        "record-unwind-step", Role.INSURANCE, 409, "cancel_insurance is already recorded", **step
+    )
+    await clerk.step(
+        "record-unwind-step", Role.FINANCE, step="reverse_invoice", reference="RED-INV-0007"
+    )
+    await clerk.step(
+        "record-unwind-step", Role.FINANCE, step="refund_down_payment", reference="REF-0099"
+    )
+    st = await clerk.wait_stage("CANCELLED")
+    assert st["outcome_reason"] == "unwound after funding: customer rescinded"
+    done = {c["kind"]: c for c in st["compensations"] if c["status"] == "done"}
+    assert done["cancel_insurance"]["evidence"] == "CXL-2026-0042"
+    assert done["cancel_insurance"]["done_by"] == "insurance-desk/insurance"
+    assert done["reverse_invoice"]["evidence"] == "RED-INV-0007"
+    assert set(done) == {
+        "repay_lender",
+        "cancel_insurance",
+        "reverse_invoice",
+        "refund_down_payment",
+        "release_vehicle",
+    }

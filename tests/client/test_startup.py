@@ -18,7 +18,7 @@ from tests.support.stack import BIN, ROOT
 
 
 def _run(argv: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("DEALFLOW_")}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DEALFLOW_", "TEMPORAL_"))}
     base["DEALFLOW_DATA_DIR"] = str(tmp_path)
     base["DEALFLOW_DATABASE_URL"] = f"sqlite:///{tmp_path / 'dealflow.db'}"
     return subprocess.run(
@@ -50,8 +50,8 @@ def test_a_process_waits_for_temporal_then_names_the_address(
     assert proc.returncode == 2, proc.stderr
     assert time.monotonic() - started >= 2, "gave up before the connect timeout"
     assert _problem_lines(proc.stderr) == [
-        f"{program}: Temporal at {address} (namespace default) is not reachable after 2 s: "
-        "connection refused"
+        f"{program}: Temporal at {address} (namespace default, plaintext) is not reachable "
+        "after 2 s: connection refused"
     ]
     assert "not reachable (attempt 1" in proc.stderr  # the retries are logged
     assert "Traceback" not in proc.stderr

@@ -522,6 +522,64 @@ async def test_credit_clears_and_waives_the_lenders_conditions_through_the_desk(
     assert "GUARANTOR waived (the lender waived it)" in timeline
 
 
+async def test_an_unwind_shows_its_steps_and_offers_each_to_its_role(stack: ApiStack) -> None:
+    """A funded deal rescinded: the page lists the steps newest first with
+    their state, evidence and who did them; the next step's form is the
+    insurance clerk's, with the step filled in, and finance only sees whose it is."""
+    desk = await new_deal(stack)
+    await desk.to_registration("Acme Auto Finance Co., Ltd.")
+    finance, _ = await signed_in(stack, "finance", "finance.desk")
+    actions = section((await finance.get(f"/desk/deals/{desk.deal_id}")).text, "deal-actions")
+    assert 'id="form-unwind"' in actions, "offered once funded, before delivery"
+    await desk.ok("unwind", Role.FINANCE, reason="customer rescinded")
+    await desk.wait_until(
+        lambda st: st["pending"] and st["pending"][0]["action"] == "record-unwind-step",
+        "the lender's repayment",
+    )
+    page = (await finance.get(f"/desk/deals/{desk.deal_id}")).text
+    unwind = section(page, "deal-unwind")
+    kinds = re.findall(r'data-testid="unwind-step-(\w+)"', unwind)
+    assert kinds == [
+        "repay_lender",
+        "cancel_insurance",
+        "reverse_invoice",
+        "refund_down_payment",
+        "release_vehicle",
+    ]
+    row = unwind[unwind.index('data-testid="unwind-step-repay_lender"') :]
+    row = row[: row.index("</tr>")]
+    assert "Done" in row and "rpy-" in row and "acme-auto-finance/lender" in row
+    assert 'data-testid="deal-stage">Unwinding after funding' in page
+    assert 'data-testid="not-yours"' in section(page, "deal-actions")
+    insurance, csrf = await signed_in(stack, "insurance", "insurance.desk")
+    actions = section((await insurance.get(f"/desk/deals/{desk.deal_id}")).text, "deal-actions")
+    form = actions[actions.index('id="form-record-unwind-step"') :]
+    assert "cancel_insurance" in form[: form.index("</form>")]
+    posted = await insurance.post(
+        f"/desk/deals/{desk.deal_id}/actions/record-unwind-step",
+        data={"csrf": csrf, "step": "cancel_insurance", "reference": "CXL-9", "note": ""},
+    )
+    assert posted.status_code == 303, posted.text
+    st = await desk.wait_until(
+        lambda st: st["pending"] and st["pending"][0]["role"] == "finance", "the next step"
+    )
+    zh = (
+        await insurance.get(f"/desk/deals/{desk.deal_id}", headers={"Accept-Language": "zh"})
+    ).text
+    unwind = section(zh, "deal-unwind")
+    assert "放款后撤销" in unwind and "退保" in unwind and "CXL-9" in unwind
+    assert st["stage"] == "UNWINDING"
+    # The audit timeline: the rescission, the lender's repayment with its
+    # ref, and the step recorded with its evidence.
+    timeline = (
+        await finance.get(f"/desk/deals/{desk.deal_id}/timeline", headers={"HX-Request": "true"})
+    ).text
+    assert "REGISTRATION → UNWINDING" in timeline
+    assert "unwind</td><td>reason: customer rescinded" in timeline
+    assert "repay lender" in timeline and "repaid: the lender&#39;s ref rpy-" in timeline
+    assert "record-unwind-step" in timeline and "CXL-9" in timeline
+
+
 async def test_an_unknown_deal_or_action_is_a_404_page(stack: ApiStack) -> None:
     sales, csrf = await signed_in(stack, "sales")
     missing = await sales.get("/desk/deals/20990101-00000000")

@@ -215,6 +215,14 @@ async def test_act_in_the_wrong_stage_is_3_and_changes_nothing(cli: Cli) -> None
     assert (after.stage, after.version) == (before.stage, before.version)
 
 
+async def test_an_unwind_step_outside_an_unwind_is_3(cli: Cli) -> None:
+    deal_id = await cli.start()
+    payload = str(EXAMPLES / "actions" / "record-unwind-step.json")
+    r = await cli("--as", "fin-01:finance", "act", deal_id, "record-unwind-step", payload)
+    assert r.code == 3, r
+    assert "record-unwind-step is not allowed in stage CONTRACT (only in UNWINDING)" in r.err
+
+
 async def test_act_with_a_role_not_permitted_is_5(cli: Cli) -> None:
     deal_id = await cli.start()
     payload = str(EXAMPLES / "actions" / "sign-sales-contract.json")

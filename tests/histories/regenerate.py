@@ -29,8 +29,9 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
 from dealflow import client as deals
+from dealflow import rules
 from dealflow.config import Settings
-from dealflow.models import DealPolicy, Stage
+from dealflow.models import Actor, DealPolicy, DealStatus, Role, Stage
 from dealflow.samples import example_deal, stipulation_document
 from dealflow.storage import db
 from dealflow.storage.documents import LocalDirectoryStore
@@ -222,6 +223,31 @@ async def mortgage_before_funding(d: Desk) -> None:
     await d.wait_stage(Stage.DELIVERY)
 
 
+def _next_unwind_step_is(step: str) -> Callable[[DealStatus], bool]:
+    def next_is(st: DealStatus) -> bool:
+        found = rules.next_unwind_step(st.compensations)
+        return found is not None and found.kind == step
+
+    return next_is
+
+
+async def funded_then_unwound(d: Desk) -> None:
+    """Funded, then rescinded before delivery (patch "unwind-after-funding"):
+    the lender repaid through its API, each person's step recorded newest
+    first, the vehicle released."""
+    await d.start()
+    await d.through_disbursement()
+    await d.do("unwind", Actor(staff_id="finance-01", role=Role.FINANCE), reason="rescinded")
+    for step, role in (
+        ("cancel_insurance", Role.INSURANCE),
+        ("reverse_invoice", Role.FINANCE),
+        ("refund_down_payment", Role.FINANCE),
+    ):
+        await d.wait_until(_next_unwind_step_is(step), f"{step} next")
+        actor = Actor(staff_id=f"{role.value}-01", role=role)
+        await d.do("record-unwind-step", actor, step=step, reference=f"EV-{step}", note=None)
+
+
 async def contract_expired(d: Desk) -> None:
     await d.start()
 
@@ -267,6 +293,7 @@ SCENARIOS: dict[str, Callable[[Desk], Awaitable[None]]] = {
     "partial_approval_accepted_then_cancelled": partial_approval_accepted,
     "withdrawal_refused_then_cancelled": withdrawal_refused,
     "mortgage_before_funding_delivering": mortgage_before_funding,
+    "funded_then_unwound": funded_then_unwound,
     "contract_expired": contract_expired,
     "all_declined": all_declined,
     "continued_as_new": continued_as_new,

@@ -14,6 +14,7 @@ from dealflow import rules
 from dealflow.models import (
     Action,
     Actor,
+    Compensation,
     DealInput,
     DealPolicy,
     DealState,
@@ -378,6 +379,62 @@ def test_cancellation_is_possible_only_before_disbursement() -> None:
         allowed = stage in rules.ACTION_STAGES[Action.CANCEL]
         before = list(Stage).index(stage) < list(Stage).index(Stage.DISBURSEMENT)
         assert allowed == (before or stage is Stage.REGISTRATION), stage
+
+
+def _step(kind: str, minute: int) -> Compensation:
+    at = datetime(2026, 12, 1, 9, minute, tzinfo=UTC)
+    return Compensation(kind=kind, key=f"d:{kind}", registered_at=at)
+
+
+def test_unwind_steps_are_undone_newest_first_the_mortgage_after_the_repayment() -> None:
+    """Steps go in by when their fact was recorded (a late registration of an
+    earlier fact lands in its place); the lienholder releases the mortgage
+    only once repaid, so its release comes after the repayment whichever
+    fact came first."""
+    state = DealState(stage_entered_at=datetime(2026, 12, 1, tzinfo=UTC))
+    for kind, minute in (("release_vehicle", 1), ("cancel_insurance", 3), ("release_mortgage", 5)):
+        rules.register_step(state.compensations, _step(kind, minute))
+    rules.register_step(state.compensations, _step("reverse_invoice", 2))
+    rules.register_step(state.compensations, _step("repay_lender", 4))
+    undo = [c.kind for c in reversed(state.compensations)]
+    assert undo == [
+        "repay_lender",
+        "release_mortgage",
+        "cancel_insurance",
+        "reverse_invoice",
+        "release_vehicle",
+    ]
+    first = rules.next_unwind_step(state.compensations)
+    assert first is not None and first.kind == "repay_lender"
+    problem = rules.unwind_step_problem(state, "release_mortgage", Role.REGISTRATION)
+    assert problem is not None and problem.startswith(
+        "conflict: release_mortgage is not next: steps are undone newest first; next is "
+        "repay_lender (repay "
+    )
+    assert problem.endswith("by DealFlow")
+    first.status = "refused"
+    assert rules.unwind_step_problem(state, "release_mortgage", Role.REGISTRATION) is None
+    assert rules.unwind_step_problem(state, "release_mortgage", Role.FINANCE) == (
+        "forbidden: release_mortgage is recorded by registration, not finance"
+    )
+    assert rules.unwind_step_problem(state, "release_mortgage", Role.ADMIN) is None
+    assert rules.unwind_step_problem(state, "refund_down_payment", Role.FINANCE) == (
+        "conflict: this deal has no refund_down_payment to undo"
+    )
+
+
+def test_unwinding_is_refused_with_the_fact_that_stands_in_the_way() -> None:
+    refusals = {
+        Stage.FOLLOW_UP: "the vehicle was delivered: a delivered deal is not unwound",
+        Stage.UNWINDING: "the deal is already unwinding",
+        Stage.LOAN_CONTRACT: "the loan is not funded: nothing was paid out to unwind; "
+        "cancel instead",
+        Stage.CANCELLED: "the deal is CANCELLED; no further actions are possible",
+    }
+    for stage, message in refusals.items():
+        with pytest.raises(rules.RuleError) as e:
+            rules.check_stage(Action.UNWIND, stage)
+        assert (e.value.kind, e.value.message) == ("conflict", message)
 
 
 def test_content_type_is_sniffed_from_the_bytes() -> None:

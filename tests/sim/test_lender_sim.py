@@ -724,6 +724,85 @@ def test_a_lender_that_funds_after_registration_wants_the_mortgage_named(sim: Si
     assert sim.decisions(deal, 2)[-1]["type"] == "disbursement.completed"
 
 
+def _repayment(deal: str, amount: str, txn: str) -> dict[str, Any]:
+    return {"deal_id": deal, "amount": amount, "transaction_ref": txn, "reason": "rescinded"}
+
+
+def test_a_repayment_takes_back_exactly_what_was_paid_once_under_any_key(sim: Sim) -> None:
+    """The lender takes back what it paid out on an application, only that
+    amount, once; the same request again gets the same receipt; an
+    application it never funded is refused."""
+    deal = new_deal()
+    ref = sim.submit(ACME, package(deal)).json()["application_ref"]
+    sim.decisions(deal, 1)
+    url = f"/lenders/{ACME}/applications/{ref}/repayment"
+    unfunded = sim.client.post(
+        url, json=_repayment(deal, "105000.00", "txn-x"), headers={"Idempotency-Key": "k0"}
+    )
+    assert unfunded.status_code == 409
+    assert "never funded" in unfunded.json()["detail"]
+    sim.client.post(
+        f"/lenders/{ACME}/applications/{ref}/disbursement-requests",
+        json=disbursement(deal, ref, 1),
+        headers={"Idempotency-Key": f"{deal}:d:1"},
+    )
+    paid = sim.decisions(deal, 2)[-1]["data"]
+    txn = paid["transaction_ref"]
+    key = {"Idempotency-Key": f"{deal}:repayment:{ref}"}
+    short = sim.client.post(url, json=_repayment(deal, "104999.99", txn), headers=key)
+    assert short.status_code == 422
+    assert "does not match the 105000.00 paid out" in short.json()["detail"]
+
+    first = sim.client.post(url, json=_repayment(deal, "105000.00", txn), headers=key)
+    assert first.status_code == 200, first.text
+    receipt = first.json()
+    assert receipt["repayment_ref"].startswith("rpy-")
+    assert (receipt["application_ref"], receipt["amount"], receipt["status"]) == (
+        ref,
+        "105000.00",
+        "repaid",
+    )
+    again = sim.client.post(url, json=_repayment(deal, "105000.00", txn), headers=key)
+    assert again.status_code == 200 and again.json() == receipt
+    other_key = sim.client.post(
+        url, json=_repayment(deal, "105000.00", txn), headers={"Idempotency-Key": "other"}
+    )
+    assert other_key.json()["repayment_ref"] == receipt["repayment_ref"]
+    clash = sim.client.post(
+        url, json={**_repayment(deal, "105000.00", txn), "reason": "other"}, headers=key
+    )
+    assert clash.status_code == 422
+    [row] = sim.ledger(deal)["repayments"]
+    assert (row["repayment_ref"], row["amount"], row["transaction_ref"]) == (
+        receipt["repayment_ref"],
+        "105000.00",
+        txn,
+    )
+    unknown = sim.client.post(
+        f"/lenders/{ACME}/applications/app-nope/repayment",
+        json=_repayment(deal, "1.00", txn),
+        headers={"Idempotency-Key": "k9"},
+    )
+    assert unknown.status_code == 404
+
+
+def test_a_scripted_lender_refuses_a_repayment_with_its_reason(sim: Sim) -> None:
+    deal = new_deal()
+    sim.client.put(
+        f"/_sim/scripts/{deal}", json={"repayment_refusal": "the loan is sold to a trust"}
+    )
+    ref = sim.submit(ACME, package(deal)).json()["application_ref"]
+    sim.decisions(deal, 1)
+    refused = sim.client.post(
+        f"/lenders/{ACME}/applications/{ref}/repayment",
+        json=_repayment(deal, "105000.00", "txn-1"),
+        headers={"Idempotency-Key": "k1"},
+    )
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == "the loan is sold to a trust"
+    assert sim.ledger(deal)["repayments"] == []
+
+
 def test_withdrawal_stops_decisions(sim: Sim) -> None:
     deal = new_deal()
     sim.client.put(f"/_sim/scripts/{deal}", json={"decision_delay": 0.5})

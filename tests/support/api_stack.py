@@ -312,6 +312,17 @@ class HttpDesk:
         await self.ok("submit-application", Role.CREDIT)
         return await self.wait_stage("DOWN_PAYMENT")
 
+    async def to_registration(self, lender_legal_name: str) -> dict[str, Any]:
+        """On from the approval to a funded loan: the simulator disburses by webhook."""
+        await self.to_down_payment()
+        await self.ok("confirm-down-payment", Role.FINANCE)
+        await self.ok("record-invoice", Role.FINANCE)
+        await self.ok("record-insurance", Role.INSURANCE, first_beneficiary=lender_legal_name)
+        await self.ok("record-repayment-account", Role.CREDIT)
+        await self.ok("confirm-loan-terms", Role.CREDIT)
+        await self.ok("sign-loan-contract", Role.CREDIT)
+        return await self.wait_stage("REGISTRATION")
+
 
 def policy_file(tmp: Path, **fields: Any) -> Path:
     path = tmp / f"policy-{uuid.uuid4().hex[:6]}.json"

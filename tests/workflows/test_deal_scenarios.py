@@ -1125,10 +1125,20 @@ async def _cancel_at(desk: Desk, stage: Stage) -> None:
         (Stage.UNDERWRITING, ["withdraw_application", "release_vehicle"]),
         (Stage.DOWN_PAYMENT, ["withdraw_application", "release_vehicle"]),
         (Stage.INVOICING, ["refund_down_payment", "withdraw_application", "release_vehicle"]),
-        (Stage.INSURANCE, ["refund_down_payment", "withdraw_application", "release_vehicle"]),
+        # An issued invoice is reversed by a red-letter invoice.
+        (
+            Stage.INSURANCE,
+            ["reverse_invoice", "refund_down_payment", "withdraw_application", "release_vehicle"],
+        ),
         (
             Stage.LOAN_CONTRACT,
-            ["cancel_insurance", "refund_down_payment", "withdraw_application", "release_vehicle"],
+            [
+                "cancel_insurance",
+                "reverse_invoice",
+                "refund_down_payment",
+                "withdraw_application",
+                "release_vehicle",
+            ],
         ),
     ],
     ids=lambda v: v.value if isinstance(v, Stage) else None,
@@ -1401,10 +1411,227 @@ async def test_a_stalled_disbursement_is_unwound_and_every_step_undone(desk: Des
     assert final.outcome_reason is not None and final.outcome_reason.startswith("unwound by ")
     assert done_compensations(final) == [
         "cancel_insurance",
+        "reverse_invoice",
         "refund_down_payment",
         "withdraw_application",
         "release_vehicle",
     ]
+
+
+# --------------------------------------------------------------------------- unwind after funding
+
+RESCINDED = "the customer rescinded before delivery"
+STEP_ACTORS = {
+    "release_mortgage": Actor(staff_id="registration-01", role=Role.REGISTRATION),
+    "reverse_invoice": Actor(staff_id="finance-01", role=Role.FINANCE),
+    "cancel_insurance": Actor(staff_id="insurance-01", role=Role.INSURANCE),
+    "refund_down_payment": Actor(staff_id="finance-01", role=Role.FINANCE),
+}
+
+
+async def _funded_until(desk: Desk, stage: Stage, **start: Any) -> None:
+    await desk.start(**start)
+    await desk.through_disbursement()
+    if stage is Stage.DELIVERY:
+        for action in ("record-certificate", "record-purchase-tax", "record-plate"):
+            await desk.do(action)
+        await desk.do("record-mortgage", lienholder=await desk.lender_legal_name())
+        await desk.wait_stage(Stage.DELIVERY)
+
+
+async def _record_unwind_step(desk: Desk, step: str) -> None:
+    await desk.do(
+        "record-unwind-step", STEP_ACTORS[step], step=step, reference=f"EV-{step}", note=None
+    )
+
+
+async def _next_step(desk: Desk) -> DealStatus:
+    """The deal once DealFlow's own step is behind it: a person's step is next, or none."""
+    return await desk.wait_until(
+        lambda s: (
+            s.stage is not Stage.UNWINDING
+            or (bool(s.pending) and s.pending[0].action == "record-unwind-step")
+        ),
+        "the next step of the unwind",
+    )
+
+
+@pytest.mark.parametrize(
+    ("stage", "undo"),
+    [
+        (
+            Stage.REGISTRATION,
+            [
+                "repay_lender",
+                "cancel_insurance",
+                "reverse_invoice",
+                "refund_down_payment",
+                "release_vehicle",
+            ],
+        ),
+        (
+            Stage.DELIVERY,
+            [
+                "repay_lender",
+                "release_mortgage",
+                "cancel_insurance",
+                "reverse_invoice",
+                "refund_down_payment",
+                "release_vehicle",
+            ],
+        ),
+    ],
+    ids=lambda v: v.value if isinstance(v, Stage) else None,
+)
+async def test_a_funded_deal_rescinded_before_delivery_is_unwound_newest_first(
+    desk: Desk, stage: Stage, undo: list[str]
+) -> None:
+    """The lender is repaid through its API first (its ref the evidence; the
+    mortgage is released only once the lienholder has its money), then each
+    person's step by its role with its evidence, the vehicle released, and
+    the deal CANCELLED."""
+    await _funded_until(desk, stage)
+    finance = Actor(staff_id="finance-01", role=Role.FINANCE)
+    await desk.do("unwind", finance, reason=RESCINDED)
+    st = await _next_step(desk)
+    assert st.stage is Stage.UNWINDING
+    for step in undo[1:-1]:
+        assert (st.pending[0].role, st.pending[0].what.split(",")[-1]) == (
+            STEP_ACTORS[step].role,
+            f" and record the evidence ({step})",
+        )
+        await _record_unwind_step(desk, step)
+        st = await _next_step(desk)
+    final = await desk.result()
+    assert final.stage is Stage.CANCELLED
+    assert stages(final)[-3:] == [stage.value, "UNWINDING", "CANCELLED"]
+    assert final.outcome_reason == f"unwound after funding: {RESCINDED}"
+    assert done_compensations(final) == undo
+    evidence: dict[str, tuple[str, str]] = {
+        c.kind: (c.evidence, c.done_by) for c in final.compensations if c.status == "done"
+    }
+    ledger = await desk.ledger()
+    [repaid] = ledger["repayments"]
+    assert (repaid["amount"], repaid["application_ref"]) == (
+        str(FINANCED),
+        final.submissions[-1].application_ref,
+    )
+    assert repaid["transaction_ref"] == final.disbursements[-1].transaction_ref
+    assert evidence["repay_lender"] == (repaid["repayment_ref"], f"{ACME}/lender")
+    for step in undo[1:-1]:
+        actor = STEP_ACTORS[step]
+        assert evidence[step] == (f"EV-{step}", f"{actor.staff_id}/{actor.role.value}")
+    assert [r.kind for r in await desk.compensation_rows()] == ["release_vehicle"]
+
+
+async def test_an_unwind_step_is_taken_only_when_next_by_its_role_and_once(desk: Desk) -> None:
+    await _funded_until(desk, Stage.REGISTRATION)
+    await desk.do("unwind", reason=RESCINDED)
+    st = await _next_step(desk)
+    assert st.pending[0].role is Role.INSURANCE
+    with pytest.raises(RuleError) as early:
+        await _record_unwind_step(desk, "refund_down_payment")
+    assert early.value.kind == "conflict"
+    assert early.value.message.startswith(
+        "refund_down_payment is not next: steps are undone newest first; next is "
+        "cancel_insurance (cancel policy "
+    ) and early.value.message.endswith("by insurance")
+    with pytest.raises(RuleError) as wrong_role:
+        await desk.do("record-unwind-step", STEP_ACTORS["reverse_invoice"], step="cancel_insurance")
+    assert (wrong_role.value.kind, wrong_role.value.message) == (
+        "forbidden",
+        "cancel_insurance is recorded by insurance, not finance",
+    )
+    with pytest.raises(RuleError) as no_mortgage:
+        await _record_unwind_step(desk, "release_mortgage")
+    assert no_mortgage.value.message == "this deal has no release_mortgage to undo"
+    await _record_unwind_step(desk, "cancel_insurance")
+    with pytest.raises(RuleError) as twice:
+        await _record_unwind_step(desk, "cancel_insurance")
+    assert twice.value.kind == "conflict"
+    assert twice.value.message.startswith(
+        "cancel_insurance is already recorded (EV-cancel_insurance by insurance-01/insurance at "
+    )
+    with pytest.raises(RuleError) as again:
+        await desk.do("unwind", reason=RESCINDED)
+    assert again.value.message == "the deal is already unwinding"
+    st = await desk.status()
+    assert [c.kind for c in st.compensations if c.status == "done"] == [
+        "cancel_insurance",
+        "repay_lender",
+    ]
+
+
+async def test_a_repayment_the_lender_refuses_is_recorded_escalated_and_the_rest_goes_on(
+    desk: Desk,
+) -> None:
+    await _funded_until(
+        desk, Stage.REGISTRATION, script={"repayment_refusal": "the loan was sold to a trust"}
+    )
+    await desk.do("unwind", reason=RESCINDED)
+    st = await _next_step(desk)
+    [refused] = [c for c in st.compensations if c.status == "refused"]
+    assert refused.kind == "repay_lender"
+    assert "the loan was sold to a trust" in refused.refusal
+    [escalation] = notices(st, "escalation")
+    assert escalation.message.startswith(f"repay_lender refused by {ACME}: ")
+    for _ in range(50):
+        rows = await desk.outbox("escalation")
+        if rows:
+            break
+        await asyncio.sleep(0.1)
+    assert {"finance", "admin"} <= set(rows[0].roles.split(","))
+    for step in ("cancel_insurance", "reverse_invoice", "refund_down_payment"):
+        await _record_unwind_step(desk, step)
+    final = await desk.result()
+    assert final.stage is Stage.CANCELLED
+    assert done_compensations(final)[-1] == "release_vehicle"
+    assert (await desk.ledger())["repayments"] == []
+
+
+async def test_an_unwind_left_open_is_escalated_to_finance_after_7_days(desk: Desk) -> None:
+    await _funded_until(desk, Stage.REGISTRATION)
+    await desk.do("unwind", reason=RESCINDED)
+    await _next_step(desk)
+    await desk.sleep(7)
+    st = await desk.wait_notice("escalation")
+    [escalation] = notices(st, "escalation", Stage.UNWINDING)
+    assert escalation.message.startswith("escalated: UNWINDING open for 7 days; insurance: unwind")
+    assert st.stage is Stage.UNWINDING
+
+
+async def test_unwind_is_refused_before_funding_and_after_delivery(desk: Desk) -> None:
+    await desk.start()
+    await desk.through_underwriting()
+    with pytest.raises(RuleError) as unfunded:
+        await desk.do("unwind", reason=RESCINDED)
+    assert (unfunded.value.kind, unfunded.value.message) == (
+        "conflict",
+        "the loan is not funded: nothing was paid out to unwind; cancel instead",
+    )
+    await desk.do("confirm-down-payment")
+    await desk.do("record-invoice")
+    await desk.do("record-insurance", first_beneficiary=await desk.lender_legal_name())
+    await desk.do("record-repayment-account")
+    await desk.confirm_loan_terms()
+    await desk.do("sign-loan-contract")
+    await desk.wait_stage(Stage.REGISTRATION)
+    for action in (
+        "record-certificate",
+        "record-purchase-tax",
+        "record-plate",
+    ):
+        await desk.do(action)
+    await desk.do("record-mortgage", lienholder=await desk.lender_legal_name())
+    for action in ("record-stock-out", "record-settlement", "deliver"):
+        await desk.do(action)
+    await desk.wait_stage(Stage.FOLLOW_UP)
+    with pytest.raises(RuleError) as delivered:
+        await desk.do("unwind", reason=RESCINDED)
+    assert (delivered.value.kind, delivered.value.message) == (
+        "conflict",
+        "the vehicle was delivered: a delivered deal is not unwound",
+    )
 
 
 # --------------------------------------------------------------------------- documents over time

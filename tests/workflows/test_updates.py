@@ -85,6 +85,7 @@ ROLES = [
     ("retry-disbursement", Role.CREDIT, "admin, finance"),
     ("reconcile-disbursement", Role.SALES, "admin, finance"),
     ("unwind", Role.SALES, "admin, credit, finance"),
+    ("record-unwind-step", Role.SALES, "admin, finance, insurance, registration"),
     ("answer-stipulation", Role.SALES, "admin, credit"),
     ("clear-stipulation", Role.FINANCE, "admin, credit"),
     ("waive-stipulation", Role.SALES, "admin, credit"),
@@ -112,7 +113,7 @@ STAGES = [
     ("record-follow-up", "FOLLOW_UP"),
     ("retry-disbursement", "DISBURSEMENT"),
     ("reconcile-disbursement", "DISBURSEMENT"),
-    ("unwind", "DISBURSEMENT"),
+    ("record-unwind-step", "UNWINDING"),
     ("answer-stipulation", "DOCUMENTS"),
     ("clear-stipulation", "DOCUMENTS"),
     ("waive-stipulation", "DOCUMENTS"),
@@ -150,6 +151,13 @@ async def test_each_action_is_refused_outside_its_stages(desk: Desk) -> None:
             "conflict",
             f"{action} is not allowed in stage CONTRACT (only in {allowed})",
         )
+    # Unwinding says which fact stands in the way, not which stages allow it.
+    await refused(
+        desk,
+        "unwind",
+        "conflict",
+        "the loan is not funded: nothing was paid out to unwind; cancel instead",
+    )
     await desk.do("sign-sales-contract")
     await refused(
         desk,
