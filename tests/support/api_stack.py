@@ -321,6 +321,9 @@ class HttpDesk:
         await self.ok("record-repayment-account", Role.CREDIT)
         await self.ok("confirm-loan-terms", Role.CREDIT)
         await self.ok("sign-loan-contract", Role.CREDIT)
+        for kind in rules.FUNDING_KINDS:
+            r = await self.upload_funding(kind)
+            assert r.status_code == 201, r.text
         return await self.wait_stage("REGISTRATION")
 
 

@@ -1615,6 +1615,7 @@ async def test_unwind_is_refused_before_funding_and_after_delivery(desk: Desk) -
     await desk.do("record-repayment-account")
     await desk.confirm_loan_terms()
     await desk.do("sign-loan-contract")
+    await desk.upload_funding_package()
     await desk.wait_stage(Stage.REGISTRATION)
     for action in (
         "record-certificate",
