@@ -153,6 +153,8 @@ def show_status(st: DealStatus) -> None:
                 escape(item.reason or ""),
             )
         out.print(t)
+    if st.funding:
+        show_funding(st)
     if any(t.to_stage is Stage.UNWINDING for t in st.transitions):
         show_unwind(st)
     if st.outcome_reason:
@@ -160,6 +162,31 @@ def show_status(st: DealStatus) -> None:
     done = [c for c in st.compensations if c.status == "done"]
     if done:
         out.print("compensations run: " + ", ".join(c.kind for c in done))
+
+
+def show_funding(st: DealStatus) -> None:
+    """The funding package: each document, who uploads it, the upload the
+    disbursement request carries; then which documents each request carried."""
+    t = Table(
+        "document", "uploads it", "doc", "sha256", "uploaded by", "at", title="Funding package"
+    )
+    for item in st.funding:
+        doc = item.document
+        t.add_row(
+            item.kind.value,
+            item.role.value,
+            doc.doc_id if doc else "missing",
+            f"{doc.sha256[:12]}…" if doc else "",
+            doc.uploaded_by if doc else "",
+            f"{doc.uploaded_at:%Y-%m-%d %H:%M}" if doc else "",
+        )
+    out.print(t)
+    for d in st.disbursements:
+        if d.funding_doc_ids:
+            out.print(
+                f"disbursement request {d.attempt} ({d.status}) carried "
+                + ", ".join(d.funding_doc_ids)
+            )
 
 
 def show_unwind(st: DealStatus) -> None:
@@ -446,7 +473,8 @@ def _add_deal_commands(commands: Subparsers) -> None:
     command.add_argument("--reason", required=True)
 
     command = commands.add_parser(
-        "upload", help="upload a customer document and record it on the deal"
+        "upload",
+        help="upload a document (the customer's, or one of the funding package) and record it",
     )
     command.add_argument("deal")
     command.add_argument("kind")

@@ -217,11 +217,22 @@ class DealActivities:
 
     @activity.defn(name=names.REQUEST_DISBURSEMENT)
     async def request_disbursement(self, inp: DisbursementRequestInput) -> None:
+        """POST the disbursement request; its funding documents (deals with the
+        funding package) go with links signed now, at every attempt, to the
+        workflow's `links_expire_at` capped by the store. The lender's
+        fingerprint of a request leaves the links out (docs/architecture.md §3.5)."""
         lender = self._lender(inp.lender_id)
+        seconds = self._link_seconds(inp.links_expire_at) if inp.links_expire_at else 0
+        body = await asyncio.to_thread(
+            inp.for_lender, lambda key: self.store.presign_get(key, expires_in=seconds)
+        )
         await self._post(
             f"{lender.api_base_url}/applications/{inp.application_ref}/disbursement-requests",
             inp.request_id or rules.disbursement_request_id(inp.deal_id, inp.attempt),
-            inp.model_dump(mode="json"),
+            # An old-form request (no package) goes out exactly as before it existed.
+            body.model_dump(
+                mode="json", exclude={"funding_package"} if body.funding_package is None else None
+            ),
         )
         log.info(
             "disbursement requested",

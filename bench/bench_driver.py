@@ -28,6 +28,7 @@ from dealflow.models import (
     DealInput,
     DealPolicy,
     DealStatus,
+    DocumentKind,
     Role,
     Stage,
 )
@@ -35,6 +36,7 @@ from dealflow.samples import (
     dealer_today,
     example_action,
     example_deal,
+    funding_documents,
     loan_terms_confirmation,
     sample_documents,
 )
@@ -60,6 +62,11 @@ AFTER_FUNDING = (
 
 def actor_for(action: Action) -> Actor:
     role = rules.owner_role(action)
+    return Actor(staff_id=f"bench-{role.value}", role=role)
+
+
+def uploader_for(kind: DocumentKind) -> Actor:
+    role = rules.document_uploader(kind)
     return Actor(staff_id=f"bench-{role.value}", role=role)
 
 
@@ -148,16 +155,20 @@ class Driver:
             await asyncio.sleep(self.poll)
 
     async def upload_all(self, deal_id: str) -> None:
-        for doc in sample_documents(deal_id, self.deal, self.today):
+        await self.upload(deal_id, sample_documents(deal_id, self.deal, self.today))
+
+    async def upload(self, deal_id: str, docs: list[dict[str, Any]]) -> None:
+        for doc in docs:
             d = dict(doc)
+            kind = d.pop("kind")
             self.updates += 1
             t0 = time.monotonic()
             await store_and_record(
                 self.client,
                 self.store,
                 deal_id,
-                actor_for(Action.RECORD_DOCUMENT),
-                kind=d.pop("kind").value,
+                uploader_for(kind),
+                kind=kind.value,
                 party=d.pop("party").value,
                 file_name=d.pop("file_name"),
                 data=d.pop("data"),
@@ -209,6 +220,7 @@ class Driver:
         )
         await self.act(deal_id, "record-repayment-account")
         await self.act(deal_id, "confirm-loan-terms", **loan_terms_confirmation(st))
+        await self.upload(deal_id, funding_documents(deal_id))
         await self.act(deal_id, "sign-loan-contract")
         await self.wait(deal_id, lambda s: s.stage is not Stage.DISBURSEMENT, "disbursement")
         for action in AFTER_FUNDING:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -37,14 +38,22 @@ from temporalio.service import RPCError
 from dealflow import client as deals
 from dealflow import rules
 from dealflow.config import LenderConfig
-from dealflow.models import Action, Actor, DealInput, DealPolicy, DealStatus, Role, Stage
+from dealflow.models import (
+    Action,
+    Actor,
+    DealInput,
+    DealPolicy,
+    DealStatus,
+    DocumentKind,
+    Role,
+    Stage,
+)
 from dealflow.samples import (
     dealer_today,
     example_action,
     example_deal,
     loan_terms_confirmation,
-    sample_documents,
-    stipulation_document,
+    missing_documents,
 )
 from dealflow.storage.documents import DocumentStore, DocumentStoreError, DocumentStoreUnavailable
 from dealflow.uploads import upload_document
@@ -222,6 +231,13 @@ class Robot:
             role=sorted(rules.ACTION_ROLES[action])[0],
         )
 
+    def uploader(self, kind: DocumentKind) -> Actor:
+        """The customer's documents as before; a funding document by its own team."""
+        if not rules.is_funding_document(kind):
+            return self.actor(Action.RECORD_DOCUMENT)
+        role = rules.document_uploader(kind)
+        return Actor(staff_id=f"chaos-{role.value}", role=role)
+
     # ------------------------------------------------------------------ a deal
 
     async def start(self, run: DealRun) -> None:
@@ -343,32 +359,17 @@ class Robot:
     # ------------------------------------------------------------------ documents
 
     async def upload_one(self, run: DealRun, st: DealStatus) -> DealStatus | None:
-        missing = [
-            (c.kind.value, c.party.value, c.stipulation_code)
-            for c in st.checklist
-            if not c.satisfied
-        ]
-        if not missing:
+        docs = missing_documents(run.deal_id, run.deal, st, dealer_today())
+        if not docs:
             return None
-        docs = sample_documents(run.deal_id, run.deal, dealer_today())
-        docs += [stipulation_document(run.deal_id, code) for (_, _, code) in missing if code]
-        doc = next(
-            (
-                d
-                for d in docs
-                if (d["kind"].value, d["party"].value, d.get("stipulation_code")) in missing
-            ),
-            None,
-        )
-        if doc is None:
-            return None
-        d = dict(doc)
+        d = dict(docs[0])
+        uploader = self.uploader(d["kind"])
         kind, party = d.pop("kind").value, d.pop("party").value
         file_name, data = d.pop("file_name"), d.pop("data")
         run.upload_attempts += 1
         try:
             if self.api_url:
-                await self._upload_http(run, kind, party, file_name, data, d)
+                await self._upload_http(run, uploader, kind, party, file_name, data, d)
             else:
                 await self.call(
                     "upload",
@@ -376,7 +377,7 @@ class Robot:
                     self.client,
                     self.store,
                     run.deal_id,
-                    self.actor(Action.RECORD_DOCUMENT),
+                    uploader,
                     kind=kind,
                     party=party,
                     file_name=file_name,
@@ -395,6 +396,7 @@ class Robot:
     async def _upload_http(
         self,
         run: DealRun,
+        uploader: Actor,
         kind: str,
         party: str,
         file_name: str,
@@ -403,8 +405,9 @@ class Robot:
     ) -> None:
         import jwt
 
+        claims = {"sub": uploader.staff_id, "roles": [uploader.role.value]}
         token = jwt.encode(
-            {"sub": "chaos-sales", "roles": ["sales"], "exp": int(time.time()) + 600},
+            {**claims, "exp": int(time.time()) + 600},
             self.jwt_secret or "",
             algorithm="HS256",
         )
@@ -429,12 +432,21 @@ class Robot:
             # the answer says, the clerk reads the deal before uploading again.
             self.unconfirmed += 1
             return
+        if resp.status_code == 409 and await self._on_file(run, data):
+            # The transport retried a post whose first answer was lost, and the
+            # deal moved on with the file it recorded (the last funding
+            # document sends it to DISBURSEMENT): the upload was applied.
+            return
         if resp.status_code in (502, 503, 504):
             raise _UploadRefused(resp.status_code, resp.text[:300])
         if resp.status_code >= 500:
             # A crash answer, not the clear "store unavailable" the contract wants.
             raise _UploadRefused(resp.status_code, resp.text[:300], clear=False)
         raise RuntimeError(f"upload answered {resp.status_code}: {resp.text[:300]}")
+
+    async def _on_file(self, run: DealRun, data: bytes) -> bool:
+        sha256 = hashlib.sha256(data).hexdigest()
+        return any(doc.sha256 == sha256 for doc in (await self.status(run)).documents)
 
     async def _check_failed_upload(
         self, run: DealRun, kind: str, party: str, err: Exception

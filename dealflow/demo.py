@@ -29,14 +29,13 @@ from temporalio.service import RPCError
 from dealflow import client as deals
 from dealflow import rules
 from dealflow.config import Settings, get_settings, load_lenders
-from dealflow.models import Action, Actor, DealInput, DealPolicy, DealStatus, Stage
+from dealflow.models import Action, Actor, DealInput, DealPolicy, DealStatus, DocumentKind, Stage
 from dealflow.samples import (
     dealer_today,
     example_action,
     example_deal,
     loan_terms_confirmation,
-    sample_documents,
-    stipulation_document,
+    missing_documents,
 )
 from dealflow.storage.documents import DocumentStore, store_from_settings
 from dealflow.uploads import upload_document
@@ -186,6 +185,14 @@ def actor_for(action: Action) -> Actor:
     return Actor(staff_id=f"demo-{role.value}", role=role)
 
 
+def uploader_for(kind: DocumentKind) -> Actor:
+    """The customer's documents as every other upload; a funding document by its own team."""
+    if not rules.is_funding_document(kind):
+        return actor_for(Action.RECORD_DOCUMENT)
+    role = rules.document_uploader(kind)
+    return Actor(staff_id=f"demo-{role.value}", role=role)
+
+
 async def retrying(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Ride out a restarting server or worker: retry transport errors patiently."""
     delay = 0.5
@@ -239,26 +246,17 @@ class Robot:
             console.print(f"  [dim]{deal_id}: {action} not taken: {e.message}[/]")
 
     async def upload_missing(self, deal_id: str, deal: DealInput, st: DealStatus) -> None:
-        missing = {
-            (c.kind.value, c.party.value, c.stipulation_code)
-            for c in st.checklist
-            if not c.satisfied
-        }
-        docs = sample_documents(deal_id, deal, dealer_today())
-        docs += [stipulation_document(deal_id, code) for (_, _, code) in missing if code]
-        for doc in docs:
-            key = (doc["kind"].value, doc["party"].value, doc.get("stipulation_code"))
-            if key not in missing:
-                continue
+        for doc in missing_documents(deal_id, deal, st, dealer_today()):
             d = dict(doc)
+            kind = d.pop("kind")
             await retrying(
                 "upload",
                 upload_document,
                 self.client,
                 self.store,
                 deal_id,
-                actor_for(Action.RECORD_DOCUMENT),
-                kind=d.pop("kind").value,
+                uploader_for(kind),
+                kind=kind.value,
                 party=d.pop("party").value,
                 file_name=d.pop("file_name"),
                 data=d.pop("data"),

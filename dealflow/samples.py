@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dealflow.models import DealInput, DealPolicy, DealStatus, DocumentKind, Party
-from dealflow.rules import dealer_date, statement_window
+from dealflow.rules import APPLICATION_DOCUMENT_STAGES, dealer_date, statement_window
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -135,3 +135,40 @@ def stipulation_document(deal_id: str, code: str) -> dict[str, Any]:
         "data": _pdf(f"{deal_id} {code}"),
         "stipulation_code": code,
     }
+
+
+_FUNDING_FILES = {
+    DocumentKind.VEHICLE_INVOICE: "vehicle-invoice.pdf",
+    DocumentKind.INSURANCE_POLICY_PAGE: "insurance-policy-page.pdf",
+    DocumentKind.SIGNED_LOAN_CONTRACT: "loan-contract-signed.pdf",
+}
+
+
+def funding_document(deal_id: str, kind: DocumentKind, version: int = 1) -> dict[str, Any]:
+    """A document of the funding package; another `version` is other bytes
+    (a replacement)."""
+    return {
+        "kind": kind,
+        "party": Party.APPLICANT,
+        "file_name": _FUNDING_FILES[kind],
+        "data": _pdf(f"{deal_id} {kind.value} v{version}"),
+    }
+
+
+def funding_documents(deal_id: str) -> list[dict[str, Any]]:
+    """The funding package, in the order the deal records the facts behind it
+    (invoice, insurance, loan contract)."""
+    return [funding_document(deal_id, kind) for kind in _FUNDING_FILES]
+
+
+def missing_documents(
+    deal_id: str, deal: DealInput, status: DealStatus, today: date
+) -> list[dict[str, Any]]:
+    """A sample file for each document the deal waits for: the checklist's
+    while the application is open, the funding package's after it."""
+    if status.stage not in APPLICATION_DOCUMENT_STAGES:
+        return [funding_document(deal_id, i.kind) for i in status.funding if not i.satisfied]
+    missing = {(c.kind, c.party, c.stipulation_code) for c in status.checklist if not c.satisfied}
+    docs = sample_documents(deal_id, deal, today)
+    docs += [stipulation_document(deal_id, code) for (_, _, code) in missing if code]
+    return [d for d in docs if (d["kind"], d["party"], d.get("stipulation_code")) in missing]

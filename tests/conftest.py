@@ -15,7 +15,7 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
-from dealflow.config import STUCK_ATTEMPTS, STUCK_DYNAMIC_CONFIG
+from dealflow.config import STUCK_ATTEMPTS, STUCK_DYNAMIC_CONFIG, Settings
 from dealflow.storage import db
 from dealflow.storage.documents import LocalDirectoryStore
 from tests.support.stack import (
@@ -92,8 +92,12 @@ def database_url(tmp_session: Path) -> str:
 
 @pytest.fixture(scope="session")
 def store(tmp_session: Path) -> LocalDirectoryStore:
+    # Signed with the API's secret: the lender simulator fetches the funding
+    # documents through the stack's API (run_stack points the links at it).
     return LocalDirectoryStore(
-        tmp_session / "documents", signing_secret="test-secret", api_base_url="http://127.0.0.1:1"
+        tmp_session / "documents",
+        signing_secret=Settings().jwt_secret,
+        api_base_url="http://127.0.0.1:1",
     )
 
 

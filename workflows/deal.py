@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         MoneySummary,
         Notice,
         NotificationInput,
+        PackagedFundingDocument,
         ProjectionInput,
         Reason,
         ReconcileDisbursementInput,
@@ -206,6 +207,13 @@ FOLLOW_UP_FROM_DUE_DATE = "follow-up-from-due-date"
 # answers, clears, waives or rejects, and the package maps the answers.
 STIPULATION_LIFECYCLE = "stipulation-lifecycle"
 
+# Deals started before the funding package moved from LOAN_CONTRACT to
+# DISBURSEMENT on the signature and the repayment account alone, and their
+# disbursement request carried reference numbers only. From it on, the loan
+# contract also waits for the funding documents (signed loan contract,
+# insurance policy page, vehicle invoice: dealflow/rules/funding.py) and the
+# request carries them, each by hash with a link signed at every attempt.
+FUNDING_PACKAGE = "funding-package"
 # Deals started before a funded deal could be unwound registered no step to
 # repay the lender, release the mortgage or reverse the invoice, and had no
 # UNWINDING stage: they keep unwinding only a stalled disbursement. From it,
@@ -244,6 +252,7 @@ class DealWorkflow:
         self._approved_terms = workflow.patched(APPROVED_TERMS)
         self._follow_ups_from_due_date = workflow.patched(FOLLOW_UP_FROM_DUE_DATE)
         self._unwind_after_funding = workflow.patched(UNWIND_AFTER_FUNDING)
+        self._funding_package = workflow.patched(FUNDING_PACKAGE)
         if inp.state is None:
             # Recorded here, not in run(): an update that arrives with the start
             # runs its handler before run() begins and must find the deal started.
@@ -657,26 +666,25 @@ class DealWorkflow:
             assert (
                 self.state.loan_contract and self.state.insurance and self.state.repayment_account
             )
+            request = DisbursementRequestInput(
+                deal_id=self.inp.deal_id,
+                lender_id=sub.lender_id,
+                application_ref=sub.application_ref,
+                attempt=d.attempt,
+                request_id=rules.disbursement_request_id(self.inp.deal_id, d.attempt),
+                amount=view.financed_amount,
+                loan_contract_no=self.state.loan_contract.contract_no,
+                insurance_policy_no=self.state.insurance.policy_no,
+                first_beneficiary=self.state.insurance.first_beneficiary,
+                repayment_bank=self.state.repayment_account.bank_name,
+                mortgage_registration_no=self.state.mortgage.registration_no
+                if self.state.mortgage
+                else None,
+            )
+            if self._funding_package:
+                self._attach_funding_package(request, d)
             try:
-                await workflow.execute_activity(
-                    names.REQUEST_DISBURSEMENT,
-                    DisbursementRequestInput(
-                        deal_id=self.inp.deal_id,
-                        lender_id=sub.lender_id,
-                        application_ref=sub.application_ref,
-                        attempt=d.attempt,
-                        request_id=rules.disbursement_request_id(self.inp.deal_id, d.attempt),
-                        amount=view.financed_amount,
-                        loan_contract_no=self.state.loan_contract.contract_no,
-                        insurance_policy_no=self.state.insurance.policy_no,
-                        first_beneficiary=self.state.insurance.first_beneficiary,
-                        repayment_bank=self.state.repayment_account.bank_name,
-                        mortgage_registration_no=self.state.mortgage.registration_no
-                        if self.state.mortgage
-                        else None,
-                    ),
-                    **LENDER_CALL,
-                )
+                await workflow.execute_activity(names.REQUEST_DISBURSEMENT, request, **LENDER_CALL)
             except ActivityError as e:
                 d.status = "error"
                 d.failure_reason = _cause(e)
@@ -691,6 +699,17 @@ class DealWorkflow:
                 d.requested_at = workflow.now()
 
         return disburse
+
+    def _attach_funding_package(self, request: DisbursementRequestInput, d: Disbursement) -> None:
+        """The funding documents as this attempt sends them: the newest of each
+        kind, by storage key and hash (history holds no link); the activity
+        signs links lasting the stage's escalation plus a margin."""
+        package = rules.funding_package(self.state.documents)
+        request.funding_package = [PackagedFundingDocument.of(doc) for doc in package.values()]
+        request.links_expire_at = (
+            workflow.now() + self.policy.disbursement_escalate_after + DOCUMENT_LINK_MARGIN
+        )
+        d.funding_doc_ids = [doc.doc_id for doc in package.values()]
 
     def _compensate_fn(self, comp: Compensation) -> Callable[[], Awaitable[None]]:
         async def compensate() -> None:
@@ -1031,7 +1050,11 @@ class DealWorkflow:
                     self._set_stage(Stage.INSURANCE, "invoice issued", actor)
                 case Stage.INSURANCE if state.insurance:
                     self._set_stage(Stage.LOAN_CONTRACT, "insurance bound", actor)
-                case Stage.LOAN_CONTRACT if state.loan_contract and state.repayment_account:
+                case Stage.LOAN_CONTRACT if (
+                    state.loan_contract
+                    and state.repayment_account
+                    and rules.funding_complete(self._view().funding())
+                ):
                     if self._view().mortgage_before_funding:
                         self._set_stage(
                             Stage.REGISTRATION,
@@ -1876,6 +1899,7 @@ class DealWorkflow:
             stage_entered_at=self.state.stage_entered_at,
             lender_id=self._lender_id(),
             checklist=view.checklist(),
+            funding=view.funding(),
             documents=self.state.documents,
             pending=[] if self.state.stage.terminal else rules.pending_actions(view, due),
             submissions=self.state.submissions,
@@ -1928,6 +1952,7 @@ class DealWorkflow:
             dealer_dates=self._dealer_dates,
             terms_confirmation=self._approved_terms,
             follow_ups_from_due_date=self._follow_ups_from_due_date,
+            funding_package=self._funding_package,
             unwind_after_funding=self._unwind_after_funding,
         )
 

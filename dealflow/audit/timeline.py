@@ -474,6 +474,12 @@ def _disbursement_row(
         f"from {request.get('lender_id')} application {request.get('application_ref')}"
         f" attempt {request.get('attempt')} amount {format_money(request.get('amount'))}"
     )
+    # The funding package (deals with it): which documents, by hash.
+    package = request.get("funding_package") or []
+    if package:
+        details += "; documents: " + ", ".join(
+            f"{doc.get('kind')} {str(doc.get('sha256') or '')[:12]}…" for doc in package
+        )
     return builder.add(
         event, "lender", "dealflow (system)", "disbursement requested", details, {"activity": name}
     )

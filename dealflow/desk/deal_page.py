@@ -229,6 +229,17 @@ def upload_form(values: FormValues | None = None, detail: str = "") -> ActionFor
     )
 
 
+def funding_uploads(user: DeskUser, status: DealStatus) -> set[str]:
+    """The funding documents this user may upload in the deal's stage (the
+    rules may still ask for a stalled disbursement first)."""
+    return {
+        item.kind.value
+        for item in status.funding
+        if user.may(rules.DOCUMENT_ROLES[item.kind])
+        and status.stage in rules.document_stages(item.kind)
+    }
+
+
 def status_context(
     svc: Services,
     user: DeskUser,
@@ -247,6 +258,8 @@ def status_context(
         "money": deal_view.money_view(status),
         "checklist": checklist,
         "other_documents": other_documents,
+        "funding": deal_view.funding_rows(status),
+        "funding_uploads": funding_uploads(user, status),
         "stipulations_met": deal_view.stipulations_met(status),
         "conditions": deal_view.conditions(status),
         "unwind_steps": deal_view.unwind_steps(status),

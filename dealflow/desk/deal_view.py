@@ -27,6 +27,7 @@ from dealflow.models import (
     DealInput,
     DealStatus,
     DocumentRecord,
+    FundingItem,
     Instalment,
     LoanSchedule,
     MoneySummary,
@@ -247,8 +248,36 @@ def checklist_by_party(status: DealStatus) -> tuple[list[PartyChecklist], list[D
         if rows:
             groups.append(PartyChecklist(party, rows))
         matched |= {doc.doc_id for row in rows for doc in row.documents}
-    others = [doc for doc in status.documents if doc.doc_id not in matched]
-    return groups, others
+    return groups, documents_outside_the_lists(status, matched)
+
+
+@dataclass(frozen=True)
+class FundingRow:
+    """One document of the funding package as the documents region shows it."""
+
+    item: FundingItem
+    # The earlier uploads of its kind, replaced by the one the package carries.
+    replaced: list[DocumentRecord]
+
+
+def funding_rows(status: DealStatus) -> list[FundingRow]:
+    return [
+        FundingRow(
+            item,
+            [
+                doc
+                for doc in status.documents
+                if doc.kind is item.kind and item.document and doc.doc_id != item.document.doc_id
+            ],
+        )
+        for item in status.funding
+    ]
+
+
+def documents_outside_the_lists(status: DealStatus, matched: set[str]) -> list[DocumentRecord]:
+    """The documents neither the checklist nor the funding package shows."""
+    funding = {item.kind for item in status.funding}
+    return [d for d in status.documents if d.doc_id not in matched and d.kind not in funding]
 
 
 def stipulations_met(status: DealStatus) -> dict[str, bool]:

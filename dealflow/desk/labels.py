@@ -69,6 +69,9 @@ DOCUMENT_NAMES: dict[str, str] = {
     DocumentKind.HOUSEHOLD_REGISTER: N_("Household register"),
     DocumentKind.MARRIAGE_CERTIFICATE: N_("Marriage certificate"),
     DocumentKind.STIPULATION: N_("Lender stipulation"),
+    DocumentKind.SIGNED_LOAN_CONTRACT: N_("Signed loan contract"),
+    DocumentKind.INSURANCE_POLICY_PAGE: N_("Insurance policy page (lender first beneficiary)"),
+    DocumentKind.VEHICLE_INVOICE: N_("Vehicle invoice"),
 }
 
 PARTY_NAMES: dict[str, str] = {Party.APPLICANT: N_("Applicant"), Party.SPOUSE: N_("Spouse")}

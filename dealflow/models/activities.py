@@ -166,7 +166,52 @@ class SubmitToLenderResult(BaseModel):
     application_ref: str
 
 
-class DisbursementRequestInput(BaseModel):
+class FundingDocument(BaseModel):
+    """A document of the funding package as the lender gets it: what it is,
+    its hash and size to check the bytes by, and a link signed for this call."""
+
+    kind: str
+    sha256: str
+    size: int
+    content_type: str
+    url: str
+
+
+class PackagedFundingDocument(BaseModel):
+    """A funding document as history keeps it: where it is, not a link to it."""
+
+    doc_id: str
+    kind: str
+    sha256: str
+    size: int
+    content_type: str
+    storage_key: str
+
+    @classmethod
+    def of(cls, doc: DocumentRecord) -> PackagedFundingDocument:
+        return cls(
+            doc_id=doc.doc_id,
+            kind=doc.kind.value,
+            sha256=doc.sha256,
+            size=doc.size,
+            content_type=doc.content_type,
+            storage_key=doc.storage_key,
+        )
+
+    def signed(self, link: Callable[[str], str]) -> FundingDocument:
+        return FundingDocument(
+            kind=self.kind,
+            sha256=self.sha256,
+            size=self.size,
+            content_type=self.content_type,
+            url=link(self.storage_key),
+        )
+
+
+class DisbursementRequest(BaseModel):
+    """The body of a disbursement request as the lender gets it
+    (docs/architecture.md §3.5)."""
+
     deal_id: str
     lender_id: str
     application_ref: str
@@ -182,6 +227,40 @@ class DisbursementRequestInput(BaseModel):
     # The lender's mortgage registration, for a lender that funds only once it
     # is registered (None for the others, who are funded before registration).
     mortgage_registration_no: str | None = None
+    # The documents behind those numbers, each with a link signed for this
+    # call. Absent from requests of deals started before the funding package.
+    funding_package: list[FundingDocument] | None = None
+
+
+class DisbursementRequestInput(BaseModel):
+    """The disbursement activity's input, as history keeps it."""
+
+    deal_id: str
+    lender_id: str
+    application_ref: str
+    attempt: int
+    request_id: str = ""
+    amount: Decimal
+    loan_contract_no: str
+    insurance_policy_no: str
+    first_beneficiary: str
+    repayment_bank: str
+    mortgage_registration_no: str | None = None
+    # Deals with the funding package (patch `funding-package`): its documents
+    # by storage key; the activity signs a link to each at every attempt, to
+    # `links_expire_at` (absolute, so a retry signs to the same end).
+    funding_package: list[PackagedFundingDocument] | None = None
+    links_expire_at: datetime | None = None
+
+    def for_lender(self, link: Callable[[str], str]) -> DisbursementRequest:
+        """The request as the lender gets it, `link(storage_key)` giving each URL;
+        without a funding package, the same body as before it existed."""
+        figures = self.model_dump(exclude={"funding_package", "links_expire_at"})
+        if self.funding_package is None:
+            return DisbursementRequest(**figures)
+        return DisbursementRequest(
+            **figures, funding_package=[d.signed(link) for d in self.funding_package]
+        )
 
 
 class WithdrawInput(BaseModel):

@@ -53,6 +53,11 @@ class DocumentKind(StrEnum):
     MARRIAGE_CERTIFICATE = "marriage_certificate"
     # Documents a lender asks for in its stipulations.
     STIPULATION = "stipulation"
+    # The funding package: what the lender receives before it pays out
+    # (dealflow/rules/funding.py), each from the team that produced it.
+    SIGNED_LOAN_CONTRACT = "signed_loan_contract"
+    INSURANCE_POLICY_PAGE = "insurance_policy_page"
+    VEHICLE_INVOICE = "vehicle_invoice"
 
 
 class Actor(Strict):

@@ -200,6 +200,9 @@ class Disbursement(BaseModel):
     mismatch: str | None = None
     # Recorded by finance from the bank statement (reconcile-disbursement).
     reconciled: str | None = None
+    # The funding documents this request carried (doc ids), newest of each
+    # kind when it was sent; empty for deals without the funding package.
+    funding_doc_ids: list[str] = Field(default_factory=list)
 
 
 CompensationKind = Literal[

@@ -31,6 +31,17 @@ class ChecklistItem(BaseModel):
     stipulation_code: str | None = None
 
 
+class FundingItem(BaseModel):
+    """One document of the funding package: who uploads it, and the upload
+    the disbursement request carries (the newest of its kind), if any."""
+
+    kind: DocumentKind
+    label: str
+    role: Role
+    satisfied: bool
+    document: DocumentRecord | None = None
+
+
 class PendingAction(BaseModel):
     action: str
     role: Role
@@ -83,6 +94,8 @@ class DealStatus(BaseModel):
     # comes before DISBURSEMENT.
     mortgage_before_funding: bool = False
     money: MoneySummary
+    # The funding package, for deals started with it (dealflow/rules/funding.py).
+    funding: list[FundingItem] = Field(default_factory=list)
     # The approved terms' repayment schedule, once a lender approved with a rate.
     loan: LoanSchedule | None = None
     transitions: list[Transition]

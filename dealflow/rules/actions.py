@@ -46,10 +46,20 @@ from dealflow.models import (
     fmt_money,
     money,
 )
-from dealflow.rules.documents import checklist_complete, describe_missing, validate_document
+from dealflow.rules.documents import (
+    checklist_complete,
+    describe_missing,
+    find_duplicate,
+    validate_document,
+)
 from dealflow.rules.errors import RuleError, conflict, invalid
+from dealflow.rules.funding import (
+    check_document_stage,
+    funding_document_problem,
+    is_funding_document,
+)
 from dealflow.rules.money import required_down_payment
-from dealflow.rules.permissions import check_role, check_stage
+from dealflow.rules.permissions import check_document_role, check_role, check_stage
 from dealflow.rules.schedule import loan_schedule
 from dealflow.rules.stipulations import collecting, find_condition, stipulation_problem
 from dealflow.rules.unwind import funded_disbursement, unwind_step_problem
@@ -88,6 +98,20 @@ def _sales_contract_routed_with_agreed_down_payment(
 
 
 def _document_valid(inp: RecordDocumentInput, view: DealView) -> None:
+    check_document_role(inp.kind, inp.actor)
+    if is_funding_document(inp.kind):
+        # The same file again (a retry whose first answer was lost, the deal
+        # gone on to DISBURSEMENT with it) changes nothing: no need to wait.
+        already = find_duplicate(view.state, inp)
+        repeat = already is not None and already.kind is inp.kind
+        stalled = repeat or stalled_disbursement(view.state) is not None
+        problem = funding_document_problem(
+            inp.kind, view.state.stage, view.funding_package, stalled
+        )
+        if problem is not None:
+            raise problem
+    else:
+        check_document_stage(inp.kind, view.state.stage)
     validate_document(view.deal, view.state, view.policy, inp, view.today)
 
 

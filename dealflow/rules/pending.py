@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from dealflow.models import Action, PendingAction, Role, Stage, fmt_money
+from dealflow.models import Action, DocumentKind, PendingAction, Role, Stage, fmt_money
 from dealflow.rules.documents import checklist_complete, describe_missing
+from dealflow.rules.funding import funding_uploader, is_funding_document
 from dealflow.rules.money import required_down_payment
 from dealflow.rules.permissions import ACTION_ROLES
 from dealflow.rules.schedule import loan_schedule
@@ -25,6 +26,14 @@ _OWNER: dict[Action, Role] = {
 
 def owner_role(action: Action) -> Role:
     return _OWNER.get(action) or sorted(ACTION_ROLES[action])[0]
+
+
+def document_uploader(kind: DocumentKind) -> Role:
+    """Whose desk an upload of `kind` lands on: a funding document's own team,
+    the customer's documents sales."""
+    return (
+        funding_uploader(kind) if is_funding_document(kind) else owner_role(Action.RECORD_DOCUMENT)
+    )
 
 
 def pending_actions(view: DealView, due: datetime | None) -> list[PendingAction]:
@@ -108,7 +117,22 @@ def _loan_contract(view: DealView, due: datetime | None) -> list[PendingAction]:
             f"{fmt_money(schedule.total_repayable)} in all"
         )
         steps.insert(1, (state.loan_terms_confirmed, Action.CONFIRM_LOAN_TERMS, what))
-    return [_staff(action, what, due) for done, action, what in steps if done is None]
+    pending = [_staff(action, what, due) for done, action, what in steps if done is None]
+    return pending + _funding_documents(view, due)
+
+
+def _funding_documents(view: DealView, due: datetime | None) -> list[PendingAction]:
+    """The funding package's missing documents, each on its uploader's desk."""
+    return [
+        PendingAction(
+            action=Action.RECORD_DOCUMENT.value,
+            role=item.role,
+            what=f"upload the {item.label} ({item.kind.value}) for the funding package",
+            due=due,
+        )
+        for item in view.funding()
+        if not item.satisfied
+    ]
 
 
 def _disbursement(view: DealView, due: datetime | None) -> list[PendingAction]:

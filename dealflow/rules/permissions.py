@@ -6,16 +6,30 @@ from dealflow.models import (
     STAGE_ORDER,
     Action,
     Actor,
+    DocumentKind,
     Role,
     Stage,
 )
 from dealflow.rules.errors import RuleError, conflict
 
+# Who records each document: the customer's documents, sales and credit, who
+# collect them; each document of the funding package, the team whose step it
+# evidences (docs/architecture.md, "the funding package").
+_FUNDING_DOCUMENT_ROLES: dict[DocumentKind, frozenset[Role]] = {
+    DocumentKind.SIGNED_LOAN_CONTRACT: frozenset({Role.CREDIT}),
+    DocumentKind.INSURANCE_POLICY_PAGE: frozenset({Role.INSURANCE}),
+    DocumentKind.VEHICLE_INVOICE: frozenset({Role.FINANCE}),
+}
+DOCUMENT_ROLES: dict[DocumentKind, frozenset[Role]] = {
+    kind: _FUNDING_DOCUMENT_ROLES.get(kind, frozenset({Role.SALES, Role.CREDIT}))
+    for kind in DocumentKind
+}
+
 # Who may do what: the one permission table (README shows it). `admin` may do
 # everything; `auditor` only reads.
 ACTION_ROLES: dict[Action, frozenset[Role]] = {
     Action.SIGN_SALES_CONTRACT: frozenset({Role.SALES}),
-    Action.RECORD_DOCUMENT: frozenset({Role.SALES, Role.CREDIT}),
+    Action.RECORD_DOCUMENT: frozenset().union(*DOCUMENT_ROLES.values()),
     Action.SUBMIT_APPLICATION: frozenset({Role.CREDIT}),
     Action.ACCEPT_COUNTER_OFFER: frozenset({Role.CREDIT}),
     Action.DECLINE_COUNTER_OFFER: frozenset({Role.CREDIT}),
@@ -74,8 +88,11 @@ def check_role(action: Action, actor: Actor) -> None:
 _PRE_DISBURSEMENT = frozenset(STAGE_ORDER[: STAGE_ORDER.index(Stage.DISBURSEMENT)])
 ACTION_STAGES: dict[Action, frozenset[Stage]] = {
     Action.SIGN_SALES_CONTRACT: frozenset({Stage.CONTRACT}),
+    # The customer's documents up to underwriting, the funding package's from
+    # the stage of each one's fact to disbursement (rules.check_document_stage).
     Action.RECORD_DOCUMENT: frozenset(
-        {Stage.CONTRACT, Stage.DOCUMENTS, Stage.APPLICATION, Stage.UNDERWRITING}
+        STAGE_ORDER[: STAGE_ORDER.index(Stage.DOWN_PAYMENT)]
+        + STAGE_ORDER[STAGE_ORDER.index(Stage.INVOICING) : STAGE_ORDER.index(Stage.REGISTRATION)]
     ),
     Action.SUBMIT_APPLICATION: frozenset({Stage.APPLICATION}),
     Action.ACCEPT_COUNTER_OFFER: frozenset({Stage.UNDERWRITING}),
@@ -107,6 +124,16 @@ ACTION_STAGES: dict[Action, frozenset[Stage]] = {
     Action.WAIVE_STIPULATION: frozenset({Stage.DOCUMENTS}),
     Action.REJECT_STIPULATION_DOCUMENT: frozenset({Stage.DOCUMENTS}),
 }
+
+
+def check_document_role(kind: DocumentKind, actor: Actor) -> None:
+    allowed = DOCUMENT_ROLES[kind]
+    if actor.role is not Role.ADMIN and actor.role not in allowed:
+        names = ", ".join(sorted(r.value for r in allowed | {Role.ADMIN}))
+        raise RuleError(
+            "forbidden",
+            f"role '{actor.role.value}' may not record-document of {kind.value}; allowed: {names}",
+        )
 
 
 # Why an action is refused in a stage, where the stage alone says more than

@@ -14,6 +14,7 @@ from dealflow.models import (
     DealState,
     Decision,
     Disbursement,
+    FundingItem,
     LenderRef,
     LoanTerms,
     RepaymentMethod,
@@ -22,6 +23,7 @@ from dealflow.models import (
 )
 from dealflow.rules.dates import dealer_date
 from dealflow.rules.documents import checklist
+from dealflow.rules.funding import funding_checklist
 
 
 def stalled_disbursement(state: DealState) -> Disbursement | None:
@@ -78,6 +80,10 @@ class DealView:
     # Whether a follow-up call is taken only from its due date: deals started
     # before took it at any time (patch "follow-up-from-due-date").
     follow_ups_from_due_date: bool = False
+    # Whether the loan contract waits for the funding package and the
+    # disbursement request carries it: deals started before sent reference
+    # numbers only (patch "funding-package").
+    funding_package: bool = False
     # Whether a funded deal may be unwound before delivery: deals started
     # before registered no lender repayment (patch "unwind-after-funding").
     unwind_after_funding: bool = False
@@ -154,6 +160,9 @@ class DealView:
             if submitted is not None:
                 return self.date_of(submitted)
         return self.today
+
+    def funding(self) -> list[FundingItem]:
+        return funding_checklist(self.state.documents) if self.funding_package else []
 
     def checklist(self) -> list[ChecklistItem]:
         return checklist(self.deal, self.state, self.policy, self.checklist_as_of())

@@ -9,9 +9,15 @@ Lender side of docs/architecture.md §3.5, one process for every lender of the l
     POST /lenders/{lender_id}/applications/{ref}/repayment               -> 200 {repayment_ref}
 
 A request under an Idempotency-Key already used is the same one, answered as the
-first was, when its body matches; for an application "matches" leaves out the
-documents' `url`s (`inbound.application_fingerprint`), because DealFlow signs
-the links afresh at every attempt. Another body under a used key is 422.
+first was, when its body matches; for an application or a disbursement request
+"matches" leaves out the documents' `url`s (`inbound.application_fingerprint`,
+`inbound.disbursement_fingerprint`), because DealFlow signs the links afresh at
+every attempt. Another body under a used key is 422.
+
+A new disbursement request's `funding_package` is checked (funding.py): each
+document fetched by its link and matched to its sha256 and size; a missing or
+different document is 422 naming it. A request without a package is taken as
+before, unless the lender or the deal's script requires one.
 
 Test/demo controls:
 
@@ -34,19 +40,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import httpx
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dealflow.models import ApplicationPackage, DisbursementRequestInput
+from dealflow.models import ApplicationPackage, DisbursementRequest
 from sim.lender.config import SimConfig
 from sim.lender.delivery import Dispatcher
 from sim.lender.faults import Endpoint, FaultRule, Faults, FaultsBody, hold
+from sim.lender.funding import check_funding_package
 from sim.lender.inbound import (
     RepaymentBody,
     WithdrawalBody,
     application_fingerprint,
+    disbursement_fingerprint,
     idempotency_key,
     parse_body,
 )
@@ -63,6 +72,8 @@ def create_app(config: SimConfig) -> FastAPI:
     sim = LenderSim(config, ledger)
     dispatcher = Dispatcher(config, ledger)
     faults = Faults()
+    # Fetches the funding documents of disbursement requests by their links.
+    http = httpx.AsyncClient(timeout=config.delivery_timeout)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,6 +83,7 @@ def create_app(config: SimConfig) -> FastAPI:
             yield
         finally:
             await dispatcher.stop()
+            await http.aclose()
             ledger.close()
 
     app = FastAPI(
@@ -93,7 +105,7 @@ def create_app(config: SimConfig) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.include_router(_lender_api(sim, ledger, dispatcher, faults))
+    app.include_router(_lender_api(sim, ledger, dispatcher, faults, http))
     app.include_router(_controls(sim, ledger, dispatcher, faults))
     return app
 
@@ -149,7 +161,7 @@ async def _under_faults(
 
 
 def _lender_api(
-    sim: LenderSim, ledger: Ledger, dispatcher: Dispatcher, faults: Faults
+    sim: LenderSim, ledger: Ledger, dispatcher: Dispatcher, faults: Faults, http: httpx.AsyncClient
 ) -> APIRouter:
     """The lender side of docs/architecture.md §3.5, what DealFlow's activities call."""
     router = APIRouter()
@@ -177,9 +189,17 @@ def _lender_api(
     async def request_disbursement(lender_id: str, ref: str, request: Request) -> JSONResponse:
         sim.lender(lender_id)
         key = idempotency_key(request)
-        req, digest = parse_body(DisbursementRequestInput, await request.body())
+        req, _ = parse_body(DisbursementRequest, await request.body())
+        digest = disbursement_fingerprint(req)
 
         async def handle() -> JSONResponse:
+            # A new request's documents are fetched and checked before it is
+            # recorded; a repeat is answered as the first was.
+            if not await asyncio.to_thread(sim.is_repeat_disbursement, lender_id, key):
+                required = await asyncio.to_thread(
+                    sim.funding_package_required, lender_id, req.deal_id
+                )
+                await check_funding_package(http, req, required)
             request_id, _ = await _run_and_wake(
                 dispatcher, sim.request_disbursement, lender_id, ref, key, req, digest
             )

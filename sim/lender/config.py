@@ -33,6 +33,9 @@ class SimConfig(BaseModel):
     default_apr: Apr = DEFAULT_APR
     # Per-lender APR (percent per year), overriding default_apr.
     apr: dict[str, Apr] = Field(default_factory=dict)
+    # Lenders that pay out only against a funding package (a deal's script
+    # may say otherwise); the others take a request without one as before.
+    funding_package_required: list[str] = Field(default_factory=list)
     # Outbound webhook retries: exponential backoff until a 2xx.
     retry_initial: Annotated[float, Field(gt=0)] = 0.5
     retry_factor: Annotated[float, Field(ge=1)] = 2.0

@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dealflow.models import ApplicationPackage
+from dealflow.models import ApplicationPackage, DisbursementRequest
 from sim.lender.problems import Problem, validation_errors
 
 M = TypeVar("M", bound=BaseModel)
@@ -59,6 +59,19 @@ def application_fingerprint(package: ApplicationPackage) -> str:
     data = package.model_dump(mode="json")
     for document in data["documents"]:
         del document["url"]
+    return _canonical_hash(data)
+
+
+def disbursement_fingerprint(req: DisbursementRequest) -> str:
+    """What makes two disbursement requests under one Idempotency-Key the same:
+    the whole request except the funding documents' links, signed afresh at
+    every attempt. A request without a package hashes as before it existed."""
+    data = req.model_dump(mode="json")
+    if data["funding_package"] is None:
+        del data["funding_package"]
+    else:
+        for document in data["funding_package"]:
+            del document["url"]
     return _canonical_hash(data)
 
 

@@ -71,6 +71,8 @@ class ExtraEvent(_Strict):
 class Script(_Strict):
     lenders: dict[str, list[DecisionStep]] = Field(default_factory=dict)
     disbursements: list[DisbursementStep] = Field(default_factory=list)
+    # Pay out only against a funding package (unset: as the lender is configured).
+    require_funding_package: bool | None = None
     decision_delay: Delay | None = None
     extra_events: list[ExtraEvent] = Field(default_factory=list)
     # Refuse a repayment of this deal (409) with this reason: a lender

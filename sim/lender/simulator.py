@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dealflow.config import LenderConfig
-from dealflow.models import ApplicationPackage, DisbursementRequestInput, money
+from dealflow.models import ApplicationPackage, DisbursementRequest, money
 from sim.lender import underwriting
 from sim.lender.config import SimConfig
 from sim.lender.delivery import build_body
@@ -62,7 +62,7 @@ def _next_disbursement_step(
 def _disbursement_event(
     app: dict[str, Any],
     ref: str,
-    req: DisbursementRequestInput,
+    req: DisbursementRequest,
     step: DisbursementStep | None,
     result: str,
     at: datetime,
@@ -361,7 +361,7 @@ class LenderSim:
     # ------------------------------------------------------------------ disbursements
 
     def request_disbursement(
-        self, lender_id: str, ref: str, key: str, req: DisbursementRequestInput, body_hash: str
+        self, lender_id: str, ref: str, key: str, req: DisbursementRequest, body_hash: str
     ) -> tuple[str, bool]:
         """Record a disbursement request and schedule its result: (request id, newly created)."""
         self.lender(lender_id)
@@ -425,8 +425,18 @@ class LenderSim:
                 self.ledger.save_script_state(app["deal_id"], state)
             return request_id, True
 
+    def funding_package_required(self, lender_id: str, deal_id: str) -> bool:
+        """Whether this lender pays this deal out only against a funding package."""
+        script, _ = self._script(deal_id)
+        if script is not None and script.require_funding_package is not None:
+            return script.require_funding_package
+        return lender_id in self.config.funding_package_required
+
+    def is_repeat_disbursement(self, lender_id: str, key: str) -> bool:
+        return self.ledger.find_disbursement(lender_id, key) is not None
+
     def _disbursable_application(
-        self, lender_id: str, ref: str, req: DisbursementRequestInput
+        self, lender_id: str, ref: str, req: DisbursementRequest
     ) -> dict[str, Any]:
         """The application a disbursement request names: known, not withdrawn, approved, and
         matching the request; a Problem otherwise."""

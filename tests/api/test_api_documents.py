@@ -454,9 +454,13 @@ async def test_who_may_upload_and_read(local: ApiStack) -> None:
     assert r.status_code == 201, r.text
     doc_id = r.json()["doc_id"]
     url = f"/api/deals/{desk.deal_id}/documents"
-    for role in (Role.FINANCE, Role.INSURANCE, Role.REGISTRATION, Role.DELIVERY, Role.AUDITOR):
+    for role in (Role.REGISTRATION, Role.DELIVERY, Role.AUDITOR):
         r = await desk.upload(_doc("proof_of_residence"), pdf("residence"), role=role)
         problem(r, 403, f"'{role.value}' may not upload documents")
+    # Finance and insurance upload their funding documents, not the customer's.
+    for role in (Role.FINANCE, Role.INSURANCE):
+        r = await desk.upload(_doc("proof_of_residence"), pdf("residence"), role=role)
+        problem(r, 403, f"'{role.value}' may not record-document of proof_of_residence")
     for role in (Role.FINANCE, Role.INSURANCE, Role.REGISTRATION, Role.DELIVERY):
         problem(await stack.http(role).get(f"{url}/{doc_id}"), 403, "may not read documents")
         problem(await stack.http(role).get(url), 403, "may not read documents")

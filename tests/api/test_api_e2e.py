@@ -22,7 +22,7 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from dealflow.models import Role
+from dealflow.models import DocumentKind, Role
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack, policy_file
 
 ACME = "Acme Auto Finance Co., Ltd."
@@ -50,6 +50,21 @@ class Clerk(HttpDesk):
 
     async def step(self, action: str, role: Role, **changes: Any) -> dict[str, Any]:
         return await self.ok(action, role, **changes)
+
+    async def uploaded(self, kind: DocumentKind) -> dict[str, Any]:
+        r = await self.upload_funding(kind)
+        assert r.status_code == 201, f"{kind}: {r.status_code} {r.text}"
+        return dict(r.json()["status"])
+
+    async def upload_refused(
+        self, kind: DocumentKind, status: int, detail: str, role: Role | None = None
+    ) -> None:
+        before = await self.status()
+        r = await self.upload_funding(kind, role=role)
+        assert r.status_code == status, f"{kind}: {r.status_code} {r.text}"
+        assert detail in r.json()["detail"]
+        after = await self.status()
+        assert after["documents"] == before["documents"]
 
     async def refused(
         self, action: str, role: Role, status: int, detail: str, **changes: Any
@@ -134,6 +149,13 @@ async def test_a_deal_from_creation_to_completion_over_http(stack: ApiStack) -> 
     )
     st = await clerk.step("record-invoice", Role.FINANCE)
     assert st["stage"] == "INSURANCE"
+    await clerk.uploaded(DocumentKind.VEHICLE_INVOICE)
+    await clerk.upload_refused(
+        DocumentKind.SIGNED_LOAN_CONTRACT,
+        409,
+        "signed_loan_contract evidences the loan contract (sign-loan-contract), recorded in "
+        "LOAN_CONTRACT; the deal is in INSURANCE (accepted in LOAN_CONTRACT, DISBURSEMENT)",
+    )
     await clerk.refused(
         "record-insurance",
         Role.INSURANCE,
@@ -143,6 +165,13 @@ async def test_a_deal_from_creation_to_completion_over_http(stack: ApiStack) -> 
     )
     st = await clerk.step("record-insurance", Role.INSURANCE, first_beneficiary=ACME)
     assert st["stage"] == "LOAN_CONTRACT"
+    await clerk.upload_refused(
+        DocumentKind.INSURANCE_POLICY_PAGE,
+        403,
+        "role 'sales' may not record-document of insurance_policy_page; allowed: admin, insurance",
+        role=Role.SALES,
+    )
+    await clerk.uploaded(DocumentKind.INSURANCE_POLICY_PAGE)
     await clerk.refused(
         "sign-loan-contract",
         Role.CREDIT,
@@ -169,6 +198,10 @@ async def test_a_deal_from_creation_to_completion_over_http(stack: ApiStack) -> 
     )
     await clerk.step("confirm-loan-terms", Role.CREDIT)
     st = await clerk.step("sign-loan-contract", Role.CREDIT)
+    assert st["stage"] == "LOAN_CONTRACT", "the funding package lacks the signed contract"
+    assert [(p["action"], p["role"]) for p in st["pending"]] == [("record-document", "credit")]
+    assert "signed_loan_contract" in st["pending"][0]["what"]
+    st = await clerk.uploaded(DocumentKind.SIGNED_LOAN_CONTRACT)
     assert st["stage"] == "DISBURSEMENT"
 
     # The simulator disburses and confirms by webhook.
@@ -178,7 +211,7 @@ async def test_a_deal_from_creation_to_completion_over_http(stack: ApiStack) -> 
         "cancel",
         Role.SALES,
         409,
-        "cancel is not allowed in stage REGISTRATION",
+        "the lender has funded the loan: cancel is possible only until the disbursement",
         reason="the money has been paid out",
     )
     await clerk.refused(

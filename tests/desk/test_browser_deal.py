@@ -17,6 +17,7 @@ thread (`in_browser`), the test's own checks over HTTP between them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -32,8 +33,14 @@ from temporalio.testing import WorkflowEnvironment
 
 from dealflow.config import DEV_JWT_SECRET
 from dealflow.desk.labels import STAGE_NAMES
-from dealflow.models import Role, Stage
-from dealflow.samples import dealer_today, example_action, example_deal, sample_documents
+from dealflow.models import DocumentKind, Role, Stage
+from dealflow.samples import (
+    dealer_today,
+    example_action,
+    example_deal,
+    funding_document,
+    sample_documents,
+)
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack, multipart_fields, policy_file
 from tests.support.browser import NARROW, WIDE, headless_chrome, screenshot
 from tests.support.desk_clerk import Desk, in_browser
@@ -204,7 +211,17 @@ def not_yours(desk: Desk, deal_id: str) -> str:
     return desk.text("#action-confirm-down-payment [data-testid=form-error]")
 
 
-def finance_and_insurance(desk: Desk, deal_id: str) -> None:
+def upload_funding(desk: Desk, deal_id: str, kind: DocumentKind, folder: Path) -> None:
+    """A funding document through the upload form, as its own team does."""
+    document = funding_document(deal_id, kind)
+    file = folder / str(document["file_name"])
+    file.write_bytes(document["data"])
+    desk.upload(multipart_fields(document), file)
+    row = f"[data-testid=funding-{kind.value}] [data-testid=sha256]"
+    assert desk.text(row) == hashlib.sha256(document["data"]).hexdigest()[:12] + "…"
+
+
+def finance_and_insurance(desk: Desk, deal_id: str, folder: Path) -> None:
     desk.sign_in("chen.finance", "finance")
     open_from_my_work(desk, deal_id, "confirm-down-payment", shot="desk-my-work")
     shoot(desk, "desk-deal-down-payment")
@@ -212,18 +229,23 @@ def finance_and_insurance(desk: Desk, deal_id: str) -> None:
     assert "45,000.00" in desk.text("[data-testid=money]")
     desk.act("record-invoice", action("record-invoice"))
     assert desk.text(STAGE) == STAGE_NAMES[Stage.INSURANCE]
+    upload_funding(desk, deal_id, DocumentKind.VEHICLE_INVOICE, folder)
     desk.sign_in("sun.insurance", "insurance")
     open_from_my_work(desk, deal_id, "record-insurance")
     desk.act("record-insurance", action("record-insurance"))
     assert desk.text(STAGE) == STAGE_NAMES[Stage.LOAN_CONTRACT]
+    upload_funding(desk, deal_id, DocumentKind.INSURANCE_POLICY_PAGE, folder)
     desk.sign_in("wang.credit", "credit")
     open_from_my_work(desk, deal_id, "record-repayment-account")
     desk.act("record-repayment-account", action("record-repayment-account"))
     assert "115,853.20" in desk.text("[data-testid=total-repayable]")
     desk.act("confirm-loan-terms", action("confirm-loan-terms"))
     desk.act("sign-loan-contract", action("sign-loan-contract"))
-    assert desk.text(STAGE) == STAGE_NAMES[Stage.DISBURSEMENT]
-    assert "lender moves next" in desk.text("#deal-actions")
+    assert desk.text(STAGE) == STAGE_NAMES[Stage.LOAN_CONTRACT], "the signed copy is not in yet"
+    upload_funding(desk, deal_id, DocumentKind.SIGNED_LOAN_CONTRACT, folder)
+    desk.wait_for_text(STAGE, STAGE_NAMES[Stage.DISBURSEMENT])
+    # The upload refreshed the stage; the live poll brings the actions.
+    desk.wait_for_text("#deal-actions", "lender moves next", seconds=LIVE_SECONDS)
 
 
 def disbursed_live(desk: Desk, deal_id: str) -> None:
@@ -349,7 +371,7 @@ async def test_every_role_takes_a_deal_to_completed_in_the_browser(
     assert "role 'credit' may not confirm-down-payment" in detail
     await assert_unchanged(office, before)
 
-    await in_browser(lambda: finance_and_insurance(desk, office.deal_id))
+    await in_browser(lambda: finance_and_insurance(desk, office.deal_id, tmp_path))
     await in_browser(lambda: disbursed_live(desk, office.deal_id))
     assert (await office.status())["stage"] == "REGISTRATION"
 

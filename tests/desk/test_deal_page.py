@@ -18,8 +18,8 @@ from dealflow import client as deals
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.config import DEV_JWT_SECRET
-from dealflow.models import Actor, DealInput, DealPolicy, Role
-from dealflow.samples import dealer_today, example_deal, sample_documents
+from dealflow.models import Actor, DealInput, DealPolicy, DocumentKind, Role
+from dealflow.samples import dealer_today, example_deal, funding_document, sample_documents
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack, multipart_fields
 from tests.support.desk import browser, sign_in
 from tests.support.servers import serve_async
@@ -261,8 +261,58 @@ async def test_sales_uploads_through_the_desk_form_and_downloads_it(stack: ApiSt
         files={"file": (doc["file_name"], doc["data"], "image/jpeg")},
     )
     assert refused.status_code == 403
-    assert "may not upload documents" in section(refused.text, "upload")
+    assert "may not record-document of id_card" in section(refused.text, "upload")
     assert len((await desk.status())["documents"]) == 1
+
+
+async def test_the_funding_package_is_shown_and_uploaded_by_each_team_through_the_desk(
+    stack: ApiStack,
+) -> None:
+    """In LOAN_CONTRACT the documents region lists the funding package: what
+    is missing, who uploads it (an upload link for that team only); an upload
+    through the form shows its sha256 prefix, uploader and time."""
+    desk = HttpDesk(stack)
+    await desk.start()
+    await desk.to_down_payment()
+    await desk.ok("confirm-down-payment", Role.FINANCE)
+    await desk.ok("record-invoice", Role.FINANCE)
+    legal = stack.lenders["acme-auto-finance"].legal_name
+    await desk.ok("record-insurance", Role.INSURANCE, first_beneficiary=legal)
+    insurance, csrf = await signed_in(stack, "insurance", "ins.desk")
+    page = (await insurance.get(f"/desk/deals/{desk.deal_id}")).text
+    funding = section(page, "deal-documents")
+    assert "Funding package" in funding
+    policy = funding[funding.index('data-testid="funding-insurance_policy_page"') :]
+    assert "kind=insurance_policy_page" in policy.split("</li>")[0]
+    assert "kind=signed_loan_contract" not in funding, "credit's, not insurance's"
+
+    doc = funding_document(desk.deal_id, DocumentKind.INSURANCE_POLICY_PAGE)
+    response = await insurance.post(
+        f"/desk/deals/{desk.deal_id}/documents",
+        data={"csrf": csrf, **multipart_fields(doc)},
+        files={"file": (doc["file_name"], doc["data"], "application/pdf")},
+    )
+    assert response.status_code == 303, response.text
+    shown = section((await insurance.get(response.headers["location"])).text, "deal-documents")
+    [recorded] = [
+        d for d in (await desk.status())["documents"] if d["kind"] == "insurance_policy_page"
+    ]
+    row = shown[shown.index('data-testid="funding-insurance_policy_page"') :].split("</ul>")[0]
+    assert f"{recorded['sha256'][:12]}…" in row
+    assert "ins.desk/insurance" in row and doc["file_name"] in row
+
+    refused = await insurance.post(
+        f"/desk/deals/{desk.deal_id}/documents",
+        data={"csrf": csrf, "kind": "vehicle_invoice", "party": "applicant"},
+        files={"file": ("invoice.pdf", doc["data"], "application/pdf")},
+    )
+    assert refused.status_code == 403
+    assert "may not record-document of vehicle_invoice" in section(refused.text, "upload")
+
+    zh = await insurance.get(
+        f"/desk/deals/{desk.deal_id}", headers={"Accept-Language": "zh-CN,zh;q=0.9"}
+    )
+    assert "放款资料包" in section(zh.text, "deal-documents")
 
 
 async def test_a_refused_upload_says_why_beside_the_form_and_records_nothing(

@@ -30,7 +30,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from dealflow import client as deals
 from dealflow import rules
-from dealflow.models import Actor, DealPolicy, DealStatus, Role, Stage
+from dealflow.config import Settings
+from dealflow.models import Actor, DealPolicy, DealStatus, DocumentKind, Role, Stage
 from dealflow.samples import example_deal, stipulation_document
 from dealflow.storage import db
 from dealflow.storage.documents import LocalDirectoryStore
@@ -247,6 +248,39 @@ async def funded_then_unwound(d: Desk) -> None:
         await d.do("record-unwind-step", actor, step=step, reference=f"EV-{step}", note=None)
 
 
+async def funding_document_replaced_then_unwound(d: Desk) -> None:
+    """The funding package (patch "funding-package"): the lender refuses the
+    request because the invoice's bytes are not the ones named; finance
+    uploads a replacement and retries; that request fails at the bank twice,
+    and the stalled deal is unwound."""
+    await d.start(script={"disbursements": [{"result": "failed"}, {"result": "failed"}]})
+    await d.through_underwriting()
+    await d.do("confirm-down-payment")
+    await d.do("record-invoice")
+    await d.upload_funding(DocumentKind.VEHICLE_INVOICE)
+    await d.do("record-insurance", first_beneficiary=await d.lender_legal_name())
+    await d.upload_funding(DocumentKind.INSURANCE_POLICY_PAGE)
+    await d.do("record-repayment-account")
+    await d.confirm_loan_terms()
+    await d.do("sign-loan-contract")
+    invoice = next(
+        doc for doc in (await d.status()).documents if doc.kind is DocumentKind.VEHICLE_INVOICE
+    )
+    assert isinstance(d.store, LocalDirectoryStore)
+    path = d.store._path(invoice.storage_key)
+    path.write_bytes(path.read_bytes()[:-2] + b"X\n")
+    await d.upload_funding(DocumentKind.SIGNED_LOAN_CONTRACT)
+    await d.wait_until(lambda s: s.disbursements[-1].status == "error", "the lender's refusal")
+    await d.upload_funding(DocumentKind.VEHICLE_INVOICE, version=2)
+    finance = Actor(staff_id="finance-01", role=Role.FINANCE)
+    await d.do("retry-disbursement", finance, reason="invoice scanned again")
+    await d.wait_until(
+        lambda s: len(s.disbursements) == 3 and s.disbursements[-1].status == "failed",
+        "the last attempt to fail",
+    )
+    await d.do("unwind", finance, reason="the bank refuses the payout")
+
+
 async def contract_expired(d: Desk) -> None:
     await d.start()
 
@@ -293,6 +327,7 @@ SCENARIOS: dict[str, Callable[[Desk], Awaitable[None]]] = {
     "withdrawal_refused_then_cancelled": withdrawal_refused,
     "mortgage_before_funding_delivering": mortgage_before_funding,
     "funded_then_unwound": funded_then_unwound,
+    "funding_document_replaced_then_unwound": funding_document_replaced_then_unwound,
     "contract_expired": contract_expired,
     "all_declined": all_declined,
     "continued_as_new": continued_as_new,
@@ -316,8 +351,11 @@ async def main() -> None:
         tmp_path = Path(tmp)
         url = f"sqlite:///{tmp_path / 'dealflow.db'}"
         db.migrate(url)
+        # The API's secret: the lender fetches the funding documents through it.
         store = LocalDirectoryStore(
-            tmp_path / "docs", signing_secret="s", api_base_url="http://127.0.0.1:1"
+            tmp_path / "docs",
+            signing_secret=Settings().jwt_secret,
+            api_base_url="http://127.0.0.1:1",
         )
         async with run_stack(env, url, store, tmp_path) as stack:
             for name, scenario in SCENARIOS.items():

@@ -442,3 +442,98 @@ def test_content_type_is_sniffed_from_the_bytes() -> None:
     assert rules.sniff_content_type(b"\xff\xd8\xff\xe0") == "image/jpeg"
     assert rules.sniff_content_type(b"\x89PNG\r\n\x1a\n...") == "image/png"
     assert rules.sniff_content_type(b"GIF89a") == "application/octet-stream"
+
+
+# --------------------------------------------------------------------------- funding package
+
+FUNDING_FROM = {
+    DocumentKind.VEHICLE_INVOICE: Stage.INVOICING,
+    DocumentKind.INSURANCE_POLICY_PAGE: Stage.INSURANCE,
+    DocumentKind.SIGNED_LOAN_CONTRACT: Stage.LOAN_CONTRACT,
+}
+
+
+@pytest.mark.parametrize("kind", list(FUNDING_FROM), ids=lambda k: k.value)
+@pytest.mark.parametrize("stage", [s for s in Stage if not s.terminal], ids=lambda s: s.value)
+def test_a_funding_document_is_taken_from_the_stage_of_its_fact_to_disbursement(
+    kind: DocumentKind, stage: Stage
+) -> None:
+    order = list(Stage)
+    inside = (
+        order.index(FUNDING_FROM[kind]) <= order.index(stage) <= order.index(Stage.DISBURSEMENT)
+    )
+    problem = rules.funding_document_problem(kind, stage, enabled=True, stalled=True)
+    assert (problem is None) == inside
+    if problem is not None:
+        assert problem.kind == "conflict" and kind.value in problem.message
+
+
+def test_in_disbursement_a_replacement_waits_for_the_request_to_stall() -> None:
+    kind = DocumentKind.VEHICLE_INVOICE
+    assert rules.funding_document_problem(kind, Stage.DISBURSEMENT, True, stalled=True) is None
+    open_request = rules.funding_document_problem(kind, Stage.DISBURSEMENT, True, stalled=False)
+    assert open_request is not None and open_request.message.startswith(
+        "a disbursement request is open at the lender"
+    )
+
+
+def test_a_deal_started_before_the_funding_package_records_none_of_its_documents() -> None:
+    problem = rules.funding_document_problem(
+        DocumentKind.SIGNED_LOAN_CONTRACT, Stage.LOAN_CONTRACT, enabled=False, stalled=False
+    )
+    assert problem is not None
+    assert problem.message.startswith("this deal started before the funding package")
+
+
+@pytest.mark.parametrize("kind", list(DocumentKind), ids=lambda k: k.value)
+def test_each_document_is_recorded_by_its_own_teams_only(kind: DocumentKind) -> None:
+    expected = {
+        DocumentKind.SIGNED_LOAN_CONTRACT: {Role.CREDIT},
+        DocumentKind.INSURANCE_POLICY_PAGE: {Role.INSURANCE},
+        DocumentKind.VEHICLE_INVOICE: {Role.FINANCE},
+    }.get(kind, {Role.SALES, Role.CREDIT})
+    for role in Role:
+        actor = Actor(staff_id="x", role=role)
+        if role in expected or role is Role.ADMIN:
+            rules.check_document_role(kind, actor)
+            continue
+        with pytest.raises(rules.RuleError) as refused:
+            rules.check_document_role(kind, actor)
+        assert refused.value.kind == "forbidden"
+
+
+def _funding_doc(doc_id: str, kind: DocumentKind, sha: str) -> DocumentRecord:
+    return DocumentRecord(
+        doc_id=doc_id,
+        kind=kind,
+        party=Party.APPLICANT,
+        file_name=f"{doc_id}.pdf",
+        content_type="application/pdf",
+        size=10,
+        sha256=sha * 64,
+        storage_key=f"documents/{doc_id}",
+        uploaded_by="finance-01/finance",
+        uploaded_at=datetime(2026, 12, 1, tzinfo=UTC),
+    )
+
+
+def test_the_package_carries_the_newest_upload_of_each_kind_and_is_complete_with_all_three() -> (
+    None
+):
+    docs = [
+        _funding_doc("d1", DocumentKind.VEHICLE_INVOICE, "a"),
+        _funding_doc("d2", DocumentKind.INSURANCE_POLICY_PAGE, "b"),
+        _funding_doc("d3", DocumentKind.VEHICLE_INVOICE, "c"),
+    ]
+    package = rules.funding_package(docs)
+    assert {k: d.doc_id for k, d in package.items()} == {
+        DocumentKind.VEHICLE_INVOICE: "d3",
+        DocumentKind.INSURANCE_POLICY_PAGE: "d2",
+    }
+    items = rules.funding_checklist(docs)
+    assert not rules.funding_complete(items)
+    assert [(i.kind, i.role) for i in items if not i.satisfied] == [
+        (DocumentKind.SIGNED_LOAN_CONTRACT, Role.CREDIT)
+    ]
+    docs.append(_funding_doc("d4", DocumentKind.SIGNED_LOAN_CONTRACT, "d"))
+    assert rules.funding_complete(rules.funding_checklist(docs))

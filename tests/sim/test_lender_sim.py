@@ -6,6 +6,7 @@ verifies them with `standardwebhooks`."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import signal
 import socket
@@ -998,3 +999,155 @@ def test_extra_events_for_chaos(sim: Sim) -> None:
     assert len(sim.ledger(deal)["webhooks"]) == 4
     status = sim.client.get(f"/lenders/{ACME}/applications/{ref}").json()
     assert (status["deal_id"], status["status"]) == (deal, "received")
+
+
+# --------------------------------------------------------------------------- funding package
+
+
+@dataclass
+class DocumentHost:
+    """Stands in for DealFlow's signed links: serves the files it holds by
+    name, whatever the query (each call's fresh signature)."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    url: str = ""
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/files/{name}")
+        async def serve(name: str) -> Response:
+            if name not in self.files:
+                return Response(status_code=403)
+            return Response(self.files[name], media_type="application/pdf")
+
+        return app
+
+    def document(self, kind: str, data: bytes, signature: str = "1") -> dict[str, Any]:
+        self.files[kind] = data
+        return {
+            "kind": kind,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+            "content_type": "application/pdf",
+            "url": f"{self.url}/files/{kind}?sig={signature}",
+        }
+
+
+@pytest.fixture(scope="module")
+def document_host() -> Iterator[DocumentHost]:
+    host = DocumentHost()
+    with ServerThread(host.app()) as srv:
+        host.url = srv.url
+        yield host
+
+
+FUNDING_KINDS = ("signed_loan_contract", "insurance_policy_page", "vehicle_invoice")
+
+
+def funded_application(sim: Sim, script: dict[str, Any] | None = None) -> tuple[str, str, str]:
+    """An approved application: (deal, ref, its disbursement-requests URL)."""
+    deal = new_deal()
+    if script is not None:
+        assert sim.client.put(f"/_sim/scripts/{deal}", json=script).status_code == 200
+    ref = sim.submit(ACME, package(deal)).json()["application_ref"]
+    sim.decisions(deal, 1)
+    return deal, ref, f"/lenders/{ACME}/applications/{ref}/disbursement-requests"
+
+
+def funding_package(host: DocumentHost, deal: str, signature: str = "1") -> list[dict[str, Any]]:
+    return [
+        host.document(f"{kind}", f"%PDF {deal} {kind}".encode(), signature)
+        for kind in FUNDING_KINDS
+    ]
+
+
+def test_a_funding_package_is_fetched_checked_and_taken_again_with_fresher_links(
+    sim: Sim, document_host: DocumentHost
+) -> None:
+    deal, ref, url = funded_application(sim)
+    body = {**disbursement(deal, ref), "funding_package": funding_package(document_host, deal)}
+    key = {"Idempotency-Key": f"{deal}:disb:1"}
+    first = sim.client.post(url, json=body, headers=key)
+    assert first.status_code == 202, first.text
+    fresher = {**body, "funding_package": funding_package(document_host, deal, signature="2")}
+    again = sim.client.post(url, json=fresher, headers=key)
+    assert again.status_code == 202, again.text
+    assert again.json()["request_id"] == first.json()["request_id"]
+    other = [
+        {**d, "sha256": "0" * 64} if d["kind"] == "vehicle_invoice" else d
+        for d in fresher["funding_package"]
+    ]
+    clash = sim.client.post(url, json={**body, "funding_package": other}, headers=key)
+    assert clash.status_code == 422 and "already used" in clash.json()["detail"]
+    [request] = sim.ledger(deal)["disbursement_requests"]
+    assert {d["kind"] for d in request["body"]["funding_package"]} == set(FUNDING_KINDS)
+
+
+def test_a_missing_or_tampered_funding_document_is_refused_naming_it(
+    sim: Sim, document_host: DocumentHost
+) -> None:
+    deal, ref, url = funded_application(sim)
+    documents = funding_package(document_host, deal)
+    without_invoice = [d for d in documents if d["kind"] != "vehicle_invoice"]
+    r = sim.client.post(
+        url,
+        json={**disbursement(deal, ref), "funding_package": without_invoice},
+        headers={"Idempotency-Key": f"{deal}:disb:1"},
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"] == "the funding package lacks the vehicle_invoice"
+    assert r.json()["errors"] == [{"document": "vehicle_invoice", "problem": "missing"}]
+
+    document_host.files["insurance_policy_page"] = b"%PDF something else"
+    r = sim.client.post(
+        url,
+        json={**disbursement(deal, ref), "funding_package": documents},
+        headers={"Idempotency-Key": f"{deal}:disb:2"},
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith(
+        "funding document insurance_policy_page: the file behind its link (sha256 "
+    )
+    assert r.json()["errors"] == [
+        {"document": "insurance_policy_page", "problem": "sha256 mismatch"}
+    ]
+    assert sim.ledger(deal)["disbursement_requests"] == [], "nothing recorded, nothing paid"
+
+
+def test_a_request_without_a_package_is_taken_unless_the_lender_requires_one(
+    sim: Sim, document_host: DocumentHost
+) -> None:
+    deal, ref, url = funded_application(sim)
+    r = sim.client.post(
+        url, json=disbursement(deal, ref), headers={"Idempotency-Key": f"{deal}:disb:1"}
+    )
+    assert r.status_code == 202, "the old form, from deals that predate the package"
+
+    deal, ref, url = funded_application(sim, {"require_funding_package": True})
+    r = sim.client.post(
+        url, json=disbursement(deal, ref), headers={"Idempotency-Key": f"{deal}:disb:1"}
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("this lender pays out only against a funding_package")
+    body = {**disbursement(deal, ref), "funding_package": funding_package(document_host, deal)}
+    r = sim.client.post(url, json=body, headers={"Idempotency-Key": f"{deal}:disb:2"})
+    assert r.status_code == 202, r.text
+
+
+def test_a_lender_configured_to_require_the_package_refuses_the_old_form(
+    lenders: dict[str, LenderConfig], receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    rec, webhook_url = receiver
+    config = fast_config(lenders, tmp_path / "sim.db", webhook_url).model_copy(
+        update={"funding_package_required": [ACME]}
+    )
+    with (
+        ServerThread(create_app(config)) as srv,
+        httpx.Client(base_url=srv.url, trust_env=False, timeout=10) as client,
+    ):
+        sim = Sim(client, rec)
+        deal, ref, url = funded_application(sim)
+        r = client.post(url, json=disbursement(deal, ref), headers={"Idempotency-Key": "k1"})
+        assert r.status_code == 422, r.text
+        assert "funding_package" in r.json()["detail"]

@@ -24,12 +24,19 @@ import httpx
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
+from dealflow import rules
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.api.security import mint_token
 from dealflow.config import LenderConfig, Settings, load_lenders
-from dealflow.models import DealPolicy, Role
-from dealflow.samples import dealer_today, example_action, example_deal, sample_documents
+from dealflow.models import DealPolicy, DocumentKind, Role
+from dealflow.samples import (
+    dealer_today,
+    example_action,
+    example_deal,
+    funding_document,
+    sample_documents,
+)
 from dealflow.storage import db
 from dealflow.storage.documents import DocumentStore, LocalDirectoryStore
 from sim.lender.app import create_app as create_sim
@@ -271,6 +278,18 @@ class HttpDesk:
             out.append(dict(r.json()))
         return out
 
+    async def upload_funding(
+        self, kind: DocumentKind, version: int = 1, role: Role | None = None
+    ) -> httpx.Response:
+        """A document of the funding package, by its own team unless `role` says."""
+        doc = funding_document(self.deal_id, kind, version)
+        return await self.upload(
+            multipart_fields(doc),
+            doc["data"],
+            doc["file_name"],
+            role=role or rules.document_uploader(kind),
+        )
+
     async def wait_stage(self, stage: str, within: float = 20) -> dict[str, Any]:
         return await self.wait_until(lambda s: s["stage"] == stage, f"stage {stage}", within)
 
@@ -302,6 +321,9 @@ class HttpDesk:
         await self.ok("record-repayment-account", Role.CREDIT)
         await self.ok("confirm-loan-terms", Role.CREDIT)
         await self.ok("sign-loan-contract", Role.CREDIT)
+        for kind in rules.FUNDING_KINDS:
+            r = await self.upload_funding(kind)
+            assert r.status_code == 201, r.text
         return await self.wait_stage("REGISTRATION")
 
 

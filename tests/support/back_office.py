@@ -34,6 +34,7 @@ from dealflow.models import (
     Decision,
     DisbursementCompleted,
     DisbursementFailed,
+    DocumentKind,
     LenderEventInput,
     Role,
     Stage,
@@ -42,6 +43,7 @@ from dealflow.models import (
 from dealflow.samples import (
     example_action,
     example_deal,
+    funding_document,
     loan_terms_confirmation,
     sample_documents,
     stipulation_document,
@@ -57,6 +59,11 @@ _QUERY_LOST = (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
 
 def actor_for(action: Action) -> Actor:
     role = rules.owner_role(action)
+    return Actor(staff_id=f"{role.value}-01", role=role)
+
+
+def uploader_of(kind: DocumentKind) -> Actor:
+    role = rules.document_uploader(kind)
     return Actor(staff_id=f"{role.value}-01", role=role)
 
 
@@ -252,14 +259,15 @@ class Desk:
         for doc in sample_documents(self.deal_id, self.deal, self.today):
             await self.upload(doc)
 
-    async def upload(self, doc: dict[str, Any]) -> ActionResult:
+    async def upload(self, doc: dict[str, Any], actor: Actor | None = None) -> ActionResult:
         doc = dict(doc)
+        kind = doc.pop("kind")
         return await upload_document(
             self.client,
             self.store,
             self.deal_id,
-            actor_for(Action.RECORD_DOCUMENT),
-            kind=doc.pop("kind").value,
+            actor or uploader_of(kind),
+            kind=kind.value,
             party=doc.pop("party").value,
             file_name=doc.pop("file_name"),
             data=doc.pop("data"),
@@ -269,6 +277,14 @@ class Desk:
 
     async def upload_stipulation(self, code: str) -> ActionResult:
         return await self.upload(stipulation_document(self.deal_id, code))
+
+    async def upload_funding(self, kind: DocumentKind, version: int = 1) -> ActionResult:
+        """A document of the funding package, by the team that uploads it."""
+        return await self.upload(funding_document(self.deal_id, kind, version))
+
+    async def upload_funding_package(self) -> None:
+        for kind in rules.FUNDING_KINDS:
+            await self.upload_funding(kind)
 
     # -- the lender's side, as the webhook receiver signals it
 
@@ -368,10 +384,13 @@ class Desk:
         await self.through_underwriting()
         await self.do("confirm-down-payment")
         await self.do("record-invoice")
+        await self.upload_funding(DocumentKind.VEHICLE_INVOICE)
         await self.do("record-insurance", first_beneficiary=await self.lender_legal_name())
+        await self.upload_funding(DocumentKind.INSURANCE_POLICY_PAGE)
         await self.do("record-repayment-account")
         await self.confirm_loan_terms()
         await self.do("sign-loan-contract")
+        await self.upload_funding(DocumentKind.SIGNED_LOAN_CONTRACT)
 
     async def through_disbursement(self) -> None:
         await self.through_loan_contract()

@@ -100,6 +100,10 @@ async def run_stack(
         serve_async(create_api(services), api_port) as api_url,
         serve_async(create_sim(sim_config), sim_port) as sim_url,
     ):
+        # The lender fetches the funding documents by their links: the store
+        # signs them for this API, which serves them (both stacks of a session
+        # serve the same store, so either one's links work while it runs).
+        store.api_base_url = api_url.rstrip("/")
         yield Stack(env, api_url, sim_url, lenders, engine, store, services)
 
 

@@ -797,6 +797,7 @@ async def test_counter_offer_accepted_raises_down_payment_to_price_minus_approve
     for action in ("record-invoice", "record-insurance", "record-repayment-account"):
         await desk.do(action)
     await desk.confirm_loan_terms(amount="90000.00")
+    await desk.upload_funding_package()
     await desk.do("sign-loan-contract")
     st = await desk.wait_stage(Stage.REGISTRATION)
     assert st.money.disbursed == st.money.approved_amount == Decimal("90000.00")
@@ -975,7 +976,12 @@ async def test_the_loan_contract_carries_the_approved_terms_once_the_customer_co
     assert st.loan.terms.method is RepaymentMethod.EQUAL_INSTALMENTS
     assert len(st.loan.instalments) == 24 and st.loan.confirmed_at is None
     assert st.loan.total_repayable == FINANCED + st.loan.total_interest
-    assert [p.action for p in st.pending] == ["confirm-loan-terms", "sign-loan-contract"]
+    assert [p.action for p in st.pending] == [
+        "confirm-loan-terms",
+        "sign-loan-contract",
+        *["record-document"] * 3,
+    ]
+    await desk.upload_funding_package()
     with pytest.raises(RuleError) as refused:
         await desk.do("sign-loan-contract")
     assert refused.value.message == (
@@ -1210,6 +1216,12 @@ async def test_a_lender_that_funds_after_registration_is_asked_once_its_mortgage
     assert len(requests) == 1
     registration_no = example_action("record-mortgage")["registration_no"]
     assert requests[0]["body"]["mortgage_registration_no"] == registration_no
+    funding = requests[0]["body"]["funding_package"]
+    assert {d["kind"] for d in funding} == {
+        "vehicle_invoice",
+        "insurance_policy_page",
+        "signed_loan_contract",
+    }, "the package went with the request made after registration"
 
 
 async def test_a_deal_waiting_on_the_mortgage_before_funding_can_still_be_cancelled(
@@ -1603,6 +1615,7 @@ async def test_unwind_is_refused_before_funding_and_after_delivery(desk: Desk) -
     await desk.do("record-repayment-account")
     await desk.confirm_loan_terms()
     await desk.do("sign-loan-contract")
+    await desk.upload_funding_package()
     await desk.wait_stage(Stage.REGISTRATION)
     for action in (
         "record-certificate",
@@ -1754,5 +1767,5 @@ async def test_continue_as_new_mid_deal_keeps_state_intact(dev_desk: Desk) -> No
     assert content(continued) == content(normal)
     assert len(await desk.outbox()) == len(await twin.outbox())
     docs = await asyncio.to_thread(db.list_documents, desk.stack.engine, desk.deal_id)
-    assert len(docs) == 8
+    assert len(docs) == 8 + 3, "the customer's documents and the funding package"
     assert await desk.search_attribute(LENDER_ID) == ACME

@@ -63,7 +63,7 @@ async def refused(
 # action, a role that may not take it, the roles that may.
 ROLES = [
     ("sign-sales-contract", Role.FINANCE, "admin, sales"),
-    ("record-document", Role.DELIVERY, "admin, credit, sales"),
+    ("record-document", Role.DELIVERY, "admin, credit, finance, insurance, sales"),
     ("submit-application", Role.SALES, "admin, credit"),
     ("accept-counter-offer", Role.SALES, "admin, credit"),
     ("decline-counter-offer", Role.FINANCE, "admin, credit"),
@@ -173,7 +173,7 @@ async def test_each_action_is_refused_outside_its_stages(desk: Desk) -> None:
         "record-document",
         "conflict",
         "record-document is not allowed in stage DOWN_PAYMENT (only in CONTRACT, DOCUMENTS, "
-        "APPLICATION, UNDERWRITING)",
+        "APPLICATION, UNDERWRITING, INVOICING, INSURANCE, LOAN_CONTRACT, DISBURSEMENT)",
     )
     # An admin may take any action, but not outside its stage either.
     await refused(

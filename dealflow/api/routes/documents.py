@@ -11,10 +11,11 @@ goes past it is aborted with 413, the partial object removed by the store.
 
 Order of checks, cheapest first, so that most mistakes store nothing at all:
 token (401), role (403), deal (404), stage (409), the form fields (422: kind,
-party, dates, the ID number's checksum), the file's first bytes (422 unless
-PDF, JPEG or PNG), the size (413), then the deal's own rules in the
-workflow's `record-document` validator (422: duplicate of another kind, an ID
-number that is not the deal's, a stipulation that is not open). Send the form
+party, dates, the ID number's checksum; 403/409: the kind's role and stages),
+the file's first bytes (422 unless PDF, JPEG or PNG), the size (413), then the
+deal's own rules in the workflow's `record-document` validator (422: duplicate
+of another kind, an ID number that is not the deal's, a stipulation that is
+not open; 409: a funding document while a disbursement request is open). Send the form
 fields before the file part (curl -F, httpx and browsers do); a field after
 the file is refused. When the workflow refuses a file its bytes may remain in
 the content-addressed store, unreferenced: they are never listed or served
@@ -56,6 +57,7 @@ from dealflow.models import (
     DocumentUploaded,
     Party,
     RecordDocumentInput,
+    Stage,
 )
 from dealflow.storage.documents import (
     LocalDirectoryStore,
@@ -98,11 +100,12 @@ async def _read_form(
 
 
 def _check_form_fields(
-    fields: dict[str, str], file_name: str, actor: Actor, today: date
+    fields: dict[str, str], file_name: str, actor: Actor, today: date, stage: Stage
 ) -> dict[str, Any]:
     """The form fields, checked by the record-document input model and the field
-    rules (on the dealer's date `today`) before any byte is stored. The deal's
-    own rules run in the workflow."""
+    rules (on the dealer's date `today`; the kind's role and stages against the
+    deal's `stage`) before any byte is stored. The deal's own rules run in the
+    workflow."""
     values: dict[str, Any] = {name: (value or None) for name, value in fields.items()}
     order = " (form fields go before the file part)"
     if values.get("kind") is None:
@@ -122,6 +125,8 @@ def _check_form_fields(
     _, inp = deals.parse_action(Action.RECORD_DOCUMENT.value, provisional, actor)
     record = inp
     assert isinstance(record, RecordDocumentInput)
+    rules.check_document_role(record.kind, actor)
+    rules.check_document_stage(record.kind, stage)
     if record.id_number is not None:
         rules.validate_id_number(record.id_number, record.party.value, today=today)
     if record.kind is DocumentKind.ID_CARD and not record.id_number:
@@ -222,14 +227,14 @@ async def receive_upload(
     svc = services(request)
     reader: MultipartReader | None = None
     try:
-        boundary = await _check_before_reading(request, svc, deal_id)
+        boundary, stage = await _check_before_reading(request, svc, deal_id)
         reader = MultipartReader(request, boundary)
         fields, file_name = await _read_form(reader, extra_fields)
         if check_fields is not None:
             check_fields(fields)
         fields = {name: value for name, value in fields.items() if name in FIELDS}
         today = rules.dealer_date(svc.deal_policy, datetime.now(UTC))
-        form = _check_form_fields(fields, file_name, actor, today)
+        form = _check_form_fields(fields, file_name, actor, today, stage)
         stream = await _open_file(reader, file_name, svc.deal_policy.max_document_bytes)
         result = await _store_and_record(svc, deal_id, actor, form, file_name, stream)
     except Exception as e:
@@ -267,10 +272,12 @@ async def receive_upload(
     )
 
 
-async def _check_before_reading(request: Request, svc: Services, deal_id: str) -> bytes:
+async def _check_before_reading(
+    request: Request, svc: Services, deal_id: str
+) -> tuple[bytes, Stage]:
     """What is judged before a byte of the body is read: the deal id (404), the
     content type (415), a declared size over the limit (413), the deal and its
-    stage (404, 409). The body's multipart boundary."""
+    stage (404, 409). The body's multipart boundary, and the deal's stage."""
     check_deal_id(deal_id)
     limit = svc.deal_policy.max_document_bytes
     media, options = parse_options_header(request.headers.get("content-type"))
@@ -286,7 +293,7 @@ async def _check_before_reading(request: Request, svc: Services, deal_id: str) -
     status = await read_status(svc, deal_id)
     rules.check_stage(Action.RECORD_DOCUMENT, status.stage)
     boundary: bytes = options[b"boundary"]
-    return boundary
+    return boundary, status.stage
 
 
 async def _open_file(reader: MultipartReader, file_name: str, limit: int) -> FileStream:
