@@ -221,6 +221,9 @@ async def mortgage_before_funding(d: Desk) -> None:
         await d.do(action)
     await d.do("record-mortgage", lienholder=await d.lender_legal_name())
     await d.wait_stage(Stage.DELIVERY)
+    for action in ("record-stock-out", "record-settlement", "deliver"):
+        await d.do(action)
+    # The follow-up window then closes with both calls missed.
 
 
 def _next_unwind_step_is(step: str) -> Callable[[DealStatus], bool]:
@@ -325,7 +328,7 @@ SCENARIOS: dict[str, Callable[[Desk], Awaitable[None]]] = {
     "declined_counter_offer_cancelled": declined_counter_offer_cancelled,
     "partial_approval_accepted_then_cancelled": partial_approval_accepted,
     "withdrawal_refused_then_cancelled": withdrawal_refused,
-    "mortgage_before_funding_delivering": mortgage_before_funding,
+    "mortgage_before_funding": mortgage_before_funding,
     "funded_then_unwound": funded_then_unwound,
     "funding_document_replaced_then_unwound": funding_document_replaced_then_unwound,
     "contract_expired": contract_expired,

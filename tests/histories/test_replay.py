@@ -25,7 +25,11 @@ disbursement from before a lender's answer was matched to its request (patch
 were signed at each send (patch "fresh-document-links"), conditions had a
 lifecycle ("stipulation-lifecycle"), the approved terms reached the loan
 contract ("approved-terms-in-loan-contract") and a follow-up call was taken
-only from its due date ("follow-up-from-due-date").
+only from its due date ("follow-up-from-due-date"), `v10/` every scenario
+from before a funded deal could be unwound ("unwind-after-funding") and the
+loan contract waited for the funding package ("funding-package"). The current
+ones add a lender that funds once its mortgage is registered, a funded deal
+unwound, and a funding document refused by the lender and replaced.
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ SCENARIOS = {
     "declined_counter_offer_cancelled",
     "partial_approval_accepted_then_cancelled",
     "withdrawal_refused_then_cancelled",
+    "mortgage_before_funding",
+    "funded_then_unwound",
+    "funding_document_replaced_then_unwound",
     "contract_expired",
     "all_declined",
     "continued_as_new",
