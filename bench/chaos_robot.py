@@ -470,7 +470,8 @@ class Robot:
         )
         if item is not None and item.satisfied:
             run.upload_problems.append(
-                f"{kind}/{party}: recorded on the deal although the upload answered an error"
+                f"{kind}/{party}: recorded on the deal although the upload answered an error "
+                f"({str(err)[:200]})"
             )
 
 

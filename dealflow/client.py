@@ -17,11 +17,15 @@ from typing import Any, TypeVar, cast
 from pydantic import ValidationError
 from temporalio.api.common.v1 import Payloads, WorkflowExecution
 from temporalio.api.enums.v1 import (
+    EventType,
     PendingWorkflowTaskState,
     UpdateWorkflowExecutionLifecycleStage,
 )
 from temporalio.api.update import v1 as update_pb
-from temporalio.api.workflowservice.v1 import UpdateWorkflowExecutionRequest
+from temporalio.api.workflowservice.v1 import (
+    GetWorkflowExecutionHistoryReverseRequest,
+    UpdateWorkflowExecutionRequest,
+)
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -364,7 +368,7 @@ async def update_once(
             # It may be in the server's hands (held without an outcome, or sent
             # into a restart): wait longer for its outcome before giving up.
             deadline = max(deadline, started + ACT_OUTCOME_WAIT_SECONDS)
-        await _raise_if_stuck(handle)
+        await _raise_if_stuck(client, handle, delivered=sent)
         if time.monotonic() + delay > deadline:
             raise WorkflowUpdateRPCTimeoutOrCancelledError() if sent else last
         fate_unknown = True
@@ -485,22 +489,55 @@ class TaskTrouble:
 
 class WorkflowStuck(Exception):
     """The workflow task keeps failing: it will not come back by itself
-    (dealflow/stuck.py), so waiting out the caller's patience would not help."""
+    (dealflow/stuck.py), so waiting out the caller's patience would not help.
+    `delivered`: the action reached the server before, so healing (which
+    re-applies what was delivered) may still apply it."""
 
-    def __init__(self, deal_id: str) -> None:
-        super().__init__(
-            f"deal {deal_id} is stuck: its workflow task keeps failing; nothing was applied"
+    def __init__(self, deal_id: str, delivered: bool = False) -> None:
+        outcome = (
+            "the action was delivered and may still be applied when the deal is healed: "
+            "read the deal before taking it again"
+            if delivered
+            else "nothing was applied"
         )
+        super().__init__(f"deal {deal_id} is stuck: its workflow task keeps failing; {outcome}")
         self.deal_id = deal_id
+        self.delivered = delivered
 
 
-async def _raise_if_stuck(handle: WorkflowHandle[Any, Any]) -> None:
+async def _raise_if_stuck(
+    client: Client, handle: WorkflowHandle[Any, Any], delivered: bool
+) -> None:
     try:
         desc = await handle.describe(rpc_timeout=timedelta(seconds=5))
+        if not TaskTrouble.of(desc.raw_description).stuck:
+            return
+        failing = await _last_task_failed(client, handle.id, desc.run_id)
     except RPCError:
         return
-    if TaskTrouble.of(desc.raw_description).stuck:
-        raise WorkflowStuck(handle.id.removeprefix("deal-"))
+    if failing:
+        raise WorkflowStuck(handle.id.removeprefix("deal-"), delivered)
+
+
+async def _last_task_failed(client: Client, wf_id: str, run_id: str) -> bool:
+    """Whether the newest workflow-task outcome in history is a failure. A
+    worker killed mid-task leaves timeouts (and a speculative task of an
+    update none at all), which the next worker ends: that deal is recovering,
+    not stuck, and an action sent to it may still be applied."""
+    response = await client.workflow_service.get_workflow_execution_history_reverse(
+        GetWorkflowExecutionHistoryReverseRequest(
+            namespace=client.namespace,
+            execution=WorkflowExecution(workflow_id=wf_id, run_id=run_id),
+            maximum_page_size=50,
+        ),
+        timeout=timedelta(seconds=5),
+    )
+    for event in response.history.events:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+            return True
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            return False
+    return False
 
 
 async def _workflow_task_started(handle: WorkflowHandle[Any, Any]) -> bool:
