@@ -78,10 +78,32 @@ def _ready_file_pid(cfg: StackConfig) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+# What the worker's metrics say while it polls (dealflow/worker_metrics.py).
+POLLING_SAMPLE = 'dealflow_worker_polling{service_name="temporal-core-sdk"} 1'
+
+
+def worker_polls_by_its_metrics(port: int, timeout: float = 2.0) -> bool:
+    """Whether the worker's metrics endpoint reports it polls. The port is the
+    process's own (a second worker could not bind it), so with its pid alive
+    the answer is that process's."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
+            return POLLING_SAMPLE in resp.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return False
+
+
 def worker_health(cfg: StackConfig, pid: int | None) -> Health:
-    """A workflow poller `<pid>@...`, else `worker.ready` with the pid (package docstring)."""
+    """Its metrics reporting it polls; else a workflow poller `<pid>@...`, else
+    `worker.ready` with the pid (package docstring)."""
     if pid is None or not pid_alive(pid):
         return Health(False, "process not running")
+    if cfg.worker_metrics_port and worker_polls_by_its_metrics(cfg.worker_metrics_port):
+        return Health(
+            True,
+            f"polling task queue {cfg.task_queue!r} (its metrics, port {cfg.worker_metrics_port})",
+        )
     describe = ["task-queue", "describe", "--task-queue", cfg.task_queue, "-o", "json"]
     try:
         try:

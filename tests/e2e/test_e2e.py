@@ -38,6 +38,7 @@ from dealflow import client as deals
 from dealflow.api.security import mint_token
 from dealflow.config import ROOT, Settings
 from dealflow.demo import DEMO_POLICY, Robot, Scenario
+from dealflow.devstack.health import worker_polls_by_its_metrics
 from dealflow.devstack.procfs import pid_alive
 from dealflow.models import DealInput, DealStatus, Role, Stage
 from dealflow.storage import db
@@ -360,6 +361,9 @@ async def test_deals_run_to_their_end_over_real_processes(e2e: E2E, client: Clie
     for series in WORKER_SERIES:
         assert series in scrape, (series, scrape[:2000])
     assert not [deal_id for deal_id in outcomes if deal_id in scrape]
+    # The stack's readiness probe of the worker reads the same endpoint.
+    assert await asyncio.to_thread(worker_polls_by_its_metrics, e2e.worker_metrics_port)
+    assert not await asyncio.to_thread(worker_polls_by_its_metrics, free_ports(1)[0])
 
 
 async def test_worker_killed_mid_deal_resumes_after_stack_up(e2e: E2E, client: Client) -> None:
