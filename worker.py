@@ -24,7 +24,7 @@ from temporalio.worker import Worker
 import workflows
 from activities import DealActivities
 from dealflow import client as deals
-from dealflow import logs, startup, worker_metrics
+from dealflow import logs, names, startup, worker_metrics
 from dealflow.bytecode import cache_bytecode
 from dealflow.config import Settings, load_lenders
 from dealflow.storage import db
@@ -65,7 +65,7 @@ async def reporting(runtime: Runtime | None, engine: Engine) -> AsyncIterator[No
         yield
         return
     polling = runtime.metric_meter.create_gauge(
-        worker_metrics.WORKER_POLLING, "1 while this worker polls its task queue"
+        names.WORKER_POLLING_METRIC, "1 while this worker polls its task queue"
     )
     polling.set(1)
     overdue = asyncio.create_task(worker_metrics.report_overdue(runtime, engine))

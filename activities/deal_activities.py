@@ -17,7 +17,7 @@ from temporalio import activity
 from temporalio.common import MetricHistogramFloat
 from temporalio.exceptions import ApplicationError
 
-from dealflow import names, rules, worker_metrics
+from dealflow import names, rules
 from dealflow.config import LenderConfig
 from dealflow.models import (
     ApplicationPackage,
@@ -103,7 +103,7 @@ class DealActivities:
 
     def _lender_call_seconds(self) -> MetricHistogramFloat:
         return activity.metric_meter().create_histogram_float(
-            worker_metrics.LENDER_CALLS, "Lender API calls by lender, call and outcome", "s"
+            names.LENDER_CALLS_METRIC, "Lender API calls by lender, call and outcome", "s"
         )
 
     def _lender_of(self, url: str) -> str:

@@ -27,19 +27,22 @@ from dealflow.storage import db
 
 log = logging.getLogger("dealflow.metrics")
 
-STAGE_TRANSITIONS = names.STAGE_TRANSITIONS_METRIC
-TIME_IN_STAGE = names.TIME_IN_STAGE_METRIC
-COMPENSATIONS = names.COMPENSATIONS_METRIC
-LENDER_CALLS = names.LENDER_CALLS_METRIC
-OVERDUE_DEALS = names.OVERDUE_DEALS_METRIC
-WORKER_POLLING = names.WORKER_POLLING_METRIC
-
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 BUCKETS = {
     # Stages last minutes to weeks (registration may take 60 days).
-    TIME_IN_STAGE: [MINUTE, HOUR, 4 * HOUR, DAY, 3 * DAY, 7 * DAY, 14 * DAY, 30 * DAY, 60 * DAY],
+    names.TIME_IN_STAGE_METRIC: [
+        MINUTE,
+        HOUR,
+        4 * HOUR,
+        DAY,
+        3 * DAY,
+        7 * DAY,
+        14 * DAY,
+        30 * DAY,
+        60 * DAY,
+    ],
     # A lender call is a round trip; 30 s is its start-to-close timeout.
-    LENDER_CALLS: [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+    names.LENDER_CALLS_METRIC: [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
 }
 
 
@@ -63,7 +66,7 @@ async def report_overdue(runtime: Runtime, engine: Engine, every: float = 30.0) 
     """Keep the gauge of overdue deals per open stage current (0 when none),
     from the read model, until cancelled."""
     gauge = runtime.metric_meter.create_gauge(
-        OVERDUE_DEALS, "Open deals past their next deadline, per stage"
+        names.OVERDUE_DEALS_METRIC, "Open deals past their next deadline, per stage"
     )
     open_stages = [stage.value for stage in Stage if not stage.terminal]
     while True:

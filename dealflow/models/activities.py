@@ -208,9 +208,9 @@ class PackagedFundingDocument(BaseModel):
         )
 
 
-class DisbursementRequest(BaseModel):
-    """The body of a disbursement request as the lender gets it
-    (docs/architecture.md §3.5)."""
+class _DisbursementFigures(BaseModel):
+    """What a disbursement request says, in the lender's order; the lender's
+    body and the activity's input differ only in how they carry documents."""
 
     deal_id: str
     lender_id: str
@@ -227,25 +227,20 @@ class DisbursementRequest(BaseModel):
     # The lender's mortgage registration, for a lender that funds only once it
     # is registered (None for the others, who are funded before registration).
     mortgage_registration_no: str | None = None
+
+
+class DisbursementRequest(_DisbursementFigures):
+    """The body of a disbursement request as the lender gets it
+    (docs/architecture.md §3.5)."""
+
     # The documents behind those numbers, each with a link signed for this
     # call. Absent from requests of deals started before the funding package.
     funding_package: list[FundingDocument] | None = None
 
 
-class DisbursementRequestInput(BaseModel):
+class DisbursementRequestInput(_DisbursementFigures):
     """The disbursement activity's input, as history keeps it."""
 
-    deal_id: str
-    lender_id: str
-    application_ref: str
-    attempt: int
-    request_id: str = ""
-    amount: Decimal
-    loan_contract_no: str
-    insurance_policy_no: str
-    first_beneficiary: str
-    repayment_bank: str
-    mortgage_registration_no: str | None = None
     # Deals with the funding package (patch `funding-package`): its documents
     # by storage key; the activity signs a link to each at every attempt, to
     # `links_expire_at` (absolute, so a retry signs to the same end).
