@@ -60,7 +60,7 @@ def build_worker(
 
 @contextlib.asynccontextmanager
 async def reporting(runtime: Runtime | None, engine: Engine) -> AsyncIterator[None]:
-    """While the worker polls: the metrics say so and count overdue deals."""
+    """While the worker polls: the metrics say so and count open and overdue deals."""
     if runtime is None:
         yield
         return
@@ -68,14 +68,14 @@ async def reporting(runtime: Runtime | None, engine: Engine) -> AsyncIterator[No
         names.WORKER_POLLING_METRIC, "1 while this worker polls its task queue"
     )
     polling.set(1)
-    overdue = asyncio.create_task(worker_metrics.report_overdue(runtime, engine))
+    counts = asyncio.create_task(worker_metrics.report_deal_counts(runtime, engine))
     try:
         yield
     finally:
         polling.set(0)
-        overdue.cancel()
+        counts.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await overdue
+            await counts
 
 
 async def main() -> None:

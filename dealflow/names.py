@@ -40,5 +40,6 @@ COMPENSATIONS_METRIC = "dealflow_compensations"
 # Recorded by the lender-calling activities.
 LENDER_CALLS_METRIC = "dealflow_lender_call_seconds"
 # Recorded by the worker process.
+OPEN_DEALS_METRIC = "dealflow_open_deals"
 OVERDUE_DEALS_METRIC = "dealflow_overdue_deals"
 WORKER_POLLING_METRIC = "dealflow_worker_polling"

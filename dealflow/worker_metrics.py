@@ -62,19 +62,28 @@ def metrics_runtime(settings: Settings) -> Runtime | None:
         ) from None
 
 
-async def report_overdue(runtime: Runtime, engine: Engine, every: float = 30.0) -> None:
-    """Keep the gauge of overdue deals per open stage current (0 when none),
-    from the read model, until cancelled."""
-    gauge = runtime.metric_meter.create_gauge(
+async def report_deal_counts(runtime: Runtime, engine: Engine, every: float = 30.0) -> None:
+    """Keep the gauges of open and of overdue deals per open stage current (0
+    when none), from the read model, until cancelled. Every worker reports the
+    same counts: a dashboard takes their max, not their sum."""
+    meter = runtime.metric_meter
+    open_deals = meter.create_gauge(names.OPEN_DEALS_METRIC, "Open deals, per stage")
+    overdue_deals = meter.create_gauge(
         names.OVERDUE_DEALS_METRIC, "Open deals past their next deadline, per stage"
     )
     open_stages = [stage.value for stage in Stage if not stage.terminal]
     while True:
         try:
-            counts = await asyncio.to_thread(db.overdue_by_stage, engine, datetime.now(UTC))
+            opened, overdue = await asyncio.to_thread(_deal_counts, engine, datetime.now(UTC))
         except Exception:  # the database may be down for a while: report next time
-            log.warning("overdue deals not counted: the read model did not answer")
+            log.warning("open and overdue deals not counted: the read model did not answer")
         else:
             for stage in open_stages:
-                gauge.with_additional_attributes({"stage": stage}).set(counts.get(stage, 0))
+                label = {"stage": stage}
+                open_deals.with_additional_attributes(label).set(opened.get(stage, 0))
+                overdue_deals.with_additional_attributes(label).set(overdue.get(stage, 0))
         await asyncio.sleep(every)
+
+
+def _deal_counts(engine: Engine, now: datetime) -> tuple[dict[str, int], dict[str, int]]:
+    return db.open_by_stage(engine), db.overdue_by_stage(engine, now)

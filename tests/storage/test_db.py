@@ -276,6 +276,23 @@ def test_list_filters(engine: Engine) -> None:
     assert ids(stage=Stage.COMPLETED) == set()
 
 
+def test_open_and_overdue_counts_per_stage_leave_closed_deals_out(engine: Engine) -> None:
+    _seed(engine)
+    # Closed deals with a deadline in the past: neither open nor overdue.
+    for i, stage in enumerate((Stage.COMPLETED, Stage.DECLINED, Stage.EXPIRED)):
+        db.upsert_deal(engine, projection(f"closed-{i}", 1, stage=stage, next_due_at=T0))
+    db.upsert_deal(engine, projection("unwinding", 1, stage=Stage.UNWINDING, next_due_at=T0))
+
+    assert db.open_by_stage(engine) == {"UNDERWRITING": 11, "DOCUMENTS": 12, "UNWINDING": 1}
+    # Due before day 10: d-01..d-09 but d-05 (no deadline); odd ones underwrite.
+    assert db.overdue_by_stage(engine, T0 + timedelta(days=10)) == {
+        "UNDERWRITING": 4,
+        "DOCUMENTS": 4,
+        "UNWINDING": 1,
+    }
+    assert db.overdue_by_stage(engine, T0) == {}
+
+
 def test_pagination_walks_every_row_once(engine: Engine) -> None:
     _seed(engine)
     seen: list[str] = []

@@ -264,13 +264,24 @@ def customer_names(engine: Engine, deal_ids: list[str]) -> dict[str, str]:
         return {deal_id: name for deal_id, name in session.exec(query).all() if name}
 
 
+def open_by_stage(engine: Engine) -> dict[str, int]:
+    """How many deals are open (in a stage that is not terminal), per stage."""
+    query = select(col(DealRow.stage), func.count()).where(_open()).group_by(col(DealRow.stage))
+    with Session(engine) as session:
+        return {stage: count for stage, count in session.exec(query).all()}
+
+
 def overdue_by_stage(engine: Engine, now: datetime) -> dict[str, int]:
     """How many open deals are past their next deadline, per stage."""
     query = (
         select(col(DealRow.stage), func.count())
         .where(col(DealRow.next_due_at) < now)
-        .where(col(DealRow.stage).not_in([stage.value for stage in Stage if stage.terminal]))
+        .where(_open())
         .group_by(col(DealRow.stage))
     )
     with Session(engine) as session:
         return {stage: count for stage, count in session.exec(query).all()}
+
+
+def _open() -> Any:
+    return col(DealRow.stage).not_in([stage.value for stage in Stage if stage.terminal])
