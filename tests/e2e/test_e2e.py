@@ -43,6 +43,7 @@ from dealflow.devstack.procfs import pid_alive
 from dealflow.models import DealInput, DealStatus, Role, Stage
 from dealflow.storage import db
 from dealflow.storage.documents import store_from_settings
+from tests.support import dashboard
 from workflows import DealWorkflow
 
 pytestmark = pytest.mark.e2e
@@ -62,6 +63,7 @@ WORKER_SERIES = (
     'call="request_disbursement"',
     'outcome="ok"',
     'dealflow_overdue_deals{service_name="temporal-core-sdk",stage="CONTRACT"}',
+    'dealflow_open_deals{service_name="temporal-core-sdk",stage="CONTRACT"}',
     "dealflow_compensations{",
     'kind="release_vehicle"',
     "temporal_sticky_cache_size",
@@ -143,6 +145,10 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
         "DEALFLOW_DOCUMENT_STORE": f"file://{data_dir / 'documents'}",
         "DEALFLOW_DATA_DIR": str(data_dir),
         "DEALFLOW_WORKER_METRICS_PORT": str(metrics_port),
+        # Fewer cached workflows than the demo runs deals at once: the worker
+        # evicts and replays deals (which must still finish), and its cache
+        # misses and evictions reach the metrics the dashboard queries.
+        "DEALFLOW_MAX_CACHED_WORKFLOWS": "8",
     }
     # Nothing of the developer's shell (another stack's DEALFLOW_*, a Temporal profile).
     env = {
@@ -358,9 +364,13 @@ async def test_deals_run_to_their_end_over_real_processes(e2e: E2E, client: Clie
     # The worker's metrics: the SDK's and DealFlow's side by side, no deal id in a label.
     async with httpx.AsyncClient(trust_env=False) as http:
         scrape = (await http.get(f"http://127.0.0.1:{e2e.worker_metrics_port}/metrics")).text
+        api_scrape = (await http.get(f"{e2e.settings.api_url}/metrics")).text
     for series in WORKER_SERIES:
         assert series in scrape, (series, scrape[:2000])
-    assert not [deal_id for deal_id in outcomes if deal_id in scrape]
+    assert not [deal_id for deal_id in outcomes if deal_id in scrape + api_scrape]
+    # Every metric the Grafana dashboard queries is in one of the two scrapes.
+    missing = dashboard.missing_from(dashboard.load(), scrape, api_scrape)
+    assert not missing, f"queried by the dashboard, in neither scrape: {missing}"
     # The stack's readiness probe of the worker reads the same endpoint.
     assert await asyncio.to_thread(worker_polls_by_its_metrics, e2e.worker_metrics_port)
     assert not await asyncio.to_thread(worker_polls_by_its_metrics, free_ports(1)[0])
