@@ -54,7 +54,7 @@ from dealflow.deal_service import (
     TemporalDeals,
 )
 from dealflow.models import Actor, DealHealth, DealPolicy, DealStatus, Role, Stage
-from dealflow.startup import connect_problem
+from dealflow.startup import EXIT_CANNOT_START, StartupError, check_production, connect_problem
 from dealflow.storage.documents import DocumentStoreUnavailable
 from dealflow.temporal_connection import TemporalConfigError, temporal_connection
 
@@ -534,6 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         fail(f"error: {e}")
         return e.code
+    try:
+        check_production(get_settings())
+    except StartupError as e:
+        for line in str(e).splitlines():
+            fail(line)
+        return EXIT_CANNOT_START
     try:
         if args.command == "token":
             cmd_token(args)

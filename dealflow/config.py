@@ -9,6 +9,7 @@ from __future__ import annotations
 import tomllib
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
@@ -27,6 +28,10 @@ STUCK_ATTEMPTS = 3
 # The development stack's staff-token secret: public, so the desk offers its
 # pick-a-role sign-in only while this is the secret in use.
 DEV_JWT_SECRET = "dev-secret-change-me-0123456789abcdef"
+# The development stack's secret for the API's own file links (a local document
+# store): public too. A secret of its own, so a deployment that verifies staff
+# tokens by JWKS and never sets the JWT secret still signs links with a secret.
+DEV_FILE_LINK_SECRET = "dev-file-links-change-me-0123456789abcdef"
 STUCK_DYNAMIC_CONFIG = "system.numConsecutiveWorkflowTaskProblemsToTriggerSearchAttribute"
 
 
@@ -46,6 +51,9 @@ class LenderConfig(BaseModel):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEALFLOW_", extra="ignore")
 
+    # `production` (the image, compose): every process refuses to start on a
+    # public development value (dealflow/production.py).
+    env: Literal["development", "production"] = "development"
     temporal_address: str = "localhost:7233"
     # Where processes keep run files: the worker's ready file, the archive lock.
     data_dir: Path = DATA_DIR
@@ -63,6 +71,8 @@ class Settings(BaseSettings):
     document_store: str = f"file://{DATA_DIR / 'documents'}"
     s3_endpoint_url: str | None = None
     jwt_secret: str = DEV_JWT_SECRET
+    # Signs the links to a local document store's files that the API serves.
+    file_link_secret: str = DEV_FILE_LINK_SECRET
     # Production: the identity provider's JWKS; staff tokens are then verified
     # with its public keys (RS256/ES256/...) instead of the HS256 secret.
     jwks_url: str | None = None

@@ -23,6 +23,7 @@ from temporalio.client import Client
 
 from dealflow.codec import CodecKeyError
 from dealflow.config import LendersFileError, Settings
+from dealflow.production import ProductionRefusal, refuse_unsafe_production
 from dealflow.temporal_connection import TemporalConfigError, temporal_connection
 
 log = logging.getLogger("dealflow.startup")
@@ -36,11 +37,24 @@ class StartupError(Exception):
 
 
 def settings_from_env() -> Settings:
-    """`Settings()`, with a validation error turned into one line per setting."""
+    """`Settings()`, with a validation error turned into one line per setting;
+    in production, also refused while a public development value is in use."""
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as e:
         raise StartupError(describe_settings_error(e)) from None
+    check_production(settings)
+    return settings
+
+
+def check_production(settings: Settings) -> None:
+    """`StartupError` with one line per unsafe setting (production only)."""
+    try:
+        refuse_unsafe_production(settings)
+    except ProductionRefusal as e:
+        raise StartupError(
+            "\n".join(f"refusing to start in production: {line}" for line in e.problems)
+        ) from None
 
 
 def describe_settings_error(e: ValidationError) -> str:
@@ -155,7 +169,8 @@ def run(program: str, main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn
 
 
 def _say(program: str, message: str) -> int:
-    print(f"{program}: {message}", file=sys.stderr, flush=True)
+    for line in message.splitlines() or [""]:
+        print(f"{program}: {line}", file=sys.stderr, flush=True)
     return EXIT_CANNOT_START
 
 

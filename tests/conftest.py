@@ -96,7 +96,7 @@ def store(tmp_session: Path) -> LocalDirectoryStore:
     # documents through the stack's API (run_stack points the links at it).
     return LocalDirectoryStore(
         tmp_session / "documents",
-        signing_secret=Settings().jwt_secret,
+        signing_secret=Settings().file_link_secret,
         api_base_url="http://127.0.0.1:1",
     )
 

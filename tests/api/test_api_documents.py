@@ -31,6 +31,7 @@ from dealflow.samples import dealer_today, sample_documents
 from dealflow.storage.documents import LocalDirectoryStore, S3Store, make_s3_client, sign_local_url
 from tests.support.api_stack import (
     S3_CREDS,
+    FILE_LINK_SECRET,
     SECRET,
     ApiStack,
     HttpDesk,
@@ -505,12 +506,15 @@ async def test_presigned_local_links(local: ApiStack) -> None:
         assert got.status_code == 200 and got.content == data
         assert got.headers["content-type"] == "application/pdf"
         problem(await raw.get(url.replace("sig=", "sig=0")), 403, "invalid or has expired")
-        expired = sign_local_url(stack.api_url, SECRET, key, int(time.time()) - 1)
+        expired = sign_local_url(stack.api_url, FILE_LINK_SECRET, key, int(time.time()) - 1)
         problem(await raw.get(expired), 403, "invalid or has expired")
         other = sign_local_url(stack.api_url, "another-secret", key, int(time.time()) + 60)
         problem(await raw.get(other), 403)
+        # The staff-token secret signs no link (a JWKS deployment leaves it at its default).
+        with_jwt_secret = sign_local_url(stack.api_url, SECRET, key, int(time.time()) + 60)
+        problem(await raw.get(with_jwt_secret), 403)
         missing = sign_local_url(
-            stack.api_url, SECRET, "documents/00/" + "0" * 64, int(time.time()) + 60
+            stack.api_url, FILE_LINK_SECRET, "documents/00/" + "0" * 64, int(time.time()) + 60
         )
         problem(await raw.get(missing), 404, "no such file")
         problem(await raw.get(f"{stack.api_url}/api/files/{key}"), 422, "expires")

@@ -357,7 +357,7 @@ async def main() -> None:
         # The API's secret: the lender fetches the funding documents through it.
         store = LocalDirectoryStore(
             tmp_path / "docs",
-            signing_secret=Settings().jwt_secret,
+            signing_secret=Settings().file_link_secret,
             api_base_url="http://127.0.0.1:1",
         )
         async with run_stack(env, url, store, tmp_path) as stack:

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import httpx
 import pytest
 
-from dealflow.config import Settings
+from dealflow.config import DEV_FILE_LINK_SECRET, DEV_JWT_SECRET, Settings
 from dealflow.storage.documents import (
     DocumentNotFound,
     DocumentStore,
@@ -506,7 +506,8 @@ def test_store_from_settings_opens_the_configured_store(
     local = store_from_settings(
         Settings(
             document_store=f"file://{tmp_path / 'docs'}",
-            jwt_secret=SECRET,
+            jwt_secret="the-staff-token-secret-of-this-deployment",
+            file_link_secret=SECRET,
             api_base_url=API_BASE,
         )
     )
@@ -516,6 +517,18 @@ def test_store_from_settings_opens_the_configured_store(
     assert f"{link.scheme}://{link.netloc}" == API_BASE
     query = parse_qs(link.query)
     assert verify_local_signature(SECRET, "documents/ab/x", query["expires"][0], query["sig"][0])
+
+
+def test_file_links_are_signed_with_their_own_secret_not_the_jwt_secret(tmp_path: Path) -> None:
+    # A deployment verifying staff tokens by JWKS never sets the JWT secret:
+    # links signed with it would be signed with the public development value.
+    local = store_from_settings(
+        Settings(document_store=f"file://{tmp_path / 'docs'}", api_base_url=API_BASE)
+    )
+    query = parse_qs(urlsplit(local.presign_get("documents/ab/x")).query)
+    expires, sig = query["expires"][0], query["sig"][0]
+    assert verify_local_signature(DEV_FILE_LINK_SECRET, "documents/ab/x", expires, sig)
+    assert not verify_local_signature(DEV_JWT_SECRET, "documents/ab/x", expires, sig)
     remote = store_from_settings(
         Settings(document_store="s3://my-bucket/deal/docs", s3_endpoint_url="http://minio:9000")
     )

@@ -45,6 +45,7 @@ from tests.support.servers import free_port, serve_async
 from tests.support.stack import ROOT, deal_worker
 
 SECRET = "api-test-secret-" + "0123456789abcdef" * 4
+FILE_LINK_SECRET = "api-test-file-links-" + "0123456789abcdef" * 4
 MiB = 1024 * 1024
 S3_CREDS = {
     "region_name": "us-east-1",
@@ -115,6 +116,7 @@ async def api_stack(
     settings = Settings(
         task_queue=task_queue,
         jwt_secret=secret,
+        file_link_secret=FILE_LINK_SECRET,
         api_base_url=api_url,
         policy_file=policy_file,
         database_url=database_url,
@@ -122,7 +124,7 @@ async def api_stack(
     )
     if store is None:
         store = LocalDirectoryStore(
-            tmp / f"documents-{api_port}", signing_secret=secret, api_base_url=api_url
+            tmp / f"documents-{api_port}", signing_secret=FILE_LINK_SECRET, api_base_url=api_url
         )
     engine = db.make_engine(database_url)
     services = Services(

@@ -93,7 +93,7 @@ async def presigned_file(
 ) -> Response:
     svc = services(request)
     if not HEX_SIGNATURE.match(sig) or not verify_local_signature(
-        svc.settings.jwt_secret, key, expires, sig
+        svc.settings.file_link_secret, key, expires, sig
     ):
         raise Problem(403, "the link is invalid or has expired; ask for a new one")
     if not isinstance(svc.store, LocalDirectoryStore):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from sqlalchemy.engine import make_url
@@ -21,8 +22,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         command_parser.add_argument("--url", help="database URL (default: DEALFLOW_DATABASE_URL)")
     args = parser.parse_args(argv)
 
+    from dealflow import startup
     from dealflow.config import get_settings
 
+    try:
+        startup.check_production(get_settings())
+    except startup.StartupError as e:
+        for line in str(e).splitlines():
+            print(f"dealflow.storage.db: {line}", file=sys.stderr)
+        return startup.EXIT_CANNOT_START
     url: str = args.url or get_settings().database_url
     shown = make_url(db.normalise_url(url)).render_as_string(hide_password=True)
     if args.command == "upgrade":

@@ -47,6 +47,6 @@ def store_from_settings(settings: Settings) -> DocumentStore:
     return open_store(
         settings.document_store,
         endpoint_url=settings.s3_endpoint_url,
-        signing_secret=settings.jwt_secret,
+        signing_secret=settings.file_link_secret,
         api_base_url=settings.api_url,
     )
