@@ -18,6 +18,7 @@ from datetime import timedelta
 
 import httpx
 from sqlalchemy.engine import Engine
+from temporalio.client import Client
 from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
@@ -35,10 +36,10 @@ log = logging.getLogger("dealflow.worker")
 
 
 def build_worker(
-    settings: Settings, client: object, activities: DealActivities, executor: ThreadPoolExecutor
+    settings: Settings, client: Client, activities: DealActivities, executor: ThreadPoolExecutor
 ) -> Worker:
     return Worker(
-        client,  # type: ignore[arg-type]
+        deals.worker_client(client),
         task_queue=settings.task_queue,
         workflows=[DealWorkflow],
         activities=activities.all(),

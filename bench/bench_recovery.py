@@ -388,7 +388,7 @@ async def tuned_worker(task_queue: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
         async with Worker(
-            client,
+            deals.worker_client(client),
             task_queue=task_queue,
             workflows=[deal_module.DealWorkflow],
             activities=activities,

@@ -81,6 +81,17 @@ async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     return await temporal_connection(settings).connect(data_converter_for(settings), **options)
 
 
+def worker_client(client: Client) -> Client:
+    """`client` as a worker must use it: the same connection, with a codec
+    that refuses payloads sent in clear (dealflow/codec.py), so whoever can
+    reach Temporal without the codec keys cannot speak to a deal."""
+    from dealflow.codec import refusing_plaintext
+
+    config = client.config()
+    config["data_converter"] = refusing_plaintext(client.data_converter)
+    return Client(**config)
+
+
 def workflow_id(deal_id: str) -> str:
     return f"deal-{deal_id}"
 

@@ -29,8 +29,17 @@ process uses the same PUBLIC development key `dev-insecure` (below) and logs a
 loud warning: the pipeline is exercised end to end, but that key protects
 nothing. Production sets its own keys (`python -m dealflow.codec new-key`).
 
-Payloads without our encoding (search attributes, histories written before
-encryption was enabled) pass through `decode` unchanged.
+Payloads without our encoding (histories written before encryption was
+enabled) pass through `decode` unchanged — except in the worker. Anyone who
+can reach Temporal could otherwise send a deal a plaintext signal or an update
+whose `actor` claims any role; the worker's codec (`refusing_plaintext()`)
+turns every payload that arrives in clear into one of the encoding
+`binary/plaintext-refused`, which no converter reads: the SDK drops such a
+signal (logging it), rejects such an update before its validator, and fails
+the task of a workflow started with such an input. Only a holder of a codec
+key speaks to a deal. The audit tools, the replay gate and the codec endpoint
+keep passing plaintext through, so histories written before encryption still
+read and replay.
 """
 
 from __future__ import annotations
@@ -222,12 +231,22 @@ def is_encrypted(payload: Payload) -> bool:
     return payload.metadata.get(META_ENCODING) == ENCODING
 
 
+# What the worker's codec makes of a payload that arrived in clear.
+REFUSED_PLAINTEXT_ENCODING = b"binary/plaintext-refused"
+
+
 class AesGcmCodec(PayloadCodec):
     """AES-GCM with a random 96-bit nonce per payload; the key id travels in clear."""
 
-    def __init__(self, keyring: Keyring) -> None:
+    def __init__(self, keyring: Keyring, *, refuse_plaintext: bool = False) -> None:
         self.keyring = keyring
+        self.refuse_plaintext = refuse_plaintext
         self._ciphers = {kid: AESGCM(key) for kid, key in keyring.keys}
+
+    def refusing_plaintext(self) -> AesGcmCodec:
+        """The same keys, for a worker: a payload in clear decodes to one no
+        converter reads (module docstring)."""
+        return AesGcmCodec(self.keyring, refuse_plaintext=True)
 
     @property
     def key_ids(self) -> list[str]:
@@ -258,6 +277,8 @@ class AesGcmCodec(PayloadCodec):
 
     def decrypt(self, payload: Payload) -> Payload:
         if not is_encrypted(payload):
+            if self.refuse_plaintext:
+                return Payload(metadata={META_ENCODING: REFUSED_PLAINTEXT_ENCODING})
             return payload
         kid = payload.metadata.get(META_KEY_ID, b"").decode("utf-8", "replace")
         cipher = self._ciphers.get(kid)
@@ -292,6 +313,14 @@ def data_converter(keys: Keyring | str) -> DataConverter:
         payload_codec=AesGcmCodec(ring),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
+
+
+def refusing_plaintext(converter: DataConverter) -> DataConverter:
+    """`converter` for a worker: its codec refuses payloads that arrive in clear."""
+    codec = converter.payload_codec
+    if not isinstance(codec, AesGcmCodec):
+        raise CodecError("a worker's data converter must carry DealFlow's AES-GCM codec")
+    return dataclasses.replace(converter, payload_codec=codec.refusing_plaintext())
 
 
 def data_converter_for(settings: object) -> DataConverter:

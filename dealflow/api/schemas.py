@@ -4,9 +4,17 @@ body itself, as it streams)."""
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from dealflow.models import DocumentKind, DocumentRecord, Party
+from dealflow.models import (
+    ActionResult,
+    DealStatus,
+    DocumentKind,
+    DocumentRecord,
+    DocumentUploaded,
+    FundingItem,
+    Party,
+)
 
 
 class DocumentInfo(BaseModel):
@@ -38,6 +46,40 @@ class DocumentInfo(BaseModel):
 class DocumentList(BaseModel):
     deal_id: str
     documents: list[DocumentInfo]
+
+
+# A deal's status as the API answers it: a document's storage key stays inside
+# (the store's layout is nobody's business, and a key is what a forged link
+# would name), and a role sees the details only of the documents it may
+# (`rules.status_for_roles`). The field stays, empty, for clients that read it.
+class StatusDocument(DocumentRecord):
+    storage_key: str = Field(
+        default="",
+        description="always empty: storage keys stay inside DealFlow",
+        json_schema_extra={"deprecated": True},
+    )
+
+    @field_validator("storage_key", mode="before")
+    @classmethod
+    def _withheld(cls, _value: object) -> str:
+        return ""
+
+
+class FundingItemView(FundingItem):
+    document: StatusDocument | None = None
+
+
+class DealStatusView(DealStatus):
+    documents: list[StatusDocument] = Field(default_factory=list)  # type: ignore[assignment]
+    funding: list[FundingItemView] = Field(default_factory=list)  # type: ignore[assignment]
+
+
+class ActionResultView(ActionResult):
+    status: DealStatusView
+
+
+class DocumentUploadedView(DocumentUploaded):
+    status: DealStatusView = Field(description="the deal after the document was recorded")
 
 
 UPLOAD_BODY: dict[str, Any] = {

@@ -45,7 +45,7 @@ START_DEAL_ROLES: frozenset[Role] = rules.START_DEAL_ROLES
 UPLOAD_ROLES: frozenset[Role] = rules.ACTION_ROLES[Action.RECORD_DOCUMENT]
 # Reading a customer document (personal data): who collects and checks them,
 # and the auditors.
-DOCUMENT_READ_ROLES: frozenset[Role] = frozenset({Role.SALES, Role.CREDIT, Role.AUDITOR})
+DOCUMENT_READ_ROLES: frozenset[Role] = rules.DOCUMENT_READ_ROLES
 
 HS_ALGORITHMS = ["HS256"]
 JWKS_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "PS384", "EdDSA"]

@@ -248,6 +248,7 @@ def status_context(
     panels: list[deal_view.ActionPanel],
 ) -> dict[str, Any]:
     """What the polled regions show (the page and `/live` render the same)."""
+    status = rules.status_for_roles(status, user.roles)
     path, outcomes = deal_view.stage_bar(status, datetime.now(UTC))
     checklist, other_documents = deal_view.checklist_by_party(status)
     return {

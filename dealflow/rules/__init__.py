@@ -56,6 +56,7 @@ from dealflow.rules.pending import document_uploader, owner_role, pending_action
 from dealflow.rules.permissions import (
     ACTION_ROLES,
     ACTION_STAGES,
+    DOCUMENT_READ_ROLES,
     DOCUMENT_ROLES,
     NAME_ROLES,
     READ_ROLES,
@@ -64,6 +65,9 @@ from dealflow.rules.permissions import (
     check_document_role,
     check_role,
     check_stage,
+    document_kinds_shown,
+    may_read_documents,
+    status_for_roles,
 )
 from dealflow.rules.schedule import lender_terms_problem, loan_schedule, repayment_schedule
 from dealflow.rules.stipulations import (
@@ -113,6 +117,7 @@ __all__ = [
     "FUNDING_KINDS",
     "NAME_ROLES",
     "READ_ROLES",
+    "DOCUMENT_READ_ROLES",
     "REPORT_ROLES",
     "START_DEAL_ROLES",
     "STIPULATION_ACTIONS",
@@ -127,6 +132,9 @@ __all__ = [
     "check_event_lender",
     "check_role",
     "check_stage",
+    "may_read_documents",
+    "document_kinds_shown",
+    "status_for_roles",
     "checklist",
     "checklist_complete",
     "collecting",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from dealflow.models import (
     STAGE_ORDER,
     Action,
     Actor,
+    DealStatus,
     DocumentKind,
     Role,
     Stage,
@@ -69,6 +72,41 @@ NAME_ROLES = READ_ROLES - {Role.AUDITOR}
 # who route them to lenders; finance, who take the money — and the auditors.
 # The others see their own work in My work. Close reasons are staff's free text.
 REPORT_ROLES = frozenset({Role.SALES, Role.CREDIT, Role.FINANCE, Role.AUDITOR, Role.ADMIN})
+# Who may read customer documents (personal data), and in a deal's status the
+# documents' names and hashes: who collects and checks them, the auditors, and
+# admin. The other teams see only whether their funding document is in.
+DOCUMENT_READ_ROLES = frozenset({Role.SALES, Role.CREDIT, Role.AUDITOR})
+
+
+def may_read_documents(role: Role) -> bool:
+    return role is Role.ADMIN or role in DOCUMENT_READ_ROLES
+
+
+def document_kinds_shown(roles: Iterable[Role]) -> frozenset[DocumentKind]:
+    """The kinds of document whose details (name, hash) a deal's status shows
+    to someone with `roles`: every kind to a reader of documents, else the
+    kinds their team uploads (insurance sees its policy page, not the ID card)."""
+    roles = tuple(roles)
+    if any(may_read_documents(role) for role in roles):
+        return frozenset(DocumentKind)
+    return frozenset(kind for kind, uploaders in DOCUMENT_ROLES.items() if uploaders & set(roles))
+
+
+def status_for_roles(status: DealStatus, roles: Iterable[Role]) -> DealStatus:
+    """`status` as someone with `roles` may see it: the details of the
+    documents of the kinds `document_kinds_shown`, only whether the others are in."""
+    shown = document_kinds_shown(roles)
+    if shown == frozenset(DocumentKind):
+        return status
+    return status.model_copy(
+        update={
+            "documents": [doc for doc in status.documents if doc.kind in shown],
+            "funding": [
+                item if item.kind in shown else item.model_copy(update={"document": None})
+                for item in status.funding
+            ],
+        }
+    )
 
 
 def check_role(action: Action, actor: Actor) -> None:

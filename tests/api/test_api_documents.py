@@ -30,8 +30,8 @@ from dealflow.models import Role
 from dealflow.samples import dealer_today, sample_documents
 from dealflow.storage.documents import LocalDirectoryStore, S3Store, make_s3_client, sign_local_url
 from tests.support.api_stack import (
-    S3_CREDS,
     FILE_LINK_SECRET,
+    S3_CREDS,
     SECRET,
     ApiStack,
     HttpDesk,
@@ -600,3 +600,35 @@ async def _multipart(
 ) -> AsyncIterator[bytes]:
     for piece in _multipart_sync(fields, file_name, chunks):
         yield piece
+
+
+async def test_a_deals_status_shows_documents_to_who_may_read_them_and_never_a_storage_key(
+    local: ApiStack,
+) -> None:
+    desk = HttpDesk(local)
+    await desk.start()
+    await desk.ok("sign-sales-contract", Role.SALES)
+    doc = _doc("proof_of_residence")
+    uploaded = await desk.upload(doc, pdf("residence permit"), "residence.pdf")
+    assert uploaded.status_code == 201
+    assert "documents/" not in uploaded.text
+    for reader in (Role.SALES, Role.CREDIT, Role.AUDITOR, Role.ADMIN):
+        r = await local.http(reader).get(f"/api/deals/{desk.deal_id}")
+        assert r.status_code == 200
+        [shown] = r.json()["documents"]
+        assert (shown["file_name"], shown["storage_key"]) == ("residence.pdf", ""), reader
+        assert "documents/" not in r.text
+    for other in (Role.FINANCE, Role.INSURANCE, Role.REGISTRATION, Role.DELIVERY):
+        r = await local.http(other).get(f"/api/deals/{desk.deal_id}")
+        assert r.status_code == 200
+        body = r.json()
+        assert body["documents"] == [], other
+        assert all(item["document"] is None for item in body["funding"])
+        assert "residence.pdf" not in r.text
+    # An action's answer is the status as its taker may see it.
+    r = await desk.do("cancel", Role.SALES)
+    assert r.status_code == 200, r.text
+    assert [d["file_name"] for d in r.json()["status"]["documents"]] == ["residence.pdf"]
+    assert "documents/" not in r.text
+    schema = (await local.http().get("/openapi.json")).json()["components"]["schemas"]
+    assert schema["StatusDocument"]["properties"]["storage_key"]["deprecated"] is True

@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 
 import workflows
 from activities import DealActivities
+from dealflow import client as deals
 from dealflow import codec
 from dealflow.api.app import create_app as create_api
 from dealflow.api.deps import Services
@@ -122,7 +123,7 @@ async def deal_worker(
         acts = DealActivities(db.make_engine(database_url), lenders, http, store)
         with ThreadPoolExecutor(max_workers=8) as pool:
             async with Worker(
-                client,
+                deals.worker_client(client),
                 task_queue=task_queue,
                 workflows=list(workflows),
                 activities=acts.all(),

@@ -25,6 +25,7 @@ from dealflow.api import operations
 from dealflow.api.deps import services
 from dealflow.api.errors import Problem
 from dealflow.api.problems import responses
+from dealflow.api.schemas import ActionResultView, DealStatusView
 from dealflow.api.security import (
     READ_ROLES,
     START_DEAL_ROLES,
@@ -211,14 +212,17 @@ async def list_deals(
 
 @router.get(
     "/api/deals/{deal_id}",
-    response_model=DealStatus,
+    response_model=DealStatusView,
     tags=["deals"],
     summary="A deal's status: stage, checklist, pending actions, lenders, money",
+    description="Documents' names and hashes only for the roles that may read documents "
+    "(sales, credit, auditor, admin); never a storage key.",
     responses=responses(401, 403, 404, 503),
 )
 async def get_deal(request: Request, deal_id: DealIdPath, actor: DealReader) -> DealStatus:
     check_deal_id(deal_id)
-    return await operations.read_status(services(request), deal_id)
+    status = await operations.read_status(services(request), deal_id)
+    return rules.status_for_roles(status, [actor.role])
 
 
 def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
@@ -242,7 +246,10 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
     ) -> ActionResult:
         check_deal_id(deal_id)
         body_json = cast(BaseModel, payload).model_dump(mode="json")
-        return await operations.take_action(services(request), deal_id, action, body_json, actor)
+        result = await operations.take_action(services(request), deal_id, action, body_json, actor)
+        return result.model_copy(
+            update={"status": rules.status_for_roles(result.status, [actor.role])}
+        )
 
     endpoint.__name__ = "action_" + action.update_name
     return endpoint
@@ -261,7 +268,7 @@ for _action in ACTION_ROUTES:
         f"/api/deals/{{deal_id}}/actions/{_action.value}",
         _action_endpoint(_action, ACTION_BODIES[_action]),
         methods=["POST"],
-        response_model=ActionResult,
+        response_model=ActionResultView,
         tags=["actions"],
         summary=f"{_action.value} (roles: {_roles_text(_action)})",
         description=(

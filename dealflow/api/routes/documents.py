@@ -42,7 +42,7 @@ from dealflow.api.operations import read_status
 from dealflow.api.problems import RULE_STATUS, responses
 from dealflow.api.routes.deals import DealIdPath, check_deal_id
 from dealflow.api.routes.files import FILE_CONTENT, stream_local_file
-from dealflow.api.schemas import UPLOAD_BODY, DocumentInfo, DocumentList
+from dealflow.api.schemas import UPLOAD_BODY, DocumentInfo, DocumentList, DocumentUploadedView
 from dealflow.api.security import (
     DOCUMENT_READ_ROLES,
     UPLOAD_ROLES,
@@ -185,7 +185,7 @@ DocumentReader = Annotated[Actor, Depends(require_roles(DOCUMENT_READ_ROLES, "re
 @router.post(
     "/api/deals/{deal_id}/documents",
     status_code=201,
-    response_model=DocumentUploaded,
+    response_model=DocumentUploadedView,
     tags=["documents"],
     summary="Upload a customer document (multipart: kind, party, [id_number, period_start, "
     "period_end, stipulation_code], file)",
@@ -268,7 +268,7 @@ async def receive_upload(
         content_type=content_type,
         size=stream.size,
         sha256=stream.sha256,
-        status=result.status,
+        status=rules.status_for_roles(result.status, [actor.role]),
     )
 
 
