@@ -17,6 +17,7 @@ from temporalio import activity
 from temporalio.common import MetricHistogramFloat
 from temporalio.exceptions import ApplicationError
 
+from activities.lender_errors import lender_reason
 from dealflow import names, rules
 from dealflow.config import LenderConfig
 from dealflow.models import (
@@ -124,10 +125,11 @@ class DealActivities:
         finally:
             beat.cancel()
         if resp.status_code >= 500 or resp.status_code in _RETRYABLE_4XX:
-            raise RuntimeError(f"lender answered {resp.status_code} at {url}: {resp.text[:300]}")
+            reason = lender_reason(resp.text, body)
+            raise RuntimeError(f"lender answered {resp.status_code} at {url}: {reason}")
         if resp.status_code >= 400:
             raise ApplicationError(
-                f"lender answered {resp.status_code}: {resp.text[:500]}",
+                f"lender answered {resp.status_code}: {lender_reason(resp.text, body)}",
                 type="LenderRejected",
                 non_retryable=True,
             )

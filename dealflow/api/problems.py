@@ -9,6 +9,7 @@ document store being down (503) and, as a last resort, an unexpected error (500)
 from __future__ import annotations
 
 import logging
+import uuid
 from http import HTTPStatus
 from typing import Any
 
@@ -90,7 +91,7 @@ _EXAMPLES = {
     413: "statements.pdf is larger than the limit of 20,971,520 bytes",
     415: "send the document as multipart/form-data",
     422: "down payment 30,000.00 does not match the contract's 35,000.00",
-    503: "Temporal is unavailable: connection refused",
+    503: "Temporal is unavailable; retry in a few seconds (reference err-3f9a0c1e5b7d)",
 }
 
 
@@ -119,6 +120,20 @@ def responses(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any
 
 
 # --------------------------------------------------------------------------- handlers
+
+
+def internal_problem(
+    status: int, detail: str, internals: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A problem whose cause is DealFlow's own (Temporal, the store, a bug):
+    `detail` says what the clerk can do; `internals` — addresses, buckets,
+    Temporal's words — go only to the log, under a reference the problem
+    carries too, so support can find them without the client seeing them."""
+    reference = f"err-{uuid.uuid4().hex[:12]}"
+    log.error("%s (reference %s)", internals, reference, extra={"reference": reference})
+    return problem_response(
+        status, f"{detail} (reference {reference})", headers, reference=reference
+    )
 
 
 async def on_problem(_: Request, exc: Exception) -> JSONResponse:
@@ -201,8 +216,11 @@ async def on_rpc_error(_: Request, exc: Exception) -> JSONResponse:
         RPCStatusCode.DEADLINE_EXCEEDED,
         RPCStatusCode.RESOURCE_EXHAUSTED,
     ):
-        return problem_response(
-            503, f"Temporal is unavailable: {exc.message}", {"Retry-After": "5"}
+        return internal_problem(
+            503,
+            "Temporal is unavailable; retry in a few seconds",
+            f"Temporal unavailable: {exc.message} ({exc.status.name})",
+            {"Retry-After": "5"},
         )
     if "Workflow Task in failed state" in exc.message:
         # The deal's worker died mid-task; another worker retries it in seconds.
@@ -211,8 +229,11 @@ async def on_rpc_error(_: Request, exc: Exception) -> JSONResponse:
             "the deal is being recovered by another worker; retry shortly",
             {"Retry-After": "3"},
         )
-    log.error("Temporal call failed: %s (%s)", exc.message, exc.status)
-    return problem_response(502, f"Temporal refused the call: {exc.message}")
+    return internal_problem(
+        502,
+        "Temporal refused the call; an operator can look it up by its reference",
+        f"Temporal call failed: {exc.message} ({exc.status.name if exc.status else None})",
+    )
 
 
 async def on_outcome_unknown(_: Request, exc: Exception) -> JSONResponse:
@@ -238,13 +259,22 @@ async def on_stuck(_: Request, exc: Exception) -> JSONResponse:
 async def on_store_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DocumentStoreError)
     if isinstance(exc, DocumentStoreUnavailable):
-        return problem_response(
-            503, f"the document store is unavailable: {exc}", {"Retry-After": "5"}
+        return internal_problem(
+            503,
+            "the document store is unavailable; retry in a few seconds",
+            f"document store unavailable: {exc}",
+            {"Retry-After": "5"},
         )
-    log.error("document store error: %s", exc)
-    return problem_response(502, f"the document store failed: {exc}")
+    return internal_problem(
+        502,
+        "the document store failed; an operator can look it up by its reference",
+        f"document store error: {exc}",
+    )
 
 
 async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error", exc_info=exc)
-    return problem_response(500, "unexpected error; it has been logged")
+    reference = f"err-{uuid.uuid4().hex[:12]}"
+    log.exception("unexpected error (reference %s)", reference, exc_info=exc)
+    return problem_response(
+        500, f"unexpected error; it has been logged (reference {reference})", reference=reference
+    )

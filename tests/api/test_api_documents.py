@@ -547,6 +547,9 @@ async def test_store_down_is_503_and_records_nothing(local: ApiStack) -> None:
         )
     problem(r, 503, "the document store is unavailable")
     assert r.headers["retry-after"] == "5"
+    # The store's address and bucket are for the log, found by the reference.
+    assert dead.split("//")[1] not in r.text and "docs" not in r.json()["detail"]
+    assert r.json()["reference"].startswith("err-")
     assert (await desk.status())["version"] == before["version"]
 
 
