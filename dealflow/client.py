@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
-from temporalio.api.common.v1 import Payloads, WorkflowExecution
+from temporalio.api.common.v1 import Header, Payloads, WorkflowExecution
 from temporalio.api.enums.v1 import (
     EventType,
     PendingWorkflowTaskState,
@@ -41,7 +41,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
-from dealflow import rules
+from dealflow import rules, tracing
 from dealflow.config import STUCK_ATTEMPTS, LenderConfig, Settings
 from dealflow.models import (
     ACTION_INPUTS,
@@ -394,38 +394,44 @@ async def _send_once(
     retry is `update_once`'s, after asking for the outcome.
     """
     converter = client.data_converter
-    request = UpdateWorkflowExecutionRequest(
-        namespace=client.namespace,
-        workflow_execution=WorkflowExecution(workflow_id=handle.id),
-        request=update_pb.Request(
-            meta=update_pb.Meta(update_id=update_id, identity=client.identity),
-            input=update_pb.Input(
-                name=update, args=Payloads(payloads=await converter.encode([arg]))
+    # With tracing on, the update's span and the header that carries it to the
+    # workflow (the SDK's interceptors never see a request sent this way).
+    with tracing.update_call(client, update, handle.id, update_id) as header:
+        request = UpdateWorkflowExecutionRequest(
+            namespace=client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=handle.id),
+            request=update_pb.Request(
+                meta=update_pb.Meta(update_id=update_id, identity=client.identity),
+                input=update_pb.Input(
+                    header=Header(fields=header) if header else None,
+                    name=update,
+                    args=Payloads(payloads=await converter.encode([arg])),
+                ),
             ),
-        ),
-        wait_policy=update_pb.WaitPolicy(lifecycle_stage=_COMPLETED),
-    )
-    wait = max(1.0, min(20.0, deadline - time.monotonic()))
-    try:
-        response = await client.workflow_service.update_workflow_execution(
-            request, retry=False, timeout=timedelta(seconds=wait)
+            wait_policy=update_pb.WaitPolicy(lifecycle_stage=_COMPLETED),
         )
-    except RPCError as e:
-        if e.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
-            raise WorkflowUpdateRPCTimeoutOrCancelledError() from e
-        raise
-    if not response.HasField("outcome"):
-        # Admitted or accepted, not yet completed: the outcome is polled for,
-        # which never sends the update again.
-        found = await _known_outcome(handle, update_id, result_type, deadline)
-        if found is None:
-            raise WorkflowUpdateRPCTimeoutOrCancelledError()
-        return found[0]
-    outcome = response.outcome
-    if outcome.HasField("failure"):
-        raise WorkflowUpdateFailedError(await converter.decode_failure(outcome.failure))
-    [result] = await converter.decode(outcome.success.payloads, [result_type])
-    return cast(T, result)
+        wait = max(1.0, min(20.0, deadline - time.monotonic()))
+        try:
+            response = await client.workflow_service.update_workflow_execution(
+                request, retry=False, timeout=timedelta(seconds=wait)
+            )
+        except RPCError as e:
+            if e.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+                raise WorkflowUpdateRPCTimeoutOrCancelledError() from e
+            raise
+        if not response.HasField("outcome"):
+            # Admitted or accepted, not yet completed: the outcome is polled for,
+            # which never sends the update again.
+            found = await _known_outcome(handle, update_id, result_type, deadline)
+            if found is None:
+                raise WorkflowUpdateRPCTimeoutOrCancelledError()
+            return found[0]
+        outcome = response.outcome
+        if outcome.HasField("failure"):
+            # A refusal too: the update's span says it failed.
+            raise WorkflowUpdateFailedError(await converter.decode_failure(outcome.failure))
+        [result] = await converter.decode(outcome.success.payloads, [result_type])
+        return cast(T, result)
 
 
 _COMPLETED = (

@@ -7,7 +7,7 @@ import logging
 import uvicorn
 
 from dealflow import client as deals
-from dealflow import logs, startup
+from dealflow import logs, startup, tracing
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.config import load_lenders
@@ -21,6 +21,7 @@ async def main() -> None:
     logs.setup()
     settings = startup.settings_from_env()
     lenders = load_lenders(settings.lenders_file)
+    startup.start_tracing(settings, tracing.SERVICE_API)
     services = Services(
         settings=settings,
         client=await startup.connect_patiently(settings, deals.connect),
@@ -36,7 +37,10 @@ async def main() -> None:
         access_log=False,
     )
     log.info("API listening", extra={"port": settings.api_port})
-    await uvicorn.Server(config).serve()
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":
