@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 
 import uvicorn
 
@@ -37,10 +39,19 @@ async def main() -> None:
         access_log=False,
     )
     log.info("API listening", extra={"port": settings.api_port})
-    try:
-        await uvicorn.Server(config).serve()
-    finally:
-        tracing.shutdown()
+    await FlushingServer(config).serve()
+
+
+class FlushingServer(uvicorn.Server):
+    """uvicorn's server, sending the spans still batched once the last request
+    is done: after a SIGTERM, uvicorn raises the signal again and the process
+    ends there, before anything after `serve()` could run."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            await asyncio.to_thread(tracing.shutdown)
 
 
 if __name__ == "__main__":
