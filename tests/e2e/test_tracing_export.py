@@ -2,7 +2,8 @@
 (`python -m dealflow.api`) started with DEALFLOW_OTLP_ENDPOINT export their
 spans over OTLP/HTTP (protobuf on /v1/traces) to a collector stand-in the test
 runs, each under its own service name, and a staff action's trace, begun by
-the caller's `traceparent`, reaches the worker's spans. The batch delay is
+the caller's `traceparent`, reaches the worker's spans; `starter.py --api`
+exports its own span of the trace the API continues. The batch delay is
 longer than the test: every span arrives in the flush each process makes as
 it stops on SIGTERM (the API's server re-raises the signal once it is done,
 the worker leaves without interpreter finalisation), or never."""
@@ -185,6 +186,17 @@ async def test_the_worker_and_the_api_export_one_trace_over_otlp_http(
             # The projection's activity span ends just after its write.
             await asyncio.sleep(0.5)
             assert not collector.spans, "a batch left before the processes stopped"
+            # The operator CLI through the API: its span, then the API's, one trace.
+            cli = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "starter.py", "--api", api, "--json", "status", deal_id],
+                cwd=ROOT,
+                env=env | {"DEALFLOW_API_TOKEN": sales["Authorization"].split()[1]},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert cli.returncode == 0, cli.stderr
     finally:
         for proc in procs:
             proc.terminate()
@@ -203,5 +215,10 @@ async def test_the_worker_and_the_api_export_one_trace_over_otlp_http(
     # The deal's start is a trace of its own, from the API to the worker.
     assert "POST /api/deals" in collector.of("dealflow-api")
     assert "RunWorkflow:DealWorkflow" in collector.of("dealflow-worker")
-    assert {s.service for s in collector.spans} == {"dealflow-api", "dealflow-worker"}
+    read = "GET /api/deals/{deal_id}"
+    [cli_trace] = {s.trace_id for s in collector.spans if s.service == "dealflow-cli"}
+    assert read in collector.of("dealflow-cli", cli_trace)
+    assert read in collector.of("dealflow-api", cli_trace)
+    services = {s.service for s in collector.spans}
+    assert services == {"dealflow-api", "dealflow-worker", "dealflow-cli"}
     assert "tracing on: spans to " in logs["worker.log"] and collector.url in logs["api.log"]
