@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from temporalio.client import Client
+from temporalio.converter import PayloadConverter
 from temporalio.testing import WorkflowEnvironment
 
 from dealflow import names, tracing
@@ -207,6 +208,20 @@ async def test_one_trace_from_the_clis_call_through_the_update_into_its_activiti
     # The traced run's history (updates carrying trace headers) replays, with
     # the tracing interceptor and without it.
     history = await traced.client.get_workflow_handle(f"deal-{deal_id}").fetch_history()
+    # What the trace adds to history, in clear: the caller's span id, nothing else.
+    accepted = [
+        e.workflow_execution_update_accepted_event_attributes.accepted_request.input.header
+        for e in history.events
+        if e.HasField("workflow_execution_update_accepted_event_attributes")
+    ]
+    [carried] = [
+        PayloadConverter.default.from_payloads([h.fields["_tracer-data"]])[0] for h in accepted
+    ]
+    assert set(carried) == {"traceparent"}, carried
+    assert carried["traceparent"].split("-")[1:3] == [
+        f"{trace_of(update):032x}",
+        f"{span_id(update):016x}",
+    ]
     for interceptors in ([traced.tracing.interceptor], []):
         outcome = await replayer(interceptors=interceptors).replay_workflow(
             history, raise_on_replay_failure=False
