@@ -48,7 +48,9 @@ def describe_settings_error(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
         field = ".".join(str(p) for p in err["loc"])
-        parts.append(f"DEALFLOW_{field.upper()}: {err['msg']}")
+        # The standard OpenTelemetry variables are named as they are set.
+        name = field if field.startswith("OTEL_") else f"DEALFLOW_{field.upper()}"
+        parts.append(f"{name}: {err['msg']}")
     return "configuration error: " + "; ".join(parts)
 
 

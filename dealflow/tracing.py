@@ -100,7 +100,8 @@ def setup(settings: Settings, service: str) -> TracingConfig | None:
         from dealflow import tracing_sdk
     except ImportError as e:
         raise TracingConfigError(
-            f"{config.source} is set but the tracing packages are missing ({e.name}): {EXTRA_HINT}"
+            f"{config.source} is set but the tracing packages are missing "
+            f"({e.name or e}): {EXTRA_HINT}"
         ) from None
     activate(tracing_sdk.exporting(config.traces_url, config.service_name))
     return config

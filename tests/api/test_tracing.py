@@ -25,11 +25,12 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.converter import PayloadConverter
 from temporalio.testing import WorkflowEnvironment
 
-from dealflow import names, tracing
+from dealflow import names, startup, tracing
 from dealflow.api.remote import DealFlowAPI
 from dealflow.config import ROOT, Settings
 from dealflow.logs import JsonFormatter
@@ -338,8 +339,11 @@ def test_the_settings_name_the_endpoint_in_their_order() -> None:
     assert ours.traces_url == "https://user:pw@otel.example:4318/v1/traces"
     assert ours.where() == "https://otel.example:4318/v1/traces"
     assert config(otlp_endpoint="http://c:4318", OTEL_SDK_DISABLED="true") is None
-    with pytest.raises(ValueError, match="http:// or https:// URL"):
-        Settings.model_validate({"otlp_endpoint": "collector:4318"})
+    with pytest.raises(ValidationError) as refused:
+        Settings.model_validate({"otlp_endpoint": "collector:4318", "OTEL_SDK_DISABLED": "maybe"})
+    said = startup.describe_settings_error(refused.value)
+    assert "DEALFLOW_OTLP_ENDPOINT: Value error, the OTLP endpoint must be an http://" in said
+    assert "; OTEL_SDK_DISABLED: Input should be a valid boolean" in said, said
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
