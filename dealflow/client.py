@@ -10,12 +10,13 @@ import asyncio
 import secrets
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
-from temporalio.api.common.v1 import Header, Payloads, WorkflowExecution
+from temporalio.api.common.v1 import Header, Payload, Payloads, WorkflowExecution
 from temporalio.api.enums.v1 import (
     EventType,
     PendingWorkflowTaskState,
@@ -393,45 +394,58 @@ async def _send_once(
     `update_once` exists to prevent. Here the request goes out once; every
     retry is `update_once`'s, after asking for the outcome.
     """
-    converter = client.data_converter
-    # With tracing on, the update's span and the header that carries it to the
-    # workflow (the SDK's interceptors never see a request sent this way).
+    # With tracing on, the update's span (a refusal marks it failed) and the
+    # header that carries it to the workflow: the SDK's interceptors never see
+    # an update sent this way.
     with tracing.update_call(client, update, handle.id, update_id) as header:
-        request = UpdateWorkflowExecutionRequest(
-            namespace=client.namespace,
-            workflow_execution=WorkflowExecution(workflow_id=handle.id),
-            request=update_pb.Request(
-                meta=update_pb.Meta(update_id=update_id, identity=client.identity),
-                input=update_pb.Input(
-                    header=Header(fields=header) if header else None,
-                    name=update,
-                    args=Payloads(payloads=await converter.encode([arg])),
-                ),
+        return await _send(client, handle, update, arg, update_id, result_type, deadline, header)
+
+
+async def _send(
+    client: Client,
+    handle: WorkflowHandle[Any, Any],
+    update: str,
+    arg: Any,
+    update_id: str,
+    result_type: type[T],
+    deadline: float,
+    header: Mapping[str, Payload],
+) -> T:
+    converter = client.data_converter
+    request = UpdateWorkflowExecutionRequest(
+        namespace=client.namespace,
+        workflow_execution=WorkflowExecution(workflow_id=handle.id),
+        request=update_pb.Request(
+            meta=update_pb.Meta(update_id=update_id, identity=client.identity),
+            input=update_pb.Input(
+                header=Header(fields=header) if header else None,
+                name=update,
+                args=Payloads(payloads=await converter.encode([arg])),
             ),
-            wait_policy=update_pb.WaitPolicy(lifecycle_stage=_COMPLETED),
+        ),
+        wait_policy=update_pb.WaitPolicy(lifecycle_stage=_COMPLETED),
+    )
+    wait = max(1.0, min(20.0, deadline - time.monotonic()))
+    try:
+        response = await client.workflow_service.update_workflow_execution(
+            request, retry=False, timeout=timedelta(seconds=wait)
         )
-        wait = max(1.0, min(20.0, deadline - time.monotonic()))
-        try:
-            response = await client.workflow_service.update_workflow_execution(
-                request, retry=False, timeout=timedelta(seconds=wait)
-            )
-        except RPCError as e:
-            if e.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
-                raise WorkflowUpdateRPCTimeoutOrCancelledError() from e
-            raise
-        if not response.HasField("outcome"):
-            # Admitted or accepted, not yet completed: the outcome is polled for,
-            # which never sends the update again.
-            found = await _known_outcome(handle, update_id, result_type, deadline)
-            if found is None:
-                raise WorkflowUpdateRPCTimeoutOrCancelledError()
-            return found[0]
-        outcome = response.outcome
-        if outcome.HasField("failure"):
-            # A refusal too: the update's span says it failed.
-            raise WorkflowUpdateFailedError(await converter.decode_failure(outcome.failure))
-        [result] = await converter.decode(outcome.success.payloads, [result_type])
-        return cast(T, result)
+    except RPCError as e:
+        if e.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+            raise WorkflowUpdateRPCTimeoutOrCancelledError() from e
+        raise
+    if not response.HasField("outcome"):
+        # Admitted or accepted, not yet completed: the outcome is polled for,
+        # which never sends the update again.
+        found = await _known_outcome(handle, update_id, result_type, deadline)
+        if found is None:
+            raise WorkflowUpdateRPCTimeoutOrCancelledError()
+        return found[0]
+    outcome = response.outcome
+    if outcome.HasField("failure"):
+        raise WorkflowUpdateFailedError(await converter.decode_failure(outcome.failure))
+    [result] = await converter.decode(outcome.success.payloads, [result_type])
+    return cast(T, result)
 
 
 _COMPLETED = (
