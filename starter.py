@@ -41,7 +41,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dealflow import client as deals
-from dealflow import rules, stuck
+from dealflow import rules, stuck, tracing
 from dealflow.api import remote
 from dealflow.api.security import mint_token
 from dealflow.config import get_settings
@@ -544,7 +544,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "token":
             cmd_token(args)
         else:
+            tracing.setup(get_settings(), tracing.SERVICE_CLI)
             asyncio.run(run_command(args))
+    except tracing.TracingConfigError as e:
+        fail(f"configuration error: {e}")
+        return 2
     except (CliError, ServiceError) as e:
         fail(f"error: {e}")
         return e.code
@@ -569,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
             fail(f"error: cannot reach Temporal at {where}: {connect_problem(str(e))}")
             return 1
         raise
+    finally:
+        tracing.shutdown()
     return 0
 
 

@@ -25,7 +25,7 @@ from temporalio.worker import Worker
 import workflows
 from activities import DealActivities
 from dealflow import client as deals
-from dealflow import logs, names, startup, worker_metrics
+from dealflow import logs, names, startup, tracing, worker_metrics
 from dealflow.bytecode import cache_bytecode
 from dealflow.config import Settings, load_lenders
 from dealflow.storage import db
@@ -84,6 +84,7 @@ async def main() -> None:
     cache_bytecode(workflows)
     settings = startup.settings_from_env()
     lenders = load_lenders(settings.lenders_file)
+    startup.start_tracing(settings, tracing.SERVICE_WORKER)
     runtime = worker_metrics.metrics_runtime(settings)
     client = await startup.connect_patiently(settings, lambda s: deals.connect(s, runtime=runtime))
     store = store_from_settings(settings)
@@ -114,6 +115,8 @@ async def main() -> None:
             )
         ready.unlink(missing_ok=True)
     await activities_http.aclose()
+    # The spans of the last tasks, still batched, go out before the process does.
+    tracing.shutdown()
     log.info("worker stopped")
 
 

@@ -10,12 +10,13 @@ import asyncio
 import secrets
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
-from temporalio.api.common.v1 import Payloads, WorkflowExecution
+from temporalio.api.common.v1 import Header, Payload, Payloads, WorkflowExecution
 from temporalio.api.enums.v1 import (
     EventType,
     PendingWorkflowTaskState,
@@ -41,7 +42,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
-from dealflow import rules
+from dealflow import rules, tracing
 from dealflow.config import STUCK_ATTEMPTS, LenderConfig, Settings
 from dealflow.models import (
     ACTION_INPUTS,
@@ -404,6 +405,23 @@ async def _send_once(
     `update_once` exists to prevent. Here the request goes out once; every
     retry is `update_once`'s, after asking for the outcome.
     """
+    # With tracing on, the update's span (a refusal marks it failed) and the
+    # header that carries it to the workflow: the SDK's interceptors never see
+    # an update sent this way.
+    with tracing.update_call(client, update, handle.id, update_id) as header:
+        return await _send(client, handle, update, arg, update_id, result_type, deadline, header)
+
+
+async def _send(
+    client: Client,
+    handle: WorkflowHandle[Any, Any],
+    update: str,
+    arg: Any,
+    update_id: str,
+    result_type: type[T],
+    deadline: float,
+    header: Mapping[str, Payload],
+) -> T:
     converter = client.data_converter
     request = UpdateWorkflowExecutionRequest(
         namespace=client.namespace,
@@ -411,7 +429,9 @@ async def _send_once(
         request=update_pb.Request(
             meta=update_pb.Meta(update_id=update_id, identity=client.identity),
             input=update_pb.Input(
-                name=update, args=Payloads(payloads=await converter.encode([arg]))
+                header=Header(fields=header) if header else None,
+                name=update,
+                args=Payloads(payloads=await converter.encode([arg])),
             ),
         ),
         wait_policy=update_pb.WaitPolicy(lifecycle_stage=_COMPLETED),

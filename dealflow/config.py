@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,6 +116,22 @@ class Settings(BaseSettings):
     # any worker may take them. Shorter than the SDK's default so a crash is
     # recovered sooner; `make bench` measures the recovery (README).
     sticky_schedule_to_start_seconds: float = 1.0
+    # OpenTelemetry traces (dealflow/tracing.py), off unless an OTLP/HTTP
+    # endpoint is named: DealFlow's own setting first, then the standard
+    # OpenTelemetry variables (read here so every setting has one source).
+    otlp_endpoint: str | None = None
+    otel_traces_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    otel_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    otel_service_name: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_SERVICE_NAME")
+    )
+    otel_sdk_disabled: bool = Field(
+        default=False, validation_alias=AliasChoices("OTEL_SDK_DISABLED")
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -125,6 +141,19 @@ class Settings(BaseSettings):
             if v.startswith(prefix):
                 return "postgresql+psycopg://" + v[len(prefix) :]
         return v
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint_is_a_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        parsed = urlsplit(v)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(
+                "the OTLP endpoint must be an http:// or https:// URL (OTLP over HTTP, "
+                "e.g. http://otel-collector:4318)"
+            )
+        return v.rstrip("/")
 
     @field_validator("oidc_issuer")
     @classmethod

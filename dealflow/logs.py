@@ -11,6 +11,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from dealflow import tracing
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
@@ -22,6 +24,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        # With tracing on, the line names the span it was written in.
+        line.update(tracing.log_ids())
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 line[key] = value if isinstance(value, str | int | float | bool) else str(value)

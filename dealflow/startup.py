@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 from temporalio.client import Client
 
+from dealflow import tracing
 from dealflow.codec import CodecKeyError
 from dealflow.config import LendersFileError, Settings
 from dealflow.production import ProductionRefusal, refuse_unsafe_production
@@ -61,8 +62,27 @@ def describe_settings_error(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
         field = ".".join(str(p) for p in err["loc"])
-        parts.append(f"DEALFLOW_{field.upper()}: {err['msg']}")
+        # The standard OpenTelemetry variables are named as they are set.
+        name = field if field.startswith("OTEL_") else f"DEALFLOW_{field.upper()}"
+        parts.append(f"{name}: {err['msg']}")
     return "configuration error: " + "; ".join(parts)
+
+
+def start_tracing(settings: Settings, service: str) -> None:
+    """Tracing on if the settings ask for it (dealflow/tracing.py), said in one
+    log line; a request for it that cannot work stops the process."""
+    try:
+        config = tracing.setup(settings, service)
+    except tracing.TracingConfigError as e:
+        raise StartupError(f"configuration error: {e}") from None
+    if config is not None:
+        log.info(
+            "tracing on: spans to %s as %s (%s)",
+            config.where(),
+            config.service_name,
+            config.source,
+            extra={"service_name": config.service_name},
+        )
 
 
 async def connect_patiently(
@@ -165,6 +185,7 @@ def run(program: str, main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn
         code = _say(program, f"configuration error: {e}")
     except KeyboardInterrupt:
         code = 130
+    tracing.shutdown()
     _leave(code)
 
 

@@ -22,6 +22,7 @@ from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfigProfile, ClientConfigTLS
 from temporalio.service import TLSConfig
 
+from dealflow import tracing
 from dealflow.config import Settings
 
 # The envconfig variable behind each TLS source, for error messages.
@@ -58,12 +59,16 @@ class TemporalConnection:
         return f"{self.address} (namespace {self.namespace}, {how})"
 
     async def connect(self, data_converter: DataConverter, **options: Any) -> Client:
+        """A client; with tracing on (dealflow/tracing.py) it carries the tracing
+        interceptor, which the workers built on it inherit."""
+        interceptors = [*options.pop("interceptors", ()), *tracing.temporal_interceptors()]
         return await Client.connect(
             self.address,
             namespace=self.namespace,
             api_key=self.api_key,
             tls=self.tls,
             data_converter=data_converter,
+            interceptors=interceptors,
             **options,
         )
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 
 import uvicorn
 
 from dealflow import client as deals
-from dealflow import logs, startup
+from dealflow import logs, startup, tracing
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.config import load_lenders
@@ -21,6 +23,7 @@ async def main() -> None:
     logs.setup()
     settings = startup.settings_from_env()
     lenders = load_lenders(settings.lenders_file)
+    startup.start_tracing(settings, tracing.SERVICE_API)
     services = Services(
         settings=settings,
         client=await startup.connect_patiently(settings, deals.connect),
@@ -36,7 +39,19 @@ async def main() -> None:
         access_log=False,
     )
     log.info("API listening", extra={"port": settings.api_port})
-    await uvicorn.Server(config).serve()
+    await FlushingServer(config).serve()
+
+
+class FlushingServer(uvicorn.Server):
+    """uvicorn's server, sending the spans still batched once the last request
+    is done: after a SIGTERM, uvicorn raises the signal again and the process
+    ends there, before anything after `serve()` could run."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            await asyncio.to_thread(tracing.shutdown)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError
 
-from dealflow import rules, stuck
+from dealflow import rules, stuck, tracing
 from dealflow.api import problems
 from dealflow.api.deps import Metrics, Services
 from dealflow.api.readiness import readiness
@@ -156,6 +156,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    tracing.instrument_app(app)
     app.add_exception_handler(problems.Problem, problems.on_problem)
     app.add_exception_handler(rules.RuleError, problems.on_rule_error)
     app.add_exception_handler(StarletteHTTPException, problems.on_http_error)

@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from dealflow import tracing
+
 # CLI exit codes for API answers (the same as the direct mode's, plus 6).
 EXIT_CODES = {422: 2, 413: 2, 415: 2, 409: 3, 404: 4, 403: 5, 401: 6}
 
@@ -52,11 +54,17 @@ class DealFlowAPI:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kw: Any) -> Any:
-        try:
-            r = self.http.request(method, path, **kw)
-        except httpx.HTTPError as e:
-            raise ApiError(0, f"cannot reach the API at {self.http.base_url}: {e}") from None
+    def _call(
+        self, method: str, path: str, ok: tuple[int, ...] = (200,), *, route: str, **kw: Any
+    ) -> Any:
+        """One request; with tracing on, in a client span named by `route` (the
+        path's template) whose `traceparent` the API continues."""
+        with tracing.http_client_span(method, route) as trace_headers:
+            headers = {**kw.pop("headers", {}), **trace_headers}
+            try:
+                r = self.http.request(method, path, headers=headers, **kw)
+            except httpx.HTTPError as e:
+                raise ApiError(0, f"cannot reach the API at {self.http.base_url}: {e}") from None
         if r.status_code not in ok:
             try:
                 detail = r.json().get("detail") or r.text
@@ -68,22 +76,27 @@ class DealFlowAPI:
     def start(self, deal: Any, idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         result: dict[str, Any] = self._call(
-            "POST", "/api/deals", (201,), json=deal, headers=headers
+            "POST", "/api/deals", (201,), route="/api/deals", json=deal, headers=headers
         )
         return result
 
     def status(self, deal_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"/api/deals/{deal_id}")
+        result: dict[str, Any] = self._call(
+            "GET", f"/api/deals/{deal_id}", route="/api/deals/{deal_id}"
+        )
         return result
 
     def list(self, **params: Any) -> dict[str, Any]:
         query = {k: v for k, v in params.items() if v not in (None, False)}
-        result: dict[str, Any] = self._call("GET", "/api/deals", params=query)
+        result: dict[str, Any] = self._call("GET", "/api/deals", route="/api/deals", params=query)
         return result
 
     def act(self, deal_id: str, action: str, payload: Any) -> dict[str, Any]:
         result: dict[str, Any] = self._call(
-            "POST", f"/api/deals/{deal_id}/actions/{action}", json=payload
+            "POST",
+            f"/api/deals/{deal_id}/actions/{action}",
+            route=f"/api/deals/{{deal_id}}/actions/{action}",
+            json=payload,
         )
         return result
 
@@ -94,6 +107,7 @@ class DealFlowAPI:
                 "POST",
                 f"/api/deals/{deal_id}/documents",
                 (201,),
+                route="/api/deals/{deal_id}/documents",
                 data={k: v for k, v in fields.items() if v},
                 files={"file": (path.name, f, content_type)},
             )

@@ -3,9 +3,10 @@ that replays: the replay gate, the timed-out-task replays, the stuck plans."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from temporalio.worker import Replayer
+from temporalio.worker import Interceptor, Replayer
 
 from dealflow import codec
 from workflows import WORKFLOW_RUNNER, DealWorkflow
@@ -16,9 +17,10 @@ CURRENT = sorted(HISTORIES_DIR.glob("*.json"))
 HISTORY_KEYS = codec.load_keyring(f"file:{HISTORIES_DIR / 'test-codec-key'}")
 
 
-def replayer(workflow: type = DealWorkflow) -> Replayer:
+def replayer(workflow: type = DealWorkflow, interceptors: Sequence[Interceptor] = ()) -> Replayer:
     return Replayer(
         workflows=[workflow],
         data_converter=codec.data_converter(HISTORY_KEYS),
         workflow_runner=WORKFLOW_RUNNER,
+        interceptors=interceptors,
     )
