@@ -12,6 +12,35 @@ as canonical JSON (sorted keys, no spaces). `sha256` is the SHA-256 of the
 canonical JSON of the entry without its `sha256` field; `prev_sha256` is the
 previous entry's `sha256` (64 zeros for the first): a hash chain. `key_ids` are
 the codec keys the history needs — keep them as long as the archive.
+
+Locking. On S3 every history is written with Object Lock in compliance mode,
+retained for `DEALFLOW_ARCHIVE_RETENTION_DAYS` (default 1826, 5 years): until
+then nobody — not the bucket owner, not the root account — can delete that
+version or shorten its retention. The bucket must have Object Lock enabled;
+if it has not, `archive` refuses before writing anything, naming the bucket,
+rather than write histories that could be deleted. A local directory cannot
+lock anything: its histories are plain files (development and tests).
+
+Two archivers. The manifest is extended by compare-and-swap: each run reads the
+manifest and its tag (the S3 ETag), and writes the longer manifest with
+`If-Match: <that ETag>` — or `If-None-Match: *` when there was no manifest yet.
+Of two archivers racing from the same manifest, S3 accepts exactly one write;
+the other gets 412 (or 409 while the winner's write is in flight), adds no
+entry, and `archive` raises `ArchiveRaceLost` (the CLI exits 3). The chain
+cannot fork: every accepted manifest extends the one its writer read. We chose
+`If-Match` on the manifest itself over a separate object per sequence number
+written with `If-None-Match: *`: S3 has supported both conditions on PutObject
+since 2024, and so does moto 5.x over HTTP (the tests run against it), and it
+keeps the manifest one object in the format existing archives already have.
+A history is written with `If-None-Match: *` as well, so a history some run
+already stored (an archiver that lost a race, or stopped before its manifest
+write) is kept and reused when its bytes are the same: no second locked
+version of the same bytes. A local directory does the same compare-and-swap
+with a per-key `flock` and `os.link`/`os.replace` (`LocalDirectoryStore`).
+
+Runs on one host also take a lock file (`--lock-file`, default
+`$DEALFLOW_DATA_DIR/audit-archive.lock`): an overlapping cron run finds it held,
+does nothing and exits 0 (`ArchiveBusy`).
 """
 
 from __future__ import annotations
@@ -21,9 +50,9 @@ import contextlib
 import fcntl
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,6 +82,19 @@ class ArchiveBusy(AuditError):
     """Another archive run holds the lock: nothing done, safe to retry."""
 
 
+class ArchiveRaceLost(AuditError):
+    """Another archiver extended the manifest after this run read it: this run's
+    pending entries were not added (the chain did not fork); safe to run again."""
+
+
+@dataclass(frozen=True)
+class _Manifest:
+    """The manifest as this run last read or wrote it; `tag` None: there was none."""
+
+    data: bytes
+    tag: str | None
+
+
 def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -64,12 +106,34 @@ def entry_hash(entry: dict[str, Any]) -> str:
 
 
 def _read_manifest(store: Any) -> bytes:
+    return _read_manifest_tagged(store).data
+
+
+def _read_manifest_tagged(store: Any) -> _Manifest:
     from dealflow.storage.documents import DocumentNotFound
 
     try:
-        return bytes(store.read_bytes(MANIFEST_KEY))
+        data, tag = store.read_tagged(MANIFEST_KEY)
     except DocumentNotFound:
-        return b""
+        return _Manifest(b"", None)
+    return _Manifest(bytes(data), tag)
+
+
+def _retention_lock_required(store: Any) -> bool:
+    """Whether histories go under retention: yes on every store but a local
+    directory, and then the store must be able to (else `AuditError`, nothing written)."""
+    from dealflow.storage.documents import LocalDirectoryStore, ObjectLockUnavailable
+
+    if isinstance(store, LocalDirectoryStore):
+        return False
+    try:
+        store.require_object_lock()
+    except ObjectLockUnavailable as error:
+        raise AuditError(
+            f"refusing to archive into {store!r}: {error}. Nothing was written: archived "
+            "histories must be locked against deletion."
+        ) from None
+    return True
 
 
 @contextlib.contextmanager
@@ -110,6 +174,9 @@ async def _closed_deals(client: Client) -> list[tuple[datetime, str]]:
     return sorted((closed_at, workflow_id) for workflow_id, closed_at in latest.items())
 
 
+ManifestHook = Callable[[], Awaitable[None]]
+
+
 async def archive(
     client: Client,
     store: Any,
@@ -117,20 +184,25 @@ async def archive(
     lock_path: Path | None = None,
     now: datetime | None = None,
     out: IO[str] | None = None,
+    retention: timedelta | None = None,
+    before_manifest_write: ManifestHook | None = None,
 ) -> ArchiveReport:
-    """Archive every closed deal not yet in the manifest. Idempotent, one run at a time."""
+    """Archive every closed deal not yet in the manifest. Idempotent; of two runs
+    racing, one extends the manifest and the other raises `ArchiveRaceLost`.
+
+    `retention` (default: the settings' `archive_retention_days`) is how long each
+    history stays locked on S3. `before_manifest_write` is awaited just before each
+    conditional manifest write (tests use it to make a race deterministic).
+    """
+    if retention is None:
+        retention = timedelta(days=get_settings().archive_retention_days)
     with _lock(lock_path or default_lock_path()):
-        base = await asyncio.to_thread(_read_manifest, store)
-        entries, problems = _parse_manifest(base)
-        problems += _check_chain(entries)
-        if problems:
-            raise AuditError(
-                "the manifest is damaged; not extending it. Run `dealflow-audit verify`:\n  "
-                + "\n  ".join(problems)
-            )
+        locked = await asyncio.to_thread(_retention_lock_required, store)
+        manifest = await asyncio.to_thread(_read_manifest_tagged, store)
+        entries = _intact_entries(manifest.data)
         done = {entry["deal_id"] for _, entry in entries}
         head = entries[-1][1]["sha256"] if entries else GENESIS
-        lines = [line for line in base.decode().splitlines() if line.strip()]
+        lines = [line for line in manifest.data.decode().splitlines() if line.strip()]
         archived: list[dict[str, Any]] = []
         pending = 0
         for _, workflow_id in await _closed_deals(client):
@@ -139,45 +211,80 @@ async def archive(
             description = await client.get_workflow_handle(workflow_id).describe()
             if description.status in (WorkflowExecutionStatus.RUNNING, None):
                 continue  # reopened under the same id? only closed deals are archived
-            entry = await _archive_deal(client, store, description, len(lines) + 1, head, now)
+            retain_until = _retain_until(retention) if locked else None
+            entry = await _archive_deal(
+                client, store, description, _Chain(len(lines) + 1, head, retain_until), now
+            )
             head = entry["sha256"]
             lines.append(_canonical(entry).decode())
             archived.append(entry)
             done.add(entry["deal_id"])
             pending += 1
             if out is not None:
-                print(
-                    f"archived deal {entry['deal_id']}: {len(entry['run_ids'])} run(s), "
-                    f"{entry['event_count']} events, sha256 {entry['history_sha256'][:16]}… "
-                    f"-> {entry['history_key']}",
-                    file=out,
-                )
+                _print_archived(entry, out)
             if pending >= MANIFEST_BATCH:
-                base = await _write_manifest(store, base, lines)
+                manifest = await _write_manifest(
+                    store, manifest, lines, len(archived) - pending, before_manifest_write
+                )
                 pending = 0
         if pending:
-            await _write_manifest(store, base, lines)
+            await _write_manifest(
+                store, manifest, lines, len(archived) - pending, before_manifest_write
+            )
         return ArchiveReport(archived, len(lines), head)
+
+
+def _intact_entries(data: bytes) -> list[tuple[int, dict[str, Any]]]:
+    entries, problems = _parse_manifest(data)
+    problems += _check_chain(entries)
+    if problems:
+        raise AuditError(
+            "the manifest is damaged; not extending it. Run `dealflow-audit verify`:\n  "
+            + "\n  ".join(problems)
+        )
+    return entries
+
+
+def _retain_until(retention: timedelta) -> datetime:
+    # Whole seconds: S3 keeps the date to the second, and head_object shows it so.
+    return (datetime.now(UTC) + retention).replace(microsecond=0)
+
+
+def _print_archived(entry: dict[str, Any], out: IO[str]) -> None:
+    print(
+        f"archived deal {entry['deal_id']}: {len(entry['run_ids'])} run(s), "
+        f"{entry['event_count']} events, sha256 {entry['history_sha256'][:16]}… "
+        f"-> {entry['history_key']}",
+        file=out,
+    )
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """Where a new entry goes: its seq, the sha256 it chains to, and until when its
+    history is locked (None: not locked)."""
+
+    seq: int
+    head: str
+    retain_until: datetime | None
 
 
 async def _archive_deal(
     client: Client,
     store: Any,
     description: WorkflowExecutionDescription,
-    seq: int,
-    head: str,
+    chain: _Chain,
     now: datetime | None,
 ) -> dict[str, Any]:
-    """Write a closed deal's export to the store; returns its manifest entry, chained
-    to the entry `head` names."""
+    """Write a closed deal's export to the store; returns its manifest entry."""
     workflow_id = description.id
     deal = deal_id_of(workflow_id)
     runs = await fetch_deal(client, workflow_id)
     text = export_json(runs).encode()
     key = f"{HISTORY_PREFIX}{deal}.json"
-    await asyncio.to_thread(store.put_bytes, text, key=key, content_type="application/json")
+    await asyncio.to_thread(_store_history, store, key, text, chain.retain_until)
     entry: dict[str, Any] = {
-        "seq": seq,
+        "seq": chain.seq,
         "deal_id": deal,
         "workflow_id": workflow_id,
         "run_ids": [run.run_id for run in runs],
@@ -190,24 +297,83 @@ async def _archive_deal(
         "history_bytes": len(text),
         "key_ids": sorted({key_id for run in runs for key_id in key_ids(run.events)}),
         "archived_at": (now or datetime.now(UTC)).isoformat(),
-        "prev_sha256": head,
+        "prev_sha256": chain.head,
     }
     entry["sha256"] = entry_hash(entry)
     return entry
 
 
-async def _write_manifest(store: Any, base: bytes, lines: list[str]) -> bytes:
-    current = await asyncio.to_thread(_read_manifest, store)
-    if current != base:
-        raise AuditError(
-            f"{MANIFEST_KEY} changed while this run was archiving (another archiver on "
-            "another host?); nothing of this batch was added. Run archive again."
+def _store_history(store: Any, key: str, text: bytes, retain_until: datetime | None) -> None:
+    """Store a history unless the same bytes are already there (a run that lost a
+    race or stopped before its manifest write stored them: one locked copy is enough)."""
+    from dealflow.storage.documents import PreconditionFailed
+
+    def put(if_match: str | None) -> None:
+        store.put_bytes_conditional(
+            text,
+            key=key,
+            content_type="application/json",
+            if_match=if_match,
+            retain_until=retain_until,
         )
+
+    try:
+        put(None)
+        return
+    except PreconditionFailed:
+        existing, tag = store.read_tagged(key)
+    if existing == text:
+        return
+    # Other bytes and no manifest entry (the deal was reset and closed again since):
+    # this export replaces them (on S3 as a new version; the old one stays locked).
+    try:
+        put(tag)
+    except PreconditionFailed:
+        raise ArchiveRaceLost(
+            f"another archiver wrote {key} while this run did; this run added nothing to "
+            f"{MANIFEST_KEY} in this batch. Run archive again."
+        ) from None
+
+
+async def _write_manifest(
+    store: Any,
+    manifest: _Manifest,
+    lines: list[str],
+    committed: int,
+    before_write: ManifestHook | None,
+) -> _Manifest:
+    """Replace the manifest this run read with `lines`, only if it is still that one."""
+    from dealflow.storage.documents import PreconditionFailed
+
     data = ("\n".join(lines) + "\n").encode()
-    await asyncio.to_thread(
-        store.put_bytes, data, key=MANIFEST_KEY, content_type="application/x-ndjson"
+    if before_write is not None:
+        await before_write()
+    try:
+        tag = await asyncio.to_thread(
+            store.put_bytes_conditional,
+            data,
+            key=MANIFEST_KEY,
+            content_type="application/x-ndjson",
+            if_match=manifest.tag,
+        )
+    except PreconditionFailed:
+        current = await asyncio.to_thread(_read_manifest_tagged, store)
+        if current.data == data:  # our own write, whose response was lost and retried
+            return current
+        raise ArchiveRaceLost(_race_lost_message(manifest, current, committed)) from None
+    return _Manifest(data, tag)
+
+
+def _race_lost_message(read: _Manifest, current: _Manifest, committed: int) -> str:
+    entries, _ = _parse_manifest(current.data)
+    head = str(entries[-1][1].get("sha256")) if entries else GENESIS
+    before = len(_parse_manifest(read.data)[0])
+    earlier = f" ({committed} deal(s) it archived in earlier batches stay)" if committed else ""
+    return (
+        f"another archiver extended {MANIFEST_KEY} first (from {before} to {len(entries)} "
+        f"entries, head {head}); this run added nothing more to it{earlier}, so the chain did "
+        "not fork. Run archive again to add any deal the other run did not."
     )
-    return data
 
 
 def _parse_manifest(data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
