@@ -50,7 +50,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -174,9 +174,6 @@ async def _closed_deals(client: Client) -> list[tuple[datetime, str]]:
     return sorted((closed_at, workflow_id) for workflow_id, closed_at in latest.items())
 
 
-ManifestHook = Callable[[], Awaitable[None]]
-
-
 async def archive(
     client: Client,
     store: Any,
@@ -185,14 +182,12 @@ async def archive(
     now: datetime | None = None,
     out: IO[str] | None = None,
     retention: timedelta | None = None,
-    before_manifest_write: ManifestHook | None = None,
 ) -> ArchiveReport:
     """Archive every closed deal not yet in the manifest. Idempotent; of two runs
     racing, one extends the manifest and the other raises `ArchiveRaceLost`.
 
     `retention` (default: the settings' `archive_retention_days`) is how long each
-    history stays locked on S3. `before_manifest_write` is awaited just before each
-    conditional manifest write (tests use it to make a race deterministic).
+    history stays locked on S3.
     """
     if retention is None:
         retention = timedelta(days=get_settings().archive_retention_days)
@@ -223,14 +218,10 @@ async def archive(
             if out is not None:
                 _print_archived(entry, out)
             if pending >= MANIFEST_BATCH:
-                manifest = await _write_manifest(
-                    store, manifest, lines, len(archived) - pending, before_manifest_write
-                )
+                manifest = await _write_manifest(store, manifest, lines, len(archived) - pending)
                 pending = 0
         if pending:
-            await _write_manifest(
-                store, manifest, lines, len(archived) - pending, before_manifest_write
-            )
+            await _write_manifest(store, manifest, lines, len(archived) - pending)
         return ArchiveReport(archived, len(lines), head)
 
 
@@ -340,14 +331,11 @@ async def _write_manifest(
     manifest: _Manifest,
     lines: list[str],
     committed: int,
-    before_write: ManifestHook | None,
 ) -> _Manifest:
     """Replace the manifest this run read with `lines`, only if it is still that one."""
     from dealflow.storage.documents import PreconditionFailed
 
     data = ("\n".join(lines) + "\n").encode()
-    if before_write is not None:
-        await before_write()
     try:
         tag = await asyncio.to_thread(
             store.put_bytes_conditional,
