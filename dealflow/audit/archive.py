@@ -348,19 +348,24 @@ async def _write_manifest(
         current = await asyncio.to_thread(_read_manifest_tagged, store)
         if current.data == data:  # our own write, whose response was lost and retried
             return current
-        raise ArchiveRaceLost(_race_lost_message(manifest, current, committed)) from None
+        raise ArchiveRaceLost(
+            _race_lost_message(manifest, current, len(lines), committed)
+        ) from None
     return _Manifest(data, tag)
 
 
-def _race_lost_message(read: _Manifest, current: _Manifest, committed: int) -> str:
+def _race_lost_message(read: _Manifest, current: _Manifest, ours: int, committed: int) -> str:
     entries, _ = _parse_manifest(current.data)
     head = str(entries[-1][1].get("sha256")) if entries else GENESIS
     before = len(_parse_manifest(read.data)[0])
-    earlier = f" ({committed} deal(s) it archived in earlier batches stay)" if committed else ""
+    dropped = ours - before
+    dropped_text = "1 new entry was" if dropped == 1 else f"{dropped} new entries were"
+    earlier = f"; the {committed} it added in earlier batches stay" if committed else ""
     return (
         f"another archiver extended {MANIFEST_KEY} first (from {before} to {len(entries)} "
-        f"entries, head {head}); this run added nothing more to it{earlier}, so the chain did "
-        "not fork. Run archive again to add any deal the other run did not."
+        f"entries, head {head}); this run added nothing more to it (its {dropped_text} not "
+        f"written{earlier}), so the chain did not fork. Run archive again to add any deal the "
+        "other run did not."
     )
 
 

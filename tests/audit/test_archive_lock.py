@@ -166,6 +166,16 @@ async def test_histories_are_locked_for_the_configured_retention(
     ok = await run("verify", client=closed.client, store=store)
     assert ok.returncode == EXIT_OK, ok.stdout
     assert f"ok: {len(entries)} entries" in ok.stdout
+    # A delete without a version only hides the history behind a delete marker:
+    # verify misses it, and removing the marker brings the locked version back.
+    marker = s3.delete_object(Bucket=bucket, Key=key)
+    assert marker["DeleteMarker"]
+    hidden = await run("verify", client=closed.client, store=store)
+    assert hidden.returncode == 1
+    assert f"history {entries[0]['history_key']} is missing" in hidden.stdout
+    s3.delete_object(Bucket=bucket, Key=key, VersionId=marker["VersionId"])
+    restored = await run("verify", client=closed.client, store=store)
+    assert restored.returncode == EXIT_OK, restored.stdout
 
 
 async def test_an_unlocked_bucket_is_refused(
@@ -259,6 +269,7 @@ async def test_two_archivers_racing_cannot_fork_the_chain(
     assert len({e["deal_id"] for e in entries}) == len(entries)  # each deal once
     assert set(closed.ids) <= {e["deal_id"] for e in entries}
     assert entries[-1]["sha256"] in first.stdout and entries[-1]["sha256"] in lost.stderr
+    assert f"its {len(entries)} new entries were not written" in lost.stderr
 
     # Second race, from an existing manifest (If-Match on its ETag), over one new deal.
     new_deal = await closed.close_one()
@@ -266,6 +277,7 @@ async def test_two_archivers_racing_cannot_fork_the_chain(
     assert second.returncode == EXIT_OK, second.stderr
     assert lost_again.returncode == EXIT_RACE_LOST, lost_again.stderr
     assert f"from {len(entries)} to {len(entries) + 1} entries" in lost_again.stderr
+    assert "its 1 new entry was not written" in lost_again.stderr
     now = _manifest(s3, bucket)
     assert now[: len(entries)] == entries  # the winner extended the chain, nothing forked
     assert [e["deal_id"] for e in now[len(entries) :]] == [new_deal]
