@@ -62,6 +62,7 @@ from temporalio.common import SearchAttributeKey
 from dealflow.audit.errors import AuditError
 from dealflow.audit.histories import (
     WORKFLOW_TYPE,
+    RunHistory,
     deal_id_of,
     export_json,
     fetch_deal,
@@ -273,7 +274,7 @@ async def _archive_deal(
     runs = await fetch_deal(client, workflow_id)
     text = export_json(runs).encode()
     key = f"{HISTORY_PREFIX}{deal}.json"
-    await asyncio.to_thread(_store_history, store, key, text, chain.retain_until)
+    text = await asyncio.to_thread(_store_history, store, key, text, runs, chain.retain_until)
     entry: dict[str, Any] = {
         "seq": chain.seq,
         "deal_id": deal,
@@ -294,9 +295,18 @@ async def _archive_deal(
     return entry
 
 
-def _store_history(store: Any, key: str, text: bytes, retain_until: datetime | None) -> None:
-    """Store a history unless the same bytes are already there (a run that lost a
-    race or stopped before its manifest write stored them: one locked copy is enough)."""
+def _store_history(
+    store: Any, key: str, text: bytes, runs: list[RunHistory], retain_until: datetime | None
+) -> bytes:
+    """Store a deal's export at `key`; returns the bytes stored there.
+
+    If an export of the same runs is already there (stored by an archiver that lost
+    a race, or stopped before its manifest write — or by the winner of a race this
+    run is about to lose), that one is kept and returned: one locked copy is enough,
+    and a racing winner's entry may name it. Two exports of one history can differ
+    in bytes (payload metadata is a protobuf map, whose order the server does not
+    fix), so "the same runs" means the same run ids and event counts.
+    """
     from dealflow.storage.documents import PreconditionFailed
 
     def put(if_match: str | None) -> None:
@@ -310,13 +320,13 @@ def _store_history(store: Any, key: str, text: bytes, retain_until: datetime | N
 
     try:
         put(None)
-        return
+        return text
     except PreconditionFailed:
         existing, tag = store.read_tagged(key)
-    if existing == text:
-        return
-    # Other bytes and no manifest entry (the deal was reset and closed again since):
-    # this export replaces them (on S3 as a new version; the old one stays locked).
+    if existing == text or _same_runs(existing, key, runs):
+        return bytes(existing)
+    # Another state of the deal (reset and closed again since) that no entry names:
+    # this export replaces it (on S3 as a new version; the old one stays locked).
     try:
         put(tag)
     except PreconditionFailed:
@@ -324,6 +334,17 @@ def _store_history(store: Any, key: str, text: bytes, retain_until: datetime | N
             f"another archiver wrote {key} while this run did; this run added nothing to "
             f"{MANIFEST_KEY} in this batch. Run archive again."
         ) from None
+    return text
+
+
+def _same_runs(stored: bytes, key: str, runs: list[RunHistory]) -> bool:
+    try:
+        theirs = parse_histories(stored.decode(), key)
+    except (AuditError, UnicodeDecodeError):
+        return False
+    return [(run.run_id, len(run.events)) for run in theirs] == [
+        (run.run_id, len(run.events)) for run in runs
+    ]
 
 
 async def _write_manifest(

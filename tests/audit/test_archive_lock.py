@@ -17,7 +17,7 @@ import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -210,16 +210,22 @@ def test_retention_days_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 # --------------------------------------------------------------------------- two archivers
 
 
+@dataclass
+class _Race:
+    both_ready: threading.Barrier = field(default_factory=lambda: threading.Barrier(2, timeout=30))
+    won: threading.Event = field(default_factory=threading.Event)
+    # moto checks a write's condition and then writes, without a lock between; S3
+    # does both atomically. The two archivers' conditional writes go one at a time.
+    one_write: threading.Lock = field(default_factory=threading.Lock)
+
+
 class _RacingStore:
     """An `S3Store` whose manifest write waits until the other archiver has read the
     manifest too (both reach the write); the loser then waits for the winner's write."""
 
-    def __init__(
-        self, store: S3Store, both_ready: threading.Barrier, won: threading.Event, *, wins: bool
-    ) -> None:
+    def __init__(self, store: S3Store, race: _Race, *, wins: bool) -> None:
         self._store = store
-        self._both_ready = both_ready
-        self._won = won
+        self._race = race
         self._wins = wins
 
     def __getattr__(self, name: str) -> Any:
@@ -229,24 +235,24 @@ class _RacingStore:
         return repr(self._store)
 
     def put_bytes_conditional(self, data: bytes, *, key: str, **kwargs: Any) -> str:
-        if key != MANIFEST_KEY:
-            return self._store.put_bytes_conditional(data, key=key, **kwargs)
-        self._both_ready.wait()
-        if not self._wins:
-            assert self._won.wait(timeout=30), "the winner never wrote"
-            return self._store.put_bytes_conditional(data, key=key, **kwargs)
+        if key == MANIFEST_KEY:
+            self._race.both_ready.wait()
+            if not self._wins:
+                assert self._race.won.wait(timeout=30), "the winner never wrote"
         try:
-            return self._store.put_bytes_conditional(data, key=key, **kwargs)
+            with self._race.one_write:
+                return self._store.put_bytes_conditional(data, key=key, **kwargs)
         finally:
-            self._won.set()
+            if key == MANIFEST_KEY and self._wins:
+                self._race.won.set()
 
 
 async def _race(
     closed: ClosedDeals, moto_url: str, bucket: str, tmp_path: Path
 ) -> tuple[Done, Done]:
-    both_ready, won = threading.Barrier(2, timeout=30), threading.Event()
-    winner = _RacingStore(_store(moto_url, bucket), both_ready, won, wins=True)
-    loser = _RacingStore(_store(moto_url, bucket), both_ready, won, wins=False)
+    race = _Race()
+    winner = _RacingStore(_store(moto_url, bucket), race, wins=True)
+    loser = _RacingStore(_store(moto_url, bucket), race, wins=False)
     # Two hosts: two lock files (one host's lock file would stop the second run early).
     return await asyncio.gather(
         run("archive", "--lock-file", str(tmp_path / "a"), client=closed.client, store=winner),
@@ -285,9 +291,12 @@ async def test_two_archivers_racing_cannot_fork_the_chain(
     verified = await run("verify", client=closed.client, store=_store(moto_url, bucket))
     assert verified.returncode == EXIT_OK, verified.stdout
     assert f"ok: {len(now)} entries" in verified.stdout and now[-1]["sha256"] in verified.stdout
-    # Each history is stored once per deal, and the loser, run again, has nothing to add.
-    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/{HISTORY_PREFIX}")
-    assert listed["KeyCount"] == len(now)
+    # One locked version of each history: the archiver that came second kept the first's.
+    versions = s3.list_object_versions(Bucket=bucket, Prefix=f"{PREFIX}/{HISTORY_PREFIX}")
+    assert sorted(v["Key"] for v in versions["Versions"]) == sorted(
+        f"{PREFIX}/{e['history_key']}" for e in now
+    )
+    # The loser, run again, has nothing to add.
     again = await run(
         "archive",
         "--lock-file",
