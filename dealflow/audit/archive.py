@@ -32,10 +32,11 @@ cannot fork: every accepted manifest extends the one its writer read. We chose
 written with `If-None-Match: *`: S3 has supported both conditions on PutObject
 since 2024, and so does moto 5.x over HTTP (the tests run against it), and it
 keeps the manifest one object in the format existing archives already have.
-A history is written with `If-None-Match: *` as well, so a history some run
-already stored (an archiver that lost a race, or stopped before its manifest
-write) is kept and reused when its bytes are the same: no second locked
-version of the same bytes. A local directory does the same compare-and-swap
+A history is written with `If-None-Match: *` as well: an export of the same
+runs that some run already stored (an archiver racing this one, or one that
+stopped before its manifest write) is kept and named by the entry, so there is
+never a second locked version of one history, nor one replacing what a racing
+winner's entry names. A local directory does the same compare-and-swap
 with a per-key `flock` and `os.link`/`os.replace` (`LocalDirectoryStore`).
 
 Runs on one host also take a lock file (`--lock-file`, default
