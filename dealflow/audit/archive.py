@@ -122,12 +122,12 @@ def _read_manifest_tagged(store: Any) -> _Manifest:
 
 
 def _retention_lock_required(store: Any) -> bool:
-    """Whether histories go under retention: yes on every store but a local
-    directory, and then the store must be able to (else `AuditError`, nothing written)."""
-    from dealflow.storage.documents import LocalDirectoryStore, ObjectLockUnavailable
+    """Whether histories go under retention: yes on every store that offers it (S3),
+    and then its bucket must have it on (else `AuditError`, nothing written)."""
+    from dealflow.storage.documents import ObjectLockUnavailable
 
-    if isinstance(store, LocalDirectoryStore):
-        return False
+    if not store.supports_object_lock:
+        return False  # a local directory: plain files, for development and tests
     try:
         store.require_object_lock()
     except ObjectLockUnavailable as error:

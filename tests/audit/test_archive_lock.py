@@ -220,10 +220,10 @@ class _Race:
 
 
 class _RacingStore:
-    """An `S3Store` whose manifest write waits until the other archiver has read the
+    """A store whose manifest write waits until the other archiver has read the
     manifest too (both reach the write); the loser then waits for the winner's write."""
 
-    def __init__(self, store: S3Store, race: _Race, *, wins: bool) -> None:
+    def __init__(self, store: S3Store | LocalDirectoryStore, race: _Race, *, wins: bool) -> None:
         self._store = store
         self._race = race
         self._wins = wins
@@ -250,9 +250,18 @@ class _RacingStore:
 async def _race(
     closed: ClosedDeals, moto_url: str, bucket: str, tmp_path: Path
 ) -> tuple[Done, Done]:
+    return await _race_between(closed, _store(moto_url, bucket), _store(moto_url, bucket), tmp_path)
+
+
+async def _race_between(
+    closed: ClosedDeals,
+    one: S3Store | LocalDirectoryStore,
+    other: S3Store | LocalDirectoryStore,
+    tmp_path: Path,
+) -> tuple[Done, Done]:
     race = _Race()
-    winner = _RacingStore(_store(moto_url, bucket), race, wins=True)
-    loser = _RacingStore(_store(moto_url, bucket), race, wins=False)
+    winner = _RacingStore(one, race, wins=True)
+    loser = _RacingStore(other, race, wins=False)
     # Two hosts: two lock files (one host's lock file would stop the second run early).
     return await asyncio.gather(
         run("archive", "--lock-file", str(tmp_path / "a"), client=closed.client, store=winner),
@@ -349,5 +358,25 @@ def test_local_conditional_writes_are_atomic(tmp_path: Path) -> None:
         thread.join()
     assert len(wins) == 1
     assert store.read_bytes(key) == wins[0]
-    assert store.head(key) is not None and store.head(key).sha256 == store.read_tagged(key)[1]  # type: ignore[union-attr]
+    head = store.head(key)
+    assert head is not None and head.sha256 == store.read_tagged(key)[1]
     assert list(store.list()) == [key]  # no temp or lock file shows
+
+
+async def test_two_archivers_racing_on_a_local_directory(
+    closed: ClosedDeals, tmp_path: Path
+) -> None:
+    def local() -> LocalDirectoryStore:
+        return LocalDirectoryStore(
+            tmp_path / "documents", signing_secret="s", api_base_url="http://127.0.0.1:1"
+        )
+
+    won, lost = await _race_between(closed, local(), local(), tmp_path)
+    assert won.returncode == EXIT_OK, won.stderr
+    assert lost.returncode == EXIT_RACE_LOST and "added nothing more" in lost.stderr
+    store = local()
+    entries = [json.loads(line) for line in store.read_bytes(MANIFEST_KEY).splitlines()]
+    assert set(closed.ids) <= {e["deal_id"] for e in entries}
+    assert sorted(store.list(HISTORY_PREFIX)) == sorted(e["history_key"] for e in entries)
+    verified = await run("verify", client=closed.client, store=store)
+    assert verified.returncode == EXIT_OK, verified.stdout

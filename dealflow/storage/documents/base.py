@@ -100,6 +100,9 @@ class DocumentStore(Protocol):
 
     # The longest `expires_in` whose link still works (None: no limit).
     max_link_seconds: int | None
+    # Whether the backend can keep objects under a retention lock (S3 Object Lock);
+    # whether this bucket has it turned on, `require_object_lock` says.
+    supports_object_lock: bool
 
     def put_stream(
         self,

@@ -139,6 +139,7 @@ class LocalDirectoryStore:
     # The link is an HMAC over key and expiry, checked by the API's file route:
     # any expiry verifies, for as long as the API's signing secret stays the same.
     max_link_seconds: int | None = None
+    supports_object_lock = False
 
     def _sweep_stale_uploads(self) -> None:
         """Remove upload temp files a killed process left behind (only old ones: other

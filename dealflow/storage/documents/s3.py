@@ -116,6 +116,7 @@ class S3Store:
     # without complaint and S3 then refuses every GET of the link. (A link signed
     # with temporary credentials also dies with them, sooner.)
     max_link_seconds: int | None = 7 * 24 * 3600
+    supports_object_lock = True
 
     def __init__(
         self,
