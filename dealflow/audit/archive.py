@@ -52,7 +52,7 @@ import fcntl
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -472,6 +472,9 @@ class VerifyReport:
     entries: int
     head: str
     problems: list[str]
+    # On a store that locks objects: how the histories are locked, and what is not.
+    locks: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -497,7 +500,50 @@ def verify(store: Any, expect_head: str | None = None) -> VerifyReport:
             f"the manifest head is {head}, not the expected {expect_head}: entries were removed "
             "from or added to its end"
         )
-    return VerifyReport(len(entries), head, problems)
+    report = VerifyReport(len(entries), head, problems)
+    if store.supports_object_lock:
+        report.locks, report.notes = _locks(store, [str(e.get("history_key")) for _, e in entries])
+    return report
+
+
+def _locks(store: Any, keys: list[str]) -> tuple[str, list[str]]:
+    """A line on how the histories are locked, and a note per kind of weaker lock.
+
+    Notes, not problems: a history archived before archives were locked, or one
+    whose retention has run out, is still intact — the digests say so."""
+    from dealflow.storage.documents import DocumentNotFound
+
+    now = datetime.now(UTC)
+    weaker: dict[str, list[str]] = {}
+    earliest: datetime | None = None
+    for key in keys:
+        try:
+            lock = store.object_lock(key)
+        except (DocumentNotFound, ValueError):
+            continue  # a problem already
+        if lock is None or lock[1] <= now:
+            weaker.setdefault("not under a retention lock (archived before locking?)", []).append(
+                key
+            )
+        elif lock[0] != "COMPLIANCE":
+            weaker.setdefault(f"locked in {lock[0]} mode only", []).append(key)
+        else:
+            earliest = lock[1] if earliest is None else min(earliest, lock[1])
+    locked = len(keys) - sum(len(found) for found in weaker.values())
+    line = f"{locked} of {_histories(len(keys))} locked in COMPLIANCE mode" + (
+        f", the first lock ending {earliest.isoformat()}" if earliest else ""
+    )
+    notes = [
+        f"{_histories(len(found))} {why}: "
+        + ", ".join(found[:5])
+        + (" …" if len(found) > 5 else "")
+        for why, found in weaker.items()
+    ]
+    return line, notes
+
+
+def _histories(count: int) -> str:
+    return f"{count} history" if count == 1 else f"{count} histories"
 
 
 def _history_problem(store: Any, entry: dict[str, Any]) -> str | None:

@@ -251,6 +251,10 @@ async def _verify(args: argparse.Namespace, context: _CommandContext) -> int:
     report = await asyncio.to_thread(verify, context.open_store(), args.expect_head)
     for problem in report.problems:
         print(f"PROBLEM {problem}", file=context.out)
+    for note in report.notes:
+        print(f"NOTE {note}", file=context.out)
+    if report.locks:
+        print(f"locks: {report.locks}", file=context.out)
     if report.ok:
         print(
             f"ok: {report.entries} entries, every history digest and the chain verified; head "

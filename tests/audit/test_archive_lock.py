@@ -166,6 +166,17 @@ async def test_histories_are_locked_for_the_configured_retention(
     ok = await run("verify", client=closed.client, store=store)
     assert ok.returncode == EXIT_OK, ok.stdout
     assert f"ok: {len(entries)} entries" in ok.stdout
+    first_lock = min(
+        s3.head_object(Bucket=bucket, Key=f"{PREFIX}/{e['history_key']}")[
+            "ObjectLockRetainUntilDate"
+        ].astimezone(UTC)
+        for e in entries
+    )
+    assert (
+        f"locks: {len(entries)} of {len(entries)} histories locked in COMPLIANCE mode, the first "
+        f"lock ending {first_lock.isoformat()}"
+    ) in ok.stdout
+    assert "NOTE" not in ok.stdout
     # A delete without a version only hides the history behind a delete marker:
     # verify misses it, and removing the marker brings the locked version back.
     marker = s3.delete_object(Bucket=bucket, Key=key)
@@ -176,6 +187,16 @@ async def test_histories_are_locked_for_the_configured_retention(
     s3.delete_object(Bucket=bucket, Key=key, VersionId=marker["VersionId"])
     restored = await run("verify", client=closed.client, store=store)
     assert restored.returncode == EXIT_OK, restored.stdout
+    # The same bytes written again without a lock: intact, but verify notes the lock is gone.
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    unlocked = await run("verify", client=closed.client, store=store)
+    assert unlocked.returncode == EXIT_OK, unlocked.stdout
+    assert (
+        f"NOTE 1 history not under a retention lock (archived before locking?): "
+        f"{entries[0]['history_key']}"
+    ) in unlocked.stdout
+    assert f"locks: {len(entries) - 1} of {len(entries)} histories locked" in unlocked.stdout
 
 
 async def test_an_unlocked_bucket_is_refused(

@@ -153,6 +153,11 @@ class DocumentStore(Protocol):
         """Raise `ObjectLockUnavailable` unless `put_bytes_conditional` can lock objects."""
         ...
 
+    def object_lock(self, key: str) -> tuple[str, datetime] | None:
+        """The retention lock of the object's current version — mode (`COMPLIANCE`,
+        `GOVERNANCE`) and retain-until date — or None; raises `DocumentNotFound`."""
+        ...
+
     def open(self, key: str) -> Iterator[bytes]:
         """Stream an object; raises `DocumentNotFound` at call time if it is missing."""
         ...

@@ -258,6 +258,11 @@ class LocalDirectoryStore:
             f"{self!r} is a local directory: it cannot lock objects under retention"
         )
 
+    def object_lock(self, key: str) -> tuple[str, datetime] | None:
+        if not self.exists(key):
+            raise DocumentNotFound(key)
+        return None
+
     def read_tagged(self, key: str) -> tuple[bytes, str]:
         data = self.read_bytes(key)
         return data, hashlib.sha256(data).hexdigest()

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from dealflow.storage.documents.base import (
@@ -358,6 +358,14 @@ class S3Store:
                 "(ObjectLockEnabledForBucket) or enable it on the versioned bucket "
                 "(PutObjectLockConfiguration)"
             )
+
+    def object_lock(self, key: str) -> tuple[str, datetime] | None:
+        validate_key(key)
+        resp = self._call("head_object", key, Key=self._s3_key(key))
+        mode, until = resp.get("ObjectLockMode"), resp.get("ObjectLockRetainUntilDate")
+        if not mode or not isinstance(until, datetime):
+            return None
+        return str(mode), until.astimezone(UTC)
 
     def read_tagged(self, key: str) -> tuple[bytes, str]:
         validate_key(key)
