@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     jwks_url: str | None = None
     lenders_file: Path = ROOT / "examples" / "lenders.toml"
     codec_keys: str = ""
+    # How long `dealflow-audit archive` locks each history on S3 (Object Lock,
+    # compliance mode: nobody can delete or overwrite it before then). 5 years.
+    archive_retention_days: int = Field(default=1826, ge=1, le=36500)
     # How long a desk sign-in lasts before staff sign in again.
     desk_session_hours: float = Field(default=8.0, gt=0, le=24)
     # Production desk sign-in through the organisation's OpenID Connect

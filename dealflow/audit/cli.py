@@ -6,9 +6,14 @@
     dealflow-audit archive [--lock-file PATH]
     dealflow-audit verify [--expect-head SHA256]
 
-(also `python -m dealflow.audit ...`). Connection, codec keys and document
-store come from the usual `DEALFLOW_*` settings. The file formats are described
-in `histories` (history files) and `archive` (the archive and its manifest).
+(also `python -m dealflow.audit ...`). Connection, codec keys, document
+store and archive retention come from the usual `DEALFLOW_*` settings. The
+file formats are described in `histories` (history files) and `archive` (the
+archive and its manifest).
+
+Exit status: 0 ok (also: archive found another run holding its lock file), 1
+verify or replay found a problem, 2 error, 3 archive lost a race to another
+archiver and added nothing (run it again).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,7 +33,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from dealflow import codec, startup
-from dealflow.audit.archive import MANIFEST_KEY, ArchiveBusy, archive, verify
+from dealflow.audit.archive import MANIFEST_KEY, ArchiveBusy, ArchiveRaceLost, archive, verify
 from dealflow.audit.as_of import state_as_of
 from dealflow.audit.errors import AuditError
 from dealflow.audit.histories import (
@@ -41,8 +46,9 @@ from dealflow.audit.payloads import decode_events
 from dealflow.audit.render import FORMATS, render
 from dealflow.audit.replay import replay
 from dealflow.audit.timeline import build_timeline
+from dealflow.storage.documents import DocumentStoreError
 
-EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_RACE_LOST = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -221,11 +227,18 @@ async def _timeline(args: argparse.Namespace, context: _CommandContext) -> int:
 async def _archive(args: argparse.Namespace, context: _CommandContext) -> int:
     try:
         report = await archive(
-            await context.connect(), context.open_store(), lock_path=args.lock_file, out=context.out
+            await context.connect(),
+            context.open_store(),
+            lock_path=args.lock_file,
+            out=context.out,
+            retention=timedelta(days=context.settings.archive_retention_days),
         )
     except ArchiveBusy as error:
         print(f"dealflow-audit archive: {error}", file=context.err)
         return EXIT_OK
+    except ArchiveRaceLost as error:
+        print(f"dealflow-audit archive: lost the race: {error}", file=context.err)
+        return EXIT_RACE_LOST
     print(
         f"archived {len(report.archived)} deal(s); manifest {MANIFEST_KEY}: {report.entries} "
         f"entries, head {report.head}",
@@ -238,6 +251,10 @@ async def _verify(args: argparse.Namespace, context: _CommandContext) -> int:
     report = await asyncio.to_thread(verify, context.open_store(), args.expect_head)
     for problem in report.problems:
         print(f"PROBLEM {problem}", file=context.out)
+    for note in report.notes:
+        print(f"NOTE {note}", file=context.out)
+    if report.locks:
+        print(f"locks: {report.locks}", file=context.out)
     if report.ok:
         print(
             f"ok: {report.entries} entries, every history digest and the chain verified; head "
@@ -294,6 +311,9 @@ async def run_async(
         return EXIT_ERROR
     except RPCError as error:
         print(f"dealflow-audit {args.command}: Temporal: {error}", file=context.err)
+        return EXIT_ERROR
+    except DocumentStoreError as error:
+        print(f"dealflow-audit {args.command}: document store: {error}", file=context.err)
         return EXIT_ERROR
     except startup.StartupError as error:
         print(f"dealflow-audit {args.command}: {error}", file=context.err)

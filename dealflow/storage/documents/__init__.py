@@ -22,6 +22,8 @@ from dealflow.storage.documents.base import (
     DocumentStoreUnavailable,
     DocumentTooLarge,
     EmptyDocument,
+    ObjectLockUnavailable,
+    PreconditionFailed,
     StoredObject,
     content_key,
 )
@@ -42,6 +44,8 @@ __all__ = [
     "DocumentTooLarge",
     "EmptyDocument",
     "LocalDirectoryStore",
+    "ObjectLockUnavailable",
+    "PreconditionFailed",
     "S3Store",
     "StoredObject",
     "content_key",

@@ -4,7 +4,10 @@ the rules for keys.
 Documents are content-addressed: `put_stream` stores the bytes at
 `{prefix}/{sha256[:2]}/{sha256}`, so storing the same bytes twice is idempotent
 and the key + sha256 are all a workflow ever needs to carry. Exported histories
-and manifests go to explicit keys with `put_bytes`.
+and manifests go to explicit keys with `put_bytes`, or — for the audit archive,
+where two writers may race — with `put_bytes_conditional`: a compare-and-swap on
+the object's tag (`read_tagged`), optionally under a retention lock (S3 Object
+Lock; `require_object_lock` says whether the store can keep one).
 
 Keys are `/`-separated relative names. Every component must be non-empty and
 must not start with `.` (this rules out `.` and `..` and reserves dot-names for
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 DEFAULT_PREFIX = "documents"
@@ -59,6 +63,26 @@ class EmptyDocument(DocumentStoreError, ValueError):
         super().__init__("document is empty (0 bytes)")
 
 
+class PreconditionFailed(DocumentStoreError):
+    """A conditional write found the object other than expected (another writer got
+    there first): nothing was written."""
+
+    def __init__(self, key: str, expected: str | None) -> None:
+        super().__init__(
+            f"document {key!r} already exists: another writer created it"
+            if expected is None
+            else f"document {key!r} is no longer the version tagged {expected}: another writer "
+            "changed it"
+        )
+        self.key = key
+        self.expected = expected
+
+
+class ObjectLockUnavailable(DocumentStoreError):
+    """The store cannot keep objects under a retention lock (a local directory, or an
+    S3 bucket created without Object Lock)."""
+
+
 # --------------------------------------------------------------------------- interface
 
 
@@ -76,6 +100,9 @@ class DocumentStore(Protocol):
 
     # The longest `expires_in` whose link still works (None: no limit).
     max_link_seconds: int | None
+    # Whether the backend can keep objects under a retention lock (S3 Object Lock);
+    # whether this bucket has it turned on, `require_object_lock` says.
+    supports_object_lock: bool
 
     def put_stream(
         self,
@@ -96,6 +123,39 @@ class DocumentStore(Protocol):
 
     def put_bytes(self, data: bytes, *, key: str, content_type: str) -> StoredObject:
         """Store `data` at an explicit key, atomically replacing any previous object."""
+        ...
+
+    def put_bytes_conditional(
+        self,
+        data: bytes,
+        *,
+        key: str,
+        content_type: str,
+        if_match: str | None,
+        retain_until: datetime | None = None,
+    ) -> str:
+        """Store `data` at `key` only if the object there is still the one tagged
+        `if_match` (None: only if there is no object at all); returns the new tag.
+
+        Atomic against every other conditional writer: the loser gets
+        `PreconditionFailed` and wrote nothing. `retain_until` puts the object under
+        a compliance-mode retention lock until then (`ObjectLockUnavailable` if the
+        store cannot).
+        """
+        ...
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        """An object's bytes and its tag (what `put_bytes_conditional` compares);
+        raises `DocumentNotFound`."""
+        ...
+
+    def require_object_lock(self) -> None:
+        """Raise `ObjectLockUnavailable` unless `put_bytes_conditional` can lock objects."""
+        ...
+
+    def object_lock(self, key: str) -> tuple[str, datetime] | None:
+        """The retention lock of the object's current version — mode (`COMPLIANCE`,
+        `GOVERNANCE`) and retain-until date — or None; raises `DocumentNotFound`."""
         ...
 
     def open(self, key: str) -> Iterator[bytes]:

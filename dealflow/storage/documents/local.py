@@ -4,6 +4,7 @@ signed links through which the API serves them."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -11,6 +12,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
@@ -21,6 +23,8 @@ from dealflow.storage.documents.base import (
     DocumentNotFound,
     DocumentTooLarge,
     EmptyDocument,
+    ObjectLockUnavailable,
+    PreconditionFailed,
     StoredObject,
     check_max_bytes,
     content_key,
@@ -107,7 +111,16 @@ class LocalDirectoryStore:
     directories that no key can name: `root/.tmp/` (uploads in progress; the
     same file system as the objects, so `os.replace` is atomic) and
     `root/.meta/k.json` (content type, sha256, and the inode of the object file
-    it describes — a stale sidecar is detected and ignored).
+    it describes — a stale sidecar is detected and ignored), and
+    `root/.locks/k.lock`, the lock file that serialises conditional writers of
+    key `k`.
+
+    A conditional write's tag is the sha256 of the object's bytes. It compares
+    and publishes under an exclusive `flock` of the key's lock file (processes
+    and threads alike: each opens its own file description); a write that
+    expects no object publishes with `os.link`, which fails if the name exists,
+    so even a writer that skips the lock cannot be overwritten. Objects cannot be
+    locked under retention here (`require_object_lock` says so).
     """
 
     def __init__(self, root: Path, *, signing_secret: str, api_base_url: str) -> None:
@@ -117,6 +130,7 @@ class LocalDirectoryStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp = self.root / ".tmp"
         self._meta = self.root / ".meta"
+        self._locks = self.root / ".locks"
         self._secret = signing_secret
         self.api_base_url = api_base_url.rstrip("/")
         self._sweep_stale_uploads()
@@ -125,6 +139,7 @@ class LocalDirectoryStore:
     # The link is an HMAC over key and expiry, checked by the API's file route:
     # any expiry verifies, for as long as the API's signing secret stays the same.
     max_link_seconds: int | None = None
+    supports_object_lock = False
 
     def _sweep_stale_uploads(self) -> None:
         """Remove upload temp files a killed process left behind (only old ones: other
@@ -235,6 +250,81 @@ class LocalDirectoryStore:
             tmp.unlink(missing_ok=True)
             raise
         return StoredObject(key=key, sha256=sha, size=len(data), content_type=content_type)
+
+    # -- conditional writes
+
+    def require_object_lock(self) -> None:
+        raise ObjectLockUnavailable(
+            f"{self!r} is a local directory: it cannot lock objects under retention"
+        )
+
+    def object_lock(self, key: str) -> tuple[str, datetime] | None:
+        if not self.exists(key):
+            raise DocumentNotFound(key)
+        return None
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        data = self.read_bytes(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_bytes_conditional(
+        self,
+        data: bytes,
+        *,
+        key: str,
+        content_type: str,
+        if_match: str | None,
+        retain_until: datetime | None = None,
+    ) -> str:
+        if retain_until is not None:
+            self.require_object_lock()
+        final = self._path(key)
+        f, tmp = self._new_temp(final.parent)
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            with f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            with self._key_locked(key):
+                if self._current_tag(key) != if_match:
+                    raise PreconditionFailed(key, if_match)
+                commit = self._commit_new if if_match is None else self._commit
+                commit(tmp, key, sha256=sha, size=len(data), content_type=content_type)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return sha
+
+    @contextlib.contextmanager
+    def _key_locked(self, key: str) -> Iterator[None]:
+        path = self._locks.joinpath(*key.split("/")).with_name(key.rsplit("/", 1)[-1] + ".lock")
+        _makedirs_durable(path.parent)
+        with open(path, "a") as lock_file:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+    def _current_tag(self, key: str) -> str | None:
+        try:
+            return self.read_tagged(key)[1]
+        except DocumentNotFound:
+            return None
+
+    def _commit_new(
+        self, tmp: Path, key: str, *, sha256: str, size: int, content_type: str
+    ) -> None:
+        """Publish a temp file at `key` only if nothing is there (link fails if it exists)."""
+        final = self._path(key)
+        _makedirs_durable(final.parent)
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            raise PreconditionFailed(key, None) from None
+        _fsync_dir(final.parent)
+        meta = {"sha256": sha256, "size": size, "content_type": content_type}
+        self._write_meta(key, {**meta, "ino": final.stat().st_ino})
 
     # -- reads
 

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from dealflow.storage.documents.base import (
@@ -18,6 +19,8 @@ from dealflow.storage.documents.base import (
     DocumentStoreUnavailable,
     DocumentTooLarge,
     EmptyDocument,
+    ObjectLockUnavailable,
+    PreconditionFailed,
     StoredObject,
     check_max_bytes,
     content_key,
@@ -45,6 +48,11 @@ _UNAVAILABLE_CODES = frozenset(
     }
 )
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+# 412: the condition failed; 409: a concurrent conditional write to the key was in
+# flight (S3 asks the loser to retry, which for a compare-and-swap means it lost).
+_CONDITION_FAILED_CODES = frozenset(
+    {"412", "PreconditionFailed", "409", "ConditionalRequestConflict"}
+)
 
 
 def _b64(digest: bytes) -> str:
@@ -94,6 +102,11 @@ class S3Store:
     own sha256), `checksum="MD5"` sends Content-MD5 for S3-compatibles without
     flexible checksums. The document sha256 is also stored as user metadata
     (`x-amz-meta-sha256`) and read back by `head`.
+
+    `put_bytes_conditional` is a PutObject with `If-None-Match: *` (create only)
+    or `If-Match: <ETag>` (replace only that version), and with
+    `ObjectLockMode=COMPLIANCE` + `ObjectLockRetainUntilDate` when asked to lock:
+    the bucket must have Object Lock enabled (`require_object_lock` checks).
     """
 
     part_size = PART_SIZE
@@ -103,6 +116,7 @@ class S3Store:
     # without complaint and S3 then refuses every GET of the link. (A link signed
     # with temporary credentials also dies with them, sooner.)
     max_link_seconds: int | None = 7 * 24 * 3600
+    supports_object_lock = True
 
     def __init__(
         self,
@@ -252,8 +266,9 @@ class S3Store:
         content_type: str,
         sha: str,
         digest: bytes | None = None,
-    ) -> None:
-        self._call(
+        **extra: Any,
+    ) -> Any:
+        return self._call(
             "put_object",
             key,
             Key=self._s3_key(key),
@@ -262,6 +277,7 @@ class S3Store:
             Metadata={"sha256": sha},
             **self._sse_args(),
             **self._checksum_args(body, digest),
+            **extra,
         )
 
     def _copy(self, src: str, key: str, *, size: int, content_type: str, sha256: str) -> None:
@@ -320,6 +336,73 @@ class S3Store:
         sha = hashlib.sha256(data).digest()
         self._put_object(key, data, content_type, sha.hex(), sha)
         return StoredObject(key=key, sha256=sha.hex(), size=len(data), content_type=content_type)
+
+    # -- conditional writes
+
+    def require_object_lock(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            config = self.client.get_object_lock_configuration(Bucket=self.bucket)
+            enabled = config["ObjectLockConfiguration"].get("ObjectLockEnabled") == "Enabled"
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "ObjectLockConfigurationNotFoundError":
+                raise self._translate(e, None) from e
+            enabled = False
+        except Exception as e:
+            raise self._translate(e, None) from e
+        if not enabled:
+            raise ObjectLockUnavailable(
+                f"S3 bucket {self.bucket} does not have Object Lock enabled, so it cannot keep "
+                "objects under retention. Create the bucket with Object Lock "
+                "(ObjectLockEnabledForBucket) or enable it on the versioned bucket "
+                "(PutObjectLockConfiguration)"
+            )
+
+    def object_lock(self, key: str) -> tuple[str, datetime] | None:
+        validate_key(key)
+        resp = self._call("head_object", key, Key=self._s3_key(key))
+        mode, until = resp.get("ObjectLockMode"), resp.get("ObjectLockRetainUntilDate")
+        if not mode or not isinstance(until, datetime):
+            return None
+        return str(mode), until.astimezone(UTC)
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        validate_key(key)
+        resp = self._call("get_object", key, Key=self._s3_key(key))
+        etag = str(resp["ETag"])
+        return b"".join(self._iter_body(resp["Body"], key)), etag
+
+    def put_bytes_conditional(
+        self,
+        data: bytes,
+        *,
+        key: str,
+        content_type: str,
+        if_match: str | None,
+        retain_until: datetime | None = None,
+    ) -> str:
+        from botocore.exceptions import ClientError
+
+        validate_key(key)
+        digest = hashlib.sha256(data).digest()
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_match is None else {"IfMatch": if_match}
+        if retain_until is not None:
+            extra |= {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": retain_until}
+        try:
+            resp = self._put_object(key, data, content_type, digest.hex(), digest, **extra)
+        except DocumentStoreError as e:
+            cause = e.__cause__
+            code = (
+                str(cause.response.get("Error", {}).get("Code", ""))
+                if isinstance(cause, ClientError)
+                else ""
+            )
+            # If-Match on a key that is gone: the version we read was replaced too.
+            if code in _CONDITION_FAILED_CODES or (if_match and isinstance(e, DocumentNotFound)):
+                raise PreconditionFailed(key, if_match) from e
+            raise
+        return str(resp["ETag"])
 
     # -- reads
 
