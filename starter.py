@@ -375,9 +375,23 @@ async def cmd_heal(args: argparse.Namespace) -> None:
 
 def cmd_token(args: argparse.Namespace) -> None:
     """A development token signed with DEALFLOW_JWT_SECRET (what the API checks)."""
+    settings = get_settings()
+    if args.ttl > settings.jwt_max_lifetime_hours * 3600:
+        raise CliError(
+            f"--ttl {args.ttl} is longer than the API accepts "
+            f"(DEALFLOW_JWT_MAX_LIFETIME_HOURS={settings.jwt_max_lifetime_hours:g} h)",
+            2,
+        )
     try:
         roles = [Role(r) for r in args.role]
-        token = mint_token(get_settings().jwt_secret, args.sub, roles, ttl=args.ttl)
+        token = mint_token(
+            settings.jwt_secret,
+            args.sub,
+            roles,
+            ttl=args.ttl,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+        )
     except ValueError as e:
         raise CliError(f"{e} (roles: {', '.join(r.value for r in Role)})", 2) from None
     if args.json:

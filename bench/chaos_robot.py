@@ -405,9 +405,10 @@ class Robot:
     ) -> None:
         import jwt
 
-        claims = {"sub": uploader.staff_id, "roles": [uploader.role.value]}
+        now = int(time.time())
+        claims = {"sub": uploader.staff_id, "roles": [uploader.role.value], "iat": now}
         token = jwt.encode(
-            {**claims, "exp": int(time.time()) + 600},
+            {**claims, "exp": now + 600},
             self.jwt_secret or "",
             algorithm="HS256",
         )

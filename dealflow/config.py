@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +76,18 @@ class Settings(BaseSettings):
     # Production: the identity provider's JWKS; staff tokens are then verified
     # with its public keys (RS256/ES256/...) instead of the HS256 secret.
     jwks_url: str | None = None
+    # The `aud` and `iss` a staff token must carry. Required with a JWKS URL:
+    # the provider signs tokens for other applications with the same keys.
+    jwt_audience: str | None = Field(default=None, validate_default=True)
+    jwt_issuer: str | None = Field(default=None, validate_default=True)
+    # Longest life (exp - iat) a staff token may have; a longer one is refused.
+    jwt_max_lifetime_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    # The JWKS fetch: its deadline, and how often a token naming a key the
+    # cached set lacks may make the API fetch the set again.
+    jwks_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    jwks_refetch_seconds: float = Field(default=30.0, ge=0)
+    # How long an `Idempotency-Key` of `POST /api/deals` holds; then it is free again.
+    idempotency_key_hours: float = Field(default=24.0, gt=0)
     lenders_file: Path = ROOT / "examples" / "lenders.toml"
     codec_keys: str = ""
     # How long `dealflow-audit archive` locks each history on S3 (Object Lock,
@@ -157,6 +169,16 @@ class Settings(BaseSettings):
                 "e.g. http://otel-collector:4318)"
             )
         return v.rstrip("/")
+
+    @field_validator("jwt_audience", "jwt_issuer")
+    @classmethod
+    def _needed_with_jwks(cls, v: str | None, info: ValidationInfo) -> str | None:
+        v = v.strip() if v else None
+        if not v and info.data.get("jwks_url"):
+            # Without it a token the provider issued for another application
+            # (with its own "admin" role) would be accepted.
+            raise ValueError("required when DEALFLOW_JWKS_URL is set")
+        return v
 
     @field_validator("oidc_issuer")
     @classmethod

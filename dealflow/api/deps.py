@@ -128,7 +128,7 @@ class Services:
         if self.policy is None:
             self.policy = load_policy(self.settings.policy_file)
         if self.auth is None:
-            self.auth = Authenticator(self.settings.jwt_secret, self.settings.jwks_url)
+            self.auth = Authenticator.from_settings(self.settings)
 
     @property
     def deal_policy(self) -> DealPolicy:

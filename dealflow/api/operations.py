@@ -14,10 +14,9 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -56,26 +55,37 @@ def request_digest(deal: DealInput) -> str:
 async def start_deal(
     svc: Services, deal: DealInput, actor: Actor, idempotency_key: str | None
 ) -> StartOutcome:
-    """Start a deal; with a key, the same key and body give the same deal."""
+    """Start a deal; with a key, the same subject, key and body give the same deal.
+
+    Keys belong to the token's subject (the actor's staff id): another
+    subject's key is an independent request, and nothing of the deal it
+    started is ever told to anyone else.
+    """
     # Every rule first: a rejected body neither starts a deal nor stores its key.
     inp = deals.start_input(deals.new_deal_id(), deal, svc.deal_policy, svc.lenders, actor)
     if idempotency_key is None:
         await deals.start_deal(svc.client, svc.settings.task_queue, inp)
         return StartOutcome(_created(svc, inp.deal_id, "started"))
-    digest = request_digest(deal)
-    row = await asyncio.to_thread(db.get_idempotency_key, svc.engine, idempotency_key)
+    subject, digest = actor.staff_id, request_digest(deal)
+    now = datetime.now(UTC)
+    expires_before = idempotency_cutoff(svc, now)
+    row = await asyncio.to_thread(
+        db.get_idempotency_key, svc.engine, subject, idempotency_key, expires_before=expires_before
+    )
     if row is None:
         row, new = await asyncio.to_thread(
             db.remember_idempotency_key,
             svc.engine,
+            subject=subject,
             key=idempotency_key,
             request_sha256=digest,
             deal_id=inp.deal_id,
             response_status=201,
-            created_at=datetime.now(UTC),
+            created_at=now,
+            expires_before=expires_before,
         )
         if new:
-            await _start_keyed(svc, inp, idempotency_key)
+            await _start_keyed(svc, inp, subject, idempotency_key)
             return StartOutcome(_created(svc, inp.deal_id, "started"))
     assert row is not None
     if row.request_sha256 != digest:
@@ -88,7 +98,12 @@ async def start_deal(
     return StartOutcome(_created(svc, row.deal_id, "replayed"), row.response_status)
 
 
-async def _start_keyed(svc: Services, inp: StartDealInput, idempotency_key: str) -> None:
+def idempotency_cutoff(svc: Services, now: datetime) -> datetime:
+    """Keys created before this have expired (`DEALFLOW_IDEMPOTENCY_KEY_HOURS`)."""
+    return now - timedelta(hours=svc.settings.idempotency_key_hours)
+
+
+async def _start_keyed(svc: Services, inp: StartDealInput, subject: str, key: str) -> None:
     try:
         await deals.start_deal(svc.client, svc.settings.task_queue, inp)
     except WorkflowAlreadyStartedError:
@@ -96,17 +111,8 @@ async def _start_keyed(svc: Services, inp: StartDealInput, idempotency_key: str)
     except Exception:
         # Not started: the key must not point at nothing. (A cancelled request
         # keeps it; its retry starts the deal, see _ensure_started.)
-        await asyncio.to_thread(_forget_idempotency_key, svc, idempotency_key, inp.deal_id)
+        await asyncio.to_thread(db.forget_idempotency_key, svc.engine, subject, key, inp.deal_id)
         raise
-
-
-def _forget_idempotency_key(svc: Services, key: str, deal_id: str) -> None:
-    with svc.engine.begin() as conn:
-        conn.execute(
-            delete(db.IDEMPOTENCY_KEYS).where(
-                db.IDEMPOTENCY_KEYS.c.key == key, db.IDEMPOTENCY_KEYS.c.deal_id == deal_id
-            )
-        )
 
 
 async def _ensure_started(svc: Services, inp: StartDealInput) -> None:

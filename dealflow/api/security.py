@@ -2,10 +2,14 @@
 
 Development and tests: HS256 with `DEALFLOW_JWT_SECRET` (`starter.py token`
 mints one). Production: set `DEALFLOW_JWKS_URL` and tokens are verified with
-the identity provider's public keys (RS256/ES256/PS256/EdDSA); HS256 is then
-refused. Claims: `sub` (the staff id) and `roles` (a list of `Role` values);
-`exp` is required. The actor of every workflow update is built here, from the
-token alone: nothing in a request body can change who acted.
+the identity provider's public keys (RS256/ES256/PS256/EdDSA, dealflow/api/jwks.py);
+HS256 is then refused, and `DEALFLOW_JWT_AUDIENCE` and `DEALFLOW_JWT_ISSUER`
+are required and checked (`aud`, `iss`), as the provider signs tokens for
+other applications with the same keys. Claims: `sub` (the staff id) and
+`roles` (a list of `Role` values); `exp` and `iat` are required, and a token
+may live (exp - iat) at most `DEALFLOW_JWT_MAX_LIFETIME_HOURS`. The actor of
+every workflow update is built here, from the token alone: nothing in a
+request body can change who acted.
 
 A route declares who may call it once, as a dependency:
 `actor: Annotated[Actor, Depends(require_roles(READ_ROLES, "read deals"))]`
@@ -21,7 +25,6 @@ only reads.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -35,6 +38,8 @@ from fastapi.security import HTTPBearer
 
 from dealflow import rules
 from dealflow.api.errors import Problem
+from dealflow.api.jwks import JwksCache, JwksUnavailable, UnknownSigningKey
+from dealflow.config import Settings
 from dealflow.models import Action, Actor, Role
 
 # Reading deals (list, status) — every role.
@@ -88,52 +93,124 @@ class Principal:
         )
 
 
-class Authenticator:
-    def __init__(
-        self, secret: str, jwks_url: str | None = None, leeway: int = LEEWAY_SECONDS
-    ) -> None:
-        if not secret and not jwks_url:
-            raise ValueError("staff authentication needs DEALFLOW_JWT_SECRET or DEALFLOW_JWKS_URL")
-        self.secret = secret
-        self.jwks_url = jwks_url
-        self.leeway = leeway
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300) if jwks_url else None
+@dataclass(frozen=True)
+class TokenPolicy:
+    """What a staff token must carry besides a good signature."""
 
-    def _key(self, token: str) -> Any:
-        if self._jwks is None:
-            return self.secret
+    # The `aud` and `iss` it must name; None: not checked (the HS256
+    # development secret). A JWKS deployment must set both.
+    audience: str | None = None
+    issuer: str | None = None
+    # exp - iat may not exceed this: a stolen token is good for a bounded time.
+    max_lifetime_seconds: float = 12 * 3600
+    leeway: int = LEEWAY_SECONDS
+
+
+class Authenticator:
+    """Checks staff tokens: HS256 with the secret, or the identity provider's keys."""
+
+    def __init__(
+        self, secret: str, jwks: JwksCache | None = None, policy: TokenPolicy | None = None
+    ) -> None:
+        policy = policy or TokenPolicy()
+        if not secret and jwks is None:
+            raise ValueError("staff authentication needs DEALFLOW_JWT_SECRET or DEALFLOW_JWKS_URL")
+        if jwks is not None and not (policy.audience and policy.issuer):
+            raise ValueError(
+                "DEALFLOW_JWKS_URL needs DEALFLOW_JWT_AUDIENCE and DEALFLOW_JWT_ISSUER"
+            )
+        self.secret = secret
+        self.jwks = jwks
+        self.policy = policy
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Authenticator:
+        jwks = None
+        if settings.jwks_url:
+            jwks = JwksCache(
+                settings.jwks_url,
+                timeout_seconds=settings.jwks_timeout_seconds,
+                refetch_seconds=settings.jwks_refetch_seconds,
+            )
+        policy = TokenPolicy(
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            max_lifetime_seconds=settings.jwt_max_lifetime_hours * 3600,
+        )
+        return cls(settings.jwt_secret, jwks, policy)
+
+    @property
+    def algorithms(self) -> list[str]:
+        return JWKS_ALGORITHMS if self.jwks is not None else HS_ALGORITHMS
+
+    async def verify(self, token: str) -> Principal:
+        """Verify `token` (signature, exp, iat, nbf, aud, iss, lifetime) and read
+        its claims. With a JWKS URL the key set may be fetched, on this loop."""
+        header = self._header(token)
+        if self.jwks is None:
+            return self._claims(token, self.secret)
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError("the token's key id (kid) must be a string")
         try:
-            return self._jwks.get_signing_key_from_jwt(token).key
-        except jwt.PyJWKClientConnectionError as e:
-            raise Problem(503, f"the identity provider's keys cannot be fetched: {e}") from None
-        except (jwt.PyJWKClientError, jwt.DecodeError) as e:
-            raise AuthError(f"no signing key for this token: {e}") from None
+            key = await self.jwks.signing_key(kid)
+        except JwksUnavailable as e:
+            raise Problem(503, f"{e}; try again in a moment") from None
+        except UnknownSigningKey as e:
+            raise AuthError(str(e)) from None
+        return self._claims(token, key.key)
 
     def decode(self, token: str) -> Principal:
-        """Verify `token` (signature, exp, nbf, iat) and read its claims. Blocking
-        with a JWKS URL (the key set is fetched, then cached): call in a thread."""
+        """`verify` without a network fetch: for the HS256 secret only."""
+        if self.jwks is not None:
+            raise RuntimeError("tokens of a JWKS deployment are checked with `await verify()`")
+        self._header(token)
+        return self._claims(token, self.secret)
+
+    def _header(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError as e:
             raise AuthError(f"malformed token: {e}") from None
-        algorithms = JWKS_ALGORITHMS if self._jwks is not None else HS_ALGORITHMS
-        if header.get("alg") not in algorithms:
+        if header.get("alg") not in self.algorithms:
             raise AuthError(
                 f"token algorithm {header.get('alg')!r} is not accepted; use "
-                + ", ".join(algorithms)
+                + ", ".join(self.algorithms)
             )
+        return header
+
+    def _claims(self, token: str, key: Any) -> Principal:
+        policy = self.policy
+        required = ["exp", "iat", "sub"]
+        required += ["aud"] if policy.audience else []
+        required += ["iss"] if policy.issuer else []
         try:
             claims = jwt.decode(
                 token,
-                self._key(token),
-                algorithms=algorithms,
-                leeway=self.leeway,
-                options={"require": ["exp", "sub"], "verify_aud": False},
+                key,
+                algorithms=self.algorithms,
+                audience=policy.audience,
+                issuer=policy.issuer,
+                leeway=policy.leeway,
+                options={"require": required, "verify_aud": policy.audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("the token has expired; get a new one") from None
+        except jwt.InvalidAudienceError:
+            # Neither the expected nor the sent value: the answer says what is wrong, no more.
+            raise AuthError("invalid token: it was issued for another application (aud)") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError(
+                "invalid token: it was issued by an issuer this API does not trust (iss)"
+            ) from None
         except jwt.InvalidTokenError as e:
             raise AuthError(f"invalid token: {e}") from None
+        lifetime = claims["exp"] - claims["iat"]
+        if lifetime > policy.max_lifetime_seconds:
+            raise AuthError(
+                f"invalid token: it is valid for {lifetime / 3600:.4g} h (exp - iat); "
+                f"this API accepts tokens of at most {policy.max_lifetime_seconds / 3600:g} h"
+            )
         return principal_from_claims(claims)
 
 
@@ -159,9 +236,17 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
 
 
 def mint_token(
-    secret: str, sub: str, roles: Iterable[Role | str], ttl: int = 3600, now: float | None = None
+    secret: str,
+    sub: str,
+    roles: Iterable[Role | str],
+    ttl: int = 3600,
+    now: float | None = None,
+    *,
+    audience: str | None = None,
+    issuer: str | None = None,
 ) -> str:
-    """A development token: HS256, claims sub, roles, iat and exp (now + ttl seconds)."""
+    """A development token: HS256, claims sub, roles, iat and exp (now + ttl
+    seconds), and aud and iss when given (the API checks them once set)."""
     issued = int(now if now is not None else time.time())
     names = [Role(role).value for role in roles]
     if not _STAFF_ID.match(sub):
@@ -170,7 +255,11 @@ def mint_token(
         raise ValueError("a token needs at least one role")
     if ttl <= 0:
         raise ValueError("ttl must be positive")
-    payload = {"sub": sub, "roles": names, "iat": issued, "exp": issued + ttl}
+    payload: dict[str, Any] = {"sub": sub, "roles": names, "iat": issued, "exp": issued + ttl}
+    if audience:
+        payload["aud"] = audience
+    if issuer:
+        payload["iss"] = issuer
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
@@ -191,11 +280,7 @@ async def authenticate(request: Request) -> Principal:
         return cached
     auth: Authenticator = request.app.state.services.auth
     try:
-        token = bearer_token(request)
-        if auth.jwks_url:
-            principal = await asyncio.to_thread(auth.decode, token)
-        else:
-            principal = auth.decode(token)
+        principal = await auth.verify(bearer_token(request))
     except AuthError as e:
         raise Problem(
             401, str(e), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}

@@ -368,7 +368,9 @@ async def create_deal(request: Request, user: SignedIn) -> Response:
             )
         # The key started a deal with other details (the clerk went back and
         # changed the form): say which, and give the form a new key.
-        deal_form.add("", await _key_used_message(request, f"desk:{user.staff_id}:{form_key}"))
+        deal_form.add(
+            "", await _key_used_message(request, actor.staff_id, f"desk:{user.staff_id}:{form_key}")
+        )
         return _render_form(request, user, deal_form, _new_form_key(), status_code=422)
     except RPCError:
         return _render_form(
@@ -383,8 +385,8 @@ async def create_deal(request: Request, user: SignedIn) -> Response:
     return RedirectResponse(f"/desk/deals/{outcome.created.deal_id}", status_code=303)
 
 
-async def _key_used_message(request: Request, key: str) -> str:
-    row = await asyncio.to_thread(db.get_idempotency_key, services(request).engine, key)
+async def _key_used_message(request: Request, subject: str, key: str) -> str:
+    row = await asyncio.to_thread(db.get_idempotency_key, services(request).engine, subject, key)
     started = f" (deal {row.deal_id})" if row is not None else ""
     return (
         f"This form already started a deal{started} with other details; "

@@ -11,7 +11,6 @@ Three ways in, all ending in the same server-side session:
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from fastapi import APIRouter, Request
@@ -100,8 +99,7 @@ async def _principal_from_form(request: Request, method: object, form: FormData)
             raise AuthError("paste a bearer token (a JWT)")
         if svc.auth is None:
             raise AuthError("staff tokens are not configured on this deployment")
-        # Blocking with a JWKS URL (the key set may be fetched).
-        return await asyncio.to_thread(svc.auth.decode, token.strip())
+        return await svc.auth.verify(token.strip())
     raise AuthError("choose a way to sign in")
 
 

@@ -23,8 +23,6 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi import FastAPI
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -34,13 +32,13 @@ from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.api.operations import request_digest
 from dealflow.api.routes.deals import ACTION_ROUTES
-from dealflow.api.security import Authenticator, AuthError, mint_token
+from dealflow.api.security import Authenticator, mint_token
 from dealflow.config import Settings, get_settings
 from dealflow.models import Action, DealInput, ProjectionInput, Role, Stage
 from dealflow.samples import EXAMPLES
 from dealflow.storage import db
 from tests.support.api_stack import SECRET, ApiStack, HttpDesk, action_body, api_stack, deal_body
-from tests.support.servers import free_port, serve, serve_async
+from tests.support.servers import free_port, serve_async
 
 NO_DEAL = "20990101-00000000"
 PROBLEM = "application/problem+json"
@@ -92,6 +90,10 @@ BAD_AUTH = {
     ),
     "HS512": ("Bearer " + _tok(_claims(), alg="HS512"), "algorithm 'HS512' is not accepted"),
     "no exp": ("Bearer " + _tok({"sub": "li", "roles": ["sales"]}), 'missing the "exp" claim'),
+    "no iat": (
+        "Bearer " + _tok({"sub": "li", "roles": ["sales"], "exp": int(time.time()) + 600}),
+        'missing the "iat" claim',
+    ),
     "roles not a list": ("Bearer " + _tok(_claims(roles="sales")), "roles claim must be a list"),
     "bad sub": ("Bearer " + _tok(_claims(sub="li wei")), "sub claim"),
 }
@@ -143,35 +145,6 @@ def test_mint_token_round_trip() -> None:
         mint_token(SECRET, "li", [], ttl=60)
     with pytest.raises(ValueError):
         mint_token(SECRET, "li", ["nope"], ttl=60)
-
-
-def test_jwks_verifies_identity_provider_tokens_and_refuses_hs256() -> None:
-    """Production mode: keys from a JWKS URL (a real HTTP server here)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-    jwk.update({"kid": "k1", "use": "sig", "alg": "RS256"})
-    idp = FastAPI()
-
-    @idp.get("/healthz")
-    def health() -> dict[str, str]:
-        return {"ok": "yes"}
-
-    @idp.get("/jwks.json")
-    def jwks() -> dict[str, Any]:
-        return {"keys": [jwk]}
-
-    with serve(idp) as url:
-        auth = Authenticator("", jwks_url=f"{url}/jwks.json")
-        good = jwt.encode(_claims(roles=["credit"]), key, algorithm="RS256", headers={"kid": "k1"})
-        assert auth.decode(good).roles == (Role.CREDIT,)
-        with pytest.raises(AuthError, match="algorithm 'HS256' is not accepted"):
-            auth.decode(_tok(_claims()))
-        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        forged = jwt.encode(_claims(), other, algorithm="RS256", headers={"kid": "k1"})
-        with pytest.raises(AuthError, match="Signature verification failed"):
-            auth.decode(forged)
-        with pytest.raises(AuthError, match="no signing key"):
-            auth.decode(jwt.encode(_claims(), key, algorithm="RS256", headers={"kid": "k9"}))
 
 
 # --------------------------------------------------------------------------- POST /api/deals
@@ -259,7 +232,7 @@ async def test_invalid_deal_is_422_and_starts_nothing(stack: ApiStack, case: str
     r = await stack.http(Role.SALES).post("/api/deals", content=content, headers=headers)
     problem(r, 422, fragment)
     # nothing stored under the key: a corrected body with it starts one deal
-    assert db.get_idempotency_key(stack.engine, key) is None
+    assert db.get_idempotency_key(stack.engine, "sales-01", key) is None
 
 
 async def test_several_rules_broken_are_all_named(stack: ApiStack) -> None:
@@ -287,7 +260,7 @@ async def test_idempotent_create(stack: ApiStack) -> None:
     assert again.status_code == 201, again.text
     assert again.json() == first.json()
     assert again.headers["idempotent-replayed"] == "true"
-    row = db.get_idempotency_key(stack.engine, key)
+    row = db.get_idempotency_key(stack.engine, "sales-01", key)
     assert row is not None and row.deal_id == first.json()["deal_id"]
     assert row.response_status == 201
     assert row.request_sha256 == request_digest(DealInput.model_validate(body))
@@ -315,7 +288,7 @@ async def test_concurrent_retries_with_one_key_start_one_deal(stack: ApiStack) -
     assert len({r.json()["deal_id"] for r in answers}) == 1
     deal_id = answers[0].json()["deal_id"]
     assert (await http.get(f"/api/deals/{deal_id}")).status_code == 200
-    assert db.get_idempotency_key(stack.engine, key) is not None
+    assert db.get_idempotency_key(stack.engine, "sales-01", key) is not None
 
 
 async def test_key_stored_by_a_request_that_died_is_repaired(stack: ApiStack) -> None:
@@ -326,6 +299,7 @@ async def test_key_stored_by_a_request_that_died_is_repaired(stack: ApiStack) ->
     deal_id = f"20261128-{uuid.uuid4().hex[:8]}"
     db.remember_idempotency_key(
         stack.engine,
+        subject="sales-01",
         key=key,
         request_sha256=request_digest(DealInput.model_validate(body)),
         deal_id=deal_id,
@@ -372,7 +346,7 @@ async def test_failed_start_leaves_no_key(
         )
     assert r.status_code in (502, 503), r.text
     assert r.headers["content-type"].startswith(PROBLEM)
-    assert db.get_idempotency_key(stack.engine, key) is None
+    assert db.get_idempotency_key(stack.engine, "sales-01", key) is None
 
 
 # --------------------------------------------------------------------------- GET /api/deals

@@ -151,7 +151,7 @@ async def test_a_bad_id_checksum_and_a_loan_over_the_cap_are_refused_beside_thei
     assert 'value="18,000.00"' in page
     assert hidden_value(page, "form_key") == form_key
     assert await no_deal_started(stack, dealer)
-    assert db.get_idempotency_key(stack.engine, f"desk:li.sales:{form_key}") is None
+    assert db.get_idempotency_key(stack.engine, "li.sales", f"desk:li.sales:{form_key}") is None
 
 
 async def test_the_same_form_sent_twice_starts_one_deal(stack: ApiStack) -> None:

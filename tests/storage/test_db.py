@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -76,7 +77,7 @@ def test_migrations_apply_twice_and_match_the_models(db_url: str) -> None:
     db.migrate(db_url)
     db.migrate(db_url)
     head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
-    assert db.current_revision(db_url) == head == "0004"
+    assert db.current_revision(db_url) == head == "0005"
 
     # The hand-written migration and the sqlmodel tables must describe the
     # same schema, or autogenerate would emit a spurious migration later.
@@ -100,13 +101,13 @@ def test_concurrent_migrations_all_succeed(db_url: str) -> None:
     with ThreadPoolExecutor(4) as pool:
         for result in [pool.submit(db.migrate, db_url) for _ in range(4)]:
             result.result()
-    assert db.current_revision(db_url) == "0004"
+    assert db.current_revision(db_url) == "0005"
     assert db.count_rows(db.make_engine(db_url), db.DealRow) == 0
 
 
 def test_cli_upgrade(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert db_cli.main(["upgrade", "--url", db_url]) == 0
-    assert "at revision 0004" in capsys.readouterr().out
+    assert "at revision 0005" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- deals
@@ -509,16 +510,108 @@ def test_inbox_keeps_undecodable_bodies_and_marks(engine: Engine) -> None:
 
 def test_idempotency_keys(engine: Engine) -> None:
     row, new = db.remember_idempotency_key(
-        engine, key="k1", request_sha256="aa", deal_id="d-1", response_status=201, created_at=T0
+        engine,
+        subject="ann",
+        key="k1",
+        request_sha256="aa",
+        deal_id="d-1",
+        response_status=201,
+        created_at=T0,
     )
     assert new and row.deal_id == "d-1"
     row, new = db.remember_idempotency_key(
-        engine, key="k1", request_sha256="bb", deal_id="d-2", response_status=201, created_at=T0
+        engine,
+        subject="ann",
+        key="k1",
+        request_sha256="bb",
+        deal_id="d-2",
+        response_status=201,
+        created_at=T0,
     )
     assert not new
     assert (row.request_sha256, row.deal_id, row.created_at) == ("aa", "d-1", T0)
-    got = db.get_idempotency_key(engine, "k1")
+    got = db.get_idempotency_key(engine, "ann", "k1")
     assert got is not None and got.deal_id == "d-1"
+    expired = db.get_idempotency_key(engine, "ann", "k1", expires_before=T0 + timedelta(hours=1))
+    assert expired is None
+
+
+def test_idempotency_keys_belong_to_their_subject(engine: Engine) -> None:
+    first: dict[str, Any] = {
+        "key": "k1",
+        "request_sha256": "aa",
+        "response_status": 201,
+        "created_at": T0,
+    }
+    db.remember_idempotency_key(engine, subject="ann", deal_id="d-1", **first)
+    row, new = db.remember_idempotency_key(engine, subject="bob", deal_id="d-2", **first)
+    assert new and row.deal_id == "d-2"
+    assert db.get_idempotency_key(engine, "bob", "k1") == row
+    assert db.get_idempotency_key(engine, "cy", "k1") is None
+    # forgetting bob's key leaves ann's
+    db.forget_idempotency_key(engine, "bob", "k1", "d-2")
+    assert db.get_idempotency_key(engine, "bob", "k1") is None
+    assert db.get_idempotency_key(engine, "ann", "k1") is not None
+
+
+def test_expired_idempotency_keys_are_stored_anew(engine: Engine) -> None:
+    later = T0 + timedelta(hours=25)
+    db.remember_idempotency_key(
+        engine,
+        subject="ann",
+        key="k1",
+        request_sha256="aa",
+        deal_id="d-1",
+        response_status=201,
+        created_at=T0,
+    )
+    row, new = db.remember_idempotency_key(
+        engine,
+        subject="ann",
+        key="k1",
+        request_sha256="bb",
+        deal_id="d-2",
+        response_status=201,
+        created_at=later,
+        expires_before=later - timedelta(hours=24),
+    )
+    assert new and (row.deal_id, row.request_sha256, row.created_at) == ("d-2", "bb", later)
+    assert db.count_rows(engine, db.IdempotencyKeyRow) == 1
+
+
+def test_migration_scopes_existing_idempotency_keys(db_url: str) -> None:
+    """Rows stored before keys had subjects survive 0005: a desk form's key is
+    its clerk's (the key names the staff id), an API key nobody's."""
+    from alembic import command
+
+    cfg = db.alembic_config(url=db_url)
+    command.upgrade(cfg, "0004")
+    engine = db.make_engine(db_url)
+    old_table = sa.table(
+        "idempotency_keys",
+        *(sa.column(name) for name in ("key", "request_sha256", "deal_id", "response_status")),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+    )
+    with engine.begin() as conn:
+        for key, deal_id in (("desk:li.sales:form-1", "d-1"), ("api-key-1", "d-2")):
+            conn.execute(
+                sa.insert(old_table).values(
+                    key=key, request_sha256="aa", deal_id=deal_id, response_status=201
+                ),
+                {"created_at": T0},
+            )
+    command.upgrade(cfg, "head")
+    desk = db.get_idempotency_key(engine, "li.sales", "desk:li.sales:form-1")
+    assert desk is not None and (desk.deal_id, desk.created_at) == ("d-1", T0)
+    legacy = db.get_idempotency_key(engine, "", "api-key-1")
+    assert legacy is not None and legacy.deal_id == "d-2"
+    assert db.count_rows(engine, db.IdempotencyKeyRow) == 2
+    # and back: one row per key again
+    command.downgrade(cfg, "0004")
+    with engine.connect() as conn:
+        keys = conn.exec_driver_sql("SELECT key, deal_id FROM idempotency_keys").all()
+    assert sorted(map(tuple, keys)) == [("api-key-1", "d-2"), ("desk:li.sales:form-1", "d-1")]
+    command.upgrade(cfg, "head")
 
 
 def test_inbox_batch_is_one_transaction_in_order(engine: Engine) -> None:

@@ -25,7 +25,6 @@ headers too, so the UI shows "401"/"403" rather than an opaque network error.
 
 from __future__ import annotations
 
-import asyncio
 import html
 import logging
 import time
@@ -144,10 +143,8 @@ def _codec(request: Request) -> PayloadCodec:
 
 
 async def _decode(auth: Any, token: str) -> Principal:
-    # With a JWKS URL the key set may be fetched over the network: not on the loop.
-    if auth.jwks_url:
-        return await asyncio.to_thread(auth.decode, token)
-    return auth.decode(token)
+    principal: Principal = await auth.verify(token)
+    return principal
 
 
 async def _principal(request: Request) -> Principal:

@@ -23,7 +23,11 @@ from dealflow.storage.db.engine import (
     make_engine,
     normalise_url,
 )
-from dealflow.storage.db.idempotency import get_idempotency_key, remember_idempotency_key
+from dealflow.storage.db.idempotency import (
+    forget_idempotency_key,
+    get_idempotency_key,
+    remember_idempotency_key,
+)
 from dealflow.storage.db.inbox import (
     StoreOutcome,
     WebhookIn,
@@ -125,6 +129,7 @@ __all__ = [
     "current_revision",
     "deal_summary",
     "dispose_engine",
+    "forget_idempotency_key",
     "get_deal",
     "get_idempotency_key",
     "get_webhook",

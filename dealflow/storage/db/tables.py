@@ -179,15 +179,20 @@ class CompensationRow(SQLModel, table=True):
 
 
 class IdempotencyKeyRow(SQLModel, table=True):
-    """`Idempotency-Key` of `POST /api/deals`: same key + same body → same deal."""
+    """`Idempotency-Key` of `POST /api/deals`: the same subject with the same
+    key and body gets the same deal. Another subject's use of the key is
+    another request; a key older than the configured hours is free again."""
 
     __tablename__ = "idempotency_keys"
 
+    # The token's `sub`; "" for keys stored before keys were scoped, which no
+    # subject matches (a staff id is never empty).
+    subject: str = Field(primary_key=True)
     key: str = Field(primary_key=True)
     request_sha256: str
     deal_id: str
     response_status: int
-    created_at: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime, index=True)
 
 
 class DeskSessionRow(SQLModel, table=True):
