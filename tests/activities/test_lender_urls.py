@@ -57,7 +57,7 @@ def lender_app(lender: Lender) -> FastAPI:
 @pytest.fixture
 async def lender() -> AsyncIterator[Lender]:
     recorded = Lender()
-    async with serve_async(lender_app(recorded)) as url:  # type: ignore[arg-type]
+    async with serve_async(lender_app(recorded)) as url:
         recorded.base_url = f"{url}/lenders/{LENDER}"
         yield recorded
 
