@@ -10,6 +10,7 @@ import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from sqlalchemy.engine import Engine
@@ -36,6 +37,7 @@ from dealflow.models import (
     UnsignedApplicationPackage,
     WithdrawInput,
 )
+from dealflow.models.base import is_ref
 from dealflow.storage import db
 from dealflow.storage.documents import DocumentStore
 
@@ -52,6 +54,12 @@ async def _heartbeat_every(seconds: float) -> None:
     while True:
         activity.heartbeat()
         await asyncio.sleep(seconds)
+
+
+def _application_url(lender: LenderConfig, application_ref: str, action: str) -> str:
+    """The lender's URL for `action` on an application: the reference is one
+    quoted path segment, so no reference can point DealFlow's call elsewhere."""
+    return f"{lender.api_base_url}/applications/{quote(application_ref, safe='')}/{action}"
 
 
 class DealActivities:
@@ -168,6 +176,15 @@ class DealActivities:
                 type="LenderRejected",
                 non_retryable=True,
             )
+        # Checked here, in the activity, not in the workflow: a deal only ever
+        # records a reference that passed, and replay is untouched (no patch).
+        if not is_ref(ref):
+            raise ApplicationError(
+                f"lender reply's application_ref {ref[:80]!r} is not a reference (1 to 64 of "
+                "A-Z a-z 0-9 . _ / : -, starting with a letter or digit)",
+                type="LenderRejected",
+                non_retryable=True,
+            )
         log.info(
             "application submitted",
             extra={
@@ -229,7 +246,7 @@ class DealActivities:
             inp.for_lender, lambda key: self.store.presign_get(key, expires_in=seconds)
         )
         await self._post(
-            f"{lender.api_base_url}/applications/{inp.application_ref}/disbursement-requests",
+            _application_url(lender, inp.application_ref, "disbursement-requests"),
             inp.request_id or rules.disbursement_request_id(inp.deal_id, inp.attempt),
             # An old-form request (no package) goes out exactly as before it existed.
             body.model_dump(
@@ -245,7 +262,7 @@ class DealActivities:
     async def withdraw_application(self, inp: WithdrawInput) -> None:
         lender = self._lender(inp.lender_id)
         await self._post(
-            f"{lender.api_base_url}/applications/{inp.application_ref}/withdrawal",
+            _application_url(lender, inp.application_ref, "withdrawal"),
             f"{inp.deal_id}:withdrawal:{inp.submission_no}",
             {"reason": inp.reason},
         )
@@ -264,7 +281,7 @@ class DealActivities:
         repayment per application, so the key names the application."""
         lender = self._lender(inp.lender_id)
         reply = await self._post(
-            f"{lender.api_base_url}/applications/{inp.application_ref}/repayment",
+            _application_url(lender, inp.application_ref, "repayment"),
             f"{inp.deal_id}:repayment:{inp.application_ref}",
             {
                 "deal_id": inp.deal_id,

@@ -37,6 +37,7 @@ from dealflow.audit.archive import MANIFEST_KEY, ArchiveBusy, ArchiveRaceLost, a
 from dealflow.audit.as_of import state_as_of
 from dealflow.audit.errors import AuditError
 from dealflow.audit.histories import (
+    deal_runs_query,
     export_json,
     fetch_deal,
     load_paths,
@@ -178,6 +179,8 @@ async def _export(args: argparse.Namespace, context: _CommandContext) -> int:
 async def _replay(args: argparse.Namespace, context: _CommandContext) -> int:
     if bool(args.paths) == bool(args.query):
         raise AuditError("give history files/folders, or --query, not both (nor neither)")
+    if args.query:
+        deal_runs_query(args.query)  # a bad query is refused before connecting
     runs = (
         await query_runs(await context.connect(), args.query)
         if args.query

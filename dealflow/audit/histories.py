@@ -178,15 +178,55 @@ async def fetch_deal(client: Client, deal: str) -> list[RunHistory]:
     return runs
 
 
+_QUOTES = frozenset("\"'`")
+
+
+def _check_query_text(query: str) -> None:
+    """AuditError unless every parenthesis and quote of `query` closes within it.
+
+    The operator's query goes inside parentheses after the deal type filter;
+    a query that closes a parenthesis it did not open (`) OR (`), or leaves a
+    quote open to swallow the closing one, would escape that filter."""
+    depth, quote, escaped = 0, "", False
+    for position, char in enumerate(query, start=1):
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in _QUOTES:
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                raise AuditError(
+                    f"--query closes a parenthesis it did not open (character {position}); "
+                    "it may only narrow the deal runs, not escape the WorkflowType filter"
+                )
+    if quote:
+        raise AuditError(f"--query leaves a {quote} quote open")
+    if depth:
+        raise AuditError(f"--query leaves {depth} parenthesis(es) open")
+
+
+def deal_runs_query(query: str) -> str:
+    """The visibility query for deal runs that also match the operator's `query`,
+    or AuditError when `query` is not a self-contained expression."""
+    deal_runs = f'WorkflowType = "{WORKFLOW_TYPE}"'
+    if not query.strip():
+        return deal_runs
+    _check_query_text(query)
+    return f"{deal_runs} AND ({query})"
+
+
 async def query_runs(client: Client, query: str) -> list[RunHistory]:
     """The runs a visibility query finds (of deal workflows), numbered per deal."""
-    visibility_query = (
-        f'WorkflowType = "{WORKFLOW_TYPE}" AND ({query})'
-        if query.strip()
-        else (f'WorkflowType = "{WORKFLOW_TYPE}"')
-    )
     runs = []
-    async for execution in client.list_workflows(visibility_query):
+    async for execution in client.list_workflows(deal_runs_query(query)):
         history = await client.get_workflow_handle(
             execution.id, run_id=execution.run_id
         ).fetch_history()

@@ -3,6 +3,7 @@ strict base of every public entry point."""
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Annotated
 
@@ -13,7 +14,18 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 Money = Annotated[Decimal, Field(max_digits=14, decimal_places=2, allow_inf_nan=False)]
 NonNegMoney = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
 PosMoney = Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
-Ref = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")]
+REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$"
+REF_MAX_LENGTH = 64
+Ref = Annotated[str, Field(min_length=1, max_length=REF_MAX_LENGTH, pattern=REF_PATTERN)]
+_REF = re.compile(REF_PATTERN)
+
+
+def is_ref(value: object) -> bool:
+    """Whether `value` is a reference as `Ref` accepts it: what a lender's
+    application_ref must be before DealFlow puts it into a URL or a deal."""
+    return isinstance(value, str) and len(value) <= REF_MAX_LENGTH and bool(_REF.fullmatch(value))
+
+
 Text = Annotated[str, Field(min_length=1, max_length=500)]
 
 

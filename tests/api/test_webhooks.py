@@ -479,6 +479,9 @@ MALFORMED: dict[str, tuple[Callable[[str, str], bytes], tuple[str, ...]]] = {
         ("disbursement.failed", "data must be a JSON object"),
     ),
     "bad-decision": (lambda d, r: decided(d, r, decision="maybe"), ("decision",)),
+    # Issue 14 item 12: a reference that would steer a URL is no reference.
+    "traversal-ref": (lambda d, r: decided(d, "../../admin"), ("application_ref", "../../admin")),
+    "query-ref": (lambda d, r: decided(d, f"{r}?x=1#y"), ("application_ref", "not a reference")),
 }
 
 

@@ -36,7 +36,7 @@ from dealflow.audit.archive import (
 )
 from dealflow.audit.cli import run_async
 from dealflow.audit.errors import AuditError
-from dealflow.audit.histories import load_paths
+from dealflow.audit.histories import deal_runs_query, load_paths
 from dealflow.audit.render import render
 from dealflow.audit.replay import replay
 from dealflow.audit.timeline import Entry, Timeline, build_timeline
@@ -227,6 +227,30 @@ async def test_replay_files_folders_and_a_live_query(deals: Deals, tmp_path: Pat
     )
     bad_args = await run("replay")
     assert bad_args.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("query", "complaint"),
+    [
+        (') OR (WorkflowType = "Other"', "closes a parenthesis it did not open"),
+        ('WorkflowId = "x") OR (WorkflowId = "y"', "closes a parenthesis it did not open"),
+        ('(WorkflowId = "x"', "1 parenthesis(es) open"),
+        ('WorkflowId = "x) OR (', "quote open"),
+    ],
+)
+async def test_replay_query_cannot_escape_the_deal_type_filter(query: str, complaint: str) -> None:
+    """Issue 14 item 18: the operator's query only narrows the deal runs; one
+    that would close the filter's parenthesis is refused before any server is
+    asked (exit 2, saying why)."""
+    refused = await run("replay", "--query", query)
+    assert refused.returncode == 2
+    assert complaint in refused.stderr, refused.stderr
+
+
+def test_replay_query_is_wrapped_after_the_deal_type_filter() -> None:
+    assert deal_runs_query("") == 'WorkflowType = "DealWorkflow"'
+    nested = 'ExecutionStatus = "Running" AND (WorkflowId = "a)" OR WorkflowId = \'b(\')'
+    assert deal_runs_query(nested) == f'WorkflowType = "DealWorkflow" AND ({nested})'
 
 
 async def test_nondeterminism_exits_1_naming_the_deal_and_the_event(tmp_path: Path) -> None:

@@ -436,8 +436,10 @@ async def test_codec_endpoint_answers_the_temporal_ui(ran: Ran) -> None:
             start = json.loads(base64.b64decode(p["data"]))
             assert start["deal_id"] == ran.deal_id
             assert start["deal"]["customer"]["applicant"]["full_name"] == "Wang Fang"
-        # Encode (the UI's and CLI's other direction) round-trips through decode.
+        # Encode (the UI's and CLI's other direction, admin only) round-trips
+        # through decode.
         auditor = {**ui_headers, "Authorization": f"Bearer {token('auditor')}"}
+        admin = {**ui_headers, "Authorization": f"Bearer {token('admin')}"}
         clear = {
             "payloads": [
                 {
@@ -446,7 +448,8 @@ async def test_codec_endpoint_answers_the_temporal_ui(ran: Ran) -> None:
                 }
             ]
         }
-        enc = (await http.post("/codec/encode", json=clear, headers=auditor)).json()
+        assert (await http.post("/codec/encode", json=clear, headers=auditor)).status_code == 403
+        enc = (await http.post("/codec/encode", json=clear, headers=admin)).json()
         [e] = enc["payloads"]
         assert base64.b64decode(e["metadata"]["encryption-key-id"]) == b"dev-insecure"
         back = (await http.post("/codec/decode", json=enc, headers=auditor)).json()
@@ -487,7 +490,7 @@ async def test_ui_sign_in_cookie_lets_the_browser_decode(ran: Ran) -> None:
         page = await browser.get("/codec/login")
         assert page.status_code == 200 and "<form" in page.text
         refused = await browser.post("/codec/login", data={"token": token("sales")})
-        assert refused.status_code == 403 and "dealflow_codec_token" not in refused.cookies
+        assert refused.status_code == 403 and "dealflow_codec_session" not in refused.cookies
         ok = await browser.post("/codec/login", data={"token": token("auditor")})
         assert ok.status_code == 200 and "Signed in as" in ok.text
         cookie = ok.headers["set-cookie"].lower()

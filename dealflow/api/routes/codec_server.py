@@ -9,12 +9,24 @@ the endpoint URL is `http://HOST:PORT/codec` and the tools append `/decode` or
 `/encode`. The codec is exactly the one the API's own Temporal client uses
 (`dealflow.codec`), so whatever the worker encrypted, this decrypts.
 
-Only the `auditor` and `admin` roles may use it. The token comes from
-`Authorization: Bearer <JWT>` (CLI: `--codec-auth "Bearer $TOKEN"`), or — for
-the Temporal UI of the dev server, which has no login of its own and therefore
-no access token to pass — from an HttpOnly cookie that `GET /codec/login` sets
-after checking a pasted token; the UI then sends it when "include cross-origin
-credentials" is on.
+`auditor` and `admin` may decode; only `admin` may encode (ciphertext under
+the production key is what the worker takes for DealFlow's own). The token
+comes from `Authorization: Bearer <JWT>` (CLI: `--codec-auth "Bearer $TOKEN"`),
+or — for the Temporal UI of the dev server, which has no login of its own and
+therefore no access token to pass — from a server-side session that
+`POST /codec/login` opens after checking a pasted token: the browser holds an
+opaque session id (HttpOnly, SameSite=Strict, `Secure` unless
+`DEALFLOW_ENV=development`), never the token, and `/codec/logout` ends the
+session everywhere. The sessions are the desk's (`desk_sessions`): the same
+person with the same roles, ended the same way. The UI sends the cookie when
+"include cross-origin credentials" is on.
+
+Cross-site requests: a browser's POST to login, logout, encode or decode is
+refused (403) unless it comes from this origin or a configured UI origin
+(`Origin`, or `Sec-Fetch-Site: same-origin`); clients that are no browser send
+neither header and are judged by their token alone. Encode and decode take
+`application/json` only (415 otherwise), so no "simple" cross-site form or
+`text/plain` post reaches them without a preflight.
 
 CORS: only the configured UI origins (`DEALFLOW_UI_ORIGIN`, comma separated,
 default `http://localhost:8233,http://127.0.0.1:8233`) get
@@ -27,7 +39,7 @@ from __future__ import annotations
 
 import html
 import logging
-import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -43,12 +55,14 @@ from dealflow.api.problems import problem_response
 from dealflow.api.security import (
     AuthError,
     Principal,
+    RoleRequirement,
     bearer_scheme,
     bearer_token,
     require_roles,
 )
 from dealflow.codec import AesGcmCodec, CodecError
 from dealflow.models import Role
+from dealflow.storage import db
 
 log = logging.getLogger("dealflow.api.codec")
 
@@ -59,7 +73,13 @@ CODEC_ROLES = frozenset({Role.AUDITOR, Role.ADMIN})
 # Checked in `_principal` and at sign-in rather than as a route dependency:
 # the token may come from the sign-in cookie, and a refusal carries CORS headers.
 CODEC_ACCESS = require_roles(CODEC_ROLES, "use the codec endpoint")
-COOKIE = "dealflow_codec_token"
+# Encoding makes ciphertext the worker cannot tell from DealFlow's own.
+ENCODE_ACCESS = require_roles({Role.ADMIN}, "encode payloads with the production key")
+COOKIE = "dealflow_codec_session"
+# The raw JWT the sign-in once stored: cleared wherever it is still held.
+LEGACY_COOKIE = "dealflow_codec_token"
+COOKIE_PATH = "/codec"
+JSON = "application/json"
 MAX_BODY_BYTES = 32 * 1024 * 1024
 _B64 = {"type": "string", "pattern": "^[A-Za-z0-9+/_-]*={0,2}$", "description": "base64"}
 PAYLOADS_SCHEMA: dict[str, Any] = {
@@ -90,6 +110,7 @@ _DOCS: dict[str, Any] = {
         401: {},
         403: {},
         413: {},
+        415: {},
         422: {},
     },
 }
@@ -147,31 +168,74 @@ async def _decode(auth: Any, token: str) -> Principal:
     return principal
 
 
-async def _principal(request: Request) -> Principal:
-    """The caller from the bearer token, else from the codec cookie; 401/403 otherwise."""
+async def _session_principal(request: Request, session_id: str) -> Principal:
+    """Who signed in at /codec/login, while that session lasts; AuthError otherwise."""
+    row = None
+    if len(session_id) <= 128:
+        engine = request.app.state.services.engine
+        row = await asyncio.to_thread(db.live_desk_session, engine, session_id, datetime.now(UTC))
+    if row is None:
+        raise AuthError("the codec session has ended or expired; sign in at /codec/login again")
+    return Principal(sub=row.staff_id, roles=tuple(Role(name) for name in row.role_names))
+
+
+async def _principal(request: Request, access: RoleRequirement = CODEC_ACCESS) -> Principal:
+    """The caller from the bearer token, else from the codec session; 401/403 otherwise."""
     auth = request.app.state.services.auth
     try:
         if request.headers.get("authorization"):
-            token = bearer_token(request)
+            principal: Principal = await _decode(auth, bearer_token(request))
         elif request.cookies.get(COOKIE):
-            token = request.cookies[COOKIE]
+            principal = await _session_principal(request, request.cookies[COOKIE])
         else:
             raise AuthError(
                 "missing Authorization header; send 'Authorization: Bearer <token>' of an "
                 "auditor or admin (Temporal UI: sign in at /codec/login first)"
             )
-        principal: Principal = await _decode(auth, token)
     except AuthError as e:
         raise Problem(
             401, str(e), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
         ) from None
-    CODEC_ACCESS.actor_of(principal)  # 403 unless auditor/admin
+    access.actor_of(principal)  # 403 unless a role `access` allows
     return principal
+
+
+def _own_origin(request: Request) -> str:
+    return f"{request.url.scheme}://{request.url.netloc}".lower()
+
+
+def _check_origin(request: Request) -> None:
+    """403 for a browser's request from a page of another site than this API or
+    a configured Temporal UI. A request with neither `Origin` nor
+    `Sec-Fetch-Site` comes from no browser: its credentials alone decide."""
+    if request.headers.get("sec-fetch-site") == "same-origin":
+        return
+    origin = request.headers.get("origin")
+    if origin is None:
+        if request.headers.get("sec-fetch-site") in (None, "none"):
+            return
+        raise Problem(403, "cross-site request refused: it names no Origin")
+    origin = origin.strip().rstrip("/")
+    if origin in _settings(request).origins or origin.lower() == _own_origin(request):
+        return
+    raise Problem(
+        403,
+        f"cross-site request refused: origin {origin[:100]!r} is neither this API nor a "
+        "Temporal UI origin of DEALFLOW_UI_ORIGIN",
+    )
+
+
+def _check_json(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != JSON:
+        raise Problem(415, f"send the payloads as Content-Type: {JSON}")
 
 
 async def _transcode(request: Request, op: str) -> Response:
     try:
-        principal = await _principal(request)
+        _check_origin(request)
+        _check_json(request)
+        principal = await _principal(request, ENCODE_ACCESS if op == "encode" else CODEC_ACCESS)
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             return _problem(request, 413, f"the request is larger than {MAX_BODY_BYTES} bytes")
@@ -216,7 +280,7 @@ async def decode(request: Request) -> Response:
 
 @router.post(
     "/encode",
-    summary="Encrypt payloads with the current key (Temporal remote codec); auditor or admin",
+    summary="Encrypt payloads with the current key (Temporal remote codec); admin only",
     **_DOCS,
 )
 async def encode(request: Request) -> Response:
@@ -301,38 +365,79 @@ async def login_page(request: Request) -> HTMLResponse:
     return _page(request, "Sign in so the Temporal UI in this browser can decrypt payloads.")
 
 
+async def _open_session(request: Request, principal: Principal, token: str) -> tuple[str, datetime]:
+    """A server-side session for `principal`, lasting as long as the token but
+    no longer than a desk session; its opaque id goes in the cookie."""
+    services = request.app.state.services
+    now = datetime.now(UTC)
+    token_exp = int(jwt.decode(token, options={"verify_signature": False}).get("exp", 0))
+    limit = now + timedelta(hours=services.settings.desk_session_hours)
+    expires_at = min(datetime.fromtimestamp(token_exp, UTC), limit) if token_exp else limit
+    session_id, _ = await asyncio.to_thread(
+        db.open_desk_session,
+        services.engine,
+        staff_id=principal.sub,
+        roles=[role.value for role in principal.roles],
+        now=now,
+        expires_at=expires_at,
+    )
+    return session_id, expires_at
+
+
+def _set_session_cookie(
+    request: Request, response: Response, session_id: str, seconds: int
+) -> None:
+    response.set_cookie(
+        COOKIE,
+        session_id,
+        max_age=max(seconds, 0),
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        # Plain http only on a development stack (the UI on http://localhost).
+        secure=request.app.state.services.settings.env != "development",
+    )
+    response.delete_cookie(LEGACY_COOKIE, path=COOKIE_PATH)
+
+
 @router.post("/login", include_in_schema=False)
 async def login(request: Request) -> Response:
+    try:
+        _check_origin(request)
+    except Problem as problem:
+        return _page(request, f"Not signed in: {html.escape(problem.detail)}", problem.status)
     form = await request.form()
     token = str(form.get("token") or "").strip()
     auth = request.app.state.services.auth
     try:
         principal = await _decode(auth, token)
         CODEC_ACCESS.actor_of(principal)
-        exp = int(jwt.decode(token, options={"verify_signature": False}).get("exp", 0))
     except AuthError as e:
         return _page(request, f"Not signed in: {html.escape(str(e))}", 401)
     except Problem as problem:
         return _page(request, f"Not signed in: {html.escape(problem.detail)}", problem.status)
+    session_id, expires_at = await _open_session(request, principal, token)
     response = _page(
         request,
         f"Signed in as <b>{html.escape(principal.sub)}</b> until "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(exp))}.",
+        f"{expires_at.strftime('%Y-%m-%d %H:%M:%S UTC')}.",
     )
-    response.set_cookie(
-        COOKIE,
-        token,
-        max_age=max(exp - int(time.time()), 0),
-        path="/codec",
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
+    seconds = int((expires_at - datetime.now(UTC)).total_seconds())
+    _set_session_cookie(request, response, session_id, seconds)
     return response
 
 
 @router.post("/logout", include_in_schema=False)
 async def logout(request: Request) -> Response:
+    try:
+        _check_origin(request)
+    except Problem as problem:
+        return _page(request, f"Still signed in: {html.escape(problem.detail)}", problem.status)
+    session_id = request.cookies.get(COOKIE)
+    if session_id and len(session_id) <= 128:
+        engine = request.app.state.services.engine
+        await asyncio.to_thread(db.end_desk_session, engine, session_id, datetime.now(UTC))
     response = _page(request, "Signed out.")
-    response.delete_cookie(COOKIE, path="/codec")
+    response.delete_cookie(COOKIE, path=COOKIE_PATH)
+    response.delete_cookie(LEGACY_COOKIE, path=COOKIE_PATH)
     return response

@@ -28,6 +28,7 @@ from dealflow.models import (
     DisbursementFailed,
     LenderEventInput,
 )
+from dealflow.models.base import is_ref
 from dealflow.storage import db
 
 log = logging.getLogger("dealflow.webhooks")
@@ -60,6 +61,14 @@ def parse_event(lender_id: str, webhook_id: str, payload: Any) -> LenderEventInp
         data = _DATA_MODELS[etype].model_validate(payload["data"])
     except ValidationError as e:
         raise ValueError(f"{etype} data: {deals.format_validation_error(e)}") from None
+    ref = getattr(data, "application_ref", None)
+    # The deal compares it with the reference the lender gave at submission
+    # (which the activity checked the same way); a malformed one is refused here.
+    if not is_ref(ref):
+        raise ValueError(
+            f"{etype} data: application_ref {str(ref)[:80]!r} is not a reference (1 to 64 of "
+            "A-Z a-z 0-9 . _ / : -, starting with a letter or digit)"
+        )
     return LenderEventInput.model_validate(
         {
             "webhook_id": webhook_id,
