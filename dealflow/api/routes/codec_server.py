@@ -37,6 +37,7 @@ headers too, so the UI shows "401"/"403" rather than an opaque network error.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 from datetime import UTC, datetime, timedelta
