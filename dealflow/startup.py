@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from temporalio.client import Client
 
 from dealflow.codec import CodecKeyError
-from dealflow.config import LendersFileError, Settings
+from dealflow.config import LendersFileError, Settings, SettingsFileError
 from dealflow.temporal_connection import TemporalConfigError, temporal_connection
 
 log = logging.getLogger("dealflow.startup")
@@ -41,6 +41,8 @@ def settings_from_env() -> Settings:
         return Settings()
     except ValidationError as e:
         raise StartupError(describe_settings_error(e)) from None
+    except SettingsFileError as e:
+        raise StartupError(f"configuration error: {e}") from None
 
 
 def describe_settings_error(e: ValidationError) -> str:
