@@ -257,7 +257,9 @@ def load_lenders(path: Path) -> dict[str, LenderConfig]:
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise LendersFileError(f"lenders file {path} does not exist") from e
+        raise LendersFileError(
+            f"lenders file {path} does not exist (DEALFLOW_LENDERS_FILE names it)"
+        ) from e
     except tomllib.TOMLDecodeError as e:
         raise LendersFileError(f"lenders file {path} is not valid TOML: {e}") from e
     lenders: dict[str, LenderConfig] = {}
