@@ -122,13 +122,15 @@ class Running:
 
 
 class ComposeRun:
+    """The compose file's services brought up here: one-shots run, long-running ones
+    started and checked with their own healthchecks."""
+
     def __init__(self, compose: dict[str, Any], where: Loopback, database_url: str) -> None:
         self.where = where
         self.database_url = database_url
         self.compose = compose
         self.services: dict[str, Any] = self.compose["services"]
         self.running: list[Running] = []
-        self.finished: list[str] = []
         self.started_at: dict[str, float] = {}
         self.ready_at: dict[str, float] = {}
         self.setup_output = ""
@@ -173,7 +175,6 @@ class ComposeRun:
         argv, env = self.argv_and_env(name)
         done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, f"one-shot {name}: {done.stdout}{done.stderr}"
-        self.finished.append(name)
 
     def start(self, name: str, **extra: str) -> None:
         """Every replica at once, then each until its healthcheck passes."""
@@ -234,7 +235,6 @@ class ComposeRun:
         )
         assert done.returncode == 0, done.stdout + done.stderr
         self.setup_output = done.stdout
-        self.finished.append("temporal-setup")
 
     def stop(self) -> None:
         for running in reversed(self.running):
