@@ -72,7 +72,10 @@ class SettingFilesSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
-        for name in self.settings_cls.model_fields:
+        fields = self.settings_cls.model_fields
+        for name in fields:
+            if f"{name}{FILE_SUFFIX.lower()}" in fields:
+                continue  # that variable is a setting of its own
             variable = f"{ENV_PREFIX}{name.upper()}"
             path = os.environ.get(variable + FILE_SUFFIX)
             if not path:

@@ -103,3 +103,17 @@ def test_a_process_stops_with_one_line_naming_the_file_variable(tmp_path: Path) 
         f"api: configuration error: DEALFLOW_JWT_SECRET_FILE: cannot read {tmp_path / 'missing'}: "
         "No such file or directory"
     )
+
+
+class WithPolicy(Settings):
+    # A setting whose `_FILE` variable is already the name of another setting.
+    policy: str = "standard"
+
+
+def test_a_file_variable_that_is_a_setting_stays_that_setting(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_env.setenv("DEALFLOW_POLICY_FILE", str(tmp_path / "policy.json"))
+    settings = WithPolicy()
+    assert settings.policy_file == tmp_path / "policy.json"
+    assert settings.policy == "standard"
