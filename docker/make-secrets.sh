@@ -38,6 +38,7 @@ write s3_credentials "[default]
 aws_access_key_id = $(cat "$out/s3_access_key")
 aws_secret_access_key = $(cat "$out/s3_secret_key")"
 write jwt_secret "$(token 48)"
+write file_link_secret "$(token 48)"
 # KEY_ID=BASE64 of a 256-bit key; add a new first line to rotate.
 write codec_keys "compose-$(date +%Y%m%d)=$(random 32)"
 write grafana_admin_password "$(token 18)"

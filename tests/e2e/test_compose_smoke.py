@@ -76,6 +76,19 @@ def image_config(dockerfile: Path) -> tuple[list[str], dict[str, str]]:
     return entrypoint, env
 
 
+def seconds(duration: str) -> float:
+    """A compose duration of whole seconds or minutes ("5s", "1m")."""
+    unit = {"s": 1, "m": 60}[duration[-1]]
+    return float(duration[:-1]) * unit
+
+
+def unhealthy_after(healthcheck: dict[str, Any]) -> float:
+    """How long compose gives a starting service before it counts as unhealthy."""
+    return seconds(healthcheck.get("start_period", "0s")) + seconds(
+        healthcheck.get("interval", "30s")
+    ) * int(healthcheck.get("retries", 3))
+
+
 @dataclass
 class Loopback:
     """How the compose network's names and a container's paths map onto this machine."""
@@ -207,11 +220,12 @@ class ComposeRun:
 
     def wait_healthy(self, name: str, running: Running, inside: str, local: str) -> None:
         """Until the service's own compose healthcheck passes, on the local port."""
-        check = self.services[name]["healthcheck"]["test"]
+        healthcheck = self.services[name]["healthcheck"]
+        check = healthcheck["test"]
         assert check[0] == "CMD" and check[1] == "python", check
         argv = [sys.executable]
         argv += [self.where.rewrite(a, name).replace(inside, local) for a in check[2:]]
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + unhealthy_after(healthcheck)
         while True:
             assert running.proc.poll() is None, running.tail()
             if subprocess.run(argv, capture_output=True).returncode == 0:
