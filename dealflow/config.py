@@ -6,14 +6,20 @@ Kept out of the workflow sandbox on purpose: workflows get what they need
 
 from __future__ import annotations
 
+import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, Field, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path.cwd() / ".data"
@@ -48,8 +54,73 @@ class LenderConfig(BaseModel):
     mortgage_before_funding: bool = False
 
 
+ENV_PREFIX = "DEALFLOW_"
+# `DEALFLOW_<SETTING>_FILE`: the setting's value is that file's content.
+FILE_SUFFIX = "_FILE"
+
+
+class SettingsFileError(ValueError):
+    """A `DEALFLOW_*_FILE` variable that cannot be used; the message names it."""
+
+
+class SettingFilesSource(PydanticBaseSettingsSource):
+    """Every setting may come from a file: `DEALFLOW_JWT_SECRET_FILE=/run/secrets/jwt`
+    sets `jwt_secret` to the file's content, surrounding whitespace removed. This is
+    how compose and Kubernetes hand out secrets, which then appear in no process
+    environment. Setting both the variable and its `_FILE` variant is an error:
+    which one wins would be a guess."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # Unused: __call__ reads every field at once.
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        fields = self.settings_cls.model_fields
+        for name in fields:
+            if f"{name}{FILE_SUFFIX.lower()}" in fields:
+                continue  # that variable is a setting of its own
+            variable = f"{ENV_PREFIX}{name.upper()}"
+            path = os.environ.get(variable + FILE_SUFFIX)
+            if not path:
+                continue
+            if os.environ.get(variable) is not None:
+                raise SettingsFileError(f"set {variable} or {variable}{FILE_SUFFIX}, not both")
+            values[name] = read_setting_file(variable + FILE_SUFFIX, Path(path))
+        return values
+
+
+def read_setting_file(variable: str, path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise SettingsFileError(f"{variable}: cannot read {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise SettingsFileError(f"{variable}: {path} is not UTF-8 text") from e
+    if not text:
+        raise SettingsFileError(f"{variable}: {path} is empty")
+    return text
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DEALFLOW_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            SettingFilesSource(settings_cls),
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     # `production` (the image, compose): every process refuses to start on a
     # public development value (dealflow/production.py).
@@ -70,6 +141,11 @@ class Settings(BaseSettings):
     database_url: str = f"sqlite:///{DATA_DIR / 'dealflow.db'}"
     document_store: str = f"file://{DATA_DIR / 'documents'}"
     s3_endpoint_url: str | None = None
+    # Server-side encryption each S3 write asks for: AES256 (S3-managed keys),
+    # aws:kms (with the key id below), or off for an S3 that refuses the header
+    # or encrypts by itself (a bucket default, an encrypted disk).
+    s3_sse: Literal["off", "AES256", "aws:kms"] = "AES256"
+    s3_sse_kms_key_id: str | None = Field(default=None, validate_default=True)
     jwt_secret: str = DEV_JWT_SECRET
     # Signs the links to a local document store's files that the API serves.
     file_link_secret: str = DEV_FILE_LINK_SECRET
@@ -180,6 +256,16 @@ class Settings(BaseSettings):
             raise ValueError("required when DEALFLOW_JWKS_URL is set")
         return v
 
+    @field_validator("s3_sse_kms_key_id")
+    @classmethod
+    def _kms_key_goes_with_kms(cls, v: str | None, info: ValidationInfo) -> str | None:
+        sse = info.data.get("s3_sse")
+        if sse == "aws:kms" and not v:
+            raise ValueError("DEALFLOW_S3_SSE=aws:kms needs the KMS key id (ARN, id or alias)")
+        if v and sse != "aws:kms":
+            raise ValueError(f"a KMS key id goes with DEALFLOW_S3_SSE=aws:kms, not {sse}")
+        return v or None
+
     @field_validator("oidc_issuer")
     @classmethod
     def _issuer_is_a_url(cls, v: str | None) -> str | None:
@@ -214,6 +300,11 @@ class Settings(BaseSettings):
         return self.jwt_secret == DEV_JWT_SECRET and not self.jwks_url
 
     @property
+    def s3_server_side_encryption(self) -> str | None:
+        """The `ServerSideEncryption` S3 writes ask for; None: no header."""
+        return None if self.s3_sse == "off" else self.s3_sse
+
+    @property
     def api_url(self) -> str:
         return self.api_base_url or f"http://127.0.0.1:{self.api_port}"
 
@@ -232,7 +323,9 @@ def load_lenders(path: Path) -> dict[str, LenderConfig]:
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise LendersFileError(f"lenders file {path} does not exist") from e
+        raise LendersFileError(
+            f"lenders file {path} does not exist (DEALFLOW_LENDERS_FILE names it)"
+        ) from e
     except tomllib.TOMLDecodeError as e:
         raise LendersFileError(f"lenders file {path} is not valid TOML: {e}") from e
     lenders: dict[str, LenderConfig] = {}

@@ -23,7 +23,7 @@ from temporalio.client import Client
 
 from dealflow import tracing
 from dealflow.codec import CodecKeyError
-from dealflow.config import LendersFileError, Settings
+from dealflow.config import LendersFileError, Settings, SettingsFileError
 from dealflow.production import ProductionRefusal, refuse_unsafe_production
 from dealflow.temporal_connection import TemporalConfigError, temporal_connection
 
@@ -44,6 +44,8 @@ def settings_from_env() -> Settings:
         settings = Settings()
     except ValidationError as e:
         raise StartupError(describe_settings_error(e)) from None
+    except SettingsFileError as e:
+        raise StartupError(f"configuration error: {e}") from None
     check_production(settings)
     return settings
 

@@ -12,7 +12,9 @@ COPY worker.py starter.py ./
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 dealflow
+# Its ledger and webhook outbox live in /var/lib/dealflow (a volume in compose).
+RUN useradd --create-home --uid 10001 dealflow \
+    && install -d -o dealflow -g dealflow -m 0700 /var/lib/dealflow
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
@@ -20,8 +22,9 @@ COPY examples ./examples
 # The simulator is not in the wheel: `python -m sim.lender` finds it in the
 # working directory.
 COPY sim ./sim
-USER dealflow
+USER 10001:10001
 ENV PYTHONUNBUFFERED=1 \
-    DEALFLOW_LENDERS_FILE=/app/examples/lenders.toml
+    DEALFLOW_DATA_DIR=/var/lib/dealflow \
+    DEALFLOW_LENDER_SIM_DB=/var/lib/dealflow/lender_sim.db
 ENTRYPOINT ["python", "-m"]
 CMD ["sim.lender", "--host", "0.0.0.0"]

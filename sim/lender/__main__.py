@@ -19,7 +19,7 @@ from typing import Any
 
 import uvicorn
 
-from dealflow.config import LendersFileError, Settings
+from dealflow.config import LendersFileError, Settings, SettingsFileError
 from sim.lender.app import create_app
 from sim.lender.config import SimConfig
 
@@ -32,7 +32,11 @@ def _apr(value: str) -> tuple[str, Decimal]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except SettingsFileError as e:
+        print(f"lender simulator: configuration error: {e}", file=sys.stderr)
+        return 2
     p = argparse.ArgumentParser(
         prog="python -m sim.lender",
         description=__doc__,

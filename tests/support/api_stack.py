@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from sqlalchemy.engine import Engine
@@ -222,10 +222,21 @@ def multipart_fields(doc: dict[str, Any]) -> dict[str, str]:
     return fields
 
 
+class StaffApi(Protocol):
+    """What a desk needs of an API: clients carrying role tokens (an `ApiStack`, or
+    the API of a process started from the compose file)."""
+
+    def token(self, role: Role | str, sub: str | None = None, **kw: Any) -> str: ...
+
+    def http(
+        self, role: Role | str | None = None, token: str | None = None
+    ) -> httpx.AsyncClient: ...
+
+
 class HttpDesk:
     """Staff at their desks: each call uses the token of the role that owns the step."""
 
-    def __init__(self, stack: ApiStack) -> None:
+    def __init__(self, stack: StaffApi) -> None:
         self.stack = stack
         self.deal_id = ""
         self.deal = example_deal()

@@ -15,13 +15,20 @@ if TYPE_CHECKING:
 
 
 def open_store(
-    url: str, *, endpoint_url: str | None, signing_secret: str, api_base_url: str
+    url: str,
+    *,
+    endpoint_url: str | None,
+    signing_secret: str,
+    api_base_url: str,
+    sse: str | None = "AES256",
+    sse_kms_key_id: str | None = None,
 ) -> DocumentStore:
     """Open the store named by `DEALFLOW_DOCUMENT_STORE`.
 
     * `file://PATH` — a local directory; PATH may be relative to the working
       directory (`file://.data/documents`) or absolute (`file:///srv/docs`).
-    * `s3://bucket[/prefix]` — S3; `endpoint_url` for MinIO or another S3.
+    * `s3://bucket[/prefix]` — S3; `endpoint_url` for MinIO or another S3,
+      `sse` and `sse_kms_key_id` the server-side encryption each write asks for.
     """
     if url.startswith("file://"):
         path = url[len("file://") :]
@@ -34,7 +41,9 @@ def open_store(
         bucket, _, prefix = url[len("s3://") :].partition("/")
         if not bucket:
             raise ValueError(f"document store URL {url!r} has no bucket (s3://bucket/prefix)")
-        return S3Store(bucket, prefix, endpoint_url=endpoint_url)
+        return S3Store(
+            bucket, prefix, endpoint_url=endpoint_url, sse=sse, sse_kms_key_id=sse_kms_key_id
+        )
     raise ValueError(
         f"unsupported document store URL {url!r}: use file://PATH (local directory) "
         "or s3://bucket/prefix"
@@ -49,4 +58,6 @@ def store_from_settings(settings: Settings) -> DocumentStore:
         endpoint_url=settings.s3_endpoint_url,
         signing_secret=settings.file_link_secret,
         api_base_url=settings.api_url,
+        sse=settings.s3_server_side_encryption,
+        sse_kms_key_id=settings.s3_sse_kms_key_id,
     )

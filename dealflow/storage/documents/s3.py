@@ -96,7 +96,9 @@ class S3Store:
     `.tmp/`) for that.
 
     Every write asks for server-side encryption (`sse`, default AES256; use
-    "aws:kms" for KMS, or None for stores that reject the header) and carries
+    "aws:kms" for KMS with `sse_kms_key_id` naming the key — without one AWS
+    uses its managed `aws/s3` key — or None for stores that reject the header
+    or encrypt on their own; `DEALFLOW_S3_SSE` picks it) and carries
     a checksum the server verifies: `checksum="SHA256"` sends
     x-amz-checksum-sha256 computed here (for single puts it is the document's
     own sha256), `checksum="MD5"` sends Content-MD5 for S3-compatibles without
@@ -126,6 +128,7 @@ class S3Store:
         endpoint_url: str | None,
         client: Any = None,
         sse: str | None = "AES256",
+        sse_kms_key_id: str | None = None,
         checksum: Literal["SHA256", "MD5"] = "SHA256",
     ) -> None:
         if not bucket:
@@ -136,7 +139,10 @@ class S3Store:
             validate_key(self.prefix, what="prefix")
         self.endpoint_url = endpoint_url
         self.client = client if client is not None else make_s3_client(endpoint_url)
+        if sse_kms_key_id and sse != "aws:kms":
+            raise ValueError("a KMS key id goes with server-side encryption 'aws:kms' only")
         self.sse = sse
+        self.sse_kms_key_id = sse_kms_key_id
         self.checksum = checksum
 
     def __repr__(self) -> str:
@@ -192,7 +198,11 @@ class S3Store:
         return {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": _b64(digest)}
 
     def _sse_args(self) -> dict:
-        return {"ServerSideEncryption": self.sse} if self.sse else {}
+        if not self.sse:
+            return {}
+        if self.sse_kms_key_id:
+            return {"ServerSideEncryption": self.sse, "SSEKMSKeyId": self.sse_kms_key_id}
+        return {"ServerSideEncryption": self.sse}
 
     # -- writes
 
