@@ -136,6 +136,7 @@ PROCESSES = {
     "api": [sys.executable, "-m", "dealflow.api"],
     "dealflow.storage.db": [sys.executable, "-m", "dealflow.storage.db", "upgrade"],
     "dealflow-audit verify": [sys.executable, "-m", "dealflow.audit", "verify"],
+    "create-bucket": [sys.executable, "-m", "dealflow.storage.documents", "create-bucket"],
     "starter": [sys.executable, str(ROOT / "starter.py"), "list"],
 }
 

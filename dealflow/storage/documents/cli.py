@@ -8,10 +8,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pydantic import ValidationError
-
-from dealflow.config import Settings, SettingsFileError
-from dealflow.startup import describe_settings_error
+from dealflow.startup import EXIT_CANNOT_START, StartupError, settings_from_env
 from dealflow.storage.documents.bucket import BucketSetupError, ensure_locked_bucket
 from dealflow.storage.documents.s3 import make_s3_client
 
@@ -27,11 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.parse_args(argv)
     try:
-        settings = Settings()
-    except ValidationError as e:
-        return _fail(describe_settings_error(e), 2)
-    except SettingsFileError as e:
-        return _fail(f"configuration error: {e}", 2)
+        settings = settings_from_env()
+    except StartupError as e:
+        return _fail(str(e), EXIT_CANNOT_START)
     store = settings.document_store
     if not store.startswith("s3://"):
         return _fail(
@@ -50,5 +45,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"create-bucket: {message}", file=sys.stderr, flush=True)
+    for line in message.splitlines():
+        print(f"create-bucket: {line}", file=sys.stderr, flush=True)
     return code
