@@ -188,6 +188,10 @@ class Settings(BaseSettings):
     # Containers set 0.0.0.0.
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # The operator's listener for /metrics and /docs (dealflow/api/ops.py); 0:
+    # none, and then they are on the public listener in development only.
+    api_ops_host: str = "127.0.0.1"
+    api_ops_port: int = Field(default=0, ge=0, le=65535)
     api_base_url: str = ""
     lender_sim_port: int = 8100
     policy_file: Path | None = None

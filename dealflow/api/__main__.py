@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -12,6 +14,7 @@ from dealflow import client as deals
 from dealflow import logs, startup, tracing
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
+from dealflow.api.ops import create_ops_app, ops_on_public_listener
 from dealflow.config import load_lenders
 from dealflow.storage import db
 from dealflow.storage.documents import store_from_settings
@@ -31,15 +34,43 @@ async def main() -> None:
         lenders=lenders,
         store=store_from_settings(settings),
     )
+    app = create_app(services)
     config = uvicorn.Config(
-        create_app(services),
-        host=settings.api_host,
-        port=settings.api_port,
+        app, host=settings.api_host, port=settings.api_port, log_config=None, access_log=False
+    )
+    log.info("API listening", extra={"port": settings.api_port})
+    if not settings.api_ops_port:
+        if not ops_on_public_listener(settings):
+            log.warning(
+                "no /metrics and no /docs: in production they are served only on "
+                "DEALFLOW_API_OPS_PORT, which is not set"
+            )
+        await FlushingServer(config).serve()
+        return
+    ops_config = uvicorn.Config(
+        create_ops_app(services, app),
+        host=settings.api_ops_host,
+        port=settings.api_ops_port,
         log_config=None,
         access_log=False,
     )
-    log.info("API listening", extra={"port": settings.api_port})
-    await FlushingServer(config).serve()
+    ops = OpsServer(ops_config)
+    log.info("API operations listening", extra={"port": settings.api_ops_port})
+    ops_serving = asyncio.create_task(ops.serve())
+    try:
+        await FlushingServer(config).serve()
+    finally:
+        ops.should_exit = True
+        await ops_serving
+
+
+class OpsServer(uvicorn.Server):
+    """The operator's listener beside the public one: the public server owns the
+    process's signals (one handler per signal), and stops this one as it ends."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class FlushingServer(uvicorn.Server):

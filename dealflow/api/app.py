@@ -11,11 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
@@ -24,6 +23,7 @@ from temporalio.service import RPCError
 from dealflow import rules, stuck, tracing
 from dealflow.api import problems
 from dealflow.api.deps import Metrics, Services
+from dealflow.api.ops import add_ops_routes, ops_on_public_listener
 from dealflow.api.readiness import readiness
 from dealflow.api.routes import codec_server, deals, documents, files, reports, webhooks
 from dealflow.client import WorkflowStuck
@@ -153,6 +153,9 @@ def create_app(services: Services) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        # The docs page is the operator's (dealflow/api/ops.py), without a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = services
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
@@ -192,16 +195,8 @@ def create_app(services: Services) -> FastAPI:
             status_code=200 if ready else 503,
         )
 
-    @app.get(
-        "/metrics",
-        tags=["operations"],
-        summary="Prometheus metrics",
-        response_class=PlainTextResponse,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-    )
-    async def metrics(request: Request) -> Response:
-        svc: Services = request.app.state.services
-        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    if ops_on_public_listener(services.settings):
+        add_ops_routes(app, services, app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -31,6 +31,7 @@ from dealflow import rules
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.api.operations import request_digest
+from dealflow.api.ops import create_ops_app
 from dealflow.api.routes.deals import ACTION_ROUTES
 from dealflow.api.security import Authenticator, mint_token
 from dealflow.config import Settings, get_settings
@@ -795,6 +796,34 @@ async def test_health_metrics_and_openapi(stack: ApiStack) -> None:
     assert "multipart/form-data" in upload["requestBody"]["content"]
     docs = await http.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # Swagger UI from the vendored package: the docs work offline, no CDN.
+    assert "https://" not in docs.text
+    bundle = await http.get("/docs/static/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and len(bundle.content) > 100_000
+    assert (await http.get("/docs/openapi.json")).json()["info"]["title"] == "DealFlow API"
+
+
+async def test_production_keeps_metrics_and_docs_off_the_public_listener(stack: ApiStack) -> None:
+    production = dataclasses.replace(
+        stack.services,
+        settings=stack.services.settings.model_copy(update={"env": "production"}),
+    )
+    public = create_app(production)
+    async with (
+        serve_async(public) as public_url,
+        serve_async(create_ops_app(production, public)) as ops_url,
+        httpx.AsyncClient(trust_env=False, timeout=10) as http,
+    ):
+        for path in ("/metrics", "/docs", "/docs/static/swagger-ui.css"):
+            assert (await http.get(public_url + path)).status_code == 404, path
+        assert (await http.get(public_url + "/openapi.json")).status_code == 200
+        assert (await http.get(public_url + "/healthz")).status_code == 200
+        scrape = await http.get(ops_url + "/metrics")
+        assert scrape.status_code == 200 and "dealflow_actions_total" in scrape.text
+        docs = await http.get(ops_url + "/docs")
+        assert docs.status_code == 200 and "swagger-ui-bundle.js" in docs.text
+        schema = (await http.get(ops_url + "/docs/openapi.json")).json()
+        assert "/api/deals" in schema["paths"]
 
 
 async def test_unknown_path_is_a_problem(stack: ApiStack) -> None:

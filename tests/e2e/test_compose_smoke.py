@@ -99,6 +99,8 @@ class Loopback:
     # Compose mounts secret NAME at /run/secrets/NAME; its file may be named otherwise.
     secret_files: dict[str, str]
     api_port: int = field(default_factory=free_port)
+    # The API's operator port (DEALFLOW_API_OPS_PORT, what Prometheus scrapes).
+    api_ops_port: int = field(default_factory=free_port)
     sim_port: int = field(default_factory=free_port)
 
     @property
@@ -207,6 +209,8 @@ class ComposeRun:
         env = {k: port if v == inside else v for k, v in env.items()} | extra
         if name == "api":  # the image's default, 8000
             env["DEALFLOW_API_PORT"] = port
+            assert env["DEALFLOW_API_OPS_PORT"] == "9465", "the port prometheus.yml scrapes"
+            env["DEALFLOW_API_OPS_PORT"] = str(self.where.api_ops_port)
         log = self.where.tmp / f"{name}-{replica}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -381,6 +385,13 @@ async def test_the_compose_services_run_a_deal_to_completion(
             await api.aclose()
         for running in run.running:
             assert running.proc.poll() is None, running.tail()
+        # Production: metrics and docs only on the operator's port.
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+            public = f"http://127.0.0.1:{run.where.api_port}"
+            assert (await http.get(f"{public}/metrics")).status_code == 404
+            assert (await http.get(f"{public}/docs")).status_code == 404
+            scrape = await http.get(f"http://127.0.0.1:{run.where.api_ops_port}/metrics")
+            assert scrape.status_code == 200 and "dealflow_actions_total" in scrape.text
 
 
 async def drive_a_deal(desk: HttpDesk) -> None:

@@ -282,7 +282,8 @@ def test_prometheus_scrapes_the_worker_and_the_api() -> None:
     worker = jobs["dealflow-worker"]["dns_sd_configs"][0]
     assert (worker["names"], worker["port"]) == (["worker"], 9464)
     assert environment(services()["worker"])["DEALFLOW_WORKER_METRICS_PORT"] == "9464"
-    assert jobs["dealflow-api"]["static_configs"][0]["targets"] == ["api:8000"]
+    assert jobs["dealflow-api"]["static_configs"][0]["targets"] == ["api:9465"]
+    assert environment(services()["api"])["DEALFLOW_API_OPS_PORT"] == "9465"
 
 
 # --------------------------------------------------------------------------- linters
