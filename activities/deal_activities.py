@@ -144,8 +144,10 @@ class DealActivities:
         return resp.json() if resp.content else {}
 
     def _package(self, inp: SubmitToLenderInput) -> ApplicationPackage:
+        cap = self.store.max_link_seconds
+        seconds = PACKAGE_LINK_SECONDS if cap is None else min(PACKAGE_LINK_SECONDS, cap)
         return UnsignedApplicationPackage.for_submission(inp).signed(
-            lambda key: self.store.presign_get(key, expires_in=PACKAGE_LINK_SECONDS)
+            lambda key: self.store.presign_get(key, expires_in=seconds, audience=inp.lender_id)
         )
 
     def _link_seconds(self, expire_at: datetime) -> int:
@@ -208,7 +210,8 @@ class DealActivities:
         seconds = self._link_seconds(inp.links_expire_at)
         # Off the event loop: S3 signing may first fetch credentials.
         package = await asyncio.to_thread(
-            inp.package.signed, lambda key: self.store.presign_get(key, expires_in=seconds)
+            inp.package.signed,
+            lambda key: self.store.presign_get(key, expires_in=seconds, audience=inp.lender_id),
         )
         return await self._send(inp.lender_id, inp.deal_id, inp.submission_no, package)
 
@@ -243,7 +246,8 @@ class DealActivities:
         lender = self._lender(inp.lender_id)
         seconds = self._link_seconds(inp.links_expire_at) if inp.links_expire_at else 0
         body = await asyncio.to_thread(
-            inp.for_lender, lambda key: self.store.presign_get(key, expires_in=seconds)
+            inp.for_lender,
+            lambda key: self.store.presign_get(key, expires_in=seconds, audience=inp.lender_id),
         )
         await self._post(
             _application_url(lender, inp.application_ref, "disbursement-requests"),

@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     jwt_secret: str = DEV_JWT_SECRET
     # Signs the links to a local document store's files that the API serves.
     file_link_secret: str = DEV_FILE_LINK_SECRET
+    # The longest a link to a document may last (a lender fetches a package
+    # when it arrives; every retry of a send signs its links afresh).
+    file_link_max_hours: float = Field(default=24.0, gt=0, le=168)
     # Production: the identity provider's JWKS; staff tokens are then verified
     # with its public keys (RS256/ES256/...) instead of the HS256 secret.
     jwks_url: str | None = None

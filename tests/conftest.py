@@ -98,6 +98,7 @@ def store(tmp_session: Path) -> LocalDirectoryStore:
         tmp_session / "documents",
         signing_secret=Settings().file_link_secret,
         api_base_url="http://127.0.0.1:1",
+        max_link_seconds=int(Settings().file_link_max_hours * 3600),
     )
 
 

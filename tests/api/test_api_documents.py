@@ -500,21 +500,35 @@ async def test_presigned_local_links(local: ApiStack) -> None:
     data = pdf("residence permit")
     r = await desk.upload(_doc("proof_of_residence"), data, "residence.pdf")
     key = f"documents/{r.json()['sha256'][:2]}/{r.json()['sha256']}"
+    acme = "acme-auto-finance"
+    soon = int(time.time()) + 60
     async with httpx.AsyncClient(trust_env=False) as raw:
-        url = stack.store.presign_get(key, expires_in=60)
+        url = stack.store.presign_get(key, expires_in=60, audience=acme)
         got = await raw.get(url)
         assert got.status_code == 200 and got.content == data
         assert got.headers["content-type"] == "application/pdf"
         problem(await raw.get(url.replace("sig=", "sig=0")), 403, "invalid or has expired")
-        expired = sign_local_url(stack.api_url, FILE_LINK_SECRET, key, int(time.time()) - 1)
+        problem(await raw.get(url.replace(acme, "beta-motor-credit")), 403, "invalid")
+        expired = sign_local_url(stack.api_url, FILE_LINK_SECRET, key, int(time.time()) - 1, acme)
         problem(await raw.get(expired), 403, "invalid or has expired")
-        other = sign_local_url(stack.api_url, "another-secret", key, int(time.time()) + 60)
+        other = sign_local_url(stack.api_url, "another-secret", key, soon, acme)
         problem(await raw.get(other), 403)
         # The staff-token secret signs no link (a JWKS deployment leaves it at its default).
-        with_jwt_secret = sign_local_url(stack.api_url, SECRET, key, int(time.time()) + 60)
+        with_jwt_secret = sign_local_url(stack.api_url, SECRET, key, soon, acme)
         problem(await raw.get(with_jwt_secret), 403)
+        # Only customer documents, only for a lender served, only as long as allowed.
+        archive = sign_local_url(
+            stack.api_url, FILE_LINK_SECRET, "archive/manifest.jsonl", soon, acme
+        )
+        problem(await raw.get(archive), 403, "links reach customer documents only")
+        stranger = sign_local_url(stack.api_url, FILE_LINK_SECRET, key, soon, "nobody-finance")
+        problem(await raw.get(stranger), 403, "not made for a lender DealFlow serves")
+        nobody = sign_local_url(stack.api_url, FILE_LINK_SECRET, key, soon)
+        problem(await raw.get(nobody), 403, "not made for a lender")
+        week = sign_local_url(stack.api_url, FILE_LINK_SECRET, key, soon + 7 * 86400, acme)
+        problem(await raw.get(week), 403, "lasts longer than this deployment allows")
         missing = sign_local_url(
-            stack.api_url, FILE_LINK_SECRET, "documents/00/" + "0" * 64, int(time.time()) + 60
+            stack.api_url, FILE_LINK_SECRET, "documents/00/" + "0" * 64, soon, acme
         )
         problem(await raw.get(missing), 404, "no such file")
         problem(await raw.get(f"{stack.api_url}/api/files/{key}"), 422, "expires")

@@ -359,6 +359,7 @@ async def main() -> None:
             tmp_path / "docs",
             signing_secret=Settings().file_link_secret,
             api_base_url="http://127.0.0.1:1",
+            max_link_seconds=int(Settings().file_link_max_hours * 3600),
         )
         async with run_stack(env, url, store, tmp_path) as stack:
             for name, scenario in SCENARIOS.items():

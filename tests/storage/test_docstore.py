@@ -374,6 +374,13 @@ def test_local_presign_signature(tmp_path: Path) -> None:
     assert not verify_local_signature(SECRET, key, expires, "0" * 64, now)
     assert not verify_local_signature("other-secret", key, expires, sig, now)
     assert not verify_local_signature(SECRET, key, "soon", sig, now)
+    # Made for a lender: the audience is bound, another one does not verify.
+    query = parse_qs(urlsplit(store.presign_get(obj.key, 60, audience="acme")).query)
+    expires, sig = query["expires"][0], query["sig"][0]
+    assert query["for"] == ["acme"]
+    assert verify_local_signature(SECRET, key, expires, sig, now, audience="acme")
+    assert not verify_local_signature(SECRET, key, expires, sig, now, audience="beta")
+    assert not verify_local_signature(SECRET, key, expires, sig, now)
 
 
 # ----------------------------------------------------------------------------- S3 only
@@ -517,6 +524,8 @@ def test_store_from_settings_opens_the_configured_store(
     assert f"{link.scheme}://{link.netloc}" == API_BASE
     query = parse_qs(link.query)
     assert verify_local_signature(SECRET, "documents/ab/x", query["expires"][0], query["sig"][0])
+    # Links last at most DEALFLOW_FILE_LINK_MAX_HOURS (24), on either store.
+    assert local.max_link_seconds == 24 * 3600
 
 
 def test_file_links_are_signed_with_their_own_secret_not_the_jwt_secret(tmp_path: Path) -> None:
@@ -535,3 +544,4 @@ def test_file_links_are_signed_with_their_own_secret_not_the_jwt_secret(tmp_path
     assert isinstance(remote, S3Store)
     assert (remote.bucket, remote.prefix) == ("my-bucket", "deal/docs")
     assert remote.endpoint_url == "http://minio:9000"
+    assert remote.max_link_seconds == 24 * 3600

@@ -124,7 +124,10 @@ async def api_stack(
     )
     if store is None:
         store = LocalDirectoryStore(
-            tmp / f"documents-{api_port}", signing_secret=FILE_LINK_SECRET, api_base_url=api_url
+            tmp / f"documents-{api_port}",
+            signing_secret=FILE_LINK_SECRET,
+            api_base_url=api_url,
+            max_link_seconds=int(settings.file_link_max_hours * 3600),
         )
     engine = db.make_engine(database_url)
     services = Services(

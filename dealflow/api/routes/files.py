@@ -9,6 +9,7 @@ for staff downloads alike.
 import asyncio
 import logging
 import re
+import time
 from typing import Annotated
 from urllib.parse import quote
 
@@ -70,6 +71,10 @@ async def stream_local_file(
     )
 
 
+# The one prefix the API's links reach (dealflow/storage/documents: uploads).
+LINKED_PREFIX = "documents/"
+
+
 @router.get(
     "/api/files/{key:path}",
     tags=["documents"],
@@ -90,12 +95,24 @@ async def presigned_file(
     key: str,
     expires: Annotated[int, Query(description="unix time the link expires")],
     sig: Annotated[str, Query(max_length=128, description="hex HMAC-SHA256 of the link")],
+    audience: Annotated[
+        str, Query(alias="for", max_length=64, description="the lender the link was made for")
+    ] = "",
 ) -> Response:
     svc = services(request)
     if not HEX_SIGNATURE.match(sig) or not verify_local_signature(
-        svc.settings.file_link_secret, key, expires, sig
+        svc.settings.file_link_secret, key, expires, sig, audience=audience
     ):
         raise Problem(403, "the link is invalid or has expired; ask for a new one")
+    # Links are made for lenders, to customer documents: one for anything else
+    # (the archive, exports) or for a lender no longer served is refused, which
+    # is also how a lender's links are revoked (out of the lenders file).
+    if not key.startswith(LINKED_PREFIX):
+        raise Problem(403, "links reach customer documents only")
+    if audience not in svc.lenders:
+        raise Problem(403, "the link was not made for a lender DealFlow serves; ask for a new one")
+    if expires - time.time() > svc.settings.file_link_max_hours * 3600 + 60:
+        raise Problem(403, "the link lasts longer than this deployment allows; ask for a new one")
     if not isinstance(svc.store, LocalDirectoryStore):
         raise Problem(404, "files are served by the object store, not by this API")
     try:

@@ -176,8 +176,10 @@ class DocumentStore(Protocol):
         """Remove an object; deleting a missing key is not an error."""
         ...
 
-    def presign_get(self, key: str, expires_in: int = 300) -> str:
-        """A URL that lets a third party (a lender) GET the object for `expires_in` seconds."""
+    def presign_get(self, key: str, expires_in: int = 300, audience: str = "") -> str:
+        """A URL that lets a third party (a lender, `audience`) GET the object for
+        `expires_in` seconds. The API's own links bind the audience; S3's are
+        bearer links, limited by their expiry and the bucket's policy."""
         ...
 
 

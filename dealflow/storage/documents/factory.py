@@ -22,6 +22,7 @@ def open_store(
     api_base_url: str,
     sse: str | None = "AES256",
     sse_kms_key_id: str | None = None,
+    max_link_hours: float | None = None,
 ) -> DocumentStore:
     """Open the store named by `DEALFLOW_DOCUMENT_STORE`.
 
@@ -29,7 +30,24 @@ def open_store(
       directory (`file://.data/documents`) or absolute (`file:///srv/docs`).
     * `s3://bucket[/prefix]` — S3; `endpoint_url` for MinIO or another S3,
       `sse` and `sse_kms_key_id` the server-side encryption each write asks for.
+
+    `max_link_hours` caps how long a link `presign_get` makes may last.
     """
+    store = _open(url, endpoint_url, signing_secret, api_base_url, sse, sse_kms_key_id)
+    if max_link_hours is not None:
+        cap = int(max_link_hours * 3600)
+        store.max_link_seconds = min(cap, store.max_link_seconds or cap)
+    return store
+
+
+def _open(
+    url: str,
+    endpoint_url: str | None,
+    signing_secret: str,
+    api_base_url: str,
+    sse: str | None,
+    sse_kms_key_id: str | None,
+) -> DocumentStore:
     if url.startswith("file://"):
         path = url[len("file://") :]
         if not path:
@@ -60,4 +78,5 @@ def store_from_settings(settings: Settings) -> DocumentStore:
         api_base_url=settings.api_url,
         sse=settings.s3_server_side_encryption,
         sse_kms_key_id=settings.s3_sse_kms_key_id,
+        max_link_hours=settings.file_link_max_hours,
     )

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from dealflow.storage.documents.base import (
     DEFAULT_PREFIX,
@@ -34,30 +34,38 @@ from dealflow.storage.documents.base import (
 )
 
 
-def _signature(secret: str, key: str, expires: int) -> str:
-    message = f"GET\n{key}\n{expires}".encode()
+def _signature(secret: str, key: str, expires: int, audience: str) -> str:
+    message = f"GET\n{key}\n{expires}\n{audience}".encode()
     return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
-def sign_local_url(api_base_url: str, secret: str, key: str, expires: int) -> str:
-    """`{api_base_url}/api/files/{key}?expires=<unix>&sig=<hex hmac-sha256>`.
+def sign_local_url(
+    api_base_url: str, secret: str, key: str, expires: int, audience: str = ""
+) -> str:
+    """`{api_base_url}/api/files/{key}?expires=<unix>&for=<audience>&sig=<hex hmac-sha256>`.
 
-    The signature is HMAC-SHA256(secret, "GET\\n{key}\\n{expires}") over the
-    *unquoted* key, so the API verifies the decoded path parameter.
+    The signature is HMAC-SHA256(secret, "GET\\n{key}\\n{expires}\\n{audience}") over
+    the *unquoted* key, so the API verifies the decoded path parameter; the
+    audience (the lender the link was made for) is bound by it too.
     """
-    sig = _signature(secret, key, expires)
-    return (
-        f"{api_base_url.rstrip('/')}/api/files/{quote(key, safe='/')}?expires={expires}&sig={sig}"
-    )
+    sig = _signature(secret, key, expires, audience)
+    query = urlencode({"expires": expires, "for": audience, "sig": sig})
+    return f"{api_base_url.rstrip('/')}/api/files/{quote(key, safe='/')}?{query}"
 
 
 def verify_local_signature(
-    secret: str, key: str, expires: int | str, sig: str, now: float | None = None
+    secret: str,
+    key: str,
+    expires: int | str,
+    sig: str,
+    now: float | None = None,
+    audience: str = "",
 ) -> bool:
     """Check a URL made by `LocalDirectoryStore.presign_get` (for the API's file route).
 
     False if the link has expired (`now > expires`), the signature does not
-    match the key, or any argument is malformed. Constant-time comparison.
+    match the key and audience, or any argument is malformed. Constant-time
+    comparison.
     """
     try:
         expires_at = int(expires)
@@ -67,7 +75,7 @@ def verify_local_signature(
         now = time.time()
     if now > expires_at or not isinstance(sig, str) or not isinstance(key, str):
         return False
-    expected = _signature(secret, key, expires_at)
+    expected = _signature(secret, key, expires_at, audience)
     return hmac.compare_digest(expected, sig.lower())
 
 
@@ -123,7 +131,14 @@ class LocalDirectoryStore:
     locked under retention here (`require_object_lock` says so).
     """
 
-    def __init__(self, root: Path, *, signing_secret: str, api_base_url: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        signing_secret: str,
+        api_base_url: str,
+        max_link_seconds: int | None = None,
+    ) -> None:
         if not signing_secret:
             raise ValueError("LocalDirectoryStore needs a non-empty signing_secret")
         self.root = Path(root).expanduser().resolve()
@@ -133,11 +148,13 @@ class LocalDirectoryStore:
         self._locks = self.root / ".locks"
         self._secret = signing_secret
         self.api_base_url = api_base_url.rstrip("/")
+        self.max_link_seconds = max_link_seconds
         self._sweep_stale_uploads()
 
     STALE_UPLOAD_SECONDS = 24 * 3600
-    # The link is an HMAC over key and expiry, checked by the API's file route:
-    # any expiry verifies, for as long as the API's signing secret stays the same.
+    # The link is an HMAC over key, expiry and audience, checked by the API's
+    # file route; how long a link may last is the deployment's choice
+    # (`DEALFLOW_FILE_LINK_MAX_HOURS`, set by `open_store`).
     max_link_seconds: int | None = None
     supports_object_lock = False
 
@@ -405,7 +422,7 @@ class LocalDirectoryStore:
             _fsync_dir(path.parent)
         self._meta_path(key).unlink(missing_ok=True)
 
-    def presign_get(self, key: str, expires_in: int = 300) -> str:
+    def presign_get(self, key: str, expires_in: int = 300, audience: str = "") -> str:
         validate_key(key)
         expires = int(time.time()) + int(expires_in)
-        return sign_local_url(self.api_base_url, self._secret, key, expires)
+        return sign_local_url(self.api_base_url, self._secret, key, expires, audience)

@@ -484,7 +484,7 @@ class S3Store:
         with contextlib.suppress(DocumentNotFound):
             self._call("delete_object", key, Key=self._s3_key(key))
 
-    def presign_get(self, key: str, expires_in: int = 300) -> str:
+    def presign_get(self, key: str, expires_in: int = 300, audience: str = "") -> str:
         validate_key(key)
         try:
             url: str = self.client.generate_presigned_url(
