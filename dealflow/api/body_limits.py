@@ -5,7 +5,9 @@ a caller with no token could make the API read (and hold) any amount. Every
 request falls in one class, by its route, and each class has one body limit:
 
 - upload: `POST /api/deals/{id}/documents` and the desk's upload — the
-  policy's `max_document_bytes` plus 64 KiB for the multipart envelope;
+  policy's `max_document_bytes` plus 64 KiB for the multipart envelope (the
+  route itself refuses a declared length over the limit, after the deal's
+  checks, so that it can answer the desk's page);
 - webhook: `/webhooks/...` — 256 KiB (`DEALFLOW_MAX_WEBHOOK_BODY_BYTES`);
 - codec: `/codec/decode`, `/codec/encode` — 4 MiB (`DEALFLOW_MAX_CODEC_BODY_BYTES`);
 - other: deals, actions, the desk's and the codec's forms, ... — 64 KiB
@@ -16,7 +18,10 @@ a staff token (`/api/...`) has the token checked (401) and, where the route
 declares one, the role (403) — before a byte of the body is read; a
 Content-Length over the limit is 413. Then, while the route reads, the body is
 counted (a chunked body too) and answered 413 the moment it passes the limit;
-the route then sees the client as gone. Any answer given before the body was
+the route then sees the client as gone — unless it has said it is draining
+the body (`mark_draining`: an upload refused to a signed-in clerk reads the
+rest, bounded, so the clerk's browser shows the answer). Any answer given
+before the body was
 read to its end carries `Connection: close`, so the server closes the
 connection instead of reading (draining) the rest; only a short lingering read
 (64 KiB, 1 s at most) comes first, because a client whose unread bytes meet a
@@ -49,6 +54,9 @@ _CLOSE = (b"connection", b"close")
 # What is read (and dropped) after an early answer before the connection closes.
 LINGER_BYTES = 64 * 1024
 LINGER_SECONDS = 1.0
+# Set in the scope by a route that reads the rest of a refused body (bounded
+# by its own limits): what it reads no longer counts against the class limit.
+DRAINING = "dealflow.draining"
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,8 @@ class BodyClass:
     # Formatted with `size` (" of N bytes" when declared, else "") and `stated`.
     refusal: str
     stated: int
+    # Whether the route judges a declared Content-Length itself.
+    route_checks_declared: bool = False
 
     def too_large(self, declared: int | None = None) -> str:
         size = f" of {declared:,} bytes" if declared is not None else ""
@@ -77,6 +87,7 @@ def body_class(method: str, path: str, svc: Services) -> BodyClass:
             "the upload{size} is larger than the limit of {stated:,} bytes per document; "
             "nothing was stored",
             document,
+            route_checks_declared=True,
         )
     if path.startswith("/webhooks/"):
         limit = settings.max_webhook_body_bytes
@@ -94,6 +105,11 @@ def body_class(method: str, path: str, svc: Services) -> BodyClass:
         "the request body{size} is larger than the limit of {stated:,} bytes of this endpoint",
         limit,
     )
+
+
+def mark_draining(scope: Scope) -> None:
+    """Say that the route now reads the rest of a refused body only to drop it."""
+    scope[DRAINING] = True
 
 
 class BodyLimitMiddleware:
@@ -115,8 +131,10 @@ class BodyLimitMiddleware:
         if refusal is not None:
             await bounded.answer(refusal)
             return
-        if bounded.declared is not None and bounded.declared > bounded.body_class.limit:
-            await bounded.answer(Problem(413, bounded.body_class.too_large(bounded.declared)))
+        kind = bounded.body_class
+        declared = bounded.declared
+        if declared is not None and declared > kind.limit and not kind.route_checks_declared:
+            await bounded.answer(Problem(413, kind.too_large(declared)))
             return
         await self.app(scope, bounded.receive, bounded.send)
 
@@ -169,7 +187,7 @@ class BoundedRequest:
         message = await self._receive()
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
-            if self.received > self.body_class.limit:
+            if self.received > self.body_class.limit and not self.scope.get(DRAINING):
                 await self.answer(Problem(413, self.body_class.too_large()))
                 return {"type": "http.disconnect"}
             if not message.get("more_body", False):

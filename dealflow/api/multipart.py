@@ -19,6 +19,7 @@ from fastapi import Request
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
+from dealflow.api.body_limits import mark_draining
 from dealflow.api.errors import Problem
 from dealflow.api.upload_gate import UploadTiming
 from dealflow.storage.documents import DocumentTooLarge
@@ -40,6 +41,7 @@ class MultipartReader:
     def __init__(
         self, request: Request, boundary: bytes, timing: UploadTiming | None = None
     ) -> None:
+        self._scope = request.scope
         self._body = request.stream().__aiter__()
         self._timing = timing
         self._events: deque[tuple[Any, ...]] = deque()
@@ -164,6 +166,7 @@ class MultipartReader:
     async def drain(self, limit: int = MAX_DRAIN_BYTES) -> None:
         """Read and drop what is left of the body (bounded in size and, with a
         timing, in time), ignoring its content."""
+        mark_draining(self._scope)
         seen = 0
         while not self.exhausted and seen < limit:
             try:
@@ -235,6 +238,7 @@ async def drain_unparsed(
 ) -> None:
     """Read and drop a body refused before it was parsed (bounded in size and,
     with a timing, in time)."""
+    mark_draining(request.scope)
     seen = 0
     body = request.stream().__aiter__()
     try:
