@@ -123,6 +123,13 @@ class MultipartReader:
                 raise Problem(422, f"too many parts (at most {MAX_PARTS})")
         return self._events.popleft()
 
+    @property
+    def pull_timeout(self) -> float | None:
+        """How long a thread waits for the loop to hand it the next chunk: the
+        idle timeout answers first; this only frees the thread of a loop that
+        has stopped."""
+        return None if self._timing is None else self._timing.idle_seconds + 5
+
     async def _receive(self) -> bytes:
         """The next network chunk of the body, waited for at most as the timing says."""
         if self._timing is None:
@@ -223,7 +230,7 @@ class FileStream:
                 # Pulling from the loop on its own thread would deadlock.
                 raise RuntimeError("FileStream must be consumed in a worker thread")
             pending = asyncio.run_coroutine_threadsafe(self.reader.next_file_data(), self.loop)
-            data = pending.result()
+            data = pending.result(timeout=self.reader.pull_timeout)
             if data is None:
                 return
             yield self._take(data)
