@@ -17,16 +17,16 @@ request falls in one class, by its route, and each class has one body limit:
 a staff token (`/api/...`) has the token checked (401) and, where the route
 declares one, the role (403) — before a byte of the body is read; a
 Content-Length over the limit is 413. Then, while the route reads, the body is
-counted (a chunked body too) and answered 413 the moment it passes the limit;
-the route then sees the client as gone — unless it has said it is draining
-the body (`mark_draining`: an upload refused to a signed-in clerk reads the
-rest, bounded, so the clerk's browser shows the answer). Any answer given
-before the body was
-read to its end carries `Connection: close`, so the server closes the
-connection instead of reading (draining) the rest; only a short lingering read
-(64 KiB, 1 s at most) comes first, because a client whose unread bytes meet a
-closed socket gets a reset that can erase the answer before it reads it
-(RFC 9112 §9.6).
+counted (a chunked body too); the moment it passes the limit the route sees
+the client as gone, and its answer becomes the 413 — unless the route has said
+it is draining the body (`mark_draining`: an upload refused to a signed-in
+clerk reads the rest, bounded, so the clerk's browser shows the answer).
+
+Any answer given before the body was read to its end carries `Connection:
+close`, so the server closes the connection instead of reading (draining) the
+rest; only a short lingering read (64 KiB, 1 s at most) comes first, because a
+client whose unread bytes meet a closed socket gets a reset that can erase the
+answer before it reads it (RFC 9112 §9.6).
 """
 
 from __future__ import annotations
@@ -137,6 +137,7 @@ class BodyLimitMiddleware:
             await bounded.answer(Problem(413, kind.too_large(declared)))
             return
         await self.app(scope, bounded.receive, bounded.send)
+        await bounded.finish()
 
     def _route(self, scope: Scope) -> BaseRoute | None:
         for route in self.routes:
@@ -178,25 +179,41 @@ class BoundedRequest:
         self.body_read = not chunked and not self.declared
         self.received = 0
         self.response_started = False
+        # The body passed its limit: the app sees the client as gone, and its
+        # answer — sent once it has let go of what it held, such as a partly
+        # stored upload — becomes the 413.
+        self.overflowed = False
         # Set once this middleware has answered: the app's own answer is dropped.
         self.answered = False
 
     async def receive(self) -> Message:
-        if self.answered:
+        if self.answered or self.overflowed:
             return {"type": "http.disconnect"}
         message = await self._receive()
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self.body_class.limit and not self.scope.get(DRAINING):
-                await self.answer(Problem(413, self.body_class.too_large()))
+                self.overflowed = True
                 return {"type": "http.disconnect"}
             if not message.get("more_body", False):
                 self.body_read = True
         return message
 
     async def send(self, message: Message) -> None:
+        """The app's answer (the 413 instead once the body overflowed)."""
         if self.answered:
             return
+        if self.overflowed and not self.response_started:
+            await self.answer(Problem(413, self.body_class.too_large()))
+            return
+        await self._forward(message)
+
+    async def finish(self) -> None:
+        """After the app: the 413 of an overflowed body the app did not answer."""
+        if self.overflowed and not self.response_started:
+            await self.answer(Problem(413, self.body_class.too_large()))
+
+    async def _forward(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.response_started = True
             if not self.body_read:
@@ -232,5 +249,5 @@ class BoundedRequest:
         """Answer `problem` in the app's stead (unless it has started its own answer)."""
         if not self.response_started:
             response = problem_response(problem.status, problem.detail, problem.headers)
-            await response(self.scope, self.receive, self.send)
+            await response(self.scope, self.receive, self._forward)
         self.answered = True
