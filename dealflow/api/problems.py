@@ -92,9 +92,9 @@ _EXAMPLES = {
     408: "the upload stalled: no data arrived for 15 s; nothing was stored. Send the file again",
     413: "statements.pdf is larger than the limit of 20,971,520 bytes",
     415: "send the document as multipart/form-data",
-    422: "down payment 30,000.00 does not match the contract's 35,000.00",
     429: "you have 2 uploads in progress, the most one person may have at once; send this "
     "file when one of them has finished",
+    422: "down payment 30,000.00 does not match the contract's 35,000.00",
     503: "Temporal is unavailable: connection refused",
 }
 
