@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -136,7 +136,12 @@ class BodyLimitMiddleware:
         if declared is not None and declared > kind.limit and not kind.route_checks_declared:
             await bounded.answer(Problem(413, kind.too_large(declared)))
             return
-        await self.app(scope, bounded.receive, bounded.send)
+        try:
+            await self.app(scope, bounded.receive, bounded.send)
+        except ClientDisconnect:
+            if not bounded.overflowed:
+                raise
+            # The route gave up on the body it was cut off from: the 413 below.
         await bounded.finish()
 
     def _route(self, scope: Scope) -> BaseRoute | None:
