@@ -51,8 +51,8 @@ many uploads at once (Retry-After), 503 Temporal or the document store unavailab
 Nothing is half-applied on error.
 
 **Bodies are bounded.** The token (401) and the role (403) are checked before a byte
-of the body is read. JSON bodies and forms: 64 KiB; lender webhooks: 256 KiB; the
-codec endpoint: 4 MiB; uploads: the document limit (20 MiB by default) — a larger
+of the body is read. By default JSON bodies and forms: 64 KiB; lender webhooks: 256 KiB;
+the codec endpoint: 4 MiB; uploads: the document limit (20 MiB) — a larger
 Content-Length is 413 at once, a larger stream 413 when it passes the limit, and the
 connection is then closed. An upload must keep sending (15 s idle at most) and end
 within 120 s (408); one person may have 2 uploads running at once (429).
