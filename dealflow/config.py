@@ -196,6 +196,20 @@ class Settings(BaseSettings):
     api_ops_host: str = "127.0.0.1"
     api_ops_port: int = Field(default=0, ge=0, le=65535)
     api_base_url: str = ""
+    # Request bodies (dealflow/api/body_limits.py): one limit per route class,
+    # applied while the body is read (413). Uploads are bounded by the policy's
+    # max_document_bytes.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_webhook_body_bytes: int = Field(default=256 * 1024, ge=1024)  # webhooks.MAX_WEBHOOK_BYTES
+    max_codec_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Uploads run on a thread pool of their own (dealflow/api/upload_gate.py),
+    # so clients that send slowly cannot take the threads webhooks and reads
+    # need; each one ends after this long without data, or this long in all
+    # (408), and a person (the token's sub) has this many at once at most (429).
+    upload_workers: int = Field(default=8, ge=1, le=64)
+    upload_idle_seconds: float = Field(default=15.0, gt=0)
+    upload_deadline_seconds: float = Field(default=120.0, gt=0)
+    uploads_per_subject: int = Field(default=2, ge=1)
     lender_sim_port: int = 8100
     policy_file: Path | None = None
     # Worker tuning. The cache bounds worker memory (a cached deal's state and

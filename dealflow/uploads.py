@@ -5,7 +5,10 @@ and the HTTP API, so every path validates the same way."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor
 from datetime import date
 from itertools import chain
 from typing import Any
@@ -47,6 +50,7 @@ async def upload_document(
     period_start: date | None = None,
     period_end: date | None = None,
     stipulation_code: str | None = None,
+    executor: Executor | None = None,
 ) -> ActionResult:
     """Store the bytes, record the document, answer with the deal's new status."""
     receipt = await store_and_record(
@@ -63,6 +67,7 @@ async def upload_document(
         period_start=period_start,
         period_end=period_end,
         stipulation_code=stipulation_code,
+        executor=executor,
     )
     return await deals.with_status(client, deal_id, receipt)
 
@@ -82,7 +87,10 @@ async def store_and_record(
     period_start: date | None = None,
     period_end: date | None = None,
     stipulation_code: str | None = None,
+    executor: Executor | None = None,
 ) -> ActionReceipt:
+    """Store the bytes (in a thread of `executor`, the default one if None: the
+    store may block on a slow stream) and record the document."""
     policy = policy or DealPolicy()
     chunks: Iterable[bytes] = [data] if isinstance(data, bytes) else data
     head, stream = _with_head(chunks)
@@ -91,12 +99,12 @@ async def store_and_record(
         raise rules.invalid(
             f"{file_name} is not a PDF, JPEG or PNG file (its bytes say {content_type})"
         )
+    put = functools.partial(
+        store.put_stream, stream, content_type=content_type, max_bytes=policy.max_document_bytes
+    )
     try:
-        stored = await asyncio.to_thread(
-            store.put_stream,
-            stream,
-            content_type=content_type,
-            max_bytes=policy.max_document_bytes,
+        stored = await asyncio.get_running_loop().run_in_executor(
+            executor, contextvars.copy_context().run, put
         )
     except DocumentTooLarge as e:
         raise rules.invalid(f"{file_name}: {e}") from None

@@ -22,6 +22,7 @@ from temporalio.service import RPCError
 
 from dealflow import rules, stuck, tracing
 from dealflow.api import problems
+from dealflow.api.body_limits import BodyLimitMiddleware
 from dealflow.api.deps import Metrics, Services
 from dealflow.api.ops import add_ops_routes, ops_on_public_listener
 from dealflow.api.readiness import readiness
@@ -44,9 +45,17 @@ every role. Reports: sales, credit, finance, auditor. `admin` may do everything;
 `auditor` only reads.
 
 **Errors** are `application/problem+json` (RFC 9457): 401 no/bad token, 403 wrong
-role, 404 unknown deal, 409 not allowed in the deal's stage, 413 file too large,
-422 invalid request (the `detail` names each problem), 503 Temporal or the
-document store unavailable. Nothing is half-applied on error.
+role, 404 unknown deal, 408 upload too slow, 409 not allowed in the deal's stage,
+413 body too large, 422 invalid request (the `detail` names each problem), 429 too
+many uploads at once (Retry-After), 503 Temporal or the document store unavailable.
+Nothing is half-applied on error.
+
+**Bodies are bounded.** The token (401) and the role (403) are checked before a byte
+of the body is read. By default JSON bodies and forms: 64 KiB; lender webhooks: 256 KiB;
+the codec endpoint: 4 MiB; uploads: the document limit (20 MiB) — a larger
+Content-Length is 413 at once, a larger stream 413 when it passes the limit, and the
+connection is then closed. An upload must keep sending (15 s idle at most) and end
+within 120 s (408); one person may have 2 uploads running at once (429).
 """
 
 log = logging.getLogger("dealflow.api")
@@ -123,6 +132,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await svc.inbox.aclose()
+        svc.uploads.close()
 
 
 async def watch_stuck_deals(svc: Services, every: float = 30.0) -> None:
@@ -158,6 +168,8 @@ def create_app(services: Services) -> FastAPI:
         redoc_url=None,
     )
     app.state.services = services
+    # Inside the metrics, so its refusals are measured too.
+    app.add_middleware(BodyLimitMiddleware, services=services, routes=app.router.routes)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     tracing.instrument_app(app)
     app.add_exception_handler(problems.Problem, problems.on_problem)

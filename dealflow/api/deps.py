@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from dealflow.api.security import Authenticator
+from dealflow.api.upload_gate import UploadGate
 from dealflow.config import LenderConfig, Settings
 from dealflow.models import DealPolicy
 from dealflow.storage import db
@@ -119,12 +120,15 @@ class Services:
     auth: Authenticator | None = None
     # The webhook inbox's writes, group-committed (dealflow/storage/groupcommit.py).
     inbox: GroupCommit[InboxOp, InboxResult] = field(init=False)
+    # Uploads' own thread pool, timing and per-person cap (dealflow/api/upload_gate.py).
+    uploads: UploadGate = field(init=False)
     # Each deal's routing list, as the read model holds it: fixed when the deal
     # starts, so kept once read (the webhook receiver asks for every event).
     deal_lenders: DealLenders = field(default_factory=lambda: DealLenders(10_000))
 
     def __post_init__(self) -> None:
         self.inbox = GroupCommit(lambda ops: db.write_inbox(self.engine, ops))
+        self.uploads = UploadGate(self.settings)
         if self.policy is None:
             self.policy = load_policy(self.settings.policy_file)
         if self.auth is None:

@@ -3,7 +3,8 @@
 `MultipartReader` parses the request stream chunk by chunk and yields the
 parts' events; `FileStream` hands the file part to the document store, which
 consumes it in a worker thread, hashing and counting as it goes. Nothing is
-buffered beyond the network chunk being parsed.
+buffered beyond the network chunk being parsed. With an `UploadTiming` every
+read waits a bounded time for the next chunk (408 after that).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from fastapi import Request
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
+from dealflow.api.body_limits import mark_draining
 from dealflow.api.errors import Problem
+from dealflow.api.upload_gate import UploadTiming
 from dealflow.storage.documents import DocumentTooLarge
 
 MAX_FIELD_BYTES = 1024
@@ -35,8 +38,12 @@ class MultipartReader:
     buffered beyond the network chunk being parsed.
     """
 
-    def __init__(self, request: Request, boundary: bytes) -> None:
+    def __init__(
+        self, request: Request, boundary: bytes, timing: UploadTiming | None = None
+    ) -> None:
+        self._scope = request.scope
         self._body = request.stream().__aiter__()
+        self._timing = timing
         self._events: deque[tuple[Any, ...]] = deque()
         self.exhausted = False  # the request body has been read to its end
         self.closed = False  # the closing boundary was seen
@@ -95,7 +102,7 @@ class MultipartReader:
             if self.exhausted:
                 return None
             try:
-                chunk = await self._body.__anext__()
+                chunk = await self._receive()
             except StopAsyncIteration:
                 self.exhausted = True
                 if not self.closed:
@@ -115,6 +122,27 @@ class MultipartReader:
             if self.parts > MAX_PARTS:
                 raise Problem(422, f"too many parts (at most {MAX_PARTS})")
         return self._events.popleft()
+
+    @property
+    def pull_timeout(self) -> float | None:
+        """How long a thread waits for the loop to hand it the next chunk: the
+        idle timeout answers first; this only frees the thread of a loop that
+        has stopped."""
+        return None if self._timing is None else self._timing.idle_seconds + 5
+
+    async def _receive(self) -> bytes:
+        """The next network chunk of the body, waited for at most as the timing says."""
+        if self._timing is None:
+            return await self._body.__anext__()
+        try:
+            async with asyncio.timeout(self._timing.next_wait()):
+                return await self._body.__anext__()
+        except TimeoutError:
+            self.exhausted = True  # the body stream was cancelled mid-read
+            raise self._timing.expired() from None
+        except Problem:
+            self.exhausted = True
+            raise
 
     async def read_value(self, name: str) -> str:
         value = bytearray()
@@ -143,12 +171,14 @@ class MultipartReader:
         return None
 
     async def drain(self, limit: int = MAX_DRAIN_BYTES) -> None:
-        """Read and drop what is left of the body (bounded), ignoring its content."""
+        """Read and drop what is left of the body (bounded in size and, with a
+        timing, in time), ignoring its content."""
+        mark_draining(self._scope)
         seen = 0
         while not self.exhausted and seen < limit:
             try:
-                chunk = await self._body.__anext__()
-            except (StopAsyncIteration, ClientDisconnect):
+                chunk = await self._receive()
+            except (StopAsyncIteration, ClientDisconnect, Problem):
                 self.exhausted = True
                 return
             seen += len(chunk)
@@ -200,7 +230,7 @@ class FileStream:
                 # Pulling from the loop on its own thread would deadlock.
                 raise RuntimeError("FileStream must be consumed in a worker thread")
             pending = asyncio.run_coroutine_threadsafe(self.reader.next_file_data(), self.loop)
-            data = pending.result()
+            data = pending.result(timeout=self.reader.pull_timeout)
             if data is None:
                 return
             yield self._take(data)
@@ -210,13 +240,21 @@ class FileStream:
         return self.hasher.hexdigest()
 
 
-async def drain_unparsed(request: Request, limit: int = MAX_DRAIN_BYTES) -> None:
-    """Read and drop a body refused before it was parsed (bounded)."""
+async def drain_unparsed(
+    request: Request, limit: int = MAX_DRAIN_BYTES, timing: UploadTiming | None = None
+) -> None:
+    """Read and drop a body refused before it was parsed (bounded in size and,
+    with a timing, in time)."""
+    mark_draining(request.scope)
     seen = 0
+    body = request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
+        while seen < limit:
+            if timing is None:
+                chunk = await body.__anext__()
+            else:
+                async with asyncio.timeout(timing.next_wait()):
+                    chunk = await body.__anext__()
             seen += len(chunk)
-            if seen >= limit:
-                return
-    except (ClientDisconnect, RuntimeError):
+    except (StopAsyncIteration, ClientDisconnect, RuntimeError, TimeoutError, Problem):
         return

@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import rules
 from dealflow.api.errors import Problem
-from dealflow.api.security import authenticate, route_requirement
+from dealflow.api.security import authenticate, needs_bearer_token, route_requirement
 from dealflow.client import WorkflowStuck
 from dealflow.storage.documents import DocumentStoreError, DocumentStoreUnavailable
 from dealflow.stuck import heal_command
@@ -77,8 +77,10 @@ _DESCRIPTIONS = {
     403: "the token's roles may not do this",
     404: "unknown deal (or document)",
     409: "not allowed in the deal's current stage (or already done)",
-    413: "the file is larger than the limit",
+    408: "the upload was too slow: it stalled, or took longer than its deadline",
+    413: "the body is larger than the limit",
     415: "the body is not of the documented content type",
+    429: "too many uploads of yours at once; retry after Retry-After seconds",
     422: "the request is invalid; `detail` names each problem",
     503: "Temporal or the document store is unavailable; retry later",
 }
@@ -88,8 +90,11 @@ _EXAMPLES = {
     403: "role 'finance' may not sign-sales-contract; allowed: admin, sales",
     404: "deal 20261128-3f9a0c1e does not exist",
     409: "confirm-down-payment is not allowed in stage DOCUMENTS (only in DOWN_PAYMENT)",
+    408: "the upload stalled: no data arrived for 15 s; nothing was stored. Send the file again",
     413: "statements.pdf is larger than the limit of 20,971,520 bytes",
     415: "send the document as multipart/form-data",
+    429: "you have 2 uploads in progress, the most one person may have at once; send this "
+    "file when one of them has finished",
     422: "down payment 30,000.00 does not match the contract's 35,000.00",
     503: "Temporal is unavailable; retry in a few seconds (reference err-3f9a0c1e5b7d)",
 }
@@ -161,12 +166,6 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.status_code, detail, dict(exc.headers or {}) or None)
 
 
-def _needs_token(request: Request) -> bool:
-    # Lender links to files carry their own signature; webhooks theirs.
-    path = request.url.path
-    return path.startswith("/api/") and not path.startswith("/api/files/")
-
-
 def describe_validation_errors(errors: Any) -> str:
     parts = []
     for err in errors:
@@ -196,7 +195,7 @@ async def _auth_first(request: Request) -> JSONResponse | None:
     """FastAPI parses a JSON body before it runs the route's dependencies: answer
     an unauthenticated or unauthorised caller 401/403 all the same, so the
     order of checks does not depend on whether the body happens to parse."""
-    if not _needs_token(request):
+    if not needs_bearer_token(request.url.path):
         return None
     requirement = route_requirement(request.scope.get("route"))
     try:

@@ -263,6 +263,12 @@ def mint_token(
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
+def needs_bearer_token(path: str) -> bool:
+    """Whether a request for `path` must carry a staff token: the JSON API, but
+    not lenders' links to files (they carry their own signature)."""
+    return path.startswith("/api/") and not path.startswith("/api/files/")
+
+
 def bearer_token(request: Request) -> str:
     header = request.headers.get("authorization")
     if not header:

@@ -21,6 +21,13 @@ the file is refused. When the workflow refuses a file its bytes may remain in
 the content-addressed store, unreferenced: they are never listed or served
 (reads go through the recorded documents) and a later upload of the same
 bytes reuses them.
+
+Bounded (dealflow/api/upload_gate.py): the store consumes the file in the
+uploads' own thread pool; each read waits at most the idle timeout for the next
+chunk and the body must arrive within the upload deadline (408); one person has
+at most `DEALFLOW_UPLOADS_PER_SUBJECT` uploads running (429, Retry-After). A
+refusal reads the rest of an authenticated client's body (bounded in size and
+time, so it reads the answer) except after a 408, which closes the connection.
 """
 
 import asyncio
@@ -35,6 +42,7 @@ from python_multipart.multipart import parse_options_header
 
 from dealflow import client as deals
 from dealflow import rules
+from dealflow.api.body_limits import ENVELOPE_BYTES
 from dealflow.api.deps import Services, services
 from dealflow.api.errors import Problem
 from dealflow.api.multipart import FileStream, MultipartReader, drain_unparsed
@@ -49,6 +57,7 @@ from dealflow.api.security import (
     bearer_scheme,
     require_roles,
 )
+from dealflow.api.upload_gate import UploadTiming
 from dealflow.models import (
     Action,
     ActionResult,
@@ -67,9 +76,6 @@ from dealflow.uploads import SNIFF_BYTES, upload_document
 log = logging.getLogger("dealflow.api")
 router = APIRouter()
 
-# Room for the multipart envelope (boundaries, part headers, the form fields)
-# on top of the file itself when judging a declared Content-Length.
-ENVELOPE_BYTES = 64 * 1024
 # How long a document link (S3 presigned URL) given to staff stays valid.
 DOWNLOAD_LINK_SECONDS = 60
 FIELDS = ("kind", "party", "id_number", "period_start", "period_end", "stipulation_code")
@@ -161,14 +167,24 @@ def _status_of(e: BaseException) -> int:
     return status if isinstance(status, int) else 500
 
 
+# Refusals after which the rest of the body is not read: the client is too slow.
+NOT_DRAINED = frozenset({408})
+
+
 async def _refuse_upload(
-    request: Request, error: Exception, reader: MultipartReader | None = None
+    request: Request,
+    error: Exception,
+    reader: MultipartReader | None = None,
+    timing: UploadTiming | None = None,
 ) -> None:
-    """Count a refused upload and read the rest of its body (bounded), so the
-    client reads our answer instead of a reset connection."""
-    outcome = str(_status_of(error))
-    services(request).metrics.documents.labels(op="upload", outcome=outcome).inc()
-    await (reader.drain() if reader is not None else drain_unparsed(request))
+    """Count a refused upload and read the rest of its body (bounded in size and
+    time), so the client reads our answer instead of a reset connection — but
+    not after a 408 (the connection is closed instead)."""
+    status = _status_of(error)
+    services(request).metrics.documents.labels(op="upload", outcome=str(status)).inc()
+    if status in NOT_DRAINED:
+        return
+    await (reader.drain() if reader is not None else drain_unparsed(request, timing=timing))
 
 
 # Who may call each route: the dependency checks the token (401) and the role
@@ -198,10 +214,12 @@ DocumentReader = Annotated[Actor, Depends(require_roles(DOCUMENT_READ_ROLES, "re
             401,
             403,
             404,
+            408,
             409,
             413,
             415,
             422,
+            429,
             503,
             d409="documents are not accepted in the deal's stage",
             d422="a field, the file type or a document rule is wrong; nothing is recorded",
@@ -225,21 +243,28 @@ async def receive_upload(
     `extra_fields` are read and handed with the others to `check_fields`, which
     may refuse the upload before a byte of the file is read)."""
     svc = services(request)
+    timing = svc.uploads.timing()
     reader: MultipartReader | None = None
     try:
-        boundary, stage = await _check_before_reading(request, svc, deal_id)
-        reader = MultipartReader(request, boundary)
-        fields, file_name = await _read_form(reader, extra_fields)
-        if check_fields is not None:
-            check_fields(fields)
-        fields = {name: value for name, value in fields.items() if name in FIELDS}
-        today = rules.dealer_date(svc.deal_policy, datetime.now(UTC))
-        form = _check_form_fields(fields, file_name, actor, today, stage)
-        stream = await _open_file(reader, file_name, svc.deal_policy.max_document_bytes)
-        result = await _store_and_record(svc, deal_id, actor, form, file_name, stream)
-    except Exception as e:
-        await _refuse_upload(request, e, reader)
+        svc.uploads.check_room(actor.staff_id)  # 429 before a byte is read
+    except Problem as e:
+        await _refuse_upload(request, e, timing=timing)
         raise
+    with svc.uploads.slot(actor.staff_id):
+        try:
+            boundary, stage = await _check_before_reading(request, svc, deal_id)
+            reader = MultipartReader(request, boundary, timing)
+            fields, file_name = await _read_form(reader, extra_fields)
+            if check_fields is not None:
+                check_fields(fields)
+            fields = {name: value for name, value in fields.items() if name in FIELDS}
+            today = rules.dealer_date(svc.deal_policy, datetime.now(UTC))
+            form = _check_form_fields(fields, file_name, actor, today, stage)
+            stream = await _open_file(reader, file_name, svc.deal_policy.max_document_bytes)
+            result = await _store_and_record(svc, deal_id, actor, form, file_name, stream)
+        except Exception as e:
+            await _refuse_upload(request, e, reader, timing)
+            raise
 
     content_type = rules.sniff_content_type(b"".join(stream.head))
     # The deal's own record, as the update returned it (the table is a
@@ -333,6 +358,7 @@ async def _store_and_record(
             file_name=file_name,
             data=stream,
             policy=svc.deal_policy,
+            executor=svc.uploads.executor,
             **form,
         )
     except rules.RuleError:

@@ -34,6 +34,7 @@ from dealflow.storage import db
 log = logging.getLogger("dealflow.webhooks")
 router = APIRouter(tags=["lender webhooks"])
 
+# The default of DEALFLOW_MAX_WEBHOOK_BODY_BYTES.
 MAX_WEBHOOK_BYTES = 256 * 1024
 REQUIRED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 _DATA_MODELS: dict[str, type[BaseModel]] = {
@@ -184,7 +185,7 @@ async def receive(lender_id: str, request: Request) -> Response:
     lender = svc.lenders.get(lender_id)
     if lender is None:
         raise Problem(404, f"unknown lender {lender_id!r}")
-    body = await read_body(request, MAX_WEBHOOK_BYTES)
+    body = await read_body(request, svc.settings.max_webhook_body_bytes)
     try:
         verify_signature(lender.webhook_secret, request, body)
     except WebhookVerificationError as e:
