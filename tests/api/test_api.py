@@ -771,6 +771,8 @@ async def test_ready_only_while_temporal_the_database_and_the_store_answer(
 async def test_health_metrics_and_openapi(stack: ApiStack) -> None:
     http = stack.http()
     assert (await http.get("/healthz")).json() == {"status": "ok"}
+    # A deal read (this test's own: tests may run in any order), labelled by its template.
+    await stack.http(Role.SALES).get("/api/deals/20261128-3f9a0c1e")
     r = await http.get("/metrics")
     assert r.status_code == 200 and "dealflow_actions_total" in r.text
     assert 'route="/api/deals/{deal_id}"' in r.text  # templates, never concrete ids

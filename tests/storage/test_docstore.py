@@ -375,9 +375,9 @@ def test_local_presign_signature(tmp_path: Path) -> None:
     assert not verify_local_signature("other-secret", key, expires, sig, now)
     assert not verify_local_signature(SECRET, key, "soon", sig, now)
     # Made for a lender: the audience is bound, another one does not verify.
-    query = parse_qs(urlsplit(store.presign_get(obj.key, 60, audience="acme")).query)
-    expires, sig = query["expires"][0], query["sig"][0]
-    assert query["for"] == ["acme"]
+    bound = parse_qs(urlsplit(store.presign_get(obj.key, 60, audience="acme")).query)
+    expires, sig = bound["expires"][0], bound["sig"][0]
+    assert bound["for"] == ["acme"]
     assert verify_local_signature(SECRET, key, expires, sig, now, audience="acme")
     assert not verify_local_signature(SECRET, key, expires, sig, now, audience="beta")
     assert not verify_local_signature(SECRET, key, expires, sig, now)
