@@ -164,7 +164,8 @@ async def cluster(
     dev_env: WorkflowEnvironment, shared_database: str, tmp_path: Path
 ) -> AsyncIterator[Cluster]:
     api_ports = {"a": free_port(), "b": free_port()}
-    balancer = Balancer(list(api_ports.values())).start()
+    balancer = Balancer(list(api_ports.values()))
+    balancer.start()
     temporal = dev_env.client.service_client.config.target_host
     env = shared_env(tmp_path, temporal, shared_database, balancer.url)
     lender = host("lender", tmp_path, env)
