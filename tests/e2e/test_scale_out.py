@@ -28,7 +28,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from dealflow.config import load_lenders
 from dealflow.devstack import lifecycle, processes, procfs
 from dealflow.devstack.components import Component, components
 from dealflow.devstack.config import StackConfig
+from dealflow.devstack.runfiles import log_tail
 from dealflow.models import DealStatus, Role
 from dealflow.storage import db
 from tests.support.api_stack import SECRET, HttpDesk, StaffApi, policy_file
@@ -58,6 +59,8 @@ DEALS = 8
 DECISION_DELAY = 1.0
 # The test's own eyes poll a deal this often (each look is a Temporal query).
 POLL_SECONDS = 0.2
+# What each host runs.
+PROCESSES = ("api", "worker")
 # Workflow tasks a worker has completed, from the Temporal SDK's metrics.
 WORKFLOW_TASKS = re.compile(
     r"^temporal_workflow_task_execution_latency(?:_seconds)?_count\{[^}]*\} (\S+)$", re.M
@@ -73,13 +76,19 @@ class Host:
 
     name: str
     cfg: StackConfig
-    lines: list[str] = field(default_factory=list)
 
     def component(self, name: str) -> Component:
         return next(c for c in components(self.cfg) if c.name == name)
 
-    def start(self, *comps: Component) -> None:
-        lifecycle.up(self.cfg, comps, migrate=False, out=self.lines.append)
+    def start(self, comp: Component) -> None:
+        """Start one process as `make up` does and wait until it is healthy; the
+        processes of a host start side by side (`make up` starts them in turn)."""
+        for folder in (self.cfg.pid_dir, self.cfg.log_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        proc, offset = processes.start_process(self.cfg, comp)
+        health, _ = processes.wait_healthy(comp, proc.pid, proc, comp.timeout)
+        log = self.cfg.log_file(comp.name)
+        assert health.ok, f"{self.name} {comp.name}: {health.detail}\n{log_tail(log, offset)}"
 
     def kill(self, name: str) -> int:
         """`kill -9` of the component's process group, once it is gone; its pid."""
@@ -93,7 +102,7 @@ class Host:
         return pid
 
     def stop(self) -> None:
-        lifecycle.down(self.cfg, out=self.lines.append)
+        lifecycle.down(self.cfg, out=lambda line: None)
 
     @property
     def metrics_url(self) -> str:
@@ -175,10 +184,7 @@ async def cluster(
     try:
         await asyncio.gather(
             asyncio.to_thread(lender.start, sim),
-            *(
-                asyncio.to_thread(h.start, h.component("api"), h.component("worker"))
-                for h in (a, b)
-            ),
+            *(asyncio.to_thread(h.start, h.component(c)) for h in (a, b) for c in PROCESSES),
         )
         yield Cluster(balancer, lender, a, b, api_ports)
     finally:
@@ -202,9 +208,27 @@ class Desk(HttpDesk):
         await self.upload_all()
         await self.ok("submit-application", Role.CREDIT)
 
-    async def complete(self, lender: str) -> DealStatus:
-        """From the down payment to COMPLETED, the lender `lender` (its legal
-        name) funding the loan: registration, delivery and both follow-up calls."""
+    async def in_worklist(self, stage: str, within: float = 30) -> dict[str, Any]:
+        """The deal's row once the staff's worklist shows it at `stage`. The
+        worklist is the read model, which answers whichever worker holds the
+        deal; a status query waits for the worker the deal last ran on until
+        the server gives up on that worker (seconds, after a kill)."""
+        http = self.as_(Role.AUDITOR)
+        deadline = time.monotonic() + within
+        while True:
+            r = await http.get("/api/deals", params={"stage": stage, "limit": 200})
+            assert r.status_code == 200, r.text
+            for row in r.json()["deals"]:
+                if row["deal_id"] == self.deal_id:
+                    return dict(row)
+            assert time.monotonic() < deadline, f"deal {self.deal_id} never listed at {stage}"
+            await asyncio.sleep(self.poll_seconds)
+
+    async def complete(self, legal_names: dict[str, str]) -> DealStatus:
+        """From the lender's approval to COMPLETED: the down payment, the
+        funding, registration, delivery and both follow-up calls."""
+        approved = await self.in_worklist("DOWN_PAYMENT")
+        lender = legal_names[approved["lender_id"]]
         await self.fund(lender)
         for action in ("record-certificate", "record-purchase-tax", "record-plate"):
             await self.ok(action, Role.REGISTRATION)
@@ -219,22 +243,6 @@ class Desk(HttpDesk):
         await self.ok("record-follow-up", Role.SALES, call="day3")
         final = await self.ok("record-follow-up", Role.SALES, call="day30")
         return DealStatus.model_validate(final)
-
-
-async def worklist(office: StaffApi, deal_ids: set[str], stage: str) -> dict[str, Any]:
-    """The deals once all are at `stage` in the staff's worklist: the read
-    model, which answers whichever worker holds a deal (no query of a deal,
-    which waits for the worker it last ran on until the server gives up on it)."""
-    http = office.http(Role.AUDITOR)
-    deadline = time.monotonic() + 30
-    while True:
-        r = await http.get("/api/deals", params={"stage": stage, "limit": 200})
-        assert r.status_code == 200, r.text
-        rows = {d["deal_id"]: d for d in r.json()["deals"] if d["deal_id"] in deal_ids}
-        if rows.keys() == deal_ids:
-            return rows
-        assert time.monotonic() < deadline, f"not at {stage}: {deal_ids - rows.keys()}"
-        await asyncio.sleep(POLL_SECONDS)
 
 
 # --------------------------------------------------------------------------- checks
@@ -306,10 +314,7 @@ async def test_deals_complete_while_an_api_and_a_worker_are_killed(
             cluster.a.kill("worker")
             killed = time.monotonic()
 
-            approved = await worklist(office, {d.deal_id for d in desks}, "DOWN_PAYMENT")
-            finals = await asyncio.gather(
-                *(d.complete(legal_names[approved[d.deal_id]["lender_id"]]) for d in desks)
-            )
+            finals = await asyncio.gather(*(d.complete(legal_names) for d in desks))
             completed = time.monotonic()
             after = workflow_tasks(await scrape(http, cluster.b))
         finally:
