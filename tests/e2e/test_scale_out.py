@@ -287,57 +287,92 @@ def decided_after(hooks: list[dict[str, Any]], moment: datetime) -> bool:
 # --------------------------------------------------------------------------- the run
 
 
-async def test_deals_complete_while_an_api_and_a_worker_are_killed(
-    cluster: Cluster, shared_database: str
-) -> None:
-    started = time.monotonic()
-    sim_url = f"http://127.0.0.1:{cluster.lender.cfg.lender_sim_port}"
-    office = StaffApi(cluster.balancer.url, sim_url, keep_alive=False)
+@dataclass
+class Run:
+    """What the deals went through, seen from outside."""
+
+    finals: list[DealStatus]
+    killed_at: datetime
+    # Connections the balancer gave each API, and workflow tasks each worker
+    # ran, before the kill; workflow tasks of the surviving worker at the end.
+    served_before: dict[int, int]
+    tasks_before: dict[str, float]
+    tasks_after: float
+    seconds: dict[str, float]
+
+
+async def drive(cluster: Cluster, office: StaffApi, http: httpx.AsyncClient) -> Run:
+    """Eight deals to their credit applications on both hosts, the kill of
+    host A's API and worker, and every deal on to COMPLETED through host B."""
     legal_names = {
         lid: cfg.legal_name
         for lid, cfg in load_lenders(Path(cluster.a.cfg.env["DEALFLOW_LENDERS_FILE"])).items()
     }
     desks = [Desk(office) for _ in range(DEALS)]
+    started = time.monotonic()
+    await asyncio.gather(*(d.apply() for d in desks))
+    applied = time.monotonic()
+    hosts = (cluster.a, cluster.b)
+    scrapes = await asyncio.gather(*(scrape(http, h) for h in hosts))
+    tasks_before = {h.name: workflow_tasks(text) for h, text in zip(hosts, scrapes, strict=True)}
+    served_before = dict(cluster.balancer.served)
+    killed_at = datetime.now(UTC)
+    cluster.a.kill("api")
+    cluster.a.kill("worker")
+    killed = time.monotonic()
+    finals = await asyncio.gather(*(d.complete(legal_names) for d in desks))
+    completed = time.monotonic()
+    return Run(
+        finals=list(finals),
+        killed_at=killed_at,
+        served_before=served_before,
+        tasks_before=tasks_before,
+        tasks_after=workflow_tasks(await scrape(http, cluster.b)),
+        seconds={"applied": applied - started, "after the kill": completed - killed},
+    )
+
+
+async def verify(
+    run: Run, http: httpx.AsyncClient, sim_url: str, database_url: str
+) -> tuple[Verdict, int]:
+    """Each deal against the lender's ledger and the database (bench/chaos_check.py),
+    and how many deals' decisions reached the API only after the kill."""
+    verdict = Verdict(deals=DEALS)
+    in_flight = 0
+    for final in run.finals:
+        await read_model_caught_up(database_url, final)
+        held = await ledger(http, sim_url, final.deal_id)
+        paid = [d for d in held["disbursement_requests"] if d["result"] == "completed"]
+        assert len(paid) == 1, f"{final.deal_id}: the lender paid {len(paid)} times"
+        in_flight += decided_after(held["webhooks"], run.killed_at)
+        deal = DealRun(final.deal_id, APPROVED, final=final)
+        engine = db.make_engine(database_url)
+        await asyncio.to_thread(check_deal, verdict, deal, held, engine, [])
+    return verdict, in_flight
+
+
+async def test_deals_complete_while_an_api_and_a_worker_are_killed(
+    cluster: Cluster, shared_database: str
+) -> None:
+    sim_url = f"http://127.0.0.1:{cluster.lender.cfg.lender_sim_port}"
+    office = StaffApi(cluster.balancer.url, sim_url, keep_alive=False)
     async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
         try:
-            # Both hosts serve: the balancer spreads staff requests over both
-            # APIs, and both workers take the deals' workflow tasks.
-            await asyncio.gather(*(d.apply() for d in desks))
-            applied = time.monotonic()
-            before = {h.name: workflow_tasks(await scrape(http, h)) for h in (cluster.a, cluster.b)}
-            served = dict(cluster.balancer.served)
-            assert all(served.get(port, 0) > 0 for port in cluster.api_ports.values()), served
-            assert all(n > 0 for n in before.values()), before
-
-            killed_at = datetime.now(UTC)
-            cluster.a.kill("api")
-            cluster.a.kill("worker")
-            killed = time.monotonic()
-
-            finals = await asyncio.gather(*(d.complete(legal_names) for d in desks))
-            completed = time.monotonic()
-            after = workflow_tasks(await scrape(http, cluster.b))
+            run = await drive(cluster, office, http)
         finally:
             await office.close_clients()
+        verdict, in_flight = await verify(run, http, sim_url, shared_database)
 
-        assert [f.stage.value for f in finals] == ["COMPLETED"] * DEALS
-        # Host A served nothing after its death; host B took over every deal.
-        assert cluster.balancer.served[cluster.api_ports["a"]] == served[cluster.api_ports["a"]]
-        assert cluster.balancer.served[cluster.api_ports["b"]] > served[cluster.api_ports["b"]]
-        assert after > before["b"]
-
-        verdict = Verdict(deals=DEALS)
-        in_flight = 0
-        for final in finals:
-            await read_model_caught_up(shared_database, final)
-            held = await ledger(http, sim_url, final.deal_id)
-            paid = [d for d in held["disbursement_requests"] if d["result"] == "completed"]
-            assert len(paid) == 1, f"{final.deal_id}: the lender paid {len(paid)} times"
-            in_flight += decided_after(held["webhooks"], killed_at)
-            run = DealRun(final.deal_id, APPROVED, final=final)
-            await asyncio.to_thread(
-                check_deal, verdict, run, held, db.make_engine(shared_database), []
-            )
+    # Before the kill both hosts served: staff requests spread over both
+    # APIs, and both workers ran the deals' workflow tasks.
+    port_a, port_b = cluster.api_ports["a"], cluster.api_ports["b"]
+    assert run.served_before.get(port_a, 0) > 0 and run.served_before.get(port_b, 0) > 0
+    assert all(n > 0 for n in run.tasks_before.values()), run.tasks_before
+    # After it, host B alone took every request and every deal.
+    assert cluster.balancer.served[port_a] == run.served_before[port_a]
+    assert cluster.balancer.served[port_b] > run.served_before[port_b]
+    assert run.tasks_after > run.tasks_before["b"]
+    assert [f.stage.value for f in run.finals] == ["COMPLETED"] * DEALS
     assert verdict.findings == [], "\n".join(
         f"{f.deal_id} {f.category}: {f.text}" for f in verdict.findings
     )
@@ -345,9 +380,9 @@ async def test_deals_complete_while_an_api_and_a_worker_are_killed(
     # The kill came while deals moved: some lender decisions reached the surviving API only.
     assert in_flight > 0
     print(
-        f"\n{DEALS} deals on 2 APIs and 2 workers: applied in {applied - started:.1f} s "
-        f"(APIs served {sorted(served.values())} connections, workers ran "
-        f"{sorted(int(n) for n in before.values())} workflow tasks); after the kill of "
-        f"one API and one worker, {in_flight} decisions still in flight, all COMPLETED "
-        f"{completed - killed:.1f} s later; {completed - started:.1f} s in all"
+        f"\n{DEALS} deals on 2 APIs and 2 workers: applied in {run.seconds['applied']:.1f} s "
+        f"(APIs served {sorted(run.served_before.values())} connections, workers ran "
+        f"{sorted(int(n) for n in run.tasks_before.values())} workflow tasks); after the kill "
+        f"of one API and one worker, {in_flight} decisions still in flight, all COMPLETED "
+        f"{run.seconds['after the kill']:.1f} s later"
     )
