@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from temporalio.testing import WorkflowEnvironment
 
 from bench.chaos_check import Verdict, check_deal
@@ -48,10 +49,8 @@ from dealflow.models import DealStatus, Role
 from dealflow.storage import db
 from tests.support.api_stack import SECRET, HttpDesk, StaffApi, policy_file
 from tests.support.balancer import Balancer
-from tests.support.servers import free_port
+from tests.support.servers import free_port, serve
 from tests.support.stack import ROOT, postgres_schema, postgres_url
-
-pytestmark = pytest.mark.e2e
 
 DEALS = 8
 # The lender decides this long after an application: the decisions of the
@@ -65,6 +64,45 @@ PROCESSES = ("api", "worker")
 WORKFLOW_TASKS = re.compile(
     r"^temporal_workflow_task_execution_latency(?:_seconds)?_count\{[^}]*\} (\S+)$", re.M
 )
+
+
+# --------------------------------------------------------------------------- the balancer
+
+
+def whoami(name: str) -> FastAPI:
+    app = FastAPI(title=name)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"name": name}
+
+    return app
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+async def test_the_balancer_takes_turns_and_skips_a_backend_that_died() -> None:
+    async def names(url: str, n: int) -> list[str]:
+        # A connection per request, as the scale-out test's staff make them.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=url, limits=limits, trust_env=False) as http:
+            answers = await asyncio.gather(*(http.get("/healthz") for _ in range(n)))
+        return [r.json()["name"] for r in answers]
+
+    with serve(whoami("b")) as b_url, contextlib.ExitStack() as a_alive:
+        ports = [port_of(a_alive.enter_context(serve(whoami("a")))), port_of(b_url)]
+        balancer = Balancer(ports)
+        balancer.start()
+        try:
+            assert sorted(await names(balancer.url, 4)) == ["a", "a", "b", "b"]
+            a_alive.close()  # its port refuses now, as a killed process's does
+            # Concurrent connections, each finding the dead backend first or second.
+            assert await names(balancer.url, 20) == ["b"] * 20
+            assert balancer.served[ports[0]] == 2
+        finally:
+            balancer.stop()
 
 
 # --------------------------------------------------------------------------- the hosts
@@ -351,6 +389,7 @@ async def verify(
     return verdict, in_flight
 
 
+@pytest.mark.e2e
 async def test_deals_complete_while_an_api_and_a_worker_are_killed(
     cluster: Cluster, shared_database: str
 ) -> None:
