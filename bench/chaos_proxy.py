@@ -67,6 +67,10 @@ class TcpProxy:
             return
         with contextlib.suppress(Exception):
             self._call(self._cut("refuse"))
+            # The aborted connections' tasks end in the loop's next turns; a
+            # loop stopped under them would leave them pending ("Task was
+            # destroyed but it is pending!").
+            self._call(asyncio.sleep(0.05))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
