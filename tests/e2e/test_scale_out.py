@@ -47,7 +47,7 @@ from dealflow.devstack.config import StackConfig
 from dealflow.devstack.runfiles import log_tail
 from dealflow.models import DealStatus, Role
 from dealflow.storage import db
-from tests.support.api_stack import SECRET, HttpDesk, StaffApi, policy_file
+from tests.support.api_stack import SECRET, HttpApi, HttpDesk, policy_file
 from tests.support.balancer import Balancer
 from tests.support.servers import free_port, serve
 from tests.support.stack import ROOT, postgres_schema, postgres_url
@@ -339,7 +339,7 @@ class Run:
     seconds: dict[str, float]
 
 
-async def drive(cluster: Cluster, office: StaffApi, http: httpx.AsyncClient) -> Run:
+async def drive(cluster: Cluster, office: HttpApi, http: httpx.AsyncClient) -> Run:
     """Eight deals to their credit applications on both hosts, the kill of
     host A's API and worker, and every deal on to COMPLETED through host B."""
     legal_names = {
@@ -394,7 +394,7 @@ async def test_deals_complete_while_an_api_and_a_worker_are_killed(
     cluster: Cluster, shared_database: str
 ) -> None:
     sim_url = f"http://127.0.0.1:{cluster.lender.cfg.lender_sim_port}"
-    office = StaffApi(cluster.balancer.url, sim_url, keep_alive=False)
+    office = HttpApi(cluster.balancer.url, sim_url, keep_alive=False)
     async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
         try:
             run = await drive(cluster, office, http)

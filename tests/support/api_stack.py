@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from sqlalchemy.engine import Engine
@@ -54,8 +54,8 @@ S3_CREDS = {
 
 
 @dataclass
-class StaffApi:
-    """The API as staff reach it over HTTP, with tokens minted with its secret,
+class HttpApi:
+    """An API as staff reach it over HTTP, with tokens minted with its secret,
     and the lender simulator beside it; the clients it hands out are closed by
     whoever made it."""
 
@@ -100,8 +100,8 @@ class StaffApi:
 
 
 @dataclass(kw_only=True)
-class ApiStack(StaffApi):
-    """A `StaffApi` served in the test process, with the services behind it."""
+class ApiStack(HttpApi):
+    """An `HttpApi` served in the test process, with the services behind it."""
 
     services: Services
     store: DocumentStore
@@ -248,17 +248,28 @@ def multipart_fields(doc: dict[str, Any]) -> dict[str, str]:
     return fields
 
 
+class StaffApi(Protocol):
+    """What a desk needs of an API: clients carrying role tokens (an `ApiStack`, or
+    the API of a process started from the compose file)."""
+
+    def token(self, role: Role | str, sub: str | None = None, **kw: Any) -> str: ...
+
+    def http(
+        self, role: Role | str | None = None, token: str | None = None
+    ) -> httpx.AsyncClient: ...
+
+
 class HttpDesk:
     """Staff at their desks: each call uses the token of the role that owns the step."""
-
-    # How often a wait looks at the deal again.
-    poll_seconds = 0.05
 
     def __init__(self, stack: StaffApi) -> None:
         self.stack = stack
         self.deal_id = ""
         self.deal = example_deal()
         self.today = dealer_today()
+
+    # How often a wait looks at the deal again.
+    poll_seconds = 0.05
 
     def as_(self, role: Role | str) -> httpx.AsyncClient:
         return self.stack.http(role)
