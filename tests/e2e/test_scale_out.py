@@ -234,9 +234,19 @@ async def cluster(
 
 
 class Desk(HttpDesk):
-    """A deal's staff, over HTTP through the balancer."""
+    """A deal's staff, over HTTP through the balancer: each deal its own people
+    (the API limits the uploads one person has in progress)."""
 
     poll_seconds = POLL_SECONDS
+
+    def __init__(self, office: HttpApi, seat: int) -> None:
+        super().__init__(office)
+        self.office = office
+        self.seat = seat
+
+    def as_(self, role: Role | str) -> httpx.AsyncClient:
+        role = Role(role)
+        return self.office.http(token=self.office.token(role, f"{role.value}-{self.seat:02d}"))
 
     async def apply(self) -> None:
         """From a new deal to its credit application, sent to the lender."""
@@ -346,7 +356,7 @@ async def drive(cluster: Cluster, office: HttpApi, http: httpx.AsyncClient) -> R
         lid: cfg.legal_name
         for lid, cfg in load_lenders(Path(cluster.a.cfg.env["DEALFLOW_LENDERS_FILE"])).items()
     }
-    desks = [Desk(office) for _ in range(DEALS)]
+    desks = [Desk(office, seat) for seat in range(1, DEALS + 1)]
     started = time.monotonic()
     await asyncio.gather(*(d.apply() for d in desks))
     applied = time.monotonic()
