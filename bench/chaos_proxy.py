@@ -67,6 +67,10 @@ class TcpProxy:
             return
         with contextlib.suppress(Exception):
             self._call(self._cut("refuse"))
+            # The aborted connections' tasks end in the loop's next turns; a
+            # loop stopped under them would leave them pending ("Task was
+            # destroyed but it is pending!").
+            self._call(asyncio.sleep(0.05))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
@@ -92,13 +96,17 @@ class TcpProxy:
         if self._server is None:
             await self._listen()
 
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The connection a client's is forwarded to (tests/support/balancer.py picks one)."""
+        return await asyncio.open_connection(*self.target)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         if self._mode == "blackhole":
             self._writers.add(writer)  # held open, never answered; aborted on restore/cut
             return
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            up_reader, up_writer = await self._open_upstream()
         except OSError:
             writer.transport.abort()
             return

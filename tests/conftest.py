@@ -5,12 +5,10 @@ service (tests/support/stack.py builds them). Nothing of Temporal is mocked."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
@@ -24,6 +22,7 @@ from tests.support.stack import (
     SEARCH_ATTRIBUTES,
     Stack,
     codec_data_converter,
+    postgres_schema,
     run_stack,
 )
 
@@ -138,16 +137,5 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     base = os.environ.get(PG_ENV)
     if not base:
         pytest.skip(f"{PG_ENV} not set")
-    base = db.normalise_url(base)
-    schema = f"dealflow_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
-    try:
+    with postgres_schema(base) as url:
         yield url
-    finally:
-        db.dispose_engine(url)
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()

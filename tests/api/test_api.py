@@ -71,8 +71,9 @@ def _tok(claims: dict[str, Any], key: str = SECRET, alg: str = "HS256") -> str:
 
 
 def _claims(**kw: Any) -> dict[str, Any]:
+    # Made when the module is collected: valid for hours, however long the suite runs.
     now = int(time.time())
-    return {"sub": "li", "roles": ["sales"], "iat": now, "exp": now + 600, **kw}
+    return {"sub": "li", "roles": ["sales"], "iat": now, "exp": now + 6 * 3600, **kw}
 
 
 BAD_AUTH = {

@@ -55,16 +55,18 @@ S3_CREDS = {
 
 
 @dataclass
-class ApiStack:
+class HttpApi:
+    """An API as staff reach it over HTTP, with tokens minted with its secret,
+    and the lender simulator beside it; the clients it hands out are closed by
+    whoever made it."""
+
     api_url: str
     sim_url: str
-    services: Services
-    store: DocumentStore
-    engine: Engine
-    lenders: dict[str, LenderConfig]
-    task_queue: str
     secret: str = SECRET
     clients: list[httpx.AsyncClient] = field(default_factory=list)
+    # False: a connection per request (behind a balancer, each request may go
+    # to another replica, and no idle connection waits on a dead one).
+    keep_alive: bool = True
 
     def token(self, role: Role | str, sub: str | None = None, **kw: Any) -> str:
         role = Role(role)
@@ -81,6 +83,9 @@ class ApiStack:
             timeout=30,
             trust_env=False,
             headers=self.headers(role, token),
+            limits=httpx.Limits(
+                max_connections=100, max_keepalive_connections=20 if self.keep_alive else 0
+            ),
         )
         self.clients.append(client)
         return client
@@ -89,6 +94,21 @@ class ApiStack:
         async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
             r = await http.put(f"{self.sim_url}/_sim/scripts/{deal_id}", json=script)
             assert r.status_code < 300, r.text
+
+    async def close_clients(self) -> None:
+        for c in self.clients:
+            await c.aclose()
+
+
+@dataclass(kw_only=True)
+class ApiStack(HttpApi):
+    """An `HttpApi` served in the test process, with the services behind it."""
+
+    services: Services
+    store: DocumentStore
+    engine: Engine
+    lenders: dict[str, LenderConfig]
+    task_queue: str
 
 
 @asynccontextmanager
@@ -146,7 +166,16 @@ async def api_stack(
         retry_initial=0.2,
         retry_max=1.0,
     )
-    stack = ApiStack(api_url, sim_base, services, store, engine, lenders, task_queue, secret)
+    stack = ApiStack(
+        api_url,
+        sim_base,
+        secret,
+        services=services,
+        store=store,
+        engine=engine,
+        lenders=lenders,
+        task_queue=task_queue,
+    )
     async with (
         serve_async(create_app(services), api_port),
         serve_async(create_sim(sim_config), sim_port),
@@ -155,8 +184,7 @@ async def api_stack(
         try:
             yield stack
         finally:
-            for c in stack.clients:
-                await c.aclose()
+            await stack.close_clients()
 
 
 # --------------------------------------------------------------------------- moto
@@ -245,6 +273,9 @@ class HttpDesk:
         self.deal = example_deal()
         self.today = dealer_today()
 
+    # How often a wait looks at the deal again.
+    poll_seconds = 0.05
+
     def as_(self, role: Role | str) -> httpx.AsyncClient:
         return self.stack.http(role)
 
@@ -319,7 +350,7 @@ class HttpDesk:
                 raise AssertionError(
                     f"deal {self.deal_id}: timed out waiting for {what}: {json.dumps(st)[:2000]}"
                 )
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(self.poll_seconds)
 
     async def to_down_payment(self) -> dict[str, Any]:
         """Contract, documents, application; the simulator approves by webhook."""
@@ -331,6 +362,10 @@ class HttpDesk:
     async def to_registration(self, lender_legal_name: str) -> dict[str, Any]:
         """On from the approval to a funded loan: the simulator disburses by webhook."""
         await self.to_down_payment()
+        return await self.fund(lender_legal_name)
+
+    async def fund(self, lender_legal_name: str) -> dict[str, Any]:
+        """From DOWN_PAYMENT to a funded loan: the simulator disburses by webhook."""
         await self.ok("confirm-down-payment", Role.FINANCE)
         await self.ok("record-invoice", Role.FINANCE)
         await self.ok("record-insurance", Role.INSURANCE, first_beneficiary=lender_legal_name)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.converter import DataConverter
@@ -138,3 +139,23 @@ PG_ENV = "DEALFLOW_TEST_POSTGRES_URL"
 
 def postgres_url() -> str | None:
     return os.environ.get(PG_ENV)
+
+
+@contextmanager
+def postgres_schema(base: str) -> Iterator[str]:
+    """The URL of a new, empty schema in the PostgreSQL database at `base` (its
+    own search_path), dropped afterwards: tests running in parallel never
+    share a table."""
+    base = db.normalise_url(base)
+    schema = f"dealflow_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    try:
+        yield url
+    finally:
+        db.dispose_engine(url)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
