@@ -48,12 +48,19 @@ def serve(app: FastAPI, port: int | None = None, health: str = "/healthz") -> It
 
 @asynccontextmanager
 async def serve_async(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
-    """Serve on the caller's event loop, so the app can share its Temporal client."""
-    port = port or free_port()
+    """Serve on the caller's event loop, so the app can share its Temporal client.
+
+    The socket is bound here, before uvicorn starts: without `port`, the one the
+    system gives (no window for another process to take it); with one that
+    another process took meanwhile, an OSError for this test only — uvicorn's
+    own bind failure is a `sys.exit` that would break the event loop of every
+    later test of this process."""
+    listener = socket.create_server(("127.0.0.1", port or 0))
+    port = int(listener.getsockname()[1])
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started:
         if task.done():
             task.result()
@@ -63,3 +70,4 @@ async def serve_async(app: FastAPI, port: int | None = None) -> AsyncIterator[st
     finally:
         server.should_exit = True
         await task
+        listener.close()
