@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import io
 import json
 import time
@@ -35,6 +36,7 @@ from dealflow.models import Role
 from dealflow.rules import check_start_dealer, in_dealer_scope
 from dealflow.rules.errors import RuleError
 from dealflow.samples import example_deal, sample_documents
+from tests.desk.test_new_deal import form_fields, open_form
 from tests.support.api_stack import (
     SECRET,
     ApiStack,
@@ -339,3 +341,20 @@ async def test_the_desk_shows_a_scoped_session_only_its_dealers(dealers: Dealers
     assert (await everyone.get(f"/desk/deals/{dealers.b_deal}")).status_code == 200
     search = await everyone.get("/desk/deals", params={"q": dealers.b_deal})
     assert f"/desk/deals/{dealers.b_deal}" in search.text
+
+
+async def test_the_desk_starts_deals_for_the_sessions_dealers_only(dealers: Dealers) -> None:
+    stack = dealers.stack
+    desk = await _desk_signed_in(dealers, stack.token(Role.SALES, "sales.a", dealers=[dealers.a]))
+    csrf, form_key = await open_form(desk)
+    refused = await desk.post(
+        "/desk/deals/new", data={**form_fields(dealers.b), "csrf": csrf, "form_key": form_key}
+    )
+    assert refused.status_code == 403, refused.text
+    assert "only for your dealers" in html.unescape(refused.text)
+    csrf, form_key = await open_form(desk)
+    started = await desk.post(
+        "/desk/deals/new", data={**form_fields(dealers.a), "csrf": csrf, "form_key": form_key}
+    )
+    assert started.status_code == 303, started.text
+    dealers.a_deals.append(started.headers["location"].removeprefix("/desk/deals/"))
