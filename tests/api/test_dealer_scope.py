@@ -31,7 +31,8 @@ from temporalio.testing import WorkflowEnvironment
 
 import starter
 from dealflow.api.security import Authenticator
-from dealflow.config import get_settings
+from dealflow.config import Settings, get_settings
+from dealflow.desk.oidc import OidcProvider, SignInRefused
 from dealflow.models import Role
 from dealflow.rules import check_start_dealer, in_dealer_scope
 from dealflow.rules.errors import RuleError
@@ -156,6 +157,19 @@ async def test_a_malformed_dealers_claim_is_401(stack: ApiStack, bad: object) ->
     claims = {"sub": "li", "roles": ["sales"], "iat": now, "exp": now + 60, "dealers": bad}
     r = await stack.http(token=jwt.encode(claims, SECRET)).get("/api/deals")
     _problem(r, 401, "dealers claim must be a list of dealer ids")
+
+
+def test_the_desk_oidc_sign_in_reads_the_dealers_claim() -> None:
+    settings = Settings(
+        oidc_issuer="https://idp.example", oidc_client_id="desk", dealers_claim="org.dealers"
+    )
+    provider = OidcProvider(settings)
+    claims: dict[str, Any] = {"sub": "li", "roles": ["sales"]}
+    assert provider.principal(claims).dealers is None
+    scoped = provider.principal({**claims, "org": {"dealers": ["D1", "D2"]}})
+    assert scoped.dealers == frozenset({"D1", "D2"})
+    with pytest.raises(SignInRefused, match="dealers claim must be a list of dealer ids"):
+        provider.principal({**claims, "org": {"dealers": [7]}})
 
 
 def test_starter_mints_scoped_tokens() -> None:
@@ -291,7 +305,7 @@ async def test_reports_count_only_the_scoped_dealers_deals(dealers: Dealers) -> 
 
 
 async def test_a_scoped_token_may_not_use_the_codec(dealers: Dealers) -> None:
-    body = {"payloads": []}
+    body: dict[str, list[Any]] = {"payloads": []}
     for path in ("/codec/decode", "/codec/keys"):
         scoped = dealers.clerk(Role.AUDITOR)
         r = await (scoped.post(path, json=body) if path.endswith("decode") else scoped.get(path))
