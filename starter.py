@@ -19,6 +19,7 @@ through the back-office HTTP API instead, and the token says who acts (exit
 status 6: no or bad token):
 
     python starter.py token --sub li --role sales          # a development token
+    python starter.py token --sub li --role sales --dealer D1   # ... of dealer D1 only
     python starter.py --api http://127.0.0.1:8000 --token "$T" list --overdue
 """
 
@@ -391,6 +392,8 @@ def cmd_token(args: argparse.Namespace) -> None:
             ttl=args.ttl,
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
+            dealers=args.dealer,
+            dealers_claim=settings.dealers_claim,
         )
     except ValueError as e:
         raise CliError(f"{e} (roles: {', '.join(r.value for r in Role)})", 2) from None
@@ -402,6 +405,7 @@ def cmd_token(args: argparse.Namespace) -> None:
                     "sub": args.sub,
                     "roles": [r.value for r in roles],
                     "ttl": args.ttl,
+                    "dealers": args.dealer,
                 }
             )
         )
@@ -451,6 +455,13 @@ def _add_token_command(commands: Subparsers) -> None:
         help="a role (repeat for several): " + ", ".join(r.value for r in Role),
     )
     command.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
+    command.add_argument(
+        "--dealer",
+        action="append",
+        metavar="ID",
+        help="a dealer id the token is scoped to (repeat for several); without it the "
+        "token sees every dealer's deals",
+    )
 
 
 def _add_deal_commands(commands: Subparsers) -> None:

@@ -163,6 +163,11 @@ class Settings(BaseSettings):
     jwt_max_lifetime_hours: float = Field(default=12.0, gt=0, le=24 * 30)
     # The JWKS fetch: its deadline, and how often a token naming a key the
     # cached set lacks may make the API fetch the set again.
+    # The token claim (API token, desk ID token) listing the dealer ids a
+    # person works for: they see and act on those dealers' deals only. A token
+    # without it sees every dealer (the group's back office). A dotted path
+    # reaches into an object, as for DEALFLOW_OIDC_ROLES_CLAIM.
+    dealers_claim: str = Field(default="dealers", pattern=r"^[A-Za-z0-9_:/.-]{1,200}$")
     jwks_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     jwks_refetch_seconds: float = Field(default=30.0, ge=0)
     # How long an `Idempotency-Key` of `POST /api/deals` holds; then it is free again.

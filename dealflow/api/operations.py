@@ -53,15 +53,21 @@ def request_digest(deal: DealInput) -> str:
 
 
 async def start_deal(
-    svc: Services, deal: DealInput, actor: Actor, idempotency_key: str | None
+    svc: Services,
+    deal: DealInput,
+    actor: Actor,
+    idempotency_key: str | None,
+    dealers: rules.DealerScope,
 ) -> StartOutcome:
     """Start a deal; with a key, the same subject, key and body give the same deal.
+    A clerk scoped to `dealers` starts deals for those dealers only (403).
 
     Keys belong to the token's subject (the actor's staff id): another
     subject's key is an independent request, and nothing of the deal it
     started is ever told to anyone else.
     """
     # Every rule first: a rejected body neither starts a deal nor stores its key.
+    rules.check_start_dealer(deal.dealer_id, dealers)
     inp = deals.start_input(deals.new_deal_id(), deal, svc.deal_policy, svc.lenders, actor)
     if idempotency_key is None:
         await deals.start_deal(svc.client, svc.settings.task_queue, inp)
@@ -135,20 +141,27 @@ def _created(svc: Services, deal_id: str, outcome: str) -> DealCreated:
     return DealCreated(deal_id=deal_id, workflow_id=deals.workflow_id(deal_id))
 
 
-async def list_deals(svc: Services, **filters: Any) -> DealPage:
-    """One page of the read model; `filters` are `db.list_deals`'s, `overdue` a flag."""
-    page, _ = await list_deals_named(svc, **filters)
+async def list_deals(svc: Services, dealers: rules.DealerScope, **filters: Any) -> DealPage:
+    """One page of the read model, of the reader's `dealers` only; `filters`
+    are `db.list_deals`'s, `overdue` a flag."""
+    page, _ = await list_deals_named(svc, dealers, **filters)
     return page
 
 
-async def list_deals_named(svc: Services, **filters: Any) -> tuple[DealPage, dict[str, str]]:
+async def list_deals_named(
+    svc: Services, dealers: rules.DealerScope, **filters: Any
+) -> tuple[DealPage, dict[str, str]]:
     """`list_deals`, and the customer's name of each deal on the page that has
     one, from the same rows (for the staff who may see names)."""
     now = datetime.now(UTC)
     overdue = filters.pop("overdue", False)
     try:
         rows, next_cursor = await asyncio.to_thread(
-            db.list_deals, svc.engine, overdue_at=now if overdue else None, **filters
+            db.list_deals,
+            svc.engine,
+            overdue_at=now if overdue else None,
+            dealer_ids=dealers,
+            **filters,
         )
     except ValueError as e:
         raise Problem(422, str(e)) from None
@@ -171,48 +184,100 @@ def report_period(start: date | None, end: date | None) -> reports.Period:
         raise Problem(422, str(e)) from None
 
 
-async def funnel_report(svc: Services, period: reports.Period) -> reports.FunnelReport:
-    moves = await asyncio.to_thread(db.moves_between, svc.engine, period.since, period.until)
+# Each report counts the deals of the reader's `dealers` only (None: all).
+
+
+async def funnel_report(
+    svc: Services, period: reports.Period, dealers: rules.DealerScope
+) -> reports.FunnelReport:
+    moves = await asyncio.to_thread(
+        db.moves_between, svc.engine, period.since, period.until, dealers
+    )
     return reports.funnel(moves, period)
 
 
-async def time_in_stage_report(svc: Services, period: reports.Period) -> reports.TimeInStageReport:
-    moves = await asyncio.to_thread(db.moves_between, svc.engine, period.since, period.until)
+async def time_in_stage_report(
+    svc: Services, period: reports.Period, dealers: rules.DealerScope
+) -> reports.TimeInStageReport:
+    moves = await asyncio.to_thread(
+        db.moves_between, svc.engine, period.since, period.until, dealers
+    )
     return reports.time_in_stage(moves, period)
 
 
-async def overdue_report(svc: Services) -> reports.OverdueReport:
-    pending = await asyncio.to_thread(db.pending_by_stage, svc.engine)
+async def overdue_report(svc: Services, dealers: rules.DealerScope) -> reports.OverdueReport:
+    pending = await asyncio.to_thread(db.pending_by_stage, svc.engine, dealers)
     return reports.overdue(pending, datetime.now(UTC))
 
 
-async def lender_report(svc: Services, period: reports.Period) -> reports.LenderReport:
+async def lender_report(
+    svc: Services, period: reports.Period, dealers: rules.DealerScope
+) -> reports.LenderReport:
     applications = await asyncio.to_thread(
-        db.applications_between, svc.engine, period.since, period.until
+        db.applications_between, svc.engine, period.since, period.until, dealers
     )
     return reports.lender_figures(applications, period)
 
 
-async def close_reason_report(svc: Services, period: reports.Period) -> reports.ReasonReport:
-    closures = await asyncio.to_thread(db.closures_between, svc.engine, period.since, period.until)
+async def close_reason_report(
+    svc: Services, period: reports.Period, dealers: rules.DealerScope
+) -> reports.ReasonReport:
+    closures = await asyncio.to_thread(
+        db.closures_between, svc.engine, period.since, period.until, dealers
+    )
     return reports.close_reasons(closures, period)
 
 
-async def read_status(svc: Services, deal_id: str) -> DealStatus:
+def not_found(deal_id: str) -> Problem:
+    """The answer for an unknown deal, and for one outside the reader's dealers:
+    the same words, so a scoped reader cannot tell the two apart."""
+    return Problem(404, str(deals.DealNotFound(deal_id)))
+
+
+async def read_status(svc: Services, deal_id: str, dealers: rules.DealerScope) -> DealStatus:
+    """The deal's status, or 404 when it does not exist or is outside `dealers`."""
     try:
         # A short deadline: a deal that cannot answer is checked for being stuck.
-        return await stuck.readable_status(svc.client, svc.engine, deal_id, rpc_timeout=5.0)
-    except deals.DealNotFound as e:
-        raise Problem(404, str(e)) from None
+        status = await stuck.readable_status(svc.client, svc.engine, deal_id, rpc_timeout=5.0)
+    except deals.DealNotFound:
+        raise not_found(deal_id) from None
     except stuck.DealUnreadable as e:
         raise Problem(503, str(e), {"Retry-After": "3"}) from None
+    if not rules.in_dealer_scope(status.dealer_id, dealers):
+        raise not_found(deal_id)
+    return status
+
+
+async def check_in_scope(
+    svc: Services, deal_id: str, dealers: rules.DealerScope, *, ask_deal: bool = True
+) -> None:
+    """404 unless the deal is one of `dealers`', before anything is done to it.
+
+    The read model names the deal's dealer (fixed when the deal starts); a deal
+    not projected yet is asked for its status, unless `ask_deal` is False (the
+    caller reads the status next, with the same check)."""
+    if dealers is None:
+        return
+    row = await asyncio.to_thread(db.get_deal, svc.engine, deal_id)
+    if row is not None:
+        if not rules.in_dealer_scope(row.dealer_id, dealers):
+            raise not_found(deal_id)
+    elif ask_deal:
+        await read_status(svc, deal_id, dealers)
 
 
 async def take_action(
-    svc: Services, deal_id: str, action: Action, payload: dict[str, Any], actor: Actor
+    svc: Services,
+    deal_id: str,
+    action: Action,
+    payload: dict[str, Any],
+    actor: Actor,
+    dealers: rules.DealerScope,
 ) -> ActionResult:
-    """One staff action, as an Update of the deal; refusals raise RuleError."""
+    """One staff action, as an Update of the deal (of `dealers`, else 404);
+    refusals raise RuleError."""
     act, inp = deals.parse_action(action.value, payload, actor)
+    await check_in_scope(svc, deal_id, dealers)
     try:
         result = await deals.act(svc.client, deal_id, act, inp)
     except deals.DealNotFound as e:

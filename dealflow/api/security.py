@@ -6,7 +6,9 @@ the identity provider's public keys (RS256/ES256/PS256/EdDSA, dealflow/api/jwks.
 HS256 is then refused, and `DEALFLOW_JWT_AUDIENCE` and `DEALFLOW_JWT_ISSUER`
 are required and checked (`aud`, `iss`), as the provider signs tokens for
 other applications with the same keys. Claims: `sub` (the staff id) and
-`roles` (a list of `Role` values); `exp` and `iat` are required, and a token
+`roles` (a list of `Role` values), optionally the dealers claim
+(`DEALFLOW_DEALERS_CLAIM`, default `dealers`: the dealer ids whose deals the
+person may see; absent, all of them); `exp` and `iat` are required, and a token
 may live (exp - iat) at most `DEALFLOW_JWT_MAX_LIFETIME_HOURS`. The actor of
 every workflow update is built here, from the token alone: nothing in a
 request body can change who acted.
@@ -41,6 +43,7 @@ from dealflow.api.errors import Problem
 from dealflow.api.jwks import JwksCache, JwksUnavailable, UnknownSigningKey
 from dealflow.config import Settings
 from dealflow.models import Action, Actor, Role
+from dealflow.models.base import is_ref
 
 # Reading deals (list, status) — every role.
 READ_ROLES: frozenset[Role] = rules.READ_ROLES
@@ -73,10 +76,12 @@ class AuthError(Exception):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the token's subject and its DealFlow roles, in token order."""
+    """Who is calling: the token's subject, its DealFlow roles in token order,
+    and the dealers whose deals it may see (None: every dealer)."""
 
     sub: str
     roles: tuple[Role, ...]
+    dealers: rules.DealerScope = rules.ALL_DEALERS
 
     def actor(self, allowed: Iterable[Role], what: str) -> Actor:
         """The actor for an operation open to `allowed` (admin always), or 403."""
@@ -104,6 +109,8 @@ class TokenPolicy:
     # exp - iat may not exceed this: a stolen token is good for a bounded time.
     max_lifetime_seconds: float = 12 * 3600
     leeway: int = LEEWAY_SECONDS
+    # The claim listing the person's dealer ids (DEALFLOW_DEALERS_CLAIM).
+    dealers_claim: str = "dealers"
 
 
 class Authenticator:
@@ -136,6 +143,7 @@ class Authenticator:
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
             max_lifetime_seconds=settings.jwt_max_lifetime_hours * 3600,
+            dealers_claim=settings.dealers_claim,
         )
         return cls(settings.jwt_secret, jwks, policy)
 
@@ -211,7 +219,7 @@ class Authenticator:
                 f"invalid token: it is valid for {lifetime / 3600:.4g} h (exp - iat); "
                 f"this API accepts tokens of at most {policy.max_lifetime_seconds / 3600:g} h"
             )
-        return principal_from_claims(claims)
+        return principal_from_claims(claims, policy.dealers_claim)
 
 
 def is_staff_id(candidate: str) -> bool:
@@ -219,7 +227,32 @@ def is_staff_id(candidate: str) -> bool:
     return bool(_STAFF_ID.match(candidate))
 
 
-def principal_from_claims(claims: dict[str, Any]) -> Principal:
+def claim_at(claims: dict[str, Any], path: str) -> object:
+    """The claim at a dotted path; a claim whose own name has dots wins."""
+    if path in claims:
+        return claims[path]
+    value: object = claims
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def dealer_scope_of(claims: dict[str, Any], claim: str) -> rules.DealerScope:
+    """The dealer ids the claim at `claim` lists; None when the claim is absent
+    (every dealer). An empty list is a scope of no dealer, not all of them."""
+    raw = claim_at(claims, claim)
+    if raw is None:
+        return rules.ALL_DEALERS
+    if isinstance(raw, str):
+        raw = raw.split()
+    if not isinstance(raw, list) or not all(isinstance(d, str) and is_ref(d) for d in raw):
+        raise AuthError(f"the token's {claim} claim must be a list of dealer ids")
+    return frozenset(raw)
+
+
+def principal_from_claims(claims: dict[str, Any], dealers_claim: str = "dealers") -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not _STAFF_ID.match(sub):
         raise AuthError("the token's sub claim must be a staff id of 1-64 letters, digits, ._@-")
@@ -232,7 +265,7 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     if not roles:
         names = ", ".join(role.value for role in Role)
         raise Problem(403, f"the token grants no DealFlow role (roles: {names})")
-    return Principal(sub=sub, roles=roles)
+    return Principal(sub=sub, roles=roles, dealers=dealer_scope_of(claims, dealers_claim))
 
 
 def mint_token(
@@ -244,9 +277,12 @@ def mint_token(
     *,
     audience: str | None = None,
     issuer: str | None = None,
+    dealers: Iterable[str] | None = None,
+    dealers_claim: str = "dealers",
 ) -> str:
     """A development token: HS256, claims sub, roles, iat and exp (now + ttl
-    seconds), and aud and iss when given (the API checks them once set)."""
+    seconds), and aud and iss when given (the API checks them once set); with
+    `dealers`, the dealer ids it is scoped to, under `dealers_claim`."""
     issued = int(now if now is not None else time.time())
     names = [Role(role).value for role in roles]
     if not _STAFF_ID.match(sub):
@@ -256,6 +292,11 @@ def mint_token(
     if ttl <= 0:
         raise ValueError("ttl must be positive")
     payload: dict[str, Any] = {"sub": sub, "roles": names, "iat": issued, "exp": issued + ttl}
+    if dealers is not None:
+        scope = list(dict.fromkeys(dealers))
+        if not all(is_ref(dealer) for dealer in scope):
+            raise ValueError(f"dealer ids must be 1-64 letters, digits or ._/:- ({scope})")
+        payload[dealers_claim] = scope
     if audience:
         payload["aud"] = audience
     if issuer:
@@ -277,6 +318,11 @@ def bearer_token(request: Request) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("the Authorization header must be 'Bearer <token>'")
     return token.strip()
+
+
+async def dealer_scope(request: Request) -> rules.DealerScope:
+    """The caller's dealers (None: all), as a route dependency; after the role check."""
+    return (await authenticate(request)).dealers
 
 
 async def authenticate(request: Request) -> Principal:

@@ -47,7 +47,12 @@ async def upload(request: Request, deal_id: str, user: SignedIn) -> Response:
         return await _refused(request, user, deal_id, refusal.status, refusal.detail, typed)
     try:
         uploaded = await receive_upload(
-            request, deal_id, actor, extra_fields=("csrf",), check_fields=check_csrf
+            request,
+            deal_id,
+            actor,
+            user.dealers,
+            extra_fields=("csrf",),
+            check_fields=check_csrf,
         )
     except Problem as problem:
         return await _refused(request, user, deal_id, problem.status, problem.detail, typed)
@@ -82,6 +87,6 @@ async def download(request: Request, deal_id: str, doc_id: str, user: SignedIn) 
     try:
         check_deal_id(deal_id)
         actor = user.actor(DOCUMENT_READ_ROLES, "read documents")
-        return await serve_document(services(request), deal_id, doc_id, actor)
+        return await serve_document(services(request), deal_id, doc_id, actor, user.dealers)
     except Problem as problem:
         return error_page(request, user, problem)

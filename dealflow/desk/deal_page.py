@@ -96,12 +96,16 @@ class Loaded:
     trouble: str = ""
 
 
-async def load_deal(svc: Services, deal_id: str, with_start: bool = True) -> Loaded:
-    """The deal's status (and what it started with); a 404 is raised, Temporal
-    being unreachable comes back as the banner's text."""
+async def load_deal(
+    svc: Services, deal_id: str, dealers: rules.DealerScope, with_start: bool = True
+) -> Loaded:
+    """The deal's status (and what it started with); a 404 is raised (also for
+    a deal outside `dealers`), Temporal being unreachable comes back as the
+    banner's text."""
+    await operations.check_in_scope(svc, deal_id, dealers, ask_deal=False)
     try:
         async with asyncio.timeout(READ_SECONDS):
-            status, start = await _read(svc, deal_id, with_start)
+            status, start = await _read(svc, deal_id, dealers, with_start)
     except Problem as problem:
         if problem.status == 503:
             return Loaded(None, None, problem.detail)
@@ -165,20 +169,20 @@ START_INPUTS = StartInputs(limit=2048)
 
 
 async def _read(
-    svc: Services, deal_id: str, with_start: bool
+    svc: Services, deal_id: str, dealers: rules.DealerScope, with_start: bool
 ) -> tuple[DealStatus, StartDealInput | None]:
     """The status and, with `with_start`, the start input: kept from an earlier
     page, or asked together with the status; the status's refusal wins."""
     if not with_start:
-        return await operations.read_status(svc, deal_id), None
+        return await operations.read_status(svc, deal_id, dealers), None
     if deal_id in START_INPUTS:
-        status = await operations.read_status(svc, deal_id)
+        status = await operations.read_status(svc, deal_id, dealers)
         kept = START_INPUTS.get(deal_id, status)
         if kept is None:
             kept = START_INPUTS.put(deal_id, status, await operations.read_deal_input(svc, deal_id))
         return status, kept
     answer, first = await asyncio.gather(
-        operations.read_status(svc, deal_id),
+        operations.read_status(svc, deal_id, dealers),
         operations.read_deal_input(svc, deal_id),
         return_exceptions=True,
     )
@@ -302,7 +306,11 @@ async def render_deal(
     try:
         check_deal_id(deal_id)
         user.actor(rules.READ_ROLES, "read deals")
-        loaded = Loaded(None, None, trouble) if trouble else await load_deal(svc, deal_id)
+        if trouble:
+            await operations.check_in_scope(svc, deal_id, user.dealers, ask_deal=False)
+            loaded = Loaded(None, None, trouble)
+        else:
+            loaded = await load_deal(svc, deal_id, user.dealers)
     except Problem as problem:
         return error_page(request, user, problem)
     status = loaded.status
@@ -384,7 +392,7 @@ async def live(
     try:
         check_deal_id(deal_id)
         user.actor(rules.READ_ROLES, "read deals")
-        loaded = await load_deal(svc, deal_id, with_start=False)
+        loaded = await load_deal(svc, deal_id, user.dealers, with_start=False)
     except Problem as problem:
         # Gone or forbidden: stop polling (htmx stops on 286) and say why.
         return render_page(
@@ -474,7 +482,9 @@ async def _apply(
     except ValidationError as invalid:
         posted.errors, unplaced = place_errors(posted.fields, invalid)
         raise Problem(422, "; ".join(unplaced) or "check the fields marked") from None
-    await operations.take_action(svc, deal_id, action, body.model_dump(mode="json"), actor)
+    await operations.take_action(
+        svc, deal_id, action, body.model_dump(mode="json"), actor, user.dealers
+    )
 
 
 # --------------------------------------------------------------------------- timeline
@@ -489,13 +499,17 @@ def _keyring(svc: Services) -> codec.Keyring:
     return codec.load_keyring(svc.settings.codec_keys or "")
 
 
-async def deal_timeline(svc: Services, deal_id: str) -> tuple[TimelineView, bool]:
-    """The timeline of the deal's current run, and whether earlier runs exist.
+async def deal_timeline(
+    svc: Services, deal_id: str, dealers: rules.DealerScope
+) -> tuple[TimelineView, bool]:
+    """The timeline of the deal's current run, and whether earlier runs exist
+    (404 for a deal outside `dealers`).
 
     One run's history is bounded (the deal continues as new past the policy's
     `max_history_events`), so the page stays bounded; the earlier runs are the
     audit tool's (`dealflow-audit timeline DEAL_ID` reads them all).
     """
+    await operations.check_in_scope(svc, deal_id, dealers)
     handle = svc.client.get_workflow_handle(workflow_id(deal_id))
     try:
         history = await handle.fetch_history()
@@ -526,7 +540,9 @@ async def timeline(request: Request, deal_id: str, user: SignedIn) -> HTMLRespon
         check_deal_id(deal_id)
         user.actor(rules.READ_ROLES, "read deals")
         async with asyncio.timeout(READ_SECONDS):
-            context["timeline"], context["earlier_runs"] = await deal_timeline(svc, deal_id)
+            context["timeline"], context["earlier_runs"] = await deal_timeline(
+                svc, deal_id, user.dealers
+            )
     except TimeoutError:
         context["trouble"] = NO_ANSWER
     except Problem as problem:

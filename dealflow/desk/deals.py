@@ -94,7 +94,7 @@ async def deals_table(
     page: DealPage | None = None
     names: dict[str, str] = {}
     try:
-        page, names = await operations.list_deals_named(svc, **filters)
+        page, names = await operations.list_deals_named(svc, user.dealers, **filters)
     except Problem as problem:
         error = problem.detail
     query = {

@@ -351,11 +351,12 @@ async def create_deal(request: Request, user: SignedIn) -> Response:
     actor = user.actor(rules.START_DEAL_ROLES, "start a deal")
     try:
         outcome = await operations.start_deal(
-            svc, deal_form.deal, actor, f"desk:{user.staff_id}:{form_key}"
+            svc, deal_form.deal, actor, f"desk:{user.staff_id}:{form_key}", user.dealers
         )
     except rules.RuleError as refusal:
         deal_form.add("", refusal.message)
-        return _render_form(request, user, deal_form, form_key, status_code=422)
+        status_code = 403 if refusal.kind == "forbidden" else 422
+        return _render_form(request, user, deal_form, form_key, status_code=status_code)
     except Problem as problem:
         if problem.status != 422:
             return _render_form(

@@ -31,7 +31,13 @@ from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 
 from dealflow.api.errors import Problem
-from dealflow.api.security import AuthError, Principal, is_staff_id, principal_from_claims
+from dealflow.api.security import (
+    AuthError,
+    Principal,
+    claim_at,
+    is_staff_id,
+    principal_from_claims,
+)
 from dealflow.config import Settings
 from dealflow.models import Role
 
@@ -113,6 +119,7 @@ class OidcProvider:
         self.client_secret = settings.oidc_client_secret or None
         self.scopes = settings.oidc_scopes
         self.roles_claim = settings.oidc_roles_claim
+        self.dealers_claim = settings.dealers_claim
         self.name = provider_name(settings)
         self._metadata: tuple[float, ProviderMetadata] | None = None
         self._keys: tuple[float, KeySet] | None = None
@@ -170,7 +177,7 @@ class OidcProvider:
 
     def principal(self, claims: dict[str, Any]) -> Principal:
         """The staff member and DealFlow roles of verified ID token claims."""
-        names = _role_names(_claim_at(claims, self.roles_claim), self.roles_claim)
+        names = _role_names(claim_at(claims, self.roles_claim), self.roles_claim)
         staff_id = _staff_id(claims)
         if not is_staff_id(staff_id):
             raise SignInRefused(
@@ -179,7 +186,10 @@ class OidcProvider:
                 status_code=403,
             )
         try:
-            return principal_from_claims({"sub": staff_id, "roles": names})
+            dealers = claim_at(claims, self.dealers_claim)
+            return principal_from_claims(
+                {"sub": staff_id, "roles": names, self.dealers_claim: dealers}, self.dealers_claim
+            )
         except Problem:
             raise SignInRefused(
                 f"your account at {self.name} has no DealFlow role in its "
@@ -321,18 +331,6 @@ def _json_object(response: httpx.Response, provider: str) -> dict[str, Any]:
     if not isinstance(answer, dict):
         raise ProviderError(f"{provider} answered with JSON that is not an object")
     return answer
-
-
-def _claim_at(claims: dict[str, Any], path: str) -> object:
-    """The claim at a dotted path; a claim whose own name has dots wins."""
-    if path in claims:
-        return claims[path]
-    value: object = claims
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
 
 
 def _role_names(value: object, claim: str) -> list[str]:

@@ -47,14 +47,17 @@ def _day(raw: str, name: str, errors: dict[str, str]) -> date | None:
         return None
 
 
-async def _gather(request: Request, period: reports.Period) -> ReportSet:
+async def _gather(
+    request: Request, period: reports.Period, dealers: rules.DealerScope
+) -> ReportSet:
+    """Every report of the period, of the deals of `dealers` (None: all)."""
     svc = services(request)
     funnel, times, overdue, lenders, reasons = await asyncio.gather(
-        operations.funnel_report(svc, period),
-        operations.time_in_stage_report(svc, period),
-        operations.overdue_report(svc),
-        operations.lender_report(svc, period),
-        operations.close_reason_report(svc, period),
+        operations.funnel_report(svc, period, dealers),
+        operations.time_in_stage_report(svc, period, dealers),
+        operations.overdue_report(svc, dealers),
+        operations.lender_report(svc, period, dealers),
+        operations.close_reason_report(svc, period, dealers),
     )
     return ReportSet(funnel, times, overdue, lenders, reasons)
 
@@ -145,7 +148,7 @@ async def reports_page(
             period = operations.report_period(first, last)
         except Problem as problem:
             errors["period"] = problem.detail
-    found = await _gather(request, period) if period is not None else None
+    found = await _gather(request, period, user.dealers) if period is not None else None
     return render_page(
         request,
         "desk/reports.html",

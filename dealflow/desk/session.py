@@ -3,7 +3,7 @@
 The browser holds an opaque random token in an HttpOnly, SameSite=Lax cookie
 scoped to /desk; the session (staff id, roles, CSRF token, expiry) lives in
 the database, so signing out ends it everywhere and nothing in the cookie can
-be forged into a role. Every form post carries the session's CSRF token.
+be forged into a role or a dealer scope. Every form post carries the session's CSRF token.
 """
 
 from __future__ import annotations
@@ -54,10 +54,13 @@ class DeskUser:
     roles: tuple[Role, ...]
     csrf_token: str
     expires_at: datetime
+    # The dealers whose deals the desk shows (None: every dealer), from the
+    # sign-in's token; a deal of another dealer is "not found".
+    dealers: frozenset[str] | None = None
 
     @property
     def principal(self) -> Principal:
-        return Principal(sub=self.staff_id, roles=self.roles)
+        return Principal(sub=self.staff_id, roles=self.roles, dealers=self.dealers)
 
     @property
     def role(self) -> Role:
@@ -104,7 +107,7 @@ async def current_user(request: Request) -> DeskUser:
     if row is None:
         raise SignInRequired(path)
     roles = tuple(Role(name) for name in row.role_names)
-    user = DeskUser(row.staff_id, roles, row.csrf_token, row.expires_at)
+    user = DeskUser(row.staff_id, roles, row.csrf_token, row.expires_at, row.dealer_scope)
     request.state.desk_user = user
     return user
 
@@ -130,6 +133,7 @@ async def open_session(request: Request, response: Response, principal: Principa
         svc.engine,
         staff_id=principal.sub,
         roles=[role.value for role in principal.roles],
+        dealers=principal.dealers,
         now=now,
         expires_at=now + timedelta(hours=svc.settings.desk_session_hours),
     )

@@ -1,7 +1,8 @@
 """My work: what the signed-in role is to do, across all deals.
 
 Read from the read model, which every deal keeps current with its pending
-actions; overdue first, then by deadline. Admin sees everyone's work.
+actions; overdue first, then by deadline. Admin sees everyone's work; a
+session scoped to dealers, those dealers' deals only.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def work_items(rows: list[db.DealRow], roles: list[str] | None, now: datetime) -
 async def my_work(request: Request, user: SignedIn) -> HTMLResponse:
     engine = services(request).engine
     roles = _roles_of(user)
-    rows = await asyncio.to_thread(db.pending_work, engine, roles, MAX_ITEMS)
-    counts = await asyncio.to_thread(db.waiting_by_stage, engine, roles)
+    rows = await asyncio.to_thread(db.pending_work, engine, roles, MAX_ITEMS, user.dealers)
+    counts = await asyncio.to_thread(db.waiting_by_stage, engine, roles, user.dealers)
     items = work_items(rows, roles, datetime.now(UTC))
     template = "desk/_work_items.html" if request.headers.get("hx-request") else "desk/work.html"
     return render_page(

@@ -56,16 +56,20 @@ from dealflow.rules.pending import document_uploader, owner_role, pending_action
 from dealflow.rules.permissions import (
     ACTION_ROLES,
     ACTION_STAGES,
+    ALL_DEALERS,
     DOCUMENT_READ_ROLES,
     DOCUMENT_ROLES,
     NAME_ROLES,
     READ_ROLES,
     REPORT_ROLES,
     START_DEAL_ROLES,
+    DealerScope,
     check_document_role,
     check_role,
     check_stage,
+    check_start_dealer,
     document_kinds_shown,
+    in_dealer_scope,
     may_read_documents,
     status_for_roles,
 )
@@ -101,6 +105,10 @@ from dealflow.rules.webhooks import (
 )
 
 __all__ = [
+    "in_dealer_scope",
+    "check_start_dealer",
+    "DealerScope",
+    "ALL_DEALERS",
     "UNWIND_STEP_ROLES",
     "describe_step",
     "funded_disbursement",

@@ -78,6 +78,31 @@ REPORT_ROLES = frozenset({Role.SALES, Role.CREDIT, Role.FINANCE, Role.AUDITOR, R
 DOCUMENT_READ_ROLES = frozenset({Role.SALES, Role.CREDIT, Role.AUDITOR})
 
 
+# Which dealers' deals a person may see and touch: the dealer ids their token
+# lists (DEALFLOW_DEALERS_CLAIM), or None for all of them (the group's back
+# office). A deal outside the scope does not exist for them: the API and the
+# desk answer 404, as for an unknown id, so ids do not leak.
+DealerScope = frozenset[str] | None
+ALL_DEALERS: DealerScope = None
+
+
+def in_dealer_scope(dealer_id: str, scope: DealerScope) -> bool:
+    """Whether a deal of `dealer_id` is visible to someone of `scope`."""
+    return scope is None or dealer_id in scope
+
+
+def check_start_dealer(dealer_id: str, scope: DealerScope) -> None:
+    """A scoped clerk starts deals only for the dealers they work for."""
+    if not in_dealer_scope(dealer_id, scope):
+        assert scope is not None
+        mine = ", ".join(sorted(scope)) or "none"
+        raise RuleError(
+            "forbidden",
+            f"you may start deals only for your dealers ({mine}); dealer_id {dealer_id!r} "
+            "is not one of them",
+        )
+
+
 def may_read_documents(role: Role) -> bool:
     return role is Role.ADMIN or role in DOCUMENT_READ_ROLES
 

@@ -77,7 +77,7 @@ def test_migrations_apply_twice_and_match_the_models(db_url: str) -> None:
     db.migrate(db_url)
     db.migrate(db_url)
     head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
-    assert db.current_revision(db_url) == head == "0005"
+    assert db.current_revision(db_url) == head == "0006"
 
     # The hand-written migration and the sqlmodel tables must describe the
     # same schema, or autogenerate would emit a spurious migration later.
@@ -101,13 +101,13 @@ def test_concurrent_migrations_all_succeed(db_url: str) -> None:
     with ThreadPoolExecutor(4) as pool:
         for result in [pool.submit(db.migrate, db_url) for _ in range(4)]:
             result.result()
-    assert db.current_revision(db_url) == "0005"
+    assert db.current_revision(db_url) == "0006"
     assert db.count_rows(db.make_engine(db_url), db.DealRow) == 0
 
 
 def test_cli_upgrade(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert db_cli.main(["upgrade", "--url", db_url]) == 0
-    assert "at revision 0005" in capsys.readouterr().out
+    assert "at revision 0006" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- deals

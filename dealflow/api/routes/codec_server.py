@@ -10,7 +10,11 @@ the endpoint URL is `http://HOST:PORT/codec` and the tools append `/decode` or
 (`dealflow.codec`), so whatever the worker encrypted, this decrypts.
 
 `auditor` and `admin` may decode; only `admin` may encode (ciphertext under
-the production key is what the worker takes for DealFlow's own). The token
+the production key is what the worker takes for DealFlow's own). A token
+scoped to dealers (DEALFLOW_DEALERS_CLAIM) may do neither (403): a payload
+names no deal, and the UI asks for a page of them at once, so the endpoint
+cannot tell one dealer's from another's; decoding is for the group's
+unscoped auditors. The token
 comes from `Authorization: Bearer <JWT>` (CLI: `--codec-auth "Bearer $TOKEN"`),
 or — for the Temporal UI of the dev server, which has no login of its own and
 therefore no access token to pass — from a server-side session that
@@ -177,7 +181,22 @@ async def _session_principal(request: Request, session_id: str) -> Principal:
         row = await asyncio.to_thread(db.live_desk_session, engine, session_id, datetime.now(UTC))
     if row is None:
         raise AuthError("the codec session has ended or expired; sign in at /codec/login again")
-    return Principal(sub=row.staff_id, roles=tuple(Role(name) for name in row.role_names))
+    return Principal(
+        sub=row.staff_id,
+        roles=tuple(Role(name) for name in row.role_names),
+        dealers=row.dealer_scope,
+    )
+
+
+def check_unscoped(principal: Principal) -> None:
+    """403 for a token scoped to dealers: a payload names no deal, so the codec
+    cannot keep one dealer's customers from another's staff."""
+    if principal.dealers is not None:
+        raise Problem(
+            403,
+            "a token scoped to dealers may not use the codec endpoint: payloads name no "
+            "deal, so decoding is for unscoped auditors and admins",
+        )
 
 
 async def _principal(request: Request, access: RoleRequirement = CODEC_ACCESS) -> Principal:
@@ -198,6 +217,7 @@ async def _principal(request: Request, access: RoleRequirement = CODEC_ACCESS) -
             401, str(e), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
         ) from None
     access.actor_of(principal)  # 403 unless a role `access` allows
+    check_unscoped(principal)
     return principal
 
 
@@ -379,6 +399,7 @@ async def _open_session(request: Request, principal: Principal, token: str) -> t
         services.engine,
         staff_id=principal.sub,
         roles=[role.value for role in principal.roles],
+        dealers=principal.dealers,
         now=now,
         expires_at=expires_at,
     )
@@ -413,6 +434,7 @@ async def login(request: Request) -> Response:
     try:
         principal = await _decode(auth, token)
         CODEC_ACCESS.actor_of(principal)
+        check_unscoped(principal)
     except AuthError as e:
         return _page(request, f"Not signed in: {html.escape(str(e))}", 401)
     except Problem as problem:

@@ -32,6 +32,7 @@ from dealflow.api.security import (
     Principal,
     authenticate,
     bearer_scheme,
+    dealer_scope,
     require_roles,
 )
 from dealflow.models import (
@@ -63,6 +64,9 @@ DealStarter = Annotated[Actor, Depends(require_roles(START_DEAL_ROLES, "start a 
 DealLister = Annotated[Actor, Depends(require_roles(READ_ROLES, "list deals"))]
 DealReader = Annotated[Actor, Depends(require_roles(READ_ROLES, "read deals"))]
 DealIdPath = Annotated[str, Path(description="the deal id, e.g. 20261128-3f9a0c1e")]
+# The caller's dealers (DEALFLOW_DEALERS_CLAIM; None: all): a deal of another
+# dealer is answered 404, like an unknown one.
+Dealers = Annotated[rules.DealerScope, Depends(dealer_scope)]
 
 
 def check_deal_id(deal_id: str) -> None:
@@ -131,7 +135,8 @@ ACTION_BODIES: dict[Action, type[BaseModel]] = {
             403,
             422,
             503,
-            d403="only sales (and admin) start deals",
+            d403="only sales (and admin) start deals; a token scoped to dealers "
+            "starts deals for those dealers only",
             d422="invalid deal body (each rule broken is named), or the "
             "Idempotency-Key was used before with a different body",
         ),
@@ -141,6 +146,7 @@ async def create_deal(
     request: Request,
     response: Response,
     actor: DealStarter,
+    dealers: Dealers,
     deal: Annotated[
         DealInput,
         Body(
@@ -157,7 +163,7 @@ async def create_deal(
         ),
     ] = None,
 ) -> DealCreated:
-    outcome = await operations.start_deal(services(request), deal, actor, idempotency_key)
+    outcome = await operations.start_deal(services(request), deal, actor, idempotency_key, dealers)
     if outcome.replayed_status is not None:
         response.status_code = outcome.replayed_status
         response.headers["Idempotent-Replayed"] = "true"
@@ -179,6 +185,7 @@ async def create_deal(
 async def list_deals(
     request: Request,
     actor: DealLister,
+    dealers: Dealers,
     stage: Annotated[Stage | None, Query(description="only deals in this stage")] = None,
     lender: Annotated[str | None, Query(max_length=64, description="current lender id")] = None,
     dealer: Annotated[str | None, Query(max_length=64, description="dealer id")] = None,
@@ -200,6 +207,7 @@ async def list_deals(
 ) -> DealPage:
     return await operations.list_deals(
         services(request),
+        dealers,
         stage=stage.value if stage else None,
         lender_id=lender,
         dealer_id=dealer,
@@ -219,9 +227,11 @@ async def list_deals(
     "(sales, credit, auditor, admin); never a storage key.",
     responses=responses(401, 403, 404, 503),
 )
-async def get_deal(request: Request, deal_id: DealIdPath, actor: DealReader) -> DealStatus:
+async def get_deal(
+    request: Request, deal_id: DealIdPath, actor: DealReader, dealers: Dealers
+) -> DealStatus:
     check_deal_id(deal_id)
-    status = await operations.read_status(services(request), deal_id)
+    status = await operations.read_status(services(request), deal_id, dealers)
     return rules.status_for_roles(status, [actor.role])
 
 
@@ -232,6 +242,7 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
         request: Request,
         deal_id: DealIdPath,
         actor: Annotated[Actor, Depends(require_roles(rules.ACTION_ROLES[action], action.value))],
+        dealers: Dealers,
         payload: Annotated[
             body,  # type: ignore[valid-type]
             Body(
@@ -246,7 +257,9 @@ def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:
     ) -> ActionResult:
         check_deal_id(deal_id)
         body_json = cast(BaseModel, payload).model_dump(mode="json")
-        result = await operations.take_action(services(request), deal_id, action, body_json, actor)
+        result = await operations.take_action(
+            services(request), deal_id, action, body_json, actor, dealers
+        )
         return result.model_copy(
             update={"status": rules.status_for_roles(result.status, [actor.role])}
         )

@@ -48,7 +48,7 @@ from dealflow.api.errors import Problem
 from dealflow.api.multipart import FileStream, MultipartReader, drain_unparsed
 from dealflow.api.operations import read_status
 from dealflow.api.problems import RULE_STATUS, responses
-from dealflow.api.routes.deals import DealIdPath, check_deal_id
+from dealflow.api.routes.deals import Dealers, DealIdPath, check_deal_id
 from dealflow.api.routes.files import FILE_CONTENT, stream_local_file
 from dealflow.api.schemas import UPLOAD_BODY, DocumentInfo, DocumentList, DocumentUploadedView
 from dealflow.api.security import (
@@ -226,14 +226,17 @@ DocumentReader = Annotated[Actor, Depends(require_roles(DOCUMENT_READ_ROLES, "re
         ),
     },
 )
-async def upload(request: Request, deal_id: DealIdPath, actor: Uploader) -> DocumentUploaded:
-    return await receive_upload(request, deal_id, actor)
+async def upload(
+    request: Request, deal_id: DealIdPath, actor: Uploader, dealers: Dealers
+) -> DocumentUploaded:
+    return await receive_upload(request, deal_id, actor, dealers)
 
 
 async def receive_upload(
     request: Request,
     deal_id: str,
     actor: Actor,
+    dealers: rules.DealerScope,
     *,
     extra_fields: tuple[str, ...] = (),
     check_fields: Callable[[dict[str, str]], None] | None = None,
@@ -252,7 +255,7 @@ async def receive_upload(
         raise
     with svc.uploads.slot(actor.staff_id):
         try:
-            boundary, stage = await _check_before_reading(request, svc, deal_id)
+            boundary, stage = await _check_before_reading(request, svc, deal_id, dealers)
             reader = MultipartReader(request, boundary, timing)
             fields, file_name = await _read_form(reader, extra_fields)
             if check_fields is not None:
@@ -298,11 +301,12 @@ async def receive_upload(
 
 
 async def _check_before_reading(
-    request: Request, svc: Services, deal_id: str
+    request: Request, svc: Services, deal_id: str, dealers: rules.DealerScope
 ) -> tuple[bytes, Stage]:
     """What is judged before a byte of the body is read: the deal id (404), the
-    content type (415), a declared size over the limit (413), the deal and its
-    stage (404, 409). The body's multipart boundary, and the deal's stage."""
+    content type (415), a declared size over the limit (413), the deal (404,
+    also outside the caller's `dealers`) and its stage (409). The body's
+    multipart boundary, and the deal's stage."""
     check_deal_id(deal_id)
     limit = svc.deal_policy.max_document_bytes
     media, options = parse_options_header(request.headers.get("content-type"))
@@ -315,7 +319,7 @@ async def _check_before_reading(
             f"the upload of {int(declared):,} bytes is larger than the limit "
             f"of {limit:,} bytes per document; nothing was stored",
         )
-    status = await read_status(svc, deal_id)
+    status = await read_status(svc, deal_id, dealers)
     rules.check_stage(Action.RECORD_DOCUMENT, status.stage)
     boundary: bytes = options[b"boundary"]
     return boundary, status.stage
@@ -382,13 +386,13 @@ async def _store_and_record(
     responses=responses(401, 403, 404, 503),
 )
 async def list_documents(
-    request: Request, deal_id: DealIdPath, actor: DocumentReader
+    request: Request, deal_id: DealIdPath, actor: DocumentReader, dealers: Dealers
 ) -> DocumentList:
     svc = services(request)
     check_deal_id(deal_id)
     # From the deal itself: the documents table is a projection written a
     # moment after the update, and must not make a fresh upload look missing.
-    status = await read_status(svc, deal_id)  # 404 for an unknown deal
+    status = await read_status(svc, deal_id, dealers)  # 404: unknown or not the caller's dealer
     return DocumentList(
         deal_id=deal_id, documents=[DocumentInfo.from_record(record) for record in status.documents]
     )
@@ -408,17 +412,20 @@ async def list_documents(
     },
 )
 async def download(
-    request: Request, deal_id: DealIdPath, doc_id: str, actor: DocumentReader
+    request: Request, deal_id: DealIdPath, doc_id: str, actor: DocumentReader, dealers: Dealers
 ) -> Response:
     check_deal_id(deal_id)
-    return await serve_document(services(request), deal_id, doc_id, actor)
+    return await serve_document(services(request), deal_id, doc_id, actor, dealers)
 
 
-async def serve_document(svc: Services, deal_id: str, doc_id: str, actor: Actor) -> Response:
+async def serve_document(
+    svc: Services, deal_id: str, doc_id: str, actor: Actor, dealers: rules.DealerScope
+) -> Response:
     """A recorded document's bytes for `actor` (whose right to read documents is
     checked already): streamed from the local store, or a redirect to a
     short-lived presigned S3 URL. Every read is logged."""
-    status = await read_status(svc, deal_id)  # 404 for an unknown deal
+    # 404 for an unknown deal, and for one outside the reader's dealers.
+    status = await read_status(svc, deal_id, dealers)
     row = next((doc for doc in status.documents if doc.doc_id == doc_id), None)
     if row is None:
         raise Problem(404, f"deal {deal_id} has no document {doc_id[:80]!r}")

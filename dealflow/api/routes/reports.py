@@ -3,8 +3,9 @@ reports page shows: both call `operations`' report functions, which read the
 read model's facts and compute with `dealflow.reports`.
 
 Who may read them: `rules.REPORT_ROLES` (sales, credit, finance, auditor and
-admin). A period is whole UTC days, `from` and `to` both included, at most
-366 days; without them, the last 30 days up to today.
+admin); a reader scoped to dealers counts only those dealers' deals. A
+period is whole UTC days, `from` and `to` both included, at most 366 days;
+without them, the last 30 days up to today.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dealflow import rules
 from dealflow.api import operations
 from dealflow.api.deps import services
 from dealflow.api.problems import responses
-from dealflow.api.security import bearer_scheme, require_roles
+from dealflow.api.security import bearer_scheme, dealer_scope, require_roles
 from dealflow.models import Actor
 from dealflow.reports import (
     MAX_PERIOD_DAYS,
@@ -32,6 +33,8 @@ from dealflow.reports import (
 router = APIRouter(dependencies=[Depends(bearer_scheme)])
 
 ReportReader = Annotated[Actor, Depends(require_roles(rules.REPORT_ROLES, "read reports"))]
+# A reader scoped to dealers (DEALFLOW_DEALERS_CLAIM) counts their deals only.
+Dealers = Annotated[rules.DealerScope, Depends(dealer_scope)]
 From = Annotated[
     date | None,
     Query(alias="from", description="first day of the period (UTC), e.g. 2026-11-01"),
@@ -59,10 +62,10 @@ ERRORS = responses(
     responses=ERRORS,
 )
 async def funnel(
-    request: Request, actor: ReportReader, start: From = None, end: To = None
+    request: Request, actor: ReportReader, dealers: Dealers, start: From = None, end: To = None
 ) -> FunnelReport:
     period = operations.report_period(start, end)
-    return await operations.funnel_report(services(request), period)
+    return await operations.funnel_report(services(request), period, dealers)
 
 
 @router.get(
@@ -74,10 +77,10 @@ async def funnel(
     responses=ERRORS,
 )
 async def time_in_stage(
-    request: Request, actor: ReportReader, start: From = None, end: To = None
+    request: Request, actor: ReportReader, dealers: Dealers, start: From = None, end: To = None
 ) -> TimeInStageReport:
     period = operations.report_period(start, end)
-    return await operations.time_in_stage_report(services(request), period)
+    return await operations.time_in_stage_report(services(request), period, dealers)
 
 
 @router.get(
@@ -87,8 +90,8 @@ async def time_in_stage(
     summary=f"Pending actions past due now, by stage and role (roles: {ROLES_TEXT})",
     responses=responses(401, 403, d403=f"reports are for {ROLES_TEXT}"),
 )
-async def overdue(request: Request, actor: ReportReader) -> OverdueReport:
-    return await operations.overdue_report(services(request))
+async def overdue(request: Request, actor: ReportReader, dealers: Dealers) -> OverdueReport:
+    return await operations.overdue_report(services(request), dealers)
 
 
 @router.get(
@@ -101,10 +104,10 @@ async def overdue(request: Request, actor: ReportReader) -> OverdueReport:
     responses=ERRORS,
 )
 async def lenders(
-    request: Request, actor: ReportReader, start: From = None, end: To = None
+    request: Request, actor: ReportReader, dealers: Dealers, start: From = None, end: To = None
 ) -> LenderReport:
     period = operations.report_period(start, end)
-    return await operations.lender_report(services(request), period)
+    return await operations.lender_report(services(request), period, dealers)
 
 
 @router.get(
@@ -115,7 +118,7 @@ async def lenders(
     responses=ERRORS,
 )
 async def close_reasons(
-    request: Request, actor: ReportReader, start: From = None, end: To = None
+    request: Request, actor: ReportReader, dealers: Dealers, start: From = None, end: To = None
 ) -> ReasonReport:
     period = operations.report_period(start, end)
-    return await operations.close_reason_report(services(request), period)
+    return await operations.close_reason_report(services(request), period, dealers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import Engine, bindparam, select, update
@@ -22,14 +23,22 @@ def _digest(token: str) -> str:
 
 
 def open_desk_session(
-    engine: Engine, *, staff_id: str, roles: list[str], now: datetime, expires_at: datetime
+    engine: Engine,
+    *,
+    staff_id: str,
+    roles: list[str],
+    now: datetime,
+    expires_at: datetime,
+    dealers: Collection[str] | None = None,
 ) -> tuple[str, DeskSessionRow]:
-    """A new session; returns the cookie token (shown once, never stored) and the row."""
+    """A new session; returns the cookie token (shown once, never stored) and
+    the row. `dealers`: the dealer ids it sees (None: every dealer)."""
     token = secrets.token_urlsafe(32)
     row = DeskSessionRow(
         token_sha256=_digest(token),
         staff_id=staff_id,
         roles=",".join(roles),
+        dealers=None if dealers is None else ",".join(sorted(dealers)),
         csrf_token=secrets.token_urlsafe(32),
         created_at=now,
         expires_at=expires_at,

@@ -7,10 +7,11 @@ import base64
 import binascii
 import functools
 import json
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, literal, or_
+from sqlalchemy import Engine, and_, func, literal, or_, true
 from sqlmodel import Session, col, select
 
 from dealflow.models import DealSummary, PendingAction, ProjectionInput, Stage
@@ -156,13 +157,15 @@ def list_deals(
     search: str | None = None,
     search_names: bool = False,
     sort: str = "updated",
+    dealer_ids: Collection[str] | None = None,
 ) -> tuple[list[DealRow], str | None]:
     """One page of deals in `sort` order (SORTS; by default newest change
     first), and the cursor of the next page.
 
     Keyset pagination on (sort value, deal_id): pages stay stable while deals
     are updated, and no page costs an OFFSET scan. `overdue_at` keeps deals
-    whose next deadline is before it. `search` matches the start of a deal id
+    whose next deadline is before it. `dealer_ids` (None: every dealer) is the
+    reader's dealer scope. `search` matches the start of a deal id
     and, with `search_names`, any part of the customer's name. The cursor is
     None on the last page.
     """
@@ -179,6 +182,8 @@ def list_deals(
         query = query.where(col(DealRow.lender_id) == lender_id)
     if dealer_id is not None:
         query = query.where(col(DealRow.dealer_id) == dealer_id)
+    if dealer_ids is not None:
+        query = query.where(of_dealers(dealer_ids))
     if overdue_at is not None:
         query = query.where(col(DealRow.next_due_at) < overdue_at)
     if search:
@@ -212,6 +217,15 @@ def _matches(search: str, search_names: bool) -> Any:
     )
 
 
+def of_dealers(dealer_ids: Collection[str]) -> Any:
+    """Deals of these dealers (none, for an empty collection)."""
+    return col(DealRow.dealer_id).in_(sorted(dealer_ids))
+
+
+def _of_dealers_or_all(dealer_ids: Collection[str] | None) -> Any:
+    return true() if dealer_ids is None else of_dealers(dealer_ids)
+
+
 def _waiting_on(roles: list[str] | None) -> Any:
     """Deals that wait on one of `roles` (on anyone, for None)."""
     if roles is None:
@@ -220,13 +234,20 @@ def _waiting_on(roles: list[str] | None) -> Any:
     return or_(*(padded.like(f"%,{role},%") for role in roles))
 
 
-def pending_work(engine: Engine, roles: list[str] | None, limit: int = 200) -> list[DealRow]:
-    """The deals waiting on `roles` (None: on anyone), soonest deadline first."""
+def pending_work(
+    engine: Engine,
+    roles: list[str] | None,
+    limit: int = 200,
+    dealer_ids: Collection[str] | None = None,
+) -> list[DealRow]:
+    """The deals (of `dealer_ids`, None: all) waiting on `roles` (None: on
+    anyone), soonest deadline first."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     query = (
         select(DealRow)
         .where(_waiting_on(roles))
+        .where(_of_dealers_or_all(dealer_ids))
         .order_by(
             col(DealRow.next_due_at).is_(None),
             col(DealRow.next_due_at),
@@ -238,11 +259,14 @@ def pending_work(engine: Engine, roles: list[str] | None, limit: int = 200) -> l
         return list(session.exec(query).all())
 
 
-def waiting_by_stage(engine: Engine, roles: list[str] | None) -> dict[str, int]:
-    """How many deals wait on `roles` in each stage."""
+def waiting_by_stage(
+    engine: Engine, roles: list[str] | None, dealer_ids: Collection[str] | None = None
+) -> dict[str, int]:
+    """How many deals (of `dealer_ids`, None: all) wait on `roles` in each stage."""
     query = (
         select(col(DealRow.stage), func.count())
         .where(_waiting_on(roles))
+        .where(_of_dealers_or_all(dealer_ids))
         .group_by(col(DealRow.stage))
     )
     with Session(engine) as session:

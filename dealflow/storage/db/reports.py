@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Table, and_, select
+from sqlalchemy import Engine, Table, and_, select, true
 from sqlalchemy.engine import Connection
 
 from dealflow.models import Decision, PendingAction, ProjectionInput, Stage
@@ -101,9 +102,21 @@ def _upsert_if_newer(dialect: str, table: Table) -> Any:
 
 
 # --------------------------------------------------------------------------- reading
+#
+# Each reader takes `dealer_ids`, the reader's dealer scope (None: every
+# dealer): a fact counts only when its deal's row names one of them.
 
 
-def moves_between(engine: Engine, since: datetime, until: datetime) -> list[Move]:
+def _of_dealers(deal_id: Any, dealer_ids: Collection[str] | None) -> Any:
+    if dealer_ids is None:
+        return true()
+    of_scope = select(DEALS.c.deal_id).where(DEALS.c.dealer_id.in_(sorted(dealer_ids)))
+    return deal_id.in_(of_scope)
+
+
+def moves_between(
+    engine: Engine, since: datetime, until: datetime, dealer_ids: Collection[str] | None = None
+) -> list[Move]:
     """Every stage change in [since, until), with when the stage it left was entered."""
     moved = DEAL_TRANSITIONS.alias("moved")
     before = DEAL_TRANSITIONS.alias("before")
@@ -116,6 +129,7 @@ def moves_between(engine: Engine, since: datetime, until: datetime) -> list[Move
             )
         )
         .where(moved.c.at >= since, moved.c.at < until)
+        .where(_of_dealers(moved.c.deal_id, dealer_ids))
     )
     with engine.connect() as conn:
         return [
@@ -129,14 +143,18 @@ def moves_between(engine: Engine, since: datetime, until: datetime) -> list[Move
         ]
 
 
-def applications_between(engine: Engine, since: datetime, until: datetime) -> list[Application]:
+def applications_between(
+    engine: Engine, since: datetime, until: datetime, dealer_ids: Collection[str] | None = None
+) -> list[Application]:
     """Applications acknowledged or first answered in [since, until)."""
     table = LENDER_DECISIONS
-    query = select(
-        table.c.lender_id, table.c.submitted_at, table.c.first_decided_at, table.c.decision
-    ).where(
-        (table.c.submitted_at >= since) & (table.c.submitted_at < until)
-        | (table.c.first_decided_at >= since) & (table.c.first_decided_at < until)
+    query = (
+        select(table.c.lender_id, table.c.submitted_at, table.c.first_decided_at, table.c.decision)
+        .where(
+            (table.c.submitted_at >= since) & (table.c.submitted_at < until)
+            | (table.c.first_decided_at >= since) & (table.c.first_decided_at < until)
+        )
+        .where(_of_dealers(table.c.deal_id, dealer_ids))
     )
     with engine.connect() as conn:
         return [
@@ -150,10 +168,14 @@ def applications_between(engine: Engine, since: datetime, until: datetime) -> li
         ]
 
 
-def closures_between(engine: Engine, since: datetime, until: datetime) -> list[Closure]:
+def closures_between(
+    engine: Engine, since: datetime, until: datetime, dealer_ids: Collection[str] | None = None
+) -> list[Closure]:
     table = DEAL_CLOSURES
-    query = select(table.c.stage, table.c.closed_at, table.c.reason, table.c.reason_codes).where(
-        table.c.closed_at >= since, table.c.closed_at < until
+    query = (
+        select(table.c.stage, table.c.closed_at, table.c.reason, table.c.reason_codes)
+        .where(table.c.closed_at >= since, table.c.closed_at < until)
+        .where(_of_dealers(table.c.deal_id, dealer_ids))
     )
     with engine.connect() as conn:
         return [
@@ -167,9 +189,15 @@ def closures_between(engine: Engine, since: datetime, until: datetime) -> list[C
         ]
 
 
-def pending_by_stage(engine: Engine) -> list[tuple[Stage, PendingAction]]:
+def pending_by_stage(
+    engine: Engine, dealer_ids: Collection[str] | None = None
+) -> list[tuple[Stage, PendingAction]]:
     """Every pending action of every deal that waits on someone, with the deal's stage."""
-    query = select(DEALS.c.stage, DEALS.c.pending_actions).where(DEALS.c.pending_roles != "")
+    query = (
+        select(DEALS.c.stage, DEALS.c.pending_actions)
+        .where(DEALS.c.pending_roles != "")
+        .where(_of_dealers(DEALS.c.deal_id, dealer_ids))
+    )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     return [

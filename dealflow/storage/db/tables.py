@@ -205,6 +205,9 @@ class DeskSessionRow(SQLModel, table=True):
     staff_id: str
     # Comma-separated role names, in the order the sign-in granted them.
     roles: str
+    # Comma-separated dealer ids whose deals the session sees; NULL: every
+    # dealer (the sign-in's token had no dealers claim).
+    dealers: str | None = None
     csrf_token: str
     created_at: datetime = Field(sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
@@ -213,6 +216,10 @@ class DeskSessionRow(SQLModel, table=True):
     @property
     def role_names(self) -> list[str]:
         return _split_csv(self.roles)
+
+    @property
+    def dealer_scope(self) -> frozenset[str] | None:
+        return None if self.dealers is None else frozenset(_split_csv(self.dealers))
 
 
 class DealTransitionRow(SQLModel, table=True):
