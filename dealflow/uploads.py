@@ -13,7 +13,7 @@ from typing import Any
 from temporalio.client import Client
 
 from dealflow import client as deals
-from dealflow import rules
+from dealflow import document_check, rules
 from dealflow.models import ActionReceipt, ActionResult, Actor, DealPolicy
 from dealflow.storage.documents import DocumentStore, DocumentTooLarge, EmptyDocument
 
@@ -91,10 +91,11 @@ async def store_and_record(
         raise rules.invalid(
             f"{file_name} is not a PDF, JPEG or PNG file (its bytes say {content_type})"
         )
+    probe = document_check.ContentProbe(store, stream)
     try:
         stored = await asyncio.to_thread(
             store.put_stream,
-            stream,
+            probe,
             content_type=content_type,
             max_bytes=policy.max_document_bytes,
         )
@@ -102,6 +103,16 @@ async def store_and_record(
         raise rules.invalid(f"{file_name}: {e}") from None
     except EmptyDocument:
         raise rules.invalid(f"{file_name} is empty") from None
+    # The bytes as stored, parsed: a refused file is recorded nowhere and removed.
+    await asyncio.to_thread(
+        document_check.store_checked_cleanup,
+        store,
+        stored,
+        content_type,
+        document_check.DocumentLimits.from_policy(policy),
+        file_name=file_name,
+        existed=probe.existed,
+    )
     payload: dict[str, Any] = {
         "kind": kind,
         "party": party,

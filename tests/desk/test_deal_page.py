@@ -19,7 +19,13 @@ from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.config import DEV_JWT_SECRET
 from dealflow.models import Actor, DealInput, DealPolicy, DocumentKind, Role
-from dealflow.samples import dealer_today, example_deal, funding_document, sample_documents
+from dealflow.samples import (
+    dealer_today,
+    example_deal,
+    funding_document,
+    sample_documents,
+    sample_pdf,
+)
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack, multipart_fields
 from tests.support.desk import browser, sign_in
 from tests.support.servers import serve_async
@@ -463,7 +469,7 @@ async def test_credit_clears_and_waives_the_lenders_conditions_through_the_desk(
         lambda st: st["stage"] == "DOCUMENTS" and bool(st["stipulations"]), "the conditions"
     )
     letter = {"kind": "stipulation", "party": "applicant", "stipulation_code": "EMPLOYMENT_LETTER"}
-    uploaded = await desk.upload(letter, b"%PDF-1.4\n% the employer's letter\n%%EOF\n")
+    uploaded = await desk.upload(letter, sample_pdf("the employer's letter"))
     assert uploaded.status_code == 201, uploaded.text
     credit, csrf = await signed_in(stack, "credit", "credit.desk")
     page = (await credit.get(f"/desk/deals/{desk.deal_id}")).text

@@ -24,13 +24,14 @@ from temporalio.service import RPCError
 import starter
 from dealflow import client as deals
 from dealflow.config import ROOT, get_settings
+from dealflow.samples import sample_pdf
 from dealflow.storage import db
 from dealflow.storage.documents import LocalDirectoryStore
 from tests.support.stack import Stack, deal_worker
 
 EXAMPLES = ROOT / "examples"
 DEAL_JSON = EXAMPLES / "deal.json"
-PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\n% residence permit\n%%EOF\n"
+PDF = sample_pdf("residence permit")
 
 
 @dataclass
