@@ -27,6 +27,7 @@ held the same bytes before this upload (another deal may reference them).
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
@@ -39,7 +40,7 @@ from pypdf.generic import DictionaryObject, PdfObject
 
 from dealflow import rules
 from dealflow.models import DealPolicy
-from dealflow.storage.documents import DocumentStore
+from dealflow.storage.documents import DocumentStore, DocumentStoreError
 from dealflow.storage.documents.base import StoredObject, content_key
 
 PDF = "application/pdf"
@@ -49,6 +50,8 @@ _PIL_FORMATS = {JPEG: "JPEG", PNG: "PNG"}
 # Read back from the store into memory up to this size, to a temporary file beyond.
 SPOOL_IN_MEMORY = 1024 * 1024
 _MAX_REASON = 160
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,5 +205,14 @@ def store_checked_cleanup(
             check_document(content_type, copy, limits, file_name=file_name)
     except rules.RuleError:
         if not existed:
-            store.delete(stored.key)
+            _remove_refused(store, stored.key)
         raise
+
+
+def _remove_refused(store: DocumentStore, key: str) -> None:
+    """Best effort: the refusal is what the uploader must hear; bytes left
+    behind are referenced by no deal and never sent anywhere."""
+    try:
+        store.delete(key)
+    except DocumentStoreError as e:
+        log.warning("could not remove refused upload %s: %s", key, type(e).__name__)

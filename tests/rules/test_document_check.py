@@ -21,7 +21,12 @@ from dealflow.document_check import (
     store_checked_cleanup,
 )
 from dealflow.samples import sample_jpeg, sample_pdf, sample_png
-from dealflow.storage.documents import LocalDirectoryStore
+from dealflow.storage.documents import (
+    DocumentNotFound,
+    DocumentStoreUnavailable,
+    LocalDirectoryStore,
+)
+from dealflow.storage.documents.base import StoredObject, content_key
 
 PDF, JPEG, PNG = "application/pdf", "image/jpeg", "image/png"
 LIMITS = DocumentLimits(max_pages=5, max_pixels=1_000_000)
@@ -142,6 +147,13 @@ def test_a_page_tree_declaring_a_million_pages_is_refused_unwalked() -> None:
     refused(PDF, out.getvalue(), "has 1,000,000 pages; the limit is 5")
 
 
+def test_a_page_tree_that_loops_is_refused() -> None:
+    good = sample_pdf("one page")
+    looping = good.replace(b"/Kids [3 0 R]", b"/Kids [2 0 R]")  # the same length: offsets hold
+    assert looping != good
+    refused(PDF, looping, "is not a readable PDF: Detected cyclic page references")
+
+
 def test_a_pdf_without_pages_is_refused() -> None:
     refused(PDF, written_pdf(0), "without pages")
 
@@ -233,3 +245,25 @@ def test_an_accepted_upload_stays(tmp_path: Path) -> None:
     assert stored is not None
     store_checked_cleanup(store, stored, PDF, LIMITS, file_name="income.pdf", existed=False)
     assert store.exists(key)
+
+
+class _NoDeletes(LocalDirectoryStore):
+    def delete(self, key: str) -> None:
+        raise DocumentStoreUnavailable("the store is down")
+
+
+def test_a_refusal_is_reported_even_when_the_bytes_cannot_be_removed(tmp_path: Path) -> None:
+    store = _NoDeletes(tmp_path, signing_secret="s", api_base_url="http://127.0.0.1:1")
+    probe, key = _put(store, b"%PDF-1.7\n<html></html>\n")
+    stored = store.head(key)
+    assert stored is not None and not probe.existed
+    with pytest.raises(rules.RuleError, match="is not a readable PDF"):
+        store_checked_cleanup(store, stored, PDF, LIMITS, file_name="poly.pdf", existed=False)
+    assert store.exists(key)
+
+
+def test_a_store_that_cannot_read_back_is_no_verdict(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    gone = StoredObject(key=content_key("0" * 64), sha256="0" * 64, size=1, content_type=PDF)
+    with pytest.raises(DocumentNotFound):
+        store_checked_cleanup(store, gone, PDF, LIMITS, file_name="a.pdf", existed=False)
