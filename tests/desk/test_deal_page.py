@@ -335,6 +335,16 @@ async def test_a_refused_upload_says_why_beside_the_form_and_records_nothing(
     upload = section(refused.text, "upload")
     assert 'data-testid="upload-error"' in upload and "period_start" in upload
     assert re.search(r'<option value="bank_statement" selected>', upload)
+    # A PDF's first bytes and HTML after them: parsed, refused, not kept.
+    stored = sorted(stack.store.list("documents/"))
+    polyglot = await sales.post(
+        f"/desk/deals/{desk.deal_id}/documents",
+        data={"csrf": csrf, "kind": "proof_of_income", "party": "applicant"},
+        files={"file": ("income.pdf", b"%PDF-1.7\n<html><script></script></html>\n")},
+    )
+    assert polyglot.status_code == 422
+    assert "income.pdf is not a readable PDF" in section(polyglot.text, "upload")
+    assert sorted(stack.store.list("documents/")) == stored
     assert (await desk.status())["documents"] == []
 
 
