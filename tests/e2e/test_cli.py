@@ -305,6 +305,11 @@ async def test_upload_of_a_text_file_is_2(cli: Cli) -> None:
     r = await cli("--as", "s:sales", "upload", deal_id, "proof_of_residence", path)
     assert r.code == 2, r
     assert "residence.txt is not a PDF, JPEG or PNG" in r.err
+    # The first bytes of a PDF are not a PDF: the file is parsed.
+    polyglot = cli.file("residence.pdf", b"%PDF-1.4\n<html><body>hello</body></html>\n")
+    r = await cli("--as", "s:sales", "upload", deal_id, "proof_of_residence", polyglot)
+    assert r.code == 2, r
+    assert "residence.pdf is not a readable PDF" in r.err
     after = await deals.deal_status(cli.stack.env.client, deal_id)
     assert after.version == before.version
 
