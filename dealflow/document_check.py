@@ -167,23 +167,26 @@ def _reason(e: Exception) -> str:
 # --------------------------------------------------------------------------- the store
 
 
-class ContentProbe:
+class ContentProbe(Iterator[bytes]):
     """Passes an upload's chunks through to `put_stream`, hashing them; once
-    they end — before `put_stream` stores anything — notes whether the store
-    already held these bytes (`existed`), so a refused upload removes only what
-    it added itself."""
+    they end — inside `put_stream`, before it stores anything — notes whether
+    the store already held these bytes (`existed`), so a refused upload removes
+    only what it added itself."""
 
     def __init__(self, store: DocumentStore, chunks: Iterable[bytes]) -> None:
         self._store = store
-        self._chunks = chunks
+        self._chunks = iter(chunks)
+        self._hasher = hashlib.sha256()
         self.existed = True  # until proven otherwise: never remove what we cannot vouch for
 
-    def __iter__(self) -> Iterator[bytes]:
-        hasher = hashlib.sha256()
-        for chunk in self._chunks:
-            hasher.update(chunk)
-            yield chunk
-        self.existed = self._store.exists(content_key(hasher.hexdigest()))
+    def __next__(self) -> bytes:
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            self.existed = self._store.exists(content_key(self._hasher.hexdigest()))
+            raise
+        self._hasher.update(chunk)
+        return chunk
 
 
 def store_checked_cleanup(

@@ -86,16 +86,16 @@ async def store_and_record(
     policy = policy or DealPolicy()
     chunks: Iterable[bytes] = [data] if isinstance(data, bytes) else data
     head, stream = _with_head(chunks)
+    stream = probe = document_check.ContentProbe(store, stream)
     content_type = rules.sniff_content_type(head)
     if content_type not in policy.allowed_content_types:
         raise rules.invalid(
             f"{file_name} is not a PDF, JPEG or PNG file (its bytes say {content_type})"
         )
-    probe = document_check.ContentProbe(store, stream)
     try:
         stored = await asyncio.to_thread(
             store.put_stream,
-            probe,
+            stream,
             content_type=content_type,
             max_bytes=policy.max_document_bytes,
         )
