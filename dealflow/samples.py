@@ -1,15 +1,20 @@
 """Sample customer documents and action payloads for the demo and the tests.
 
-The bytes are small but real files of their type (PDF, JPEG headers), so the
-upload path sniffs, hashes and stores them exactly as it does a scan.
+The bytes are small but real files of their type (a one-page PDF, a 16×16
+JPEG or PNG), so the upload path sniffs, parses, hashes and stores them exactly
+as it does a scan.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from dealflow.models import DealInput, DealPolicy, DealStatus, DocumentKind, Party
 from dealflow.rules import APPLICATION_DOCUMENT_STAGES, dealer_date, statement_window
@@ -53,12 +58,72 @@ def loan_terms_confirmation(status: DealStatus) -> dict[str, Any]:
     }
 
 
-def _pdf(text: str) -> bytes:
-    return b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\n% " + text.encode() + b"\n%%EOF\n"
+PDF_HEADER = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n"
 
 
-def _jpeg(text: str) -> bytes:
-    return b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + text.encode() + b"\xff\xd9"
+def sample_pdf(text: str, size: int = 0) -> bytes:
+    """A one-page PDF showing `text`; padded with a comment to `size` bytes if
+    that is more than it needs."""
+    if size <= 0:
+        return PDF_HEADER + _pdf_objects(text, len(PDF_HEADER))
+    ending = pdf_ending(text, size)
+    padding = size - len(PDF_HEADER) - len(ending)
+    if padding < 1:
+        raise ValueError(f"a sample PDF showing {text!r} needs more than {size} bytes")
+    return PDF_HEADER + (b"%" * (padding - 1) + b"\n")[-padding:] + ending
+
+
+def pdf_ending(text: str, size: int) -> bytes:
+    """The objects, cross-reference table and trailer of a one-page PDF of
+    `size` bytes, laid out to end the file: whatever comes between `PDF_HEADER`
+    and them is never read (what a test streams as filler)."""
+    ending = _pdf_objects(text, size)
+    # The trailer's offset is written in decimal: its length settles in two rounds.
+    for _ in range(3):
+        ending = _pdf_objects(text, size - len(ending))
+    return ending
+
+
+def _pdf_objects(text: str, start: int) -> bytes:
+    escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+    content = f"BT /F1 12 Tf 72 770 Td ({escaped}) Tj ET".encode("latin-1", "replace")
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] "
+        b"/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
+    ]
+    out = bytearray()
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(start + len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = start + len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+def sample_jpeg(text: str) -> bytes:
+    """A small grey JPEG carrying `text` as its comment (other text, other bytes)."""
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (128, 128, 128)).save(out, "JPEG", comment=text.encode())
+    return out.getvalue()
+
+
+def sample_png(text: str) -> bytes:
+    """A small grey PNG carrying `text` in a tEXt chunk."""
+    info = PngInfo()
+    info.add_text("Comment", text)
+    out = io.BytesIO()
+    Image.new("L", (16, 16), 128).save(out, "PNG", pnginfo=info)
+    return out.getvalue()
 
 
 def sample_documents(deal_id: str, deal: DealInput, today: date) -> list[dict[str, Any]]:
@@ -71,20 +136,20 @@ def sample_documents(deal_id: str, deal: DealInput, today: date) -> list[dict[st
             "kind": DocumentKind.ID_CARD,
             "party": Party.APPLICANT,
             "file_name": "id-applicant.jpg",
-            "data": _jpeg(f"{deal_id} id applicant"),
+            "data": sample_jpeg(f"{deal_id} id applicant"),
             "id_number": a.id_number,
         },
         {
             "kind": DocumentKind.DRIVERS_LICENCE,
             "party": Party.APPLICANT,
             "file_name": "licence.jpg",
-            "data": _jpeg(f"{deal_id} licence"),
+            "data": sample_jpeg(f"{deal_id} licence"),
         },
         {
             "kind": DocumentKind.BANK_STATEMENT,
             "party": Party.APPLICANT,
             "file_name": "statements.pdf",
-            "data": _pdf(f"{deal_id} statements"),
+            "data": sample_pdf(f"{deal_id} statements"),
             "period_start": start,
             "period_end": today - timedelta(days=1),
         },
@@ -92,19 +157,19 @@ def sample_documents(deal_id: str, deal: DealInput, today: date) -> list[dict[st
             "kind": DocumentKind.PROOF_OF_RESIDENCE,
             "party": Party.APPLICANT,
             "file_name": "residence.pdf",
-            "data": _pdf(f"{deal_id} residence"),
+            "data": sample_pdf(f"{deal_id} residence"),
         },
         {
             "kind": DocumentKind.PROOF_OF_INCOME,
             "party": Party.APPLICANT,
             "file_name": "income.pdf",
-            "data": _pdf(f"{deal_id} income"),
+            "data": sample_pdf(f"{deal_id} income"),
         },
         {
             "kind": DocumentKind.HOUSEHOLD_REGISTER,
             "party": Party.APPLICANT,
             "file_name": "hukou.pdf",
-            "data": _pdf(f"{deal_id} household"),
+            "data": sample_pdf(f"{deal_id} household"),
         },
     ]
     del end
@@ -114,13 +179,13 @@ def sample_documents(deal_id: str, deal: DealInput, today: date) -> list[dict[st
                 "kind": DocumentKind.MARRIAGE_CERTIFICATE,
                 "party": Party.APPLICANT,
                 "file_name": "marriage.pdf",
-                "data": _pdf(f"{deal_id} marriage"),
+                "data": sample_pdf(f"{deal_id} marriage"),
             },
             {
                 "kind": DocumentKind.ID_CARD,
                 "party": Party.SPOUSE,
                 "file_name": "id-spouse.jpg",
-                "data": _jpeg(f"{deal_id} id spouse"),
+                "data": sample_jpeg(f"{deal_id} id spouse"),
                 "id_number": deal.customer.spouse.id_number,
             },
         ]
@@ -132,7 +197,7 @@ def stipulation_document(deal_id: str, code: str) -> dict[str, Any]:
         "kind": DocumentKind.STIPULATION,
         "party": Party.APPLICANT,
         "file_name": f"{code.lower()}.pdf",
-        "data": _pdf(f"{deal_id} {code}"),
+        "data": sample_pdf(f"{deal_id} {code}"),
         "stipulation_code": code,
     }
 
@@ -151,7 +216,7 @@ def funding_document(deal_id: str, kind: DocumentKind, version: int = 1) -> dict
         "kind": kind,
         "party": Party.APPLICANT,
         "file_name": _FUNDING_FILES[kind],
-        "data": _pdf(f"{deal_id} {kind.value} v{version}"),
+        "data": sample_pdf(f"{deal_id} {kind.value} v{version}"),
     }
 
 

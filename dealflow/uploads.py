@@ -16,7 +16,7 @@ from typing import Any
 from temporalio.client import Client
 
 from dealflow import client as deals
-from dealflow import rules
+from dealflow import document_check, rules
 from dealflow.models import ActionReceipt, ActionResult, Actor, DealPolicy
 from dealflow.storage.documents import DocumentStore, DocumentTooLarge, EmptyDocument
 
@@ -94,6 +94,7 @@ async def store_and_record(
     policy = policy or DealPolicy()
     chunks: Iterable[bytes] = [data] if isinstance(data, bytes) else data
     head, stream = _with_head(chunks)
+    stream = probe = document_check.ContentProbe(store, stream)
     content_type = rules.sniff_content_type(head)
     if content_type not in policy.allowed_content_types:
         raise rules.invalid(
@@ -110,6 +111,16 @@ async def store_and_record(
         raise rules.invalid(f"{file_name}: {e}") from None
     except EmptyDocument:
         raise rules.invalid(f"{file_name} is empty") from None
+    # The bytes as stored, parsed: a refused file is recorded nowhere and removed.
+    await asyncio.to_thread(
+        document_check.store_checked_cleanup,
+        store,
+        stored,
+        content_type,
+        document_check.DocumentLimits.from_policy(policy),
+        file_name=file_name,
+        existed=probe.existed,
+    )
     payload: dict[str, Any] = {
         "kind": kind,
         "party": party,

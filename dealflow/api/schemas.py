@@ -117,7 +117,9 @@ UPLOAD_BODY: dict[str, Any] = {
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": "PDF, JPEG or PNG (sniffed from the bytes), "
+                            "description": "PDF, JPEG or PNG (sniffed from the bytes, "
+                            "then parsed: at most the policy's max_document_pages (200) "
+                            "pages or max_image_pixels (50 million) pixels), "
                             "at most the policy's max_document_bytes (20 MiB); "
                             "send it last",
                         },

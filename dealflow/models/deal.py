@@ -192,6 +192,11 @@ class DealPolicy(Strict):
     allowed_content_types: list[str] = Field(
         default_factory=lambda: ["application/pdf", "image/jpeg", "image/png"]
     )
+    # Limits on what an upload may hold once parsed (dealflow/document_check.py):
+    # pages of a PDF, width × height of an image. Pillow itself refuses images of
+    # more than ~179 million pixels whatever this says.
+    max_document_pages: Annotated[int, Field(ge=1)] = 200
+    max_image_pixels: Annotated[int, Field(ge=1)] = 50_000_000
     # Continue-as-new well before Temporal's own suggestion (~10k events / 10 MB
     # history) so a deal that waits years on registration keeps a small history.
     # Tests lower it to exercise continue-as-new mid-deal.

@@ -36,7 +36,7 @@ from dealflow.api.routes.deals import ACTION_ROUTES
 from dealflow.api.security import Authenticator, mint_token
 from dealflow.config import Settings, get_settings
 from dealflow.models import Action, DealInput, ProjectionInput, Role, Stage
-from dealflow.samples import EXAMPLES
+from dealflow.samples import EXAMPLES, sample_pdf
 from dealflow.storage import db
 from tests.support.api_stack import SECRET, ApiStack, HttpDesk, action_body, api_stack, deal_body
 from tests.support.servers import free_port, serve_async
@@ -884,7 +884,7 @@ async def test_starter_as_a_thin_client_of_the_api(stack: ApiStack, tmp_path: Pa
     assert code == 0, err
     assert "sign-sales-contract: done" in out and "DOCUMENTS" in out
     scan = tmp_path / "income.pdf"
-    scan.write_bytes(b"%PDF-1.4\n% income statement\n%%EOF\n")
+    scan.write_bytes(sample_pdf("income statement"))
     code, out, err = await _cli(*sales, "upload", deal_id, "proof_of_income", str(scan))
     assert code == 0, err
     assert f"as {deal_id}-d1" in out

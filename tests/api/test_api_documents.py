@@ -27,7 +27,15 @@ from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.config import Settings
 from dealflow.models import Role
-from dealflow.samples import dealer_today, sample_documents
+from dealflow.samples import (
+    PDF_HEADER,
+    dealer_today,
+    pdf_ending,
+    sample_documents,
+    sample_jpeg,
+    sample_pdf,
+    sample_png,
+)
 from dealflow.storage.documents import LocalDirectoryStore, S3Store, make_s3_client, sign_local_url
 from tests.support.api_stack import (
     FILE_LINK_SECRET,
@@ -45,8 +53,7 @@ from tests.support.memory import peak_rss
 from tests.support.servers import free_port, serve_async
 
 LIMIT = 40 * MiB
-PDF_HEAD = b"%PDF-1.7\n"
-JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00 scan of a licence \xff\xd9"
+JPEG = sample_jpeg("scan of a licence")
 PROBLEM = "application/problem+json"
 
 
@@ -127,8 +134,7 @@ async def download(stack: ApiStack, deal_id: str, doc_id: str, role: Role = Role
 
 
 def pdf(text: str, size: int = 0) -> bytes:
-    body = PDF_HEAD + text.encode() + b"\n"
-    return body + b"%" * max(0, size - len(body))
+    return sample_pdf(text, size)
 
 
 # --------------------------------------------------------------------------- round trip
@@ -358,6 +364,20 @@ RULES: dict[str, tuple[dict[str, str], bytes, int, str, bool]] = {
         "needs the stipulation_code",
         False,
     ),
+    "a PDF header followed by HTML": (
+        _doc("proof_of_income"),
+        b"%PDF-1.7\n<html><script>alert(document.cookie)</script></html>\n",
+        422,
+        "income.pdf is not a readable PDF",
+        False,
+    ),
+    "a truncated PNG": (
+        _doc("proof_of_income"),
+        sample_png("income")[:40],
+        422,
+        "income.pdf is not a readable PNG image",
+        False,
+    ),
     "unknown field": (
         {**_doc("proof_of_income"), "colour": "red"},
         pdf("c"),
@@ -577,14 +597,18 @@ def _mp() -> dict[str, str]:
 
 
 def _pdf_chunks(total: int, chunk: int = 256 * 1024) -> Iterator[bytes]:
-    """A PDF-headed file produced chunk by chunk (never whole in memory)."""
-    sent = 0
+    """A PDF of `total` bytes produced chunk by chunk (never whole in memory):
+    the header, filler no parser reads, then its one page and trailer."""
+    ending = pdf_ending("streamed", total)
+    filler = total - len(PDF_HEADER) - len(ending)
     seed = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(chunk // 32))
-    while sent < total:
-        n = min(chunk, total - sent)
-        block = (PDF_HEAD + seed[len(PDF_HEAD) : n]) if sent == 0 else seed[:n]
+    yield PDF_HEADER
+    sent = 0
+    while sent < filler:
+        n = min(chunk, filler - sent)
         sent += n
-        yield block
+        yield seed[:n]
+    yield ending
 
 
 def _multipart_sync(

@@ -19,7 +19,13 @@ from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.config import DEV_JWT_SECRET
 from dealflow.models import Actor, DealInput, DealPolicy, DocumentKind, Role
-from dealflow.samples import dealer_today, example_deal, funding_document, sample_documents
+from dealflow.samples import (
+    dealer_today,
+    example_deal,
+    funding_document,
+    sample_documents,
+    sample_pdf,
+)
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack, multipart_fields
 from tests.support.desk import browser, sign_in
 from tests.support.servers import serve_async
@@ -329,6 +335,16 @@ async def test_a_refused_upload_says_why_beside_the_form_and_records_nothing(
     upload = section(refused.text, "upload")
     assert 'data-testid="upload-error"' in upload and "period_start" in upload
     assert re.search(r'<option value="bank_statement" selected>', upload)
+    # A PDF's first bytes and HTML after them: parsed, refused, not kept.
+    stored = sorted(stack.store.list("documents/"))
+    polyglot = await sales.post(
+        f"/desk/deals/{desk.deal_id}/documents",
+        data={"csrf": csrf, "kind": "proof_of_income", "party": "applicant"},
+        files={"file": ("income.pdf", b"%PDF-1.7\n<html><script></script></html>\n")},
+    )
+    assert polyglot.status_code == 422
+    assert "income.pdf is not a readable PDF" in section(polyglot.text, "upload")
+    assert sorted(stack.store.list("documents/")) == stored
     assert (await desk.status())["documents"] == []
 
 
@@ -463,7 +479,7 @@ async def test_credit_clears_and_waives_the_lenders_conditions_through_the_desk(
         lambda st: st["stage"] == "DOCUMENTS" and bool(st["stipulations"]), "the conditions"
     )
     letter = {"kind": "stipulation", "party": "applicant", "stipulation_code": "EMPLOYMENT_LETTER"}
-    uploaded = await desk.upload(letter, b"%PDF-1.4\n% the employer's letter\n%%EOF\n")
+    uploaded = await desk.upload(letter, sample_pdf("the employer's letter"))
     assert uploaded.status_code == 201, uploaded.text
     credit, csrf = await signed_in(stack, "credit", "credit.desk")
     page = (await credit.get(f"/desk/deals/{desk.deal_id}")).text

@@ -24,13 +24,14 @@ from temporalio.service import RPCError
 import starter
 from dealflow import client as deals
 from dealflow.config import ROOT, get_settings
+from dealflow.samples import sample_pdf
 from dealflow.storage import db
 from dealflow.storage.documents import LocalDirectoryStore
 from tests.support.stack import Stack, deal_worker
 
 EXAMPLES = ROOT / "examples"
 DEAL_JSON = EXAMPLES / "deal.json"
-PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\n% residence permit\n%%EOF\n"
+PDF = sample_pdf("residence permit")
 
 
 @dataclass
@@ -304,6 +305,11 @@ async def test_upload_of_a_text_file_is_2(cli: Cli) -> None:
     r = await cli("--as", "s:sales", "upload", deal_id, "proof_of_residence", path)
     assert r.code == 2, r
     assert "residence.txt is not a PDF, JPEG or PNG" in r.err
+    # The first bytes of a PDF are not a PDF: the file is parsed.
+    polyglot = cli.file("residence.pdf", b"%PDF-1.4\n<html><body>hello</body></html>\n")
+    r = await cli("--as", "s:sales", "upload", deal_id, "proof_of_residence", polyglot)
+    assert r.code == 2, r
+    assert "residence.pdf is not a readable PDF" in r.err
     after = await deals.deal_status(cli.stack.env.client, deal_id)
     assert after.version == before.version
 

@@ -36,7 +36,7 @@ from dealflow.models import (
     Stage,
 )
 from dealflow.rules import RuleError
-from dealflow.samples import example_action, example_deal, stipulation_document
+from dealflow.samples import example_action, example_deal, sample_pdf, stipulation_document
 from dealflow.storage import db
 from tests.support.back_office import Desk, desk_on
 from tests.support.stack import Stack
@@ -1697,7 +1697,7 @@ async def _upload_statement(desk: Desk, name: str, period_end: date) -> None:
             "kind": DocumentKind.BANK_STATEMENT,
             "party": Party.APPLICANT,
             "file_name": f"statement-{name}.pdf",
-            "data": f"%PDF-1.4 {name} {desk.deal_id}".encode(),
+            "data": sample_pdf(f"{name} {desk.deal_id}"),
             "period_start": period_end.replace(day=1),
             "period_end": period_end,
         }
