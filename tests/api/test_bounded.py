@@ -31,6 +31,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from dealflow.api.body_limits import LINGER_SECONDS
 from dealflow.models import Role
+from dealflow.samples import sample_pdf
 from tests.api.test_webhooks import ACME, BETA, decided, new_id, signed
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack
 
@@ -252,7 +253,7 @@ async def _upload(stack: ApiStack, deal_id: str, sub: str, name: str) -> httpx.R
             f"/api/deals/{deal_id}/documents",
             headers={"Authorization": f"Bearer {stack.token(Role.SALES, sub=sub)}"},
             data={"kind": "proof_of_residence", "party": "applicant"},
-            files={"file": (name, b"%PDF-1.7\n" + name.encode() * 20, "application/pdf")},
+            files={"file": (name, sample_pdf(name), "application/pdf")},
         )
 
 
