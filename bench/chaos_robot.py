@@ -426,6 +426,14 @@ class Robot:
         # As long as the HTTP client waits (see __init__): a second upload while
         # the first is still in flight would race it.
         resp = await self.call("upload", post, per_try=150)
+        waited = 0.0
+        while resp.status_code == 429 and waited < 120:
+            # The person has as many uploads in progress as one may (other
+            # deals of the same clerk): wait as the answer says, then send again.
+            pause = min(float(resp.headers.get("Retry-After", "1")), 5.0)
+            await asyncio.sleep(pause)
+            waited += pause
+            resp = await self.call("upload", post, per_try=150)
         if resp.status_code == 201:
             return
         if resp.status_code == 503 and "may still be applied" in resp.text:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio.client import Client
 
 from dealflow import client as deals
-from dealflow import stuck
+from dealflow import rules, stuck
 from dealflow.api import remote
 from dealflow.config import LendersFileError, Settings, load_lenders
 from dealflow.models import (
@@ -113,9 +113,11 @@ class TemporalDeals:
     async def status(self, deal_id: str) -> DealStatus:
         engine = db.make_engine(self.settings.database_url)
         try:
-            return await stuck.readable_status(await self.client(), engine, deal_id)
+            status = await stuck.readable_status(await self.client(), engine, deal_id)
         except stuck.DealUnreadable as e:
             raise ServiceError(f"{e} ({e.__cause__})") from None
+        # What the API would show this person: the two ways agree.
+        return rules.status_for_roles(status, [self.actor.role])
 
     async def list(self, query: DealQuery) -> DealPage:
         engine = db.make_engine(self.settings.database_url)
@@ -137,7 +139,10 @@ class TemporalDeals:
 
     async def act(self, deal_id: str, action: str, payload: dict[str, Any]) -> ActionResult:
         act, inp = deals.parse_action(action, payload, self.actor)
-        return await deals.act(await self.client(), deal_id, act, inp)
+        result = await deals.act(await self.client(), deal_id, act, inp)
+        return result.model_copy(
+            update={"status": rules.status_for_roles(result.status, [self.actor.role])}
+        )
 
     async def upload(self, deal_id: str, path: Path, form: DocumentForm) -> DocumentUploaded:
         store = store_from_settings(self.settings)

@@ -10,6 +10,7 @@ from dealflow.models import (
     Actor,
     DealStatus,
     DocumentKind,
+    DocumentRecord,
     Role,
     Stage,
 )
@@ -119,15 +120,25 @@ def document_kinds_shown(roles: Iterable[Role]) -> frozenset[DocumentKind]:
 
 def status_for_roles(status: DealStatus, roles: Iterable[Role]) -> DealStatus:
     """`status` as someone with `roles` may see it: the details of the
-    documents of the kinds `document_kinds_shown`, only whether the others are in."""
+    documents of the kinds `document_kinds_shown`, only whether the others are
+    in, and no storage key at all (where the store keeps a file is nobody's
+    business, and a key is what a forged link would name)."""
     shown = document_kinds_shown(roles)
-    if shown == frozenset(DocumentKind):
-        return status
+
+    def keyless(doc: DocumentRecord) -> DocumentRecord:
+        return doc.model_copy(update={"storage_key": ""})
+
     return status.model_copy(
         update={
-            "documents": [doc for doc in status.documents if doc.kind in shown],
+            "documents": [keyless(doc) for doc in status.documents if doc.kind in shown],
             "funding": [
-                item if item.kind in shown else item.model_copy(update={"document": None})
+                item.model_copy(
+                    update={
+                        "document": keyless(item.document)
+                        if item.document and item.kind in shown
+                        else None
+                    }
+                )
                 for item in status.funding
             ],
         }

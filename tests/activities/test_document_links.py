@@ -15,6 +15,7 @@ import httpx
 from temporalio.testing import ActivityEnvironment
 
 from activities.deal_activities import DealActivities
+from dealflow.config import Settings
 from dealflow.models import (
     DocumentKind,
     DocumentRecord,
@@ -97,12 +98,19 @@ def query(url: str) -> dict[str, Any]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
-async def test_links_last_until_the_workflows_expiry_on_the_local_store(ts_stack: Stack) -> None:
-    """17 days (the default 15-day underwriting deadline plus 2): the local
-    store's signed links allow it, so the link ends exactly then."""
-    expire_at = datetime.now(UTC) + timedelta(days=17)
+async def test_local_links_last_until_the_workflows_expiry_within_the_link_cap(
+    ts_stack: Stack,
+) -> None:
+    """17 days (the default 15-day underwriting deadline plus 2) is past what a
+    link may last (DEALFLOW_FILE_LINK_MAX_HOURS, 24): the link ends at the cap;
+    an expiry below the cap wins."""
+    before = datetime.now(UTC)
+    url = await send(ts_stack, ts_stack.store, before + timedelta(days=17))
+    assert "/api/files/" in url and query(url)["for"] == "acme-auto-finance"
+    cap = before + timedelta(hours=Settings().file_link_max_hours)
+    assert abs(int(query(url)["expires"]) - cap.timestamp()) <= 5
+    expire_at = datetime.now(UTC) + timedelta(hours=3)
     url = await send(ts_stack, ts_stack.store, expire_at)
-    assert "/api/files/" in url
     assert abs(int(query(url)["expires"]) - expire_at.timestamp()) <= 2
 
 

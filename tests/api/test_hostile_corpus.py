@@ -199,7 +199,7 @@ def link_cases(key: str) -> list[Hostile]:
         return sign_local_url(base, secret, k, expires, audience)
 
     forged = link(key, soon).replace("sig=", "sig=0")
-    cases = [
+    cases: list[tuple[str, str, int | tuple[int, ...]]] = [
         ("forged signature", forged, 403),
         ("expired", link(key, int(time.time()) - 5), 403),
         ("another secret", link(key, soon, secret="x" * 40), 403),
@@ -454,7 +454,7 @@ def upload_cases() -> list[Hostile]:
 
 
 def codec_cases() -> list[Hostile]:
-    body = {"payloads": []}
+    body: dict[str, list[Any]] = {"payloads": []}
     evil = {"Origin": "https://evil.example"}
     return [
         Hostile("codec encode as auditor", "POST", "/codec/encode", 403, Role.AUDITOR, json=body),
