@@ -158,7 +158,23 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         if denied is not None:
             return denied
         return problem_response(422, "the body could not be read: send UTF-8 JSON")
-    return problem_response(exc.status_code, detail, dict(exc.headers or {}) or None)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    return problem_response(exc.status_code, detail, headers or None)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path. Starlette's own `Allow`
+    names only the first route that matched the path, and a path such as
+    /api/deals/{deal_id}/documents has one route for GET and one for POST."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        path_regex = getattr(route, "path_regex", None)
+        route_methods = getattr(route, "methods", None)
+        if path_regex is not None and route_methods and path_regex.match(request.url.path):
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods))
 
 
 def _needs_token(request: Request) -> bool:

@@ -90,6 +90,8 @@ UPLOAD_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["kind", "party", "file"],
+                    # The route refuses any other field (422), so the schema does.
+                    "additionalProperties": False,
                     "properties": {
                         "kind": {"type": "string", "enum": [kind.value for kind in DocumentKind]},
                         "party": {"type": "string", "enum": [party.value for party in Party]},

@@ -13,9 +13,11 @@ from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BeforeValidator
 
 from dealflow import rules
 from dealflow.api import operations
+from dealflow.api.boundary import iso_date
 from dealflow.api.deps import services
 from dealflow.api.problems import responses
 from dealflow.api.security import bearer_scheme, require_roles
@@ -34,10 +36,12 @@ router = APIRouter(dependencies=[Depends(bearer_scheme)])
 ReportReader = Annotated[Actor, Depends(require_roles(rules.REPORT_ROLES, "read reports"))]
 From = Annotated[
     date | None,
+    BeforeValidator(iso_date),
     Query(alias="from", description="first day of the period (UTC), e.g. 2026-11-01"),
 ]
 To = Annotated[
     date | None,
+    BeforeValidator(iso_date),
     Query(alias="to", description="last day of the period (UTC), included; default: today"),
 ]
 
