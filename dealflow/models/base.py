@@ -41,8 +41,17 @@ class DecimalText:
         if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
             raise ValueError(f"write amounts as decimal strings: {self.description}")
         if isinstance(value, str) and not re.fullmatch(self.pattern, value):
-            raise ValueError(f"not an amount as the API takes it: {self.description}")
+            if not self._below_bound(value):
+                raise ValueError(f"not an amount as the API takes it: {self.description}")
         return value
+
+    def _below_bound(self, text: str) -> bool:
+        """A plain decimal under the lower bound: the Decimal validator's own
+        bound refuses it, with the words a clerk knows ("greater than 0")."""
+        if not re.fullmatch(r"-?\d{1,20}(\.\d{1,20})?", text):
+            return False
+        amount = Decimal(text)
+        return self.minimum >= 0 and amount < 0 or self.minimum > 0 and amount == 0
 
     def annotation(self) -> WithJsonSchema:
         return WithJsonSchema(self.json_schema())
