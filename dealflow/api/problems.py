@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import rules
@@ -68,6 +69,8 @@ def problem_response(
     }
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 # --------------------------------------------------------------------------- OpenAPI
 
@@ -168,13 +171,15 @@ def allowed_methods(request: Request) -> str:
     """Every method some route serves on this path. Starlette's own `Allow`
     names only the first route that matched the path, and a path such as
     /api/deals/{deal_id}/documents has one route for GET and one for POST."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        path_regex = getattr(route, "path_regex", None)
-        route_methods = getattr(route, "methods", None)
-        if path_regex is not None and route_methods and path_regex.match(request.url.path):
-            methods |= set(route_methods)
-    return ", ".join(sorted(methods))
+    served = [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(served)
 
 
 def _needs_token(request: Request) -> bool:
