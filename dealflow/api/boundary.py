@@ -4,7 +4,7 @@ published JSON schema enforced.
 The workflow models stay lenient on purpose: they also read payloads out of
 Temporal histories, which must replay as they were written. At the API the
 contract is the schema: a boolean is `true` or `false` (not 0, 1 or "yes"), a
-count is a JSON integer, a date is YYYY-MM-DD, and an amount is a decimal
+count is a JSON integer (not "36"), a date is YYYY-MM-DD, and an amount is a decimal
 string that matches its pattern or a JSON integer in range
 (`dealflow.models.base.DecimalText`). `boundary_model` builds, once per model,
 a subclass whose fields say so; the subclass keeps every validator of its
@@ -37,8 +37,25 @@ def iso_date(value: object) -> object:
     raise ValueError("a date is written YYYY-MM-DD")
 
 
+def json_integer(value: object) -> object:
+    """An integer as JSON has it (12 or 12.0); Pydantic alone would also take
+    "12" and true."""
+    if isinstance(value, bool | str):
+        raise ValueError("a count is a JSON integer, e.g. 36")
+    return value
+
+
 def _amount_checks(metadata: list[Any]) -> list[BeforeValidator]:
     return [BeforeValidator(m.check) for m in metadata if isinstance(m, DecimalText)]
+
+
+# What the API adds to a scalar's own constraints. Added after them: Pydantic
+# states a constraint in the JSON schema only when no validator precedes it.
+SCALAR_CHECKS: dict[Any, list[Any]] = {
+    bool: [Strict()],
+    int: [BeforeValidator(json_integer)],
+    date: [BeforeValidator(iso_date)],
+}
 
 
 def strict_annotation(annotation: Any) -> Any:
@@ -47,28 +64,30 @@ def strict_annotation(annotation: Any) -> Any:
     origin = get_origin(annotation)
     if origin is Annotated:
         inner, *metadata = get_args(annotation)
+        if inner in SCALAR_CHECKS:
+            return Annotated[(inner, *metadata, *SCALAR_CHECKS[inner])]
         return Annotated[(strict_annotation(inner), *metadata, *_amount_checks(metadata))]
     if origin in (Union, types.UnionType):
         return Union[tuple(strict_annotation(arg) for arg in get_args(annotation))]  # noqa: UP007
     if origin is list:
         (item,) = get_args(annotation)
         return list[strict_annotation(item)]  # type: ignore[misc]
-    if annotation is bool or annotation is int:
-        return Annotated[annotation, Strict()]
-    if annotation is date:
-        return Annotated[date, BeforeValidator(iso_date)]
+    if annotation in SCALAR_CHECKS:
+        return Annotated[(annotation, *SCALAR_CHECKS[annotation])]
     if isclass(annotation) and issubclass(annotation, BaseModel):
         return boundary_model(annotation)
     return annotation
 
 
 def boundary_field(info: FieldInfo) -> tuple[Any, FieldInfo]:
-    """A model field as `create_model` takes it, read as the API reads it."""
-    annotation = strict_annotation(info.annotation)
-    checks = _amount_checks(info.metadata)
+    """A model field as `create_model` takes it, read as the API reads it: the
+    field's own constraints first, then the API's checks."""
+    field = copy(info)
+    checks = [*SCALAR_CHECKS.get(info.annotation, []), *_amount_checks(info.metadata)]
     if checks:
-        annotation = Annotated[(annotation, *checks)]
-    return annotation, copy(info)
+        field.metadata = [*info.metadata, *checks]
+        return info.annotation, field
+    return strict_annotation(info.annotation), field
 
 
 @cache

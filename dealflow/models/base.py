@@ -40,9 +40,9 @@ class DecimalText:
         anything else is refused here, with the form to use."""
         if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
             raise ValueError(f"write amounts as decimal strings: {self.description}")
-        if isinstance(value, str) and not re.fullmatch(self.pattern, value):
-            if not self._below_bound(value):
-                raise ValueError(f"not an amount as the API takes it: {self.description}")
+        matches = not isinstance(value, str) or re.fullmatch(self.pattern, value)
+        if not matches and not self._below_bound(str(value)):
+            raise ValueError(f"not an amount as the API takes it: {self.description}")
         return value
 
     def _below_bound(self, text: str) -> bool:
@@ -124,7 +124,22 @@ def normalise_id_number(value: object) -> object:
 
 
 # A PRC resident ID number; the rules (`dealflow.rules.identity`) check it.
-IdNumber = Annotated[str, BeforeValidator(normalise_id_number), Field(min_length=15, max_length=18)]
+# The schema states what the normaliser takes: 15 digits, or 17 and a digit
+# or X (either case), with white space anywhere.
+ID_NUMBER_PATTERN = r"^\s*(([0-9]\s*){15}|([0-9]\s*){17}[0-9Xx]\s*)$"
+IdNumber = Annotated[
+    str,
+    BeforeValidator(normalise_id_number),
+    Field(min_length=15, max_length=18),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": ID_NUMBER_PATTERN,
+            "description": "PRC resident ID number (18 characters with its check "
+            "character, or the old 15 digits); spaces are ignored",
+        }
+    ),
+]
 
 CENT = Decimal("0.01")
 
