@@ -182,7 +182,7 @@ async def create_deal(
         ),
     ] = None,
 ) -> DealCreated:
-    plain = DealInput.model_validate(deal.model_dump())
+    plain = DealInput.model_validate(cast(BaseModel, deal).model_dump())
     outcome = await operations.start_deal(services(request), plain, actor, idempotency_key)
     if outcome.replayed_status is not None:
         response.status_code = outcome.replayed_status
