@@ -107,6 +107,7 @@ ACTION_ROUTES = [action for action in Action if action is not Action.RECORD_DOCU
 ACTION_BODIES: dict[Action, type[BaseModel]] = {
     action: body_model(action) for action in ACTION_ROUTES
 }
+# A DealInput (a subclass) that reads its body as the schema publishes it.
 DealBody = boundary_model(DealInput)
 
 
@@ -182,8 +183,7 @@ async def create_deal(
         ),
     ] = None,
 ) -> DealCreated:
-    plain = DealInput.model_validate(cast(BaseModel, deal).model_dump())
-    outcome = await operations.start_deal(services(request), plain, actor, idempotency_key)
+    outcome = await operations.start_deal(services(request), deal, actor, idempotency_key)
     if outcome.replayed_status is not None:
         response.status_code = outcome.replayed_status
         response.headers["Idempotent-Replayed"] = "true"
