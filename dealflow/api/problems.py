@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import rules
@@ -68,6 +69,8 @@ def problem_response(
     }
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 # --------------------------------------------------------------------------- OpenAPI
 
@@ -163,7 +166,25 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         if denied is not None:
             return denied
         return problem_response(422, "the body could not be read: send UTF-8 JSON")
-    return problem_response(exc.status_code, detail, dict(exc.headers or {}) or None)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    return problem_response(exc.status_code, detail, headers or None)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path. Starlette's own `Allow`
+    names only the first route that matched the path, and a path such as
+    /api/deals/{deal_id}/documents has one route for GET and one for POST."""
+    served = [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(served)
 
 
 def describe_validation_errors(errors: Any) -> str:

@@ -15,6 +15,7 @@ from dealflow.models import (
     FundingItem,
     Party,
 )
+from dealflow.models.base import ID_NUMBER_PATTERN, REF_MAX_LENGTH, REF_PATTERN
 
 
 class DocumentInfo(BaseModel):
@@ -90,12 +91,15 @@ UPLOAD_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["kind", "party", "file"],
+                    # The route refuses any other field (422), so the schema does.
+                    "additionalProperties": False,
                     "properties": {
                         "kind": {"type": "string", "enum": [kind.value for kind in DocumentKind]},
                         "party": {"type": "string", "enum": [party.value for party in Party]},
                         "id_number": {
                             "type": "string",
-                            "maxLength": 18,
+                            # Empty is absent, as for every optional form field.
+                            "pattern": f"^$|{ID_NUMBER_PATTERN}",
                             "description": "for an ID card: the number printed on it "
                             "(checked: 18 characters, birth date, check digit)",
                         },
@@ -111,7 +115,8 @@ UPLOAD_BODY: dict[str, Any] = {
                         },
                         "stipulation_code": {
                             "type": "string",
-                            "maxLength": 64,
+                            "maxLength": REF_MAX_LENGTH,
+                            "pattern": f"^$|{REF_PATTERN}",
                             "description": "for a stipulation document: the lender's code",
                         },
                         "file": {

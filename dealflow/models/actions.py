@@ -9,7 +9,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from dealflow.models.base import IdNumber, NonNegMoney, PosMoney, Ref, Strict, Text
+from dealflow.models.base import (
+    DecimalText,
+    IdNumber,
+    NonNegMoney,
+    PosMoney,
+    Ref,
+    Strict,
+    Text,
+)
 from dealflow.models.deal import Actor, DocumentKind, Party, RepaymentMethod
 
 
@@ -136,7 +144,18 @@ class RecordRepaymentAccountInput(ActionInput):
 
 
 # An annual rate in percent (6.5 % is 6.50), as lenders quote it.
-AprPercent = Annotated[Decimal, Field(ge=0, le=100, max_digits=7, decimal_places=4)]
+APR_TEXT = DecimalText(
+    r"^(100(\.0{1,4})?|(0|[1-9]\d?)(\.\d{1,4})?)$",
+    0,
+    100,
+    'percent a year, 0 to 100, as a decimal string with at most 4 places, e.g. "6.50"',
+)
+AprPercent = Annotated[
+    Decimal,
+    Field(ge=0, le=100, max_digits=7, decimal_places=4),
+    APR_TEXT,
+    APR_TEXT.annotation(),
+]
 LoanTermMonths = Annotated[int, Field(ge=1, le=120)]
 
 

@@ -222,6 +222,18 @@ INVALID_DEALS: dict[str, tuple[Any, str]] = {
         _mutate("product", "used_car"),
         "needs a vehicle with condition 'used'",
     ),
+    # The published contract (issue 14): what the schema forbids is refused.
+    "boolean as 0": (_mutate("vehicle.new_energy", 0), "vehicle.new_energy"),
+    "boolean as a string": (_mutate("customer.applicant.married", "true"), "married"),
+    "price tiny float": (_mutate("vehicle.price", 5e-324), "write amounts as decimal strings"),
+    "price with a fraction as a number": (
+        _mutate("vehicle.price", 150000.5),
+        "write amounts as decimal strings",
+    ),
+    "price empty": (_mutate("vehicle.price", ""), "not an amount as the API takes it"),
+    "price in exponent form": (_mutate("vehicle.price", "5e-324"), "vehicle.price"),
+    "price with leading zeros": (_mutate("vehicle.price", "0150000"), "vehicle.price"),
+    "count as a string": (_mutate("term_months", "36"), "term_months"),
 }
 
 
@@ -235,6 +247,42 @@ async def test_invalid_deal_is_422_and_starts_nothing(stack: ApiStack, case: str
     problem(r, 422, fragment)
     # nothing stored under the key: a corrected body with it starts one deal
     assert db.get_idempotency_key(stack.engine, "sales-01", key) is None
+
+
+async def test_money_as_a_json_integer_still_starts_a_deal(stack: ApiStack) -> None:
+    """Older clients send whole amounts as JSON numbers; the schema allows an
+    integer in range, and so does the API."""
+    body = _mutate("vehicle.price", 150000)
+    body["down_payment"] = 45000
+    r = await stack.http(Role.SALES).post("/api/deals", json=body)
+    assert r.status_code == 201, r.text
+    st = (await stack.http(Role.SALES).get(f"/api/deals/{r.json()['deal_id']}")).json()
+    assert st["money"]["amount_financed"] == "105000.00"
+
+
+async def test_schema_states_money_as_a_decimal_string_and_links_the_new_deal(
+    stack: ApiStack,
+) -> None:
+    schema = (await stack.http().get("/openapi.json")).json()
+    vehicle = schema["components"]["schemas"]["Vehicle"]["properties"]
+    string, integer = vehicle["price"]["anyOf"]
+    assert string["type"] == "string" and string["pattern"].startswith("^")
+    assert integer == {"type": "integer", "minimum": 1, "maximum": 999_999_999_999}
+    assert vehicle["new_energy"]["type"] == "boolean"
+    links = schema["paths"]["/api/deals"]["post"]["responses"]["201"]["links"]
+    assert links["GetDeal"]["parameters"] == {"deal_id": "$response.body#/deal_id"}
+    assert {"UploadDocument", "ListDocuments", "sign-sales-contract", "cancel"} <= set(links)
+
+
+async def test_405_allow_names_every_method_of_the_path(stack: ApiStack) -> None:
+    r = await stack.http(Role.ADMIN).request("OPTIONS", f"/api/deals/{NO_DEAL}/documents")
+    assert r.status_code == 405
+    assert {m.strip() for m in r.headers["allow"].split(",")} >= {"GET", "POST"}
+
+
+async def test_report_dates_are_iso_only(stack: ApiStack) -> None:
+    r = await stack.http(Role.ADMIN).get("/api/reports/funnel", params={"to": "0"})
+    problem(r, 422, "YYYY-MM-DD")
 
 
 async def test_several_rules_broken_are_all_named(stack: ApiStack) -> None:

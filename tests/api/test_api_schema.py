@@ -1,59 +1,51 @@
-"""Schemathesis against the live API's own /openapi.json.
+"""Schemathesis against the live API's own /openapi.json, with every phase
+(examples, coverage, fuzzing, stateful) and every check.
 
 The app is served over HTTP with a dev server, a worker and the lender
-simulator behind it; a few real deals exist so generated requests also reach
-real workflows (and their validators), not only unknown ids. Schemathesis
-generates a few hundred requests from the schema — valid ones and, for every
-operation, invalid ones — and checks each response: never a 5xx, a documented
-status code, a documented content type, a body that matches its schema, and
-invalid input refused with a 4xx.
+simulator behind it; a real deal exists, and the stateful phase follows the
+OpenAPI links from `POST /api/deals` to the deals it creates, so generated
+requests also reach real workflows (and their validators), not only unknown
+ids. Each response is checked: never a 5xx, a documented status code, content
+type and headers, a body that matches its schema, a request the schema forbids
+refused, a request the schema allows not refused for its form, `Allow` on a
+405, auth not ignored, and more (`--checks all`).
 
-Schemathesis's Python API is synchronous: it runs in a worker thread while the
-served app keeps the test's event loop.
+One allowance, in CONFIG: a schema-valid request may be refused with 422 when
+a business rule refuses it (an unknown lender, a period longer than a report
+covers, a down payment that does not match the deal, a cursor the list never
+returned). JSON Schema cannot state those rules; each such 422 names the rule.
+The check of tests/api/schemathesis_hooks.py keeps the allowance narrow: a 422
+for the request's form (a type, a pattern, a missing or unknown field) still
+fails, as does every other refusal of a schema-valid request.
+
+Schemathesis runs as its own process (its CLI, the way an integrator runs
+it) while the served app keeps the test's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import sys
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import hypothesis
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, Phase
-from hypothesis import strategies as st
-from schemathesis import GenerationMode
-from schemathesis.checks import (
-    content_type_conformance,
-    ignored_auth,
-    negative_data_rejection,
-    not_a_server_error,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 from temporalio.testing import WorkflowEnvironment
 
 from dealflow.models import Role
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack
+from tests.support.stack import ROOT
 
-EXAMPLES_PER_OPERATION = {GenerationMode.POSITIVE: 15, GenerationMode.NEGATIVE: 8}
-# The codec endpoints (issue 4) belong to the audit work and are left out here: at the
-# time of writing schemathesis finds /codec/decode accepting bodies its schema forbids.
-SKIPPED_PREFIXES = ("/codec/",)
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-    response_headers_conformance,
-    negative_data_rejection,
-    ignored_auth,
-]
+# Per operation and generation mode; 10 keeps the whole run near 45 s on two
+# busy cores while every operation still sees its coverage cases.
+MAX_EXAMPLES = 10
+PHASES = "examples,coverage,fuzzing,stateful"
+CONFIG = """
+[checks.positive_data_acceptance]
+expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
+"""
 
 
 @pytest.fixture(scope="module")
@@ -64,71 +56,67 @@ async def stack(
         yield s
 
 
-def run_schemathesis(
-    base_url: str, token: str, deal_ids: list[str]
-) -> tuple[Counter[str], Counter[int], list[str]]:
-    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
-    calls: Counter[str] = Counter()
-    statuses: Counter[int] = Counter()
-    failures: list[str] = []
-    headers = {"Authorization": f"Bearer {token}"}
+async def run_schemathesis(base_url: str, token: str, workdir: Path) -> tuple[int, str]:
+    config = workdir / "schemathesis.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config),
+        "run",
+        f"{base_url}/openapi.json",
+        "--checks",
+        "all",
+        "--phases",
+        PHASES,
+        "--header",
+        f"Authorization: Bearer {token}",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--generation-deterministic",
+        "--no-shrink",
+        # One worker: schemathesis 4.32's coverage phase is not thread-safe
+        # (an internal KeyError / SystemError in its AST cache under --workers 2).
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--report-dir",
+        str(workdir / "report"),
+        cwd=workdir,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={
+            "NO_COLOR": "1",
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(workdir),
+            "PYTHONPATH": str(ROOT),
+            "SCHEMATHESIS_HOOKS": "tests.api.schemathesis_hooks",
+        },
+    )
+    output, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, output.decode("utf-8", "replace")
 
-    def fuzz(label: str, strategy: Any, examples: int) -> None:
-        @hypothesis.given(case=strategy, real=st.sampled_from([None, *deal_ids]))
-        @hypothesis.settings(
-            max_examples=examples,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            phases=[Phase.explicit, Phase.generate],
-            suppress_health_check=list(HealthCheck),
-        )
-        def check(case: Any, real: str | None) -> None:
-            # Half the requests that name a deal name a real one.
-            if real is not None and "deal_id" in (case.path_parameters or {}):
-                case.path_parameters["deal_id"] = real
-            calls[label] += 1
-            response = case.call_and_validate(
-                base_url=base_url, headers=headers, checks=CHECKS, timeout=30
-            )
-            statuses[response.status_code] += 1
 
-        check()
-
-    for result in schema.get_all_operations():
-        operation = result.ok()  # type: ignore[union-attr]  # an invalid schema raises here
-        if operation.path.startswith(SKIPPED_PREFIXES):
-            continue
-        for mode, examples in EXAMPLES_PER_OPERATION.items():
-            try:
-                fuzz(operation.label, operation.as_strategy(generation_mode=mode), examples)
-            except hypothesis.errors.Unsatisfiable:
-                # No parameter to make invalid (e.g. GET /healthz): nothing to test.
-                assert mode is GenerationMode.NEGATIVE, operation.label
-            except Exception as e:  # collect every operation's failure, then report
-                failures.append(f"{operation.label} [{mode.value}]: {e}")
-    return calls, statuses, failures
-
-
-async def test_schemathesis_finds_no_5xx_and_no_schema_violation(stack: ApiStack) -> None:
-    deal_ids = []
-    for stage in ("CONTRACT", "DOCUMENTS"):
-        desk = HttpDesk(stack)
-        await desk.start()
-        if stage == "DOCUMENTS":
-            await desk.ok("sign-sales-contract", Role.SALES)
-        deal_ids.append(desk.deal_id)
+async def test_schemathesis_with_every_check_finds_no_failure(
+    stack: ApiStack, tmp_path: Path
+) -> None:
+    desk = HttpDesk(stack)
+    await desk.start()
+    await desk.ok("sign-sales-contract", Role.SALES)
     started = time.monotonic()
-    calls, statuses, failures = await asyncio.to_thread(
-        run_schemathesis, stack.api_url, stack.token(Role.ADMIN, "fuzzer"), deal_ids
+    status, output = await run_schemathesis(
+        stack.api_url, stack.token(Role.ADMIN, "fuzzer"), tmp_path
     )
-    total = sum(calls.values())
-    print(
-        f"schemathesis: {total} requests over {len(calls)} operations in "
-        f"{time.monotonic() - started:.1f} s; statuses {dict(sorted(statuses.items()))}"
-    )
-    assert not failures, "\n\n".join(failures)
-    assert total >= 300, calls
-    assert len(calls) >= 25, calls
-    # The runs reached real deals and real refusals, not only unknown ids.
-    assert statuses[200] and statuses[401] and statuses[404] and statuses[422], statuses
+    summary = output[output.rfind("SUMMARY") :]
+    print(f"schemathesis in {time.monotonic() - started:.1f} s:\n{summary}")
+    assert status == 0, output
+    for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
+        assert re.search(rf"✅ {phase}\b", summary), summary
+    generated = re.search(r"(\d+) generated", summary)
+    assert generated and int(generated.group(1)) >= 1000, summary
+    tested = re.search(r"Tested: (\d+)", summary)
+    assert tested and int(tested.group(1)) >= 40, summary

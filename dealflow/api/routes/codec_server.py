@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -86,7 +88,12 @@ LEGACY_COOKIE = "dealflow_codec_token"
 COOKIE_PATH = "/codec"
 JSON = "application/json"
 MAX_BODY_BYTES = 32 * 1024 * 1024
-_B64 = {"type": "string", "pattern": "^[A-Za-z0-9+/_-]*={0,2}$", "description": "base64"}
+# Standard or URL-safe base64, padding optional: what protobuf's JSON reading
+# decodes, and nothing it would silently drop or fail on.
+B64_PATTERN = r"^([A-Za-z0-9+/_-]{4})*([A-Za-z0-9+/_-]{2}(==)?|[A-Za-z0-9+/_-]{3}=?)?$"
+_B64 = {"type": "string", "pattern": B64_PATTERN, "description": "base64"}
+PAYLOADS_SHAPE = '{"payloads": [{"metadata": {...}, "data": "..."}]} with base64 values'
+
 PAYLOADS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -252,6 +259,30 @@ def _check_json(request: Request) -> None:
         raise Problem(415, f"send the payloads as Content-Type: {JSON}")
 
 
+def _is_base64(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(B64_PATTERN, value) is not None
+
+
+def _check_payloads(body: bytes) -> None:
+    """The body against PAYLOADS_SCHEMA, before protobuf reads it: protobuf
+    takes a bare JSON string or an empty body as no payloads, and drops
+    characters that are not base64."""
+    if not body:
+        raise ValueError("the body is required")
+    document = json.loads(body)
+    payloads = document.get("payloads", []) if isinstance(document, dict) else None
+    if not isinstance(payloads, list):
+        raise ValueError("not an object with a list of payloads")
+    for payload in payloads:
+        if not isinstance(payload, dict):
+            raise ValueError("a payload is not an object")
+        metadata = payload.get("metadata", {})
+        if not isinstance(metadata, dict) or not all(map(_is_base64, metadata.values())):
+            raise ValueError("metadata values must be base64")
+        if not _is_base64(payload.get("data", "")):
+            raise ValueError("data must be base64")
+
+
 async def _transcode(request: Request, op: str) -> Response:
     try:
         _check_origin(request)
@@ -261,14 +292,10 @@ async def _transcode(request: Request, op: str) -> Response:
         if len(body) > MAX_BODY_BYTES:
             return _problem(request, 413, f"the request is larger than {MAX_BODY_BYTES} bytes")
         try:
-            payloads = json_format.Parse(body or b"{}", Payloads(), ignore_unknown_fields=True)
-        except (json_format.ParseError, ValueError, TypeError, AttributeError) as e:
-            return _problem(
-                request,
-                422,
-                f'the body must be {{"payloads": [{{"metadata": {{...}}, "data": "..."}}]}} '
-                f"with base64 values: {e}",
-            )
+            _check_payloads(body)
+            payloads = json_format.Parse(body, Payloads(), ignore_unknown_fields=True)
+        except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as e:
+            return _problem(request, 422, f"the body must be {PAYLOADS_SHAPE}: {e}")
         codec = _codec(request)
         try:
             out = await (codec.decode if op == "decode" else codec.encode)(payloads.payloads)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, create_model
 
 from dealflow import rules
 from dealflow.api import operations
+from dealflow.api.boundary import boundary_field, boundary_model
 from dealflow.api.deps import services
 from dealflow.api.errors import Problem
 from dealflow.api.problems import responses
@@ -85,14 +86,13 @@ def _example_deal() -> dict[str, Any]:
 
 def body_model(action: Action) -> type[BaseModel]:
     """The JSON body of an action: its input model without `actor`, which the
-    token supplies. Same fields and constraints, so FastAPI documents and checks
-    it; `dealflow.client.parse_action` then validates it once more with the
-    model the workflow receives."""
+    token supplies. Same fields and constraints, read as the schema publishes
+    them (`dealflow.api.boundary`), so FastAPI documents and checks it;
+    `dealflow.client.parse_action` then validates it once more with the model
+    the workflow receives."""
     source = ACTION_INPUTS[action]
     fields: dict[str, Any] = {
-        name: (info.annotation, info)
-        for name, info in source.model_fields.items()
-        if name != "actor"
+        name: boundary_field(info) for name, info in source.model_fields.items() if name != "actor"
     }
     name = source.__name__.removesuffix("Input") + "Body"
     model: type[BaseModel] = create_model(
@@ -111,9 +111,34 @@ ACTION_ROUTES = [action for action in Action if action is not Action.RECORD_DOCU
 ACTION_BODIES: dict[Action, type[BaseModel]] = {
     action: body_model(action) for action in ACTION_ROUTES
 }
+# A DealInput (a subclass) that reads its body as the schema publishes it.
+DealBody = boundary_model(DealInput)
 
 
-# --------------------------------------------------------------------------- idempotency
+# --------------------------------------------------------------------------- links
+
+
+def operation_ref(path: str, method: str) -> str:
+    """An OpenAPI link's reference to the operation `method` on `path`."""
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+def deal_links() -> dict[str, Any]:
+    """What a client can do with the deal `POST /api/deals` answers: read it,
+    its documents, upload one, take each action (so generated clients and
+    stateful tests can follow the deal id)."""
+    deal_id = {"deal_id": "$response.body#/deal_id"}
+    targets = {
+        "GetDeal": ("/api/deals/{deal_id}", "get"),
+        "ListDocuments": ("/api/deals/{deal_id}/documents", "get"),
+        "UploadDocument": ("/api/deals/{deal_id}/documents", "post"),
+    }
+    for action in ACTION_ROUTES:
+        targets[action.value] = (f"/api/deals/{{deal_id}}/actions/{action.value}", "post")
+    return {
+        name: {"operationRef": operation_ref(path, method), "parameters": deal_id}
+        for name, (path, method) in targets.items()
+    }
 
 
 # --------------------------------------------------------------------------- routes
@@ -128,7 +153,8 @@ ACTION_BODIES: dict[Action, type[BaseModel]] = {
     responses={
         201: {
             "description": "the deal is started (or, with a repeated Idempotency-Key and "
-            "the same body, was started before: header Idempotent-Replayed)"
+            "the same body, was started before: header Idempotent-Replayed)",
+            "links": deal_links(),
         },
         **responses(
             401,
@@ -148,7 +174,7 @@ async def create_deal(
     actor: DealStarter,
     dealers: Dealers,
     deal: Annotated[
-        DealInput,
+        DealBody,  # type: ignore[valid-type]
         Body(
             openapi_examples={"deal": {"summary": "examples/deal.json", "value": _example_deal()}}
         ),

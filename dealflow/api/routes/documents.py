@@ -208,7 +208,18 @@ DocumentReader = Annotated[Actor, Depends(require_roles(DOCUMENT_READ_ROLES, "re
     openapi_extra=UPLOAD_BODY,
     dependencies=[Depends(bearer_scheme)],
     responses={
-        201: {"description": "stored and recorded on the deal"},
+        201: {
+            "description": "stored and recorded on the deal",
+            "links": {
+                "GetDocument": {
+                    "operationRef": "#/paths/~1api~1deals~1{deal_id}~1documents~1{doc_id}/get",
+                    "parameters": {
+                        "deal_id": "$request.path.deal_id",
+                        "doc_id": "$response.body#/doc_id",
+                    },
+                }
+            },
+        },
         **responses(
             400,
             401,

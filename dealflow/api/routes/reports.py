@@ -14,9 +14,11 @@ from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BeforeValidator
 
 from dealflow import rules
 from dealflow.api import operations
+from dealflow.api.boundary import iso_date
 from dealflow.api.deps import services
 from dealflow.api.problems import responses
 from dealflow.api.security import bearer_scheme, dealer_scope, require_roles
@@ -37,10 +39,12 @@ ReportReader = Annotated[Actor, Depends(require_roles(rules.REPORT_ROLES, "read 
 Dealers = Annotated[rules.DealerScope, Depends(dealer_scope)]
 From = Annotated[
     date | None,
+    BeforeValidator(iso_date),
     Query(alias="from", description="first day of the period (UTC), e.g. 2026-11-01"),
 ]
 To = Annotated[
     date | None,
+    BeforeValidator(iso_date),
     Query(alias="to", description="last day of the period (UTC), included; default: today"),
 ]
 
