@@ -46,6 +46,17 @@ def serve(app: FastAPI, port: int | None = None, health: str = "/healthz") -> It
         thread.join(timeout=10)
 
 
+def _listening_socket(port: int) -> socket.socket:
+    # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY on the connections
+    # it accepts only from a socket that says it is TCP, and without it every
+    # answer waits ~40 ms on Nagle and the client's delayed ACK.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    return listener
+
+
 @asynccontextmanager
 async def serve_async(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
     """Serve on the caller's event loop, so the app can share its Temporal client.
@@ -55,7 +66,7 @@ async def serve_async(app: FastAPI, port: int | None = None) -> AsyncIterator[st
     another process took meanwhile, an OSError for this test only — uvicorn's
     own bind failure is a `sys.exit` that would break the event loop of every
     later test of this process."""
-    listener = socket.create_server(("127.0.0.1", port or 0))
+    listener = _listening_socket(port or 0)
     port = int(listener.getsockname()[1])
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
