@@ -243,8 +243,10 @@ def _kind(schema: Mapping[str, Any]) -> str:
     if "enum" in schema or "const" in schema:
         return "select"
     types = {option.get("type") for option in schema.get("anyOf", ())} or {schema.get("type")}
-    if types == {"number", "string"}:
-        return "number"  # a Decimal: money, or another exact amount
+    if types in ({"number", "string"}, {"integer", "string"}):
+        # A Decimal: money, or another exact amount (a decimal string, or a
+        # whole number as the published schema also allows).
+        return "number"
     kinds = {
         "string": "date" if schema.get("format") == "date" else "text",
         "integer": "number",
@@ -303,12 +305,21 @@ def _scalar_field(
 def _number_bounds(schema: Mapping[str, Any]) -> tuple[str, str, str]:
     """step, min and max of a number input: by 0.01 for a Decimal (money), 1 for an integer."""
     numeric = next(
-        (option for option in schema.get("anyOf", ()) if option.get("type") == "number"), schema
+        (
+            option
+            for option in schema.get("anyOf", ())
+            if option.get("type") in ("number", "integer")
+        ),
+        schema,
     )
     step = "1" if schema.get("type") == "integer" else "0.01" if "anyOf" in schema else "any"
     minimum = _bound(numeric.get("minimum"))
-    if numeric.get("exclusiveMinimum") is not None:
-        # gt=0 on money: the smallest amount above it, one fen (one for an integer).
+    above_zero = numeric.get("exclusiveMinimum") is not None or (
+        step == "0.01" and numeric.get("type") == "integer" and numeric.get("minimum") == 1
+    )
+    if above_zero:
+        # More than 0 (gt=0 money, or its whole-number form from 1): the smallest
+        # amount above it, one fen (one for an integer).
         minimum = "1" if step == "1" else "0.01" if step == "0.01" else ""
     return step, minimum, _bound(numeric.get("maximum"))
 
@@ -367,6 +378,9 @@ def _parse_field(item: FormField, form: Mapping[str, Sequence[str]], errors: dic
         except json.JSONDecodeError as error:
             errors[item.name] = f"not valid JSON: {error.msg} (line {error.lineno})"
             return None
+    if item.kind == "number" and item.step == "1" and text.strip().lstrip("-").isdigit():
+        # A count goes as the JSON integer the API takes ("36" is refused there).
+        return int(text.strip())
     return text
 
 

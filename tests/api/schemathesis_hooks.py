@@ -39,3 +39,26 @@ def schema_valid_request_not_refused_for_its_form(ctx: Any, response: Any, case:
     words = [w for w in FORM_REFUSALS if w in detail]
     if words:
         raise AssertionError(f"a schema-valid request was refused for its form: {detail[:300]}")
+
+
+@schemathesis.check
+def no_server_error_but_a_documented_retry(ctx: Any, response: Any, case: Any) -> None:
+    """Every 5xx fails, but the API's documented 503 for a deal that cannot be
+    read in time (problem+json, Retry-After, "retry shortly")."""
+    if response.status_code < 500:
+        return
+    content_type = response.headers.get("content-type", [""])
+    content_type = content_type[0] if isinstance(content_type, list) else content_type
+    retry = response.headers.get("retry-after")
+    try:
+        detail = str(response.json().get("detail", ""))
+    except ValueError:
+        detail = ""
+    documented = (
+        response.status_code == 503
+        and retry
+        and content_type.startswith("application/problem+json")
+        and "retry shortly" in detail
+    )
+    if not documented:
+        raise AssertionError(f"server error {response.status_code}: {detail[:300]}")
