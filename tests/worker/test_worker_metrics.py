@@ -95,7 +95,11 @@ async def test_open_and_overdue_deals_per_open_stage(engine: Engine) -> None:
         # The loop keeps counting: a deal moving on shows at the next pass.
         moved = deal("docs", Stage.UNDERWRITING, PAST).model_copy(update={"version": 2})
         db.upsert_deal(engine, moved)
-        values = await gauges_when(url, lambda v: v.get((overdue, "UNDERWRITING")) == 2)
+        # Both gauges of one pass, not a scrape between their two updates.
+        values = await gauges_when(
+            url,
+            lambda v: v.get((overdue, "UNDERWRITING")) == 2 and v.get((open_, "UNDERWRITING")) == 3,
+        )
         assert values[(open_, "UNDERWRITING")] == 3 and values[(open_, "DOCUMENTS")] == 0
     finally:
         reporting.cancel()
