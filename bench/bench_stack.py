@@ -168,10 +168,14 @@ def row(
     target: str = "",
     ok: bool | None = None,
     note: str = "",
+    key: str = "",
 ) -> dict[str, Any]:
     """One line of the results table. `ratio` is value / baseline when both exist;
-    `met` is None when the figure has no target (or the run is too small to judge)."""
+    `met` is None when the figure has no target (or the run is too small to judge).
+    `key` names the figure in latest.json's flat `figures` map (`<key>` for the
+    value, `<key>_baseline`, `<key>_ratio`); a time's key ends in `_s`."""
     return {
+        "key": key,
         "figure": figure,
         "value": value,
         "unit": unit,
