@@ -28,7 +28,9 @@ the file is read and the file is streamed; fields after the file are judged,
 with the others, when the file part ends and before the store keeps it. When
 the file comes first, it is kept (dealflow/api/multipart.py `SpooledPart`:
 within the same size limit and timing, removed when the request ends) until
-the fields after it have been read and judged, then stored the same way.
+the fields after it have been read and judged, then stored the same way. The
+deal desk's form is the exception: its CSRF field must come before the file
+(its page sends it first), so a forged form is refused before the file is read.
 
 Bounded (dealflow/api/upload_gate.py): the store consumes the file in the
 uploads' own thread pool; each read waits at most the idle timeout for the next
@@ -125,10 +127,10 @@ async def _read_fields(
     return None
 
 
-def _needs_more(fields: dict[str, str], extra_fields: tuple[str, ...]) -> bool:
+def _needs_more(fields: dict[str, str]) -> bool:
     """Whether a field the judgement needs is still missing (it may follow the file)."""
     needs, _ = KIND_NEEDS.get(fields.get("kind", ""), ((), ""))
-    return any(not fields.get(name) for name in ("kind", "party", *extra_fields, *needs))
+    return any(not fields.get(name) for name in ("kind", "party", *needs))
 
 
 def _check_form_fields(
@@ -293,7 +295,7 @@ class _UploadForm:
 
     @property
     def needs_more(self) -> bool:
-        return _needs_more(self.fields, self.extra_fields)
+        return _needs_more(self.fields)
 
     def judge(self) -> dict[str, Any]:
         self.checked = self._judge(self.fields, self.file_name)
@@ -320,8 +322,8 @@ async def receive_upload(
 ) -> DocumentUploaded:
     """Stream the multipart upload of `request` into the store and record it on
     the deal (this route's, and the deal desk's, whose form adds its CSRF field:
-    `extra_fields` are read and handed with the others to `check_fields`, which
-    may refuse the upload before the file is stored)."""
+    `extra_fields` come before the file and are handed with the others to
+    `check_fields`, which may refuse the upload before a byte of the file is read)."""
     svc = services(request)
     timing = svc.uploads.timing()
     reader: MultipartReader | None = None
@@ -344,6 +346,8 @@ async def receive_upload(
             reader = MultipartReader(request, boundary, timing)
             form = _UploadForm(reader, extra_fields, judge)
             file_name = await form.read_to_file()
+            if check_fields is not None:
+                check_fields(form.fields)
             if form.needs_more:
                 stored, content_type = await _spool_then_store(svc, form)
             else:
