@@ -237,7 +237,9 @@ class FileStream:
         for chunk in self.head:
             yield self._take(chunk)
         if not self.finished:
-            while data := self._on_loop(self.reader.next_file_data, self.reader.pull_timeout):
+            while (
+                data := self._on_loop(self.reader.next_file_data, self.reader.pull_timeout)
+            ) is not None:
                 yield self._take(data)
         if self.at_end is not None:
             self._on_loop(self.at_end, self.reader.rest_timeout)
@@ -261,7 +263,8 @@ class FileStream:
 class SpooledPart:
     """A file part kept until the form fields after it have been read: in memory
     up to SPOOL_MEMORY_BYTES, then in an anonymous temporary file, gone on close.
-    Filled and read in worker threads (the reads and writes may block)."""
+    Filled in a worker thread and read by the store's (the writes and reads may
+    block), but for the first piece, which the type is sniffed from."""
 
     def __init__(self) -> None:
         # Closed by close() / the with-block that owns the part.
