@@ -135,7 +135,12 @@ class TemporalDeals:
             return rules.status_for_roles(status, [self.actor.role])
 
         awaited = await deal_wait.next_status(
-            deal_wait.ReadModelWatch(engine), deal_id, Change(stage=now.stage), wait, read, known=now
+            deal_wait.ReadModelWatch(engine),
+            deal_id,
+            Change(stage=now.stage),
+            wait,
+            read,
+            known=now,
         )
         assert awaited is not None  # only a wait told when its client left ends without one
         return awaited.status, awaited.changed

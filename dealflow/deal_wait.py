@@ -94,10 +94,10 @@ class ReadModelWatch:
         marks = await asyncio.to_thread(db.deal_marks, self.engine, [deal_id])
         return marks.get(deal_id)
 
-    async def wait(self, deal_id: str, test: MarkTest, timeout: float) -> bool:
+    async def wait(self, deal_id: str, test: MarkTest, within: float) -> bool:
         """True once `test` passes on the deal's row (None while it has none);
-        False if `timeout` seconds pass first or the watch is closed."""
-        if self._closed or timeout <= 0:
+        False if `within` seconds pass first or the watch is closed."""
+        if self._closed or within <= 0:
             return False
         waiter = _Waiter(test)
         self._waiters.setdefault(deal_id, []).append(waiter)
@@ -105,7 +105,7 @@ class ReadModelWatch:
             self._poller = asyncio.create_task(self._poll(), name="read-model-watch")
         try:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(within):
                     await waiter.done.wait()
         finally:
             self._forget(deal_id, waiter)
@@ -154,13 +154,13 @@ async def next_status(
     watch: ReadModelWatch,
     deal_id: str,
     change: Change,
-    timeout: float,
+    within: float,
     read_status: ReadStatus,
     *,
     known: DealStatus | None = None,
     gone: Gone | None = None,
 ) -> Awaited | None:
-    """The deal's status once it shows `change`, or as it is after `timeout`
+    """The deal's status once it shows `change`, or as it is after `within`
     seconds (`changed` False); None if `gone()` says the client left first.
 
     `read_status` (a status query) is called only when the read model shows
@@ -168,7 +168,7 @@ async def next_status(
     the caller has just read: the read model must then get past its version,
     so a row that lags behind the deal does not count as a change.
     """
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     status = known
     while True:
         if status is not None and change.seen_in(status.version, status.stage):
@@ -194,7 +194,9 @@ async def _watch_until(
     (None: the client is gone). Watched in slices, to notice a client leaving."""
 
     def test(mark: db.DealMark | None) -> bool:
-        return mark is not None and mark.version > floor and change.seen_in(mark.version, mark.stage)
+        return (
+            mark is not None and mark.version > floor and change.seen_in(mark.version, mark.stage)
+        )
 
     while (remaining := deadline - time.monotonic()) > 0:
         if await watch.wait(deal_id, test, min(remaining, SLICE_SECONDS)):

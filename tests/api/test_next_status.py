@@ -144,8 +144,14 @@ async def test_waits_for_a_version_past_the_one_named(stack: ApiStack) -> None:
     [
         ({"wait": 1}, "say what to wait for: after_stage"),
         ({"after_stage": "LIMBO"}, "query.after_stage: Input should be"),
-        ({"after_stage": "CONTRACT", "wait": 31}, "query.wait: Input should be less than or equal to 30"),
-        ({"after_stage": "CONTRACT", "wait": -1}, "query.wait: Input should be greater than or equal to 0"),
+        (
+            {"after_stage": "CONTRACT", "wait": 31},
+            "query.wait: Input should be less than or equal to 30",
+        ),
+        (
+            {"after_stage": "CONTRACT", "wait": -1},
+            "query.wait: Input should be greater than or equal to 0",
+        ),
         ({"after_version": -1}, "query.after_version: Input should be greater than or equal to 0"),
         ({"after_version": "newest"}, "query.after_version: Input should be a valid integer"),
     ],
@@ -162,16 +168,16 @@ async def test_refuses_bad_parameters_precisely(
 async def test_reads_as_get_deal_does_for_tokens_and_dealers(stack: ApiStack) -> None:
     desk = await projected_deal(stack, dealer_id="WAIT-A")
     path = f"/api/deals/{desk.deal_id}/next-status"
-    params = {"after_stage": "DOCUMENTS", "wait": 0}
+    params: dict[str, Any] = {"after_stage": "DOCUMENTS", "wait": 0}
     no_token = await stack.http().get(path, params=params)
     assert no_token.status_code == 401
     other_dealer = stack.http(token=stack.token(Role.SALES, "sales.b", dealers=["WAIT-B"]))
     hidden = await other_dealer.get(path, params=params)
     unknown = await other_dealer.get(f"/api/deals/{NO_DEAL}/next-status", params=params)
     assert hidden.status_code == unknown.status_code == 404
-    assert hidden.json()["detail"].replace(desk.deal_id, "ID") == unknown.json()[
-        "detail"
-    ].replace(NO_DEAL, "ID")
+    assert hidden.json()["detail"].replace(desk.deal_id, "ID") == unknown.json()["detail"].replace(
+        NO_DEAL, "ID"
+    )
     own_dealer = stack.http(token=stack.token(Role.SALES, "sales.a", dealers=["WAIT-A"]))
     seen = await own_dealer.get(path, params=params)
     assert seen.status_code == 200 and seen.headers["Wait-Outcome"] == "changed"

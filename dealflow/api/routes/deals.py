@@ -293,8 +293,7 @@ WAIT_OUTCOME = {
             503,
             d422="neither after_stage nor after_version, an unknown stage, or a wait "
             "outside 0–30 seconds",
-            d429="too many status waits open at once (yours, or the server's); "
-            "header Retry-After",
+            d429="too many status waits open at once (yours, or the server's); header Retry-After",
         ),
     },
 )
