@@ -5,7 +5,7 @@ app's Temporal client counts the status queries it sends (a client
 interceptor on a real client), so each test can say how often the deal was
 asked: once per wait, however long it waited. Also the CLI's `status --wait`
 through the API, the benchmarks' driver waiting on the read model, and the
-watch ending every wait when the server stops.
+watch and the API's server ending every wait when they stop.
 """
 
 from __future__ import annotations
@@ -21,14 +21,19 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from temporalio import client as temporal
 from temporalio.testing import WorkflowEnvironment
 
 import starter
 from bench.bench_driver import Driver
+from dealflow.api.__main__ import FlushingServer
+from dealflow.api.app import create_app
+from dealflow.api.deps import Services
 from dealflow.deal_wait import ReadModelWatch
 from dealflow.models import Role, Stage
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack
+from tests.support.servers import free_port
 
 PROBLEM = "application/problem+json"
 NO_DEAL = "20990101-00000000"
@@ -276,3 +281,37 @@ async def test_closing_the_watch_ends_every_wait_at_once(stack: ApiStack) -> Non
     assert await asyncio.wait_for(asyncio.gather(*waits), 2) == [False, False, False]
     assert time.monotonic() - started < 1.0
     assert await watch.wait(NO_DEAL, lambda mark: True, 5) is False
+
+
+async def test_stopping_the_server_answers_the_open_waits_at_once(stack: ApiStack) -> None:
+    """uvicorn lets open requests finish before it stops: the API's server ends
+    the waits first, so a long poll does not hold a deploy for 30 s."""
+    desk = await projected_deal(stack)
+    services = Services(
+        settings=stack.services.settings,
+        client=stack.services.client,
+        engine=stack.engine,
+        lenders=stack.lenders,
+        store=stack.store,
+    )
+    port = free_port()
+    config = uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_config=None)
+    server = FlushingServer(config, services.status_waits.close)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not serving.done()
+        await asyncio.sleep(0.01)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", headers=stack.headers(Role.SALES), trust_env=False
+    ) as http:
+        waiting = next_status(http, desk.deal_id, after_stage="CONTRACT", wait=30)
+        while services.status_waits.open_waits("sales-01") == 0:
+            assert not waiting.done(), waiting.result().text
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        server.should_exit = True
+        answer = await asyncio.wait_for(waiting, 5)
+        await asyncio.wait_for(serving, 5)
+    assert time.monotonic() - started < 3.0
+    assert answer.status_code == 200 and answer.headers["Wait-Outcome"] == "timeout"
+    assert answer.json()["stage"] == "CONTRACT"
