@@ -30,6 +30,8 @@ from bench.bench_driver import Driver
 from dealflow.api.__main__ import FlushingServer
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
+from dealflow.api.errors import Problem
+from dealflow.api.status_waits import StatusWaits
 from dealflow.deal_wait import ReadModelWatch
 from dealflow.models import Role, Stage
 from tests.support.api_stack import ApiStack, HttpDesk, api_stack
@@ -315,3 +317,15 @@ async def test_stopping_the_server_answers_the_open_waits_at_once(stack: ApiStac
     assert time.monotonic() - started < 3.0
     assert answer.status_code == 200 and answer.headers["Wait-Outcome"] == "timeout"
     assert answer.json()["stage"] == "CONTRACT"
+
+
+async def test_the_server_caps_the_waits_of_everyone_together(stack: ApiStack) -> None:
+    settings = stack.services.settings.model_copy(update={"status_waits_total": 3})
+    waits = StatusWaits(settings, ReadModelWatch(stack.engine))
+    with waits.slot("li"), waits.slot("li"), waits.slot("wang"):
+        with pytest.raises(Problem) as refused, waits.slot("zhao"):
+            pass
+        assert refused.value.status == 429 and refused.value.headers == {"Retry-After": "5"}
+        assert "too many status waits are open on this server" in refused.value.detail
+    with waits.slot("zhao"):
+        assert waits.open_waits("zhao") == 1 and waits.open_waits("li") == 0
