@@ -93,7 +93,13 @@ async def start_live_deals(stack: BenchStack) -> dict[str, str]:
     just started, one approved (documents, a submission, money to pay), one
     funded and delivered (every step's facts); id -> stage."""
     assert stack.client is not None
-    driver = Driver(stack.client, stack.store, stack.lenders, stack.settings.task_queue)
+    driver = Driver(
+        stack.client,
+        stack.store,
+        stack.lenders,
+        stack.settings.task_queue,
+        database_url=stack.settings.database_url,
+    )
     new, approved, funded = [await driver.start() for _ in range(3)]
     await asyncio.gather(driver.to_underwriting(approved), driver.to_underwriting(funded))
     await asyncio.gather(driver.approved(approved), driver.to_follow_up(funded))

@@ -222,7 +222,14 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             say("[5] the arm with the project's own worker is skipped with --quick")
         else:
             say(f"[5] configured: {n} deals with lender calls in flight; kill -9 worker.py")
-            d1 = Driver(s.client, s.store, s.lenders, s.settings.task_queue, s.sim_url)
+            d1 = Driver(
+                s.client,
+                s.store,
+                s.lenders,
+                s.settings.task_queue,
+                s.sim_url,
+                database_url=s.settings.database_url,
+            )
             results["configured"] = await crash_and_recover(
                 s, proxy, d1, n, s.kill_worker, lambda: s.start_worker(wait=True), timeout
             )
@@ -239,7 +246,9 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             tuned["p"] = s.start_extra("tuned_worker", argv, task_queue=tq)
 
         say(f"[5] tuned {TUNED}: {n} deals; kill -9 the tuned worker")
-        d2 = Driver(s.client, s.store, s.lenders, tq, s.sim_url)
+        d2 = Driver(
+            s.client, s.store, s.lenders, tq, s.sim_url, database_url=s.settings.database_url
+        )
         results["tuned"] = await crash_and_recover(
             s, proxy, d2, n, kill_tuned, start_tuned, timeout
         )

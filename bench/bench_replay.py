@@ -115,7 +115,14 @@ async def run(ctx: Ctx) -> dict[str, Any]:
         if not deal_hists or plan is None:
             k = ctx.n(50, 2)
             say(f"[4] no deal histories from benchmark 1: driving {k} deals")
-            driver = Driver(s.client, s.store, s.lenders, s.settings.task_queue, s.sim_url)
+            driver = Driver(
+                s.client,
+                s.store,
+                s.lenders,
+                s.settings.task_queue,
+                s.sim_url,
+                database_url=s.settings.database_url,
+            )
             ids = await bounded(k, 10, lambda i: driver.full_deal())
             deal_hists = [
                 await s.client.get_workflow_handle(deals.workflow_id(d)).fetch_history()

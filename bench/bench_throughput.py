@@ -43,7 +43,14 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             [python(), "-m", "bench.floor", "worker", "--task-queue", FLOOR_QUEUE, "--codec"],
             task_queue=FLOOR_QUEUE,
         )
-        driver = Driver(client, s.store, s.lenders, s.settings.task_queue, s.sim_url)
+        driver = Driver(
+            client,
+            s.store,
+            s.lenders,
+            s.settings.task_queue,
+            s.sim_url,
+            database_url=s.settings.database_url,
+        )
 
         say("[1] calibration deal (also warms up worker and server)")
         cal = await driver.full_deal()

@@ -192,7 +192,14 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     async with ctx.stack("b2-webhooks") as s:
         assert s.client is not None
         client = s.client
-        driver = Driver(client, s.store, s.lenders, s.settings.task_queue, s.sim_url)
+        driver = Driver(
+            client,
+            s.store,
+            s.lenders,
+            s.settings.task_queue,
+            s.sim_url,
+            database_url=s.settings.database_url,
+        )
         say(f"[2] driving {2 * n_deals} deals to UNDERWRITING (lender silent)")
         refs = await prepare(driver, 2 * n_deals, ctx.n(20, 3))
         ids = list(refs)
