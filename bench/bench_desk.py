@@ -60,6 +60,7 @@ class PagePair:
     the samples take the pairs in turn."""
 
     figure: str
+    key: str  # latest.json's name of the p95 row; the p50 row's is the same with p50
     desk_paths: tuple[str, ...]
     api_paths: tuple[str, ...]
     max_ratio: float
@@ -73,6 +74,7 @@ def page_pairs(n_deals: int, live_deals: dict[str, str]) -> list[PagePair]:
     return [
         PagePair(
             f"deals list p95, {n_deals:,} deals",
+            "desk_list_p95_s",
             (f"/desk/deals?{query}",),
             (f"/api/deals?{query}&limit=50",),
             1.5,
@@ -80,6 +82,7 @@ def page_pairs(n_deals: int, live_deals: dict[str, str]) -> list[PagePair]:
         ),
         PagePair(
             f"deal page p95, {len(ids)} deals",
+            "desk_page_p95_s",
             tuple(f"/desk/deals/{deal_id}" for deal_id in ids),
             tuple(f"/api/deals/{deal_id}" for deal_id in ids),
             2.0,
@@ -246,6 +249,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                         target=f"<= {pair.max_ratio:g}x JSON",
                         ok=ctx.judge(desk_p95 <= pair.max_ratio * api_p95),
                         note=pair.note,
+                        key=pair.key,
                     )
                 )
                 rows.append(
@@ -254,6 +258,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                         round(pct(desk, 50) * 1000, 2),
                         "ms",
                         baseline=round(pct(api, 50) * 1000, 2),
+                        key=pair.key.replace("p95", "p50"),
                     )
                 )
     db.dispose_engine(url)

@@ -277,8 +277,9 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             w_rate,
             "/s",
             baseline=r_rate,
-            target=">= 0.7x raw signal",
-            ok=ctx.judge(w_rate >= 0.7 * r_rate),
+            target=">= 0.9x raw signal",
+            ok=ctx.judge(w_rate >= 0.9 * r_rate),
+            key="webhooks_per_s_vs_signal",
         ),
         row(
             "webhook p99",
@@ -287,8 +288,15 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             baseline=r_p99,
             target="<= 2x raw signal",
             ok=ctx.judge(w_p99 <= 2 * r_p99),
+            key="webhook_p99_s",
         ),
-        row("webhook p50", 1000 * pct(w["lat"], 50), "ms", baseline=1000 * pct(r["lat"], 50)),
+        row(
+            "webhook p50",
+            1000 * pct(w["lat"], 50),
+            "ms",
+            baseline=1000 * pct(r["lat"], 50),
+            key="webhook_p50_s",
+        ),
         row(
             "lost / doubly applied / forged applied",
             wrong,
@@ -296,6 +304,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             baseline=raw_check["lost"] + raw_check["doubly_applied"],
             target="0",
             ok=wrong == 0 and bad_status == 0,
+            key="webhooks_lost_doubled_forged",
             note=f"webhook {web_check}, unexpected HTTP statuses {bad_status}; raw {raw_check}, "
             f"errors {raw_errors}",
         ),

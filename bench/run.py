@@ -47,6 +47,7 @@ from bench import (
     bench_webhooks,
 )
 from bench.bench_stack import Ctx, row
+from bench.figures import figures
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -159,6 +160,7 @@ async def main_async(args: argparse.Namespace) -> int:
             "platform": platform.platform(),
         },
         "benchmarks": {},
+        "figures": {},
     }
     errors = 0
     started = time.monotonic()
@@ -179,6 +181,7 @@ async def main_async(args: argparse.Namespace) -> int:
             res["name"] = name
             res["seconds"] = round(time.monotonic() - t0, 1)
             report["benchmarks"][str(num)] = res
+            report["figures"] = figures(report["benchmarks"])
             console.print(f"   {num}. {name}: {res['seconds']:.0f}s")
             # Written after every benchmark: a long run interrupted keeps what it measured.
             out_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
