@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bench.bench_driver import Driver
 from bench.bench_stack import BenchStack, Ctx, pct, row, say
+from bench.progress import Bar, progress_board
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.api.security import mint_token
@@ -173,7 +174,7 @@ def fill_read_model(url: str, n: int) -> None:
 
 
 async def measure(
-    get: Callable[[str], Awaitable[float]], pair: PagePair, samples: int
+    get: Callable[[str], Awaitable[float]], pair: PagePair, samples: int, bar: Bar
 ) -> tuple[list[float], list[float]]:
     pairs = list(zip(pair.desk_paths, pair.api_paths, strict=True))
     for i in range(WARM_UP):
@@ -190,6 +191,7 @@ async def measure(
         else:
             api.append(await get(api_path))
             desk.append(await get(desk_path))
+        bar.advance()
     return desk, api
 
 
@@ -204,6 +206,32 @@ def in_process_app(stack: BenchStack, database_url: str) -> tuple[Stopwatch, Ser
         store=stack.store,
     )
     return Stopwatch(create_app(services)), services
+
+
+def pair_rows(
+    ctx: Ctx, pair: PagePair, desk: list[float], api: list[float]
+) -> list[dict[str, Any]]:
+    """The p95 row (judged) and the p50 row of one pair, in milliseconds."""
+    desk_p95, api_p95 = pct(desk, 95) * 1000, pct(api, 95) * 1000
+    return [
+        row(
+            pair.figure,
+            round(desk_p95, 2),
+            "ms",
+            baseline=round(api_p95, 2),
+            target=f"<= {pair.max_ratio:g}x JSON",
+            ok=ctx.judge(desk_p95 <= pair.max_ratio * api_p95),
+            note=pair.note,
+            key=pair.key,
+        ),
+        row(
+            pair.figure.replace("p95", "p50"),
+            round(pct(desk, 50) * 1000, 2),
+            "ms",
+            baseline=round(pct(api, 50) * 1000, 2),
+            key=pair.key.replace("p95", "p50"),
+        ),
+    ]
 
 
 async def run(ctx: Ctx) -> dict[str, Any]:
@@ -236,30 +264,11 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                 return app.last
 
             rows = []
-            for pair in page_pairs(n_deals, live_deals):
-                say(f"[7] {pair.figure}: {samples} requests each, alternating")
-                desk, api = await measure(get, pair, samples)
-                desk_p95, api_p95 = pct(desk, 95) * 1000, pct(api, 95) * 1000
-                rows.append(
-                    row(
-                        pair.figure,
-                        round(desk_p95, 2),
-                        "ms",
-                        baseline=round(api_p95, 2),
-                        target=f"<= {pair.max_ratio:g}x JSON",
-                        ok=ctx.judge(desk_p95 <= pair.max_ratio * api_p95),
-                        note=pair.note,
-                        key=pair.key,
-                    )
-                )
-                rows.append(
-                    row(
-                        pair.figure.replace("p95", "p50"),
-                        round(pct(desk, 50) * 1000, 2),
-                        "ms",
-                        baseline=round(pct(api, 50) * 1000, 2),
-                        key=pair.key.replace("p95", "p50"),
-                    )
-                )
+            with progress_board() as board:
+                for pair in page_pairs(n_deals, live_deals):
+                    say(f"[7] {pair.figure}: {samples} requests each, alternating")
+                    bar = board.add(f"[7] {pair.figure}", samples, "pairs")
+                    desk, api = await measure(get, pair, samples, bar)
+                    rows += pair_rows(ctx, pair, desk, api)
     db.dispose_engine(url)
     return {"rows": rows, "deals": n_deals, "samples": samples, "live_deals": live_deals}

@@ -32,6 +32,7 @@ from typing import Any
 from bench import floor
 from bench.bench_driver import Driver, bounded
 from bench.bench_stack import BenchStack, Ctx, mean, python, row, say
+from bench.progress import Board, progress_board
 from dealflow import client as deals
 
 
@@ -102,6 +103,11 @@ async def floor_histories_like(
 
 
 async def run(ctx: Ctx) -> dict[str, Any]:
+    with progress_board() as board:
+        return await run_on(ctx, board)
+
+
+async def run_on(ctx: Ctx, board: Board) -> dict[str, Any]:
     n = ctx.n(1000, 20)
     deal_hists: list[Any] = list(ctx.shared.get("deal_histories") or [])
     plan: floor.FloorPlan | None = ctx.shared.get("floor_plan")
@@ -116,7 +122,9 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             k = ctx.n(50, 2)
             say(f"[4] no deal histories from benchmark 1: driving {k} deals")
             driver = Driver(s.client, s.store, s.lenders, s.settings.task_queue, s.sim_url)
-            ids = await bounded(k, 10, lambda i: driver.full_deal())
+            ids = await bounded(
+                k, 10, board.add("[4] deals driven", k).counted(lambda i: driver.full_deal())
+            )
             deal_hists = [
                 await s.client.get_workflow_handle(deals.workflow_id(d)).fetch_history()
                 for d in ids
@@ -156,6 +164,8 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     audit_error: str | None = None
     say(f"[4] replaying {n} deal histories ({how}) and {nf} floor histories")
     walls = {"deal": 0.0, "floor": 0.0}
+    # Each part replays in a process of its own: the bar moves a part at a time.
+    bar = board.add("[4] histories replayed", n + nf, "histories")
     for name, part in order:
         folder = str(folders[(name, part)])
         own = [python(), "-m", "bench.bench_replay", "replay", "--workflow", name, folder]
@@ -175,6 +185,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             say(f"[4] `audit replay` failed; using the SDK Replayer: {audit_error[-200:]}")
             wall, _ = await asyncio.to_thread(timed, own, ctx.src)
         walls[name] += wall
+        bar.advance(sizes[name][part])
         say(f"[4]   {name} part {part}: {sizes[name][part] / wall:.1f} histories/s")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -57,7 +57,15 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     if saved:
         wall, summary = from_log(Path(saved))
         return {
-            "rows": [row("test suite wall time", wall, "s", note=f"from {saved}: {summary}", key=SUITE_KEY)],
+            "rows": [
+                row(
+                    "test suite wall time",
+                    wall,
+                    "s",
+                    note=f"from {saved}: {summary}",
+                    key=SUITE_KEY,
+                )
+            ],
             "detail": {"source": str(saved), "summary": summary},
         }
     if ctx.quick:
@@ -79,6 +87,14 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     return {
         # A time, not a target: the outcome is reported beside it (the suite is judged by
         # `make test`, not here).
-        "rows": [row("test suite wall time", wall, "s", note=f"pytest -q -n auto: {summary}", key=SUITE_KEY)],
+        "rows": [
+            row(
+                "test suite wall time",
+                wall,
+                "s",
+                note=f"pytest -q -n auto: {summary}",
+                key=SUITE_KEY,
+            )
+        ],
         "detail": {"summary": summary, "exit_status": rc, "log": str(log)},
     }

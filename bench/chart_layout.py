@@ -122,7 +122,9 @@ def figure(title: str, subtitle: str, panels: list[Panel]) -> Figure:
     return Figure(title, subtitle, WIDTH, int(math.ceil(height)), panels)
 
 
-def frame(title: str, x_label: str, y_label: str, row: int = 0, col: int = 0, cols: int = 1) -> Panel:
+def frame(
+    title: str, x_label: str, y_label: str, row: int = 0, col: int = 0, cols: int = 1
+) -> Panel:
     """An empty panel in cell (`row`, `col`) of a grid `cols` wide."""
     cell = WIDTH / cols
     return Panel(
@@ -199,13 +201,15 @@ def bars(
             value = column[i]
             x = x0 + s * bar
             if value is None:
-                panel.texts.append(
-                    Text(x + bar / 2, panel.bottom - 6, "not measured", kind="note")
-                )
+                panel.texts.append(Text(x + bar / 2, panel.bottom - 6, "not measured", kind="note"))
                 continue
             h = value * per_unit
             panel.rects.append(Rect(round(x + 1, 1), round(panel.bottom - h, 1), bar - 2, h, s))
-            panel.texts.append(Text(round(x + bar / 2, 1), round(panel.bottom - h - 4, 1), f"{number(value)}{unit}"))
+            panel.texts.append(
+                Text(
+                    round(x + bar / 2, 1), round(panel.bottom - h - 4, 1), f"{number(value)}{unit}"
+                )
+            )
     panel.legend = [(s, name) for s, (name, _column) in enumerate(series)]
 
 
@@ -218,7 +222,11 @@ def lines(
     """Lines through (x, y) points from x = 0, each point labelled with its y value."""
     points = [p for _name, pts in series for p in pts]
     _top, per_unit = y_scale(panel, [y for _x, y in points])
-    xs = list(x_ticks) if x_ticks is not None else nice_ticks(max((x for x, _y in points), default=1.0))
+    xs = (
+        list(x_ticks)
+        if x_ticks is not None
+        else nice_ticks(max((x for x, _y in points), default=1.0))
+    )
     x_top = max(xs[-1], max((x for x, _y in points), default=1.0))
     per_x = panel.width / x_top
     panel.x_ticks = [Tick(round(panel.left + x * per_x, 1), round_number(x)) for x in xs]
@@ -257,7 +265,13 @@ def timeline(panel: Panel, lanes: Sequence[Lane], unit: str = "s") -> None:
     for i, lane in enumerate(lanes):
         mid = panel.top + (i + 0.5) * lane_h
         panel.texts.append(
-            Text(panel.left + 4, round(panel.top + i * lane_h + 14, 1), lane.name, "start", "lane-name")
+            Text(
+                panel.left + 4,
+                round(panel.top + i * lane_h + 14, 1),
+                lane.name,
+                "start",
+                "lane-name",
+            )
         )
         panel.lines.append(Line(panel.left, mid, panel.right, mid, "lane"))
         last = max((t for _what, t in lane.events), default=0.0)
@@ -267,13 +281,21 @@ def timeline(panel: Panel, lanes: Sequence[Lane], unit: str = "s") -> None:
             top, bottom = panel.top + i * lane_h + 4, panel.top + (i + 1) * lane_h - 4
             panel.lines.append(Line(x, round(top, 1), x, round(bottom, 1), "target"))
             panel.texts.append(
-                Text(x + 4, round(top + 10, 1), f"target {round_number(lane.target)} {unit}", "start", "target-text")
+                Text(
+                    x + 4,
+                    round(top + 10, 1),
+                    f"target {round_number(lane.target)} {unit}",
+                    "start",
+                    "target-text",
+                )
             )
         _event_labels(panel, lane, mid, per_x, i, unit)
     panel.legend = [(i, lane.name) for i, lane in enumerate(lanes)]
 
 
-def _event_labels(panel: Panel, lane: Lane, mid: float, per_x: float, series: int, unit: str) -> None:
+def _event_labels(
+    panel: Panel, lane: Lane, mid: float, per_x: float, series: int, unit: str
+) -> None:
     """Dots on the lane; labels alternate above and below and step further out
     when they would overlap the one before on the same side."""
     taken: dict[int, list[tuple[float, float]]] = {}
@@ -288,7 +310,9 @@ def _event_labels(panel: Panel, lane: Lane, mid: float, per_x: float, series: in
             tier += 1
         taken.setdefault(side * (tier + 1), []).append((x - half, x + half))
         y = mid + side * (14 + 13 * tier) + (4 if side > 0 else 0)
-        panel.lines.append(Line(round(x, 1), mid, round(x, 1), round(y - (4 if side > 0 else -3), 1), "tick"))
+        panel.lines.append(
+            Line(round(x, 1), mid, round(x, 1), round(y - (4 if side > 0 else -3), 1), "tick")
+        )
         # Kept inside the figure: a label centred on an early or late event would be cut.
         text_x = min(max(x, half + 4), WIDTH - half - 4)
         panel.texts.append(

@@ -87,7 +87,12 @@ def throughput_chart(report: Mapping[str, Any]) -> Figure:
             rate = rates[arm]
             if rate is not None and arm != "floor":
                 panel.texts.append(
-                    Text(tick.pos, panel.bottom + 30, f"{rate / reference:.2f}x reference", kind="note")
+                    Text(
+                        tick.pos,
+                        panel.bottom + 30,
+                        f"{rate / reference:.2f}x reference",
+                        kind="note",
+                    )
                 )
     panel.x_label = ""
     return figure("Throughput: DealFlow vs the floors and DBOS", subtitle(report), [panel])
@@ -141,7 +146,9 @@ def recovery_chart(report: Mapping[str, Any]) -> Figure:
     ]
     if not lanes:
         raise MissingData("benchmark 5's recovery series has no run")
-    panel = frame("After kill -9 of a worker with lender calls in flight", "seconds since the kill", "")
+    panel = frame(
+        "After kill -9 of a worker with lender calls in flight", "seconds since the kill", ""
+    )
     timeline(panel, lanes)
     return figure("Recovery timeline", subtitle(report), [panel])
 

@@ -59,6 +59,10 @@ class Bar:
         if self._progress is not None and self._task is not None:
             self._progress.advance(self._task, n)
 
+    def update_to(self, completed: int) -> None:
+        """Set the count outright (for work counted by polling, e.g. rows in a table)."""
+        self.advance(completed - self.completed)
+
     def counted(self, work: Callable[[int], Awaitable[T]]) -> Callable[[int], Awaitable[T]]:
         """`work` that advances the bar when each call finishes (for `bounded`)."""
 
