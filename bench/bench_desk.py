@@ -38,12 +38,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bench.bench_driver import Driver
 from bench.bench_stack import BenchStack, Ctx, pct, row, say
-from bench.progress import Bar, progress_board
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
 from dealflow.api.security import mint_token
 from dealflow.desk.session import COOKIE
 from dealflow.models import STAGE_ORDER, Action, PendingAction, Role, Stage
+from dealflow.progress import Bar, progress_board
 from dealflow.rules import ACTION_STAGES, owner_role
 from dealflow.storage import db
 

@@ -26,8 +26,8 @@ from typing import Any
 from bench import floor
 from bench.bench_driver import Driver, bounded
 from bench.bench_stack import Ctx, cpu_seconds, pct, python, row, rss_mb, say
-from bench.progress import Bar, Board, progress_board
 from dealflow.models import DealPolicy
+from dealflow.progress import Bar, Board, progress_board
 
 PARKED_POLICY = DealPolicy(contract_deadline=timedelta(days=21))
 

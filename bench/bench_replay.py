@@ -32,8 +32,8 @@ from typing import Any
 from bench import floor
 from bench.bench_driver import Driver, bounded
 from bench.bench_stack import BenchStack, Ctx, mean, python, row, say
-from bench.progress import Board, progress_board
 from dealflow import client as deals
+from dealflow.progress import Board, progress_board
 
 
 def audit_command(src: Path) -> list[str] | None:

@@ -33,9 +33,9 @@ from bench import http_lite
 from bench.bench_driver import Driver, bounded
 from bench.bench_profile import Profiles
 from bench.bench_stack import CpuMeter, Ctx, pct, row, say
-from bench.progress import Bar, Board, progress_board
 from dealflow import client as deals
 from dealflow.models import ApplicationDecided, DealStatus, LenderEventInput
+from dealflow.progress import Bar, Board, progress_board
 from sim.lender.delivery import WRONG_SECRET, build_body, signed_headers
 
 LENDER = "acme-auto-finance"

@@ -1,4 +1,5 @@
-"""Progress bars for long runs (`make bench`, `make chaos`): done / total, rate, time left.
+"""Progress bars for long runs (`make bench`, `make chaos`, `dealflow-audit archive`):
+done / total, rate, time left.
 
     with progress_board() as board:
         bar = board.add("[2] webhook arm", total=2000, unit="requests")
@@ -17,7 +18,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import IO, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -83,6 +84,14 @@ class Board:
     @property
     def live(self) -> bool:
         return self._progress is not None
+
+    def through(self, stream: IO[str]) -> IO[str]:
+        """The way to write to `stream` while the bars are drawn: the process's own
+        stdout, held from before, would tear the bars on a shared terminal, so its
+        writes go through the proxy that prints them above."""
+        if self._progress is not None and stream is sys.__stdout__:
+            return sys.stdout
+        return stream
 
     def add(self, description: str, total: int | None, unit: str = "deals") -> Bar:
         if self._progress is None:
