@@ -200,7 +200,7 @@ async def main_async(args: argparse.Namespace) -> int:
     # A --quick run without --out keeps its charts apart from the full run's (the README's).
     suffix = "-quick" if args.quick and not args.out else ""
     for line in write_charts(report, out_path.parent, suffix):
-        console.print(f"charts: {line}", highlight=False)
+        console.print(f"charts: {line}", highlight=False, soft_wrap=True)
     missed = [
         f"{num}: {r['figure']}"
         for num, res in report["benchmarks"].items()
