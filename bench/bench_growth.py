@@ -26,8 +26,12 @@ REPLAYS = 3
 
 
 def replayer_for(client: Client) -> Replayer:
+    """The deal's replayer as `dealflow-audit replay` builds it (dealflow/audit/replay.py)."""
+    import workflows as workflow_package
+    from dealflow.bytecode import cache_bytecode
     from workflows import WORKFLOW_RUNNER, DealWorkflow
 
+    cache_bytecode(workflow_package)  # each replay re-imports the module in the sandbox
     return Replayer(
         workflows=[DealWorkflow],
         data_converter=client.data_converter,

@@ -38,9 +38,10 @@ DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 APP_NAME = "dealflow-bench-floor"
 QUEUE = "floor"
 WORKFLOW_NAME = "dbos_floor"
-# The queue is polled for new workflows; at 1 s (DBOS's default) a deal would wait
-# half a second on average before it starts, which no Temporal arm does.
-QUEUE_POLL_S = 0.02
+# The queue is polled for new workflows: at 1 s (DBOS's default) a deal would wait
+# half a second on average before it starts, which no Temporal arm does; much
+# faster polling costs the DBOS process more CPU than its workflows do.
+QUEUE_POLL_S = 0.1
 
 Shape = list[tuple[str, int]]  # (update | signal, steps after it), in order
 
