@@ -70,7 +70,7 @@ class DbosArm:
         try:
             db_url = scratch.enter_context(floor_dbos.scratch_database(url))
         except Exception as e:  # psycopg's errors: unreachable, refused, no rights
-            yield cls(f"PostgreSQL unreachable at {url}: {type(e).__name__}")
+            yield cls(f"PostgreSQL unreachable at {floor_dbos.shown(url)}: {type(e).__name__}")
             return
         with scratch:
             arm = cls()
@@ -94,7 +94,9 @@ class DbosArm:
             await asyncio.sleep(0.1)
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dbos-send")
         self.sender = await asyncio.to_thread(floor_dbos.Sender, self.url, concurrency)
-        say(f"[1] DBOS floor serving on a scratch database of {floor_dbos.postgres_url()}")
+        say(
+            f"[1] DBOS floor on a scratch database of {floor_dbos.shown(floor_dbos.postgres_url())}"
+        )
 
     def _stop(self, s: BenchStack) -> None:
         if self.sender is not None:

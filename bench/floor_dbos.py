@@ -55,6 +55,13 @@ def postgres_url() -> str:
     return os.environ.get(POSTGRES_URL_ENV) or DEFAULT_POSTGRES_URL
 
 
+def shown(url: str) -> str:
+    """The URL without its password, for notes and logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _with_database(url: str, name: str) -> str:
     from sqlalchemy.engine import make_url
 
