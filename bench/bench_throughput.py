@@ -87,17 +87,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
         )
         driver = Driver(s.client, s.store, s.lenders, s.settings.task_queue, s.sim_url)
         plans = await calibrate(s, driver)
-        arms = {a: Arm() for a in ARMS}
-        async with DbosArm.open(s, conc) as dbos:
-            if not dbos.ready:
-                say(f"[1] DBOS floor: not measured ({dbos.note})")
-            order = [a for a in ARMS if a != "dbos" or dbos.ready]
-            halves = [n // 2, n - n // 2]
-            for arm, size in [(a, halves[0]) for a in order] + [
-                (a, halves[1]) for a in reversed(order)
-            ]:
-                if size:
-                    await run_chunk(ctx, s, driver, fw.pid, dbos, plans, arm, size, conc, arms)
+        arms, dbos_note = await run_arms(ctx, s, driver, fw.pid, plans, n, conc)
         say("[1] reading histories")
         kept: list[Any] = []
         fstats = await history_stats(s.client, arms["floor"].ids)
@@ -118,7 +108,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
         )
     stats = {"floor": fstats, "floor_mix": mstats, "deal": dstats}
     return {
-        "rows": rows(ctx, arms, stats, dbos.note, scaling, growth),
+        "rows": rows(ctx, arms, stats, dbos_note, scaling, growth),
         "series": series(arms, scaling, growth),
         "detail": detail(arms, stats, plans, conc, driver, limit, scaling, growth),
     }
@@ -137,6 +127,23 @@ async def calibrate(s: BenchStack, driver: Driver) -> Plans:
     for p in (plans.reference, plans.mix):
         await floor.drive(s.client, FLOOR_QUEUE, f"floor-warmup-{uuid.uuid4().hex[:6]}", p)
     return plans
+
+
+async def run_arms(
+    ctx: Ctx, s: BenchStack, driver: Driver, floor_pid: int, plans: Plans, n: int, conc: int
+) -> tuple[dict[str, Arm], str]:
+    """Every arm in halves, A-B-C-D then D-C-B-A; the DBOS arm's note if it did not run."""
+    arms = {a: Arm() for a in ARMS}
+    async with DbosArm.open(s, conc) as dbos:
+        if not dbos.ready:
+            say(f"[1] DBOS floor: not measured ({dbos.note})")
+        order = [a for a in ARMS if a != "dbos" or dbos.ready]
+        halves = [n // 2, n - n // 2]
+        chunks = [(a, halves[0]) for a in order] + [(a, halves[1]) for a in reversed(order)]
+        for arm, size in chunks:
+            if size:
+                await run_chunk(ctx, s, driver, floor_pid, dbos, plans, arm, size, conc, arms)
+    return arms, dbos.note
 
 
 async def run_chunk(
