@@ -118,8 +118,9 @@ class FloorWorkflow:
     async def _one(self, local: bool) -> None:
         try:
             if local:
-                # A no-op: a retry within the task's heartbeat, then give up well
-                # before a stuck attempt could hold the deal's skeleton for long.
+                # An attempt ends well inside the workflow task's 10 s timeout, so
+                # a slow one is retried rather than timing the task out; the
+                # schedule-to-close bounds the retries, as a bookkeeping write's would.
                 await workflow.execute_local_activity(
                     "floor_noop",
                     FloorArg(),
@@ -151,7 +152,10 @@ class FloorWorkflow:
 
 
 def plan_from_history(events: list[Any]) -> FloorPlan:
-    """Updates, signals, activities and local activities of a deal history, in order."""
+    """Updates, signals, activities and local activities of a deal history, in order.
+    A local activity's marker is written when its workflow task completes, which
+    may be after an update accepted in that task: such a marker counts for the
+    update's step. The totals are exact; the split over steps is as recorded."""
     from temporalio.api.enums.v1 import EventType
 
     plan = FloorPlan()
