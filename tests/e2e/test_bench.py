@@ -72,6 +72,14 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
         r = fig(num, name)
         assert isinstance(r["value"], int | float) and r["value"] > 0, (num, r)
         assert isinstance(r["baseline"], int | float) and r["baseline"] > 0, (num, r)
+    # Benchmark 1's chart data, and its DBOS peer: a value, or why there is none.
+    series = benches["1"]["series"]
+    assert set(series["throughput"]) == {"deal", "floor", "floor_mix", "dbos"}
+    assert [p["workers"] for p in series["scaling"]] == [1, 2]
+    growth = series["history_growth"]
+    assert len(growth) == 2 and growth[1]["events"] > growth[0]["events"] > 0
+    dbos = fig("1", "deals/s vs DBOS floor")
+    assert dbos["value"] is not None or "unreachable" in str(dbos["note"]), dbos
     rss = fig("3", "worker RSS, parked deals")["value"]
     assert isinstance(rss, int | float) and rss > 0
     assert fig("5", "recovery, tuned settings")["value"] is not None
