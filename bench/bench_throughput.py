@@ -33,6 +33,7 @@ from bench.bench_stack import BenchStack, CpuMeter, Ctx, history_stats, pct, pyt
 from bench.dbos_arm import DbosArm, cpu_used
 from dealflow import client as deals
 from dealflow.models import DealPolicy
+from dealflow.progress import Bar, progress_board
 
 DEALS_FULL, DEALS_QUICK = 200, 2
 CONCURRENCY_FULL, CONCURRENCY_QUICK = 20, 2
@@ -147,9 +148,13 @@ async def run_arms(
         order = [a for a in ARMS if a != "dbos" or dbos.ready]
         halves = [n // 2, n - n // 2]
         chunks = [(a, halves[0]) for a in order] + [(a, halves[1]) for a in reversed(order)]
-        for arm, size in chunks:
-            if size:
-                await run_chunk(ctx, s, driver, floor_pid, dbos, plans, arm, size, conc, arms)
+        with progress_board() as board:
+            bars = {a: board.add(f"[1] {a} arm", n) for a in order}
+            for arm, size in chunks:
+                if size:
+                    await run_chunk(
+                        ctx, s, driver, floor_pid, dbos, plans, arm, size, conc, arms, bars[arm]
+                    )
     return arms, dbos.note
 
 
@@ -164,6 +169,7 @@ async def run_chunk(
     size: int,
     conc: int,
     arms: dict[str, Arm],
+    bar: Bar,
 ) -> None:
     assert s.client is not None
     client = s.client
@@ -194,13 +200,14 @@ async def run_chunk(
     tag = uuid.uuid4().hex[:6]
     if arm == "deal":
         before = len(driver.latencies)
-        ids = [
-            deals.workflow_id(d) for d in await bounded(size, conc, lambda i: driver.full_deal())
-        ]
+        done = await bounded(size, conc, bar.counted(lambda i: driver.full_deal()))
+        ids = [deals.workflow_id(d) for d in done]
         a.latencies += driver.latencies[before:]
     elif arm == "dbos":
         ids = await bounded(
-            size, conc, lambda i: dbos.drive(f"dbos-{tag}-{i}", plans.reference, a.latencies)
+            size,
+            conc,
+            bar.counted(lambda i: dbos.drive(f"dbos-{tag}-{i}", plans.reference, a.latencies)),
         )
     else:
         plan = plans.reference if arm == "floor" else plans.mix
@@ -208,7 +215,7 @@ async def run_chunk(
         def one(i: int) -> Any:
             return floor.drive(client, FLOOR_QUEUE, f"{arm}-{tag}-{i}", plan, a.latencies)
 
-        ids = await bounded(size, conc, one)
+        ids = await bounded(size, conc, bar.counted(one))
     used = meter.stop()
     if prof is not None:
         prof.stop()
