@@ -224,9 +224,13 @@ class Settings(BaseSettings):
     lender_sim_port: int = 8100
     policy_file: Path | None = None
     # Worker tuning. The cache bounds worker memory (a cached deal's state and
-    # sandbox; its cost is measured by `make bench`, parked deals, and given in
-    # the README); evicted deals are rebuilt from history on their next event.
-    max_cached_workflows: int = 500
+    # sandbox, ~450 KB; its cost is measured by `make bench`, parked deals, and
+    # given in the README); evicted deals are rebuilt from history on their
+    # next event. A parked deal's next event comes days later, so the cache
+    # pays off for the deals being worked on now (a clerk's steps in a row, a
+    # lender's answers): 300 holds far more of those than a showroom group has
+    # at once and keeps a worker near 300 MB.
+    max_cached_workflows: int = 300
     # The worker's Prometheus endpoint (dealflow/worker_metrics.py); port 0: none.
     # Loopback by default: metrics name stages and lenders, for the operator's
     # scraper, not for the network.
