@@ -92,6 +92,8 @@ def _phases(events: list[Any], kill_ts: float) -> dict[str, float]:
             a = e.activity_task_started_event_attributes
             if kinds.get(a.scheduled_event_id) in LENDER_CALLS:
                 out.setdefault("lender_call_retry_started", ts)
+                # Above 2: the retry itself timed out (a worker too busy to heartbeat).
+                out["lender_call_attempt"] = max(out.get("lender_call_attempt", 0), a.attempt)
         elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             sched = e.activity_task_completed_event_attributes.scheduled_event_id
             if kinds.get(sched) in LENDER_CALLS:
@@ -150,7 +152,9 @@ async def measure_recovery(
     done: dict[str, float] = {}
     stop = time.monotonic() + limit
     while pending and time.monotonic() < stop:
-        await asyncio.sleep(0.25)
+        # The figures are the server's event times, so sweeping more often would only
+        # take CPU from the worker being measured (50 histories per sweep).
+        await asyncio.sleep(1.0)
         for wid in list(pending):
             hist = await s.client.get_workflow_handle(wid).fetch_history()
             at = _progress_time(list(hist.events), kill_ts)
@@ -238,13 +242,16 @@ async def single_worker(s: BenchStack, n: int, limit: float) -> dict[str, Any]:
 
 
 def start_second_worker(s: BenchStack) -> Proc:
-    """Another worker.py on the stack's task queue, with a metrics port of its own
-    (its health is read there: the first worker's port would vouch for it)."""
+    """Another worker.py on the stack's task queue with a metrics port and a data dir
+    (its ready file) of its own, as README "Scaling" asks of two workers on one host;
+    its health is read on its own port: the first worker's would vouch for it."""
     port = free_port()
     comp = s.component("worker")
-    p = s.start_extra(
-        "worker_b", comp.argv, env={"DEALFLOW_WORKER_METRICS_PORT": str(port)}, wait=False
-    )
+    env = {
+        "DEALFLOW_WORKER_METRICS_PORT": str(port),
+        "DEALFLOW_DATA_DIR": str(s.data_dir / "worker_b"),
+    }
+    p = s.start_extra("worker_b", comp.argv, env=env, wait=False)
     cfg = dataclasses.replace(s.cfg, worker_metrics_port=port)
     s.wait_ready(dataclasses.replace(comp, health=lambda pid: worker_health(cfg, pid)), p.popen)
     return p
