@@ -192,7 +192,8 @@ async def _breakdown(client: Any, wids: list[str], kill_ts: float) -> dict[str, 
 
 
 def timeline(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """The recovery as phases with seconds after the kill (slowest deal for each step)."""
+    """The recovery as phases in time order, seconds after the kill (the slowest deal
+    for each step; "worker polling" is when its health check saw it, an upper bound)."""
     b = r["breakdown_s_after_kill"]
     points: list[tuple[str, float | None]] = [
         ("killed", 0.0),
@@ -200,10 +201,11 @@ def timeline(r: dict[str, Any]) -> list[dict[str, Any]]:
         ("lender calls retried", b.get("lender_call_retry_started", {}).get("max")),
         ("lender calls completed", b.get("lender_call_completed", {}).get("max")),
         ("first deal progressed", r["seconds_first"]),
-        ("workflow tasks started", b.get("workflow_task_started", {}).get("max")),
+        ("last workflow task started", b.get("workflow_task_started", {}).get("max")),
         ("all progressed", r["seconds_to_all"]),
     ]
-    return [{"phase": k, "at_s": round(v, 3)} for k, v in points if v is not None]
+    timed = [(k, v) for k, v in points if v is not None]
+    return [{"phase": k, "at_s": round(v, 3)} for k, v in sorted(timed, key=lambda p: p[1])]
 
 
 async def problems_after(client: Any, progress: dict[str, float]) -> dict[str, int]:
