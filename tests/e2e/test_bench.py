@@ -80,7 +80,8 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
         assert fig("5", name)["value"] is not None, fig("5", name)
     timelines = benches["5"]["series"]["recovery"]
     for layout in ("single", "one_of_two"):
-        assert timelines[layout][-1]["phase"] == "all progressed", timelines[layout]
+        phases = {p["phase"]: p["at_s"] for p in timelines[layout]}
+        assert 0 < phases["lender calls completed"] <= phases["all progressed"], phases
     assert benches["5"]["detail"]["one_of_two"]["lender_calls_on_killed_worker"] >= 1
     # Correctness inside the benchmarks holds even at this size.
     assert fig("2", "lost / doubly applied / forged applied")["met"] is True
