@@ -178,17 +178,37 @@ async def measure_recovery(
     }
 
 
-async def _breakdown(client: Any, wids: list[str], kill_ts: float) -> dict[str, dict[str, float]]:
-    """Where the time went: median and max over the deals of each step after the kill."""
+async def _breakdown(client: Any, wids: list[str], kill_ts: float) -> dict[str, Any]:
+    """Where the time went: median and max over the deals of each step after the kill,
+    and why the lender calls' retries after the first failed."""
     steps: dict[str, list[float]] = {}
+    failures: Counter[str] = Counter()
     for wid in wids:
         hist = await client.get_workflow_handle(wid).fetch_history()
         for k, v in _phases(list(hist.events), kill_ts).items():
             steps.setdefault(k, []).append(v)
-    return {
+        failures.update(_retry_failures(list(hist.events)))
+    out: dict[str, Any] = {
         k: {"median": round(sorted(v)[len(v) // 2], 2), "max": round(max(v), 2)}
         for k, v in steps.items()
     }
+    out["lender_call_retry_causes"] = dict(failures.most_common(5))
+    return out
+
+
+def _retry_failures(events: list[Any]) -> list[str]:
+    """The failure before each lender call attempt after the second (the first retry
+    is the kill's): a started event carries its attempt's previous failure."""
+    kinds: dict[int, str] = {}
+    out: list[str] = []
+    for e in events:
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            kinds[e.event_id] = e.activity_task_scheduled_event_attributes.activity_type.name
+        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            a = e.activity_task_started_event_attributes
+            if kinds.get(a.scheduled_event_id) in LENDER_CALLS and a.attempt > 2:
+                out.append(a.last_failure.message[:80] or "?")
+    return out
 
 
 def timeline(r: dict[str, Any]) -> list[dict[str, Any]]:
