@@ -109,11 +109,15 @@ def _phases(events: list[Any], kill_ts: float) -> dict[str, float]:
 
 
 async def hold_lender_calls(proxy: HoldProxy, driver: Driver, n: int) -> tuple[list[str], int]:
-    """Drive n deals until each has its lender call held at the proxy; their ids and
-    how many calls are held."""
+    """n deals each with its lender call held at the proxy; their ids and how many
+    calls are held. The deals are brought to the step before the call first, then
+    all sent at once: the worker gives up on a lender after 20 s (a read timeout,
+    then a retry with backoff), so a call held while the others were still being
+    prepared (minutes on a loaded machine) would fail and back off before the kill."""
+    ids = await bounded(n, 10, lambda i: _to_application(driver))
     proxy.hold()
-    ids = await bounded(n, 10, lambda i: _to_lender(driver))
-    deadline = time.monotonic() + 60
+    await bounded(n, n, lambda i: driver.act(ids[i], "submit-application"))
+    deadline = time.monotonic() + 15
     while proxy.held < n and time.monotonic() < deadline:  # noqa: ASYNC110 (polling a counter)
         await asyncio.sleep(0.05)
     held = proxy.held
@@ -121,9 +125,10 @@ async def hold_lender_calls(proxy: HoldProxy, driver: Driver, n: int) -> tuple[l
     return ids, held
 
 
-async def _to_lender(driver: Driver) -> str:
+async def _to_application(driver: Driver) -> str:
     deal_id = await driver.start()
-    await driver.to_underwriting(deal_id)
+    await driver.act(deal_id, "sign-sales-contract")
+    await driver.upload_all(deal_id)
     return deal_id
 
 
