@@ -36,11 +36,7 @@ log = logging.getLogger("dealflow.worker")
 
 
 def build_worker(
-    settings: Settings,
-    client: Client,
-    activities: DealActivities,
-    executor: ThreadPoolExecutor,
-    workflow_executor: ThreadPoolExecutor,
+    settings: Settings, client: Client, activities: DealActivities, executor: ThreadPoolExecutor
 ) -> Worker:
     return Worker(
         deals.worker_client(client),
@@ -48,9 +44,6 @@ def build_worker(
         workflows=[DealWorkflow],
         activities=activities.all(),
         activity_executor=executor,
-        # Few threads: the event loop running the lender calls keeps its share of
-        # the GIL while deals are rebuilt (settings.workflow_task_threads).
-        workflow_task_executor=workflow_executor,
         workflow_runner=WORKFLOW_RUNNER,
         # The cache bounds memory (its cost per deal is measured by make bench, README);
         # evicted deals are rebuilt from history on their next event.
@@ -103,13 +96,8 @@ async def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     ready = settings.data_dir / "worker.ready"
-    with (
-        ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor,
-        ThreadPoolExecutor(
-            max_workers=settings.workflow_task_threads, thread_name_prefix="workflow"
-        ) as workflow_executor,
-    ):
-        worker = build_worker(settings, client, acts, executor, workflow_executor)
+    with ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
+        worker = build_worker(settings, client, acts, executor)
         async with worker, reporting(runtime, engine):
             ready.parent.mkdir(parents=True, exist_ok=True)
             ready.write_text(str(os.getpid()))

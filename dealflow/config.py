@@ -228,14 +228,6 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
     max_concurrent_activities: int = 100
     max_concurrent_workflow_tasks: int = 100
-    # Threads that run workflow activations (the SDK's default: one per task
-    # slot, 100). Activations are Python CPU work under one GIL, so more threads
-    # add no speed; with 50 deals rebuilt at once after a crash, 50 threads
-    # took the GIL from the event loop that runs the lender calls, whose
-    # heartbeats then came late: benchmark 5 saw a restarted worker's lender
-    # calls time out again and again (median attempt 4, up to 6, the last
-    # retried 108 s after the kill). Tasks beyond these wait their turn in order.
-    workflow_task_threads: int = Field(default=4, ge=1, le=100)
     graceful_shutdown_seconds: float = 10.0
     # A dead worker's cached deals wait this long on its sticky queue before
     # any worker may take them: it is on the path of every deal a crash
