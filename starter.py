@@ -89,6 +89,16 @@ def parse_actor(text: str) -> Actor:
         ) from None
 
 
+def wait_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError("--wait takes 0 to 3600 seconds")
+    return seconds
+
+
 def read_json(path: str) -> Any:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
@@ -238,7 +248,12 @@ async def cmd_start(args: argparse.Namespace, service: DealService) -> None:
 
 
 async def cmd_status(args: argparse.Namespace, service: DealService) -> None:
-    st = await service.status(args.deal)
+    if args.wait is None:
+        st = await service.status(args.deal)
+    else:
+        st, changed = await service.next_stage(args.deal, args.wait)
+        if not changed:
+            err.print(f"no stage change within {args.wait:g} s: still {st.stage.value}")
     if args.json:
         print_json(st)
     else:
@@ -475,6 +490,13 @@ def _add_deal_commands(commands: Subparsers) -> None:
 
     command = commands.add_parser("status", help="a deal's stage, pending actions and submissions")
     command.add_argument("deal")
+    command.add_argument(
+        "--wait",
+        type=wait_seconds,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the deal's next stage, then show the status "
+        "(watches the read model; the deal is asked once)",
+    )
 
     command = commands.add_parser("list", help="deals from the read model")
     command.add_argument("--stage")

@@ -24,9 +24,11 @@ from dealflow.config import LenderConfig
 from dealflow.models import (
     ApplicationPackage,
     CompensationInput,
+    CompensationWritten,
     DisbursementRequestInput,
     DocumentMetadataInput,
     NotificationInput,
+    NotificationWritten,
     ProjectionInput,
     RepaymentInput,
     RepaymentResult,
@@ -307,7 +309,7 @@ class DealActivities:
         return db.upsert_deal(self.engine, inp)
 
     @activity.defn(name=names.NOTIFY)
-    def notify(self, inp: NotificationInput) -> bool:
+    def notify(self, inp: NotificationInput) -> NotificationWritten:
         new = db.add_notification(self.engine, inp, datetime.now(UTC))
         if new:
             # The outbox row is the notification, read by the people it is
@@ -319,10 +321,10 @@ class DealActivities:
                 ",".join(inp.roles),
                 extra={"deal_id": inp.deal_id, "kind": inp.kind},
             )
-        return new
+        return NotificationWritten(new=new, notification=inp)
 
     @activity.defn(name=names.RECORD_COMPENSATION)
-    def record_compensation(self, inp: CompensationInput) -> bool:
+    def record_compensation(self, inp: CompensationInput) -> CompensationWritten:
         new = db.record_compensation(self.engine, inp, datetime.now(UTC))
         log.info(
             "compensation %s %s",
@@ -330,7 +332,7 @@ class DealActivities:
             "recorded" if new else "already recorded",
             extra={"deal_id": inp.deal_id, "kind": inp.kind},
         )
-        return new
+        return CompensationWritten(new=new, compensation=inp)
 
     @activity.defn(name=names.RECORD_DOCUMENT_METADATA)
     def record_document_metadata(self, inp: DocumentMetadataInput) -> bool:

@@ -3,8 +3,11 @@
 Every staff step is a real `record-*`/`sign-*` Update through `dealflow.client`
 (the path the API and the CLI use), every document a real upload (bytes into
 the document store, then `record-document`). Where the deal waits for the
-lender (decision, disbursement) the driver polls the `status` query every
-`poll` seconds and counts the queries, so their cost is visible.
+lender (decision, disbursement) the driver watches the read model, as a staff
+client of `GET /api/deals/{id}/next-status` does (`dealflow.deal_wait`), and
+asks the deal's `status` query only when its projected version moves; without
+a `database_url` it polls the query every `poll` seconds. `queries` counts
+them either way, so their cost is visible.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from temporalio.client import Client
 from dealflow import client as deals
 from dealflow import rules
 from dealflow.config import LenderConfig
+from dealflow.deal_wait import Change, ReadModelWatch, next_status
 from dealflow.models import (
     Action,
     ActionReceipt,
@@ -40,6 +44,7 @@ from dealflow.samples import (
     loan_terms_confirmation,
     sample_documents,
 )
+from dealflow.storage import db
 from dealflow.storage.documents import DocumentStore
 from dealflow.uploads import store_and_record
 
@@ -79,6 +84,7 @@ class Driver:
         task_queue: str,
         sim_url: str | None = None,
         poll: float = 0.1,
+        database_url: str | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -92,6 +98,9 @@ class Driver:
         self.today = dealer_today()
         self.deal: DealInput = example_deal()
         self._http: httpx.AsyncClient | None = None
+        self._watch = (
+            ReadModelWatch(db.make_engine(database_url)) if database_url is not None else None
+        )
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -143,6 +152,8 @@ class Driver:
     async def wait(
         self, deal_id: str, pred: Callable[[DealStatus], bool], what: str, limit: float = 120
     ) -> DealStatus:
+        if self._watch is not None:
+            return await self._watch_until(deal_id, pred, what, limit)
         deadline = time.monotonic() + limit
         while True:
             st = await self.status(deal_id)
@@ -153,6 +164,31 @@ class Driver:
                     f"deal {deal_id}: no {what} within {limit:.0f}s (stage {st.stage.value})"
                 )
             await asyncio.sleep(self.poll)
+
+    async def _watch_until(
+        self, deal_id: str, pred: Callable[[DealStatus], bool], what: str, limit: float
+    ) -> DealStatus:
+        """`wait` on the read model: a status query at the start and after each
+        projected version past the last status read, until `pred` holds."""
+        assert self._watch is not None
+        deadline = time.monotonic() + limit
+        st = await self.status(deal_id)
+        while not pred(st):
+            awaited = await next_status(
+                self._watch,
+                deal_id,
+                Change(version=st.version),
+                deadline - time.monotonic(),
+                lambda: self.status(deal_id),
+                known=st,
+            )
+            assert awaited is not None  # no `gone`: only a timeout ends it unchanged
+            st = awaited.status
+            if not awaited.changed:
+                raise TimeoutError(
+                    f"deal {deal_id}: no {what} within {limit:.0f}s (stage {st.stage.value})"
+                )
+        return st
 
     async def upload_all(self, deal_id: str) -> None:
         await self.upload(deal_id, sample_documents(deal_id, self.deal, self.today))

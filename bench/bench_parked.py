@@ -27,17 +27,19 @@ from bench import floor
 from bench.bench_driver import Driver, bounded
 from bench.bench_stack import Ctx, cpu_seconds, pct, python, row, rss_mb, say
 from dealflow.models import DealPolicy
+from dealflow.progress import Bar, Board, progress_board
 
 PARKED_POLICY = DealPolicy(contract_deadline=timedelta(days=21))
 
 
-async def timed_actions(driver: Driver, deal_ids: list[str]) -> list[float]:
+async def timed_actions(driver: Driver, deal_ids: list[str], bar: Bar) -> list[float]:
     """One staff action per deal, one after another (staff act one at a time)."""
     out: list[float] = []
     for d in deal_ids:
         t0 = time.monotonic()
         await driver.act(d, "sign-sales-contract")
         out.append(time.monotonic() - t0)
+        bar.advance()
     return out
 
 
@@ -48,12 +50,24 @@ def read_model_count(database_url: str) -> int:
 
 
 async def run(ctx: Ctx) -> dict[str, Any]:
+    with progress_board() as board:
+        return await run_on(ctx, board)
+
+
+async def run_on(ctx: Ctx, board: Board) -> dict[str, Any]:
     n = ctx.n(10_000, 40)
     samples = ctx.n(200, 5)
     idle_s = ctx.n(60, 2)
     async with ctx.stack("b3-parked") as s:
         assert s.client is not None
-        driver = Driver(s.client, s.store, s.lenders, s.settings.task_queue, s.sim_url)
+        driver = Driver(
+            s.client,
+            s.store,
+            s.lenders,
+            s.settings.task_queue,
+            s.sim_url,
+            database_url=s.settings.database_url,
+        )
         say(f"[3] starting {n} deals (concurrency 64)")
         t0 = time.monotonic()
         started: list[str] = []
@@ -67,14 +81,16 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                 )
             return d
 
-        await bounded(n, 64, start)
+        await bounded(n, 64, board.add("[3] deals started", n).counted(start))
         start_wall = time.monotonic() - t0
         # Parked = every deal projected into the read model, then server and worker quiet.
         t1 = time.monotonic()
         projected = 0
+        bar = board.add("[3] deals in the read model", n)
         while projected < n and time.monotonic() - t1 < 1200:
             await asyncio.sleep(1)
             projected = await asyncio.to_thread(read_model_count, s.settings.database_url)
+            bar.update_to(projected)
         all_parked_s = time.monotonic() - t0
         await s.wait_idle(["temporal", "worker"], below=0.05, quiet_for=ctx.n(3, 1), limit=300)
         settle = time.monotonic() - t1
@@ -97,7 +113,9 @@ async def run(ctx: Ctx) -> dict[str, Any]:
         # The most recently started deals are certainly among the 1000 cached.
         recent = started[-min(len(started) // 3, 500) :]
         cached_ids = rng.sample(recent, min(samples, len(recent)))
-        cached = await timed_actions(driver, cached_ids)
+        cached = await timed_actions(
+            driver, cached_ids, board.add("[3] actions, cached deals", len(cached_ids), "actions")
+        )
 
         t_restart = time.monotonic()
         how = s.stop_worker()
@@ -108,7 +126,9 @@ async def run(ctx: Ctx) -> dict[str, Any]:
         say(f"[3] worker restarted in {restart_s:.1f}s ({how}); actions on random parked deals")
         pool = [d for d in started[: len(started) - len(recent)]]
         cold_ids = rng.sample(pool, min(samples, len(pool)))
-        cold = await timed_actions(driver, cold_ids)
+        cold = await timed_actions(
+            driver, cold_ids, board.add("[3] actions after restart", len(cold_ids), "actions")
+        )
         rss_after = rss_mb(s.pid("worker"))
 
         # Baseline: the floor worker (same SDK, sandbox and cache size) with its cache
@@ -132,7 +152,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                 floor.FloorWorkflow.run, park, id=f"park-{tag}-{i}", task_queue="floor"
             )
 
-        await bounded(k, 64, park_one)
+        await bounded(k, 64, board.add("[3] floor workflows parked", k).counted(park_one))
         await s.wait_idle(["temporal"], below=0.05, quiet_for=ctx.n(3, 1), limit=300)
         floor_rss = rss_mb(fw.pid)
         n_cached = min(n, s.settings.max_cached_workflows)
@@ -147,8 +167,9 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             rss,
             "MB",
             baseline=floor_rss,
-            target="<= 400 MB",
-            ok=ctx.judge(rss <= 400),
+            target="<= 300 MB",
+            ok=ctx.judge(rss <= 300),
+            key="worker_rss_parked_mb",
             note=f"{n} deals, {n_cached} cached: {rss_empty:.0f} MB empty + {per_deal:.0f} KB per "
             f"cached deal; floor {floor_empty:.0f} MB + {per_floor:.0f} KB",
         ),
@@ -159,6 +180,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             baseline=idle_server,
             target="< 2%",
             ok=ctx.judge(idle_worker < 2),
+            key="worker_idle_cpu_pct",
             note=f"baseline column: the server, {idle_s}s",
         ),
         row(
@@ -168,16 +190,22 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             baseline=k99,
             target="<= 3x cached",
             ok=ctx.judge(c99 <= 3 * k99),
+            key="parked_action_p99_s",
             note=f"slowest {', '.join(f'{1000 * x:.0f}' for x in slow)} ms",
         ),
         row(
-            "action p50 after restart", 1000 * pct(cold, 50), "ms", baseline=1000 * pct(cached, 50)
+            "action p50 after restart",
+            1000 * pct(cold, 50),
+            "ms",
+            baseline=1000 * pct(cached, 50),
+            key="parked_action_p50_s",
         ),
         row(
             "deals parked/s",
             n / all_parked_s,
             "/s",
             note=f"started, first task and read model done; {n} deals, concurrency 64",
+            key="deals_parked_rate",
         ),
     ]
     return {

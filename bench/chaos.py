@@ -51,6 +51,7 @@ from bench.chaos_scenarios import EXTRA_SCENARIOS, SCENARIOS, Ctx, Scenario, Str
 from bench.chaos_stack import ChaosStack
 from dealflow import client as deals
 from dealflow import stuck
+from dealflow.progress import Board, progress_board
 from dealflow.storage import db
 from dealflow.storage.documents import store_from_settings
 from workflows.deal import DEAL_STAGE
@@ -92,7 +93,7 @@ def log(text: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {text}")
 
 
-async def run_scenario(ctx: Ctx, sc: Scenario, n: int, limit: float) -> Row:
+async def run_scenario(ctx: Ctx, sc: Scenario, n: int, limit: float, board: Board) -> Row:
     row = Row(sc)
     why = sc.skip_reason(ctx)
     if why:
@@ -102,6 +103,7 @@ async def run_scenario(ctx: Ctx, sc: Scenario, n: int, limit: float) -> Row:
     t0 = time.monotonic()
     runs = [DealRun(deals.new_deal_id(), plan) for plan in plan_mix(n, sc.extra_plans)]
     log(f"[bold]{sc.key}[/]: {sc.title}; {n} deals")
+    finished = board.add(f"{sc.key}: deals finished", len(runs))
     for r in runs:
         script = sc.script_for(r.plan)
         if script is not None:
@@ -115,6 +117,7 @@ async def run_scenario(ctx: Ctx, sc: Scenario, n: int, limit: float) -> Row:
         await ctx.robot.drive(run)
         state = run.final.stage.value if run.final else f"ERROR {run.error}"
         log(f"    {run.deal_id} {run.plan.name}: {state}")
+        finished.advance()
 
     drivers = asyncio.gather(*(drive(i, r) for i, r in enumerate(runs)))
     strikes = Strikes()
@@ -358,8 +361,9 @@ async def amain(argv: list[str] | None = None) -> int:
                 log=log,
                 kills=args.kills,
             )
-            for sc in args.selected:
-                rows.append(await run_scenario(ctx, sc, args.deals, args.timeout))
+            with progress_board() as board:
+                for sc in args.selected:
+                    rows.append(await run_scenario(ctx, sc, args.deals, args.timeout, board))
             await robot.aclose()
         total = time.monotonic() - started
         title = (

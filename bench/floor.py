@@ -54,6 +54,18 @@ class FloorPlan:
     def local_activities(self) -> int:
         return self.start_local_activities + sum(s.local_activities for s in self.steps)
 
+    def all_regular(self) -> FloorPlan:
+        """The same plan with every local activity as a regular one: the reference
+        floor, whose shape does not move when the deal moves work to local activities."""
+        steps = [FloorStep(s.kind, s.activities + s.local_activities) for s in self.steps]
+        return FloorPlan(self.start_activities + self.start_local_activities, steps)
+
+    def shape(self) -> str:
+        return (
+            f"{self.updates} updates, {self.signals} signals, {self.activities} regular "
+            f"activities, {self.local_activities} local activities"
+        )
+
     def padded(self, extra: int) -> FloorPlan:
         """The same plan with `extra` more activities spread over its steps."""
         steps = [FloorStep(s.kind, s.activities, s.local_activities) for s in self.steps]
@@ -106,8 +118,14 @@ class FloorWorkflow:
     async def _one(self, local: bool) -> None:
         try:
             if local:
+                # An attempt ends well inside the workflow task's 10 s timeout, so
+                # a slow one is retried rather than timing the task out; the
+                # schedule-to-close bounds the retries, as a bookkeeping write's would.
                 await workflow.execute_local_activity(
-                    "floor_noop", FloorArg(), start_to_close_timeout=timedelta(seconds=10)
+                    "floor_noop",
+                    FloorArg(),
+                    start_to_close_timeout=timedelta(seconds=5),
+                    schedule_to_close_timeout=timedelta(seconds=30),
                 )
             else:
                 await workflow.execute_activity(
@@ -134,7 +152,10 @@ class FloorWorkflow:
 
 
 def plan_from_history(events: list[Any]) -> FloorPlan:
-    """Updates, signals, activities and local activities of a deal history, in order."""
+    """Updates, signals, activities and local activities of a deal history, in order.
+    A local activity's marker is written when its workflow task completes, which
+    may be after an update accepted in that task: such a marker counts for the
+    update's step. The totals are exact; the split over steps is as recorded."""
     from temporalio.api.enums.v1 import EventType
 
     plan = FloorPlan()

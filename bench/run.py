@@ -13,7 +13,9 @@
 Every benchmark starts its own stack (dev server with SQLite file, worker, API,
 lender simulator) in a scratch data dir on free ports, never on the default
 ports. Prints a table and writes bench/results/latest.json (--quick:
-latest-quick.json). --quick runs tiny sizes to prove the harness end to end
+latest-quick.json) with a flat `figures` map of the keyed rows, and SVG
+charts beside it (bench/charts.py; --quick without --out: NAME-quick.svg).
+--quick runs tiny sizes to prove the harness end to end
 (tests/e2e/test_bench.py); its figures are not judged against the targets.
 Exit status: 1 if a benchmark failed to run; with --strict, 2 if a target was missed.
 """
@@ -47,6 +49,8 @@ from bench import (
     bench_webhooks,
 )
 from bench.bench_stack import Ctx, row
+from bench.charts import write_charts
+from bench.figures import FigureKeyError, figures
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -159,6 +163,7 @@ async def main_async(args: argparse.Namespace) -> int:
             "platform": platform.platform(),
         },
         "benchmarks": {},
+        "figures": {},
     }
     errors = 0
     started = time.monotonic()
@@ -179,6 +184,13 @@ async def main_async(args: argparse.Namespace) -> int:
             res["name"] = name
             res["seconds"] = round(time.monotonic() - t0, 1)
             report["benchmarks"][str(num)] = res
+            try:
+                report["figures"] = figures(report["benchmarks"])
+            except FigureKeyError as e:
+                # A row's key is wrong: said and counted, but the run and what it measured go on.
+                errors += 1
+                report["figures_error"] = str(e)
+                console.print(f"[red]figures map: {e}[/]")
             console.print(f"   {num}. {name}: {res['seconds']:.0f}s")
             # Written after every benchmark: a long run interrupted keeps what it measured.
             out_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
@@ -191,6 +203,10 @@ async def main_async(args: argparse.Namespace) -> int:
     report["seconds"] = round(time.monotonic() - started, 1)
     out_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
     console.print(table(report["benchmarks"], args.quick))
+    # A --quick run without --out keeps its charts apart from the full run's (the README's).
+    suffix = "-quick" if args.quick and not args.out else ""
+    for line in write_charts(report, out_path.parent, suffix):
+        console.print(f"charts: {line}", highlight=False, soft_wrap=True)
     missed = [
         f"{num}: {r['figure']}"
         for num, res in report["benchmarks"].items()

@@ -215,6 +215,12 @@ class Settings(BaseSettings):
     upload_idle_seconds: float = Field(default=15.0, gt=0)
     upload_deadline_seconds: float = Field(default=120.0, gt=0)
     uploads_per_subject: int = Field(default=2, ge=1)
+    # Long-poll status reads (GET /api/deals/{id}/next-status, dealflow/deal_wait.py):
+    # the longest one request waits, and how many may wait at once per person
+    # (the token's sub) and in all (429 past either).
+    status_wait_max_seconds: float = Field(default=30.0, gt=0, le=30)
+    status_waits_per_subject: int = Field(default=4, ge=1)
+    status_waits_total: int = Field(default=1000, ge=1)
     lender_sim_port: int = 8100
     policy_file: Path | None = None
     # Worker tuning. The cache bounds worker memory (a cached deal's state and

@@ -9,6 +9,7 @@ implementation and one way of showing its result, whichever way it went.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -18,9 +19,10 @@ from pydantic import BaseModel, ValidationError
 from temporalio.client import Client
 
 from dealflow import client as deals
-from dealflow import rules, stuck
+from dealflow import deal_wait, rules, stuck
 from dealflow.api import remote
 from dealflow.config import LendersFileError, Settings, load_lenders
+from dealflow.deal_wait import Change
 from dealflow.models import (
     ActionResult,
     Actor,
@@ -72,6 +74,10 @@ class DealService(Protocol):
 
     async def status(self, deal_id: str) -> DealStatus: ...
 
+    async def next_stage(self, deal_id: str, wait: float) -> tuple[DealStatus, bool]:
+        """The deal's status once its stage changes (True), or after `wait` seconds."""
+        ...
+
     async def list(self, query: DealQuery) -> DealPage: ...
 
     async def act(self, deal_id: str, action: str, payload: dict[str, Any]) -> ActionResult: ...
@@ -118,6 +124,26 @@ class TemporalDeals:
             raise ServiceError(f"{e} ({e.__cause__})") from None
         # What the API would show this person: the two ways agree.
         return rules.status_for_roles(status, [self.actor.role])
+
+    async def next_stage(self, deal_id: str, wait: float) -> tuple[DealStatus, bool]:
+        engine = db.make_engine(self.settings.database_url)
+        client = await self.client()
+        now = await self.status(deal_id)
+
+        async def read() -> DealStatus:
+            status = await stuck.readable_status(client, engine, deal_id)
+            return rules.status_for_roles(status, [self.actor.role])
+
+        awaited = await deal_wait.next_status(
+            deal_wait.ReadModelWatch(engine),
+            deal_id,
+            Change(stage=now.stage),
+            wait,
+            read,
+            known=now,
+        )
+        assert awaited is not None  # only a wait told when its client left ends without one
+        return awaited.status, awaited.changed
 
     async def list(self, query: DealQuery) -> DealPage:
         engine = db.make_engine(self.settings.database_url)
@@ -207,6 +233,22 @@ class HttpDeals:
 
     async def status(self, deal_id: str) -> DealStatus:
         return _parsed(DealStatus, await asyncio.to_thread(self.api.status, deal_id))
+
+    async def next_stage(self, deal_id: str, wait: float) -> tuple[DealStatus, bool]:
+        now = await self.status(deal_id)
+        deadline = time.monotonic() + wait
+        while True:
+            # One request waits at most the API's limit: ask again until `wait` is over.
+            left = max(0.0, deadline - time.monotonic())
+            raw, changed = await asyncio.to_thread(
+                self.api.next_status,
+                deal_id,
+                after_stage=now.stage.value,
+                wait=min(left, deal_wait.MAX_WAIT_SECONDS),
+            )
+            status = _parsed(DealStatus, raw)
+            if changed or left <= deal_wait.MAX_WAIT_SECONDS:
+                return status, changed
 
     async def list(self, query: DealQuery) -> DealPage:
         raw = await asyncio.to_thread(

@@ -18,7 +18,12 @@ from temporalio.client import Client
 from dealflow import client as deals
 from dealflow import document_check, rules
 from dealflow.models import ActionReceipt, ActionResult, Actor, DealPolicy
-from dealflow.storage.documents import DocumentStore, DocumentTooLarge, EmptyDocument
+from dealflow.storage.documents import (
+    DocumentStore,
+    DocumentTooLarge,
+    EmptyDocument,
+    StoredObject,
+)
 
 SNIFF_BYTES = 16
 
@@ -91,6 +96,36 @@ async def store_and_record(
 ) -> ActionReceipt:
     """Store the bytes (in a thread of `executor`, the default one if None: the
     store may block on a slow stream) and record the document."""
+    stored, content_type = await store_checked(
+        store, file_name=file_name, data=data, policy=policy, executor=executor
+    )
+    return await record_stored(
+        client,
+        deal_id,
+        actor,
+        stored,
+        content_type,
+        kind=kind,
+        party=party,
+        file_name=file_name,
+        id_number=id_number,
+        period_start=period_start,
+        period_end=period_end,
+        stipulation_code=stipulation_code,
+    )
+
+
+async def store_checked(
+    store: DocumentStore,
+    *,
+    file_name: str,
+    data: bytes | Iterable[bytes],
+    policy: DealPolicy | None = None,
+    executor: Executor | None = None,
+) -> tuple[StoredObject, str]:
+    """Store the bytes (in a thread of `executor`, the default one if None) once
+    their first bytes name an allowed type, and parse them as stored: a refused
+    file is removed. The stored object and the type its bytes say."""
     policy = policy or DealPolicy()
     chunks: Iterable[bytes] = [data] if isinstance(data, bytes) else data
     head, stream = _with_head(chunks)
@@ -121,6 +156,25 @@ async def store_and_record(
         file_name=file_name,
         existed=probe.existed,
     )
+    return stored, content_type
+
+
+async def record_stored(
+    client: Client,
+    deal_id: str,
+    actor: Actor,
+    stored: StoredObject,
+    content_type: str,
+    *,
+    kind: str,
+    party: str,
+    file_name: str,
+    id_number: str | None = None,
+    period_start: date | None = None,
+    period_end: date | None = None,
+    stipulation_code: str | None = None,
+) -> ActionReceipt:
+    """Record stored bytes on the deal (the workflow's validator has the last word)."""
     payload: dict[str, Any] = {
         "kind": kind,
         "party": party,

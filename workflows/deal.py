@@ -126,10 +126,33 @@ LENDER_CALL: dict[str, Any] = {
         non_retryable_error_types=["LenderRejected"],
     ),
 }
-# Short local bookkeeping (read model, outbox, compensation records): a write
-# takes milliseconds, so 5 s bounds the wait after a worker dies mid-write.
+# Bookkeeping of deals started before it became local (LOCAL_BOOKKEEPING below):
+# a write takes milliseconds, so 5 s bounds the wait after a worker dies mid-write.
 BOOKKEEPING: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=5),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+    ),
+}
+
+# Deals started with it write their bookkeeping (read model, notification
+# outbox, compensation records, document metadata) as local activities: each is
+# a short idempotent write to DealFlow's own database, keyed by deal and version
+# or key, so it needs no task queue, no server round trip and no events of its
+# own beyond one marker. Lender calls stay regular activities: they wait on a
+# remote party and heartbeat. A workflow task is answered (and with it the
+# staff update that caused the write) only when its local activities are done,
+# so an attempt gets 2 s — the writes take milliseconds; a database that hangs
+# is down — and a failed write is retried on a durable timer (backoff 1 s
+# doubling to 30 s, no end), not inside the task: an outage of minutes holds
+# no workflow task open and no update longer than one attempt, and every
+# write lands once the database is back (idempotent: keyed by deal and
+# version, or by its own key).
+LOCAL_BOOKKEEPING_ID = "local-bookkeeping"
+LOCAL_BOOKKEEPING: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=2),
+    # Below the first backoff: every retry waits on a timer.
+    "local_retry_threshold": timedelta(milliseconds=500),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
     ),
@@ -247,12 +270,14 @@ class DealWorkflow:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._projection_owed = False
         self._projection_queued = False
-        # Decided once per run: a query may not ask `patched`.
-        self._dealer_dates = workflow.patched(DEALER_DATES)
-        self._approved_terms = workflow.patched(APPROVED_TERMS)
-        self._follow_ups_from_due_date = workflow.patched(FOLLOW_UP_FROM_DUE_DATE)
-        self._unwind_after_funding = workflow.patched(UNWIND_AFTER_FUNDING)
-        self._funding_package = workflow.patched(FUNDING_PACKAGE)
+        # Decided once per run: a query may not ask `patched`. First, as
+        # `_patched` reads it.
+        self._local_bookkeeping = workflow.patched(LOCAL_BOOKKEEPING_ID)
+        self._dealer_dates = self._patched(DEALER_DATES)
+        self._approved_terms = self._patched(APPROVED_TERMS)
+        self._follow_ups_from_due_date = self._patched(FOLLOW_UP_FROM_DUE_DATE)
+        self._unwind_after_funding = self._patched(UNWIND_AFTER_FUNDING)
+        self._funding_package = self._patched(FUNDING_PACKAGE)
         if inp.state is None:
             # Recorded here, not in run(): an update that arrives with the start
             # runs its handler before run() begins and must find the deal started.
@@ -265,6 +290,16 @@ class DealWorkflow:
                     reason="deal started",
                 )
             )
+
+    def _patched(self, patch_id: str) -> bool:
+        """Whether this run takes the change `patch_id`, one older than local
+        bookkeeping. A run started with local bookkeeping was started by code
+        that had every older change, so it takes them all and records one
+        marker, not one per change (each marker also upserts the
+        TemporalChangeVersion search attribute: two events a change, and a
+        start task long enough that the server would keep the empty task of
+        an update rejected right after it). Older runs ask as they always did."""
+        return self._local_bookkeeping or workflow.patched(patch_id)
 
     # ------------------------------------------------------------------ run
 
@@ -509,7 +544,7 @@ class DealWorkflow:
             except ActivityError as e:
                 # A background step that fails says so to a person; it never
                 # fails silently and is never started again by itself.
-                if not workflow.patched(REFUSED_COMPENSATIONS):
+                if not self._patched(REFUSED_COMPENSATIONS):
                     raise
                 self._notify(
                     "escalation", f"background step {key} failed: {_cause(e)}", [Role.ADMIN]
@@ -541,7 +576,7 @@ class DealWorkflow:
         )
         if self.state.stipulation_items:
             self._answer_conditions(request)
-        if workflow.patched(FRESH_DOCUMENT_LINKS):
+        if self._patched(FRESH_DOCUMENT_LINKS):
             # History keeps storage keys and hashes, never a link: the activity
             # signs the links at every attempt, to the same absolute end.
             return await workflow.execute_activity(
@@ -558,7 +593,7 @@ class DealWorkflow:
                 result_type=SubmitToLenderResult,
                 **LENDER_CALL,
             )
-        if not workflow.patched(PACKAGE_IN_HISTORY):
+        if not self._patched(PACKAGE_IN_HISTORY):
             return await workflow.execute_activity(
                 names.SUBMIT_APPLICATION,
                 request,
@@ -730,12 +765,12 @@ class DealWorkflow:
             try:
                 await self._withdraw_application(comp)
             except ActivityError as e:
-                if not workflow.patched(REFUSED_COMPENSATIONS):
+                if not self._patched(REFUSED_COMPENSATIONS):
                     raise
                 self._compensation_refused(comp, _cause(e))
                 return
         else:
-            await workflow.execute_activity(
+            await self._bookkeeping(
                 names.RECORD_COMPENSATION,
                 CompensationInput(
                     key=comp.key,
@@ -743,7 +778,6 @@ class DealWorkflow:
                     kind=comp.kind,
                     detail={**comp.detail, "reason": self.state.outcome_reason or ""},
                 ),
-                **BOOKKEEPING,
             )
         comp.status = "done"
         comp.done_at = workflow.now()
@@ -845,7 +879,7 @@ class DealWorkflow:
 
     def _project(self) -> None:
         """Owe the read model a snapshot of the state as it is now."""
-        if workflow.patched(PROJECTION_PER_ACTIVATION):
+        if self._patched(PROJECTION_PER_ACTIVATION):
             # Every change made before the queued task first runs (the rest of
             # this handler, the other handlers of this activation) goes into
             # its one snapshot. Whether it is sent never depends on an earlier
@@ -857,11 +891,11 @@ class DealWorkflow:
                 self._projection_queued = True
                 self._spawn(f"project:{self.state.version}", self._send_projection())
             return
-        if not workflow.patched(ONE_PROJECTION_IN_FLIGHT):
+        if not self._patched(ONE_PROJECTION_IN_FLIGHT):
             self.state.version += 1
             self._spawn(
                 f"project:{self.state.version}",
-                workflow.execute_activity(names.PROJECT_DEAL, self._snapshot(), **BOOKKEEPING),
+                self._bookkeeping(names.PROJECT_DEAL, self._snapshot()),
             )
             return
         # One projection in flight per deal, taken when it is sent: an update
@@ -883,11 +917,17 @@ class DealWorkflow:
 
     async def _project_now(self) -> None:
         sent = len(self.state.transitions)
-        await workflow.execute_activity(names.PROJECT_DEAL, self._snapshot(), **BOOKKEEPING)
+        await self._bookkeeping(names.PROJECT_DEAL, self._snapshot())
         # The read model holds the stage changes up to `sent` now (this
         # snapshot's, or a newer one's that superseded it): later snapshots
         # leave them out, so the projection's size stays flat as a deal ages.
         self.state.projected_transitions = max(self.state.projected_transitions, sent)
+
+    def _bookkeeping(self, activity: str, arg: Any) -> Awaitable[Any]:
+        """A write to DealFlow's own database (read model, outbox, records)."""
+        if self._local_bookkeeping:
+            return workflow.execute_local_activity(activity, arg, **LOCAL_BOOKKEEPING)
+        return workflow.execute_activity(activity, arg, **BOOKKEEPING)
 
     def _snapshot(self) -> ProjectionInput:
         """The read model's row; versions keep retried writes in order."""
@@ -934,7 +974,7 @@ class DealWorkflow:
         key = f"{self.inp.deal_id}:{len(self.state.notices)}:{kind}"
         self._spawn(
             f"notify:{key}",
-            workflow.execute_activity(
+            self._bookkeeping(
                 names.NOTIFY,
                 NotificationInput(
                     key=key,
@@ -944,7 +984,6 @@ class DealWorkflow:
                     roles=roles,
                     message=message,
                 ),
-                **BOOKKEEPING,
             ),
         )
 
@@ -1026,7 +1065,7 @@ class DealWorkflow:
                             sub is not None
                             and sub.status == "decided"
                             and self._withdrawal_pending(sub)
-                            and workflow.patched(WITHDRAW_CONDITIONAL)
+                            and self._patched(WITHDRAW_CONDITIONAL)
                         ):
                             # The new package supersedes the conditional one.
                             self._withdraw(
@@ -1111,7 +1150,7 @@ class DealWorkflow:
         # of them is still recognised and nobody can add to it.
         if ev.webhook_id in self.state.applied_webhooks:
             return
-        if not workflow.patched(LENDER_SCOPED_WEBHOOKS):
+        if not self._patched(LENDER_SCOPED_WEBHOOKS):
             self.state.applied_webhooks.append(ev.webhook_id)
         else:
             key = rules.lender_webhook_key(ev.lender_id, ev.webhook_id)
@@ -1188,7 +1227,7 @@ class DealWorkflow:
                 f"moved on ({self.state.stage.value})",
                 [Role.CREDIT, Role.ADMIN],
             )
-        elif workflow.patched(BOUNDED_LENDER_AMOUNTS):
+        elif self._patched(BOUNDED_LENDER_AMOUNTS):
             self._bound_lender_amount(sub, rec)
         sub.decisions.append(rec)
         if not rec.applied:
@@ -1202,21 +1241,21 @@ class DealWorkflow:
                     Stage.DOWN_PAYMENT, f"approved by {sub.lender_id}: {fmt_money(amount)}"
                 )
             case Decision.CONDITIONAL:
-                if workflow.patched(STIPULATION_LIFECYCLE):
+                if self._patched(STIPULATION_LIFECYCLE):
                     self._name_conditions(sub, rec)
                 else:
                     known = {st.code for st in self.state.stipulations}
                     self.state.stipulations.extend(
                         st for st in d.stipulations if st.code not in known
                     )
-                    if workflow.patched(STIPULATION_ROUNDS):
+                    if self._patched(STIPULATION_ROUNDS):
                         for st in d.stipulations:
                             self.state.stipulation_asked_at[st.code] = workflow.now()
                 self.state.resubmit_pending = True
                 # The conditional application stays open at the lender until the
                 # resubmission supersedes it: a deal ended meanwhile withdraws it.
                 # (Deals started before this rule voided it here.)
-                if not workflow.patched(WITHDRAW_CONDITIONAL):
+                if not self._patched(WITHDRAW_CONDITIONAL):
                     self._void_compensation(sub)
                 codes = ", ".join(st.code for st in d.stipulations)
                 self._set_stage(Stage.DOCUMENTS, f"{sub.lender_id} stipulates: {codes}")
@@ -1299,7 +1338,7 @@ class DealWorkflow:
         not applied to the newest attempt."""
         if request_id is None or pending is None:
             return False
-        if not workflow.patched(DISBURSEMENT_REQUEST_IDS):
+        if not self._patched(DISBURSEMENT_REQUEST_IDS):
             return False
         open_id = rules.disbursement_request_id(self.inp.deal_id, pending.attempt)
         if request_id == open_id:
@@ -1473,10 +1512,9 @@ class DealWorkflow:
             self._document_answers_condition(doc)
             self._spawn(
                 f"document:{doc.doc_id}",
-                workflow.execute_activity(
+                self._bookkeeping(
                     names.RECORD_DOCUMENT_METADATA,
                     DocumentMetadataInput(deal_id=self.inp.deal_id, document=doc),
-                    **BOOKKEEPING,
                 ),
             )
         return self._accept(Action.RECORD_DOCUMENT, inp, f"{inp.party.value} {inp.kind.value}")

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -45,7 +45,7 @@ async def main() -> None:
                 "no /metrics and no /docs: in production they are served only on "
                 "DEALFLOW_API_OPS_PORT, which is not set"
             )
-        await FlushingServer(config).serve()
+        await FlushingServer(config, services.status_waits.close).serve()
         return
     ops_config = uvicorn.Config(
         create_ops_app(services, app),
@@ -58,7 +58,7 @@ async def main() -> None:
     log.info("API operations listening", extra={"port": settings.api_ops_port})
     ops_serving = asyncio.create_task(ops.serve())
     try:
-        await FlushingServer(config).serve()
+        await FlushingServer(config, services.status_waits.close).serve()
     finally:
         ops.should_exit = True
         await ops_serving
@@ -76,9 +76,17 @@ class OpsServer(uvicorn.Server):
 class FlushingServer(uvicorn.Server):
     """uvicorn's server, sending the spans still batched once the last request
     is done: after a SIGTERM, uvicorn raises the signal again and the process
-    ends there, before anything after `serve()` could run."""
+    ends there, before anything after `serve()` could run.
+
+    `stopping` runs as the shutdown begins: uvicorn waits for every open
+    request to finish, so the long-poll status waits are ended there first."""
+
+    def __init__(self, config: uvicorn.Config, stopping: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.stopping = stopping
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.stopping()
         try:
             await super().shutdown(sockets)
         finally:

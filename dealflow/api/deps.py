@@ -14,8 +14,10 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from dealflow.api.security import Authenticator
+from dealflow.api.status_waits import StatusWaits
 from dealflow.api.upload_gate import UploadGate
 from dealflow.config import LenderConfig, Settings
+from dealflow.deal_wait import ReadModelWatch
 from dealflow.models import DealPolicy
 from dealflow.storage import db
 from dealflow.storage.documents import DocumentStore
@@ -122,6 +124,9 @@ class Services:
     inbox: GroupCommit[InboxOp, InboxResult] = field(init=False)
     # Uploads' own thread pool, timing and per-person cap (dealflow/api/upload_gate.py).
     uploads: UploadGate = field(init=False)
+    # Long-poll status reads: the read-model watch and the per-person cap
+    # (dealflow/api/status_waits.py).
+    status_waits: StatusWaits = field(init=False)
     # Each deal's routing list, as the read model holds it: fixed when the deal
     # starts, so kept once read (the webhook receiver asks for every event).
     deal_lenders: DealLenders = field(default_factory=lambda: DealLenders(10_000))
@@ -129,6 +134,7 @@ class Services:
     def __post_init__(self) -> None:
         self.inbox = GroupCommit(lambda ops: db.write_inbox(self.engine, ops))
         self.uploads = UploadGate(self.settings)
+        self.status_waits = StatusWaits(self.settings, ReadModelWatch(self.engine))
         if self.policy is None:
             self.policy = load_policy(self.settings.policy_file)
         if self.auth is None:

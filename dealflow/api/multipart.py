@@ -3,17 +3,23 @@
 `MultipartReader` parses the request stream chunk by chunk and yields the
 parts' events; `FileStream` hands the file part to the document store, which
 consumes it in a worker thread, hashing and counting as it goes. Nothing is
-buffered beyond the network chunk being parsed. With an `UploadTiming` every
-read waits a bounded time for the next chunk (408 after that).
+buffered beyond the network chunk being parsed, except a file part that comes
+before the form fields it needs: `SpooledPart` keeps it (bounded by the
+document limit, in memory up to `SPOOL_MEMORY_BYTES`, then in a temporary file
+removed when the request ends) until those fields have been read and judged.
+With an `UploadTiming` every read waits a bounded time for the next chunk
+(408 after that).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import tempfile
 from collections import deque
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from types import TracebackType
+from typing import IO, Any, TypeVar
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
@@ -29,6 +35,11 @@ MAX_PARTS = 16
 # After a refusal, read (and drop) at most this much of the rest of the body,
 # so the client gets to read our answer instead of a reset connection.
 MAX_DRAIN_BYTES = 128 * 1024 * 1024
+# A file part kept for the fields after it: this much in memory, the rest on disk.
+SPOOL_MEMORY_BYTES = 1024 * 1024
+SPOOL_READ_BYTES = 64 * 1024
+
+T = TypeVar("T")
 
 
 class MultipartReader:
@@ -130,6 +141,15 @@ class MultipartReader:
         has stopped."""
         return None if self._timing is None else self._timing.idle_seconds + 5
 
+    @property
+    def rest_timeout(self) -> float | None:
+        """How long a thread waits for the loop to read the parts after the file
+        (bounded by the upload's deadline; this only frees the thread of a loop
+        that has stopped)."""
+        if self._timing is None:
+            return None
+        return self._timing.deadline_seconds + 5
+
     async def _receive(self) -> bytes:
         """The next network chunk of the body, waited for at most as the timing says."""
         if self._timing is None:
@@ -156,18 +176,11 @@ class MultipartReader:
             raise Problem(422, f"field {name} is not UTF-8 text") from None
 
     async def next_file_data(self) -> bytes | None:
-        """The next piece of the file part; None after its last, once the body is
-        known to end there (a part after the file is refused)."""
+        """The next piece of the file part; None after its last (the parts after
+        it, if any, are the caller's to read)."""
         event = await self.next()
         if event is not None and event[0] == "data":
             return bytes(event[1])
-        while (event := await self.next()) is not None:
-            if event[0] == "begin":
-                raise Problem(
-                    422,
-                    f"part {event[1]!r} comes after the file; send the form fields before "
-                    "the file part",
-                )
         return None
 
     async def drain(self, limit: int = MAX_DRAIN_BYTES) -> None:
@@ -198,12 +211,16 @@ class FileStream:
         head: list[bytes],
         finished: bool,
         limit: int,
+        at_end: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.reader = reader
         self.loop = loop
         self.head = head
         self.finished = finished
         self.limit = limit
+        # Run on the loop once the file part has ended and before the stream
+        # does: what it raises aborts the store, which then keeps nothing.
+        self.at_end = at_end
         self.size = 0
         self.hasher = hashlib.sha256()
         self.too_large = False
@@ -219,25 +236,68 @@ class FileStream:
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self.head:
             yield self._take(chunk)
-        if self.finished:
-            return
-        while True:
-            try:
-                running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is self.loop:
-                # Pulling from the loop on its own thread would deadlock.
-                raise RuntimeError("FileStream must be consumed in a worker thread")
-            pending = asyncio.run_coroutine_threadsafe(self.reader.next_file_data(), self.loop)
-            data = pending.result(timeout=self.reader.pull_timeout)
-            if data is None:
-                return
-            yield self._take(data)
+        if not self.finished:
+            while (
+                data := self._on_loop(self.reader.next_file_data, self.reader.pull_timeout)
+            ) is not None:
+                yield self._take(data)
+        if self.at_end is not None:
+            self._on_loop(self.at_end, self.reader.rest_timeout)
+
+    def _on_loop(self, call: Callable[[], Coroutine[Any, Any, T]], timeout: float | None) -> T:
+        """Run `call` on the loop and wait for its result (from a worker thread)."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            # Pulling from the loop on its own thread would deadlock.
+            raise RuntimeError("FileStream must be consumed in a worker thread")
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout=timeout)
 
     @property
     def sha256(self) -> str:
         return self.hasher.hexdigest()
+
+
+class SpooledPart:
+    """A file part kept until the form fields after it have been read: in memory
+    up to SPOOL_MEMORY_BYTES, then in an anonymous temporary file, gone on close.
+    Filled in a worker thread and read by the store's (the writes and reads may
+    block), but for the first piece, which the type is sniffed from."""
+
+    def __init__(self) -> None:
+        # Closed by close() / the with-block that owns the part.
+        self._file: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=SPOOL_MEMORY_BYTES
+        )
+        self.size = 0
+
+    def fill(self, stream: FileStream) -> None:
+        """Keep the whole of `stream` (its limit and the upload's timing apply)."""
+        for chunk in stream:
+            self._file.write(chunk)
+            self.size += len(chunk)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The kept bytes, from the start, a bounded piece at a time."""
+        self._file.seek(0)
+        while chunk := self._file.read(SPOOL_READ_BYTES):
+            yield chunk
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> SpooledPart:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 async def drain_unparsed(

@@ -21,7 +21,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dealflow import client as deals
-from dealflow import reports, rules, stuck
+from dealflow import deal_wait, reports, rules, stuck
 from dealflow.api.deps import Services
 from dealflow.api.errors import Problem
 from dealflow.models import (
@@ -246,6 +246,38 @@ async def read_status(svc: Services, deal_id: str, dealers: rules.DealerScope) -
     if not rules.in_dealer_scope(status.dealer_id, dealers):
         raise not_found(deal_id)
     return status
+
+
+async def next_status(
+    svc: Services,
+    deal_id: str,
+    dealers: rules.DealerScope,
+    change: deal_wait.Change,
+    wait: float,
+    subject: str,
+    gone: deal_wait.Gone,
+) -> deal_wait.Awaited | None:
+    """The deal's status once it shows `change`, or after `wait` seconds (at most
+    the server's limit) as it is; 404 as `read_status`, 429 past the wait caps.
+    None if the client left. The deal is asked once when the wait ends, and
+    besides only if it was not projected yet (to tell an unknown deal)."""
+    waits = svc.status_waits
+    with waits.slot(subject):
+        mark = await waits.watch.mark(deal_id)
+        known = None
+        if mark is None:
+            known = await read_status(svc, deal_id, dealers)
+        elif not rules.in_dealer_scope(mark.dealer_id, dealers):
+            raise not_found(deal_id)
+        return await deal_wait.next_status(
+            waits.watch,
+            deal_id,
+            change,
+            min(wait, waits.max_seconds),
+            lambda: read_status(svc, deal_id, dealers),
+            known=known,
+            gone=gone,
+        )
 
 
 async def check_in_scope(

@@ -57,6 +57,13 @@ class DealFlowAPI:
     def _call(
         self, method: str, path: str, ok: tuple[int, ...] = (200,), *, route: str, **kw: Any
     ) -> Any:
+        """One request's JSON body (see `_response`)."""
+        r = self._response(method, path, ok, route=route, **kw)
+        return r.json() if r.content else None
+
+    def _response(
+        self, method: str, path: str, ok: tuple[int, ...] = (200,), *, route: str, **kw: Any
+    ) -> httpx.Response:
         """One request; with tracing on, in a client span named by `route` (the
         path's template) whose `traceparent` the API continues."""
         with tracing.http_client_span(method, route) as trace_headers:
@@ -71,7 +78,7 @@ class DealFlowAPI:
             except ValueError:
                 detail = r.text or r.reason_phrase
             raise ApiError(r.status_code, str(detail))
-        return r.json() if r.content else None
+        return r
 
     def start(self, deal: Any, idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
@@ -85,6 +92,31 @@ class DealFlowAPI:
             "GET", f"/api/deals/{deal_id}", route="/api/deals/{deal_id}"
         )
         return result
+
+    def next_status(
+        self,
+        deal_id: str,
+        *,
+        after_stage: str | None = None,
+        after_version: int | None = None,
+        wait: float = 30,
+    ) -> tuple[dict[str, Any], bool]:
+        """The deal's status once it leaves `after_stage` or passes `after_version`,
+        or after `wait` seconds as it is; and whether it changed (long poll)."""
+        params: dict[str, Any] = {"wait": wait}
+        if after_stage is not None:
+            params["after_stage"] = after_stage
+        if after_version is not None:
+            params["after_version"] = after_version
+        r = self._response(
+            "GET",
+            f"/api/deals/{deal_id}/next-status",
+            route="/api/deals/{deal_id}/next-status",
+            params=params,
+            timeout=wait + self.http.timeout.read if self.http.timeout.read else None,
+        )
+        status: dict[str, Any] = r.json()
+        return status, r.headers.get("Wait-Outcome") == "changed"
 
     def list(self, **params: Any) -> dict[str, Any]:
         query = {k: v for k, v in params.items() if v not in (None, False)}

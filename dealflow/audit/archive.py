@@ -71,6 +71,7 @@ from dealflow.audit.histories import (
 )
 from dealflow.audit.payloads import key_ids
 from dealflow.config import get_settings
+from dealflow.progress import Board
 
 ARCHIVE_PREFIX = "archive"
 MANIFEST_KEY = f"{ARCHIVE_PREFIX}/manifest.jsonl"
@@ -184,12 +185,13 @@ async def archive(
     now: datetime | None = None,
     out: IO[str] | None = None,
     retention: timedelta | None = None,
+    board: Board | None = None,
 ) -> ArchiveReport:
     """Archive every closed deal not yet in the manifest. Idempotent; of two runs
     racing, one extends the manifest and the other raises `ArchiveRaceLost`.
 
     `retention` (default: the settings' `archive_retention_days`) is how long each
-    history stays locked on S3.
+    history stays locked on S3. On `board`, a bar counts the closed deals looked at.
     """
     if retention is None:
         retention = timedelta(days=get_settings().archive_retention_days)
@@ -202,11 +204,12 @@ async def archive(
         lines = [line for line in manifest.data.decode().splitlines() if line.strip()]
         archived: list[dict[str, Any]] = []
         pending = 0
-        for _, workflow_id in await _closed_deals(client):
-            if deal_id_of(workflow_id) in done:
-                continue
+        closed = [w for _, w in await _closed_deals(client) if deal_id_of(w) not in done]
+        bar = (board or Board(None)).add("histories archived", len(closed), "histories")
+        for workflow_id in closed:
             description = await client.get_workflow_handle(workflow_id).describe()
             if description.status in (WorkflowExecutionStatus.RUNNING, None):
+                bar.advance()
                 continue  # reopened under the same id? only closed deals are archived
             retain_until = _retain_until(retention) if locked else None
             entry = await _archive_deal(
@@ -217,6 +220,7 @@ async def archive(
             archived.append(entry)
             done.add(entry["deal_id"])
             pending += 1
+            bar.advance()
             if out is not None:
                 _print_archived(entry, out)
             if pending >= MANIFEST_BATCH:

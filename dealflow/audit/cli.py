@@ -47,6 +47,7 @@ from dealflow.audit.payloads import decode_events
 from dealflow.audit.render import FORMATS, render
 from dealflow.audit.replay import replay
 from dealflow.audit.timeline import build_timeline
+from dealflow.progress import progress_board
 from dealflow.storage.documents import DocumentStoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_RACE_LOST = 0, 1, 2, 3
@@ -229,13 +230,16 @@ async def _timeline(args: argparse.Namespace, context: _CommandContext) -> int:
 
 async def _archive(args: argparse.Namespace, context: _CommandContext) -> int:
     try:
-        report = await archive(
-            await context.connect(),
-            context.open_store(),
-            lock_path=args.lock_file,
-            out=context.out,
-            retention=timedelta(days=context.settings.archive_retention_days),
-        )
+        # A bar on stderr when it is a terminal: cron's captured output stays as it was.
+        with progress_board() as board:
+            report = await archive(
+                await context.connect(),
+                context.open_store(),
+                lock_path=args.lock_file,
+                out=board.through(context.out),
+                retention=timedelta(days=context.settings.archive_retention_days),
+                board=board,
+            )
     except ArchiveBusy as error:
         print(f"dealflow-audit archive: {error}", file=context.err)
         return EXIT_OK

@@ -9,6 +9,7 @@ activity to the function that makes its row.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -410,6 +411,22 @@ class _TimelineBuilder:
             entry.data["outcome"] = event_type_name(event).lower()
             entry.details += f" — {event_type_name(event).lower()}"
 
+    def local_activity(self, event: HistoryEvent) -> None:
+        """A completed local activity: its marker holds the result, which for
+        the notices and compensation records echoes what was written."""
+        attrs = event.marker_recorded_event_attributes
+        if attrs.marker_name != LOCAL_ACTIVITY_MARKER or "result" not in attrs.details:
+            return
+        name = local_activity_type(event)
+        key = _LOCAL_ROWS.get(name)
+        result = first_value(attrs.details["result"])
+        if key is None or not isinstance(result, dict) or not isinstance(result.get(key), dict):
+            return
+        entry = _ACTIVITY_ROWS[name](self, event, name, result[key])
+        entry.data["outcome"] = "done"
+        if entry.kind == "compensation":
+            entry.details += " — done"
+
     def timer_started(self, event: HistoryEvent) -> None:
         self.timers[event.event_id] = event
 
@@ -556,6 +573,25 @@ _ACTIVITY_ROWS = {
     names.RECORD_COMPENSATION: _compensation_row,
 }
 
+# Local activities the timeline shows, with the field of their result that
+# holds what they wrote.
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
+_LOCAL_ROWS = {names.NOTIFY: "notification", names.RECORD_COMPENSATION: "compensation"}
+
+
+def local_activity_type(event: HistoryEvent) -> str:
+    """The activity type of a local-activity marker (the SDK's JSON, not a
+    payload of ours: never encrypted, no personal data)."""
+    data = event.marker_recorded_event_attributes.details.get("data")
+    if data is None or not data.payloads:
+        return ""
+    try:
+        meta = json.loads(data.payloads[0].data)
+    except ValueError:
+        return ""
+    return str(meta.get("activity_type", "")) if isinstance(meta, dict) else ""
+
+
 _HANDLERS = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED: _TimelineBuilder.deal_started,
     EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES: _TimelineBuilder.stage_changed,
@@ -566,6 +602,7 @@ _HANDLERS = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED: _TimelineBuilder.signal,
     EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED: _TimelineBuilder.activity_scheduled,
     **{ending: _TimelineBuilder.activity_ended for ending in _ACTIVITY_ENDS},
+    EventType.EVENT_TYPE_MARKER_RECORDED: _TimelineBuilder.local_activity,
     EventType.EVENT_TYPE_TIMER_STARTED: _TimelineBuilder.timer_started,
     EventType.EVENT_TYPE_TIMER_FIRED: _TimelineBuilder.timer_fired,
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED: _TimelineBuilder.deal_closed,

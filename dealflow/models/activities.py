@@ -408,6 +408,21 @@ class CompensationInput(BaseModel):
     detail: dict[str, str] = Field(default_factory=dict)
 
 
+class NotificationWritten(BaseModel):
+    """What `notify` wrote. The marker of a local activity keeps its result,
+    not its input, so the audit timeline reads the notice from here."""
+
+    new: bool
+    notification: NotificationInput
+
+
+class CompensationWritten(BaseModel):
+    """What `record_compensation` wrote (read by the audit timeline, as above)."""
+
+    new: bool
+    compensation: CompensationInput
+
+
 class DocumentMetadataInput(BaseModel):
     deal_id: str
     document: DocumentRecord

@@ -121,7 +121,7 @@ async def test_a_notification_is_logged_with_ids_only_never_its_message(
             roles=[Role.SALES],
             message=message,
         )
-        assert bookkeeping.notify(notice) is True
+        assert bookkeeping.notify(notice).new is True
     [line] = [record for record in caplog.records if record.getMessage().startswith("notification")]
     assert line.getMessage() == "notification adverse_action for sales"
     assert getattr(line, "deal_id", None) == deal_id

@@ -56,7 +56,11 @@ expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5x
 async def stack(
     dev_env: WorkflowEnvironment, database_url: str, tmp_session: Path
 ) -> AsyncIterator[ApiStack]:
-    async with api_stack(dev_env.client, database_url, tmp_session) as s:
+    # Schemathesis learns real deal ids from the answers and may ask to wait on
+    # them with every `wait` the schema allows: the server's own limit keeps
+    # each such long poll short (what it answers does not change with it).
+    changes = {"status_wait_max_seconds": 0.5}
+    async with api_stack(dev_env.client, database_url, tmp_session, settings_changes=changes) as s:
         yield s
 
 

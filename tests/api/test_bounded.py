@@ -32,12 +32,15 @@ from temporalio.testing import WorkflowEnvironment
 from dealflow.api.body_limits import LINGER_SECONDS
 from dealflow.models import Role
 from dealflow.samples import sample_pdf
+from dealflow.storage.documents import LocalDirectoryStore
 from tests.api.test_webhooks import ACME, BETA, decided, new_id, signed
-from tests.support.api_stack import ApiStack, HttpDesk, api_stack
+from tests.support.api_stack import ApiStack, HttpDesk, api_stack, policy_file
 
 IDLE = 1.5
 DEADLINE = 3.0
 PER_SUBJECT = 2
+# Small, so a body past it is sent well within the upload deadline.
+DOCUMENT_LIMIT = 2 * 1024 * 1024
 SILENT = {"lenders": {ACME: [{"decision": "silent"}], BETA: [{"decision": "silent"}]}}
 BOUNDARY = "bounded-test-boundary"
 # The default executor's size (asyncio: min(32, cpu + 4)); more slow uploads
@@ -56,7 +59,10 @@ async def stack(
         # One more than a person may hold: somebody else's upload finds a thread.
         "upload_workers": PER_SUBJECT + 1,
     }
-    async with api_stack(dev_env.client, database_url, tmp_session, settings_changes=changes) as s:
+    policy = policy_file(tmp_session, max_document_bytes=DOCUMENT_LIMIT)
+    async with api_stack(
+        dev_env.client, database_url, tmp_session, policy_file=policy, settings_changes=changes
+    ) as s:
         yield s
 
 
@@ -144,19 +150,27 @@ def problem_of(answer: Answer, status: int, fragment: str = "") -> str:
     return detail
 
 
+FILE_PART = (
+    f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="slow.pdf"\r\n'
+    "Content-Type: application/pdf\r\n\r\n"
+)
+
+
 def form_head(file_head: bytes) -> bytes:
     """The multipart body up to and including the first bytes of a PDF file part."""
     parts = [
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="kind"\r\n\r\nproof_of_income\r\n',
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="party"\r\n\r\napplicant\r\n',
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="slow.pdf"\r\n'
-        "Content-Type: application/pdf\r\n\r\n",
+        FILE_PART,
     ]
     return "".join(parts).encode() + file_head
 
 
-async def slow_upload(stack: ApiStack, deal_id: str, sub: str) -> RawClient:
-    """An upload whose form fields and first file bytes are sent; the rest is up to the caller."""
+async def slow_upload(
+    stack: ApiStack, deal_id: str, sub: str, file_first: bool = False
+) -> RawClient:
+    """An upload whose first file bytes are sent (after its form fields, or
+    before any of them with `file_first`); the rest is up to the caller."""
     client = await RawClient.open(stack)
     headers = {
         "Authorization": f"Bearer {stack.token(Role.SALES, sub=sub)}",
@@ -164,7 +178,8 @@ async def slow_upload(stack: ApiStack, deal_id: str, sub: str) -> RawClient:
         "Transfer-Encoding": "chunked",
     }
     await client.head("POST", f"/api/deals/{deal_id}/documents", headers)
-    await client.chunk(form_head(b"%PDF-1.7\n" + b"%" + b"x" * 63 + b"\n"))
+    file_head = b"%PDF-1.7\n" + b"%" + b"x" * 63 + b"\n"
+    await client.chunk(FILE_PART.encode() + file_head if file_first else form_head(file_head))
     return client
 
 
@@ -219,8 +234,14 @@ async def test_slow_uploads_do_not_stall_webhooks(stack: ApiStack, signed_deal: 
             c.close()
 
 
-async def test_an_upload_that_stops_sending_is_408(stack: ApiStack, signed_deal: str) -> None:
-    client = await slow_upload(stack, signed_deal, "idle-01")
+ORDERS = {"fields-first": False, "file-first": True}
+
+
+@pytest.mark.parametrize("order", list(ORDERS))
+async def test_an_upload_that_stops_sending_is_408(
+    stack: ApiStack, signed_deal: str, order: str
+) -> None:
+    client = await slow_upload(stack, signed_deal, f"idle-{order}", file_first=ORDERS[order])
     started = time.monotonic()
     try:
         answer = await client.answer(within=IDLE + 3)
@@ -232,10 +253,11 @@ async def test_an_upload_that_stops_sending_is_408(stack: ApiStack, signed_deal:
         client.close()
 
 
+@pytest.mark.parametrize("order", list(ORDERS))
 async def test_an_upload_that_never_ends_is_408_at_its_deadline(
-    stack: ApiStack, signed_deal: str
+    stack: ApiStack, signed_deal: str, order: str
 ) -> None:
-    client = await slow_upload(stack, signed_deal, "deadline-01")
+    client = await slow_upload(stack, signed_deal, f"deadline-{order}", file_first=ORDERS[order])
     started = time.monotonic()
     sending = asyncio.create_task(trickle(client, IDLE / 3, started + DEADLINE + 5))
     try:
@@ -283,6 +305,52 @@ async def test_one_person_runs_two_uploads_at_once(stack: ApiStack, signed_deal:
         assert time.monotonic() < deadline, r.text
         await asyncio.sleep(0.1)
     assert r.status_code == 201, r.text
+
+
+def stored_files(stack: ApiStack) -> set[Path]:
+    """Every file of the (local) document store, uploads in progress included."""
+    assert isinstance(stack.store, LocalDirectoryStore)
+    return {path for path in stack.store.root.rglob("*") if path.is_file()}
+
+
+async def test_a_file_sent_first_is_413_while_it_is_sent(stack: ApiStack, signed_deal: str) -> None:
+    """A file part before the form fields is kept only up to the document limit:
+    past it, 413 while the client is still sending, and nothing stored."""
+    before = stored_files(stack)
+    documents = (await stack.http(Role.SALES).get(f"/api/deals/{signed_deal}/documents")).json()
+    client = await RawClient.open(stack)
+    piece = b"%" * (64 * 1024)
+    total = 4 * DOCUMENT_LIMIT
+
+    async def send_all() -> None:
+        try:
+            await client.chunk(FILE_PART.encode() + b"%PDF-1.7\n")
+            while client.sent < total:
+                await client.chunk(piece)
+            await client.send(b"0\r\n\r\n")
+        except ConnectionError:
+            return
+
+    headers = {
+        "Authorization": f"Bearer {stack.token(Role.SALES, sub='big-first')}",
+        "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+        "Transfer-Encoding": "chunked",
+    }
+    sending: asyncio.Task[None] | None = None
+    try:
+        await client.head("POST", f"/api/deals/{signed_deal}/documents", headers)
+        sending = asyncio.create_task(send_all())
+        answer = await client.answer(within=DEADLINE + 2)
+        sent_when_answered = client.sent
+        problem_of(answer, 413, f"larger than the limit of {DOCUMENT_LIMIT:,} bytes")
+        assert sent_when_answered < total, "answered only after the whole body was sent"
+    finally:
+        if sending is not None:
+            sending.cancel()
+        client.close()
+    assert stored_files(stack) == before
+    after = (await stack.http(Role.SALES).get(f"/api/deals/{signed_deal}/documents")).json()
+    assert after == documents
 
 
 # --------------------------------------------------------------------------- item 11

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from dealflow import names
 from dealflow.audit.archive import (
@@ -42,6 +43,7 @@ from dealflow.audit.replay import replay
 from dealflow.audit.timeline import Entry, Timeline, build_timeline
 from dealflow.config import Settings
 from dealflow.models import DealPolicy, Stage
+from dealflow.progress import progress_board
 from dealflow.storage.documents import LocalDirectoryStore
 from tests.support.back_office import Desk
 from tests.support.stack import BIN, ROOT, TEST_CODEC_KEYS, Stack, deal_worker
@@ -535,6 +537,28 @@ async def test_archive_is_idempotent_and_cron_safe(deals: Deals, archived: Path)
     assert json.loads(head)["sha256"] in ok.stdout
     wrong = await run("verify", "--expect-head", "0" * 64, store=store)
     assert wrong.returncode == 1 and "not the expected" in wrong.stdout
+
+
+async def test_archive_counts_the_closed_deals_on_a_progress_bar(
+    deals: Deals, archived: Path, tmp_path: Path
+) -> None:
+    # `archived` has waited until the test deals are visible as closed.
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=120)
+    with progress_board(terminal) as board:
+        report = await archive(
+            deals.stack.env.client,
+            _store(tmp_path / "documents"),
+            lock_path=tmp_path / "archive.lock",
+            board=board,
+        )
+
+    n = len(report.archived)
+    assert n >= 3
+    shown = screen.getvalue()
+    assert "histories archived" in shown
+    assert f"{n}/{n}" in shown
+    assert "histories/s" in shown
 
 
 def _tampered(archived: Path, tmp_path: Path) -> tuple[Path, list[bytes]]:

@@ -13,7 +13,9 @@ import json
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,6 +72,14 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
         r = fig(num, name)
         assert isinstance(r["value"], int | float) and r["value"] > 0, (num, r)
         assert isinstance(r["baseline"], int | float) and r["baseline"] > 0, (num, r)
+    # Benchmark 1's chart data, and its DBOS peer: a value, or why there is none.
+    series = benches["1"]["series"]
+    assert set(series["throughput"]) == {"deal", "floor", "floor_mix", "dbos"}
+    assert [p["workers"] for p in series["scaling"]] == [1, 2]
+    growth = series["history_growth"]
+    assert len(growth) == 2 and growth[1]["events"] > growth[0]["events"] > 0
+    dbos = fig("1", "deals/s vs DBOS floor")
+    assert dbos["value"] is not None or "unreachable" in str(dbos["note"]), dbos
     rss = fig("3", "worker RSS, parked deals")["value"]
     assert isinstance(rss, int | float) and rss > 0
     # Both recovery layouts measured, the two-worker takeover included, with a timeline.
@@ -89,3 +99,38 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     assert fig("5", "spurious retries after recovery, normal run")["met"] is True
     # The table is printed.
     assert "DealFlow benchmarks" in proc.stdout
+    assert_figures_map(report)
+    # The charts beside the results file, each drawn or skipped with a reason.
+    for name in ("throughput", "scaling", "recovery", "latency"):
+        svg = tmp_path / f"{name}.svg"
+        assert svg.exists() or f"charts: skipped {name}.svg" in proc.stdout, name
+        if svg.exists():
+            assert ET.parse(svg).getroot().tag == "{http://www.w3.org/2000/svg}svg"
+    assert (tmp_path / "latency.svg").exists()  # benchmark 2's webhook latencies
+
+
+def assert_figures_map(report: dict[str, Any]) -> None:
+    """latest.json's flat `figures`: each keyed row's value, baseline and ratio by key,
+    every ratio under a key ending in `_ratio`, times (keys ending in `_s`) in seconds."""
+    figures = report["figures"]
+    rows = [r for res in report["benchmarks"].values() for r in res["rows"] if r["key"]]
+    for r in rows:
+        assert r["key"] in figures and f"{r['key']}_baseline" in figures, r
+        if r["ratio"] is not None:
+            assert figures[f"{r['key']}_ratio"] == r["ratio"], r
+    assert not any(r["key"].endswith(("_ratio", "_baseline")) for r in rows)
+    for key in (
+        "webhooks_per_s_vs_signal",
+        "webhook_p99_s",
+        "worker_rss_parked_mb",
+        "parked_action_p99_s",
+        "audit_replay_vs_replayer",
+        "desk_list_p95_s",
+        "desk_page_p95_s",
+    ):
+        assert isinstance(figures[key], int | float) and figures[key] > 0, key
+        assert isinstance(figures[f"{key}_ratio"], float), key
+    assert "test_suite_s" in figures  # not measured under --quick
+    p99 = next(r for r in report["benchmarks"]["2"]["rows"] if r["key"] == "webhook_p99_s")
+    assert p99["unit"] == "ms"
+    assert figures["webhook_p99_s"] == pytest.approx(p99["value"] / 1000)

@@ -205,6 +205,26 @@ async def test_status_of_an_unknown_deal_is_4(cli: Cli) -> None:
     assert "does not exist" in r.err
 
 
+async def test_status_wait_shows_the_next_stage_once_it_comes(cli: Cli) -> None:
+    deal_id = await cli.start()
+    r = await cli("--json", "status", deal_id, "--wait", "0.5")
+    assert r.code == 0, r
+    assert r.json()["stage"] == "CONTRACT" and "no stage change within 0.5 s" in r.err
+    waiting = asyncio.create_task(cli("--json", "status", deal_id, "--wait", "30"))
+    await asyncio.sleep(1.0)
+    assert not waiting.done()
+    action = str(EXAMPLES / "actions" / "sign-sales-contract.json")
+    r = await cli("--as", "sales-07:sales", "act", deal_id, "sign-sales-contract", action)
+    assert r.code == 0, r
+    r = await asyncio.wait_for(waiting, 10)
+    assert r.code == 0, r
+    assert r.json()["stage"] == "DOCUMENTS" and "no stage change" not in r.err
+    for bad in ("soon", "-1"):
+        with pytest.raises(SystemExit) as exit, contextlib.redirect_stderr(io.StringIO()):
+            starter.parser().parse_args(["status", deal_id, "--wait", bad])
+        assert exit.value.code == 2
+
+
 async def test_act_in_the_wrong_stage_is_3_and_changes_nothing(cli: Cli) -> None:
     deal_id = await cli.start()
     before = await deals.deal_status(cli.stack.env.client, deal_id)

@@ -67,6 +67,12 @@ def uploader_of(kind: DocumentKind) -> Actor:
     return Actor(staff_id=f"{role.value}-01", role=role)
 
 
+OPEN_TASK_EVENTS = {
+    EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+}
+
+
 class Desk:
     def __init__(self, stack: Stack, task_queue: str) -> None:
         self.stack = stack
@@ -230,7 +236,9 @@ class Desk:
             idle = (
                 not desc.raw_description.pending_activities
                 and not desc.raw_description.HasField("pending_workflow_task")
-                and events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+                # A workflow task's commands (markers of local activities,
+                # timers) follow its completion; a task still out ends the list.
+                and events[-1].event_type not in OPEN_TASK_EVENTS
             )
             if idle and previous is not None and len(previous) == len(events):
                 return events

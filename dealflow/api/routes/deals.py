@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, cast
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, create_model
 
-from dealflow import rules
+from dealflow import deal_wait, rules
 from dealflow.api import operations
 from dealflow.api.boundary import boundary_field, boundary_model
 from dealflow.api.deps import services
@@ -57,6 +57,8 @@ router = APIRouter(dependencies=[Depends(bearer_scheme)])
 DEAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,200}$"
 MAX_PAGE = 200
+# The largest version a client may name: JSON's largest safe integer.
+MAX_VERSION = 2**53 - 1
 DealSort = Literal["updated", "created", "due", "stage_entered"]
 
 # Who may call each route: the dependency checks the token (401) and the role
@@ -259,6 +261,90 @@ async def get_deal(
     check_deal_id(deal_id)
     status = await operations.read_status(services(request), deal_id, dealers)
     return rules.status_for_roles(status, [actor.role])
+
+
+WAIT_OUTCOME = {
+    "description": "`changed`: the deal shows the change waited for; `timeout`: it did not "
+    "within the wait (or the server is stopping), and the body is its status as it is",
+    "schema": {"type": "string", "enum": ["changed", "timeout"]},
+}
+
+
+@router.get(
+    "/api/deals/{deal_id}/next-status",
+    response_model=DealStatusView,
+    tags=["deals"],
+    summary="Wait for a deal to change (long poll), then its status",
+    description="Answers as soon as the deal's stage is no longer `after_stage`, or its "
+    "`version` is past `after_version` (either, when both are given), or after `wait` "
+    "seconds with the status as it is then: 200 either way, header `Wait-Outcome` says "
+    "which. The body is `GET /api/deals/{deal_id}`'s, for the same roles and dealers. "
+    "The wait watches DealFlow's read model, not the deal, and asks the deal once when "
+    "it ends. At most `DEALFLOW_STATUS_WAITS_PER_SUBJECT` (4) waits per person at once "
+    "(429 with Retry-After past it); a wait ends early if the client goes away.",
+    responses={
+        200: {"description": "the deal's status", "headers": {"Wait-Outcome": WAIT_OUTCOME}},
+        **responses(
+            401,
+            403,
+            404,
+            422,
+            429,
+            503,
+            d422="neither after_stage nor after_version, an unknown stage, or a wait "
+            "outside 0–30 seconds",
+            d429="too many status waits open at once (yours, or the server's); header Retry-After",
+        ),
+    },
+)
+async def next_status(
+    request: Request,
+    response: Response,
+    deal_id: DealIdPath,
+    actor: DealReader,
+    dealers: Dealers,
+    after_stage: Annotated[
+        Stage | None, Query(description="the stage the client last saw: wait until another")
+    ] = None,
+    after_version: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=MAX_VERSION,
+            description="the status `version` the client last saw: wait for a newer one",
+        ),
+    ] = None,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=deal_wait.MAX_WAIT_SECONDS,
+            description="seconds to wait at most (the server may allow fewer: "
+            "DEALFLOW_STATUS_WAIT_MAX_SECONDS); 0 answers at once",
+        ),
+    ] = deal_wait.MAX_WAIT_SECONDS,
+) -> Any:
+    check_deal_id(deal_id)
+    if after_stage is None and after_version is None:
+        raise Problem(
+            422,
+            "say what to wait for: after_stage (the stage you last saw), after_version "
+            "(the status version you last saw), or both",
+        )
+    awaited = await operations.next_status(
+        services(request),
+        deal_id,
+        dealers,
+        deal_wait.Change(stage=after_stage, version=after_version),
+        wait,
+        actor.staff_id,
+        request.is_disconnected,
+    )
+    if awaited is None:
+        # The client went away: nobody reads this answer.
+        return Response(status_code=204)
+    response.headers["Wait-Outcome"] = "changed" if awaited.changed else "timeout"
+    return rules.status_for_roles(awaited.status, [actor.role])
 
 
 def _action_endpoint(action: Action, body: type[BaseModel]) -> Any:

@@ -15,12 +15,22 @@ party, dates, the ID number's checksum; 403/409: the kind's role and stages),
 the file's first bytes (422 unless PDF, JPEG or PNG), the size (413), then the
 deal's own rules in the workflow's `record-document` validator (422: duplicate
 of another kind, an ID number that is not the deal's, a stipulation that is
-not open; 409: a funding document while a disbursement request is open). Send the form
-fields before the file part (curl -F, httpx and browsers do); a field after
-the file is refused. When the workflow refuses a file its bytes may remain in
-the content-addressed store, unreferenced: they are never listed or served
-(reads go through the recorded documents) and a later upload of the same
-bytes reuses them.
+not open; 409: a funding document while a disbursement request is open). When
+the workflow refuses a file its bytes may remain in the content-addressed
+store, unreferenced: they are never listed or served (reads go through the
+recorded documents) and a later upload of the same bytes reuses them.
+
+The parts may come in any order (the published schema cannot state one). When
+the fields a judgement needs (kind, party, the kind's own: an ID card's
+id_number, a bank statement's period, a stipulation's code) come before the
+file, as curl -F, httpx and browsers send them, they are judged before a byte of
+the file is read and the file is streamed; fields after the file are judged,
+with the others, when the file part ends and before the store keeps it. When
+the file comes first, it is kept (dealflow/api/multipart.py `SpooledPart`:
+within the same size limit and timing, removed when the request ends) until
+the fields after it have been read and judged, then stored the same way. The
+deal desk's form is the exception: its CSRF field must come before the file
+(its page sends it first), so a forged form is refused before the file is read.
 
 Bounded (dealflow/api/upload_gate.py): the store consumes the file in the
 uploads' own thread pool; each read waits at most the idle timeout for the next
@@ -31,8 +41,10 @@ time, so it reads the answer) except after a 408, which closes the connection.
 """
 
 import asyncio
+import contextvars
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
@@ -45,7 +57,7 @@ from dealflow import rules
 from dealflow.api.body_limits import ENVELOPE_BYTES
 from dealflow.api.deps import Services, services
 from dealflow.api.errors import Problem
-from dealflow.api.multipart import FileStream, MultipartReader, drain_unparsed
+from dealflow.api.multipart import FileStream, MultipartReader, SpooledPart, drain_unparsed
 from dealflow.api.operations import read_status
 from dealflow.api.problems import RULE_STATUS, responses
 from dealflow.api.routes.deals import Dealers, DealIdPath, check_deal_id
@@ -68,10 +80,8 @@ from dealflow.models import (
     RecordDocumentInput,
     Stage,
 )
-from dealflow.storage.documents import (
-    LocalDirectoryStore,
-)
-from dealflow.uploads import SNIFF_BYTES, upload_document
+from dealflow.storage.documents import DocumentTooLarge, LocalDirectoryStore, StoredObject
+from dealflow.uploads import SNIFF_BYTES, record_stored, store_checked
 
 log = logging.getLogger("dealflow.api")
 router = APIRouter()
@@ -81,21 +91,32 @@ DOWNLOAD_LINK_SECONDS = 60
 FIELDS = ("kind", "party", "id_number", "period_start", "period_end", "stipulation_code")
 
 
-async def _read_form(
-    reader: MultipartReader, extra_fields: tuple[str, ...] = ()
-) -> tuple[dict[str, str], str]:
-    """The form fields up to the file part (FIELDS and `extra_fields`), and the file's name."""
-    fields: dict[str, str] = {}
-    while True:
-        event = await reader.next()
-        if event is None:
-            raise Problem(422, "the file part is missing (multipart field 'file')")
+# What each kind needs besides kind and party, and the refusal when it is missing.
+KIND_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    DocumentKind.ID_CARD.value: (("id_number",), "an ID card needs the id_number printed on it"),
+    DocumentKind.BANK_STATEMENT.value: (
+        ("period_start", "period_end"),
+        "a bank statement needs period_start and period_end",
+    ),
+    DocumentKind.STIPULATION.value: (
+        ("stipulation_code",),
+        "a stipulation document needs the stipulation_code it satisfies",
+    ),
+}
+
+
+async def _read_fields(
+    reader: MultipartReader, fields: dict[str, str], extra_fields: tuple[str, ...]
+) -> str | None:
+    """Read form fields (FIELDS and `extra_fields`) into `fields` until the file
+    part begins (its file name is returned) or the body ends (None)."""
+    while (event := await reader.next()) is not None:
         if event[0] != "begin":
             continue
         name, filename = event[1], event[2]
         if name == "file":
             base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
-            return fields, (base or "upload")[:200]
+            return (base or "upload")[:200]
         if name not in FIELDS and name not in extra_fields:
             raise Problem(
                 422, f"unknown field {name!r}; the fields are {', '.join(FIELDS)} and file"
@@ -103,6 +124,13 @@ async def _read_form(
         if name in fields:
             raise Problem(422, f"field {name} is given twice")
         fields[name] = await reader.read_value(name)
+    return None
+
+
+def _needs_more(fields: dict[str, str]) -> bool:
+    """Whether a field the judgement needs is still missing (it may follow the file)."""
+    needs, _ = KIND_NEEDS.get(fields.get("kind", ""), ((), ""))
+    return any(not fields.get(name) for name in ("kind", "party", *needs))
 
 
 def _check_form_fields(
@@ -113,13 +141,10 @@ def _check_form_fields(
     deal's `stage`) before any byte is stored. The deal's own rules run in the
     workflow."""
     values: dict[str, Any] = {name: (value or None) for name, value in fields.items()}
-    order = " (form fields go before the file part)"
     if values.get("kind") is None:
-        raise rules.invalid(
-            "kind is required: " + ", ".join(kind.value for kind in DocumentKind) + order
-        )
+        raise rules.invalid("kind is required: " + ", ".join(kind.value for kind in DocumentKind))
     if values.get("party") is None:
-        raise rules.invalid("party is required: applicant or spouse" + order)
+        raise rules.invalid("party is required: applicant or spouse")
     provisional = {
         **values,
         "file_name": file_name,
@@ -135,15 +160,16 @@ def _check_form_fields(
     rules.check_document_stage(record.kind, stage)
     if record.id_number is not None:
         rules.validate_id_number(record.id_number, record.party.value, today=today)
-    if record.kind is DocumentKind.ID_CARD and not record.id_number:
-        raise rules.invalid("an ID card needs the id_number printed on it")
-    if record.kind is DocumentKind.BANK_STATEMENT:
-        if record.period_start is None or record.period_end is None:
-            raise rules.invalid("a bank statement needs period_start and period_end")
-        if record.period_start > record.period_end:
-            raise rules.invalid("bank statement period_start is after period_end")
-    if record.kind is DocumentKind.STIPULATION and not record.stipulation_code:
-        raise rules.invalid("a stipulation document needs the stipulation_code it satisfies")
+    needs, missing = KIND_NEEDS.get(record.kind.value, ((), ""))
+    if any(not getattr(record, name) for name in needs):
+        raise rules.invalid(missing)
+    if (
+        record.kind is DocumentKind.BANK_STATEMENT
+        and record.period_start is not None
+        and record.period_end is not None
+        and record.period_start > record.period_end
+    ):
+        raise rules.invalid("bank statement period_start is after period_end")
     return {
         "kind": record.kind.value,
         "party": record.party.value,
@@ -243,6 +269,48 @@ async def upload(
     return await receive_upload(request, deal_id, actor, dealers)
 
 
+class _UploadForm:
+    """An upload's form fields as they are read, and the fields as judged."""
+
+    def __init__(
+        self,
+        reader: MultipartReader,
+        extra_fields: tuple[str, ...],
+        judge: Callable[[dict[str, str], str], dict[str, Any]],
+    ) -> None:
+        self.reader = reader
+        self.extra_fields = extra_fields
+        self._judge = judge
+        self.fields: dict[str, str] = {}
+        self.file_name = "upload"
+        self.checked: dict[str, Any] | None = None
+
+    async def read_to_file(self) -> str:
+        """The fields before the file part; the file's name."""
+        file_name = await _read_fields(self.reader, self.fields, self.extra_fields)
+        if file_name is None:
+            raise Problem(422, "the file part is missing (multipart field 'file')")
+        self.file_name = file_name
+        return file_name
+
+    @property
+    def needs_more(self) -> bool:
+        return _needs_more(self.fields)
+
+    def judge(self) -> dict[str, Any]:
+        self.checked = self._judge(self.fields, self.file_name)
+        return self.checked
+
+    async def read_rest(self) -> None:
+        """The parts after the file (fields only), judged with those before it
+        when any came or none were judged yet."""
+        before = len(self.fields)
+        if await _read_fields(self.reader, self.fields, self.extra_fields) is not None:
+            raise Problem(422, "the file part is given twice")
+        if self.checked is None or len(self.fields) > before:
+            self.judge()
+
+
 async def receive_upload(
     request: Request,
     deal_id: str,
@@ -254,8 +322,8 @@ async def receive_upload(
 ) -> DocumentUploaded:
     """Stream the multipart upload of `request` into the store and record it on
     the deal (this route's, and the deal desk's, whose form adds its CSRF field:
-    `extra_fields` are read and handed with the others to `check_fields`, which
-    may refuse the upload before a byte of the file is read)."""
+    `extra_fields` come before the file and are handed with the others to
+    `check_fields`, which may refuse the upload before a byte of the file is read)."""
     svc = services(request)
     timing = svc.uploads.timing()
     reader: MultipartReader | None = None
@@ -267,46 +335,59 @@ async def receive_upload(
     with svc.uploads.slot(actor.staff_id):
         try:
             boundary, stage = await _check_before_reading(request, svc, deal_id, dealers)
-            reader = MultipartReader(request, boundary, timing)
-            fields, file_name = await _read_form(reader, extra_fields)
-            if check_fields is not None:
-                check_fields(fields)
-            fields = {name: value for name, value in fields.items() if name in FIELDS}
             today = rules.dealer_date(svc.deal_policy, datetime.now(UTC))
-            form = _check_form_fields(fields, file_name, actor, today, stage)
-            stream = await _open_file(reader, file_name, svc.deal_policy.max_document_bytes)
-            result = await _store_and_record(svc, deal_id, actor, form, file_name, stream)
+
+            def judge(fields: dict[str, str], file_name: str) -> dict[str, Any]:
+                if check_fields is not None:
+                    check_fields(fields)
+                known = {name: value for name, value in fields.items() if name in FIELDS}
+                return _check_form_fields(known, file_name, actor, today, stage)
+
+            reader = MultipartReader(request, boundary, timing)
+            form = _UploadForm(reader, extra_fields, judge)
+            file_name = await form.read_to_file()
+            if check_fields is not None:
+                check_fields(form.fields)
+            if form.needs_more:
+                stored, content_type = await _spool_then_store(svc, form)
+            else:
+                form.judge()  # before a byte of the file is read
+                stored, content_type = await _stream_to_store(svc, form)
+            assert form.checked is not None
+            result = await _record(
+                svc, deal_id, actor, form.checked, file_name, stored, content_type
+            )
         except Exception as e:
             await _refuse_upload(request, e, reader, timing)
             raise
 
-    content_type = rules.sniff_content_type(b"".join(stream.head))
+    checked = form.checked
     # The deal's own record, as the update returned it (the table is a
     # projection written a moment later).
     doc_id = next(
-        (doc.doc_id for doc in result.status.documents if doc.sha256 == stream.sha256), None
+        (doc.doc_id for doc in result.status.documents if doc.sha256 == stored.sha256), None
     )
     svc.metrics.documents.labels(op="upload", outcome="201").inc()
-    svc.metrics.upload_bytes.inc(stream.size)
+    svc.metrics.upload_bytes.inc(stored.size)
     log.info(
         "document uploaded",
         extra={
             "deal_id": deal_id,
             "doc_id": doc_id,
-            "kind": form["kind"],
-            "size": stream.size,
+            "kind": checked["kind"],
+            "size": stored.size,
             "staff_id": actor.staff_id,
         },
     )
     return DocumentUploaded(
         doc_id=doc_id,
         deal_id=deal_id,
-        kind=DocumentKind(form["kind"]),
-        party=Party(form["party"]),
+        kind=DocumentKind(checked["kind"]),
+        party=Party(checked["party"]),
         file_name=file_name,
         content_type=content_type,
-        size=stream.size,
-        sha256=stream.sha256,
+        size=stored.size,
+        sha256=stored.sha256,
         status=rules.status_for_roles(result.status, [actor.role]),
     )
 
@@ -336,54 +417,92 @@ async def _check_before_reading(
     return boundary, status.stage
 
 
-async def _open_file(reader: MultipartReader, file_name: str, limit: int) -> FileStream:
-    """The file part as the store's stream, its first bytes read already (the
-    type is sniffed from them); an empty file is refused (422)."""
+def _too_large(file_name: str, limit: int) -> Problem:
+    return Problem(
+        413, f"{file_name} is larger than the limit of {limit:,} bytes; nothing was stored"
+    )
+
+
+async def _stream_to_store(svc: Services, form: _UploadForm) -> tuple[StoredObject, str]:
+    """The fields before the file were judged: stream the file into the store,
+    its first bytes read first (the type is sniffed from them; an empty file is
+    refused, 422). Fields after the file are judged when it ends, before the
+    store keeps it."""
     head: list[bytes] = []
     got = 0
     finished = False
     while got < SNIFF_BYTES:
-        data = await reader.next_file_data()
+        data = await form.reader.next_file_data()
         if data is None:
             finished = True
             break
         head.append(data)
         got += len(data)
+    if finished:
+        await form.read_rest()
     if finished and got == 0:
-        raise rules.invalid(f"{file_name} is empty")
-    return FileStream(reader, asyncio.get_running_loop(), head, finished, limit)
+        raise rules.invalid(f"{form.file_name} is empty")
+    limit = svc.deal_policy.max_document_bytes
+    loop = asyncio.get_running_loop()
+    stream = FileStream(
+        form.reader, loop, head, finished, limit, at_end=None if finished else form.read_rest
+    )
+    return await _store(svc, form.file_name, stream, stream)
 
 
-async def _store_and_record(
+async def _spool_then_store(svc: Services, form: _UploadForm) -> tuple[StoredObject, str]:
+    """The file came before fields its judgement needs: keep it (within the
+    size limit and the upload's timing, in the uploads' pool), read and judge
+    the fields after it, then store it as a streamed file is stored."""
+    limit = svc.deal_policy.max_document_bytes
+    loop = asyncio.get_running_loop()
+    stream = FileStream(form.reader, loop, [], False, limit)
+    with SpooledPart() as spool:
+        fill = functools.partial(spool.fill, stream)
+        try:
+            await loop.run_in_executor(svc.uploads.executor, contextvars.copy_context().run, fill)
+        except DocumentTooLarge:
+            raise _too_large(form.file_name, limit) from None
+        await form.read_rest()
+        if spool.size == 0:
+            raise rules.invalid(f"{form.file_name} is empty")
+        return await _store(svc, form.file_name, spool.chunks(), stream)
+
+
+async def _store(
+    svc: Services, file_name: str, data: Iterable[bytes], stream: FileStream
+) -> tuple[StoredObject, str]:
+    """Store the file's bytes (`data`, read from `stream`), checked by type."""
+    try:
+        return await store_checked(
+            svc.store,
+            file_name=file_name,
+            data=data,
+            policy=svc.deal_policy,
+            executor=svc.uploads.executor,
+        )
+    except rules.RuleError:
+        if stream.too_large:
+            raise _too_large(file_name, stream.limit) from None
+        raise  # answered like every rule's refusal, by problems.on_rule_error
+
+
+async def _record(
     svc: Services,
     deal_id: str,
     actor: Actor,
     form: dict[str, Any],
     file_name: str,
-    stream: FileStream,
+    stored: StoredObject,
+    content_type: str,
 ) -> ActionResult:
-    """Stream the file into the store and record it on the deal (the workflow's
-    record-document validator has the last word)."""
+    """Record the stored file on the deal (the workflow's record-document
+    validator has the last word); the deal's new status."""
     try:
-        return await upload_document(
-            svc.client,
-            svc.store,
-            deal_id,
-            actor,
-            file_name=file_name,
-            data=stream,
-            policy=svc.deal_policy,
-            executor=svc.uploads.executor,
-            **form,
+        receipt = await record_stored(
+            svc.client, deal_id, actor, stored, content_type, file_name=file_name, **form
         )
-    except rules.RuleError:
-        if stream.too_large:
-            raise Problem(
-                413,
-                f"{file_name} is larger than the limit of {stream.limit:,} bytes; "
-                "nothing was stored",
-            ) from None
-        raise  # answered like every rule's refusal, by problems.on_rule_error
+        return await deals.with_status(svc.client, deal_id, receipt)
     except deals.DealNotFound as e:
         raise Problem(404, str(e)) from None
 

@@ -47,7 +47,9 @@ from dealflow.storage.db.outbox import (
     unsent_notifications,
 )
 from dealflow.storage.db.read_model import (
+    DealMark,
     customer_names,
+    deal_marks,
     deal_summary,
     get_deal,
     list_deals,
@@ -131,6 +133,8 @@ __all__ = [
     "dispose_engine",
     "forget_idempotency_key",
     "get_deal",
+    "deal_marks",
+    "DealMark",
     "get_idempotency_key",
     "get_webhook",
     "customer_names",

@@ -8,6 +8,7 @@ import binascii
 import functools
 import json
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,6 +94,33 @@ def deal_summary(row: DealRow, now: datetime) -> DealSummary:
 def get_deal(engine: Engine, deal_id: str) -> DealRow | None:
     with Session(engine) as session:
         return session.get(DealRow, deal_id)
+
+
+@dataclass(frozen=True)
+class DealMark:
+    """How far a deal's projection has come: what a wait for its change watches."""
+
+    version: int
+    stage: Stage
+    dealer_id: str
+
+
+def deal_marks(engine: Engine, deal_ids: Collection[str]) -> dict[str, DealMark]:
+    """The projected version, stage and dealer of each of `deal_ids` that has a row.
+
+    One indexed read of three columns for every deal watched at once: the
+    waits of `dealflow.deal_wait` share it, so its cost does not grow with
+    how many clients wait."""
+    if not deal_ids:
+        return {}
+    query = select(DEALS.c.deal_id, DEALS.c.version, DEALS.c.stage, DEALS.c.dealer_id).where(
+        DEALS.c.deal_id.in_(list(deal_ids))
+    )
+    with engine.connect() as conn:
+        return {
+            deal_id: DealMark(version=version, stage=Stage(stage), dealer_id=dealer_id)
+            for deal_id, version, stage, dealer_id in conn.execute(query)
+        }
 
 
 # How the deal list may be ordered, each a keyset: the column (deadlines
