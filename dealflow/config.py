@@ -238,12 +238,10 @@ class Settings(BaseSettings):
     # A dead worker's cached deals wait this long on its sticky queue before
     # any worker may take them: it is on the path of every deal a crash
     # interrupts, in both layouts `make bench` measures (benchmark 5, README).
-    # A live worker always has sticky polls outstanding (4 of its 5 workflow
-    # pollers), so a task reaches it within milliseconds even when busy; a
-    # timeout on a live worker would only cost a rebuild and a
-    # WorkflowTaskTimedOut in history, which benchmark 5 counts after recovery.
+    # 0.5 s was tried: with bookkeeping as local activities a loaded worker then
+    # also let live deals' tasks time out there (benchmark 5 counts them).
     # The SDK's default is 10 s.
-    sticky_schedule_to_start_seconds: float = Field(default=0.5, gt=0)
+    sticky_schedule_to_start_seconds: float = Field(default=1.0, gt=0)
     # OpenTelemetry traces (dealflow/tracing.py), off unless an OTLP/HTTP
     # endpoint is named: DealFlow's own setting first, then the standard
     # OpenTelemetry variables (read here so every setting has one source).
