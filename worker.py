@@ -26,7 +26,7 @@ import workflows
 from activities import DealActivities
 from dealflow import client as deals
 from dealflow import logs, names, startup, tracing, worker_metrics
-from dealflow.bytecode import cache_bytecode
+from dealflow.bytecode import cache_bytecode, cache_imported_bytecode
 from dealflow.config import Settings, load_lenders
 from dealflow.storage import db
 from dealflow.storage.documents import store_from_settings
@@ -109,6 +109,9 @@ async def main() -> None:
                     "max_cached_workflows": settings.max_cached_workflows,
                 },
             )
+            # Once polling, so this start is not delayed: the next one (a restart
+            # after a crash) reads DealFlow's modules as bytecode (dealflow/bytecode.py).
+            await asyncio.to_thread(cache_imported_bytecode, "dealflow", "activities", "workflows")
             await stop.wait()
             log.info(
                 "worker shutting down", extra={"grace_seconds": settings.graceful_shutdown_seconds}

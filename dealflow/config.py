@@ -240,9 +240,12 @@ class Settings(BaseSettings):
     max_concurrent_workflow_tasks: int = 100
     graceful_shutdown_seconds: float = 10.0
     # A dead worker's cached deals wait this long on its sticky queue before
-    # any worker may take them. Shorter than the SDK's default so a crash is
-    # recovered sooner; `make bench` measures the recovery (README).
-    sticky_schedule_to_start_seconds: float = 1.0
+    # any worker may take them: it is on the path of every deal a crash
+    # interrupts, in both layouts `make bench` measures (benchmark 5, README).
+    # 0.5 s was tried: with bookkeeping as local activities a loaded worker then
+    # also let live deals' tasks time out there (benchmark 5 counts them).
+    # The SDK's default is 10 s.
+    sticky_schedule_to_start_seconds: float = Field(default=1.0, gt=0)
     # OpenTelemetry traces (dealflow/tracing.py), off unless an OTLP/HTTP
     # endpoint is named: DealFlow's own setting first, then the standard
     # OpenTelemetry variables (read here so every setting has one source).

@@ -82,11 +82,21 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     assert dbos["value"] is not None or "unreachable" in str(dbos["note"]), dbos
     rss = fig("3", "worker RSS, parked deals")["value"]
     assert isinstance(rss, int | float) and rss > 0
-    assert fig("5", "recovery, tuned settings")["value"] is not None
+    # Both recovery layouts measured, the two-worker takeover included, with a timeline.
+    for name in (
+        "recovery, one worker killed and restarted",
+        "recovery, one of two workers killed",
+    ):
+        assert fig("5", name)["value"] is not None, fig("5", name)
+    timelines = benches["5"]["series"]["recovery"]
+    for layout in ("single", "one_of_two"):
+        phases = {p["phase"]: p["at_s"] for p in timelines[layout]}
+        assert 0 < phases["lender calls completed"] <= phases["all progressed"], phases
+    assert benches["5"]["detail"]["one_of_two"]["lender_calls_on_killed_worker"] >= 1
     # Correctness inside the benchmarks holds even at this size.
     assert fig("2", "lost / doubly applied / forged applied")["met"] is True
     assert fig("1", "activity retries in normal run")["met"] is True
-    assert fig("5", "spurious retries, tuned, normal run")["met"] is True
+    assert fig("5", "spurious retries after recovery, normal run")["met"] is True
     # The table is printed.
     assert "DealFlow benchmarks" in proc.stdout
     assert_figures_map(report)

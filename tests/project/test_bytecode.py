@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import sys
@@ -11,7 +12,7 @@ from types import ModuleType
 import pytest
 
 import workflows
-from dealflow.bytecode import cache_bytecode
+from dealflow.bytecode import cache_bytecode, cache_imported_bytecode
 
 
 def _load(path: Path, name: str) -> ModuleType:
@@ -63,3 +64,31 @@ def test_the_deal_workflow_module_has_current_bytecode() -> None:
     src = Path(workflows.__file__).parent / "deal.py"
     cached = Path(importlib.util.cache_from_source(str(src)))
     assert cached.exists() and cached.stat().st_mtime >= src.stat().st_mtime
+
+
+def test_the_imported_modules_of_a_package_get_bytecode(tmp_path: Path) -> None:
+    pkg = tmp_path / "bcpkg"
+    (pkg / "sub").mkdir(parents=True)
+    for rel in ("__init__.py", "sub/__init__.py", "sub/used.py", "unused.py"):
+        (pkg / rel).write_text("X = 1\n")
+    sys.path.insert(0, str(tmp_path))
+    dont_write = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True  # as under PYTHONDONTWRITEBYTECODE=1
+    try:
+        importlib.import_module("bcpkg.sub.used")
+    finally:
+        sys.dont_write_bytecode = dont_write
+        sys.path.remove(str(tmp_path))
+
+    def cached(rel: str) -> bool:
+        return Path(importlib.util.cache_from_source(str(pkg / rel))).exists()
+
+    assert not cached("sub/used.py"), "the loader wrote bytecode itself"
+    try:
+        assert cache_imported_bytecode("bcpkg") == 3
+        assert all(cached(r) for r in ("__init__.py", "sub/__init__.py", "sub/used.py"))
+        assert not cached("unused.py"), "a module never imported is left alone"
+        assert cache_imported_bytecode("bcpkg") == 0, "fresh bytecode is not written again"
+    finally:
+        for name in [m for m in sys.modules if m.partition(".")[0] == "bcpkg"]:
+            del sys.modules[name]
