@@ -55,6 +55,7 @@ status:
 # ports, tmp dirs): it must pass with the stack up or down. `time` is bash's keyword,
 # so the exit status of pytest is kept and the wall time is printed even on failure.
 # -rs names each skip's reason (the browser tests' names the chromium install).
+# --durations lists the 15 slowest tests: where the suite's time goes.
 # Tests run in one process per core (pytest-xdist); most of their time is spent
 # waiting on the servers they start, so two processes on two cores halve the wall
 # time. `worksteal` lets an idle process take tests from a busy one; the longest
@@ -62,7 +63,7 @@ status:
 TEST_WORKERS ?= auto
 test: venv
 	@TIMEFORMAT='test suite wall time: %1Rs'; time $(VENV)/bin/pytest -q -rs \
-		-n $(TEST_WORKERS) --dist worksteal
+		-n $(TEST_WORKERS) --dist worksteal --durations=15
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
