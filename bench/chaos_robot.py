@@ -81,6 +81,12 @@ RETRYABLE_RPC = {
     "ABORTED",
 }
 
+# An upload holds its person's slot while its body is read (at most the API's
+# 120 s upload deadline) and while the API waits for Temporal to confirm the
+# record (up to 120 s during a restart): a clerk waiting for a free slot waits
+# that long, and a little more.
+UPLOAD_SLOT_PATIENCE_S = 300.0
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -427,7 +433,7 @@ class Robot:
         # the first is still in flight would race it.
         resp = await self.call("upload", post, per_try=150)
         waited = 0.0
-        while resp.status_code == 429 and waited < 120:
+        while resp.status_code == 429 and waited < UPLOAD_SLOT_PATIENCE_S:
             # The person has as many uploads in progress as one may (other
             # deals of the same clerk): wait as the answer says, then send again.
             pause = min(float(resp.headers.get("Retry-After", "1")), 5.0)
