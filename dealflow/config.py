@@ -237,7 +237,14 @@ class Settings(BaseSettings):
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
     max_concurrent_activities: int = 100
-    max_concurrent_workflow_tasks: int = 100
+    # A workflow task is Python in one process (the SDK sandbox, under the
+    # GIL) and, for a deal, also waits for its bookkeeping's local activities:
+    # tasks run at once share the CPU and each takes longer. A restarted worker
+    # given 50 deals to rebuild at once let them outlast the 10 s workflow task
+    # timeout (benchmark 5 and chaos worker-kill counted the timeouts, and
+    # staff uploads waited minutes for their records); a few at a time, each
+    # finishes in milliseconds and the rest wait their turn on the server.
+    max_concurrent_workflow_tasks: int = Field(default=8, ge=2)
     graceful_shutdown_seconds: float = 10.0
     # A dead worker's cached deals wait this long on its sticky queue before
     # any worker may take them: it is on the path of every deal a crash
