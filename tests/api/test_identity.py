@@ -103,7 +103,9 @@ def jwks_settings(provider: JwksProvider) -> dict[str, Any]:
         "jwks_url": provider.url,
         "jwt_audience": AUDIENCE,
         "jwt_issuer": ISSUER,
-        "jwks_timeout_seconds": 0.5,
+        # Short, as in production, but not so short that a loaded CI machine
+        # (the suite runs chaos and benchmarks beside it) misses a healthy fetch.
+        "jwks_timeout_seconds": 2.0,
         "jwks_refetch_seconds": REFETCH_SECONDS,
     }
 
@@ -343,8 +345,8 @@ async def test_a_hanging_key_endpoint_times_out_fast_and_the_api_stays_responsiv
     for r in answers:
         detail = refused(r, 503, "signing keys cannot be fetched")
         assert provider.url not in detail and "127.0.0.1" not in detail
-    # one fetch, under a 0.5 s deadline, for all eight requests
-    assert time.monotonic() - started < 3
+    # one fetch, under a 2 s deadline, for all eight requests
+    assert time.monotonic() - started < 6
     assert provider.fetches == 1
 
 
