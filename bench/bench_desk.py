@@ -36,7 +36,6 @@ import httpx
 from sqlalchemy import insert
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bench.bench_driver import Driver
 from bench.bench_stack import BenchStack, Ctx, pct, row, say
 from dealflow.api.app import create_app
 from dealflow.api.deps import Services
@@ -97,13 +96,7 @@ async def start_live_deals(stack: BenchStack) -> dict[str, str]:
     just started, one approved (documents, a submission, money to pay), one
     funded and delivered (every step's facts); id -> stage."""
     assert stack.client is not None
-    driver = Driver(
-        stack.client,
-        stack.store,
-        stack.lenders,
-        stack.settings.task_queue,
-        database_url=stack.settings.database_url,
-    )
+    driver = stack.driver()
     new, approved, funded = [await driver.start() for _ in range(3)]
     await asyncio.gather(driver.to_underwriting(approved), driver.to_underwriting(funded))
     await asyncio.gather(driver.approved(approved), driver.to_follow_up(funded))

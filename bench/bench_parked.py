@@ -60,14 +60,7 @@ async def run_on(ctx: Ctx, board: Board) -> dict[str, Any]:
     idle_s = ctx.n(60, 2)
     async with ctx.stack("b3-parked") as s:
         assert s.client is not None
-        driver = Driver(
-            s.client,
-            s.store,
-            s.lenders,
-            s.settings.task_queue,
-            s.sim_url,
-            database_url=s.settings.database_url,
-        )
+        driver = s.driver()
         say(f"[3] starting {n} deals (concurrency 64)")
         t0 = time.monotonic()
         started: list[str] = []

@@ -267,14 +267,7 @@ async def problems_after(client: Any, progress: dict[str, float]) -> dict[str, A
 async def single_worker(s: BenchStack, n: int, limit: float) -> dict[str, Any]:
     """The stack's one worker killed and started again."""
     assert s.client is not None and s.proxy is not None
-    driver = Driver(
-        s.client,
-        s.store,
-        s.lenders,
-        s.settings.task_queue,
-        s.sim_url,
-        database_url=s.settings.database_url,
-    )
+    driver = s.driver()
     ids, held = await hold_lender_calls(s.proxy, driver, n)
     r = await measure_recovery(s, ids, s.kill_worker, lambda: s.start_worker(wait=True), limit)
     return {**r, "held_at_kill": held, "lender_calls_on_killed_worker": held}
@@ -310,14 +303,7 @@ async def lender_calls_by_worker(client: Any, ids: list[str]) -> Counter[str]:
 async def one_of_two(s: BenchStack, second: Proc, n: int, limit: float) -> dict[str, Any]:
     """Two workers on one task queue; the one running more lender calls is killed."""
     assert s.client is not None and s.proxy is not None
-    driver = Driver(
-        s.client,
-        s.store,
-        s.lenders,
-        s.settings.task_queue,
-        s.sim_url,
-        database_url=s.settings.database_url,
-    )
+    driver = s.driver()
     ids, held = await hold_lender_calls(s.proxy, driver, n)
     by_pid = await lender_calls_by_worker(s.client, ids)
     first = str(s.pid("worker"))
@@ -347,14 +333,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             if s.pid("worker") is None:
                 s.start_worker(wait=True)
         say("[5] driving every deal to COMPLETED to look for spurious retries")
-        driver = Driver(
-            s.client,
-            s.store,
-            s.lenders,
-            s.settings.task_queue,
-            s.sim_url,
-            database_url=s.settings.database_url,
-        )
+        driver = s.driver()
         ids = results["single"]["ids"] + results["one_of_two"]["ids"]
         finished = await bounded(len(ids), 10, lambda i: _finish(driver, ids[i]))
         results["one_of_two"]["deals_not_completed"] = finished.count(False)

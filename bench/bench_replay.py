@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import floor
-from bench.bench_driver import Driver, bounded
+from bench.bench_driver import bounded
 from bench.bench_stack import BenchStack, Ctx, mean, python, row, say
 from dealflow import client as deals
 from dealflow.progress import Board, progress_board
@@ -121,14 +121,7 @@ async def run_on(ctx: Ctx, board: Board) -> dict[str, Any]:
         if not deal_hists or plan is None:
             k = ctx.n(50, 2)
             say(f"[4] no deal histories from benchmark 1: driving {k} deals")
-            driver = Driver(
-                s.client,
-                s.store,
-                s.lenders,
-                s.settings.task_queue,
-                s.sim_url,
-                database_url=s.settings.database_url,
-            )
+            driver = s.driver()
             ids = await bounded(
                 k, 10, board.add("[4] deals driven", k).counted(lambda i: driver.full_deal())
             )

@@ -39,6 +39,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from bench.bench_driver import Driver
 from dealflow import client as deals
 from dealflow.config import ROOT, Settings, load_lenders
 from dealflow.devstack import lifecycle, processes, procfs
@@ -454,6 +455,19 @@ class BenchStack:
         await asyncio.to_thread(lifecycle.down, self.cfg, self.comps, out=lambda s: None)
         if self.proxy is not None:
             await self.proxy.stop()
+
+    def driver(self) -> Driver:
+        """The back office for this stack's deals: its client, store, lenders
+        and queue, waiting on its read model."""
+        assert self.client is not None
+        return Driver(
+            self.client,
+            self.store,
+            self.lenders,
+            self.settings.task_queue,
+            self.sim_url,
+            database_url=self.settings.database_url,
+        )
 
     def pid(self, name: str) -> int | None:
         comp = next((c for c in self.comps if c.name == name), None)

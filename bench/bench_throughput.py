@@ -86,14 +86,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             [python(), "-m", "bench.floor", "worker", "--task-queue", FLOOR_QUEUE, "--codec"],
             task_queue=FLOOR_QUEUE,
         )
-        driver = Driver(
-            s.client,
-            s.store,
-            s.lenders,
-            s.settings.task_queue,
-            s.sim_url,
-            database_url=s.settings.database_url,
-        )
+        driver = s.driver()
         plans = await calibrate(s, driver)
         arms, dbos_note = await run_arms(ctx, s, driver, fw.pid, plans, n, conc)
         say("[1] reading histories")

@@ -202,14 +202,7 @@ async def run_on(ctx: Ctx, board: Board) -> dict[str, Any]:
     async with ctx.stack("b2-webhooks") as s:
         assert s.client is not None
         client = s.client
-        driver = Driver(
-            client,
-            s.store,
-            s.lenders,
-            s.settings.task_queue,
-            s.sim_url,
-            database_url=s.settings.database_url,
-        )
+        driver = s.driver()
         say(f"[2] driving {2 * n_deals} deals to UNDERWRITING (lender silent)")
         bar = board.add("[2] deals to UNDERWRITING", 2 * n_deals)
         refs = await prepare(driver, 2 * n_deals, ctx.n(20, 3), bar)
